@@ -1,0 +1,272 @@
+/**
+ * llama2.c checkpoints: the legacy header (7 int32) written by llama2.c's
+ * `export.py legacy_export`, and the version-1 header (magic 0x616b3432
+ * "ak42", version 1, 7 int32, shared-classifier byte, padded to 256 bytes)
+ * written by `version1_export`. Weights are float32, little-endian, in the
+ * order of those exporters; `run.c`'s `memory_map_weights` reads the legacy
+ * order. Matrices are stored [out_features, in_features] row-major.
+ */
+import { open, readFile, stat } from "node:fs/promises";
+import { CheckpointError } from "./errors.js";
+import type { ModelShape } from "./model-shape.js";
+
+/** Magic of the version-1 header ("ak42" little-endian). */
+export const LLAMA2C_V1_MAGIC = 0x616b3432;
+/** Size of the version-1 header in bytes. */
+export const LLAMA2C_V1_HEADER_BYTES = 256;
+/** Size of the legacy header in bytes (7 int32). */
+export const LLAMA2C_LEGACY_HEADER_BYTES = 28;
+
+/** The checkpoint layouts Tessera reads and writes. */
+export type CheckpointFormat = "llama2c-legacy" | "llama2c-v1";
+
+/** Weights of one transformer layer; f32, matrices [out, in] row-major. */
+export interface LayerWeights {
+  /** [dim] RMSNorm weight before attention. */
+  rmsAtt: Float32Array;
+  /** [n_heads * head_dim, dim] */
+  wq: Float32Array;
+  /** [n_kv_heads * head_dim, dim] */
+  wk: Float32Array;
+  /** [n_kv_heads * head_dim, dim] */
+  wv: Float32Array;
+  /** [dim, n_heads * head_dim] */
+  wo: Float32Array;
+  /** [dim] RMSNorm weight before the FFN. */
+  rmsFfn: Float32Array;
+  /** [hidden_dim, dim] gate projection. */
+  w1: Float32Array;
+  /** [dim, hidden_dim] down projection. */
+  w2: Float32Array;
+  /** [hidden_dim, dim] up projection. */
+  w3: Float32Array;
+}
+
+/** All weights of a Llama-architecture model, f32. */
+export interface LlamaWeights {
+  /** [vocab_size, dim] */
+  tokenEmbedding: Float32Array;
+  layers: LayerWeights[];
+  /** [dim] final RMSNorm weight. */
+  rmsFinal: Float32Array;
+  /** [vocab_size, dim]; the same array as tokenEmbedding when shared. */
+  classifier: Float32Array;
+}
+
+/** What a checkpoint's header says, and the file size it implies. */
+export interface CheckpointHeader {
+  path: string;
+  format: CheckpointFormat;
+  shape: ModelShape;
+  sharedClassifier: boolean;
+  headerBytes: number;
+  /** Exact file size in bytes the header implies. */
+  expectedBytes: number;
+}
+
+/** A loaded checkpoint. */
+export interface Checkpoint extends CheckpointHeader {
+  weights: LlamaWeights;
+}
+
+const LLAMA2C_ROPE_THETA = 10000;
+const LLAMA2C_NORM_EPS = 1e-5;
+
+/** The f32 tensors of a checkpoint in file order, with their element counts. */
+function weightLayout(h: Omit<CheckpointHeader, "expectedBytes">): { name: string; layer?: number; size: number }[] {
+  const { dim, hiddenDim, nLayers, nHeads, headDim, vocabSize, seqLen } = h.shape;
+  const kv = h.shape.nKvHeads * headDim;
+  const q = nHeads * headDim;
+  const perLayer = (name: string, size: number) =>
+    Array.from({ length: nLayers }, (_, layer) => ({ name, layer, size }));
+  const out: { name: string; layer?: number; size: number }[] = [];
+  if (h.format === "llama2c-legacy") {
+    out.push({ name: "tokenEmbedding", size: vocabSize * dim });
+    out.push(...perLayer("rmsAtt", dim), ...perLayer("wq", q * dim), ...perLayer("wk", kv * dim));
+    out.push(...perLayer("wv", kv * dim), ...perLayer("wo", dim * q), ...perLayer("rmsFfn", dim));
+    out.push(...perLayer("w1", hiddenDim * dim), ...perLayer("w2", dim * hiddenDim), ...perLayer("w3", hiddenDim * dim));
+    out.push({ name: "rmsFinal", size: dim });
+    // freq_cis_real and freq_cis_imag: [seq_len, head_dim / 2] each, unused (RoPE is recomputed).
+    out.push({ name: "freqCis", size: seqLen * headDim });
+  } else {
+    out.push(...perLayer("rmsAtt", dim), ...perLayer("rmsFfn", dim), { name: "rmsFinal", size: dim });
+    out.push({ name: "tokenEmbedding", size: vocabSize * dim });
+    out.push(...perLayer("wq", q * dim), ...perLayer("wk", kv * dim), ...perLayer("wv", kv * dim));
+    out.push(...perLayer("wo", dim * q));
+    out.push(...perLayer("w1", hiddenDim * dim), ...perLayer("w2", dim * hiddenDim), ...perLayer("w3", hiddenDim * dim));
+  }
+  if (!h.sharedClassifier) out.push({ name: "classifier", size: vocabSize * dim });
+  return out;
+}
+
+function parseHeader(path: string, buf: Buffer, fileBytes: number): CheckpointHeader {
+  if (fileBytes < LLAMA2C_LEGACY_HEADER_BYTES) {
+    throw new CheckpointError(path, "too small for a llama2.c header", LLAMA2C_LEGACY_HEADER_BYTES, fileBytes);
+  }
+  let format: CheckpointFormat;
+  let ints: number[];
+  let sharedClassifier: boolean;
+  let headerBytes: number;
+  if (buf.readUInt32LE(0) === LLAMA2C_V1_MAGIC) {
+    if (fileBytes < LLAMA2C_V1_HEADER_BYTES) {
+      throw new CheckpointError(path, "too small for a version-1 header", LLAMA2C_V1_HEADER_BYTES, fileBytes);
+    }
+    const version = buf.readInt32LE(4);
+    if (version !== 1) {
+      throw new CheckpointError(path, `unsupported llama2.c checkpoint version ${version} (only 1 and legacy are read)`);
+    }
+    format = "llama2c-v1";
+    ints = Array.from({ length: 7 }, (_, i) => buf.readInt32LE(8 + 4 * i));
+    sharedClassifier = buf.readUInt8(36) !== 0;
+    headerBytes = LLAMA2C_V1_HEADER_BYTES;
+  } else {
+    format = "llama2c-legacy";
+    ints = Array.from({ length: 7 }, (_, i) => buf.readInt32LE(4 * i));
+    sharedClassifier = ints[5]! > 0;
+    ints[5] = Math.abs(ints[5]!);
+    headerBytes = LLAMA2C_LEGACY_HEADER_BYTES;
+  }
+  const [dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabSize, seqLen] = ints as [number, number, number, number, number, number, number];
+  const names = ["dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"];
+  ints.forEach((v, i) => {
+    if (!(v > 0 && v < 1 << 24)) throw new CheckpointError(path, `header field ${names[i]} = ${v} is not a plausible size; not a llama2.c checkpoint?`);
+  });
+  if (dim % nHeads !== 0) throw new CheckpointError(path, `dim ${dim} is not a multiple of n_heads ${nHeads}`);
+  if (nHeads % nKvHeads !== 0) throw new CheckpointError(path, `n_heads ${nHeads} is not a multiple of n_kv_heads ${nKvHeads}`);
+  const shape: ModelShape = {
+    dim,
+    hiddenDim,
+    nLayers,
+    nHeads,
+    nKvHeads,
+    vocabSize,
+    seqLen,
+    headDim: dim / nHeads,
+    ropeTheta: LLAMA2C_ROPE_THETA,
+    normEps: LLAMA2C_NORM_EPS,
+  };
+  const partial = { path, format, shape, sharedClassifier, headerBytes };
+  const expectedBytes = headerBytes + 4 * weightLayout(partial).reduce((a, t) => a + t.size, 0);
+  return { ...partial, expectedBytes };
+}
+
+/**
+ * Reads and validates a checkpoint's header without loading weights.
+ * @throws CheckpointError naming the file when it is missing, not a llama2.c
+ *   checkpoint, or its size does not match the header (expected vs found).
+ */
+export async function readCheckpointHeader(path: string): Promise<CheckpointHeader> {
+  let fileBytes: number;
+  try {
+    fileBytes = (await stat(path)).size;
+  } catch (err) {
+    throw new CheckpointError(path, `cannot read checkpoint: ${(err as Error).message}`, undefined, undefined, { cause: err });
+  }
+  const fh = await open(path, "r");
+  try {
+    const buf = Buffer.alloc(LLAMA2C_V1_HEADER_BYTES);
+    await fh.read(buf, 0, buf.length, 0);
+    const header = parseHeader(path, buf, fileBytes);
+    if (fileBytes !== header.expectedBytes) {
+      throw new CheckpointError(path, `size does not match its ${header.format} header`, header.expectedBytes, fileBytes);
+    }
+    return header;
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Loads a llama2.c checkpoint (legacy or version 1) into f32 weight views
+ * over one buffer of the file's bytes (no copies).
+ * @throws CheckpointError as {@link readCheckpointHeader}.
+ */
+export async function loadCheckpoint(path: string): Promise<Checkpoint> {
+  const header = await readCheckpointHeader(path);
+  const buf = await readFile(path);
+  if (buf.byteLength !== header.expectedBytes) {
+    throw new CheckpointError(path, "file changed while loading", header.expectedBytes, buf.byteLength);
+  }
+  // readFile of a large file returns a Buffer at offset 0 of its own
+  // ArrayBuffer; copy only in the rare pooled/unaligned case.
+  const bytes = buf.byteOffset % 4 === 0 ? buf : Buffer.from(buf);
+  let offset = bytes.byteOffset + header.headerBytes;
+  const layers: Partial<LayerWeights>[] = Array.from({ length: header.shape.nLayers }, () => ({}));
+  const top: Record<string, Float32Array> = {};
+  for (const t of weightLayout(header)) {
+    const view = new Float32Array(bytes.buffer, offset, t.size);
+    offset += 4 * t.size;
+    if (t.layer !== undefined) (layers[t.layer] as Record<string, Float32Array>)[t.name] = view;
+    else top[t.name] = view;
+  }
+  const tokenEmbedding = top["tokenEmbedding"]!;
+  return {
+    ...header,
+    weights: {
+      tokenEmbedding,
+      layers: layers as LayerWeights[],
+      rmsFinal: top["rmsFinal"]!,
+      classifier: header.sharedClassifier ? tokenEmbedding : top["classifier"]!,
+    },
+  };
+}
+
+/**
+ * Writes a checkpoint in `format` (version 1 by default). The legacy format
+ * gets RoPE frequency tables as llama2.c's exporter wrote them.
+ * @throws RangeError when a weight's length does not match `shape`.
+ */
+export async function writeCheckpoint(
+  path: string,
+  shape: ModelShape,
+  weights: LlamaWeights,
+  options: { format?: CheckpointFormat; sharedClassifier?: boolean } = {},
+): Promise<void> {
+  const format = options.format ?? "llama2c-v1";
+  const sharedClassifier = options.sharedClassifier ?? weights.classifier === weights.tokenEmbedding;
+  const { dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabSize, seqLen, headDim } = shape;
+  let header: Buffer;
+  if (format === "llama2c-v1") {
+    header = Buffer.alloc(LLAMA2C_V1_HEADER_BYTES);
+    header.writeUInt32LE(LLAMA2C_V1_MAGIC, 0);
+    header.writeInt32LE(1, 4);
+    [dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabSize, seqLen].forEach((v, i) => header.writeInt32LE(v, 8 + 4 * i));
+    header.writeUInt8(sharedClassifier ? 1 : 0, 36);
+  } else {
+    header = Buffer.alloc(LLAMA2C_LEGACY_HEADER_BYTES);
+    [dim, hiddenDim, nLayers, nHeads, nKvHeads, sharedClassifier ? vocabSize : -vocabSize, seqLen].forEach((v, i) =>
+      header.writeInt32LE(v, 4 * i),
+    );
+  }
+  const layout = weightLayout({ path, format, shape, sharedClassifier, headerBytes: header.length });
+  const fh = await open(path, "w");
+  try {
+    await fh.write(header);
+    for (const t of layout) {
+      let data: Float32Array;
+      if (t.name === "freqCis") data = ropeTables(seqLen, headDim, shape.ropeTheta);
+      else if (t.layer !== undefined) data = (weights.layers[t.layer] as unknown as Record<string, Float32Array>)[t.name]!;
+      else data = (weights as unknown as Record<string, Float32Array>)[t.name]!;
+      if (!data || data.length !== t.size) {
+        throw new RangeError(`${t.name}${t.layer !== undefined ? `[${t.layer}]` : ""}: expected ${t.size} values, got ${data?.length}`);
+      }
+      await fh.write(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+/** cos table then sin table, each [seq_len, head_dim / 2], as llama2.c's legacy export. */
+function ropeTables(seqLen: number, headDim: number, theta: number): Float32Array {
+  const half = headDim / 2;
+  const out = new Float32Array(seqLen * headDim);
+  for (let p = 0; p < seqLen; p++) {
+    for (let i = 0; i < half; i++) {
+      const angle = p / Math.pow(theta, (2 * i) / headDim);
+      out[p * half + i] = Math.cos(angle);
+      out[seqLen * half + p * half + i] = Math.sin(angle);
+    }
+  }
+  return out;
+}

@@ -1,0 +1,25 @@
+/**
+ * Tessera's wire contract: the generated tessera.v1 messages and services,
+ * the generated ONNX subset used to build gpu-node graphs, and the adapter
+ * that serves and calls them with grpc-js.
+ */
+export * from "./gen/tessera/v1/tensor_pb.js";
+export * from "./gen/tessera/v1/attention_pb.js";
+export * from "./gen/tessera/v1/gpu_node_pb.js";
+export * from "./gen/tessera/v1/coordinator_pb.js";
+export * as onnx from "./gen/onnx/onnx_subset_pb.js";
+export { create, toBinary, fromBinary } from "@bufbuild/protobuf";
+export type { MessageInitShape } from "@bufbuild/protobuf";
+export {
+  addService,
+  createClient,
+  serviceDefinition,
+  defaultChannelOptions,
+  type CallOptions,
+  type Client,
+  type MethodImpl,
+  type ServiceImpl,
+} from "./grpc-adapter.js";
+export { RpcError, Code } from "./rpc-error.js";
+export { addHealth, setHealth, checkHealth, type ServingStatus } from "./health.js";
+export { Server, ServerCredentials, Metadata, type ServerDuplexStream, type ClientDuplexStream } from "@grpc/grpc-js";
