@@ -1,0 +1,71 @@
+/**
+ * Lifecycle of a long-lived Tessera component, and the one place that
+ * installs signal handlers for a role's process.
+ */
+
+/** States of a {@link Service}. */
+export type ServiceState = "created" | "starting" | "running" | "draining" | "closed";
+
+/**
+ * A long-lived component (a node or the coordinator). `start()` binds and
+ * begins serving; `drain()` stops taking new work and lets current work end;
+ * `close()` releases everything and is idempotent.
+ */
+export interface Service {
+  /** "coordinator", "gpu", "memory" or "storage". */
+  readonly role: string;
+  readonly state: ServiceState;
+  /** host:port it serves on; valid once started. */
+  readonly address: string;
+  start(): Promise<void>;
+  drain(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Message a role's child process sends its parent (over the IPC channel) once it serves. */
+export interface ReadyMessage {
+  type: "ready";
+  role: string;
+  address: string;
+  pid: number;
+}
+
+/**
+ * Starts `service` as the main component of this process: on SIGINT/SIGTERM
+ * drains and closes it (a second signal exits at once); tells a parent
+ * process on the IPC channel that it is ready; logs to stderr. Resolves when
+ * the service has closed.
+ */
+export async function runUntilSignal(service: Service, log: (line: string) => void = (l) => process.stderr.write(l + "\n")): Promise<void> {
+  let stopping: Promise<void> | undefined;
+  const stop = (signal: string) => {
+    if (stopping) {
+      log(`${service.role}: second ${signal}, exiting now`);
+      process.exit(130);
+    }
+    log(`${service.role}: ${signal}, draining`);
+    stopping = service.drain().then(() => service.close());
+  };
+  const done = new Promise<void>((resolve) => {
+    const onSignal = (sig: NodeJS.Signals) => {
+      stop(sig);
+      void stopping!.then(resolve, (err: unknown) => {
+        log(`${service.role}: error while stopping: ${(err as Error).message}`);
+        resolve();
+      });
+    };
+    process.on("SIGINT", onSignal);
+    process.on("SIGTERM", onSignal);
+    // A parent that goes away (its IPC channel closes) stops us too, so a
+    // killed `tessera run` never leaves nodes behind.
+    process.on("disconnect", () => onSignal("SIGTERM"));
+  });
+  await service.start();
+  log(`${service.role}: serving on ${service.address}`);
+  if (process.send) {
+    const msg: ReadyMessage = { type: "ready", role: service.role, address: service.address, pid: process.pid };
+    process.send(msg);
+  }
+  await done;
+  log(`${service.role}: stopped`);
+}
