@@ -24,5 +24,7 @@ export function tensorF32(t: Tensor | undefined, what = "tensor"): Float32Array 
     throw new RangeError(`${what}: shape [${t.shape.join(", ")}] needs ${n * 4} bytes, got ${t.data.byteLength}`);
   }
   if (t.data.byteOffset % 4 === 0) return new Float32Array(t.data.buffer, t.data.byteOffset, n);
-  return new Float32Array(t.data.slice().buffer, 0, n);
+  // Unaligned (a field inside a received gRPC message): copy. Not
+  // `t.data.slice()`: grpc-js hands us Buffers, whose slice() is a view.
+  return new Float32Array(new Uint8Array(t.data).buffer, 0, n);
 }

@@ -1,0 +1,167 @@
+/**
+ * An embedded local cluster: one coordinator and one node of each role, each
+ * a child process of this one on a free loopback port. Used by `tessera run`
+ * without `--cluster`, by the integration tests and by the benchmarks.
+ */
+import { fork, type ChildProcess } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { ReadyMessage } from "@tessera/core";
+import { cliEntry } from "./paths.js";
+
+/** The roles a local cluster runs. */
+export type Role = "coordinator" | "gpu" | "memory" | "storage";
+
+/** Options of {@link startLocalCluster}. */
+export interface LocalClusterOptions {
+  model: string;
+  tokenizer: string;
+  /** Extra CLI flags per role, e.g. `{ memory: ["--capacity", "64MiB"] }`. */
+  flags?: Partial<Record<Role, string[]>>;
+  /** Copy the children's logs to this process's stderr. @default false */
+  verbose?: boolean;
+  /** How long each child may take to become ready, in ms. @default 60000 */
+  readyTimeoutMs?: number;
+}
+
+/** A running child process of one role. */
+export interface RoleProcess {
+  role: Role;
+  address: string;
+  child: ChildProcess;
+  /** Last lines it wrote to stderr. */
+  logTail(): string;
+}
+
+/** A running local cluster. */
+export interface LocalCluster {
+  /** The coordinator's address. */
+  readonly address: string;
+  /** Directory holding the storage-node's data; removed by stop(). */
+  readonly dir: string;
+  node(role: Role): RoleProcess;
+  /** Kills a role's process with SIGKILL (no drain), for failure tests. */
+  kill(role: Role): Promise<void>;
+  /** Starts a killed role again on the same port with the same flags and data. */
+  restart(role: Role): Promise<void>;
+  /** SIGTERM to every process, SIGKILL after `graceMs`, then removes `dir`. Idempotent. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+const TAIL_BYTES = 8192;
+
+function spawnRole(role: Role, args: string[], verbose: boolean, readyTimeoutMs: number): Promise<RoleProcess> {
+  const child = fork(cliEntry, args, { stdio: ["ignore", "ignore", "pipe", "ipc"], env: process.env });
+  let tail = "";
+  child.stderr!.setEncoding("utf8");
+  child.stderr!.on("data", (chunk: string) => {
+    tail = (tail + chunk).slice(-TAIL_BYTES);
+    if (verbose) process.stderr.write(chunk.replace(/^(?=.)/gm, `[${role}] `));
+  });
+  const logTail = () => tail;
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`${role}-node did not become ready in ${readyTimeoutMs} ms:\n${tail}`));
+    }, readyTimeoutMs);
+    child.on("message", (msg: ReadyMessage) => {
+      if (msg?.type !== "ready") return;
+      clearTimeout(timer);
+      resolve({ role, address: msg.address, child, logTail });
+    });
+    child.once("exit", (code, signal) => {
+      clearTimeout(timer);
+      reject(new Error(`${role} process exited (${signal ?? code}) before it was ready:\n${tail}`));
+    });
+  });
+}
+
+function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const t = setTimeout(() => resolve(false), ms);
+    child.once("exit", () => {
+      clearTimeout(t);
+      resolve(true);
+    });
+  });
+}
+
+/**
+ * Starts memory-, storage- and gpu-node processes, then a coordinator that
+ * knows their addresses. On failure, everything already started is stopped.
+ * @throws Error with the failing child's log tail.
+ */
+export async function startLocalCluster(options: LocalClusterOptions): Promise<LocalCluster> {
+  const dir = await mkdtemp(join(tmpdir(), "tessera-"));
+  const verbose = options.verbose ?? false;
+  const timeout = options.readyTimeoutMs ?? 60_000;
+  const flags = (r: Role) => options.flags?.[r] ?? [];
+  const procs = new Map<Role, RoleProcess>();
+  const args = new Map<Role, string[]>();
+  const start = async (role: Role, a: string[]) => {
+    args.set(role, a);
+    procs.set(role, await spawnRole(role, a, verbose, timeout));
+  };
+  let stopped: Promise<void> | undefined;
+  const cluster: LocalCluster = {
+    get address() {
+      return procs.get("coordinator")!.address;
+    },
+    dir,
+    node(role) {
+      const p = procs.get(role);
+      if (!p) throw new Error(`no ${role} process in this cluster`);
+      return p;
+    },
+    async kill(role) {
+      const p = cluster.node(role);
+      p.child.kill("SIGKILL");
+      await waitExit(p.child, 10_000);
+    },
+    async restart(role) {
+      const p = cluster.node(role);
+      const port = p.address.slice(p.address.lastIndexOf(":") + 1);
+      const a = [...args.get(role)!.filter((_, i, all) => all[i - 1] !== "--port" && all[i] !== "--port"), "--port", port];
+      procs.set(role, await spawnRole(role, a, verbose, timeout));
+    },
+    stop(graceMs = 5000) {
+      stopped ??= (async () => {
+        const children = [...procs.values()].map((p) => p.child);
+        for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGTERM");
+        await Promise.all(
+          children.map(async (c) => {
+            if (!(await waitExit(c, graceMs))) {
+              c.kill("SIGKILL");
+              await waitExit(c, 5000);
+            }
+          }),
+        );
+        await rm(dir, { recursive: true, force: true });
+      })();
+      return stopped;
+    },
+  };
+  try {
+    await Promise.all([
+      start("memory", ["node", "memory", "--port", "0", ...flags("memory")]),
+      start("storage", ["node", "storage", "--port", "0", "--data-dir", join(dir, "storage"), ...flags("storage")]),
+      start("gpu", ["node", "gpu", "--port", "0", ...flags("gpu")]),
+    ]);
+    await start("coordinator", [
+      "coordinator",
+      "--port", "0",
+      "--gpu-node", procs.get("gpu")!.address,
+      "--memory-node", procs.get("memory")!.address,
+      "--storage-node", procs.get("storage")!.address,
+      "--model", options.model,
+      "--tokenizer", options.tokenizer,
+      ...flags("coordinator"),
+    ]);
+  } catch (err) {
+    await cluster.stop(1000);
+    throw err;
+  }
+  return cluster;
+}

@@ -1,0 +1,177 @@
+#!/usr/bin/env node
+/**
+ * The `tessera` command line: argument parsing and wiring only; each
+ * command's work lives in ./commands and in the role packages.
+ */
+import { Command, InvalidArgumentError, Option } from "commander";
+import { parseByteSize } from "@tessera/core";
+import { runCoordinator } from "@tessera/coordinator";
+import { runGpuNode } from "@tessera/gpu-node";
+import { runMemoryNode } from "@tessera/memory-node";
+import { runStorageNode } from "@tessera/storage-node";
+import { infoCommand, synthCommand } from "./commands/model.js";
+import { nodesCommand } from "./commands/nodes.js";
+import { runCommand } from "./commands/run.js";
+import { bundled } from "./paths.js";
+
+const int = (name: string, min = 0) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}`);
+  return n;
+};
+const num = (name: string, min: number, max: number) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be a number in [${min}, ${max}]`);
+  return n;
+};
+const size = (name: string) => (v: string) => {
+  try {
+    return parseByteSize(name, v);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+};
+const list = (v: string, prev: string[] = []) => [...prev, ...v.split(",").filter(Boolean)];
+
+/**
+ * Runs `fn` with an AbortSignal that SIGINT/SIGTERM abort; a second signal
+ * exits at once. Exits with fn's code, or 130 when interrupted.
+ */
+async function withSignals(fn: (signal: AbortSignal) => Promise<number>): Promise<void> {
+  const abort = new AbortController();
+  const onSignal = (sig: string) => {
+    if (abort.signal.aborted) process.exit(130);
+    process.stderr.write(`\n${sig}: stopping (again to force)\n`);
+    abort.abort();
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  try {
+    process.exitCode = await fn(abort.signal);
+  } catch (err) {
+    process.stderr.write(`tessera: ${(err as Error).message}\n`);
+    process.exitCode = abort.signal.aborted ? 130 : 1;
+  }
+}
+
+const program = new Command("tessera")
+  .description("Run LLMs split across gpu-, memory- and storage-nodes, placed for tokens/s per dollar.")
+  .showHelpAfterError()
+  .configureHelp({ showGlobalOptions: true });
+
+program
+  .command("run")
+  .description(
+    "Run a batch of prompts and write one JSON object per prompt. Without --cluster, starts an embedded local " +
+      "cluster (coordinator + one node of each role as child processes on free loopback ports) and stops it after.",
+  )
+  .option("--model <path>", "llama2.c checkpoint", bundled.model)
+  .option("--tokenizer <path>", "tokenizer.bin (default: tok512.bin for the bundled model, else tokenizer.bin beside --model)")
+  .option("--prompts <path>", "prompts JSONL: {\"id\", \"prompt\", optional max_tokens, temperature, top_p, seed, kv} per line", bundled.prompts)
+  .option("--prompt <text>", "run this single prompt instead of a file (\"\" = BOS only)")
+  .option("--out <path>", "results JSONL (\"-\" = stdout)", "-")
+  .option("--max-tokens <n>", "most tokens to generate per prompt", int("--max-tokens", 1), 256)
+  .option("--temperature <t>", "0 = greedy (argmax); > 0 samples as llama2.c run.c", num("--temperature", 0, 100), 0)
+  .option("--top-p <p>", "nucleus sampling threshold (used when temperature > 0; 0 or 1 = off)", num("--top-p", 0, 1), 0.9)
+  .option("--seed <n>", "sampling seed (default: from the clock, printed)", int("--seed", 1))
+  .addOption(new Option("--kv <where>", "where each sequence's KV cache lives").choices(["memory", "storage", "auto"]).default("auto"))
+  .option("--cluster <host:port>", "a running coordinator instead of an embedded cluster")
+  .option("--storage-threshold <tokens>", "embedded cluster: with --kv auto, prompt + max tokens above this goes to the storage-node", int("--storage-threshold", 1))
+  .option("--memory-capacity <bytes>", "embedded cluster: KV capacity of the memory-node, e.g. 512MiB")
+  .option("--storage-buffer <bytes>", "embedded cluster: storage-node streaming buffer, e.g. 64MiB")
+  .addOption(new Option("--execution-provider <ep>", "embedded cluster: onnxruntime execution provider of the gpu-node").choices(["cpu", "cuda"]))
+  .option("-v, --verbose", "show the nodes' logs", false)
+  .option("-q, --quiet", "no progress or summary on stderr", false)
+  .action((opts) => withSignals((signal) => runCommand(opts, signal)));
+
+program
+  .command("coordinator")
+  .description("Start a coordinator that drives the given nodes.")
+  .addOption(new Option("--host <host>", "address to listen on").default("127.0.0.1").env("TESSERA_HOST"))
+  .addOption(new Option("--port <port>", "port (0 = free port)").argParser(int("--port")).default(7300).env("TESSERA_PORT"))
+  .addOption(new Option("--gpu-node <host:port>", "gpu-node address (repeatable or comma-separated)").argParser(list).env("TESSERA_GPU_NODES"))
+  .addOption(new Option("--memory-node <host:port>", "memory-node address (repeatable)").argParser(list).env("TESSERA_MEMORY_NODES"))
+  .addOption(new Option("--storage-node <host:port>", "storage-node address (repeatable)").argParser(list).env("TESSERA_STORAGE_NODES"))
+  .addOption(new Option("--model <path>", "default checkpoint for jobs that name none").env("TESSERA_MODEL"))
+  .addOption(new Option("--tokenizer <path>", "default tokenizer.bin").env("TESSERA_TOKENIZER"))
+  .addOption(new Option("--storage-threshold <tokens>", "KV to a storage-node above this many positions (kv auto)").argParser(int("--storage-threshold", 1)).default(4096))
+  .addOption(new Option("--retry-timeout <ms>", "how long a step is retried while a node is down").argParser(int("--retry-timeout", 1)).default(30000))
+  .action((o) =>
+    runCoordinator({
+      host: o.host,
+      port: o.port,
+      gpuNodes: o.gpuNode ?? [],
+      memoryNodes: o.memoryNode ?? [],
+      storageNodes: o.storageNode ?? [],
+      modelPath: o.model,
+      tokenizerPath: o.tokenizer,
+      storageThresholdTokens: o.storageThreshold,
+      retryTimeoutMs: o.retryTimeout,
+    }),
+  );
+
+const node = program.command("node").description("Start one node of a role.");
+const hostPort = (c: Command, port: number) =>
+  c
+    .addOption(new Option("--host <host>", "address to listen on").default("127.0.0.1").env("TESSERA_HOST"))
+    .addOption(new Option("--port <port>", "port (0 = free port)").argParser(int("--port")).default(port).env("TESSERA_PORT"));
+
+hostPort(node.command("gpu").description("Dense compute of a layer range on onnxruntime."), 7301)
+  .addOption(new Option("--execution-provider <ep>", "onnxruntime execution provider").choices(["cpu", "cuda"]).default("cpu").env("TESSERA_EXECUTION_PROVIDER"))
+  .addOption(new Option("--threads <n>", "onnxruntime intra-op threads (default: onnxruntime's)").argParser(int("--threads", 1)).env("TESSERA_THREADS"))
+  .action((o) => runGpuNode({ host: o.host, port: o.port, executionProvider: o.executionProvider, intraOpThreads: o.threads }));
+
+hostPort(node.command("memory").description("Attention over a KV cache held in RAM."), 7302)
+  .addOption(new Option("--capacity <bytes>", "KV bytes this node may hold").argParser(size("--capacity")).default(parseByteSize("capacity", "1GiB"), "1GiB").env("TESSERA_CAPACITY"))
+  .action((o) => runMemoryNode({ host: o.host, port: o.port, capacityBytes: o.capacity }));
+
+hostPort(node.command("storage").description("Attention streamed from a KV cache in files."), 7303)
+  .addOption(new Option("--data-dir <dir>", "where KV cache files live").makeOptionMandatory().env("TESSERA_DATA_DIR"))
+  .addOption(new Option("--buffer <bytes>", "RAM used to stream KV blocks").argParser(size("--buffer")).default(parseByteSize("buffer", "64MiB"), "64MiB").env("TESSERA_BUFFER"))
+  .addOption(new Option("--block-positions <n>", "positions per KV block").argParser(int("--block-positions", 1)).default(256))
+  .addOption(new Option("--capacity <bytes>", "disk bytes this node may use").argParser(size("--capacity")).default(parseByteSize("capacity", "64GiB"), "64GiB").env("TESSERA_CAPACITY"))
+  .addOption(new Option("--fsync <policy>", "always: KV is on disk before Attend answers; never: left to the OS").choices(["always", "never"]).default("always"))
+  .action((o) =>
+    runStorageNode({
+      host: o.host,
+      port: o.port,
+      dataDir: o.dataDir,
+      bufferBytes: o.buffer,
+      blockPositions: o.blockPositions,
+      capacityBytes: o.capacity,
+      fsync: o.fsync,
+    }),
+  );
+
+program
+  .command("nodes")
+  .description("List a cluster's nodes and their health.")
+  .requiredOption("--cluster <host:port>", "coordinator address")
+  .action((o) => withSignals(() => nodesCommand(o.cluster)));
+
+const model = program.command("model").description("Model checkpoints.");
+model
+  .command("synth")
+  .description("Write a llama2.c checkpoint of any Llama shape with weights generated from a seed (for benchmarks).")
+  .requiredOption("--out <path>", "checkpoint to write")
+  .option("--dim <n>", "model dimension", int("--dim", 1), 1024)
+  .option("--hidden <n>", "FFN hidden dimension (default: Llama's 8/3·dim rounded up to 256)", int("--hidden", 1))
+  .option("--layers <n>", "transformer layers", int("--layers", 1), 8)
+  .option("--heads <n>", "query heads", int("--heads", 1), 16)
+  .option("--kv-heads <n>", "KV heads (GQA; default = heads)", int("--kv-heads", 1))
+  .option("--vocab <n>", "vocabulary size", int("--vocab", 1), 32000)
+  .option("--seq-len <n>", "context length in positions", int("--seq-len", 1), 2048)
+  .option("--seed <n>", "weight seed", int("--seed"), 1)
+  .addOption(new Option("--format <f>", "llama2.c header").choices(["v1", "legacy"]).default("v1"))
+  .action((o) => withSignals(async () => (await synthCommand(o), 0)));
+model
+  .command("info")
+  .description("Print a checkpoint's format, shape, parameter count and bytes.")
+  .argument("<path>", "llama2.c checkpoint")
+  .option("--json", "machine-readable output", false)
+  .action((path: string, o) => withSignals(async () => (await infoCommand(path, o.json), 0)));
+
+program.parseAsync().catch((err: unknown) => {
+  process.stderr.write(`tessera: ${(err as Error).message}\n`);
+  process.exitCode = 1;
+});

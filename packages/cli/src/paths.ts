@@ -1,0 +1,26 @@
+import { existsSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+/** Root of the repository this CLI was built in (packages/cli/dist/.. /..). */
+export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
+
+/** The bundled test model and prompts, in ../shared beside the repository. */
+export const bundled = {
+  model: join(repoRoot, "../shared/models/stories260K.bin"),
+  tokenizer: join(repoRoot, "../shared/models/tok512.bin"),
+  prompts: join(repoRoot, "../shared/prompts/stories.jsonl"),
+};
+
+/** This CLI's entry point, used to start role processes. */
+export const cliEntry = join(dirname(fileURLToPath(import.meta.url)), "main.js");
+
+/**
+ * The tokenizer to use for `model` when none is given: tok512.bin for the
+ * bundled stories260K, else tokenizer.bin beside the checkpoint.
+ */
+export function defaultTokenizerFor(model: string): string {
+  if (resolve(model) === resolve(bundled.model)) return bundled.tokenizer;
+  const beside = join(dirname(model), "tokenizer.bin");
+  return existsSync(beside) ? beside : bundled.tokenizer;
+}

@@ -1,0 +1,232 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import {
+  attendKvCache,
+  createAttentionScratch,
+  createOnlineAttention,
+  planAttendRequest,
+  kvSequenceBytes,
+  f32Tensor,
+  type AttentionDims,
+  type AttendTarget,
+} from "@tessera/core";
+import { Code, create, AttendRequestSchema } from "@tessera/proto";
+
+/** Deterministic uniform(-1, 1) values (mulberry32), so failures reproduce. */
+function random(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1;
+  };
+}
+
+function fill(n: number, rnd: () => number, amp = 1): Float32Array {
+  return Float32Array.from({ length: n }, () => rnd() * amp);
+}
+
+/**
+ * Textbook causal GQA attention, one head and one query at a time:
+ * o = softmax(q K^T / sqrt(d)) V over positions [0, pos].
+ */
+function naiveAttention(
+  dims: AttentionDims,
+  q: Float32Array,
+  nQueries: number,
+  startPos: number,
+  k: Float32Array,
+  v: Float32Array,
+): Float64Array {
+  const { nHeads, nKvHeads, headDim } = dims;
+  const out = new Float64Array(nQueries * nHeads * headDim);
+  for (let i = 0; i < nQueries; i++) {
+    const pos = startPos + i;
+    for (let h = 0; h < nHeads; h++) {
+      const kvh = Math.floor(h / (nHeads / nKvHeads));
+      const scores: number[] = [];
+      for (let t = 0; t <= pos; t++) {
+        let dot = 0;
+        for (let d = 0; d < headDim; d++) {
+          dot += q[(i * nHeads + h) * headDim + d]! * k[(t * nKvHeads + kvh) * headDim + d]!;
+        }
+        scores.push(dot / Math.sqrt(headDim));
+      }
+      const max = Math.max(...scores);
+      const w = scores.map((s) => Math.exp(s - max));
+      const sum = w.reduce((a, b) => a + b, 0);
+      for (let d = 0; d < headDim; d++) {
+        let o = 0;
+        for (let t = 0; t <= pos; t++) o += (w[t]! / sum) * v[(t * nKvHeads + kvh) * headDim + d]!;
+        out[(i * nHeads + h) * headDim + d] = o;
+      }
+    }
+  }
+  return out;
+}
+
+function assertClose(actual: ArrayLike<number>, expected: ArrayLike<number>, rel: number, what: string): void {
+  assert.equal(actual.length, expected.length, `${what}: length`);
+  for (let i = 0; i < expected.length; i++) {
+    const a = actual[i]!;
+    const e = expected[i]!;
+    const tol = rel * Math.max(1, Math.abs(e));
+    assert.ok(Math.abs(a - e) <= tol, `${what}[${i}]: ${a} vs ${e} (tolerance ${tol})`);
+  }
+}
+
+const shapes: { name: string; dims: AttentionDims }[] = [
+  { name: "MHA 4 heads x 8", dims: { nHeads: 4, nKvHeads: 4, headDim: 8 } },
+  { name: "GQA 8 heads / 2 kv x 16", dims: { nHeads: 8, nKvHeads: 2, headDim: 16 } },
+  { name: "MQA 6 heads / 1 kv x 5", dims: { nHeads: 6, nKvHeads: 1, headDim: 5 } },
+];
+
+for (const { name, dims } of shapes) {
+  test(`attention kernels match naive attention: ${name}, prefill then decode`, () => {
+    const rnd = random(7 + dims.nHeads * 31 + dims.headDim);
+    const maxPositions = 40;
+    const kvRow = dims.nKvHeads * dims.headDim;
+    const qRow = dims.nHeads * dims.headDim;
+    // Large amplitude so softmax is peaked and the max-subtraction matters.
+    const k = fill(maxPositions * kvRow, rnd, 3);
+    const v = fill(maxPositions * kvRow, rnd);
+    const scratch = createAttentionScratch();
+    const online = createOnlineAttention(dims);
+    // Prefill 13 positions in one call, then decode positions 13..39 one by one.
+    const calls: [number, number][] = [[0, 13]];
+    for (let p = 13; p < maxPositions; p++) calls.push([p, 1]);
+    for (const [startPos, n] of calls) {
+      const q = fill(n * qRow, rnd, 3);
+      const expected = naiveAttention(dims, q, n, startPos, k, v);
+
+      const out = new Float32Array(n * qRow);
+      attendKvCache(dims, { q, qRow: 0, nQueries: n, startPos }, k, v, out, 0, scratch);
+      assertClose(out, expected, 1e-5, `cache kernel at ${startPos}`);
+
+      // Online kernel, blocks of 5 positions folded out of order (last block first).
+      const blocks: [number, number][] = [];
+      for (let b = 0; b < startPos + n; b += 5) blocks.push([b, Math.min(5, startPos + n - b)]);
+      blocks.reverse();
+      online.begin({ q, qRow: 0, nQueries: n, startPos });
+      for (const [first, count] of blocks) {
+        const kb = k.subarray(first * kvRow, (first + count) * kvRow);
+        const vb = v.subarray(first * kvRow, (first + count) * kvRow);
+        online.fold(first, count, kb, 0, vb, 0);
+      }
+      const out2 = new Float32Array(n * qRow);
+      online.finish(out2, 0);
+      assertClose(out2, expected, 1e-5, `online kernel at ${startPos}`);
+      // The two kernels agree far more closely than either does with f32 rounding.
+      assertClose(out2, out, 1e-6, `online vs cache kernel at ${startPos}`);
+    }
+  });
+}
+
+test("causality: a query ignores positions after its own", () => {
+  const dims = { nHeads: 2, nKvHeads: 1, headDim: 4 };
+  const rnd = random(3);
+  const k = fill(10 * 4, rnd);
+  const v = fill(10 * 4, rnd);
+  const q = fill(3 * 8, rnd);
+  const before = new Float32Array(3 * 8);
+  attendKvCache(dims, { q, qRow: 0, nQueries: 3, startPos: 2 }, k, v, before, 0);
+  // Scribble over positions 5..9, which none of the queries (positions 2, 3, 4) may see.
+  k.fill(100, 5 * 4);
+  v.fill(-100, 5 * 4);
+  const after = new Float32Array(3 * 8);
+  attendKvCache(dims, { q, qRow: 0, nQueries: 3, startPos: 2 }, k, v, after, 0);
+  assert.deepEqual(after, before);
+  const online = createOnlineAttention(dims);
+  online.begin({ q, qRow: 0, nQueries: 3, startPos: 2 });
+  online.fold(0, 10, k, 0, v, 0);
+  const out = new Float32Array(3 * 8);
+  online.finish(out, 0);
+  assertClose(out, before, 1e-6, "online");
+  // Position 0 with its own K only: the output is exactly its V row.
+  const first = new Float32Array(8);
+  attendKvCache(dims, { q, qRow: 0, nQueries: 1, startPos: 0 }, k, v, first, 0);
+  assert.deepEqual(Array.from(first), [...v.subarray(0, 4), ...v.subarray(0, 4)]);
+});
+
+test("kernels read and write at row offsets", () => {
+  const dims = { nHeads: 4, nKvHeads: 2, headDim: 3 };
+  const rnd = random(11);
+  const k = fill(8 * 6, rnd);
+  const v = fill(8 * 6, rnd);
+  const q = fill(5 * 12, rnd); // rows 2..3 are the queries
+  const expected = naiveAttention(dims, q.subarray(2 * 12, 4 * 12), 2, 6, k, v);
+  const out = new Float32Array(4 * 12).fill(9);
+  attendKvCache(dims, { q, qRow: 2, nQueries: 2, startPos: 6 }, k, v, out, 1);
+  assert.deepEqual(Array.from(out.subarray(0, 12)), new Array(12).fill(9));
+  assertClose(out.subarray(12, 36), expected, 1e-5, "cache kernel");
+  const online = createOnlineAttention(dims);
+  online.begin({ q, qRow: 2, nQueries: 2, startPos: 6 });
+  // K and V of positions 0..7 interleaved in one buffer as a storage block would be: [K rows | V rows].
+  const block = new Float32Array(16 * 6);
+  block.set(k, 0);
+  block.set(v, 8 * 6);
+  online.fold(0, 8, block, 0, block, 8);
+  const out2 = new Float32Array(2 * 12);
+  online.finish(out2, 0);
+  assertClose(out2, expected, 1e-5, "online kernel");
+});
+
+test("online kernel refuses to finish a query that saw none of its positions", () => {
+  const dims = { nHeads: 1, nKvHeads: 1, headDim: 2 };
+  const online = createOnlineAttention(dims);
+  online.begin({ q: new Float32Array([1, 0]), qRow: 0, nQueries: 1, startPos: 3 });
+  online.fold(4, 2, new Float32Array(4), 0, new Float32Array(4), 0); // positions 4, 5: masked
+  assert.throws(() => online.finish(new Float32Array(2), 0), /position 3\) saw no positions/);
+});
+
+test("planAttendRequest validates items against sequences", () => {
+  const seq: AttendTarget = {
+    layout: { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 3 },
+    maxPositions: 10,
+    layerLength: (layer) => (layer === 0 ? 4 : 3),
+  };
+  const lookup = (id: string) => (id === "a" ? seq : undefined);
+  const req = (layer: number, items: { seqId: string; startPos: number; nTokens: number }[], t: number, nKv = 2) =>
+    create(AttendRequestSchema, {
+      layer,
+      items,
+      q: f32Tensor(new Float32Array(t * 12), [t, 4, 3]),
+      k: f32Tensor(new Float32Array(t * nKv * 3), [t, nKv, 3]),
+      v: f32Tensor(new Float32Array(t * nKv * 3), [t, nKv, 3]),
+    });
+  const plan = planAttendRequest(req(0, [{ seqId: "a", startPos: 4, nTokens: 2 }], 2), lookup, "node X");
+  assert.deepEqual(
+    plan.items.map((i) => [i.seqId, i.startPos, i.nTokens, i.row]),
+    [["a", 4, 2, 0]],
+  );
+  assert.deepEqual(plan.dims, { nHeads: 4, nKvHeads: 2, headDim: 3 });
+  const fails = (r: ReturnType<typeof req>, code: number, msg: RegExp) =>
+    assert.throws(() => planAttendRequest(r, lookup, "node X"), (err: Error & { rpcCode?: number }) => {
+      assert.equal(err.rpcCode, code);
+      assert.match(err.message, msg);
+      return true;
+    });
+  fails(req(0, [{ seqId: "b", startPos: 0, nTokens: 1 }], 1), Code.NOT_FOUND, /^node X: layer 0: unknown sequence "b"/);
+  fails(req(1, [{ seqId: "a", startPos: 4, nTokens: 1 }], 1), Code.OUT_OF_RANGE, /start_pos 4 leaves a gap after its 3 stored positions/);
+  fails(req(0, [{ seqId: "a", startPos: 4, nTokens: 7 }], 7), Code.OUT_OF_RANGE, /positions \[4, 11\) exceed its max_positions 10/);
+  fails(req(2, [{ seqId: "a", startPos: 0, nTokens: 1 }], 1), Code.INVALID_ARGUMENT, /has 2 layers/);
+  fails(req(0, [{ seqId: "a", startPos: 0, nTokens: 1 }], 2), Code.INVALID_ARGUMENT, /items have 1 tokens in all, tensors have 2 rows/);
+  fails(req(0, [{ seqId: "a", startPos: 0, nTokens: 1 }], 1, 1), Code.INVALID_ARGUMENT, /n_kv_heads 2/);
+  fails(
+    req(0, [
+      { seqId: "a", startPos: 0, nTokens: 1 },
+      { seqId: "a", startPos: 1, nTokens: 1 },
+    ], 2),
+    Code.INVALID_ARGUMENT,
+    /appears twice/,
+  );
+});
+
+test("kvSequenceBytes: max_positions x n_layers x 2 x n_kv_heads x head_dim x 4", () => {
+  assert.equal(kvSequenceBytes({ nLayers: 5, nHeads: 8, nKvHeads: 4, headDim: 8 }, 256, "n"), 256 * 5 * 2 * 4 * 8 * 4);
+  assert.throws(() => kvSequenceBytes({ nLayers: 5, nHeads: 6, nKvHeads: 4, headDim: 8 }, 256, "n"), /n: nHeads 6 is not a multiple of nKvHeads 4/);
+  assert.throws(() => kvSequenceBytes(undefined, 256, "n"), /n: layout is missing/);
+  assert.throws(() => kvSequenceBytes({ nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: 1 }, 0, "n"), /max_positions must be >= 1/);
+});

@@ -1,0 +1,155 @@
+/**
+ * The coordinator service: takes batches over `tessera.v1.Coordinator`,
+ * loads the model on the gpu-node, and runs each batch with
+ * {@link runBatch}. Node addresses come from its options (a NATS registry
+ * replaces them later).
+ */
+import {
+  Attention,
+  Code,
+  Coordinator,
+  GpuNode,
+  RpcError,
+  addService,
+  checkHealth,
+  createClient,
+  type Client,
+  type ServiceImpl,
+} from "@tessera/proto";
+import { startGrpcServer, type GrpcServer, type Service, type ServiceState } from "@tessera/core";
+import { runBatch } from "./batch-run.js";
+import { ForwardChannel } from "./forward-channel.js";
+import { ModelCache } from "./model-cache.js";
+import { compileCoordinatorOptions, type CompiledCoordinatorOptions, type CoordinatorOptions } from "./options.js";
+
+/** A running coordinator. */
+export interface CoordinatorService extends Service {
+  readonly options: CompiledCoordinatorOptions;
+}
+
+/**
+ * Creates a coordinator; `start()` binds its port.
+ * @throws ConfigError naming the option when options are invalid.
+ */
+export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorService {
+  const options = compileCoordinatorOptions(userOptions);
+  const models = new ModelCache();
+  const attentionClients = new Map<string, Client<typeof Attention>>();
+  const gpuClients = new Map<string, Client<typeof GpuNode>>();
+  const jobs = new Set<AbortController>();
+  let grpc: GrpcServer | undefined;
+  let state: ServiceState = "created";
+
+  const attentionClient = (address: string) => {
+    let c = attentionClients.get(address);
+    if (!c) attentionClients.set(address, (c = createClient(Attention, address)));
+    return c;
+  };
+  const gpuClient = (address: string) => {
+    let c = gpuClients.get(address);
+    if (!c) gpuClients.set(address, (c = createClient(GpuNode, address)));
+    return c;
+  };
+
+  const impl: ServiceImpl<typeof Coordinator> = {
+    async generate(call) {
+      if (state !== "running") throw new RpcError(Code.UNAVAILABLE, `coordinator is ${state}`);
+      const req = call.request;
+      if (req.prompts.length === 0) throw new RpcError(Code.INVALID_ARGUMENT, "prompts: the batch is empty");
+      const ids = new Set<string>();
+      for (const p of req.prompts) {
+        if (!p.id) throw new RpcError(Code.INVALID_ARGUMENT, "prompts: every prompt needs an id");
+        if (ids.has(p.id)) throw new RpcError(Code.INVALID_ARGUMENT, `prompts: duplicate id "${p.id}"`);
+        ids.add(p.id);
+      }
+      const modelPath = req.modelPath || options.modelPath;
+      const tokenizerPath = req.tokenizerPath || options.tokenizerPath;
+      if (!modelPath || !tokenizerPath) {
+        throw new RpcError(Code.INVALID_ARGUMENT, "model_path/tokenizer_path: none given and the coordinator has no default");
+      }
+      const model = await models.get(modelPath, tokenizerPath).catch((err: unknown) => {
+        throw new RpcError(Code.INVALID_ARGUMENT, (err as Error).message, { cause: err });
+      });
+      const gpuAddress = options.gpuNodes[0]!;
+      const gpu = gpuClient(gpuAddress);
+      try {
+        await gpu.waitForReady(options.connectTimeoutMs);
+      } catch (err) {
+        throw new RpcError(Code.UNAVAILABLE, `gpu-node at ${gpuAddress} is unreachable: ${(err as Error).message}`);
+      }
+      // Issue 2's plan: every layer on the first gpu-node.
+      await gpu
+        .load({ modelPath, layerStart: 0, layerEnd: model.header.shape.nLayers, embed: true, head: true })
+        .catch((err: unknown) => {
+          const e = RpcError.from(err);
+          throw new RpcError(e.code, `gpu-node ${gpuAddress}: Load failed: ${e.message}`, { cause: err });
+        });
+      const abort = new AbortController();
+      jobs.add(abort);
+      call.on("cancelled", () => abort.abort());
+      const channel = new ForwardChannel(gpu);
+      try {
+        await runBatch(req, {
+          options,
+          model,
+          gpu: channel,
+          attentionClient,
+          signal: abort.signal,
+          emit: (event) => {
+            if (!call.destroyed) call.write(event);
+          },
+        });
+      } finally {
+        channel.close();
+        jobs.delete(abort);
+      }
+    },
+
+    async listNodes() {
+      const all = [
+        ...options.gpuNodes.map((address) => ({ role: "gpu", address, service: "tessera.v1.GpuNode" })),
+        ...options.memoryNodes.map((address) => ({ role: "memory", address, service: "tessera.v1.Attention" })),
+        ...options.storageNodes.map((address) => ({ role: "storage", address, service: "tessera.v1.Attention" })),
+      ];
+      const nodes = await Promise.all(
+        all.map(async (n) => ({ role: n.role, address: n.address, health: await checkHealth(n.address, n.service, 2000) })),
+      );
+      return { nodes };
+    },
+  };
+
+  return {
+    role: "coordinator",
+    options,
+    get state() {
+      return state;
+    },
+    get address() {
+      if (!grpc) throw new Error("coordinator is not started");
+      return grpc.address;
+    },
+    async start() {
+      if (state !== "created") throw new Error(`coordinator is ${state}`);
+      state = "starting";
+      grpc = await startGrpcServer(options.host, options.port, ["tessera.v1.Coordinator"], (server) =>
+        addService(server, Coordinator, impl),
+      );
+      state = "running";
+    },
+    async drain() {
+      if (state !== "running") return;
+      state = "draining";
+      // Running jobs are cancelled: their sequences are closed on the way out
+      // (resuming a job elsewhere comes with the NATS job queue).
+      for (const j of jobs) j.abort();
+      await grpc?.shutdown(options.shutdownGraceMs);
+    },
+    async close() {
+      if (state === "closed") return;
+      await this.drain();
+      state = "closed";
+      await grpc?.shutdown(0);
+      for (const c of [...attentionClients.values(), ...gpuClients.values()]) c.close();
+    },
+  };
+}

@@ -1,0 +1,71 @@
+import {
+  Code,
+  GpuNode,
+  RpcError,
+  createClient,
+  type Client,
+  type ClientDuplexStream,
+  type ForwardRequest,
+  type ForwardResponse,
+  type MessageInitShape,
+  type ForwardRequestSchema,
+} from "@tessera/proto";
+import { NodeUnreachableError } from "@tessera/core";
+
+/**
+ * The coordinator's end of one gpu-node's `Forward` stream: `step()` sends a
+ * request and resolves with its response (responses arrive in request
+ * order). A broken stream rejects every pending step with
+ * NodeUnreachableError("gpu", address) and is re-opened on the next step.
+ */
+export class ForwardChannel {
+  private stream: ClientDuplexStream<MessageInitShape<typeof ForwardRequestSchema>, ForwardResponse> | undefined;
+  private readonly pending: { resolve: (r: ForwardResponse) => void; reject: (e: Error) => void }[] = [];
+
+  constructor(readonly client: Client<typeof GpuNode>) {}
+
+  get address(): string {
+    return this.client.address;
+  }
+
+  /** Sends one step; resolves with its response (which may carry a per-step `error`). */
+  step(request: MessageInitShape<typeof ForwardRequestSchema> & Pick<ForwardRequest, "stepId">): Promise<ForwardResponse> {
+    const stream = this.open();
+    return new Promise((resolve, reject) => {
+      this.pending.push({ resolve, reject });
+      stream.write(request);
+    });
+  }
+
+  private open() {
+    if (this.stream) return this.stream;
+    const stream = this.client.forward();
+    this.stream = stream;
+    stream.on("data", (res: ForwardResponse) => {
+      const p = this.pending.shift();
+      if (p) p.resolve(res);
+    });
+    const fail = (err: Error) => {
+      if (this.stream !== stream) return;
+      this.stream = undefined;
+      const e = new NodeUnreachableError("gpu", this.address, { cause: RpcError.from(err) });
+      for (const p of this.pending.splice(0)) p.reject(e);
+    };
+    stream.on("error", fail);
+    stream.on("end", () => fail(new RpcError(Code.UNAVAILABLE, "Forward stream ended")));
+    return stream;
+  }
+
+  /** Ends the stream; pending steps are rejected. Idempotent. */
+  close(): void {
+    const s = this.stream;
+    this.stream = undefined;
+    for (const p of this.pending.splice(0)) p.reject(new RpcError(Code.CANCELLED, "Forward channel closed"));
+    s?.end();
+  }
+}
+
+/** Creates a Forward channel to the gpu-node at `address`. */
+export function createForwardChannel(address: string): ForwardChannel {
+  return new ForwardChannel(createClient(GpuNode, address));
+}

@@ -1,0 +1,5 @@
+/** The coordinator role: plans batches onto nodes, drives prefill and decode, samples. */
+export { createCoordinator, type CoordinatorService } from "./coordinator.js";
+export { compileCoordinatorOptions, type CoordinatorOptions, type CompiledCoordinatorOptions } from "./options.js";
+export { placeSequences, type AttentionNodeRef, type Placement, type PlacementRequest } from "./placement.js";
+export { runCoordinator } from "./main.js";

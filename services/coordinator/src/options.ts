@@ -1,0 +1,84 @@
+import { ConfigError } from "@tessera/core";
+
+/** Options of a coordinator as a user gives them; see {@link compileCoordinatorOptions} for defaults. */
+export interface CoordinatorOptions {
+  /** @default "127.0.0.1" */
+  host?: string;
+  /** @default 0 (a free port) */
+  port?: number;
+  /** host:port of each gpu-node. At least one. */
+  gpuNodes: readonly string[];
+  /** host:port of each memory-node. */
+  memoryNodes?: readonly string[];
+  /** host:port of each storage-node. */
+  storageNodes?: readonly string[];
+  /** llama2.c checkpoint used when a request names none (a path the gpu-nodes can read). */
+  modelPath?: string;
+  /** tokenizer.bin used when a request names none. */
+  tokenizerPath?: string;
+  /**
+   * With KV placement "auto", a sequence whose prompt + max tokens exceeds
+   * this many positions gets its KV cache on a storage-node.
+   * @default 4096
+   */
+  storageThresholdTokens?: number;
+  /** Most prompt tokens prefilled in one step (longer batches are split into several prefill steps). @default 4096 */
+  maxPrefillTokens?: number;
+  /** How long a step is retried while a node is unavailable, in ms. @default 30000 */
+  retryTimeoutMs?: number;
+  /** How long a node may take to answer at the start of a job, in ms. @default 5000 */
+  connectTimeoutMs?: number;
+  /** Grace for in-flight calls at shutdown, in ms. @default 5000 */
+  shutdownGraceMs?: number;
+  /** Log sink. @default stderr */
+  log?: (line: string) => void;
+}
+
+/** Validated, defaulted, frozen coordinator options. */
+export type CompiledCoordinatorOptions = Readonly<Required<Omit<CoordinatorOptions, "modelPath" | "tokenizerPath">>> & {
+  readonly modelPath: string | undefined;
+  readonly tokenizerPath: string | undefined;
+};
+
+const ADDRESS = /^[^\s:]+:\d{1,5}$/;
+
+/**
+ * Applies defaults and validates once, at construction (Temporal's
+ * `compileWorkerOptions` pattern).
+ * @throws ConfigError naming the option when a value is invalid.
+ */
+export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordinatorOptions {
+  const addresses = (name: string, list: readonly string[] | undefined) => {
+    for (const a of list ?? []) if (!ADDRESS.test(a)) throw new ConfigError(name, `"${a}" is not host:port`);
+    return Object.freeze([...(list ?? [])]);
+  };
+  const positive = (name: string, v: number | undefined, dflt: number) => {
+    const n = v ?? dflt;
+    if (!Number.isInteger(n) || n <= 0) throw new ConfigError(name, `must be a positive integer, got ${v}`);
+    return n;
+  };
+  const gpuNodes = addresses("gpuNodes", o.gpuNodes);
+  if (gpuNodes.length === 0) throw new ConfigError("gpuNodes", "at least one gpu-node address is needed");
+  const memoryNodes = addresses("memoryNodes", o.memoryNodes);
+  const storageNodes = addresses("storageNodes", o.storageNodes);
+  if (memoryNodes.length + storageNodes.length === 0) {
+    throw new ConfigError("memoryNodes", "at least one memory-node or storage-node address is needed");
+  }
+  const port = o.port ?? 0;
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError("port", `not a port: ${o.port}`);
+  return Object.freeze({
+    host: o.host ?? "127.0.0.1",
+    port,
+    gpuNodes,
+    memoryNodes,
+    storageNodes,
+    modelPath: o.modelPath,
+    tokenizerPath: o.tokenizerPath,
+    storageThresholdTokens: positive("storageThresholdTokens", o.storageThresholdTokens, 4096),
+    maxPrefillTokens: positive("maxPrefillTokens", o.maxPrefillTokens, 4096),
+    retryTimeoutMs: positive("retryTimeoutMs", o.retryTimeoutMs, 30_000),
+    connectTimeoutMs: positive("connectTimeoutMs", o.connectTimeoutMs, 5000),
+    shutdownGraceMs: positive("shutdownGraceMs", o.shutdownGraceMs, 5000),
+    log: o.log ?? ((line: string) => process.stderr.write(line + "\n")),
+  });
+}

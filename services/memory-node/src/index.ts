@@ -1,0 +1,10 @@
+/** The memory-node role: the Attention service with the KV cache in RAM. */
+export {
+  createMemoryNode,
+  compileMemoryNodeOptions,
+  ATTENTION_SERVICE_NAME,
+  type MemoryNode,
+  type MemoryNodeOptions,
+  type CompiledMemoryNodeOptions,
+} from "./memory-node.js";
+export { runMemoryNode } from "./main.js";

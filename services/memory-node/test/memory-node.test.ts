@@ -1,0 +1,191 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { Attention, Code, RpcError, checkHealth, createClient } from "@tessera/proto";
+import { createMemoryNode, compileMemoryNodeOptions, type MemoryNode } from "@tessera/memory-node";
+import { KvHistory, assertOutput, openAttend, random, type Layout } from "./attention-harness.js";
+
+const layout: Layout = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 8 };
+/** max_positions x n_layers x 2 x n_kv_heads x head_dim x 4 */
+const bytesFor = (maxPositions: number, L = layout) => maxPositions * L.nLayers * 2 * L.nKvHeads * L.headDim * 4;
+
+async function startNode(t: import("node:test").TestContext, capacityBytes?: number) {
+  const node: MemoryNode = createMemoryNode({ port: 0, capacityBytes });
+  await node.start();
+  t.after(() => node.close());
+  const client = createClient(Attention, node.address);
+  t.after(() => client.close());
+  return { node, client };
+}
+
+test("prefill of two sequences in one request, then decode, equals naive attention", async (t) => {
+  const { node, client } = await startNode(t);
+  assert.equal(node.state, "running");
+  assert.match(node.address, /^127\.0\.0\.1:\d+$/);
+  const maxPositions = 24;
+  for (const seqId of ["a", "b"]) {
+    const r = await client.openSequence({ seqId, layout, maxPositions });
+    assert.equal(r.length, 0);
+    assert.equal(r.reservedBytes, BigInt(bytesFor(maxPositions)));
+  }
+  const history = new KvHistory(layout, maxPositions, random(1));
+  const stream = openAttend(client);
+  t.after(() => stream.end());
+  // Prefill: a has 5 prompt tokens, b has 11, in one request per layer.
+  for (let layer = 0; layer < layout.nLayers; layer++) {
+    const s = history.step(layer, [
+      { seqId: "a", startPos: 0, nTokens: 5 },
+      { seqId: "b", startPos: 0, nTokens: 11 },
+    ]);
+    const r = await stream.attend(s.request);
+    assert.equal(r.stepId, s.request.stepId);
+    assert.equal(r.layer, layer);
+    assertOutput(r, s.expected, layout, 1e-5, `prefill layer ${layer}`);
+  }
+  // Decode: 6 steps of one token each, both sequences in every request.
+  for (let step = 0; step < 6; step++) {
+    for (let layer = 0; layer < layout.nLayers; layer++) {
+      const s = history.step(layer, [
+        { seqId: "b", startPos: 11 + step, nTokens: 1 },
+        { seqId: "a", startPos: 5 + step, nTokens: 1 },
+      ]);
+      assertOutput(await stream.attend(s.request), s.expected, layout, 1e-5, `decode ${step} layer ${layer}`);
+    }
+  }
+  // Re-opening with the same layout reports the length; Info the occupancy.
+  assert.equal((await client.openSequence({ seqId: "a", layout, maxPositions })).length, 11);
+  assert.equal((await client.openSequence({ seqId: "b", layout, maxPositions })).length, 17);
+  const info = await client.info({});
+  assert.deepEqual([info.role, info.capacityBytes, info.usedBytes, info.sequences], ["memory", BigInt(1024 ** 3), BigInt(2 * bytesFor(maxPositions)), 2]);
+});
+
+test("length is the minimum over layers; a retried step overwrites and gives the same output", async (t) => {
+  const { client } = await startNode(t);
+  await client.openSequence({ seqId: "s", layout, maxPositions: 8 });
+  const history = new KvHistory(layout, 8, random(2));
+  const stream = openAttend(client);
+  t.after(() => stream.end());
+  for (let layer = 0; layer < 2; layer++) {
+    const s = history.step(layer, [{ seqId: "s", startPos: 0, nTokens: 3 }]);
+    assertOutput(await stream.attend(s.request), s.expected, layout);
+  }
+  // Decode position 3 on layer 0 only: the sequence's length stays 3.
+  const s0 = history.step(0, [{ seqId: "s", startPos: 3, nTokens: 1 }]);
+  const first = assertOutput(await stream.attend(s0.request), s0.expected, layout);
+  assert.equal((await client.openSequence({ seqId: "s", layout, maxPositions: 8 })).length, 3);
+  // The same request again (a retried step) overwrites position 3 with the same rows.
+  const again = assertOutput(await stream.attend(s0.request), s0.expected, layout);
+  assert.deepEqual(again, first);
+  const s1 = history.step(1, [{ seqId: "s", startPos: 3, nTokens: 1 }]);
+  assertOutput(await stream.attend(s1.request), s1.expected, layout);
+  assert.equal((await client.openSequence({ seqId: "s", layout, maxPositions: 8 })).length, 4);
+});
+
+test("a sequence beyond capacity is refused with RESOURCE_EXHAUSTED naming node, sequence and bytes", async (t) => {
+  const capacity = bytesFor(100) + 1000;
+  const { node, client } = await startNode(t, capacity);
+  await client.openSequence({ seqId: "fits", layout, maxPositions: 100 });
+  await assert.rejects(client.openSequence({ seqId: "too-big", layout, maxPositions: 10 }), (err: RpcError) => {
+    assert.equal(err.code, Code.RESOURCE_EXHAUSTED);
+    assert.equal(
+      err.message,
+      `memory-node ${node.address}: cannot open sequence "too-big" (max_positions 10, 2 layers, 4 heads, 2 kv heads, head_dim 8): ` +
+        `needs ${bytesFor(10)} bytes, 1000 available`,
+    );
+    return true;
+  });
+  const info = await client.info({});
+  assert.deepEqual([info.usedBytes, info.sequences], [BigInt(bytesFor(100)), 1]);
+});
+
+test("bad OpenSequence arguments are INVALID_ARGUMENT", async (t) => {
+  const { client } = await startNode(t);
+  await client.openSequence({ seqId: "x", layout, maxPositions: 4 });
+  const fails = (req: Parameters<typeof client.openSequence>[0], msg: RegExp) =>
+    assert.rejects(client.openSequence(req), (err: RpcError) => {
+      assert.equal(err.code, Code.INVALID_ARGUMENT);
+      assert.match(err.message, msg);
+      return true;
+    });
+  await fails({ seqId: "x", layout: { ...layout, nKvHeads: 4 }, maxPositions: 4 }, /sequence "x" is open with layout \(2 layers, 4 heads, 2 kv heads, head_dim 8\), not \(2 layers, 4 heads, 4 kv heads, head_dim 8\)/);
+  await fails({ seqId: "x", layout, maxPositions: 5 }, /open with max_positions 4; cannot grow to 5/);
+  await fails({ seqId: "y", layout: { ...layout, nHeads: 3 }, maxPositions: 4 }, /nHeads 3 is not a multiple of nKvHeads 2/);
+  await fails({ seqId: "y", maxPositions: 4 }, /layout is missing/);
+  await fails({ seqId: "", layout, maxPositions: 4 }, /seq_id is empty/);
+  await fails({ seqId: "y", layout, maxPositions: 0 }, /max_positions must be >= 1/);
+});
+
+test("a bad request gets an error response and the stream keeps working", async (t) => {
+  const { node, client } = await startNode(t);
+  await client.openSequence({ seqId: "ok", layout, maxPositions: 8 });
+  const history = new KvHistory(layout, 8, random(3));
+  const other = new KvHistory(layout, 8, random(4));
+  const stream = openAttend(client);
+  t.after(() => stream.end());
+
+  const unknown = other.step(0, [{ seqId: "nope", startPos: 0, nTokens: 2 }]);
+  const r1 = await stream.attend(unknown.request);
+  assert.equal(r1.o, undefined);
+  assert.deepEqual(
+    { code: r1.error?.code, message: r1.error?.message, role: r1.error?.role, address: r1.error?.address },
+    {
+      code: Code.NOT_FOUND,
+      message: `memory-node ${node.address}: layer 0: unknown sequence "nope" (not opened, or closed)`,
+      role: "memory",
+      address: node.address,
+    },
+  );
+  // A gap: position 2 of a sequence with 0 positions.
+  const gap = other.step(0, [{ seqId: "ok", startPos: 2, nTokens: 1 }]);
+  const r2 = await stream.attend(gap.request);
+  assert.equal(r2.error?.code, Code.OUT_OF_RANGE);
+  assert.match(r2.error!.message, /sequence "ok": start_pos 2 leaves a gap after its 0 stored positions/);
+  // Past max_positions.
+  const past = other.step(0, [{ seqId: "ok", startPos: 0, nTokens: 9 }]);
+  assert.equal((await stream.attend(past.request)).error?.code, Code.OUT_OF_RANGE);
+  // A failed request had no effect: the good one still starts at 0.
+  const s = history.step(0, [{ seqId: "ok", startPos: 0, nTokens: 4 }]);
+  assertOutput(await stream.attend(s.request), s.expected, layout);
+  // Mismatched shapes (q rows vs items).
+  const bad = history.step(1, [{ seqId: "ok", startPos: 0, nTokens: 2 }]);
+  const r4 = await stream.attend({ ...bad.request, items: [{ seqId: "ok", startPos: 0, nTokens: 1 }] });
+  assert.equal(r4.error?.code, Code.INVALID_ARGUMENT);
+  assert.match(r4.error!.message, /items have 1 tokens in all, tensors have 2 rows/);
+});
+
+test("CloseSequence frees the cache; unknown ids succeed", async (t) => {
+  const { client } = await startNode(t);
+  await client.openSequence({ seqId: "a", layout, maxPositions: 16 });
+  await client.openSequence({ seqId: "b", layout, maxPositions: 16 });
+  assert.equal((await client.info({})).usedBytes, BigInt(2 * bytesFor(16)));
+  await client.closeSequence({ seqId: "a" });
+  await client.closeSequence({ seqId: "b" });
+  await client.closeSequence({ seqId: "never-opened" });
+  const info = await client.info({});
+  assert.deepEqual([info.usedBytes, info.sequences], [0n, 0]);
+  const stream = openAttend(client);
+  t.after(() => stream.end());
+  const s = new KvHistory(layout, 16, random(5)).step(0, [{ seqId: "a", startPos: 0, nTokens: 1 }]);
+  assert.equal((await stream.attend(s.request)).error?.code, Code.NOT_FOUND);
+});
+
+test("grpc health says SERVING while running, and close() stops serving", async () => {
+  const node = createMemoryNode({ port: 0 });
+  await node.start();
+  try {
+    assert.equal(await checkHealth(node.address, "tessera.v1.Attention"), "SERVING");
+    assert.equal(await checkHealth(node.address, ""), "SERVING");
+  } finally {
+    await node.close();
+    await node.close(); // idempotent
+  }
+  assert.equal(node.state, "closed");
+  assert.equal(await checkHealth(node.address, "tessera.v1.Attention", 500), "UNREACHABLE");
+});
+
+test("options are compiled once: defaults, sizes as strings, bad values name the option", () => {
+  assert.deepEqual(compileMemoryNodeOptions(), { host: "127.0.0.1", port: 0, capacityBytes: 1024 ** 3, drainGraceMs: 5000 });
+  assert.equal(compileMemoryNodeOptions({ capacityBytes: "64MiB" }).capacityBytes, 64 * 1024 * 1024);
+  assert.ok(Object.isFrozen(compileMemoryNodeOptions()));
+  assert.throws(() => compileMemoryNodeOptions({ capacityBytes: "lots" }), /^ConfigError: capacityBytes: "lots" is not a size/);
+  assert.throws(() => compileMemoryNodeOptions({ port: 70000 }), /^ConfigError: port: must be an integer 0..65535, got 70000/);
+});
