@@ -11,8 +11,8 @@
  */
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
-import { KvPlacement } from "@tessera/proto";
-import { ReferenceModel, loadCheckpoint, loadTokenizer, type Summary } from "@tessera/core";
+import { KvPlacement, type Summary } from "@tessera/proto";
+import { ReferenceModel, loadCheckpoint, loadTokenizer } from "@tessera/core";
 import { bundled, cliEntry } from "@tessera/cli";
 import { generate, startTestCluster, tempDir } from "@tessera/testing";
 

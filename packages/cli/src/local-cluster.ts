@@ -4,7 +4,7 @@
  * without `--cluster`, by the integration tests and by the benchmarks.
  */
 import { fork, type ChildProcess } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { ReadyMessage } from "@tessera/core";
@@ -51,8 +51,15 @@ export interface LocalCluster {
 
 const TAIL_BYTES = 8192;
 
-function spawnRole(role: Role, args: string[], verbose: boolean, readyTimeoutMs: number): Promise<RoleProcess> {
-  const child = fork(cliEntry, args, { stdio: ["ignore", "ignore", "pipe", "ipc"], env: process.env });
+function spawnRole(role: Role, args: string[], verbose: boolean, readyTimeoutMs: number, tmp: string): Promise<RoleProcess> {
+  // execArgv: [] so children run the built JS directly, not under a test
+  // runner's loaders. TMPDIR: onnxruntime leaves a file per process in the
+  // temp directory; the cluster's own directory is removed when it stops.
+  const child = fork(cliEntry, args, {
+    stdio: ["ignore", "ignore", "pipe", "ipc"],
+    env: { ...process.env, TMPDIR: tmp },
+    execArgv: [],
+  });
   let tail = "";
   child.stderr!.setEncoding("utf8");
   child.stderr!.on("data", (chunk: string) => {
@@ -95,6 +102,8 @@ function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
  */
 export async function startLocalCluster(options: LocalClusterOptions): Promise<LocalCluster> {
   const dir = await mkdtemp(join(tmpdir(), "tessera-"));
+  const tmp = join(dir, "tmp");
+  await mkdir(tmp);
   const verbose = options.verbose ?? false;
   const timeout = options.readyTimeoutMs ?? 60_000;
   const flags = (r: Role) => options.flags?.[r] ?? [];
@@ -102,7 +111,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
   const args = new Map<Role, string[]>();
   const start = async (role: Role, a: string[]) => {
     args.set(role, a);
-    procs.set(role, await spawnRole(role, a, verbose, timeout));
+    procs.set(role, await spawnRole(role, a, verbose, timeout, tmp));
   };
   let stopped: Promise<void> | undefined;
   const cluster: LocalCluster = {
@@ -124,7 +133,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
       const p = cluster.node(role);
       const port = p.address.slice(p.address.lastIndexOf(":") + 1);
       const a = [...args.get(role)!.filter((_, i, all) => all[i - 1] !== "--port" && all[i] !== "--port"), "--port", port];
-      procs.set(role, await spawnRole(role, a, verbose, timeout));
+      procs.set(role, await spawnRole(role, a, verbose, timeout, tmp));
     },
     stop(graceMs = 5000) {
       stopped ??= (async () => {

@@ -5,14 +5,19 @@
  */
 import { Command, InvalidArgumentError, Option } from "commander";
 import { parseByteSize } from "@tessera/core";
-import { runCoordinator } from "@tessera/coordinator";
-import { runGpuNode } from "@tessera/gpu-node";
-import { runMemoryNode } from "@tessera/memory-node";
-import { runStorageNode } from "@tessera/storage-node";
-import { infoCommand, synthCommand } from "./commands/model.js";
-import { nodesCommand } from "./commands/nodes.js";
-import { runCommand } from "./commands/run.js";
 import { bundled } from "./paths.js";
+
+// Commands import their role lazily, so that e.g. a memory-node process
+// never loads onnxruntime and each role starts fast.
+const commands = {
+  run: () => import("./commands/run.js"),
+  model: () => import("./commands/model.js"),
+  nodes: () => import("./commands/nodes.js"),
+  coordinator: () => import("@tessera/coordinator"),
+  gpu: () => import("@tessera/gpu-node"),
+  memory: () => import("@tessera/memory-node"),
+  storage: () => import("@tessera/storage-node"),
+};
 
 const int = (name: string, min = 0) => (v: string) => {
   const n = Number(v);
@@ -82,7 +87,7 @@ program
   .addOption(new Option("--execution-provider <ep>", "embedded cluster: onnxruntime execution provider of the gpu-node").choices(["cpu", "cuda"]))
   .option("-v, --verbose", "show the nodes' logs", false)
   .option("-q, --quiet", "no progress or summary on stderr", false)
-  .action((opts) => withSignals((signal) => runCommand(opts, signal)));
+  .action((opts) => withSignals(async (signal) => (await commands.run()).runCommand(opts, signal)));
 
 program
   .command("coordinator")
@@ -96,8 +101,8 @@ program
   .addOption(new Option("--tokenizer <path>", "default tokenizer.bin").env("TESSERA_TOKENIZER"))
   .addOption(new Option("--storage-threshold <tokens>", "KV to a storage-node above this many positions (kv auto)").argParser(int("--storage-threshold", 1)).default(4096))
   .addOption(new Option("--retry-timeout <ms>", "how long a step is retried while a node is down").argParser(int("--retry-timeout", 1)).default(30000))
-  .action((o) =>
-    runCoordinator({
+  .action(async (o) =>
+    (await commands.coordinator()).runCoordinator({
       host: o.host,
       port: o.port,
       gpuNodes: o.gpuNode ?? [],
@@ -119,11 +124,11 @@ const hostPort = (c: Command, port: number) =>
 hostPort(node.command("gpu").description("Dense compute of a layer range on onnxruntime."), 7301)
   .addOption(new Option("--execution-provider <ep>", "onnxruntime execution provider").choices(["cpu", "cuda"]).default("cpu").env("TESSERA_EXECUTION_PROVIDER"))
   .addOption(new Option("--threads <n>", "onnxruntime intra-op threads (default: onnxruntime's)").argParser(int("--threads", 1)).env("TESSERA_THREADS"))
-  .action((o) => runGpuNode({ host: o.host, port: o.port, executionProvider: o.executionProvider, intraOpThreads: o.threads }));
+  .action(async (o) => (await commands.gpu()).runGpuNode({ host: o.host, port: o.port, executionProvider: o.executionProvider, intraOpThreads: o.threads }));
 
 hostPort(node.command("memory").description("Attention over a KV cache held in RAM."), 7302)
   .addOption(new Option("--capacity <bytes>", "KV bytes this node may hold").argParser(size("--capacity")).default(parseByteSize("capacity", "1GiB"), "1GiB").env("TESSERA_CAPACITY"))
-  .action((o) => runMemoryNode({ host: o.host, port: o.port, capacityBytes: o.capacity }));
+  .action(async (o) => (await commands.memory()).runMemoryNode({ host: o.host, port: o.port, capacityBytes: o.capacity }));
 
 hostPort(node.command("storage").description("Attention streamed from a KV cache in files."), 7303)
   .addOption(new Option("--data-dir <dir>", "where KV cache files live").makeOptionMandatory().env("TESSERA_DATA_DIR"))
@@ -131,8 +136,8 @@ hostPort(node.command("storage").description("Attention streamed from a KV cache
   .addOption(new Option("--block-positions <n>", "positions per KV block").argParser(int("--block-positions", 1)).default(256))
   .addOption(new Option("--capacity <bytes>", "disk bytes this node may use").argParser(size("--capacity")).default(parseByteSize("capacity", "64GiB"), "64GiB").env("TESSERA_CAPACITY"))
   .addOption(new Option("--fsync <policy>", "always: KV is on disk before Attend answers; never: left to the OS").choices(["always", "never"]).default("always"))
-  .action((o) =>
-    runStorageNode({
+  .action(async (o) =>
+    (await commands.storage()).runStorageNode({
       host: o.host,
       port: o.port,
       dataDir: o.dataDir,
@@ -147,7 +152,7 @@ program
   .command("nodes")
   .description("List a cluster's nodes and their health.")
   .requiredOption("--cluster <host:port>", "coordinator address")
-  .action((o) => withSignals(() => nodesCommand(o.cluster)));
+  .action((o) => withSignals(async () => (await commands.nodes()).nodesCommand(o.cluster)));
 
 const model = program.command("model").description("Model checkpoints.");
 model
@@ -163,13 +168,13 @@ model
   .option("--seq-len <n>", "context length in positions", int("--seq-len", 1), 2048)
   .option("--seed <n>", "weight seed", int("--seed"), 1)
   .addOption(new Option("--format <f>", "llama2.c header").choices(["v1", "legacy"]).default("v1"))
-  .action((o) => withSignals(async () => (await synthCommand(o), 0)));
+  .action((o) => withSignals(async () => (await (await commands.model()).synthCommand(o), 0)));
 model
   .command("info")
   .description("Print a checkpoint's format, shape, parameter count and bytes.")
   .argument("<path>", "llama2.c checkpoint")
   .option("--json", "machine-readable output", false)
-  .action((path: string, o) => withSignals(async () => (await infoCommand(path, o.json), 0)));
+  .action((path: string, o) => withSignals(async () => (await (await commands.model()).infoCommand(path, o.json), 0)));
 
 program.parseAsync().catch((err: unknown) => {
   process.stderr.write(`tessera: ${(err as Error).message}\n`);

@@ -254,11 +254,16 @@ export interface OnlineAttention {
   /** Resets the state for `queries` (a view is kept; do not change q until finish). */
   begin(queries: CausalQueries): void;
   /**
-   * Folds positions [firstPos, firstPos + nPositions) whose K rows are rows
-   * `kRow ..` of `k` and V rows rows `vRow ..` of `v` ([rows, n_kv_heads,
-   * head_dim] f32). Positions after a query's own are masked out for it.
+   * Folds positions [firstPos, firstPos + nPositions). Position firstPos + t
+   * has its K row ([n_kv_heads, head_dim] f32) at element kOffset + t x
+   * stride of `k`, its V row at vOffset + t x stride of `v`. The default
+   * stride, n_kv_heads x head_dim, reads rows packed one after another
+   * (a [positions, n_kv_heads, head_dim] tensor); 2 x that reads K and V
+   * interleaved by position, as the storage-node's files hold them.
+   * Positions after a query's own are masked out for it.
+   * @throws RangeError when the rows asked lie outside `k` or `v`.
    */
-  fold(firstPos: number, nPositions: number, k: Float32Array, kRow: number, v: Float32Array, vRow: number): void;
+  fold(firstPos: number, nPositions: number, k: Float32Array, kOffset: number, v: Float32Array, vOffset: number, stride?: number): void;
   /**
    * Writes the outputs ([nQueries, n_heads * head_dim] f32) at row `outRow`.
    * @throws RangeError when some query saw none of its positions [0, p]
@@ -301,8 +306,10 @@ export function createOnlineAttention(dims: AttentionDims): OnlineAttention {
       for (let i = 0; i < nQ * qStride; i++) qs[i] = q[src + i]! * scale;
     },
 
-    fold(firstPos, nPositions, k, kRow, v, vRow) {
-      if (k.length < (kRow + nPositions) * kvRowLen || v.length < (vRow + nPositions) * kvRowLen) {
+    fold(firstPos, nPositions, k, kOffset, v, vOffset, stride = kvRowLen) {
+      if (nPositions <= 0) return;
+      const lastRow = (nPositions - 1) * stride + kvRowLen;
+      if (kOffset < 0 || vOffset < 0 || k.length < kOffset + lastRow || v.length < vOffset + lastRow) {
         throw new RangeError(`K/V block holds fewer than ${nPositions} positions`);
       }
       s = grow(s, group * nPositions);
@@ -317,7 +324,7 @@ export function createOnlineAttention(dims: AttentionDims): OnlineAttention {
           const kHead = g * headDim;
           blockMax.fill(-Infinity);
           const q0 = qBase + h0 * headDim;
-          for (let t = 0; t < n; t++) groupScores(qs, q0, group, k, (kRow + t) * kvRowLen + kHead, headDim, s, t * group);
+          for (let t = 0; t < n; t++) groupScores(qs, q0, group, k, kOffset + t * stride + kHead, headDim, s, t * group);
           for (let t = 0; t < n; t++) {
             const sRow = t * group;
             for (let j = 0; j < group; j++) if (s[sRow + j]! > blockMax[j]!) blockMax[j] = s[sRow + j]!;
@@ -345,7 +352,7 @@ export function createOnlineAttention(dims: AttentionDims): OnlineAttention {
             }
           }
           const a0 = (hBase + h0) * headDim;
-          for (let t = 0; t < n; t++) groupAxpy(s, t * group, group, v, (vRow + t) * kvRowLen + kHead, acc, a0, headDim);
+          for (let t = 0; t < n; t++) groupAxpy(s, t * group, group, v, vOffset + t * stride + kHead, acc, a0, headDim);
         }
       }
     },

@@ -32,40 +32,48 @@ export interface ReadyMessage {
 
 /**
  * Starts `service` as the main component of this process: on SIGINT/SIGTERM
- * drains and closes it (a second signal exits at once); tells a parent
- * process on the IPC channel that it is ready; logs to stderr. Resolves when
- * the service has closed.
+ * (or when a parent's IPC channel closes) drains and closes it, and a second
+ * signal exits at once; tells a parent process on the IPC channel that it is
+ * ready; logs to stderr. Resolves when the service has closed; rejects when
+ * it cannot start (e.g. its port is taken). Either way the signal handlers
+ * and the IPC channel are released, so the process can exit by itself.
  */
 export async function runUntilSignal(service: Service, log: (line: string) => void = (l) => process.stderr.write(l + "\n")): Promise<void> {
   let stopping: Promise<void> | undefined;
-  const stop = (signal: string) => {
+  let stopped!: () => void;
+  const done = new Promise<void>((resolve) => (stopped = resolve));
+  const onSignal = (sig: NodeJS.Signals) => {
     if (stopping) {
-      log(`${service.role}: second ${signal}, exiting now`);
+      log(`${service.role}: second ${sig}, exiting now`);
       process.exit(130);
     }
-    log(`${service.role}: ${signal}, draining`);
-    stopping = service.drain().then(() => service.close());
+    log(`${service.role}: ${sig}, draining`);
+    stopping = service
+      .drain()
+      .then(() => service.close())
+      .catch((err: unknown) => log(`${service.role}: error while stopping: ${(err as Error).message}`))
+      .finally(stopped);
   };
-  const done = new Promise<void>((resolve) => {
-    const onSignal = (sig: NodeJS.Signals) => {
-      stop(sig);
-      void stopping!.then(resolve, (err: unknown) => {
-        log(`${service.role}: error while stopping: ${(err as Error).message}`);
-        resolve();
-      });
-    };
-    process.on("SIGINT", onSignal);
-    process.on("SIGTERM", onSignal);
-    // A parent that goes away (its IPC channel closes) stops us too, so a
-    // killed `tessera run` never leaves nodes behind.
-    process.on("disconnect", () => onSignal("SIGTERM"));
-  });
-  await service.start();
-  log(`${service.role}: serving on ${service.address}`);
-  if (process.send) {
-    const msg: ReadyMessage = { type: "ready", role: service.role, address: service.address, pid: process.pid };
-    process.send(msg);
+  // A parent that goes away (its IPC channel closes) stops us too, so a
+  // killed `tessera run` never leaves nodes behind.
+  const onDisconnect = () => onSignal("SIGTERM");
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  process.on("disconnect", onDisconnect);
+  try {
+    await service.start();
+    log(`${service.role}: serving on ${service.address}`);
+    if (process.send) {
+      const msg: ReadyMessage = { type: "ready", role: service.role, address: service.address, pid: process.pid };
+      process.send(msg);
+    }
+    await done;
+    log(`${service.role}: stopped`);
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+    process.off("disconnect", onDisconnect);
+    // An open IPC channel keeps the event loop (and the process) alive.
+    if (process.connected) process.disconnect();
   }
-  await done;
-  log(`${service.role}: stopped`);
 }

@@ -163,14 +163,26 @@ test("kernels read and write at row offsets", () => {
   assertClose(out.subarray(12, 36), expected, 1e-5, "cache kernel");
   const online = createOnlineAttention(dims);
   online.begin({ q, qRow: 2, nQueries: 2, startPos: 6 });
-  // K and V of positions 0..7 interleaved in one buffer as a storage block would be: [K rows | V rows].
+  // K and V of positions 0..7 interleaved by position in one buffer, as a
+  // storage-node block holds them: [K row 0, V row 0, K row 1, ...], stride 2 rows.
   const block = new Float32Array(16 * 6);
-  block.set(k, 0);
-  block.set(v, 8 * 6);
-  online.fold(0, 8, block, 0, block, 8);
+  for (let p = 0; p < 8; p++) {
+    block.set(k.subarray(p * 6, p * 6 + 6), 2 * p * 6);
+    block.set(v.subarray(p * 6, p * 6 + 6), 2 * p * 6 + 6);
+  }
+  online.fold(0, 3, block, 0, block, 6, 12);
+  online.fold(3, 5, block, 3 * 12, block, 3 * 12 + 6, 12);
   const out2 = new Float32Array(2 * 12);
   online.finish(out2, 0);
   assertClose(out2, expected, 1e-5, "online kernel");
+  // Packed rows at an element offset: positions 2..7 start at row 2.
+  online.begin({ q, qRow: 2, nQueries: 2, startPos: 6 });
+  online.fold(2, 6, k, 2 * 6, v, 2 * 6);
+  online.fold(0, 2, k, 0, v, 0);
+  const out3 = new Float32Array(2 * 12);
+  online.finish(out3, 0);
+  assertClose(out3, expected, 1e-5, "online kernel, offsets");
+  assert.throws(() => online.fold(0, 9, k, 0, v, 0), /K\/V block holds fewer than 9 positions/);
 });
 
 test("online kernel refuses to finish a query that saw none of its positions", () => {

@@ -97,7 +97,9 @@ export function addService<S extends AnyGen>(server: grpc.Server, service: S, im
             if (!call.writableEnded) call.end();
           },
           (err: unknown) => {
-            if (!call.destroyed) call.destroy(toServiceError(err) as unknown as Error);
+            // grpc-js turns an 'error' event into the call's status (and
+            // ends it); destroy() would drop the call without any status.
+            if (!call.writableEnded && !call.destroyed) call.emit("error", toServiceError(err));
           },
         );
       };
@@ -109,6 +111,16 @@ export function addService<S extends AnyGen>(server: grpc.Server, service: S, im
 function toServiceError(err: unknown): Partial<grpc.StatusObject> {
   const e = RpcError.from(err);
   return { code: e.code, details: e.message, metadata: e.metadata };
+}
+
+/**
+ * The requests of a client- or bidi-streaming call, for `for await`. Use
+ * this rather than iterating the call itself: a Readable's own async
+ * iterator destroys the stream when the loop ends, which would drop the
+ * call without sending its OK status once the client half-closes.
+ */
+export function requests<T>(call: grpc.ServerReadableStream<T, unknown> | grpc.ServerDuplexStream<T, unknown>): AsyncIterable<T> {
+  return call.iterator({ destroyOnReturn: false }) as AsyncIterable<T>;
 }
 
 /** Per-call options of a typed client. */

@@ -13,6 +13,7 @@ export type { MessageInitShape } from "@bufbuild/protobuf";
 export {
   addService,
   createClient,
+  requests,
   serviceDefinition,
   defaultChannelOptions,
   type CallOptions,

@@ -4,6 +4,7 @@
  * {@link runBatch}. Node addresses come from its options (a NATS registry
  * replaces them later).
  */
+import { setMaxListeners } from "node:events";
 import {
   Attention,
   Code,
@@ -85,6 +86,8 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
           throw new RpcError(e.code, `gpu-node ${gpuAddress}: Load failed: ${e.message}`, { cause: err });
         });
       const abort = new AbortController();
+      // Every in-flight call of the job listens on this signal.
+      setMaxListeners(0, abort.signal);
       jobs.add(abort);
       call.on("cancelled", () => abort.abort());
       const channel = new ForwardChannel(gpu);

@@ -38,7 +38,9 @@ import {
   type AttendResponseSchema,
   type MessageInitShape,
   type NodeErrorSchema,
+  type ServerDuplexStream,
   type ServiceImpl,
+  requests,
 } from "@tessera/proto";
 
 /** gRPC service name the health service reports on. */
@@ -238,18 +240,20 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
   }
 
   const impl: ServiceImpl<typeof Attention> = {
+    /** Reserves and allocates; RESOURCE_EXHAUSTED past capacity, INVALID_ARGUMENT for another layout. */
     async openSequence(req) {
       return openSequence(req.seqId, req.layout, req.maxPositions);
     },
+    /** Frees the buffers at once; unknown ids succeed. */
     async closeSequence(req) {
       closeSequence(req.seqId);
       return {};
     },
+    /** One response per request, in order; a bad request gets an `error` response and the stream goes on. */
     async attend(call) {
-      // One response per request, in order; a bad request gets an error
-      // response and the stream goes on.
-      for await (const req of call as AsyncIterable<AttendRequest>) call.write(attend(req));
+      for await (const req of requests(call)) call.write(attend(req));
     },
+    /** Capacity and reserved bytes (sum of open sequences' reservations). */
     async info() {
       return { role: "memory", capacityBytes: BigInt(opts.capacityBytes), usedBytes: BigInt(usedBytes), sequences: sequences.size };
     },

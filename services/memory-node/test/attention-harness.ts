@@ -112,6 +112,12 @@ export class KvHistory {
     return { k: this.k.get(seqId)!, v: this.v.get(seqId)! };
   }
 
+  /** The K and V rows [max_positions, n_kv_heads, head_dim] written so far for `seqId` at `layer`. */
+  kv(seqId: string, layer: number): { k: Float32Array; v: Float32Array } {
+    const c = this.cache(seqId);
+    return { k: c.k[layer]!, v: c.v[layer]! };
+  }
+
   /** A step of `layer` for `items` with fresh random q, k, v (k with a large range so softmax is peaked). */
   step(layer: number, items: StepItem[]): Step {
     const L = this.layout;
@@ -169,8 +175,8 @@ export function assertOutput(r: AttendResponse, expected: Float64Array, L: Layou
 /** An Attend stream where each request gets a promise of its response (the node answers in order). */
 export interface AttendSession {
   attend(req: MessageInitShape<typeof AttendRequestSchema>): Promise<AttendResponse>;
-  /** Half-closes the stream and waits for the node to end it. */
-  end(): Promise<void>;
+  /** Half-closes the stream; resolves with the status code the node ends it with. */
+  end(): Promise<number>;
 }
 
 /** Opens an Attend stream on `client`. */
@@ -178,7 +184,7 @@ export function openAttend(client: Client<typeof Attention>): AttendSession {
   const call = client.attend();
   const waiting: { resolve(r: AttendResponse): void; reject(e: unknown): void }[] = [];
   let failure: unknown;
-  const ended = new Promise<void>((resolve) => call.on("status", () => resolve()));
+  const ended = new Promise<number>((resolve) => call.on("status", (s: { code: number }) => resolve(s.code)));
   call.on("data", (r: AttendResponse) => {
     const w = waiting.shift();
     if (w) w.resolve(r);
@@ -198,9 +204,9 @@ export function openAttend(client: Client<typeof Attention>): AttendSession {
         call.write(msg);
       });
     },
-    async end() {
+    end() {
       call.end();
-      await ended;
+      return ended;
     },
   };
 }

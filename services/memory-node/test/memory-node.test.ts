@@ -51,6 +51,8 @@ test("prefill of two sequences in one request, then decode, equals naive attenti
       assertOutput(await stream.attend(s.request), s.expected, layout, 1e-5, `decode ${step} layer ${layer}`);
     }
   }
+  // Half-closing the stream ends it with OK.
+  assert.equal(await stream.end(), Code.OK);
   // Re-opening with the same layout reports the length; Info the occupancy.
   assert.equal((await client.openSequence({ seqId: "a", layout, maxPositions })).length, 11);
   assert.equal((await client.openSequence({ seqId: "b", layout, maxPositions })).length, 17);
@@ -118,7 +120,7 @@ test("a bad request gets an error response and the stream keeps working", async 
   const { node, client } = await startNode(t);
   await client.openSequence({ seqId: "ok", layout, maxPositions: 8 });
   const history = new KvHistory(layout, 8, random(3));
-  const other = new KvHistory(layout, 8, random(4));
+  const other = new KvHistory(layout, 16, random(4)); // requests the node must refuse
   const stream = openAttend(client);
   t.after(() => stream.end());
 
@@ -147,7 +149,8 @@ test("a bad request gets an error response and the stream keeps working", async 
   assertOutput(await stream.attend(s.request), s.expected, layout);
   // Mismatched shapes (q rows vs items).
   const bad = history.step(1, [{ seqId: "ok", startPos: 0, nTokens: 2 }]);
-  const r4 = await stream.attend({ ...bad.request, items: [{ seqId: "ok", startPos: 0, nTokens: 1 }] });
+  const { q, k, v } = bad.request;
+  const r4 = await stream.attend({ stepId: 99n, layer: 1, q, k, v, items: [{ seqId: "ok", startPos: 0, nTokens: 1 }] });
   assert.equal(r4.error?.code, Code.INVALID_ARGUMENT);
   assert.match(r4.error!.message, /items have 1 tokens in all, tensors have 2 rows/);
 });

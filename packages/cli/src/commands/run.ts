@@ -1,6 +1,6 @@
 import { readFile } from "node:fs/promises";
 import { Coordinator, KvPlacement, RpcError, createClient, type GenerateEvent, type Summary } from "@tessera/proto";
-import { parsePromptsJsonl, type PromptSpec } from "@tessera/core";
+import { loadTokenizer, parsePromptsJsonl, readCheckpointHeader, type PromptSpec } from "@tessera/core";
 import { startLocalCluster, type LocalCluster } from "../local-cluster.js";
 import { bundled, defaultTokenizerFor } from "../paths.js";
 import { RunProgress } from "../progress.js";
@@ -63,6 +63,9 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
   try {
     let address = flags.cluster;
     if (!address) {
+      // Fail before starting anything when the model or tokenizer is bad.
+      const header = await readCheckpointHeader(model);
+      await loadTokenizer(tokenizer, header.shape.vocabSize);
       if (!flags.quiet) process.stderr.write("starting local cluster (coordinator, gpu-, memory- and storage-node)...\n");
       const nodeFlags = (name: string, v: string | number | undefined) => (v === undefined ? [] : [name, String(v)]);
       cluster = await startLocalCluster({
