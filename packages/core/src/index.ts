@@ -12,3 +12,4 @@ export * from "./reference-model.js";
 export * from "./synth.js";
 export * from "./prompts.js";
 export * from "./attention.js";
+export * from "./grpc-service.js";

@@ -11,60 +11,10 @@ import {
   type AttendTarget,
 } from "@tessera/core";
 import { Code, create, AttendRequestSchema } from "@tessera/proto";
-
-/** Deterministic uniform(-1, 1) values (mulberry32), so failures reproduce. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1;
-  };
-}
+import { naiveAttention, random } from "@tessera/testing";
 
 function fill(n: number, rnd: () => number, amp = 1): Float32Array {
   return Float32Array.from({ length: n }, () => rnd() * amp);
-}
-
-/**
- * Textbook causal GQA attention, one head and one query at a time:
- * o = softmax(q K^T / sqrt(d)) V over positions [0, pos].
- */
-function naiveAttention(
-  dims: AttentionDims,
-  q: Float32Array,
-  nQueries: number,
-  startPos: number,
-  k: Float32Array,
-  v: Float32Array,
-): Float64Array {
-  const { nHeads, nKvHeads, headDim } = dims;
-  const out = new Float64Array(nQueries * nHeads * headDim);
-  for (let i = 0; i < nQueries; i++) {
-    const pos = startPos + i;
-    for (let h = 0; h < nHeads; h++) {
-      const kvh = Math.floor(h / (nHeads / nKvHeads));
-      const scores: number[] = [];
-      for (let t = 0; t <= pos; t++) {
-        let dot = 0;
-        for (let d = 0; d < headDim; d++) {
-          dot += q[(i * nHeads + h) * headDim + d]! * k[(t * nKvHeads + kvh) * headDim + d]!;
-        }
-        scores.push(dot / Math.sqrt(headDim));
-      }
-      const max = Math.max(...scores);
-      const w = scores.map((s) => Math.exp(s - max));
-      const sum = w.reduce((a, b) => a + b, 0);
-      for (let d = 0; d < headDim; d++) {
-        let o = 0;
-        for (let t = 0; t <= pos; t++) o += (w[t]! / sum) * v[(t * nKvHeads + kvh) * headDim + d]!;
-        out[(i * nHeads + h) * headDim + d] = o;
-      }
-    }
-  }
-  return out;
 }
 
 function assertClose(actual: ArrayLike<number>, expected: ArrayLike<number>, rel: number, what: string): void {

@@ -20,6 +20,7 @@ import {
 import { bundled, startLocalCluster, type LocalCluster, type LocalClusterOptions } from "@tessera/cli";
 
 export { bundled };
+export * from "./attention-harness.js";
 
 /** Starts a local cluster (child processes) on the bundled stories260K unless told otherwise. */
 export function startTestCluster(options: Partial<LocalClusterOptions> = {}): Promise<LocalCluster> {

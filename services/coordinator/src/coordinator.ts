@@ -17,7 +17,7 @@ import {
   type Client,
   type ServiceImpl,
 } from "@tessera/proto";
-import { startGrpcServer, type GrpcServer, type Service, type ServiceState } from "@tessera/core";
+import { createGrpcService, type Service } from "@tessera/core";
 import { runBatch } from "./batch-run.js";
 import { ForwardChannel } from "./forward-channel.js";
 import { ModelCache } from "./model-cache.js";
@@ -38,8 +38,6 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
   const attentionClients = new Map<string, Client<typeof Attention>>();
   const gpuClients = new Map<string, Client<typeof GpuNode>>();
   const jobs = new Set<AbortController>();
-  let grpc: GrpcServer | undefined;
-  let state: ServiceState = "created";
 
   const attentionClient = (address: string) => {
     let c = attentionClients.get(address);
@@ -54,7 +52,7 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
 
   const impl: ServiceImpl<typeof Coordinator> = {
     async generate(call) {
-      if (state !== "running") throw new RpcError(Code.UNAVAILABLE, `coordinator is ${state}`);
+      if (service.state !== "running") throw new RpcError(Code.UNAVAILABLE, `coordinator is ${service.state}`);
       const req = call.request;
       if (req.prompts.length === 0) throw new RpcError(Code.INVALID_ARGUMENT, "prompts: the batch is empty");
       const ids = new Set<string>();
@@ -121,38 +119,24 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
     },
   };
 
-  return {
+  const service = createGrpcService({
     role: "coordinator",
-    options,
-    get state() {
-      return state;
-    },
-    get address() {
-      if (!grpc) throw new Error("coordinator is not started");
-      return grpc.address;
-    },
-    async start() {
-      if (state !== "created") throw new Error(`coordinator is ${state}`);
-      state = "starting";
-      grpc = await startGrpcServer(options.host, options.port, ["tessera.v1.Coordinator"], (server) =>
-        addService(server, Coordinator, impl),
-      );
-      state = "running";
-    },
-    async drain() {
-      if (state !== "running") return;
-      state = "draining";
+    name: "coordinator",
+    host: options.host,
+    port: options.port,
+    serviceNames: ["tessera.v1.Coordinator"],
+    register: (server) => addService(server, Coordinator, impl),
+    graceMs: options.shutdownGraceMs,
+    onDrain() {
       // Running jobs are cancelled: their sequences are closed on the way out
       // (resuming a job elsewhere comes with the NATS job queue).
       for (const j of jobs) j.abort();
-      await grpc?.shutdown(options.shutdownGraceMs);
     },
-    async close() {
-      if (state === "closed") return;
-      await this.drain();
-      state = "closed";
-      await grpc?.shutdown(0);
+    // close() too gives the cancelled jobs the grace period to close their sequences.
+    drainOnClose: true,
+    onClose() {
       for (const c of [...attentionClients.values(), ...gpuClients.values()]) c.close();
     },
-  };
+  });
+  return Object.assign(service, { options });
 }

@@ -9,13 +9,11 @@ import {
   CheckpointError,
   type Checkpoint,
   ConfigError,
+  createGrpcService,
   f32Tensor,
   loadCheckpoint,
-  startGrpcServer,
   tensorF32,
-  type GrpcServer,
   type Service,
-  type ServiceState,
 } from "@tessera/core";
 import {
   Code,
@@ -164,16 +162,13 @@ class LoadedModel {
  */
 export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
   const opts = compileGpuNodeOptions(options);
-  let state: ServiceState = "created";
-  let grpc: GrpcServer | undefined;
   let current: LoadedModel | undefined;
   let loadChain: Promise<unknown> = Promise.resolve();
   const retiring = new Set<Promise<void>>();
   const streams = new AttendStreams(opts.attentionTimeoutMs);
   const forwards = new Set<{ stop(): Promise<void> }>();
-  let closing: Promise<void> | undefined;
 
-  const address = () => grpc?.address ?? `${opts.host}:${opts.port}`;
+  const address = () => service.address;
 
   function retire(m: LoadedModel | undefined): void {
     if (!m) return;
@@ -183,7 +178,7 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
   }
 
   async function load(req: LoadRequest): Promise<MessageInitShape<typeof LoadResponseSchema>> {
-    if (state !== "running") throw new RpcError(Code.UNAVAILABLE, `gpu-node ${address()} is ${state}`);
+    if (service.state !== "running") throw new RpcError(Code.UNAVAILABLE, `gpu-node ${address()} is ${service.state}`);
     const key = JSON.stringify([req.modelPath, req.layerStart, req.layerEnd, req.embed, req.head]);
     const run = loadChain.then(async () => {
       if (current?.key === key) return current.response;
@@ -231,9 +226,9 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
         weightBytes: BigInt(model.weightBytes),
         loadSeconds: (performance.now() - t0) / 1000,
       };
-      if (state !== "running") {
+      if (service.state !== "running") {
         await model.release();
-        throw new RpcError(Code.UNAVAILABLE, `gpu-node ${address()} is ${state}`);
+        throw new RpcError(Code.UNAVAILABLE, `gpu-node ${address()} is ${service.state}`);
       }
       const loaded = new LoadedModel(key, model, response);
       loaded.acquire(); // held by `current` until replaced or closed
@@ -288,7 +283,7 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
       const timings = { denseSeconds: 0, attentionWaitSeconds: 0, attentionComputeSeconds: 0, totalSeconds: 0 };
       const loaded = current;
       try {
-        if (state !== "running") throw new StepError(Code.UNAVAILABLE, `gpu-node ${address()} is ${state}`, "gpu", address());
+        if (service.state !== "running") throw new StepError(Code.UNAVAILABLE, `gpu-node ${address()} is ${service.state}`, "gpu", address());
         if (!loaded) throw new StepError(Code.FAILED_PRECONDITION, "no model is loaded: call Load first", "gpu", address());
         loaded.acquire();
         try {
@@ -397,58 +392,40 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
     }
   }
 
-  return {
+  const service = createGrpcService({
     role: "gpu",
-    options: opts,
-    get state() {
-      return state;
-    },
-    get address() {
-      return address();
-    },
-    async start() {
-      if (state !== "created") throw new Error(`gpu-node: start() called in state ${state}`);
-      state = "starting";
-      try {
-        grpc = await startGrpcServer(opts.host, opts.port, [GPU_NODE_SERVICE], (server) =>
-          addService(server, GpuNodeService, { load, forward }),
-        );
-      } catch (err) {
-        state = "closed";
-        throw err;
-      }
-      state = "running";
-    },
-    async drain() {
-      if (state !== "running") return;
-      state = "draining";
-      // Let running steps end (within the grace period), then the server.
+    name: "gpu-node",
+    host: opts.host,
+    port: opts.port,
+    serviceNames: [GPU_NODE_SERVICE],
+    register: (server) => addService(server, GpuNodeService, { load, forward }),
+    graceMs: opts.shutdownGraceMs,
+    async onDrain() {
+      // Let running steps end (within the grace period) before the server stops taking calls.
       let grace: NodeJS.Timeout | undefined;
       await Promise.race([
         Promise.all([...forwards].map((f) => f.stop())),
         new Promise<void>((resolve) => (grace = setTimeout(resolve, opts.shutdownGraceMs))),
       ]);
       clearTimeout(grace);
-      await grpc?.shutdown(opts.shutdownGraceMs);
     },
-    close() {
-      closing ??= (async () => {
-        state = "closed";
-        streams.close();
-        await Promise.all([...forwards].map((f) => f.stop()));
-        await grpc?.shutdown(0);
-        await loadChain;
-        const m = current;
-        current = undefined;
-        if (m) {
-          m.releaseLease();
-          retire(m);
-        }
-        await Promise.all([...retiring]);
-      })();
-      return closing;
+    async beforeShutdown() {
+      // Pending attention calls fail, so running steps end now and their Forward streams end with OK.
+      streams.close();
+      await Promise.all([...forwards].map((f) => f.stop()));
     },
-  };
+    async onClose() {
+      await loadChain;
+      const m = current;
+      current = undefined;
+      if (m) {
+        m.releaseLease();
+        retire(m);
+      }
+      await Promise.all([...retiring]);
+    },
+  });
+  return Object.assign(service, { options: opts });
 }
 
 /** Reusable typed arrays of one Forward stream, grown on demand. */

@@ -14,31 +14,26 @@
 import {
   CapacityError,
   ConfigError,
-  TesseraError,
   attendKvCache,
+  checkOpenSequence,
   createAttentionScratch,
+  createGrpcService,
+  describeKvLayout,
   f32Tensor,
-  kvSequenceBytes,
   parseByteSize,
   planAttendRequest,
-  sameKvLayout,
-  startGrpcServer,
   type AttendTarget,
-  type GrpcServer,
   type KvLayoutDims,
   type Service,
-  type ServiceState,
 } from "@tessera/core";
 import {
   Attention,
-  Code,
   RpcError,
   addService,
   type AttendRequest,
   type AttendResponseSchema,
   type MessageInitShape,
   type NodeErrorSchema,
-  type ServerDuplexStream,
   type ServiceImpl,
   requests,
 } from "@tessera/proto";
@@ -117,10 +112,6 @@ function sequenceLength(seq: Sequence): number {
   return seq.lengths.reduce((a, b) => Math.min(a, b), Number.MAX_SAFE_INTEGER);
 }
 
-function describeLayout(l: KvLayoutDims): string {
-  return `${l.nLayers} layers, ${l.nHeads} heads, ${l.nKvHeads} kv heads, head_dim ${l.headDim}`;
-}
-
 /**
  * Creates a memory-node. Nothing is bound until `start()`.
  * @throws ConfigError naming the option when `options` are invalid.
@@ -130,11 +121,8 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
   const sequences = new Map<string, Sequence>();
   const scratch = createAttentionScratch();
   let usedBytes = 0;
-  let state: ServiceState = "created";
-  let server: GrpcServer | undefined;
-  let closing: Promise<void> | undefined;
 
-  const address = () => server?.address ?? `${opts.host}:${opts.port}`;
+  const address = () => service.address;
   const where = () => `memory-node ${address()}`;
 
   function nodeError(err: unknown): MessageInitShape<typeof NodeErrorSchema> {
@@ -143,29 +131,13 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
   }
 
   function openSequence(seqId: string, layout: KvLayoutDims | undefined, maxPositions: number) {
-    if (seqId.length === 0) throw new RpcError(Code.INVALID_ARGUMENT, `${where()}: seq_id is empty`);
-    const bytes = kvSequenceBytes(layout, maxPositions, `${where()}: sequence "${seqId}"`);
-    const lay = layout!;
     const existing = sequences.get(seqId);
-    if (existing) {
-      if (!sameKvLayout(existing.layout, lay)) {
-        throw new RpcError(
-          Code.INVALID_ARGUMENT,
-          `${where()}: sequence "${seqId}" is open with layout (${describeLayout(existing.layout)}), not (${describeLayout(lay)})`,
-        );
-      }
-      if (maxPositions > existing.maxPositions) {
-        throw new RpcError(
-          Code.INVALID_ARGUMENT,
-          `${where()}: sequence "${seqId}" is open with max_positions ${existing.maxPositions}; cannot grow to ${maxPositions}`,
-        );
-      }
-      return { length: sequenceLength(existing), reservedBytes: BigInt(existing.reservedBytes) };
-    }
+    const { layout: lay, bytes } = checkOpenSequence(seqId, layout, maxPositions, existing, where(), "open");
+    if (existing) return { length: sequenceLength(existing), reservedBytes: BigInt(existing.reservedBytes) };
     const available = opts.capacityBytes - usedBytes;
     if (bytes > available) {
       throw new CapacityError(
-        `${where()}: cannot open sequence "${seqId}" (max_positions ${maxPositions}, ${describeLayout(lay)})`,
+        `${where()}: cannot open sequence "${seqId}" (max_positions ${maxPositions}, ${describeKvLayout(lay)})`,
         bytes,
         available,
       );
@@ -259,43 +231,18 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
     },
   };
 
-  return {
+  const service = createGrpcService({
     role: "memory",
-    options: opts,
-    get state() {
-      return state;
+    name: "memory-node",
+    host: opts.host,
+    port: opts.port,
+    serviceNames: [ATTENTION_SERVICE_NAME],
+    register: (s) => addService(s, Attention, impl),
+    graceMs: opts.drainGraceMs,
+    onClose() {
+      sequences.clear();
+      usedBytes = 0;
     },
-    get address() {
-      return address();
-    },
-    async start() {
-      if (state !== "created") throw new TesseraError(`memory-node: start() called in state ${state}`);
-      state = "starting";
-      try {
-        server = await startGrpcServer(opts.host, opts.port, [ATTENTION_SERVICE_NAME], (s) => addService(s, Attention, impl));
-      } catch (err) {
-        state = "closed";
-        throw err;
-      }
-      state = "running";
-    },
-    async drain() {
-      if (state !== "running") return;
-      state = "draining";
-      await server?.shutdown(opts.drainGraceMs);
-    },
-    close() {
-      closing ??= (async () => {
-        state = "closed";
-        if (server) {
-          const done = server.shutdown(0);
-          server.server.forceShutdown();
-          await done;
-        }
-        sequences.clear();
-        usedBytes = 0;
-      })();
-      return closing;
-    },
-  };
+  });
+  return Object.assign(service, { options: opts });
 }

@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Attention, Code, RpcError, checkHealth, createClient } from "@tessera/proto";
 import { createMemoryNode, compileMemoryNodeOptions, type MemoryNode } from "@tessera/memory-node";
-import { KvHistory, assertOutput, openAttend, random, type Layout } from "./attention-harness.js";
+import { KvHistory, assertOutput, openAttend, random, type Layout } from "@tessera/testing";
 
 const layout: Layout = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 8 };
 /** max_positions x n_layers x 2 x n_kv_heads x head_dim x 4 */

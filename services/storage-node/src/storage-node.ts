@@ -21,21 +21,18 @@ import { rm } from "node:fs/promises";
 import {
   CapacityError,
   ConfigError,
-  TesseraError,
+  checkOpenSequence,
+  createGrpcService,
   createOnlineAttention,
+  describeKvLayout,
   f32Tensor,
-  kvSequenceBytes,
   parseByteSize,
   planAttendRequest,
-  sameKvLayout,
-  startGrpcServer,
   type AttendPlan,
   type AttentionDims,
-  type GrpcServer,
   type KvLayoutDims,
   type OnlineAttention,
   type Service,
-  type ServiceState,
 } from "@tessera/core";
 import {
   Attention,
@@ -46,7 +43,6 @@ import {
   type AttendResponseSchema,
   type MessageInitShape,
   type NodeErrorSchema,
-  type ServerDuplexStream,
   type ServiceImpl,
   requests,
 } from "@tessera/proto";
@@ -155,10 +151,6 @@ export interface StorageNode extends Service {
   readonly options: CompiledStorageNodeOptions;
 }
 
-function describeLayout(l: KvLayoutDims): string {
-  return `${l.nLayers} layers, ${l.nHeads} heads, ${l.nKvHeads} kv heads, head_dim ${l.headDim}`;
-}
-
 /** Positions [firstPos, firstPos + nPos) of one layer file, read with one read. */
 export interface Chunk {
   firstPos: number;
@@ -237,11 +229,8 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
   const streaming = createMutex(); // holders of the read buffer and the accumulators
   const accumulators = new Map<string, OnlineAttention>();
   let readBuffer: { bytes: Uint8Array; halves: [Uint8Array, Uint8Array]; floats: [Float32Array, Float32Array] } | undefined;
-  let state: ServiceState = "created";
-  let server: GrpcServer | undefined;
-  let closing: Promise<void> | undefined;
 
-  const address = () => server?.address ?? `${opts.host}:${opts.port}`;
+  const address = () => service.address;
   const where = () => `storage-node ${address()}`;
   const reservedBytesOf = (m: Pick<Manifest, "layout" | "maxPositions">) => m.maxPositions * m.layout.nLayers * 2 * m.layout.nKvHeads * m.layout.headDim * 4;
   const usedBytes = () => [...sequences.values()].reduce((a, s) => a + s.reservedBytes, 0);
@@ -286,25 +275,9 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
   }
 
   async function openSequence(seqId: string, layout: KvLayoutDims | undefined, maxPositions: number) {
-    if (seqId.length === 0) throw new RpcError(Code.INVALID_ARGUMENT, `${where()}: seq_id is empty`);
-    const bytes = kvSequenceBytes(layout, maxPositions, `${where()}: sequence "${seqId}"`);
-    const lay = layout!;
     const existing = sequences.get(seqId);
-    if (existing) {
-      if (!sameKvLayout(existing.layout, lay)) {
-        throw new RpcError(
-          Code.INVALID_ARGUMENT,
-          `${where()}: sequence "${seqId}" is stored with layout (${describeLayout(existing.layout)}), not (${describeLayout(lay)})`,
-        );
-      }
-      if (maxPositions > existing.maxPositions) {
-        throw new RpcError(
-          Code.INVALID_ARGUMENT,
-          `${where()}: sequence "${seqId}" is stored with max_positions ${existing.maxPositions}; cannot grow to ${maxPositions}`,
-        );
-      }
-      return { length: sequenceLength(existing), reservedBytes: BigInt(existing.reservedBytes) };
-    }
+    const { layout: lay, bytes } = checkOpenSequence(seqId, layout, maxPositions, existing, where(), "stored");
+    if (existing) return { length: sequenceLength(existing), reservedBytes: BigInt(existing.reservedBytes) };
     const err = damaged(seqId);
     if (err) throw err;
     const positionBytes = 2 * lay.nKvHeads * lay.headDim * 4;
@@ -316,7 +289,7 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
     }
     const available = opts.capacityBytes - usedBytes();
     if (bytes > available) {
-      throw new CapacityError(`${where()}: cannot open sequence "${seqId}" (max_positions ${maxPositions}, ${describeLayout(lay)})`, bytes, available);
+      throw new CapacityError(`${where()}: cannot open sequence "${seqId}" (max_positions ${maxPositions}, ${describeKvLayout(lay)})`, bytes, available);
     }
     const seq = await createSequence(opts.dataDir, seqId, lay, maxPositions, opts.blockPositions, bytes, opts.fsync);
     sequences.set(seqId, seq);
@@ -495,56 +468,31 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
     },
   };
 
-  return {
+  const service = createGrpcService({
     role: "storage",
-    options: opts,
-    get state() {
-      return state;
+    name: "storage-node",
+    host: opts.host,
+    port: opts.port,
+    serviceNames: [ATTENTION_SERVICE_NAME],
+    register: (s) => addService(s, Attention, impl),
+    graceMs: opts.drainGraceMs,
+    async onStart() {
+      const found = await scanDataDir(opts.dataDir, reservedBytesOf);
+      for (const s of found.sequences) sequences.set(s.id, s);
+      for (const [name, err] of found.broken) broken.set(name, err);
     },
-    get address() {
-      return address();
-    },
-    async start() {
-      if (state !== "created") throw new TesseraError(`storage-node: start() called in state ${state}`);
-      state = "starting";
-      try {
-        const found = await scanDataDir(opts.dataDir, reservedBytesOf);
-        for (const s of found.sequences) sequences.set(s.id, s);
-        for (const [name, err] of found.broken) broken.set(name, err);
-        server = await startGrpcServer(opts.host, opts.port, [ATTENTION_SERVICE_NAME], (s) => addService(s, Attention, impl));
-      } catch (err) {
-        state = "closed";
+    async onClose() {
+      // Let running requests finish their writes before the files close.
+      await Promise.allSettled([...inFlight]);
+      await admin(async () => {
+        // Record what the last, unfinished steps wrote, then let go of the files.
+        await Promise.allSettled([...sequences.values()].filter(manifestBehind).map((s) => commitManifest(s, opts.fsync)));
         await Promise.allSettled([...sequences.values()].map(closeSequenceFiles));
         sequences.clear();
-        throw err;
-      }
-      state = "running";
+        broken.clear();
+      });
+      readBuffer = undefined;
     },
-    async drain() {
-      if (state !== "running") return;
-      state = "draining";
-      await server?.shutdown(opts.drainGraceMs);
-    },
-    close() {
-      closing ??= (async () => {
-        state = "closed";
-        if (server) {
-          const done = server.shutdown(0);
-          server.server.forceShutdown();
-          await done;
-        }
-        // Let running requests finish their writes before the files close.
-        await Promise.allSettled([...inFlight]);
-        await admin(async () => {
-          // Record what the last, unfinished steps wrote, then let go of the files.
-          await Promise.allSettled([...sequences.values()].filter(manifestBehind).map((s) => commitManifest(s, opts.fsync)));
-          await Promise.allSettled([...sequences.values()].map(closeSequenceFiles));
-          sequences.clear();
-          broken.clear();
-        });
-        readBuffer = undefined;
-      })();
-      return closing;
-    },
-  };
+  });
+  return Object.assign(service, { options: opts });
 }

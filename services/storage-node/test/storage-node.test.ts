@@ -14,7 +14,7 @@ import {
   type StorageNode,
   type StorageNodeOptions,
 } from "@tessera/storage-node";
-import { KvHistory, assertOutput, openAttend, random, type Layout, type Step } from "./attention-harness.js";
+import { KvHistory, assertOutput, openAttend, random, type Layout, type Step } from "@tessera/testing";
 
 const layout: Layout = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 16 };
 const rowBytes = layout.nKvHeads * layout.headDim * 4;

@@ -1,11 +1,12 @@
 /**
- * Test harness for Attention nodes: a plain reference of what a node must
- * answer (the K/V history of each sequence and textbook causal GQA
- * attention over it), and a promise-per-request wrapper of the Attend
- * stream. Kept apart from the node under test: nothing here uses its code.
+ * Test harness for Attention nodes (memory-node, storage-node) and core's
+ * attention kernels: a plain reference of what a node must answer (the K/V
+ * history of each sequence and textbook causal GQA attention over it), and
+ * a promise-per-request wrapper of the Attend stream. Kept apart from the
+ * code under test: nothing here uses the nodes' code or core's kernels.
  */
 import assert from "node:assert/strict";
-import { f32Tensor, tensorF32 } from "@tessera/core";
+import { f32Tensor, tensorF32, type AttentionDims } from "@tessera/core";
 import {
   Attention,
   create,
@@ -41,7 +42,7 @@ export function random(seed: number): (amp?: number) => number {
  * K/V rows [position, n_kv_heads, head_dim]: o = softmax(q K^T / sqrt(d)) V.
  */
 export function naiveAttention(
-  L: Layout,
+  L: AttentionDims,
   q: Float32Array,
   nQueries: number,
   startPos: number,

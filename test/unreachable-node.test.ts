@@ -1,0 +1,86 @@
+/**
+ * Bad input of issue 2: an unreachable node is named by role and address,
+ * and only what needs it fails.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { createServer } from "node:net";
+import { Code, KvPlacement, RpcError } from "@tessera/proto";
+import { createGpuNode } from "@tessera/gpu-node";
+import { createMemoryNode } from "@tessera/memory-node";
+import { createCoordinator } from "@tessera/coordinator";
+import { bundled, generate } from "@tessera/testing";
+
+/** A loopback port nothing listens on (bound, then released). */
+async function deadAddress(): Promise<string> {
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
+  const { port } = srv.address() as { port: number };
+  await new Promise<void>((r) => srv.close(() => r()));
+  return `127.0.0.1:${port}`;
+}
+
+test("an unreachable gpu-node fails the job with its role and address", async (t) => {
+  const dead = await deadAddress();
+  const memory = createMemoryNode({ port: 0 });
+  await memory.start();
+  const coordinator = createCoordinator({
+    gpuNodes: [dead],
+    memoryNodes: [memory.address],
+    modelPath: bundled.model,
+    tokenizerPath: bundled.tokenizer,
+    connectTimeoutMs: 1000,
+    log: () => {},
+  });
+  await coordinator.start();
+  t.after(async () => {
+    await coordinator.close();
+    await memory.close();
+  });
+  await assert.rejects(
+    generate(coordinator.address, { prompts: [{ id: "a", prompt: "Hi" }], sampling: { maxTokens: 4 } }),
+    (err: unknown) => {
+      const e = RpcError.from(err);
+      assert.equal(e.code, Code.UNAVAILABLE);
+      assert.match(e.message, new RegExp(`gpu-node at ${dead} is unreachable`));
+      return true;
+    },
+  );
+});
+
+test("an unreachable memory-node fails only the prompts placed on it, naming it", async (t) => {
+  const dead = await deadAddress();
+  const gpu = createGpuNode({ port: 0 });
+  const memory = createMemoryNode({ port: 0 });
+  await Promise.all([gpu.start(), memory.start()]);
+  const coordinator = createCoordinator({
+    gpuNodes: [gpu.address],
+    memoryNodes: [memory.address, dead],
+    modelPath: bundled.model,
+    tokenizerPath: bundled.tokenizer,
+    connectTimeoutMs: 1000,
+    log: () => {},
+  });
+  await coordinator.start();
+  t.after(async () => {
+    await coordinator.close();
+    await Promise.all([gpu.close(), memory.close()]);
+  });
+  // Two prompts of equal length: the least-loaded placement puts one on each memory-node.
+  const out = await generate(coordinator.address, {
+    prompts: [
+      { id: "a", prompt: "The cat" },
+      { id: "b", prompt: "The dog" },
+    ],
+    sampling: { temperature: 0, maxTokens: 8 },
+    kv: KvPlacement.MEMORY,
+  });
+  const a = out.results.get("a")!;
+  const b = out.results.get("b")!;
+  assert.equal(a.error, "");
+  assert.equal(a.kvNode, `memory@${memory.address}`);
+  assert.equal(a.completionTokenIds.length, 8);
+  assert.equal(b.finishReason, "error");
+  assert.equal(b.kvNode, `memory@${dead}`);
+  assert.match(b.error, new RegExp(`^memory-node ${dead}: `));
+});
