@@ -98,12 +98,40 @@ async function main(): Promise<void> {
     const synthPath = join(dir.path, "synth-1024.bin");
     const synth = spawnSync(
       process.execPath,
-      [cliEntry, "model", "synth", "--out", synthPath, "--dim", "1024", "--layers", "8", "--heads", "16", "--kv-heads", "8", "--vocab", "32000", "--seq-len", "1024", "--seed", "7"],
+      [
+        cliEntry,
+        "model",
+        "synth",
+        "--out",
+        synthPath,
+        "--dim",
+        "1024",
+        "--layers",
+        "8",
+        "--heads",
+        "16",
+        "--kv-heads",
+        "8",
+        "--vocab",
+        "32000",
+        "--seq-len",
+        "1024",
+        "--seed",
+        "7",
+      ],
       { stdio: ["ignore", "inherit", "inherit"] },
     );
     if (synth.status !== 0) throw new Error("tessera model synth failed");
-    console.log("decode tokens/s, local cluster (1 gpu-node, 1 memory-node, loopback gRPC) vs in-process reference (plain TS loops), greedy");
-    await benchCase({ name: "stories260K", model: bundled.model, tokenizer: bundled.tokenizer, decodeTokens: quick ? 32 : 200, referenceSteps: quick ? 32 : 200 });
+    console.log(
+      "decode tokens/s, local cluster (1 gpu-node, 1 memory-node, loopback gRPC) vs in-process reference (plain TS loops), greedy",
+    );
+    await benchCase({
+      name: "stories260K",
+      model: bundled.model,
+      tokenizer: bundled.tokenizer,
+      decodeTokens: quick ? 32 : 200,
+      referenceSteps: quick ? 32 : 200,
+    });
     await benchCase({
       name: "synth d1024 L8 H16 KV8",
       model: synthPath,

@@ -37,7 +37,16 @@ test("a malformed prompts file is rejected before anything runs, listing every b
 });
 
 test("a missing model file is named in the error", async () => {
-  const run = await runCli(["run", "--model", "/nonexistent/model.bin", "--tokenizer", "/nonexistent/tok.bin", "--prompt", "hi", "--quiet"]);
+  const run = await runCli([
+    "run",
+    "--model",
+    "/nonexistent/model.bin",
+    "--tokenizer",
+    "/nonexistent/tok.bin",
+    "--prompt",
+    "hi",
+    "--quiet",
+  ]);
   assert.equal(run.code, 1);
   assert.match(run.stderr, /\/nonexistent\/model\.bin/);
 });
@@ -90,7 +99,11 @@ test("SIGTERM stops `tessera run` and its local cluster, leaving no processes or
   assert.ok(sent, run.stderr);
   assert.equal(run.code, 130, run.stderr);
   assert.deepEqual(await readdir(join(tmp.path, "t")), [], "temporary files left behind");
-  assert.deepEqual(await readdir(tmp.path).then((f) => f.filter((n) => n.startsWith("results"))), [], "partial results left behind");
+  assert.deepEqual(
+    await readdir(tmp.path).then((f) => f.filter((n) => n.startsWith("results"))),
+    [],
+    "partial results left behind",
+  );
   // No process of that run is still alive: children inherit TMPDIR.
   const alive: string[] = [];
   for (const pid of await readdir("/proc").then((e) => e.filter((n) => /^\d+$/.test(n)))) {
@@ -109,6 +122,14 @@ test("results of a run are written as JSONL with the documented fields", async (
   const lines = parseJsonl<Record<string, unknown>>(await readFile(out, "utf8"));
   assert.equal(lines.length, 16);
   assert.deepEqual(Object.keys(lines[0]!).sort(), [
-    "completion", "completion_token_ids", "completion_tokens", "finish_reason", "id", "kv_node", "prompt", "prompt_tokens", "timings",
+    "completion",
+    "completion_token_ids",
+    "completion_tokens",
+    "finish_reason",
+    "id",
+    "kv_node",
+    "prompt",
+    "prompt_tokens",
+    "timings",
   ]);
 });

@@ -8,13 +8,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
-import {
-  Attention,
-  GpuNode,
-  KvPlacement,
-  createClient,
-  type ForwardResponse,
-} from "@tessera/proto";
+import { Attention, GpuNode, KvPlacement, createClient, type ForwardResponse } from "@tessera/proto";
 import {
   ReferenceModel,
   loadCheckpoint,
@@ -56,7 +50,12 @@ async function setup(t: import("node:test").TestContext) {
 }
 
 /** Greedy generation with the reference model, as run.c: stop at BOS/EOS or after maxTokens. */
-function referenceGreedy(model: ReferenceModel, tokenizer: Tokenizer, promptIds: number[], maxTokens: number): number[] {
+function referenceGreedy(
+  model: ReferenceModel,
+  tokenizer: Tokenizer,
+  promptIds: number[],
+  maxTokens: number,
+): number[] {
   const state = model.createState();
   const out: number[] = [];
   let logits!: Float32Array;
@@ -84,14 +83,30 @@ test("a batch of 16 prompts through the cluster gives the reference model's toke
 
   await t.test("first-step logits match to 1e-4", async () => {
     const gpuClient = createClient(GpuNode, gpu.address);
-    const attention = { memory: createClient(Attention, memory.address), storage: createClient(Attention, storage.address) };
+    const attention = {
+      memory: createClient(Attention, memory.address),
+      storage: createClient(Attention, storage.address),
+    };
     try {
-      await gpuClient.load({ modelPath: bundled.model, layerStart: 0, layerEnd: checkpoint.shape.nLayers, embed: true, head: true });
-      const layout = { nLayers: checkpoint.shape.nLayers, nHeads: checkpoint.shape.nHeads, nKvHeads: checkpoint.shape.nKvHeads, headDim: checkpoint.shape.headDim };
+      await gpuClient.load({
+        modelPath: bundled.model,
+        layerStart: 0,
+        layerEnd: checkpoint.shape.nLayers,
+        embed: true,
+        head: true,
+      });
+      const layout = {
+        nLayers: checkpoint.shape.nLayers,
+        nHeads: checkpoint.shape.nHeads,
+        nKvHeads: checkpoint.shape.nKvHeads,
+        headDim: checkpoint.shape.headDim,
+      };
       // Half the sequences on each attention node, so one step spans both.
       const nodeOf = (i: number) => (i % 2 === 0 ? "memory" : "storage");
       await Promise.all(
-        promptIds.map((ids, i) => attention[nodeOf(i)].openSequence({ seqId: `logits-${i}`, layout, maxPositions: ids.length + 1 })),
+        promptIds.map((ids, i) =>
+          attention[nodeOf(i)].openSequence({ seqId: `logits-${i}`, layout, maxPositions: ids.length + 1 }),
+        ),
       );
       const stream = gpuClient.forward();
       const res = await new Promise<ForwardResponse>((resolve, reject) => {

@@ -25,10 +25,17 @@ export interface CliRun {
  */
 export function runCli(
   args: string[],
-  options: { env?: NodeJS.ProcessEnv; onStderr?: (chunk: string, child: ReturnType<typeof spawn>) => void; timeoutMs?: number } = {},
+  options: {
+    env?: NodeJS.ProcessEnv;
+    onStderr?: (chunk: string, child: ReturnType<typeof spawn>) => void;
+    timeoutMs?: number;
+  } = {},
 ): Promise<CliRun> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [cliEntry, ...args], { env: options.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [cliEntry, ...args], {
+      env: options.env ?? process.env,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     let stdout = "";
     let stderr = "";
     child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c));

@@ -14,7 +14,18 @@ const readme = join(repoRoot, "../shared/models/README.md");
 for (const kv of ["memory", "storage"] as const) {
   test(`tessera run reproduces run.c's reference text with the KV cache on the ${kv}-node`, async () => {
     const expected = await referenceText(readme);
-    const run = await runCli(["run", "--prompt", "", "--max-tokens", "256", "--temperature", "0", "--kv", kv, "--quiet"]);
+    const run = await runCli([
+      "run",
+      "--prompt",
+      "",
+      "--max-tokens",
+      "256",
+      "--temperature",
+      "0",
+      "--kv",
+      kv,
+      "--quiet",
+    ]);
     assert.equal(run.code, 0, run.stderr);
     const [line, ...rest] = parseJsonl<{ completion: string; kv_node: string; finish_reason: string }>(run.stdout);
     assert.equal(rest.length, 0);

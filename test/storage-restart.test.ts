@@ -33,7 +33,8 @@ test("a storage-node restarted mid-decode: the sequence finishes with the same t
       // Restart in the background while the coordinator keeps retrying the step.
       restarted = new Promise((r) => setTimeout(r, 300)).then(() => cluster.restart("storage"));
     }
-    if (ev.event.case === "result") assert.ok(killedAt !== undefined, "the decode finished before the storage-node was killed");
+    if (ev.event.case === "result")
+      assert.ok(killedAt !== undefined, "the decode finished before the storage-node was killed");
   });
   await restarted;
   const stormy = disturbed.results.get("stormy")!;

@@ -51,7 +51,13 @@ export interface LocalCluster {
 
 const TAIL_BYTES = 8192;
 
-function spawnRole(role: Role, args: string[], verbose: boolean, readyTimeoutMs: number, tmp: string): Promise<RoleProcess> {
+function spawnRole(
+  role: Role,
+  args: string[],
+  verbose: boolean,
+  readyTimeoutMs: number,
+  tmp: string,
+): Promise<RoleProcess> {
   // execArgv: [] so children run the built JS directly, not under a test
   // runner's loaders. TMPDIR: onnxruntime leaves a file per process in the
   // temp directory; the cluster's own directory is removed when it stops.
@@ -132,7 +138,11 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
     async restart(role) {
       const p = cluster.node(role);
       const port = p.address.slice(p.address.lastIndexOf(":") + 1);
-      const a = [...args.get(role)!.filter((_, i, all) => all[i - 1] !== "--port" && all[i] !== "--port"), "--port", port];
+      const a = [
+        ...args.get(role)!.filter((_, i, all) => all[i - 1] !== "--port" && all[i] !== "--port"),
+        "--port",
+        port,
+      ];
       procs.set(role, await spawnRole(role, a, verbose, timeout, tmp));
     },
     stop(graceMs = 5000) {
@@ -160,12 +170,18 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
     ]);
     await start("coordinator", [
       "coordinator",
-      "--port", "0",
-      "--gpu-node", procs.get("gpu")!.address,
-      "--memory-node", procs.get("memory")!.address,
-      "--storage-node", procs.get("storage")!.address,
-      "--model", options.model,
-      "--tokenizer", options.tokenizer,
+      "--port",
+      "0",
+      "--gpu-node",
+      procs.get("gpu")!.address,
+      "--memory-node",
+      procs.get("memory")!.address,
+      "--storage-node",
+      procs.get("storage")!.address,
+      "--model",
+      options.model,
+      "--tokenizer",
+      options.tokenizer,
       ...flags("coordinator"),
     ]);
   } catch (err) {

@@ -19,14 +19,17 @@ const commands = {
   storage: () => import("@tessera/storage-node"),
 };
 
-const int = (name: string, min = 0) => (v: string) => {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}`);
-  return n;
-};
+const int =
+  (name: string, min = 0) =>
+  (v: string) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}`);
+    return n;
+  };
 const num = (name: string, min: number, max: number) => (v: string) => {
   const n = Number(v);
-  if (!Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be a number in [${min}, ${max}]`);
+  if (!Number.isFinite(n) || n < min || n > max)
+    throw new InvalidArgumentError(`${name} must be a number in [${min}, ${max}]`);
   return n;
 };
 const size = (name: string) => (v: string) => {
@@ -71,20 +74,44 @@ program
       "cluster (coordinator + one node of each role as child processes on free loopback ports) and stops it after.",
   )
   .option("--model <path>", "llama2.c checkpoint", bundled.model)
-  .option("--tokenizer <path>", "tokenizer.bin (default: tok512.bin for the bundled model, else tokenizer.bin beside --model)")
-  .option("--prompts <path>", "prompts JSONL: {\"id\", \"prompt\", optional max_tokens, temperature, top_p, seed, kv} per line", bundled.prompts)
-  .option("--prompt <text>", "run this single prompt instead of a file (\"\" = BOS only)")
-  .option("--out <path>", "results JSONL (\"-\" = stdout)", "-")
+  .option(
+    "--tokenizer <path>",
+    "tokenizer.bin (default: tok512.bin for the bundled model, else tokenizer.bin beside --model)",
+  )
+  .option(
+    "--prompts <path>",
+    'prompts JSONL: {"id", "prompt", optional max_tokens, temperature, top_p, seed, kv} per line',
+    bundled.prompts,
+  )
+  .option("--prompt <text>", 'run this single prompt instead of a file ("" = BOS only)')
+  .option("--out <path>", 'results JSONL ("-" = stdout)', "-")
   .option("--max-tokens <n>", "most tokens to generate per prompt", int("--max-tokens", 1), 256)
   .option("--temperature <t>", "0 = greedy (argmax); > 0 samples as llama2.c run.c", num("--temperature", 0, 100), 0)
-  .option("--top-p <p>", "nucleus sampling threshold (used when temperature > 0; 0 or 1 = off)", num("--top-p", 0, 1), 0.9)
+  .option(
+    "--top-p <p>",
+    "nucleus sampling threshold (used when temperature > 0; 0 or 1 = off)",
+    num("--top-p", 0, 1),
+    0.9,
+  )
   .option("--seed <n>", "sampling seed (default: from the clock, printed)", int("--seed", 1))
-  .addOption(new Option("--kv <where>", "where each sequence's KV cache lives").choices(["memory", "storage", "auto"]).default("auto"))
+  .addOption(
+    new Option("--kv <where>", "where each sequence's KV cache lives")
+      .choices(["memory", "storage", "auto"])
+      .default("auto"),
+  )
   .option("--cluster <host:port>", "a running coordinator instead of an embedded cluster")
-  .option("--storage-threshold <tokens>", "embedded cluster: with --kv auto, prompt + max tokens above this goes to the storage-node", int("--storage-threshold", 1))
+  .option(
+    "--storage-threshold <tokens>",
+    "embedded cluster: with --kv auto, prompt + max tokens above this goes to the storage-node",
+    int("--storage-threshold", 1),
+  )
   .option("--memory-capacity <bytes>", "embedded cluster: KV capacity of the memory-node, e.g. 512MiB")
   .option("--storage-buffer <bytes>", "embedded cluster: storage-node streaming buffer, e.g. 64MiB")
-  .addOption(new Option("--execution-provider <ep>", "embedded cluster: onnxruntime execution provider of the gpu-node").choices(["cpu", "cuda"]))
+  .addOption(
+    new Option("--execution-provider <ep>", "embedded cluster: onnxruntime execution provider of the gpu-node").choices(
+      ["cpu", "cuda"],
+    ),
+  )
   .option("-v, --verbose", "show the nodes' logs", false)
   .option("-q, --quiet", "no progress or summary on stderr", false)
   .action((opts) => withSignals(async (signal) => (await commands.run()).runCommand(opts, signal)));
@@ -93,14 +120,36 @@ program
   .command("coordinator")
   .description("Start a coordinator that drives the given nodes.")
   .addOption(new Option("--host <host>", "address to listen on").default("127.0.0.1").env("TESSERA_HOST"))
-  .addOption(new Option("--port <port>", "port (0 = free port)").argParser(int("--port")).default(7300).env("TESSERA_PORT"))
-  .addOption(new Option("--gpu-node <host:port>", "gpu-node address (repeatable or comma-separated)").argParser(list).env("TESSERA_GPU_NODES"))
-  .addOption(new Option("--memory-node <host:port>", "memory-node address (repeatable)").argParser(list).env("TESSERA_MEMORY_NODES"))
-  .addOption(new Option("--storage-node <host:port>", "storage-node address (repeatable)").argParser(list).env("TESSERA_STORAGE_NODES"))
+  .addOption(
+    new Option("--port <port>", "port (0 = free port)").argParser(int("--port")).default(7300).env("TESSERA_PORT"),
+  )
+  .addOption(
+    new Option("--gpu-node <host:port>", "gpu-node address (repeatable or comma-separated)")
+      .argParser(list)
+      .env("TESSERA_GPU_NODES"),
+  )
+  .addOption(
+    new Option("--memory-node <host:port>", "memory-node address (repeatable)")
+      .argParser(list)
+      .env("TESSERA_MEMORY_NODES"),
+  )
+  .addOption(
+    new Option("--storage-node <host:port>", "storage-node address (repeatable)")
+      .argParser(list)
+      .env("TESSERA_STORAGE_NODES"),
+  )
   .addOption(new Option("--model <path>", "default checkpoint for jobs that name none").env("TESSERA_MODEL"))
   .addOption(new Option("--tokenizer <path>", "default tokenizer.bin").env("TESSERA_TOKENIZER"))
-  .addOption(new Option("--storage-threshold <tokens>", "KV to a storage-node above this many positions (kv auto)").argParser(int("--storage-threshold", 1)).default(4096))
-  .addOption(new Option("--retry-timeout <ms>", "how long a step is retried while a node is down").argParser(int("--retry-timeout", 1)).default(30000))
+  .addOption(
+    new Option("--storage-threshold <tokens>", "KV to a storage-node above this many positions (kv auto)")
+      .argParser(int("--storage-threshold", 1))
+      .default(4096),
+  )
+  .addOption(
+    new Option("--retry-timeout <ms>", "how long a step is retried while a node is down")
+      .argParser(int("--retry-timeout", 1))
+      .default(30000),
+  )
   .action(async (o) =>
     (await commands.coordinator()).runCoordinator({
       host: o.host,
@@ -119,23 +168,64 @@ const node = program.command("node").description("Start one node of a role.");
 const hostPort = (c: Command, port: number) =>
   c
     .addOption(new Option("--host <host>", "address to listen on").default("127.0.0.1").env("TESSERA_HOST"))
-    .addOption(new Option("--port <port>", "port (0 = free port)").argParser(int("--port")).default(port).env("TESSERA_PORT"));
+    .addOption(
+      new Option("--port <port>", "port (0 = free port)").argParser(int("--port")).default(port).env("TESSERA_PORT"),
+    );
 
 hostPort(node.command("gpu").description("Dense compute of a layer range on onnxruntime."), 7301)
-  .addOption(new Option("--execution-provider <ep>", "onnxruntime execution provider").choices(["cpu", "cuda"]).default("cpu").env("TESSERA_EXECUTION_PROVIDER"))
-  .addOption(new Option("--threads <n>", "onnxruntime intra-op threads (default: onnxruntime's)").argParser(int("--threads", 1)).env("TESSERA_THREADS"))
-  .action(async (o) => (await commands.gpu()).runGpuNode({ host: o.host, port: o.port, executionProvider: o.executionProvider, intraOpThreads: o.threads }));
+  .addOption(
+    new Option("--execution-provider <ep>", "onnxruntime execution provider")
+      .choices(["cpu", "cuda"])
+      .default("cpu")
+      .env("TESSERA_EXECUTION_PROVIDER"),
+  )
+  .addOption(
+    new Option("--threads <n>", "onnxruntime intra-op threads (default: onnxruntime's)")
+      .argParser(int("--threads", 1))
+      .env("TESSERA_THREADS"),
+  )
+  .action(async (o) =>
+    (await commands.gpu()).runGpuNode({
+      host: o.host,
+      port: o.port,
+      executionProvider: o.executionProvider,
+      intraOpThreads: o.threads,
+    }),
+  );
 
 hostPort(node.command("memory").description("Attention over a KV cache held in RAM."), 7302)
-  .addOption(new Option("--capacity <bytes>", "KV bytes this node may hold").argParser(size("--capacity")).default(parseByteSize("capacity", "1GiB"), "1GiB").env("TESSERA_CAPACITY"))
-  .action(async (o) => (await commands.memory()).runMemoryNode({ host: o.host, port: o.port, capacityBytes: o.capacity }));
+  .addOption(
+    new Option("--capacity <bytes>", "KV bytes this node may hold")
+      .argParser(size("--capacity"))
+      .default(parseByteSize("capacity", "1GiB"), "1GiB")
+      .env("TESSERA_CAPACITY"),
+  )
+  .action(async (o) =>
+    (await commands.memory()).runMemoryNode({ host: o.host, port: o.port, capacityBytes: o.capacity }),
+  );
 
 hostPort(node.command("storage").description("Attention streamed from a KV cache in files."), 7303)
   .addOption(new Option("--data-dir <dir>", "where KV cache files live").makeOptionMandatory().env("TESSERA_DATA_DIR"))
-  .addOption(new Option("--buffer <bytes>", "RAM used to stream KV blocks").argParser(size("--buffer")).default(parseByteSize("buffer", "64MiB"), "64MiB").env("TESSERA_BUFFER"))
-  .addOption(new Option("--block-positions <n>", "positions per KV block").argParser(int("--block-positions", 1)).default(256))
-  .addOption(new Option("--capacity <bytes>", "disk bytes this node may use").argParser(size("--capacity")).default(parseByteSize("capacity", "64GiB"), "64GiB").env("TESSERA_CAPACITY"))
-  .addOption(new Option("--fsync <policy>", "always: KV is on disk before Attend answers; never: left to the OS").choices(["always", "never"]).default("always"))
+  .addOption(
+    new Option("--buffer <bytes>", "RAM used to stream KV blocks")
+      .argParser(size("--buffer"))
+      .default(parseByteSize("buffer", "64MiB"), "64MiB")
+      .env("TESSERA_BUFFER"),
+  )
+  .addOption(
+    new Option("--block-positions <n>", "positions per KV block").argParser(int("--block-positions", 1)).default(256),
+  )
+  .addOption(
+    new Option("--capacity <bytes>", "disk bytes this node may use")
+      .argParser(size("--capacity"))
+      .default(parseByteSize("capacity", "64GiB"), "64GiB")
+      .env("TESSERA_CAPACITY"),
+  )
+  .addOption(
+    new Option("--fsync <policy>", "always: KV is on disk before Attend answers; never: left to the OS")
+      .choices(["always", "never"])
+      .default("always"),
+  )
   .action(async (o) =>
     (await commands.storage()).runStorageNode({
       host: o.host,

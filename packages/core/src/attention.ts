@@ -70,7 +70,15 @@ function grow(a: Float64Array, n: number): Float64Array {
 // time in V8 (measured on decode, 4096 positions, head_dim 64).
 
 /** s[sOff] = qg[q0..] . k[kOff..], s[sOff + 1] = qg[q0 + n..] . k[kOff..] (two adjacent heads). */
-function scoresPair(qg: Float64Array, q0: number, k: Float32Array, kOff: number, n: number, s: Float64Array, sOff: number): void {
+function scoresPair(
+  qg: Float64Array,
+  q0: number,
+  k: Float32Array,
+  kOff: number,
+  n: number,
+  s: Float64Array,
+  sOff: number,
+): void {
   const q1 = q0 + n;
   let a0 = 0;
   let a1 = 0;
@@ -108,7 +116,15 @@ function dot(qg: Float64Array, q0: number, k: Float32Array, kOff: number, n: num
 }
 
 /** acc[a0..] += w0 * v[vOff..]; acc[a0 + n..] += w1 * v[vOff..] (two adjacent heads). */
-function axpyPair(w0: number, w1: number, v: Float32Array, vOff: number, acc: Float64Array, a0: number, n: number): void {
+function axpyPair(
+  w0: number,
+  w1: number,
+  v: Float32Array,
+  vOff: number,
+  acc: Float64Array,
+  a0: number,
+  n: number,
+): void {
   const a1 = a0 + n;
   for (let d = 0; d < n; d++) {
     const x = v[vOff + d]!;
@@ -123,14 +139,32 @@ function axpy(w: number, v: Float32Array, vOff: number, acc: Float64Array, a0: n
 }
 
 /** Scores of the `group` heads whose queries are at qg[q0..] against one K row, into s[sOff..]. */
-function groupScores(qg: Float64Array, q0: number, group: number, k: Float32Array, kOff: number, headDim: number, s: Float64Array, sOff: number): void {
+function groupScores(
+  qg: Float64Array,
+  q0: number,
+  group: number,
+  k: Float32Array,
+  kOff: number,
+  headDim: number,
+  s: Float64Array,
+  sOff: number,
+): void {
   let j = 0;
   for (; j + 1 < group; j += 2) scoresPair(qg, q0 + j * headDim, k, kOff, headDim, s, sOff + j);
   if (j < group) s[sOff + j] = dot(qg, q0 + j * headDim, k, kOff, headDim);
 }
 
 /** acc[a0 + j * headDim..] += s[sOff + j] * v[vOff..] for the `group` heads. */
-function groupAxpy(s: Float64Array, sOff: number, group: number, v: Float32Array, vOff: number, acc: Float64Array, a0: number, headDim: number): void {
+function groupAxpy(
+  s: Float64Array,
+  sOff: number,
+  group: number,
+  v: Float32Array,
+  vOff: number,
+  acc: Float64Array,
+  a0: number,
+  headDim: number,
+): void {
   let j = 0;
   for (; j + 1 < group; j += 2) axpyPair(s[sOff + j]!, s[sOff + j + 1]!, v, vOff, acc, a0 + j * headDim, headDim);
   if (j < group) axpy(s[sOff + j]!, v, vOff, acc, a0 + j * headDim, headDim);
@@ -188,8 +222,10 @@ export function attendKvCache(
   if (k.length < end * kvRow || v.length < end * kvRow) {
     throw new RangeError(`K/V buffers hold ${Math.floor(Math.min(k.length, v.length) / kvRow)} positions, need ${end}`);
   }
-  if (q.length < (qRow + nQueries) * qStride) throw new RangeError(`q has too few rows for ${nQueries} queries at row ${qRow}`);
-  if (out.length < (outRow + nQueries) * qStride) throw new RangeError(`out has too few rows for ${nQueries} queries at row ${outRow}`);
+  if (q.length < (qRow + nQueries) * qStride)
+    throw new RangeError(`q has too few rows for ${nQueries} queries at row ${qRow}`);
+  if (out.length < (outRow + nQueries) * qStride)
+    throw new RangeError(`out has too few rows for ${nQueries} queries at row ${outRow}`);
   const scale = 1 / Math.sqrt(headDim);
   scratch.qGroup = grow(scratch.qGroup, group * headDim);
   scratch.acc = grow(scratch.acc, group * headDim);
@@ -263,7 +299,15 @@ export interface OnlineAttention {
    * Positions after a query's own are masked out for it.
    * @throws RangeError when the rows asked lie outside `k` or `v`.
    */
-  fold(firstPos: number, nPositions: number, k: Float32Array, kOffset: number, v: Float32Array, vOffset: number, stride?: number): void;
+  fold(
+    firstPos: number,
+    nPositions: number,
+    k: Float32Array,
+    kOffset: number,
+    v: Float32Array,
+    vOffset: number,
+    stride?: number,
+  ): void;
   /**
    * Writes the outputs ([nQueries, n_heads * head_dim] f32) at row `outRow`.
    * @throws RangeError when some query saw none of its positions [0, p]
@@ -292,7 +336,8 @@ export function createOnlineAttention(dims: AttentionDims): OnlineAttention {
 
   return {
     begin({ q, qRow, nQueries, startPos }) {
-      if (q.length < (qRow + nQueries) * qStride) throw new RangeError(`q has too few rows for ${nQueries} queries at row ${qRow}`);
+      if (q.length < (qRow + nQueries) * qStride)
+        throw new RangeError(`q has too few rows for ${nQueries} queries at row ${qRow}`);
       nQ = nQueries;
       start = startPos;
       m = grow(m, nQ * nHeads);
@@ -324,7 +369,8 @@ export function createOnlineAttention(dims: AttentionDims): OnlineAttention {
           const kHead = g * headDim;
           blockMax.fill(-Infinity);
           const q0 = qBase + h0 * headDim;
-          for (let t = 0; t < n; t++) groupScores(qs, q0, group, k, kOffset + t * stride + kHead, headDim, s, t * group);
+          for (let t = 0; t < n; t++)
+            groupScores(qs, q0, group, k, kOffset + t * stride + kHead, headDim, s, t * group);
           for (let t = 0; t < n; t++) {
             const sRow = t * group;
             for (let j = 0; j < group; j++) if (s[sRow + j]! > blockMax[j]!) blockMax[j] = s[sRow + j]!;
@@ -358,11 +404,15 @@ export function createOnlineAttention(dims: AttentionDims): OnlineAttention {
     },
 
     finish(out, outRow) {
-      if (out.length < (outRow + nQ) * qStride) throw new RangeError(`out has too few rows for ${nQ} queries at row ${outRow}`);
+      if (out.length < (outRow + nQ) * qStride)
+        throw new RangeError(`out has too few rows for ${nQ} queries at row ${outRow}`);
       const oBase = outRow * qStride;
       for (let idx = 0; idx < nQ * nHeads; idx++) {
         const sum = l[idx]!;
-        if (!(sum > 0)) throw new RangeError(`query ${Math.floor(idx / nHeads)} (position ${start + Math.floor(idx / nHeads)}) saw no positions`);
+        if (!(sum > 0))
+          throw new RangeError(
+            `query ${Math.floor(idx / nHeads)} (position ${start + Math.floor(idx / nHeads)}) saw no positions`,
+          );
         const inv = 1 / sum;
         const aOff = idx * headDim;
         for (let d = 0; d < headDim; d++) out[oBase + aOff + d] = acc[aOff + d]! * inv;
@@ -443,7 +493,10 @@ export function planAttendRequest<S extends AttendTarget>(
   const k3 = req.k?.shape;
   const v3 = req.v?.shape;
   if (!q3 || !k3 || !v3 || q3.length !== 3 || k3.length !== 3 || v3.length !== 3) {
-    throw bad(Code.INVALID_ARGUMENT, `q, k and v must be rank-3 tensors, got q ${shapeOf(req.q)}, k ${shapeOf(req.k)}, v ${shapeOf(req.v)}`);
+    throw bad(
+      Code.INVALID_ARGUMENT,
+      `q, k and v must be rank-3 tensors, got q ${shapeOf(req.q)}, k ${shapeOf(req.k)}, v ${shapeOf(req.v)}`,
+    );
   }
   const [tq, nHeads, headDim] = q3 as [number, number, number];
   const [tk, nKvHeads, kDim] = k3 as [number, number, number];
@@ -481,7 +534,10 @@ export function planAttendRequest<S extends AttendTarget>(
     if (it.nTokens < 1) throw bad(Code.INVALID_ARGUMENT, `sequence "${id}": n_tokens must be >= 1`);
     const len = seq.layerLength(req.layer);
     if (it.startPos > len) {
-      throw bad(Code.OUT_OF_RANGE, `sequence "${id}": start_pos ${it.startPos} leaves a gap after its ${len} stored positions`);
+      throw bad(
+        Code.OUT_OF_RANGE,
+        `sequence "${id}": start_pos ${it.startPos} leaves a gap after its ${len} stored positions`,
+      );
     }
     if (it.startPos + it.nTokens > seq.maxPositions) {
       throw bad(
@@ -558,7 +614,10 @@ export function checkOpenSequence(
     );
   }
   if (existing && maxPositions > existing.maxPositions) {
-    throw new AttentionRequestError(Code.INVALID_ARGUMENT, `${seq} is ${held} with max_positions ${existing.maxPositions}; cannot grow to ${maxPositions}`);
+    throw new AttentionRequestError(
+      Code.INVALID_ARGUMENT,
+      `${seq} is ${held} with max_positions ${existing.maxPositions}; cannot grow to ${maxPositions}`,
+    );
   }
   return { layout: lay, bytes };
 }

@@ -84,7 +84,11 @@ function weightLayout(h: Omit<CheckpointHeader, "expectedBytes">): { name: strin
     out.push({ name: "tokenEmbedding", size: vocabSize * dim });
     out.push(...perLayer("rmsAtt", dim), ...perLayer("wq", q * dim), ...perLayer("wk", kv * dim));
     out.push(...perLayer("wv", kv * dim), ...perLayer("wo", dim * q), ...perLayer("rmsFfn", dim));
-    out.push(...perLayer("w1", hiddenDim * dim), ...perLayer("w2", dim * hiddenDim), ...perLayer("w3", hiddenDim * dim));
+    out.push(
+      ...perLayer("w1", hiddenDim * dim),
+      ...perLayer("w2", dim * hiddenDim),
+      ...perLayer("w3", hiddenDim * dim),
+    );
     out.push({ name: "rmsFinal", size: dim });
     // freq_cis_real and freq_cis_imag: [seq_len, head_dim / 2] each, unused (RoPE is recomputed).
     out.push({ name: "freqCis", size: seqLen * headDim });
@@ -93,7 +97,11 @@ function weightLayout(h: Omit<CheckpointHeader, "expectedBytes">): { name: strin
     out.push({ name: "tokenEmbedding", size: vocabSize * dim });
     out.push(...perLayer("wq", q * dim), ...perLayer("wk", kv * dim), ...perLayer("wv", kv * dim));
     out.push(...perLayer("wo", dim * q));
-    out.push(...perLayer("w1", hiddenDim * dim), ...perLayer("w2", dim * hiddenDim), ...perLayer("w3", hiddenDim * dim));
+    out.push(
+      ...perLayer("w1", hiddenDim * dim),
+      ...perLayer("w2", dim * hiddenDim),
+      ...perLayer("w3", hiddenDim * dim),
+    );
   }
   if (!h.sharedClassifier) out.push({ name: "classifier", size: vocabSize * dim });
   return out;
@@ -113,7 +121,10 @@ function parseHeader(path: string, buf: Buffer, fileBytes: number): CheckpointHe
     }
     const version = buf.readInt32LE(4);
     if (version !== 1) {
-      throw new CheckpointError(path, `unsupported llama2.c checkpoint version ${version} (only 1 and legacy are read)`);
+      throw new CheckpointError(
+        path,
+        `unsupported llama2.c checkpoint version ${version} (only 1 and legacy are read)`,
+      );
     }
     format = "llama2c-v1";
     ints = Array.from({ length: 7 }, (_, i) => buf.readInt32LE(8 + 4 * i));
@@ -126,13 +137,26 @@ function parseHeader(path: string, buf: Buffer, fileBytes: number): CheckpointHe
     ints[5] = Math.abs(ints[5]!);
     headerBytes = LLAMA2C_LEGACY_HEADER_BYTES;
   }
-  const [dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabSize, seqLen] = ints as [number, number, number, number, number, number, number];
+  const [dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabSize, seqLen] = ints as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
   const names = ["dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"];
   ints.forEach((v, i) => {
-    if (!(v > 0 && v < 1 << 24)) throw new CheckpointError(path, `header field ${names[i]} = ${v} is not a plausible size; not a llama2.c checkpoint?`);
+    if (!(v > 0 && v < 1 << 24))
+      throw new CheckpointError(
+        path,
+        `header field ${names[i]} = ${v} is not a plausible size; not a llama2.c checkpoint?`,
+      );
   });
   if (dim % nHeads !== 0) throw new CheckpointError(path, `dim ${dim} is not a multiple of n_heads ${nHeads}`);
-  if (nHeads % nKvHeads !== 0) throw new CheckpointError(path, `n_heads ${nHeads} is not a multiple of n_kv_heads ${nKvHeads}`);
+  if (nHeads % nKvHeads !== 0)
+    throw new CheckpointError(path, `n_heads ${nHeads} is not a multiple of n_kv_heads ${nKvHeads}`);
   const shape: ModelShape = {
     dim,
     hiddenDim,
@@ -160,7 +184,9 @@ export async function readCheckpointHeader(path: string): Promise<CheckpointHead
   try {
     fileBytes = (await stat(path)).size;
   } catch (err) {
-    throw new CheckpointError(path, `cannot read checkpoint: ${(err as Error).message}`, undefined, undefined, { cause: err });
+    throw new CheckpointError(path, `cannot read checkpoint: ${(err as Error).message}`, undefined, undefined, {
+      cause: err,
+    });
   }
   const fh = await open(path, "r");
   try {
@@ -168,7 +194,12 @@ export async function readCheckpointHeader(path: string): Promise<CheckpointHead
     await fh.read(buf, 0, buf.length, 0);
     const header = parseHeader(path, buf, fileBytes);
     if (fileBytes !== header.expectedBytes) {
-      throw new CheckpointError(path, `size does not match its ${header.format} header`, header.expectedBytes, fileBytes);
+      throw new CheckpointError(
+        path,
+        `size does not match its ${header.format} header`,
+        header.expectedBytes,
+        fileBytes,
+      );
     }
     return header;
   } finally {
@@ -245,10 +276,13 @@ export async function writeCheckpoint(
     for (const t of layout) {
       let data: Float32Array;
       if (t.name === "freqCis") data = ropeTables(seqLen, headDim, shape.ropeTheta);
-      else if (t.layer !== undefined) data = (weights.layers[t.layer] as unknown as Record<string, Float32Array>)[t.name]!;
+      else if (t.layer !== undefined)
+        data = (weights.layers[t.layer] as unknown as Record<string, Float32Array>)[t.name]!;
       else data = (weights as unknown as Record<string, Float32Array>)[t.name]!;
       if (!data || data.length !== t.size) {
-        throw new RangeError(`${t.name}${t.layer !== undefined ? `[${t.layer}]` : ""}: expected ${t.size} values, got ${data?.length}`);
+        throw new RangeError(
+          `${t.name}${t.layer !== undefined ? `[${t.layer}]` : ""}: expected ${t.size} values, got ${data?.length}`,
+        );
       }
       await fh.write(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
     }

@@ -48,7 +48,9 @@ export class InputFileError extends TesseraError {
     readonly path: string,
     readonly badLines: readonly BadLine[],
   ) {
-    super(`${path}: ${badLines.length} bad line(s):\n` + badLines.map((b) => `  line ${b.line}: ${b.message}`).join("\n"));
+    super(
+      `${path}: ${badLines.length} bad line(s):\n` + badLines.map((b) => `  line ${b.line}: ${b.message}`).join("\n"),
+    );
     this.rpcCode = Code.INVALID_ARGUMENT;
   }
 }

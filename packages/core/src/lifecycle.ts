@@ -38,7 +38,10 @@ export interface ReadyMessage {
  * it cannot start (e.g. its port is taken). Either way the signal handlers
  * and the IPC channel are released, so the process can exit by itself.
  */
-export async function runUntilSignal(service: Service, log: (line: string) => void = (l) => process.stderr.write(l + "\n")): Promise<void> {
+export async function runUntilSignal(
+  service: Service,
+  log: (line: string) => void = (l) => process.stderr.write(l + "\n"),
+): Promise<void> {
   let stopping: Promise<void> | undefined;
   let stopped!: () => void;
   const done = new Promise<void>((resolve) => (stopped = resolve));

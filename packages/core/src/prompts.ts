@@ -54,7 +54,10 @@ function describeIssues(error: z.ZodError, value: unknown): string {
     .map((issue) => {
       if (issue.code === "unrecognized_keys") return `unknown field(s) ${issue.keys.map((k) => `"${k}"`).join(", ")}`;
       const field = issue.path.map(String).join(".");
-      if (!field) return value === null || Array.isArray(value) || typeof value !== "object" ? "expected a JSON object" : issue.message;
+      if (!field)
+        return value === null || Array.isArray(value) || typeof value !== "object"
+          ? "expected a JSON object"
+          : issue.message;
       if (issue.code === "invalid_type" && typeof value === "object" && value !== null && !(field in value)) {
         return `missing required field "${field}"`;
       }

@@ -106,7 +106,8 @@ export class ReferenceModel {
     this.shape = checkpoint.shape;
     this.weights = checkpoint.weights;
     const { dim, nHeads, headDim } = this.shape;
-    if (nHeads * headDim !== dim) throw new RangeError(`n_heads * head_dim (${nHeads * headDim}) must equal dim (${dim})`);
+    if (nHeads * headDim !== dim)
+      throw new RangeError(`n_heads * head_dim (${nHeads * headDim}) must equal dim (${dim})`);
     if (headDim % 2 !== 0) throw new RangeError(`head_dim ${headDim} must be even for RoPE`);
   }
 
@@ -120,7 +121,8 @@ export class ReferenceModel {
 
   private createStateImpl(maxPositions: number): StateImpl {
     const { dim, hiddenDim, nLayers, nKvHeads, headDim, vocabSize } = this.shape;
-    if (!Number.isInteger(maxPositions) || maxPositions < 1) throw new RangeError(`maxPositions must be a positive integer, got ${maxPositions}`);
+    if (!Number.isInteger(maxPositions) || maxPositions < 1)
+      throw new RangeError(`maxPositions must be a positive integer, got ${maxPositions}`);
     const kvDim = nKvHeads * headDim;
     return {
       maxPositions,
@@ -150,7 +152,8 @@ export class ReferenceModel {
    */
   forward(state: ReferenceState, token: number, pos: number): Float32Array {
     const { dim, hiddenDim, nLayers, nHeads, nKvHeads, headDim, vocabSize, ropeTheta, normEps } = this.shape;
-    if (!Number.isInteger(token) || token < 0 || token >= vocabSize) throw new RangeError(`token ${token} is outside [0, ${vocabSize})`);
+    if (!Number.isInteger(token) || token < 0 || token >= vocabSize)
+      throw new RangeError(`token ${token} is outside [0, ${vocabSize})`);
     if (!Number.isInteger(pos) || pos < 0 || pos >= state.maxPositions) {
       throw new RangeError(`position ${pos} is outside the state's cache [0, ${state.maxPositions})`);
     }

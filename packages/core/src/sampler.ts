@@ -159,12 +159,14 @@ function sampleTopP(probs: Float32Array, topp: number, coin: number, index: Int3
  */
 export function createSampler(options: SamplerOptions): Sampler {
   const { vocabSize } = options;
-  if (!Number.isInteger(vocabSize) || vocabSize < 1) throw new ConfigError("vocabSize", `must be a positive integer, got ${vocabSize}`);
+  if (!Number.isInteger(vocabSize) || vocabSize < 1)
+    throw new ConfigError("vocabSize", `must be a positive integer, got ${vocabSize}`);
   if (!(options.temperature >= 0) || !Number.isFinite(options.temperature)) {
     throw new ConfigError("temperature", `must be a finite number >= 0, got ${options.temperature}`);
   }
   if (Number.isNaN(options.topP)) throw new ConfigError("topP", "must be a number, got NaN");
-  const seed = typeof options.seed === "bigint" ? options.seed : Number.isSafeInteger(options.seed) ? BigInt(options.seed) : -1n;
+  const seed =
+    typeof options.seed === "bigint" ? options.seed : Number.isSafeInteger(options.seed) ? BigInt(options.seed) : -1n;
   if (seed < 0n || seed > MASK64) throw new ConfigError("seed", `must be an integer in [0, 2^64), got ${options.seed}`);
   const temperature = f(options.temperature);
   const topP = f(options.topP);

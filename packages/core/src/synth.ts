@@ -14,7 +14,8 @@ import type { ModelShape } from "./model-shape.js";
  */
 export function llamaHiddenDim(dim: number, multipleOf = 256): number {
   if (!Number.isInteger(dim) || dim < 1) throw new RangeError(`dim must be a positive integer, got ${dim}`);
-  if (!Number.isInteger(multipleOf) || multipleOf < 1) throw new RangeError(`multipleOf must be a positive integer, got ${multipleOf}`);
+  if (!Number.isInteger(multipleOf) || multipleOf < 1)
+    throw new RangeError(`multipleOf must be a positive integer, got ${multipleOf}`);
   const hidden = Math.floor((2 * 4 * dim) / 3);
   return multipleOf * Math.ceil(hidden / multipleOf);
 }
@@ -36,9 +37,11 @@ const GOLDEN_GAMMA = 0x9e3779b9;
  *   is inconsistent (n_heads * head_dim must equal dim).
  */
 export function synthesizeWeights(shape: ModelShape, seed: number): LlamaWeights {
-  if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) throw new RangeError(`seed must be an integer in [0, 2^32), got ${seed}`);
+  if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32)
+    throw new RangeError(`seed must be an integer in [0, 2^32), got ${seed}`);
   const { dim, hiddenDim, nLayers, nHeads, nKvHeads, headDim, vocabSize } = shape;
-  if (nHeads * headDim !== dim) throw new RangeError(`n_heads * head_dim (${nHeads * headDim}) must equal dim (${dim})`);
+  if (nHeads * headDim !== dim)
+    throw new RangeError(`n_heads * head_dim (${nHeads * headDim}) must equal dim (${dim})`);
   // splitmix32 (the 32-bit variant of Steele, Lea & Flood's SplitMix, with
   // MurmurHash3's fmix32 finaliser): a Weyl sequence hashed to 32 bits. Any
   // seed, 0 included, gives a full-period stream. Inlined in the fill loop

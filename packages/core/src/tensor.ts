@@ -7,8 +7,13 @@ import { DType, type Tensor, type MessageInitShape, type TensorSchema } from "@t
 /** Tensor init for f32 data of `shape`; shares `data`'s memory. */
 export function f32Tensor(data: Float32Array, shape: readonly number[]): MessageInitShape<typeof TensorSchema> {
   const n = shape.reduce((a, b) => a * b, 1);
-  if (n !== data.length) throw new RangeError(`tensor shape [${shape.join(", ")}] needs ${n} values, got ${data.length}`);
-  return { dtype: DType.DTYPE_F32, shape: [...shape], data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
+  if (n !== data.length)
+    throw new RangeError(`tensor shape [${shape.join(", ")}] needs ${n} values, got ${data.length}`);
+  return {
+    dtype: DType.DTYPE_F32,
+    shape: [...shape],
+    data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+  };
 }
 
 /**
@@ -18,7 +23,8 @@ export function f32Tensor(data: Float32Array, shape: readonly number[]): Message
  */
 export function tensorF32(t: Tensor | undefined, what = "tensor"): Float32Array {
   if (!t) throw new RangeError(`${what} is missing`);
-  if (t.dtype !== DType.DTYPE_F32) throw new RangeError(`${what}: expected dtype F32, got ${DType[t.dtype] ?? t.dtype}`);
+  if (t.dtype !== DType.DTYPE_F32)
+    throw new RangeError(`${what}: expected dtype F32, got ${DType[t.dtype] ?? t.dtype}`);
   const n = t.shape.reduce((a, b) => a * b, 1);
   if (t.data.byteLength !== n * 4) {
     throw new RangeError(`${what}: shape [${t.shape.join(", ")}] needs ${n * 4} bytes, got ${t.data.byteLength}`);

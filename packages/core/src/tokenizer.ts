@@ -77,7 +77,11 @@ export interface Tokenizer {
 const BYTE_PIECE = /^<0x([0-9A-Fa-f]{2})>$/;
 
 /** Builds a tokenizer from pieces (latin1 byte strings) and scores. */
-export function createTokenizer(pieces: readonly string[], scores: Float32Array | readonly number[], maxTokenLength = 0): Tokenizer {
+export function createTokenizer(
+  pieces: readonly string[],
+  scores: Float32Array | readonly number[],
+  maxTokenLength = 0,
+): Tokenizer {
   if (pieces.length !== scores.length) throw new RangeError(`${pieces.length} pieces but ${scores.length} scores`);
   const vocabSize = pieces.length;
   const scoreOf = Float32Array.from(scores);
@@ -239,7 +243,9 @@ export async function loadTokenizer(path: string, vocabSize: number): Promise<To
   try {
     buf = await readFile(path);
   } catch (err) {
-    throw new CheckpointError(path, `cannot read tokenizer: ${(err as Error).message}`, undefined, undefined, { cause: err });
+    throw new CheckpointError(path, `cannot read tokenizer: ${(err as Error).message}`, undefined, undefined, {
+      cause: err,
+    });
   }
   return parseTokenizer(path, buf, vocabSize);
 }
@@ -270,7 +276,8 @@ export function parseTokenizer(path: string, buf: Uint8Array, vocabSize: number)
     scores[i] = view.getFloat32(offset, true);
     const len = view.getInt32(offset + 4, true);
     offset += 8;
-    if (len < 0 || len > 1 << 16) throw new CheckpointError(path, `token ${i} has an implausible length ${len}; not a tokenizer.bin?`);
+    if (len < 0 || len > 1 << 16)
+      throw new CheckpointError(path, `token ${i} has an implausible length ${len}; not a tokenizer.bin?`);
     need(offset, len, `token ${i} of ${vocabSize}`);
     pieces.push(Buffer.from(buf.buffer, buf.byteOffset + offset, len).toString("latin1"));
     offset += len;

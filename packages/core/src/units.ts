@@ -9,7 +9,8 @@ import { ConfigError } from "./errors.js";
  */
 export function parseByteSize(option: string, value: string | number): number {
   const n = typeof value === "number" ? value : bytes.parse(value.replace(/iB$/i, "B"));
-  if (n === null || !Number.isFinite(n) || n < 0) throw new ConfigError(option, `"${value}" is not a size (e.g. 64MiB, 2GB)`);
+  if (n === null || !Number.isFinite(n) || n < 0)
+    throw new ConfigError(option, `"${value}" is not a size (e.g. 64MiB, 2GB)`);
   return Math.floor(n);
 }
 

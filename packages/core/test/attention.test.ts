@@ -165,22 +165,41 @@ test("planAttendRequest validates items against sequences", () => {
   );
   assert.deepEqual(plan.dims, { nHeads: 4, nKvHeads: 2, headDim: 3 });
   const fails = (r: ReturnType<typeof req>, code: number, msg: RegExp) =>
-    assert.throws(() => planAttendRequest(r, lookup, "node X"), (err: Error & { rpcCode?: number }) => {
-      assert.equal(err.rpcCode, code);
-      assert.match(err.message, msg);
-      return true;
-    });
+    assert.throws(
+      () => planAttendRequest(r, lookup, "node X"),
+      (err: Error & { rpcCode?: number }) => {
+        assert.equal(err.rpcCode, code);
+        assert.match(err.message, msg);
+        return true;
+      },
+    );
   fails(req(0, [{ seqId: "b", startPos: 0, nTokens: 1 }], 1), Code.NOT_FOUND, /^node X: layer 0: unknown sequence "b"/);
-  fails(req(1, [{ seqId: "a", startPos: 4, nTokens: 1 }], 1), Code.OUT_OF_RANGE, /start_pos 4 leaves a gap after its 3 stored positions/);
-  fails(req(0, [{ seqId: "a", startPos: 4, nTokens: 7 }], 7), Code.OUT_OF_RANGE, /positions \[4, 11\) exceed its max_positions 10/);
+  fails(
+    req(1, [{ seqId: "a", startPos: 4, nTokens: 1 }], 1),
+    Code.OUT_OF_RANGE,
+    /start_pos 4 leaves a gap after its 3 stored positions/,
+  );
+  fails(
+    req(0, [{ seqId: "a", startPos: 4, nTokens: 7 }], 7),
+    Code.OUT_OF_RANGE,
+    /positions \[4, 11\) exceed its max_positions 10/,
+  );
   fails(req(2, [{ seqId: "a", startPos: 0, nTokens: 1 }], 1), Code.INVALID_ARGUMENT, /has 2 layers/);
-  fails(req(0, [{ seqId: "a", startPos: 0, nTokens: 1 }], 2), Code.INVALID_ARGUMENT, /items have 1 tokens in all, tensors have 2 rows/);
+  fails(
+    req(0, [{ seqId: "a", startPos: 0, nTokens: 1 }], 2),
+    Code.INVALID_ARGUMENT,
+    /items have 1 tokens in all, tensors have 2 rows/,
+  );
   fails(req(0, [{ seqId: "a", startPos: 0, nTokens: 1 }], 1, 1), Code.INVALID_ARGUMENT, /n_kv_heads 2/);
   fails(
-    req(0, [
-      { seqId: "a", startPos: 0, nTokens: 1 },
-      { seqId: "a", startPos: 1, nTokens: 1 },
-    ], 2),
+    req(
+      0,
+      [
+        { seqId: "a", startPos: 0, nTokens: 1 },
+        { seqId: "a", startPos: 1, nTokens: 1 },
+      ],
+      2,
+    ),
     Code.INVALID_ARGUMENT,
     /appears twice/,
   );
@@ -188,7 +207,13 @@ test("planAttendRequest validates items against sequences", () => {
 
 test("kvSequenceBytes: max_positions x n_layers x 2 x n_kv_heads x head_dim x 4", () => {
   assert.equal(kvSequenceBytes({ nLayers: 5, nHeads: 8, nKvHeads: 4, headDim: 8 }, 256, "n"), 256 * 5 * 2 * 4 * 8 * 4);
-  assert.throws(() => kvSequenceBytes({ nLayers: 5, nHeads: 6, nKvHeads: 4, headDim: 8 }, 256, "n"), /n: nHeads 6 is not a multiple of nKvHeads 4/);
+  assert.throws(
+    () => kvSequenceBytes({ nLayers: 5, nHeads: 6, nKvHeads: 4, headDim: 8 }, 256, "n"),
+    /n: nHeads 6 is not a multiple of nKvHeads 4/,
+  );
   assert.throws(() => kvSequenceBytes(undefined, 256, "n"), /n: layout is missing/);
-  assert.throws(() => kvSequenceBytes({ nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: 1 }, 0, "n"), /max_positions must be >= 1/);
+  assert.throws(
+    () => kvSequenceBytes({ nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: 1 }, 0, "n"),
+    /max_positions must be >= 1/,
+  );
 });

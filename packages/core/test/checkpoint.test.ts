@@ -18,7 +18,15 @@ test("stories260K loads with the shape its README gives", async () => {
   assert.equal(c.format, "llama2c-legacy");
   assert.equal(c.sharedClassifier, true);
   assert.deepEqual(
-    [c.shape.dim, c.shape.hiddenDim, c.shape.nLayers, c.shape.nHeads, c.shape.nKvHeads, c.shape.vocabSize, c.shape.seqLen],
+    [
+      c.shape.dim,
+      c.shape.hiddenDim,
+      c.shape.nLayers,
+      c.shape.nHeads,
+      c.shape.nKvHeads,
+      c.shape.vocabSize,
+      c.shape.seqLen,
+    ],
     [64, 172, 5, 8, 4, 512, 512],
   );
   assert.equal(c.expectedBytes, 1056540);
@@ -32,7 +40,10 @@ test("a truncated checkpoint names the path and both sizes", async () => {
     assert.equal(err.path, path);
     assert.equal(err.expected, 1056540);
     assert.equal(err.found, 1000000);
-    assert.equal(err.message, `${path}: size does not match its llama2c-legacy header (expected 1056540 bytes, found 1000000)`);
+    assert.equal(
+      err.message,
+      `${path}: size does not match its llama2c-legacy header (expected 1056540 bytes, found 1000000)`,
+    );
     return true;
   });
 });

@@ -74,7 +74,11 @@ test("every bad line is reported once, by number, with what is wrong", () => {
 });
 
 test("limits: max_tokens above the limit and prompts beyond the count are bad lines", () => {
-  const text = ['{"id": "a", "prompt": "p", "max_tokens": 600}', '{"id": "b", "prompt": "p"}', '{"id": "c", "prompt": "p"}'].join("\n");
+  const text = [
+    '{"id": "a", "prompt": "p", "max_tokens": 600}',
+    '{"id": "b", "prompt": "p"}',
+    '{"id": "c", "prompt": "p"}',
+  ].join("\n");
   assert.throws(
     () => parsePromptsJsonl("l.jsonl", text, { maxTokens: 512, maxPrompts: 2 }),
     (err: unknown) =>

@@ -47,7 +47,9 @@ test("greedy from BOS for 256 positions reproduces run.c's text exactly", () => 
 test("logits match run.c (gcc, f32) at positions 0 and 200", () => {
   // logits[0..8) printed with %.9g by run.c's forward on the greedy path.
   const atPos0 = [-6.22291136, 8.4043417, -6.22373724, -6.22254181, -6.22195101, -6.22287512, -6.22187996, -6.22341633];
-  const atPos200 = [-17.5350456, 2.06006169, -17.5337563, -17.5363007, -17.5353146, -17.5349884, -17.5349846, -17.5351791];
+  const atPos200 = [
+    -17.5350456, 2.06006169, -17.5337563, -17.5363007, -17.5353146, -17.5349884, -17.5349846, -17.5351791,
+  ];
   const model = new ReferenceModel(checkpoint);
   const state = model.createState(256);
   let token = 1;
@@ -55,7 +57,9 @@ test("logits match run.c (gcc, f32) at positions 0 and 200", () => {
     const logits = model.forward(state, token, pos);
     const expected = pos === 0 ? atPos0 : pos === 200 ? atPos200 : undefined;
     if (expected) {
-      expected.forEach((v, i) => assert.ok(Math.abs(logits[i]! - v) < 2e-5, `pos ${pos} logit ${i}: ${logits[i]} vs ${v}`));
+      expected.forEach((v, i) =>
+        assert.ok(Math.abs(logits[i]! - v) < 2e-5, `pos ${pos} logit ${i}: ${logits[i]} vs ${v}`),
+      );
     }
     token = argmax(logits);
   }

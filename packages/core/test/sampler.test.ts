@@ -11,7 +11,10 @@ function createRngHalves(hi0: number, lo0: number) {
   let hi = hi0 >>> 0;
   let lo = lo0 >>> 0;
   const shr = (h: number, l: number, n: number): [number, number] => [h >>> n, ((l >>> n) | (h << (32 - n))) >>> 0];
-  const shl = (h: number, l: number, n: number): [number, number] => [((h << n) | (l >>> (32 - n))) >>> 0, (l << n) >>> 0];
+  const shl = (h: number, l: number, n: number): [number, number] => [
+    ((h << n) | (l >>> (32 - n))) >>> 0,
+    (l << n) >>> 0,
+  ];
   // High 32 bits of the low 64 bits of (hi:lo) * (mh:ml).
   const mulHigh32 = (h: number, l: number, mh: number, ml: number): number => {
     const a = [l & 0xffff, l >>> 16, h & 0xffff, h >>> 16];

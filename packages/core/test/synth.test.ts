@@ -50,7 +50,10 @@ test("synthesizeWeights is deterministic per seed, shaped, bounded and shares th
   const b = synthesizeWeights(shape, 7);
   const c = synthesizeWeights(shape, 8);
   assert.deepEqual(weightBytes(a), weightBytes(b));
-  assert.notDeepEqual(weightBytes(a).map((x) => x.toString("hex")), weightBytes(c).map((x) => x.toString("hex")));
+  assert.notDeepEqual(
+    weightBytes(a).map((x) => x.toString("hex")),
+    weightBytes(c).map((x) => x.toString("hex")),
+  );
   assert.equal(a.classifier, a.tokenEmbedding);
   assert.equal(a.tokenEmbedding.length, 40 * 32);
   const l = a.layers[1]!;
@@ -79,7 +82,16 @@ test("synthesizeWeights is deterministic per seed, shaped, bounded and shares th
 });
 
 test("activations stay O(1) through 8 layers (logit RMS within [0.5, 2])", () => {
-  const deep: ModelShape = { ...shape, dim: 128, hiddenDim: llamaHiddenDim(128), nLayers: 8, nHeads: 8, nKvHeads: 4, headDim: 16, vocabSize: 256 };
+  const deep: ModelShape = {
+    ...shape,
+    dim: 128,
+    hiddenDim: llamaHiddenDim(128),
+    nLayers: 8,
+    nHeads: 8,
+    nKvHeads: 4,
+    headDim: 16,
+    vocabSize: 256,
+  };
   const model = new ReferenceModel({ shape: deep, weights: synthesizeWeights(deep, 1) });
   const state = model.createState(8);
   for (let pos = 0; pos < 8; pos++) {

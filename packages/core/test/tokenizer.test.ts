@@ -20,7 +20,24 @@ after(() => rm(dir, { recursive: true, force: true }));
  * assumes llama2.c's "+3".
  */
 function tinyTokenizer() {
-  const pieces = ["<unk>", "\n<s>\n", "\n</s>\n", " ", "a", "b", "ab", "ba", " a", "aba", " ab", "x", "y", "z", "xy", "yz"];
+  const pieces = [
+    "<unk>",
+    "\n<s>\n",
+    "\n</s>\n",
+    " ",
+    "a",
+    "b",
+    "ab",
+    "ba",
+    " a",
+    "aba",
+    " ab",
+    "x",
+    "y",
+    "z",
+    "xy",
+    "yz",
+  ];
   const scores = [0, 0, 0, 0, 0, 0, -2, -1, -3, -0.5, -5, 0, 0, 0, -1, -1];
   for (let b = 0; b < 256; b++) {
     pieces.push(`<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`);
@@ -88,9 +105,10 @@ test("tok512: encode/decode of the stories prompts matches llama2.c", async () =
   assert.equal(t.maxTokenLength, 7);
   // The first four tokens run.c generates greedily from BOS are the same words.
   assert.deepEqual(t.encode("Once upon a time", { bos: true, eos: false }), [1, 403, 407, 261, 378]);
-  assert.deepEqual(t.encode("Sam found a shiny stone", { bos: true, eos: true }), [
-    1, 301, 314, 272, 277, 264, 261, 262, 415, 271, 422, 349, 289, 411, 2,
-  ]);
+  assert.deepEqual(
+    t.encode("Sam found a shiny stone", { bos: true, eos: true }),
+    [1, 301, 314, 272, 277, 264, 261, 262, 415, 271, 422, 349, 289, 411, 2],
+  );
   const text = "Hello world! ünïcödé 😀 中文\n\ttab";
   assert.equal(t.decode(t.encode(text, { bos: false, eos: false })), text);
 });
@@ -113,7 +131,10 @@ test("loadTokenizer names the file and sizes when truncated, mismatched or missi
     assert.equal(err.path, truncated);
     assert.equal(err.expected, 6001);
     assert.equal(err.found, 6000);
-    assert.match(err.message, new RegExp(`^${truncated}: tokenizer ends inside token 487 of 512 .*\\(expected 6001 bytes, found 6000\\)$`));
+    assert.match(
+      err.message,
+      new RegExp(`^${truncated}: tokenizer ends inside token 487 of 512 .*\\(expected 6001 bytes, found 6000\\)$`),
+    );
     return true;
   });
   // One token fewer than the file holds: 11 bytes left over.

@@ -119,7 +119,9 @@ function toServiceError(err: unknown): Partial<grpc.StatusObject> {
  * iterator destroys the stream when the loop ends, which would drop the
  * call without sending its OK status once the client half-closes.
  */
-export function requests<T>(call: grpc.ServerReadableStream<T, unknown> | grpc.ServerDuplexStream<T, unknown>): AsyncIterable<T> {
+export function requests<T>(
+  call: grpc.ServerReadableStream<T, unknown> | grpc.ServerDuplexStream<T, unknown>,
+): AsyncIterable<T> {
   return call.iterator({ destroyOnReturn: false }) as AsyncIterable<T>;
 }
 

@@ -33,7 +33,11 @@ export function checkHealth(address: string, service = "", timeoutMs = 2000): Pr
   const client = new HealthClient(address, grpc.credentials.createInsecure());
   return new Promise((resolve) => {
     const c = client as unknown as {
-      check: (req: unknown, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: { status: string }) => void) => void;
+      check: (
+        req: unknown,
+        opts: grpc.CallOptions,
+        cb: (err: grpc.ServiceError | null, res?: { status: string }) => void,
+      ) => void;
     };
     c.check({ service }, { deadline: Date.now() + timeoutMs }, (err, res) => {
       client.close();

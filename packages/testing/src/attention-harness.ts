@@ -58,7 +58,8 @@ export function naiveAttention(
       const scores: number[] = [];
       for (let t = 0; t <= pos; t++) {
         let dot = 0;
-        for (let d = 0; d < headDim; d++) dot += q[(i * nHeads + h) * headDim + d]! * k[(t * nKvHeads + kvh) * headDim + d]!;
+        for (let d = 0; d < headDim; d++)
+          dot += q[(i * nHeads + h) * headDim + d]! * k[(t * nKvHeads + kvh) * headDim + d]!;
         scores.push(dot / Math.sqrt(headDim));
       }
       const max = Math.max(...scores);
@@ -107,8 +108,14 @@ export class KvHistory {
   private cache(seqId: string): { k: Float32Array[]; v: Float32Array[] } {
     if (!this.k.has(seqId)) {
       const n = this.maxPositions * this.layout.nKvHeads * this.layout.headDim;
-      this.k.set(seqId, Array.from({ length: this.layout.nLayers }, () => new Float32Array(n)));
-      this.v.set(seqId, Array.from({ length: this.layout.nLayers }, () => new Float32Array(n)));
+      this.k.set(
+        seqId,
+        Array.from({ length: this.layout.nLayers }, () => new Float32Array(n)),
+      );
+      this.v.set(
+        seqId,
+        Array.from({ length: this.layout.nLayers }, () => new Float32Array(n)),
+      );
     }
     return { k: this.k.get(seqId)!, v: this.v.get(seqId)! };
   }
@@ -141,7 +148,14 @@ export class KvHistory {
       const c = this.cache(it.seqId);
       c.k[layer]!.set(k.subarray(row * kvRow, (row + it.nTokens) * kvRow), it.startPos * kvRow);
       c.v[layer]!.set(v.subarray(row * kvRow, (row + it.nTokens) * kvRow), it.startPos * kvRow);
-      const o = naiveAttention(L, q.subarray(row * qRow, (row + it.nTokens) * qRow), it.nTokens, it.startPos, c.k[layer]!, c.v[layer]!);
+      const o = naiveAttention(
+        L,
+        q.subarray(row * qRow, (row + it.nTokens) * qRow),
+        it.nTokens,
+        it.startPos,
+        c.k[layer]!,
+        c.v[layer]!,
+      );
       expected.set(o, row * qRow);
       row += it.nTokens;
     }
@@ -161,7 +175,13 @@ export class KvHistory {
 }
 
 /** Asserts `r` carries no error and an output equal to `expected` within `rel` (relative, floor 1). */
-export function assertOutput(r: AttendResponse, expected: Float64Array, L: Layout, rel = 1e-5, what = "o"): Float32Array {
+export function assertOutput(
+  r: AttendResponse,
+  expected: Float64Array,
+  L: Layout,
+  rel = 1e-5,
+  what = "o",
+): Float32Array {
   assert.equal(r.error, undefined, `${what}: unexpected error ${r.error?.message}`);
   assert.deepEqual(r.o?.shape, [expected.length / (L.nHeads * L.headDim), L.nHeads * L.headDim], `${what}: shape`);
   const o = tensorF32(r.o, what);

@@ -112,7 +112,14 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
   let done = 0;
   let generatedTotal = 0;
   let promptTokens = 0;
-  const breakdown: Breakdown = { steps: 0, stepSeconds: 0, denseSeconds: 0, attentionComputeSeconds: 0, attentionWaitSeconds: 0, gpuTotalSeconds: 0 };
+  const breakdown: Breakdown = {
+    steps: 0,
+    stepSeconds: 0,
+    denseSeconds: 0,
+    attentionComputeSeconds: 0,
+    attentionWaitSeconds: 0,
+    gpuTotalSeconds: 0,
+  };
   let decodeTokens = 0;
   let lastProgress = 0;
   const total = request.prompts.length;
@@ -171,7 +178,9 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
       ctx
         .attentionClient(node.address)
         .closeSequence({ seqId: s.seqId }, { deadline: options.connectTimeoutMs })
-        .catch((err: unknown) => options.log(`close ${s.seqId} on ${node.role}-node ${node.address}: ${(err as Error).message}`));
+        .catch((err: unknown) =>
+          options.log(`close ${s.seqId} on ${node.role}-node ${node.address}: ${(err as Error).message}`),
+        );
     }
   };
 
@@ -198,7 +207,11 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
     };
     promptTokens += promptIds.length;
     if (promptIds.length >= shape.seqLen) {
-      finish(s, "error", `prompt "${p.id}" is ${promptIds.length} tokens; the model's context is ${shape.seqLen} positions`);
+      finish(
+        s,
+        "error",
+        `prompt "${p.id}" is ${promptIds.length} tokens; the model's context is ${shape.seqLen} positions`,
+      );
     } else if (wanted <= 0) {
       finish(s, "length");
     } else {
@@ -249,9 +262,16 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
       if (s.node?.address !== address || s.finished) continue;
       const res = await ctx
         .attentionClient(address)
-        .openSequence({ seqId: s.seqId, layout, maxPositions: s.promptIds.length + s.maxTokens - 1 }, { deadline: 2000, signal });
+        .openSequence(
+          { seqId: s.seqId, layout, maxPositions: s.promptIds.length + s.maxTokens - 1 },
+          { deadline: 2000, signal },
+        );
       if (res.length < startPos) {
-        finish(s, "error", `KV cache of ${s.seqId} was lost on ${s.node.role}-node ${address} (has ${res.length} of ${startPos} positions)`);
+        finish(
+          s,
+          "error",
+          `KV cache of ${s.seqId} was lost on ${s.node.role}-node ${address} (has ${res.length} of ${startPos} positions)`,
+        );
       }
     }
   };

@@ -64,7 +64,10 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
       const modelPath = req.modelPath || options.modelPath;
       const tokenizerPath = req.tokenizerPath || options.tokenizerPath;
       if (!modelPath || !tokenizerPath) {
-        throw new RpcError(Code.INVALID_ARGUMENT, "model_path/tokenizer_path: none given and the coordinator has no default");
+        throw new RpcError(
+          Code.INVALID_ARGUMENT,
+          "model_path/tokenizer_path: none given and the coordinator has no default",
+        );
       }
       const model = await models.get(modelPath, tokenizerPath).catch((err: unknown) => {
         throw new RpcError(Code.INVALID_ARGUMENT, (err as Error).message, { cause: err });
@@ -113,7 +116,11 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
         ...options.storageNodes.map((address) => ({ role: "storage", address, service: "tessera.v1.Attention" })),
       ];
       const nodes = await Promise.all(
-        all.map(async (n) => ({ role: n.role, address: n.address, health: await checkHealth(n.address, n.service, 2000) })),
+        all.map(async (n) => ({
+          role: n.role,
+          address: n.address,
+          health: await checkHealth(n.address, n.service, 2000),
+        })),
       );
       return { nodes };
     },

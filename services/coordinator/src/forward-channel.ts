@@ -29,7 +29,9 @@ export class ForwardChannel {
   }
 
   /** Sends one step; resolves with its response (which may carry a per-step `error`). */
-  step(request: MessageInitShape<typeof ForwardRequestSchema> & Pick<ForwardRequest, "stepId">): Promise<ForwardResponse> {
+  step(
+    request: MessageInitShape<typeof ForwardRequestSchema> & Pick<ForwardRequest, "stepId">,
+  ): Promise<ForwardResponse> {
     const stream = this.open();
     return new Promise((resolve, reject) => {
       this.pending.push({ resolve, reject });

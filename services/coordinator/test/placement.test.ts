@@ -50,7 +50,10 @@ test("a role with no nodes: explicit requests fail with a reason, auto falls bac
     only,
     4096,
   );
-  assert.deepEqual(p, [{ error: "no storage-node in this cluster to hold the KV cache" }, { node: { role: "memory", address: "m1:1" } }]);
+  assert.deepEqual(p, [
+    { error: "no storage-node in this cluster to hold the KV cache" },
+    { node: { role: "memory", address: "m1:1" } },
+  ]);
 });
 
 test("options: defaults, and a bad value names the option", () => {
@@ -58,8 +61,17 @@ test("options: defaults, and a bad value names the option", () => {
   assert.equal(o.storageThresholdTokens, 4096);
   assert.equal(o.port, 0);
   assert.ok(Object.isFrozen(o));
-  assert.throws(() => compileCoordinatorOptions({ gpuNodes: [] , memoryNodes: ["a:1"] }), (e: unknown) => e instanceof ConfigError && e.option === "gpuNodes");
-  assert.throws(() => compileCoordinatorOptions({ gpuNodes: ["nope"], memoryNodes: ["a:1"] }), /gpuNodes: "nope" is not host:port/);
+  assert.throws(
+    () => compileCoordinatorOptions({ gpuNodes: [], memoryNodes: ["a:1"] }),
+    (e: unknown) => e instanceof ConfigError && e.option === "gpuNodes",
+  );
+  assert.throws(
+    () => compileCoordinatorOptions({ gpuNodes: ["nope"], memoryNodes: ["a:1"] }),
+    /gpuNodes: "nope" is not host:port/,
+  );
   assert.throws(() => compileCoordinatorOptions({ gpuNodes: ["a:1"] }), /memoryNodes/);
-  assert.throws(() => compileCoordinatorOptions({ gpuNodes: ["a:1"], memoryNodes: ["b:2"], retryTimeoutMs: -5 }), /retryTimeoutMs/);
+  assert.throws(
+    () => compileCoordinatorOptions({ gpuNodes: ["a:1"], memoryNodes: ["b:2"], retryTimeoutMs: -5 }),
+    /retryTimeoutMs/,
+  );
 });

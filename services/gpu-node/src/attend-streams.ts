@@ -8,7 +8,16 @@
  * new one on a fresh channel, so a coordinator can retry a step at once when
  * the node is back.
  */
-import { Attention, Code, RpcError, createClient, type AttendRequest, type AttendResponse, type Client, type MessageInitShape } from "@tessera/proto";
+import {
+  Attention,
+  Code,
+  RpcError,
+  createClient,
+  type AttendRequest,
+  type AttendResponse,
+  type Client,
+  type MessageInitShape,
+} from "@tessera/proto";
 import type { AttendRequestSchema } from "@tessera/proto";
 
 /** An attention node failed a request: gRPC `code`, the node's `address`. */
@@ -53,15 +62,27 @@ class AttendStream {
       const e = RpcError.from(err);
       this.fail(new AttentionNodeError(e.code, address, e.message, { cause: err }));
     });
-    this.call.on("end", () => this.fail(new AttentionNodeError(Code.UNAVAILABLE, address, "Attend stream ended by the node")));
+    this.call.on("end", () =>
+      this.fail(new AttentionNodeError(Code.UNAVAILABLE, address, "Attend stream ended by the node")),
+    );
   }
 
   /** Sends `req`; resolves with its response, rejects {@link AttentionNodeError}. */
-  attend(req: MessageInitShape<typeof AttendRequestSchema> & Pick<AttendRequest, "stepId" | "layer">): Promise<AttendResponse> {
-    if (this.broken) return Promise.reject(new AttentionNodeError(Code.UNAVAILABLE, this.address, "Attend stream is closed"));
+  attend(
+    req: MessageInitShape<typeof AttendRequestSchema> & Pick<AttendRequest, "stepId" | "layer">,
+  ): Promise<AttendResponse> {
+    if (this.broken)
+      return Promise.reject(new AttentionNodeError(Code.UNAVAILABLE, this.address, "Attend stream is closed"));
     return new Promise<AttendResponse>((resolve, reject) => {
       const timer = setTimeout(
-        () => this.fail(new AttentionNodeError(Code.DEADLINE_EXCEEDED, this.address, `no Attend response within ${this.timeoutMs} ms`)),
+        () =>
+          this.fail(
+            new AttentionNodeError(
+              Code.DEADLINE_EXCEEDED,
+              this.address,
+              `no Attend response within ${this.timeoutMs} ms`,
+            ),
+          ),
         this.timeoutMs,
       );
       this.pending.push({ stepId: req.stepId, layer: req.layer, resolve, reject, timer });
@@ -121,7 +142,10 @@ export class AttendStreams {
    *   stream breaks or times out. A per-request `error` in the response is
    *   returned, not thrown.
    */
-  attend(address: string, req: MessageInitShape<typeof AttendRequestSchema> & Pick<AttendRequest, "stepId" | "layer">): Promise<AttendResponse> {
+  attend(
+    address: string,
+    req: MessageInitShape<typeof AttendRequestSchema> & Pick<AttendRequest, "stepId" | "layer">,
+  ): Promise<AttendResponse> {
     if (this.closed) return Promise.reject(new AttentionNodeError(Code.UNAVAILABLE, address, "gpu-node is closing"));
     let s = this.streams.get(address);
     if (!s) {
@@ -141,6 +165,7 @@ export class AttendStreams {
   /** Fails pending requests (UNAVAILABLE) and closes every stream. Idempotent. */
   close(): void {
     this.closed = true;
-    for (const s of [...this.streams.values()]) s.fail(new AttentionNodeError(Code.UNAVAILABLE, s.address, "gpu-node is closing"));
+    for (const s of [...this.streams.values()])
+      s.fail(new AttentionNodeError(Code.UNAVAILABLE, s.address, "gpu-node is closing"));
   }
 }

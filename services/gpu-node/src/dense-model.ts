@@ -88,12 +88,27 @@ export class DenseModel {
     const layerStart = options.layerStart ?? 0;
     const layerEnd = options.layerEnd ?? shape.nLayers;
     const provider = options.executionProvider ?? "cpu";
-    if (!(Number.isInteger(layerStart) && Number.isInteger(layerEnd) && 0 <= layerStart && layerStart <= layerEnd && layerEnd <= shape.nLayers)) {
-      throw new RangeError(`layer range [${layerStart}, ${layerEnd}) is not inside the model's ${shape.nLayers} layers`);
+    if (!(
+      Number.isInteger(layerStart) &&
+      Number.isInteger(layerEnd) &&
+      0 <= layerStart &&
+      layerStart <= layerEnd &&
+      layerEnd <= shape.nLayers
+    )) {
+      throw new RangeError(
+        `layer range [${layerStart}, ${layerEnd}) is not inside the model's ${shape.nLayers} layers`,
+      );
     }
     if (provider !== "cpu") {
       const backend = ort.listSupportedBackends().find((b) => b.name === provider);
-      if (!backend) throw new ExecutionProviderError(provider, `this platform's build supports only ${ort.listSupportedBackends().map((b) => b.name).join(", ")}`);
+      if (!backend)
+        throw new ExecutionProviderError(
+          provider,
+          `this platform's build supports only ${ort
+            .listSupportedBackends()
+            .map((b) => b.name)
+            .join(", ")}`,
+        );
     }
     const sessionOptions: ort.InferenceSession.SessionOptions = {
       executionProviders: [provider],
@@ -110,7 +125,8 @@ export class DenseModel {
         sessions.push(s);
         return s;
       } catch (err) {
-        if (provider !== "cpu") throw new ExecutionProviderError(provider, (err as Error).message.split("\n")[0]!, { cause: err });
+        if (provider !== "cpu")
+          throw new ExecutionProviderError(provider, (err as Error).message.split("\n")[0]!, { cause: err });
         throw err;
       }
     };
@@ -127,7 +143,9 @@ export class DenseModel {
       }
       let head: ort.InferenceSession | undefined;
       if (options.head ?? true) {
-        head = await createSession(buildHeadGraph(shape, checkpoint.weights.rmsFinal, checkpoint.weights.classifier).toBytes());
+        head = await createSession(
+          buildHeadGraph(shape, checkpoint.weights.rmsFinal, checkpoint.weights.classifier).toBytes(),
+        );
         weightBytes += 4 * (dim + vocabSize * dim);
       }
       let embedding: Float32Array | undefined;
@@ -164,7 +182,8 @@ export class DenseModel {
     const x = out ?? new Float32Array(tokens.length * dim);
     for (let i = 0; i < tokens.length; i++) {
       const t = tokens[i]!;
-      if (!(Number.isInteger(t) && t >= 0 && t < vocabSize)) throw new RangeError(`token ${t} at index ${i} is outside the vocabulary [0, ${vocabSize})`);
+      if (!(Number.isInteger(t) && t >= 0 && t < vocabSize))
+        throw new RangeError(`token ${t} at index ${i} is outside the vocabulary [0, ${vocabSize})`);
       x.set(emb.subarray(t * dim, (t + 1) * dim), i * dim);
     }
     return x;
@@ -180,7 +199,10 @@ export class DenseModel {
     const { dim, nHeads, nKvHeads, headDim } = this.shape;
     const T = positions.length;
     const session = this.layerSession(this.preSessions, layer);
-    const feeds = { [PRE.x]: new ort.Tensor("float32", checkRows(x, T, dim, "x"), [T, dim]), [PRE.positions]: new ort.Tensor("int64", positions, [T]) };
+    const feeds = {
+      [PRE.x]: new ort.Tensor("float32", checkRows(x, T, dim, "x"), [T, dim]),
+      [PRE.positions]: new ort.Tensor("int64", positions, [T]),
+    };
     const fetches = out
       ? {
           [PRE.q]: new ort.Tensor("float32", checkRows(out.q, T, nHeads * headDim, "q"), [T, nHeads, headDim]),
@@ -239,12 +261,16 @@ export class DenseModel {
 
   private layerSession(sessions: ort.InferenceSession[], layer: number): ort.InferenceSession {
     const s = sessions[layer - this.layerStart];
-    if (!s || layer < this.layerStart) throw new RangeError(`layer ${layer} is not in this model's range [${this.layerStart}, ${this.layerEnd}) or the model is released`);
+    if (!s || layer < this.layerStart)
+      throw new RangeError(
+        `layer ${layer} is not in this model's range [${this.layerStart}, ${this.layerEnd}) or the model is released`,
+      );
     return s;
   }
 }
 
 function checkRows(a: Float32Array, rows: number, cols: number, what: string): Float32Array {
-  if (!Number.isInteger(rows) || a.length !== rows * cols) throw new RangeError(`${what}: expected [${rows}, ${cols}] (${rows * cols} values), got ${a.length}`);
+  if (!Number.isInteger(rows) || a.length !== rows * cols)
+    throw new RangeError(`${what}: expected [${rows}, ${cols}] (${rows * cols} values), got ${a.length}`);
   return a;
 }

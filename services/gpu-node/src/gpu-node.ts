@@ -71,9 +71,11 @@ export interface CompiledGpuNodeOptions {
  */
 export function compileGpuNodeOptions(options: GpuNodeOptions = {}): CompiledGpuNodeOptions {
   const host = options.host ?? "127.0.0.1";
-  if (typeof host !== "string" || host === "") throw new ConfigError("host", `must be a host name or address, got ${JSON.stringify(host)}`);
+  if (typeof host !== "string" || host === "")
+    throw new ConfigError("host", `must be a host name or address, got ${JSON.stringify(host)}`);
   const port = options.port ?? 0;
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError("port", `must be an integer in [0, 65535], got ${port}`);
+  if (!Number.isInteger(port) || port < 0 || port > 65535)
+    throw new ConfigError("port", `must be an integer in [0, 65535], got ${port}`);
   const executionProvider = options.executionProvider ?? "cpu";
   if (executionProvider !== "cpu" && executionProvider !== "cuda") {
     throw new ConfigError("executionProvider", `must be "cpu" or "cuda", got ${JSON.stringify(executionProvider)}`);
@@ -83,7 +85,8 @@ export function compileGpuNodeOptions(options: GpuNodeOptions = {}): CompiledGpu
     throw new ConfigError("intraOpThreads", `must be a positive integer, got ${intraOpThreads}`);
   }
   const positiveMs = (name: string, v: number) => {
-    if (!(Number.isFinite(v) && v > 0)) throw new ConfigError(name, `must be a positive number of milliseconds, got ${v}`);
+    if (!(Number.isFinite(v) && v > 0))
+      throw new ConfigError(name, `must be a positive number of milliseconds, got ${v}`);
     return v;
   };
   return Object.freeze({
@@ -188,15 +191,22 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
       try {
         checkpoint = await loadCheckpoint(req.modelPath);
       } catch (err) {
-        const enoent = err instanceof CheckpointError && (err.cause as NodeJS.ErrnoException | undefined)?.code === "ENOENT";
+        const enoent =
+          err instanceof CheckpointError && (err.cause as NodeJS.ErrnoException | undefined)?.code === "ENOENT";
         throw new RpcError(enoent ? Code.NOT_FOUND : Code.INVALID_ARGUMENT, (err as Error).message, { cause: err });
       }
       const { nLayers } = checkpoint.shape;
       if (!(req.layerStart <= req.layerEnd && req.layerEnd <= nLayers)) {
-        throw new RpcError(Code.INVALID_ARGUMENT, `${req.modelPath}: layer range [${req.layerStart}, ${req.layerEnd}) is not inside its ${nLayers} layers`);
+        throw new RpcError(
+          Code.INVALID_ARGUMENT,
+          `${req.modelPath}: layer range [${req.layerStart}, ${req.layerEnd}) is not inside its ${nLayers} layers`,
+        );
       }
       if (req.layerStart === req.layerEnd && !req.embed && !req.head) {
-        throw new RpcError(Code.INVALID_ARGUMENT, "empty load: no layers (layer_start == layer_end), no embed and no head");
+        throw new RpcError(
+          Code.INVALID_ARGUMENT,
+          "empty load: no layers (layer_start == layer_end), no embed and no head",
+        );
       }
       const model = await DenseModel.create(checkpoint, {
         layerStart: req.layerStart,
@@ -244,7 +254,9 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
     return run;
   }
 
-  function forward(call: ServerDuplexStream<ForwardRequest, MessageInitShape<typeof ForwardResponseSchema>>): Promise<void> {
+  function forward(
+    call: ServerDuplexStream<ForwardRequest, MessageInitShape<typeof ForwardResponseSchema>>,
+  ): Promise<void> {
     const runner = new StepRunner();
     let chain = Promise.resolve();
     return new Promise<void>((resolve) => {
@@ -262,11 +274,13 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
       call.on("data", (req: ForwardRequest) => {
         // Steps that arrive while draining are still answered (UNAVAILABLE),
         // so the coordinator sees one response per request it sent.
-        chain = chain.then(async () => {
-          if (call.cancelled) return;
-          const res = await runner.step(req);
-          if (!call.cancelled && !call.writableEnded) call.write(res);
-        }).catch(() => undefined); // step() answers its own errors; a dead call just drops the reply
+        chain = chain
+          .then(async () => {
+            if (call.cancelled) return;
+            const res = await runner.step(req);
+            if (!call.cancelled && !call.writableEnded) call.write(res);
+          })
+          .catch(() => undefined); // step() answers its own errors; a dead call just drops the reply
       });
       call.on("end", () => void chain.then(finish));
       call.on("cancelled", () => void chain.then(finish));
@@ -283,8 +297,10 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
       const timings = { denseSeconds: 0, attentionWaitSeconds: 0, attentionComputeSeconds: 0, totalSeconds: 0 };
       const loaded = current;
       try {
-        if (service.state !== "running") throw new StepError(Code.UNAVAILABLE, `gpu-node ${address()} is ${service.state}`, "gpu", address());
-        if (!loaded) throw new StepError(Code.FAILED_PRECONDITION, "no model is loaded: call Load first", "gpu", address());
+        if (service.state !== "running")
+          throw new StepError(Code.UNAVAILABLE, `gpu-node ${address()} is ${service.state}`, "gpu", address());
+        if (!loaded)
+          throw new StepError(Code.FAILED_PRECONDITION, "no model is loaded: call Load first", "gpu", address());
         loaded.acquire();
         try {
           const out = await this.run(req, loaded.model, timings);
@@ -351,7 +367,9 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
         timings.denseSeconds += (performance.now() - tDense) / 1000;
 
         const tWait = performance.now();
-        const settled = await Promise.allSettled(plan.nodes.map((node, i) => streams.attend(node.address, requests[i]!)));
+        const settled = await Promise.allSettled(
+          plan.nodes.map((node, i) => streams.attend(node.address, requests[i]!)),
+        );
         timings.attentionWaitSeconds += (performance.now() - tWait) / 1000;
         const responses = settled.map((r, i) => checkAttendResponse(r, plan.nodes[i]!, layer, qDim));
         timings.attentionComputeSeconds += Math.max(0, ...responses.map((r) => r.response.computeSeconds));
@@ -382,7 +400,9 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
         let lastRows = x;
         if (n !== T) {
           lastRows = ws.buf("last", n * dim);
-          plan.sequences.forEach((s, i) => lastRows.set(x.subarray((s.row0 + s.nTokens - 1) * dim, (s.row0 + s.nTokens) * dim), i * dim));
+          plan.sequences.forEach((s, i) =>
+            lastRows.set(x.subarray((s.row0 + s.nTokens - 1) * dim, (s.row0 + s.nTokens) * dim), i * dim),
+          );
         }
         const logits = await model.head(lastRows);
         return { logits: f32Tensor(logits, [n, vocabSize]) };
@@ -498,9 +518,12 @@ function planStep(req: ForwardRequest, model: DenseModel, self: string): StepPla
     seen.add(s.seqId);
     if (s.nTokens < 1) throw bad(`sequence ${JSON.stringify(s.seqId)} has n_tokens 0`);
     if (s.startPos + s.nTokens > seqLen) {
-      throw bad(`sequence ${JSON.stringify(s.seqId)}: positions [${s.startPos}, ${s.startPos + s.nTokens}) exceed the model's seq_len ${seqLen}`);
+      throw bad(
+        `sequence ${JSON.stringify(s.seqId)}: positions [${s.startPos}, ${s.startPos + s.nTokens}) exceed the model's seq_len ${seqLen}`,
+      );
     }
-    if (hasLayers && s.attentionAddress === "") throw bad(`sequence ${JSON.stringify(s.seqId)} has no attention_address`);
+    if (hasLayers && s.attentionAddress === "")
+      throw bad(`sequence ${JSON.stringify(s.seqId)} has no attention_address`);
     sequences.push({ seqId: s.seqId, startPos: s.startPos, nTokens: s.nTokens, row0: row });
     if (hasLayers) {
       let node = nodes.get(s.attentionAddress);
@@ -562,7 +585,10 @@ function checkAttendResponse(
     throw fail(Code.INTERNAL, `attention node ${node.address}: layer ${layer}: ${(err as Error).message}`);
   }
   if (o.length !== node.rows * qDim || res.o!.shape[0] !== node.rows) {
-    throw fail(Code.INTERNAL, `attention node ${node.address}: layer ${layer}: o has shape [${res.o!.shape.join(", ")}], expected [${node.rows}, ${qDim}]`);
+    throw fail(
+      Code.INTERNAL,
+      `attention node ${node.address}: layer ${layer}: o has shape [${res.o!.shape.join(", ")}], expected [${node.rows}, ${qDim}]`,
+    );
   }
   return { response: res, o };
 }

@@ -3,9 +3,22 @@
  * tessera.v1.GpuNode service), and the ONNX graphs and sessions it runs, for
  * reuse by an in-process baseline.
  */
-export { createGpuNode, compileGpuNodeOptions, GPU_NODE_SERVICE, type GpuNode, type GpuNodeOptions, type CompiledGpuNodeOptions } from "./gpu-node.js";
+export {
+  createGpuNode,
+  compileGpuNodeOptions,
+  GPU_NODE_SERVICE,
+  type GpuNode,
+  type GpuNodeOptions,
+  type CompiledGpuNodeOptions,
+} from "./gpu-node.js";
 export { runGpuNode } from "./main.js";
-export { DenseModel, ExecutionProviderError, type DenseModelOptions, type ExecutionProvider, type Qkv } from "./dense-model.js";
+export {
+  DenseModel,
+  ExecutionProviderError,
+  type DenseModelOptions,
+  type ExecutionProvider,
+  type Qkv,
+} from "./dense-model.js";
 export { AttentionNodeError } from "./attend-streams.js";
 export * from "./llama-graphs.js";
 export * from "./onnx-builder.js";

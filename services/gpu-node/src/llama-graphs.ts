@@ -29,7 +29,8 @@ export const HEAD = { x: "x", logits: "logits" } as const;
  * Blocked, so that large matrices stay cache-friendly.
  */
 export function transpose(w: Float32Array, rows: number, cols: number): Float32Array {
-  if (w.length !== rows * cols) throw new RangeError(`transpose: [${rows}, ${cols}] needs ${rows * cols} values, got ${w.length}`);
+  if (w.length !== rows * cols)
+    throw new RangeError(`transpose: [${rows}, ${cols}] needs ${rows * cols} values, got ${w.length}`);
   const out = new Float32Array(rows * cols);
   const B = 16;
   for (let r0 = 0; r0 < rows; r0 += B) {
@@ -68,7 +69,10 @@ export function transposeConcat(ws: readonly { w: Float32Array; rows: number }[]
  * a head, angle p · θ^(−2i/head_dim). Returns cos and sin, each
  * [seq_len, head_dim / 2] f32 (computed in f64, rounded once).
  */
-export function ropeTables(shape: Pick<ModelShape, "seqLen" | "headDim" | "ropeTheta">): { cos: Float32Array; sin: Float32Array } {
+export function ropeTables(shape: Pick<ModelShape, "seqLen" | "headDim" | "ropeTheta">): {
+  cos: Float32Array;
+  sin: Float32Array;
+} {
   const half = shape.headDim / 2;
   const cos = new Float32Array(shape.seqLen * half);
   const sin = new Float32Array(shape.seqLen * half);
@@ -132,20 +136,34 @@ export function buildPreAttentionGraph(shape: ModelShape, weights: LayerWeights,
     ),
     [dim, qDim + 2 * kvD],
   );
-  const [qk, vFlat] = g.node("Split", [g.op("MatMul", [h, wqkv]), g.i64("qkv.split", [qDim + kvD, kvD])], { axis: 1 }, 2) as [string, string];
+  const [qk, vFlat] = g.node(
+    "Split",
+    [g.op("MatMul", [h, wqkv]), g.i64("qkv.split", [qDim + kvD, kvD])],
+    { axis: 1 },
+    2,
+  ) as [string, string];
 
   // RoPE over the q and k heads: [T, heads, half, 2] pairs, rotated by the
   // cos/sin rows of each position ([T, 1, half, 1] after Gather + Unsqueeze).
   const { cos, sin } = ropeTables(shape);
   const axes13 = g.i64("rope.axes", [1, 3]);
-  const cosT = g.op("Unsqueeze", [g.op("Gather", [g.f32("rope.cos", cos, [seqLen, half]), positions], { axis: 0 }), axes13]);
-  const sinT = g.op("Unsqueeze", [g.op("Gather", [g.f32("rope.sin", sin, [seqLen, half]), positions], { axis: 0 }), axes13]);
+  const cosT = g.op("Unsqueeze", [
+    g.op("Gather", [g.f32("rope.cos", cos, [seqLen, half]), positions], { axis: 0 }),
+    axes13,
+  ]);
+  const sinT = g.op("Unsqueeze", [
+    g.op("Gather", [g.f32("rope.sin", sin, [seqLen, half]), positions], { axis: 0 }),
+    axes13,
+  ]);
   const pairs = g.op("Reshape", [qk, g.i64("rope.pairs", [-1, nHeads + nKvHeads, half, 2])]);
   const [x0, x1] = g.node("Split", [pairs, g.i64("rope.split", [1, 1])], { axis: 3 }, 2) as [string, string];
   // run.c: v0' = v0·cos − v1·sin; v1' = v0·sin + v1·cos
   const r0 = g.op("Sub", [g.op("Mul", [x0, cosT]), g.op("Mul", [x1, sinT])]);
   const r1 = g.op("Add", [g.op("Mul", [x0, sinT]), g.op("Mul", [x1, cosT])]);
-  const rotated = g.op("Reshape", [g.op("Concat", [r0, r1], { axis: 3 }), g.i64("rope.heads", [-1, nHeads + nKvHeads, headDim])]);
+  const rotated = g.op("Reshape", [
+    g.op("Concat", [r0, r1], { axis: 3 }),
+    g.i64("rope.heads", [-1, nHeads + nKvHeads, headDim]),
+  ]);
   g.node("Split", [rotated, g.i64("qk.split", [nHeads, nKvHeads])], { axis: 1 }, [PRE.q, PRE.k]);
   g.op("Reshape", [vFlat, g.i64("v.heads", [-1, nKvHeads, headDim])], {}, PRE.v);
 
@@ -184,10 +202,12 @@ export function buildPostAttentionGraph(shape: ModelShape, weights: LayerWeights
     ),
     [dim, 2 * hiddenDim],
   );
-  const [gate, up] = g.node("Split", [g.op("MatMul", [h, w13]), g.i64("w13.split", [hiddenDim, hiddenDim])], { axis: 1 }, 2) as [
-    string,
-    string,
-  ];
+  const [gate, up] = g.node(
+    "Split",
+    [g.op("MatMul", [h, w13]), g.i64("w13.split", [hiddenDim, hiddenDim])],
+    { axis: 1 },
+    2,
+  ) as [string, string];
   const act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up]);
   const w2 = g.f32("w2", transpose(weights.w2, dim, hiddenDim), [hiddenDim, dim]);
   g.op("Add", [x1, g.op("MatMul", [act, w2])], {}, POST.y);

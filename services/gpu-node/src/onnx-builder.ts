@@ -27,7 +27,8 @@ const ELEM: Record<ElemType, number> = {
 export type Dim = number | string;
 
 /** A node attribute value: int, float, ints, floats or string (by JS type). */
-export type AttrValue = number | bigint | string | readonly number[] | readonly bigint[] | { float: number } | { floats: readonly number[] };
+export type AttrValue =
+  number | bigint | string | readonly number[] | readonly bigint[] | { float: number } | { floats: readonly number[] };
 
 /**
  * Builds one ONNX graph. Names are the graph's value names; `node` returns the
@@ -72,7 +73,13 @@ export class OnnxGraphBuilder {
    * onnxruntime-node requires).
    */
   f32(name: string, data: Float32Array, dims: readonly number[]): string {
-    return this.constant(name, "float32", new Uint8Array(data.buffer, data.byteOffset, data.byteLength), dims, data.length);
+    return this.constant(
+      name,
+      "float32",
+      new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+      dims,
+      data.length,
+    );
   }
 
   /** Adds a constant int64 initializer of `dims`. */
@@ -86,8 +93,16 @@ export class OnnxGraphBuilder {
    * and writing `nOutputs` fresh values (or the given output names).
    * Returns the output names.
    */
-  node(opType: string, inputs: readonly string[], attrs: Record<string, AttrValue> = {}, outputs: number | readonly string[] = 1): string[] {
-    const outs = typeof outputs === "number" ? Array.from({ length: outputs }, () => this.fresh(opType.toLowerCase())) : [...outputs];
+  node(
+    opType: string,
+    inputs: readonly string[],
+    attrs: Record<string, AttrValue> = {},
+    outputs: number | readonly string[] = 1,
+  ): string[] {
+    const outs =
+      typeof outputs === "number"
+        ? Array.from({ length: outputs }, () => this.fresh(opType.toLowerCase()))
+        : [...outputs];
     outs.forEach((o) => this.claim(o));
     this.nodes.push({
       opType,
@@ -151,7 +166,8 @@ export class OnnxGraphBuilder {
 
   private constant(name: string, elemType: ElemType, raw: Uint8Array, dims: readonly number[], n: number): string {
     const want = dims.reduce((a, b) => a * b, 1);
-    if (want !== n) throw new RangeError(`initializer ${name}: dims [${dims.join(", ")}] need ${want} values, got ${n}`);
+    if (want !== n)
+      throw new RangeError(`initializer ${name}: dims [${dims.join(", ")}] need ${want} values, got ${n}`);
     this.claim(name);
     this.initializers.push({ meta: { name, dataType: ELEM[elemType], dims: dims.map((d) => BigInt(d)) }, raw });
     this.initializerBytes += raw.byteLength;
@@ -185,7 +201,11 @@ function writeTagLen(out: Uint8Array, at: number, field: number, len: number): n
   return at;
 }
 
-function valueInfo(name: string, elemType: ElemType, dims: readonly Dim[]): MessageInitShape<typeof onnx.ValueInfoProtoSchema> {
+function valueInfo(
+  name: string,
+  elemType: ElemType,
+  dims: readonly Dim[],
+): MessageInitShape<typeof onnx.ValueInfoProtoSchema> {
   return {
     name,
     type: {
@@ -195,7 +215,9 @@ function valueInfo(name: string, elemType: ElemType, dims: readonly Dim[]): Mess
           elemType: ELEM[elemType],
           shape: {
             dim: dims.map((d) =>
-              typeof d === "number" ? { value: { case: "dimValue", value: BigInt(d) } } : { value: { case: "dimParam", value: d } },
+              typeof d === "number"
+                ? { value: { case: "dimValue", value: BigInt(d) } }
+                : { value: { case: "dimParam", value: d } },
             ),
           },
         },

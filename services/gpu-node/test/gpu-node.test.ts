@@ -13,7 +13,17 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createRequire } from "node:module";
-import { ConfigError, ReferenceModel, parameterCount, f32Tensor, loadCheckpoint, startGrpcServer, tensorF32 as coreTensorF32, type Checkpoint, type GrpcServer } from "@tessera/core";
+import {
+  ConfigError,
+  ReferenceModel,
+  parameterCount,
+  f32Tensor,
+  loadCheckpoint,
+  startGrpcServer,
+  tensorF32 as coreTensorF32,
+  type Checkpoint,
+  type GrpcServer,
+} from "@tessera/core";
 import {
   Attention,
   Code,
@@ -79,7 +89,12 @@ async function startAttention(port = 0): Promise<TestAttention> {
     assert.deepEqual(req.q!.shape, [rows, nHeads, headDim]);
     assert.deepEqual(req.k!.shape, [rows, nKvHeads, headDim]);
     const bad = req.items.find((it) => it.seqId.startsWith("bad"));
-    if (bad) return { stepId: req.stepId, layer: req.layer, error: { code: Code.NOT_FOUND, message: `unknown sequence ${bad.seqId}` } };
+    if (bad)
+      return {
+        stepId: req.stepId,
+        layer: req.layer,
+        error: { code: Code.NOT_FOUND, message: `unknown sequence ${bad.seqId}` },
+      };
     const o = new Float32Array(rows * nHeads * headDim);
     let row = 0;
     for (const it of req.items) {
@@ -216,10 +231,19 @@ test("Load reports the shape, provider and weight bytes, is idempotent, and heal
   const res = await client.load({ modelPath: MODEL, layerStart: 0, layerEnd: 5, embed: true, head: true });
   const { dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabSize, seqLen, headDim } = ckpt.shape;
   assert.deepEqual(
-    { dim: res.shape!.dim, hiddenDim: res.shape!.hiddenDim, nLayers: res.shape!.nLayers, nHeads: res.shape!.nHeads, nKvHeads: res.shape!.nKvHeads },
+    {
+      dim: res.shape!.dim,
+      hiddenDim: res.shape!.hiddenDim,
+      nLayers: res.shape!.nLayers,
+      nHeads: res.shape!.nHeads,
+      nKvHeads: res.shape!.nKvHeads,
+    },
     { dim, hiddenDim, nLayers, nHeads, nKvHeads },
   );
-  assert.deepEqual([res.shape!.vocabSize, res.shape!.seqLen, res.shape!.headDim, res.shape!.ropeTheta], [vocabSize, seqLen, headDim, 10000]);
+  assert.deepEqual(
+    [res.shape!.vocabSize, res.shape!.seqLen, res.shape!.headDim, res.shape!.ropeTheta],
+    [vocabSize, seqLen, headDim, 10000],
+  );
   assert.equal(res.executionProvider, "cpu");
   // Every weight, with the embedding and the classifier counted apart (the node holds both).
   assert.equal(res.weightBytes, BigInt(4 * parameterCount(ckpt.shape, false)));
@@ -230,7 +254,10 @@ test("Load reports the shape, provider and weight bytes, is idempotent, and heal
 test("Forward: prefill of three sequences on two attention nodes in one step, then decode, match the reference forward", async () => {
   const a1 = await startAttention();
   const a2 = await startAttention();
-  closers.push(() => a1.close(), () => a2.close());
+  closers.push(
+    () => a1.close(),
+    () => a2.close(),
+  );
   const { client } = await startGpuNode();
   await client.load({ modelPath: MODEL, layerStart: 0, layerEnd: 5, embed: true, head: true });
   const fwd = openForward(client);
@@ -240,7 +267,12 @@ test("Forward: prefill of three sequences on two attention nodes in one step, th
   const ids = ["a", "b", "c"] as const;
   const prefill = await fwd.step({
     stepId: 1n,
-    sequences: ids.map((id) => ({ seqId: id, startPos: 0, nTokens: prompts[id].length, attentionAddress: placement[id] })),
+    sequences: ids.map((id) => ({
+      seqId: id,
+      startPos: 0,
+      nTokens: prompts[id].length,
+      attentionAddress: placement[id],
+    })),
     tokens: ids.flatMap((id) => prompts[id]),
   });
   assert.equal(prefill.error, undefined);
@@ -263,11 +295,18 @@ test("Forward: prefill of three sequences on two attention nodes in one step, th
   );
   const t = prefill.timings!;
   assert.equal(t.attentionComputeSeconds, 5 * 0.25);
-  assert.ok(t.denseSeconds > 0 && t.attentionWaitSeconds > 0 && t.totalSeconds >= t.denseSeconds + t.attentionWaitSeconds);
+  assert.ok(
+    t.denseSeconds > 0 && t.attentionWaitSeconds > 0 && t.totalSeconds >= t.denseSeconds + t.attentionWaitSeconds,
+  );
 
   const decode = await fwd.step({
     stepId: 2n,
-    sequences: ids.map((id) => ({ seqId: id, startPos: prompts[id].length, nTokens: 1, attentionAddress: placement[id] })),
+    sequences: ids.map((id) => ({
+      seqId: id,
+      startPos: prompts[id].length,
+      nTokens: 1,
+      attentionAddress: placement[id],
+    })),
     tokens: next,
   });
   assert.equal(decode.error, undefined);
@@ -312,7 +351,11 @@ test("an attention node that is down fails the step UNAVAILABLE naming its addre
   await client.load({ modelPath: MODEL, layerStart: 0, layerEnd: 5, embed: true, head: true });
   const fwd = openForward(client);
   const prompt = [1, 403, 407];
-  const req = { stepId: 3n, sequences: [{ seqId: "s", startPos: 0, nTokens: 3, attentionAddress: address }], tokens: prompt };
+  const req = {
+    stepId: 3n,
+    sequences: [{ seqId: "s", startPos: 0, nTokens: 3, attentionAddress: address }],
+    tokens: prompt,
+  };
   const failed = await fwd.step(req);
   assert.equal(failed.stepId, 3n);
   assert.equal(failed.logits, undefined);
@@ -330,7 +373,11 @@ test("an attention node that is down fails the step UNAVAILABLE naming its addre
   // The node goes down between steps: the broken Attend stream is dropped
   // and re-created when the node is back.
   await att.close();
-  const decode = { stepId: 4n, sequences: [{ seqId: "s", startPos: 3, nTokens: 1, attentionAddress: address }], tokens: [300] };
+  const decode = {
+    stepId: 4n,
+    sequences: [{ seqId: "s", startPos: 3, nTokens: 1, attentionAddress: address }],
+    tokens: [300],
+  };
   const failed2 = await fwd.step(decode);
   assert.equal(failed2.error?.code, Code.UNAVAILABLE);
   assert.equal(failed2.error?.address, address);
@@ -349,12 +396,25 @@ test("a per-request attention error fails the step with its code and address; ot
   const { client } = await startGpuNode();
   await client.load({ modelPath: MODEL, layerStart: 0, layerEnd: 5, embed: true, head: true });
   const fwd = openForward(client);
-  const bad = await fwd.step({ stepId: 1n, sequences: [{ seqId: "bad1", startPos: 0, nTokens: 1, attentionAddress: att.address }], tokens: [1] });
+  const bad = await fwd.step({
+    stepId: 1n,
+    sequences: [{ seqId: "bad1", startPos: 0, nTokens: 1, attentionAddress: att.address }],
+    tokens: [1],
+  });
   assert.deepEqual(
     { code: bad.error?.code, message: bad.error?.message, role: bad.error?.role, address: bad.error?.address },
-    { code: Code.NOT_FOUND, message: `attention node ${att.address}: layer 0: unknown sequence bad1`, role: "attention", address: att.address },
+    {
+      code: Code.NOT_FOUND,
+      message: `attention node ${att.address}: layer 0: unknown sequence bad1`,
+      role: "attention",
+      address: att.address,
+    },
   );
-  const good = await fwd.step({ stepId: 2n, sequences: [{ seqId: "g", startPos: 0, nTokens: 1, attentionAddress: att.address }], tokens: [1] });
+  const good = await fwd.step({
+    stepId: 2n,
+    sequences: [{ seqId: "g", startPos: 0, nTokens: 1, attentionAddress: att.address }],
+    tokens: [1],
+  });
   assert.equal(good.error, undefined);
   assertClose(tensorF32(good.logits), referenceLogits([1])[0]!, "logits of BOS");
 });
@@ -383,7 +443,11 @@ test("an attention node that does not answer within attentionTimeoutMs fails the
   });
   await client.load({ modelPath: MODEL, layerStart: 0, layerEnd: 5, embed: true, head: true });
   const fwd = openForward(client);
-  const r = await fwd.step({ stepId: 1n, sequences: [{ seqId: "s", startPos: 0, nTokens: 1, attentionAddress: silent.address }], tokens: [1] });
+  const r = await fwd.step({
+    stepId: 1n,
+    sequences: [{ seqId: "s", startPos: 0, nTokens: 1, attentionAddress: silent.address }],
+    tokens: [1],
+  });
   assert.deepEqual(
     { code: r.error?.code, message: r.error?.message, role: r.error?.role, address: r.error?.address },
     {
@@ -403,16 +467,35 @@ test("bad Forward requests get per-step INVALID_ARGUMENT / FAILED_PRECONDITION a
   const seq = (startPos: number, nTokens: number) => [{ seqId: "x", startPos, nTokens, attentionAddress: att.address }];
   const notLoaded = await fwd.step({ stepId: 1n, sequences: seq(0, 1), tokens: [1] });
   assert.deepEqual(
-    { code: notLoaded.error?.code, message: notLoaded.error?.message, role: notLoaded.error?.role, address: notLoaded.error?.address },
-    { code: Code.FAILED_PRECONDITION, message: "no model is loaded: call Load first", role: "gpu", address: node.address },
+    {
+      code: notLoaded.error?.code,
+      message: notLoaded.error?.message,
+      role: notLoaded.error?.role,
+      address: notLoaded.error?.address,
+    },
+    {
+      code: Code.FAILED_PRECONDITION,
+      message: "no model is loaded: call Load first",
+      role: "gpu",
+      address: node.address,
+    },
   );
   await client.load({ modelPath: MODEL, layerStart: 0, layerEnd: 5, embed: true, head: true });
   const cases: [MessageInitShape<typeof ForwardRequestSchema>, string][] = [
-    [{ stepId: 2n, sequences: seq(0, 2), tokens: [1, 512] }, "step 2: token 512 at index 1 is outside the vocabulary [0, 512)"],
-    [{ stepId: 3n, sequences: seq(510, 3), tokens: [1, 2, 3] }, 'step 3: sequence "x": positions [510, 513) exceed the model\'s seq_len 512'],
+    [
+      { stepId: 2n, sequences: seq(0, 2), tokens: [1, 512] },
+      "step 2: token 512 at index 1 is outside the vocabulary [0, 512)",
+    ],
+    [
+      { stepId: 3n, sequences: seq(510, 3), tokens: [1, 2, 3] },
+      'step 3: sequence "x": positions [510, 513) exceed the model\'s seq_len 512',
+    ],
     [{ stepId: 4n, sequences: seq(0, 2), tokens: [1] }, "step 4: 1 tokens for 2 new positions"],
     [{ stepId: 5n, sequences: [], tokens: [] }, "step 5: no sequences"],
-    [{ stepId: 6n, sequences: [{ seqId: "y", startPos: 0, nTokens: 1, attentionAddress: "" }], tokens: [1] }, 'step 6: sequence "y" has no attention_address'],
+    [
+      { stepId: 6n, sequences: [{ seqId: "y", startPos: 0, nTokens: 1, attentionAddress: "" }], tokens: [1] },
+      'step 6: sequence "y" has no attention_address',
+    ],
     [{ stepId: 7n, sequences: [...seq(0, 1), ...seq(1, 1)], tokens: [1, 2] }, 'step 7: sequence "x" appears twice'],
   ];
   for (const [req, message] of cases) {
@@ -427,29 +510,41 @@ test("bad Forward requests get per-step INVALID_ARGUMENT / FAILED_PRECONDITION a
   // A later stage checks the hidden tensor's shape.
   await client.load({ modelPath: MODEL, layerStart: 3, layerEnd: 5, embed: false, head: true });
   const wrong = await fwd.step({ stepId: 9n, sequences: seq(1, 2), hidden: f32Tensor(new Float32Array(64), [1, 64]) });
-  assert.deepEqual({ code: wrong.error?.code, message: wrong.error?.message }, { code: Code.INVALID_ARGUMENT, message: "step 9: hidden has shape [1, 64], expected [2, 64]" });
+  assert.deepEqual(
+    { code: wrong.error?.code, message: wrong.error?.message },
+    { code: Code.INVALID_ARGUMENT, message: "step 9: hidden has shape [1, 64], expected [2, 64]" },
+  );
 });
 
 test("Load of a missing or truncated checkpoint fails naming the file; a bad layer range is INVALID_ARGUMENT", async () => {
   const { client } = await startGpuNode();
   const missing = join(tmp, "nope.bin");
-  await assert.rejects(client.load({ modelPath: missing, layerStart: 0, layerEnd: 1, embed: true, head: true }), (err: unknown) => {
-    assert.ok(err instanceof RpcError);
-    assert.equal(err.code, Code.NOT_FOUND);
-    assert.match(err.message, new RegExp(`^${missing}: cannot read checkpoint: ENOENT`));
-    return true;
-  });
+  await assert.rejects(
+    client.load({ modelPath: missing, layerStart: 0, layerEnd: 1, embed: true, head: true }),
+    (err: unknown) => {
+      assert.ok(err instanceof RpcError);
+      assert.equal(err.code, Code.NOT_FOUND);
+      assert.match(err.message, new RegExp(`^${missing}: cannot read checkpoint: ENOENT`));
+      return true;
+    },
+  );
   const truncated = join(tmp, "truncated.bin");
   await copyFile(MODEL, truncated);
   const fh = await open(truncated, "r+");
   await fh.truncate(100_000);
   await fh.close();
-  await assert.rejects(client.load({ modelPath: truncated, layerStart: 0, layerEnd: 1, embed: true, head: true }), (err: unknown) => {
-    assert.ok(err instanceof RpcError);
-    assert.equal(err.code, Code.INVALID_ARGUMENT);
-    assert.equal(err.message, `${truncated}: size does not match its llama2c-legacy header (expected 1056540 bytes, found 100000)`);
-    return true;
-  });
+  await assert.rejects(
+    client.load({ modelPath: truncated, layerStart: 0, layerEnd: 1, embed: true, head: true }),
+    (err: unknown) => {
+      assert.ok(err instanceof RpcError);
+      assert.equal(err.code, Code.INVALID_ARGUMENT);
+      assert.equal(
+        err.message,
+        `${truncated}: size does not match its llama2c-legacy header (expected 1056540 bytes, found 100000)`,
+      );
+      return true;
+    },
+  );
   await assert.rejects(client.load({ modelPath: MODEL, layerStart: 2, layerEnd: 6, embed: false, head: false }), {
     code: Code.INVALID_ARGUMENT,
     message: `${MODEL}: layer range [2, 6) is not inside its 5 layers`,
@@ -457,33 +552,62 @@ test("Load of a missing or truncated checkpoint fails naming the file; a bad lay
 });
 
 const cudaInstalled = existsSync(
-  join(createRequire(import.meta.url).resolve("onnxruntime-node"), "../../bin/napi-v6", process.platform, process.arch, "libonnxruntime_providers_cuda.so"),
+  join(
+    createRequire(import.meta.url).resolve("onnxruntime-node"),
+    "../../bin/napi-v6",
+    process.platform,
+    process.arch,
+    "libonnxruntime_providers_cuda.so",
+  ),
 );
 
-test("executionProvider cuda without onnxruntime's CUDA binaries fails Load FAILED_PRECONDITION", { skip: cudaInstalled && "CUDA binaries are installed" }, async () => {
-  const node = createGpuNode({ executionProvider: "cuda" });
-  await node.start();
-  const client = createClient(GpuNode, node.address);
-  try {
-    await assert.rejects(client.load({ modelPath: MODEL, layerStart: 0, layerEnd: 1, embed: true, head: true }), (err: unknown) => {
-      assert.ok(err instanceof RpcError);
-      assert.equal(err.code, Code.FAILED_PRECONDITION);
-      assert.match(err.message, /^executionProvider: "cuda" is not available in this onnxruntime-node build: /);
-      return true;
-    });
-  } finally {
-    client.close();
-    await node.close();
-  }
-});
+test(
+  "executionProvider cuda without onnxruntime's CUDA binaries fails Load FAILED_PRECONDITION",
+  { skip: cudaInstalled && "CUDA binaries are installed" },
+  async () => {
+    const node = createGpuNode({ executionProvider: "cuda" });
+    await node.start();
+    const client = createClient(GpuNode, node.address);
+    try {
+      await assert.rejects(
+        client.load({ modelPath: MODEL, layerStart: 0, layerEnd: 1, embed: true, head: true }),
+        (err: unknown) => {
+          assert.ok(err instanceof RpcError);
+          assert.equal(err.code, Code.FAILED_PRECONDITION);
+          assert.match(err.message, /^executionProvider: "cuda" is not available in this onnxruntime-node build: /);
+          return true;
+        },
+      );
+    } finally {
+      client.close();
+      await node.close();
+    }
+  },
+);
 
 test("options are validated by name", () => {
-  assert.throws(() => createGpuNode({ port: 70000 }), new ConfigError("port", "must be an integer in [0, 65535], got 70000"));
-  assert.throws(() => createGpuNode({ executionProvider: "tpu" }), new ConfigError("executionProvider", 'must be "cpu" or "cuda", got "tpu"'));
-  assert.throws(() => createGpuNode({ intraOpThreads: 0 }), new ConfigError("intraOpThreads", "must be a positive integer, got 0"));
+  assert.throws(
+    () => createGpuNode({ port: 70000 }),
+    new ConfigError("port", "must be an integer in [0, 65535], got 70000"),
+  );
+  assert.throws(
+    () => createGpuNode({ executionProvider: "tpu" }),
+    new ConfigError("executionProvider", 'must be "cpu" or "cuda", got "tpu"'),
+  );
+  assert.throws(
+    () => createGpuNode({ intraOpThreads: 0 }),
+    new ConfigError("intraOpThreads", "must be a positive integer, got 0"),
+  );
   const node = createGpuNode({ port: 0 });
   assert.equal(Object.isFrozen(node.options), true);
-  assert.deepEqual(node.options, { host: "127.0.0.1", port: 0, executionProvider: "cpu", intraOpThreads: undefined, attentionTimeoutMs: 120_000, shutdownGraceMs: 5_000 });
+  assert.deepEqual(node.options, {
+    host: "127.0.0.1",
+    port: 0,
+    executionProvider: "cpu",
+    intraOpThreads: undefined,
+    attentionTimeoutMs: 120_000,
+    shutdownGraceMs: 5_000,
+  });
 });
 
 test("drain() ends open Forward streams with OK after their current step; close() is idempotent", async () => {
@@ -505,7 +629,11 @@ test("drain() ends open Forward streams with OK after their current step; close(
       responses.push(r);
       resolve();
     });
-    call.write({ stepId: 1n, sequences: [{ seqId: "d", startPos: 0, nTokens: 1, attentionAddress: att.address }], tokens: [1] });
+    call.write({
+      stepId: 1n,
+      sequences: [{ seqId: "d", startPos: 0, nTokens: 1, attentionAddress: att.address }],
+      tokens: [1],
+    });
   });
   assert.equal(responses[0]!.error, undefined);
   await node.drain();

@@ -124,7 +124,11 @@ for (const layer of [0, 4]) {
       const u = matvec(w.w3, h, hiddenDim);
       const act = g.map((gv, j) => gv * (1 / (1 + Math.exp(-gv))) * u[j]!);
       const ffn = matvec(w.w2, act, dim);
-      assertClose(row(y, t, dim), x1.map((v, j) => v + ffn[j]!), `y row ${t}`);
+      assertClose(
+        row(y, t, dim),
+        x1.map((v, j) => v + ffn[j]!),
+        `y row ${t}`,
+      );
     }
   });
 }
@@ -146,7 +150,10 @@ test("embed copies embedding rows and rejects tokens outside the vocabulary", ()
   const x = model.embed([5, 0, 511]);
   assert.deepEqual(row(x, 0, dim), ckpt.weights.tokenEmbedding.subarray(5 * dim, 6 * dim));
   assert.deepEqual(row(x, 2, dim), ckpt.weights.tokenEmbedding.subarray(511 * dim, 512 * dim));
-  assert.throws(() => model.embed([3, 512]), { name: "RangeError", message: "token 512 at index 1 is outside the vocabulary [0, 512)" });
+  assert.throws(() => model.embed([3, 512]), {
+    name: "RangeError",
+    message: "token 512 at index 1 is outside the vocabulary [0, 512)",
+  });
 });
 
 test("pre-attention graph reads inputs that are views at an offset of a larger buffer", async () => {

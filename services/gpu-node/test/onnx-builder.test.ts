@@ -20,12 +20,24 @@ test("toBytes writes a ModelProto whose graph holds the nodes, inputs, outputs a
   const g = tinyGraph();
   const model = fromBinary(onnx.ModelProtoSchema, g.toBytes());
   assert.equal(model.irVersion, BigInt(ONNX_IR_VERSION));
-  assert.deepEqual(model.opsetImport.map((o) => [o.domain, o.version]), [["", BigInt(ONNX_OPSET)]]);
+  assert.deepEqual(
+    model.opsetImport.map((o) => [o.domain, o.version]),
+    [["", BigInt(ONNX_OPSET)]],
+  );
   const graph = model.graph!;
   assert.equal(graph.name, "tiny");
-  assert.deepEqual(graph.node.map((n) => n.opType), ["MatMul", "Add", "Reshape"]);
-  assert.deepEqual(graph.input.map((i) => i.name), ["x"]);
-  assert.deepEqual(graph.output.map((i) => i.name), ["y"]);
+  assert.deepEqual(
+    graph.node.map((n) => n.opType),
+    ["MatMul", "Add", "Reshape"],
+  );
+  assert.deepEqual(
+    graph.input.map((i) => i.name),
+    ["x"],
+  );
+  assert.deepEqual(
+    graph.output.map((i) => i.name),
+    ["y"],
+  );
   const dims = graph.input[0]!.type!.value.value!.shape!.dim.map((d) => d.value.value);
   assert.deepEqual(dims, ["T", 3n]);
   assert.deepEqual(
@@ -56,7 +68,10 @@ test("a value defined twice is refused, naming it", () => {
   const g = new OnnxGraphBuilder("dup");
   g.input("x", "float32", [1]);
   assert.throws(() => g.f32("x", new Float32Array(1), [1]), { message: "graph dup: value x is defined twice" });
-  assert.throws(() => g.f32("w", new Float32Array(2), [3]), { name: "RangeError", message: "initializer w: dims [3] need 3 values, got 2" });
+  assert.throws(() => g.f32("w", new Float32Array(2), [3]), {
+    name: "RangeError",
+    message: "initializer w: dims [3] need 3 values, got 2",
+  });
 });
 
 test("transpose and transposeConcat turn [out, in] weights into [in, out]", () => {

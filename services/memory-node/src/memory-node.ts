@@ -68,7 +68,8 @@ export interface CompiledMemoryNodeOptions {
  */
 export function compileMemoryNodeOptions(options: MemoryNodeOptions = {}): CompiledMemoryNodeOptions {
   const host = options.host ?? "127.0.0.1";
-  if (typeof host !== "string" || host.length === 0) throw new ConfigError("host", `must be a host name or address, got ${String(host)}`);
+  if (typeof host !== "string" || host.length === 0)
+    throw new ConfigError("host", `must be a host name or address, got ${String(host)}`);
   return Object.freeze({
     host,
     port: compilePort(options.port),
@@ -79,7 +80,8 @@ export function compileMemoryNodeOptions(options: MemoryNodeOptions = {}): Compi
 
 function compilePort(port: number | string | undefined): number {
   const n = typeof port === "string" ? Number(port) : (port ?? 0);
-  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new ConfigError("port", `must be an integer 0..65535, got ${String(port)}`);
+  if (!Number.isInteger(n) || n < 0 || n > 65535)
+    throw new ConfigError("port", `must be an integer 0..65535, got ${String(port)}`);
   return n;
 }
 
@@ -152,10 +154,19 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
       }
     } catch (err) {
       // The capacity option promised more than the process can allocate.
-      throw new CapacityError(`${where()}: cannot allocate sequence "${seqId}": ${(err as Error).message}`, bytes, available);
+      throw new CapacityError(
+        `${where()}: cannot allocate sequence "${seqId}": ${(err as Error).message}`,
+        bytes,
+        available,
+      );
     }
     const lengths = new Uint32Array(lay.nLayers);
-    const layoutCopy: KvLayoutDims = Object.freeze({ nLayers: lay.nLayers, nHeads: lay.nHeads, nKvHeads: lay.nKvHeads, headDim: lay.headDim });
+    const layoutCopy: KvLayoutDims = Object.freeze({
+      nLayers: lay.nLayers,
+      nHeads: lay.nHeads,
+      nKvHeads: lay.nKvHeads,
+      headDim: lay.headDim,
+    });
     sequences.set(seqId, {
       id: seqId,
       layout: layoutCopy,
@@ -198,7 +209,15 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
         vc.set(plan.v.subarray(it.row * kvRow, (it.row + it.nTokens) * kvRow), it.startPos * kvRow);
         const lengths = it.seq.lengths;
         lengths[layer] = Math.max(lengths[layer]!, it.startPos + it.nTokens);
-        attendKvCache(dims, { q: plan.q, qRow: it.row, nQueries: it.nTokens, startPos: it.startPos }, kc, vc, out, it.row, scratch);
+        attendKvCache(
+          dims,
+          { q: plan.q, qRow: it.row, nQueries: it.nTokens, startPos: it.startPos },
+          kc,
+          vc,
+          out,
+          it.row,
+          scratch,
+        );
       }
       return {
         stepId: req.stepId,
@@ -207,7 +226,12 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
         computeSeconds: (performance.now() - t0) / 1000,
       };
     } catch (err) {
-      return { stepId: req.stepId, layer: req.layer, error: nodeError(err), computeSeconds: (performance.now() - t0) / 1000 };
+      return {
+        stepId: req.stepId,
+        layer: req.layer,
+        error: nodeError(err),
+        computeSeconds: (performance.now() - t0) / 1000,
+      };
     }
   }
 
@@ -227,7 +251,12 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
     },
     /** Capacity and reserved bytes (sum of open sequences' reservations). */
     async info() {
-      return { role: "memory", capacityBytes: BigInt(opts.capacityBytes), usedBytes: BigInt(usedBytes), sequences: sequences.size };
+      return {
+        role: "memory",
+        capacityBytes: BigInt(opts.capacityBytes),
+        usedBytes: BigInt(usedBytes),
+        sequences: sequences.size,
+      };
     },
   };
 

@@ -57,7 +57,10 @@ test("prefill of two sequences in one request, then decode, equals naive attenti
   assert.equal((await client.openSequence({ seqId: "a", layout, maxPositions })).length, 11);
   assert.equal((await client.openSequence({ seqId: "b", layout, maxPositions })).length, 17);
   const info = await client.info({});
-  assert.deepEqual([info.role, info.capacityBytes, info.usedBytes, info.sequences], ["memory", BigInt(1024 ** 3), BigInt(2 * bytesFor(maxPositions)), 2]);
+  assert.deepEqual(
+    [info.role, info.capacityBytes, info.usedBytes, info.sequences],
+    ["memory", BigInt(1024 ** 3), BigInt(2 * bytesFor(maxPositions)), 2],
+  );
 });
 
 test("length is the minimum over layers; a retried step overwrites and gives the same output", async (t) => {
@@ -108,9 +111,15 @@ test("bad OpenSequence arguments are INVALID_ARGUMENT", async (t) => {
       assert.match(err.message, msg);
       return true;
     });
-  await fails({ seqId: "x", layout: { ...layout, nKvHeads: 4 }, maxPositions: 4 }, /sequence "x" is open with layout \(2 layers, 4 heads, 2 kv heads, head_dim 8\), not \(2 layers, 4 heads, 4 kv heads, head_dim 8\)/);
+  await fails(
+    { seqId: "x", layout: { ...layout, nKvHeads: 4 }, maxPositions: 4 },
+    /sequence "x" is open with layout \(2 layers, 4 heads, 2 kv heads, head_dim 8\), not \(2 layers, 4 heads, 4 kv heads, head_dim 8\)/,
+  );
   await fails({ seqId: "x", layout, maxPositions: 5 }, /open with max_positions 4; cannot grow to 5/);
-  await fails({ seqId: "y", layout: { ...layout, nHeads: 3 }, maxPositions: 4 }, /nHeads 3 is not a multiple of nKvHeads 2/);
+  await fails(
+    { seqId: "y", layout: { ...layout, nHeads: 3 }, maxPositions: 4 },
+    /nHeads 3 is not a multiple of nKvHeads 2/,
+  );
   await fails({ seqId: "y", maxPositions: 4 }, /layout is missing/);
   await fails({ seqId: "", layout, maxPositions: 4 }, /seq_id is empty/);
   await fails({ seqId: "y", layout, maxPositions: 0 }, /max_positions must be >= 1/);
@@ -186,9 +195,20 @@ test("grpc health says SERVING while running, and close() stops serving", async 
 });
 
 test("options are compiled once: defaults, sizes as strings, bad values name the option", () => {
-  assert.deepEqual(compileMemoryNodeOptions(), { host: "127.0.0.1", port: 0, capacityBytes: 1024 ** 3, drainGraceMs: 5000 });
+  assert.deepEqual(compileMemoryNodeOptions(), {
+    host: "127.0.0.1",
+    port: 0,
+    capacityBytes: 1024 ** 3,
+    drainGraceMs: 5000,
+  });
   assert.equal(compileMemoryNodeOptions({ capacityBytes: "64MiB" }).capacityBytes, 64 * 1024 * 1024);
   assert.ok(Object.isFrozen(compileMemoryNodeOptions()));
-  assert.throws(() => compileMemoryNodeOptions({ capacityBytes: "lots" }), /^ConfigError: capacityBytes: "lots" is not a size/);
-  assert.throws(() => compileMemoryNodeOptions({ port: 70000 }), /^ConfigError: port: must be an integer 0..65535, got 70000/);
+  assert.throws(
+    () => compileMemoryNodeOptions({ capacityBytes: "lots" }),
+    /^ConfigError: capacityBytes: "lots" is not a size/,
+  );
+  assert.throws(
+    () => compileMemoryNodeOptions({ port: 70000 }),
+    /^ConfigError: port: must be an integer 0..65535, got 70000/,
+  );
 });

@@ -265,7 +265,17 @@ export async function createSequence(
   try {
     for (let l = 0; l < layout.nLayers; l++) files.push(await openReadWrite(join(dir, layerFileName(l))));
     dirHandle = await openDir(dir);
-    const seq = newSequence(seqId, dir, layout, maxPositions, geometryOf(layout, blockPositions), reservedBytes, new Array<number>(layout.nLayers).fill(0), files, dirHandle);
+    const seq = newSequence(
+      seqId,
+      dir,
+      layout,
+      maxPositions,
+      geometryOf(layout, blockPositions),
+      reservedBytes,
+      new Array<number>(layout.nLayers).fill(0),
+      files,
+      dirHandle,
+    );
     await commitManifest(seq, fsync);
     if (fsync === "always") await syncDir(dataDir);
     return seq;
@@ -290,7 +300,12 @@ function newSequence(
   return {
     id,
     dir,
-    layout: Object.freeze({ nLayers: layout.nLayers, nHeads: layout.nHeads, nKvHeads: layout.nKvHeads, headDim: layout.headDim }),
+    layout: Object.freeze({
+      nLayers: layout.nLayers,
+      nHeads: layout.nHeads,
+      nKvHeads: layout.nKvHeads,
+      headDim: layout.headDim,
+    }),
     maxPositions,
     geometry,
     reservedBytes,
@@ -330,17 +345,29 @@ export function parseManifest(path: string, text: string): Manifest {
   const bad = (what: string) => new KvStoreError(path, `corrupt manifest: ${what}`);
   if (typeof m !== "object" || m === null) throw bad("not a JSON object");
   if (m.format !== MANIFEST_FORMAT) throw bad(`format is ${JSON.stringify(m.format)}, expected "${MANIFEST_FORMAT}"`);
-  if (m.version !== MANIFEST_VERSION) throw bad(`unsupported version ${JSON.stringify(m.version)} (this node reads ${MANIFEST_VERSION})`);
+  if (m.version !== MANIFEST_VERSION)
+    throw bad(`unsupported version ${JSON.stringify(m.version)} (this node reads ${MANIFEST_VERSION})`);
   if (typeof m.seqId !== "string" || m.seqId.length === 0) throw bad("seqId is missing");
   const L = m.layout;
-  if (!L || !isPositiveInt(L.nLayers) || !isPositiveInt(L.nHeads) || !isPositiveInt(L.nKvHeads) || !isPositiveInt(L.headDim) || L.nHeads % L.nKvHeads !== 0) {
+  if (
+    !L ||
+    !isPositiveInt(L.nLayers) ||
+    !isPositiveInt(L.nHeads) ||
+    !isPositiveInt(L.nKvHeads) ||
+    !isPositiveInt(L.headDim) ||
+    L.nHeads % L.nKvHeads !== 0
+  ) {
     throw bad(`layout ${JSON.stringify(L)} is not a KV layout`);
   }
   if (!isPositiveInt(m.maxPositions)) throw bad(`maxPositions ${JSON.stringify(m.maxPositions)}`);
   if (!isPositiveInt(m.blockPositions)) throw bad(`blockPositions ${JSON.stringify(m.blockPositions)}`);
   if (m.dtype !== "f32") throw bad(`dtype ${JSON.stringify(m.dtype)}, expected "f32"`);
   const lens = m.layerLengths;
-  if (!Array.isArray(lens) || lens.length !== L.nLayers || !lens.every((n) => Number.isInteger(n) && n >= 0 && n <= m.maxPositions!)) {
+  if (
+    !Array.isArray(lens) ||
+    lens.length !== L.nLayers ||
+    !lens.every((n) => Number.isInteger(n) && n >= 0 && n <= m.maxPositions!)
+  ) {
     throw bad(`layerLengths ${JSON.stringify(lens)} must be ${L.nLayers} integers in [0, ${m.maxPositions}]`);
   }
   return m as Manifest;
@@ -357,12 +384,18 @@ export async function loadSequence(dir: string, reservedBytesOf: (m: Manifest) =
   try {
     text = await readFile(path, "utf8");
   } catch (err) {
-    const why = (err as NodeJS.ErrnoException).code === "ENOENT" ? "manifest is missing" : `cannot read manifest: ${(err as Error).message}`;
+    const why =
+      (err as NodeJS.ErrnoException).code === "ENOENT"
+        ? "manifest is missing"
+        : `cannot read manifest: ${(err as Error).message}`;
     throw new KvStoreError(path, why, { cause: err });
   }
   const m = parseManifest(path, text);
   if (sequenceDirName(m.seqId) !== basename(dir)) {
-    throw new KvStoreError(path, `manifest names sequence ${JSON.stringify(m.seqId)}, which belongs in ${sequenceDirName(m.seqId)}`);
+    throw new KvStoreError(
+      path,
+      `manifest names sequence ${JSON.stringify(m.seqId)}, which belongs in ${sequenceDirName(m.seqId)}`,
+    );
   }
   const geometry = geometryOf(m.layout, m.blockPositions);
   const files: FileHandle[] = [];
@@ -374,15 +407,30 @@ export async function loadSequence(dir: string, reservedBytesOf: (m: Manifest) =
       try {
         size = (await stat(file)).size;
       } catch (err) {
-        throw new KvStoreError(file, `layer file is missing (the manifest commits ${m.layerLengths[l]} positions)`, { cause: err });
+        throw new KvStoreError(file, `layer file is missing (the manifest commits ${m.layerLengths[l]} positions)`, {
+          cause: err,
+        });
       }
       if (size < need) {
-        throw new KvStoreError(file, `layer file is truncated: ${m.layerLengths[l]} committed positions need ${need} bytes, found ${size}`);
+        throw new KvStoreError(
+          file,
+          `layer file is truncated: ${m.layerLengths[l]} committed positions need ${need} bytes, found ${size}`,
+        );
       }
       files.push(await openReadWrite(file));
     }
     const dirHandle = await openDir(dir);
-    return newSequence(m.seqId, dir, m.layout, m.maxPositions, geometry, reservedBytesOf(m), [...m.layerLengths], files, dirHandle);
+    return newSequence(
+      m.seqId,
+      dir,
+      m.layout,
+      m.maxPositions,
+      geometry,
+      reservedBytesOf(m),
+      [...m.layerLengths],
+      files,
+      dirHandle,
+    );
   } catch (err) {
     await Promise.allSettled(files.map((f) => f.close()));
     throw err;
@@ -418,7 +466,10 @@ export async function scanDataDir(dataDir: string, reservedBytesOf: (m: Manifest
     try {
       out.sequences.push(await loadSequence(dir, reservedBytesOf));
     } catch (err) {
-      out.broken.set(entry.name, err instanceof KvStoreError ? err : new KvStoreError(dir, (err as Error).message, { cause: err }));
+      out.broken.set(
+        entry.name,
+        err instanceof KvStoreError ? err : new KvStoreError(dir, (err as Error).message, { cause: err }),
+      );
     }
   }
   return out;
@@ -456,11 +507,22 @@ export async function writeFully(fh: FileHandle, path: string, src: Uint8Array, 
  * Reads exactly `len` bytes at `filePos` into `dst` at `dstOff`.
  * @throws KvStoreError naming `path` when the file ends first (truncated).
  */
-export async function readFully(fh: FileHandle, path: string, dst: Uint8Array, dstOff: number, len: number, filePos: number): Promise<void> {
+export async function readFully(
+  fh: FileHandle,
+  path: string,
+  dst: Uint8Array,
+  dstOff: number,
+  len: number,
+  filePos: number,
+): Promise<void> {
   let done = 0;
   while (done < len) {
     const { bytesRead } = await fh.read(dst, dstOff + done, len - done, filePos + done);
-    if (bytesRead <= 0) throw new KvStoreError(path, `truncated: expected ${len} bytes at offset ${filePos}, the file ends after ${done}`);
+    if (bytesRead <= 0)
+      throw new KvStoreError(
+        path,
+        `truncated: expected ${len} bytes at offset ${filePos}, the file ends after ${done}`,
+      );
     done += bytesRead;
   }
 }

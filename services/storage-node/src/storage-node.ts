@@ -118,17 +118,21 @@ export function compileStorageNodeOptions(options: StorageNodeOptions): Compiled
     throw new ConfigError("dataDir", "a directory for the KV cache files is required");
   }
   const host = options.host ?? "127.0.0.1";
-  if (typeof host !== "string" || host.length === 0) throw new ConfigError("host", `must be a host name or address, got ${String(host)}`);
+  if (typeof host !== "string" || host.length === 0)
+    throw new ConfigError("host", `must be a host name or address, got ${String(host)}`);
   const port = typeof options.port === "string" ? Number(options.port) : (options.port ?? 0);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError("port", `must be an integer 0..65535, got ${String(options.port)}`);
+  if (!Number.isInteger(port) || port < 0 || port > 65535)
+    throw new ConfigError("port", `must be an integer 0..65535, got ${String(options.port)}`);
   const bufferBytes = parseByteSize("bufferBytes", options.bufferBytes ?? 64 * 1024 * 1024);
-  if (bufferBytes < MIN_BUFFER_BYTES) throw new ConfigError("bufferBytes", `must be at least ${MIN_BUFFER_BYTES} bytes, got ${bufferBytes}`);
+  if (bufferBytes < MIN_BUFFER_BYTES)
+    throw new ConfigError("bufferBytes", `must be at least ${MIN_BUFFER_BYTES} bytes, got ${bufferBytes}`);
   const blockPositions = options.blockPositions ?? 256;
   if (!Number.isInteger(blockPositions) || blockPositions < 1) {
     throw new ConfigError("blockPositions", `must be a positive integer, got ${String(options.blockPositions)}`);
   }
   const fsync = options.fsync ?? "always";
-  if (fsync !== "always" && fsync !== "never") throw new ConfigError("fsync", `must be "always" or "never", got ${JSON.stringify(fsync)}`);
+  if (fsync !== "always" && fsync !== "never")
+    throw new ConfigError("fsync", `must be "always" or "never", got ${JSON.stringify(fsync)}`);
   const drainGraceMs = options.drainGraceMs ?? 5000;
   if (!Number.isInteger(drainGraceMs) || drainGraceMs < 0) {
     throw new ConfigError("drainGraceMs", `must be a non-negative integer, got ${String(options.drainGraceMs)}`);
@@ -165,7 +169,8 @@ export interface Chunk {
  */
 export function planChunks(end: number, blockPositions: number, positionBytes: number, halfBytes: number): Chunk[] {
   const fit = Math.floor(halfBytes / positionBytes);
-  if (fit < 1) throw new RangeError(`a ${halfBytes}-byte half-buffer cannot hold one position (${positionBytes} bytes)`);
+  if (fit < 1)
+    throw new RangeError(`a ${halfBytes}-byte half-buffer cannot hold one position (${positionBytes} bytes)`);
   const per = fit >= blockPositions ? fit - (fit % blockPositions) : fit;
   const chunks: Chunk[] = [];
   for (let p = 0; p < end; p += per) chunks.push({ firstPos: p, nPos: Math.min(per, end - p) });
@@ -228,11 +233,13 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
   const admin = createMutex(); // OpenSequence / CloseSequence, one at a time
   const streaming = createMutex(); // holders of the read buffer and the accumulators
   const accumulators = new Map<string, OnlineAttention>();
-  let readBuffer: { bytes: Uint8Array; halves: [Uint8Array, Uint8Array]; floats: [Float32Array, Float32Array] } | undefined;
+  let readBuffer:
+    { bytes: Uint8Array; halves: [Uint8Array, Uint8Array]; floats: [Float32Array, Float32Array] } | undefined;
 
   const address = () => service.address;
   const where = () => `storage-node ${address()}`;
-  const reservedBytesOf = (m: Pick<Manifest, "layout" | "maxPositions">) => m.maxPositions * m.layout.nLayers * 2 * m.layout.nKvHeads * m.layout.headDim * 4;
+  const reservedBytesOf = (m: Pick<Manifest, "layout" | "maxPositions">) =>
+    m.maxPositions * m.layout.nLayers * 2 * m.layout.nKvHeads * m.layout.headDim * 4;
   const usedBytes = () => [...sequences.values()].reduce((a, s) => a + s.reservedBytes, 0);
   /** Half of the buffer, rounded down to whole f32 values. */
   const halfBytes = Math.floor(opts.bufferBytes / 2 / 4) * 4;
@@ -289,7 +296,11 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
     }
     const available = opts.capacityBytes - usedBytes();
     if (bytes > available) {
-      throw new CapacityError(`${where()}: cannot open sequence "${seqId}" (max_positions ${maxPositions}, ${describeKvLayout(lay)})`, bytes, available);
+      throw new CapacityError(
+        `${where()}: cannot open sequence "${seqId}" (max_positions ${maxPositions}, ${describeKvLayout(lay)})`,
+        bytes,
+        available,
+      );
     }
     const seq = await createSequence(opts.dataDir, seqId, lay, maxPositions, opts.blockPositions, bytes, opts.fsync);
     sequences.set(seqId, seq);
@@ -384,7 +395,7 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
     );
     let cur = -1; // the item the accumulator holds
     const advanceTo = (i: number) => {
-      for (; cur < i; ) {
+      for (; cur < i;) {
         if (cur >= 0) {
           // The item's own new rows, straight from the request, then its output.
           const it = items[cur]!;
@@ -403,7 +414,14 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
           l.chunks.map((c) => {
             const seq = items[c.item]!.seq;
             const path = join(seq.dir, layerFileName(layer));
-            return readFully(seq.files[layer]!, path, buf.halves[half], c.bufOff, c.nPos * positionBytes, positionOffset(seq.geometry, c.firstPos));
+            return readFully(
+              seq.files[layer]!,
+              path,
+              buf.halves[half],
+              c.bufOff,
+              c.nPos * positionBytes,
+              positionOffset(seq.geometry, c.firstPos),
+            );
           }),
         ).then(() => undefined);
       let next: Promise<void> | undefined = loads.length > 0 ? load(loads[0]!, 0) : undefined;
@@ -438,9 +456,19 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
         plan.items.map((i) => i.seq),
         work,
       );
-      return { stepId: req.stepId, layer: req.layer, o: f32Tensor(out, [plan.totalTokens, oRow]), computeSeconds: (performance.now() - t0) / 1000 };
+      return {
+        stepId: req.stepId,
+        layer: req.layer,
+        o: f32Tensor(out, [plan.totalTokens, oRow]),
+        computeSeconds: (performance.now() - t0) / 1000,
+      };
     } catch (err) {
-      return { stepId: req.stepId, layer: req.layer, error: nodeError(err), computeSeconds: (performance.now() - t0) / 1000 };
+      return {
+        stepId: req.stepId,
+        layer: req.layer,
+        error: nodeError(err),
+        computeSeconds: (performance.now() - t0) / 1000,
+      };
     }
   }
 
@@ -464,7 +492,12 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
     },
     /** Capacity and reserved disk bytes (sum of usable sequences' reservations). */
     async info() {
-      return { role: "storage", capacityBytes: BigInt(opts.capacityBytes), usedBytes: BigInt(usedBytes()), sequences: sequences.size };
+      return {
+        role: "storage",
+        capacityBytes: BigInt(opts.capacityBytes),
+        usedBytes: BigInt(usedBytes()),
+        sequences: sequences.size,
+      };
     },
   };
 
@@ -486,7 +519,9 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
       await Promise.allSettled([...inFlight]);
       await admin(async () => {
         // Record what the last, unfinished steps wrote, then let go of the files.
-        await Promise.allSettled([...sequences.values()].filter(manifestBehind).map((s) => commitManifest(s, opts.fsync)));
+        await Promise.allSettled(
+          [...sequences.values()].filter(manifestBehind).map((s) => commitManifest(s, opts.fsync)),
+        );
         await Promise.allSettled([...sequences.values()].map(closeSequenceFiles));
         sequences.clear();
         broken.clear();

@@ -51,7 +51,10 @@ function checkStep(r: AttendResponse, s: Step, history: KvHistory, what: string)
     row += it.nTokens!;
   }
   for (let i = 0; i < o.length; i++) {
-    assert.ok(Math.abs(o[i]! - want[i]!) <= 1e-6 * Math.max(1, Math.abs(want[i]!)), `${what}[${i}]: ${o[i]} vs memory kernel ${want[i]}`);
+    assert.ok(
+      Math.abs(o[i]! - want[i]!) <= 1e-6 * Math.max(1, Math.abs(want[i]!)),
+      `${what}[${i}]: ${o[i]} vs memory kernel ${want[i]}`,
+    );
   }
   return o;
 }
@@ -63,7 +66,12 @@ for (const [blockPositions, fsync] of [
 ] as const) {
   test(`attention streamed through a 16 KiB buffer equals in-memory attention (blockPositions ${blockPositions}, fsync ${fsync})`, async (t) => {
     const bufferBytes = 16 * 1024;
-    const { client, stream } = await startNode(t, { dataDir: await tempDataDir(t), bufferBytes, blockPositions, fsync });
+    const { client, stream } = await startNode(t, {
+      dataDir: await tempDataDir(t),
+      bufferBytes,
+      blockPositions,
+      fsync,
+    });
     const maxPositions = 420;
     for (const seqId of ["a", "b"]) {
       const r = await client.openSequence({ seqId, layout, maxPositions });
@@ -146,7 +154,12 @@ test("a node restarted on its data (as a killed process left it) finds its seque
 });
 
 test("two Attend streams at once share the buffer without mixing their sequences", async (t) => {
-  const { client, stream } = await startNode(t, { dataDir: await tempDataDir(t), bufferBytes: 2048, blockPositions: 3, fsync: "never" });
+  const { client, stream } = await startNode(t, {
+    dataDir: await tempDataDir(t),
+    bufferBytes: 2048,
+    blockPositions: 3,
+    fsync: "never",
+  });
   const other = openAttend(client);
   t.after(() => other.end());
   const hx = new KvHistory(layout, 30, random(21));
@@ -218,7 +231,10 @@ test("damaged files: a clear DATA_LOSS naming the file, for that sequence only",
     const s = openAttend(c);
     for (const seqId of ids) await c.openSequence({ seqId, layout, maxPositions: 8 });
     for (let layer = 0; layer < 2; layer++) {
-      const step = history.step(layer, ids.map((seqId) => ({ seqId, startPos: 0, nTokens: 4 })));
+      const step = history.step(
+        layer,
+        ids.map((seqId) => ({ seqId, startPos: 0, nTokens: 4 })),
+      );
       assertOutput(await s.attend(step.request), step.expected, layout);
     }
     await s.end();
@@ -239,7 +255,8 @@ test("damaged files: a clear DATA_LOSS naming the file, for that sequence only",
       assert.equal(err.message, message);
       return true;
     });
-  const prefix = (seqId: string) => `storage-node ${node.address}: sequence "${seqId}" cannot be used: ${join(dataDir, `seq-${seqId}`)}`;
+  const prefix = (seqId: string) =>
+    `storage-node ${node.address}: sequence "${seqId}" cannot be used: ${join(dataDir, `seq-${seqId}`)}`;
   const jsonError = (() => {
     try {
       JSON.parse("{oops");
@@ -248,8 +265,14 @@ test("damaged files: a clear DATA_LOSS naming the file, for that sequence only",
     }
     return "";
   })();
-  await refused("bad-json", `${prefix("bad-json")}/manifest.json: corrupt manifest: ${jsonError} (CloseSequence deletes the sequence)`);
-  await refused("no-manifest", `${prefix("no-manifest")}/manifest.json: manifest is missing (CloseSequence deletes the sequence)`);
+  await refused(
+    "bad-json",
+    `${prefix("bad-json")}/manifest.json: corrupt manifest: ${jsonError} (CloseSequence deletes the sequence)`,
+  );
+  await refused(
+    "no-manifest",
+    `${prefix("no-manifest")}/manifest.json: manifest is missing (CloseSequence deletes the sequence)`,
+  );
   await refused(
     "short",
     `${prefix("short")}/layer-0001.kv: layer file is truncated: 4 committed positions need 1024 bytes, found 100 (CloseSequence deletes the sequence)`,
@@ -299,26 +322,43 @@ test("capacity, unknown sequences, close and health", async (t) => {
     return true;
   });
   // A 1024-byte buffer has 512-byte halves: too small for 2 x 512 bytes of K and V.
-  await assert.rejects(client.openSequence({ seqId: "wide", layout: { ...layout, nKvHeads: 4, nHeads: 4, headDim: 32 }, maxPositions: 1 }), (err: RpcError) => {
-    assert.equal(err.code, Code.FAILED_PRECONDITION);
-    assert.match(err.message, /bufferBytes 1024 cannot stream sequence "wide": each half of it must hold one position's K and V rows, 1024 bytes$/);
-    return true;
-  });
-  await assert.rejects(client.openSequence({ seqId: "a", layout: { ...layout, nLayers: 3 }, maxPositions: 64 }), (err: RpcError) => {
-    assert.equal(err.code, Code.INVALID_ARGUMENT);
-    return true;
-  });
+  await assert.rejects(
+    client.openSequence({ seqId: "wide", layout: { ...layout, nKvHeads: 4, nHeads: 4, headDim: 32 }, maxPositions: 1 }),
+    (err: RpcError) => {
+      assert.equal(err.code, Code.FAILED_PRECONDITION);
+      assert.match(
+        err.message,
+        /bufferBytes 1024 cannot stream sequence "wide": each half of it must hold one position's K and V rows, 1024 bytes$/,
+      );
+      return true;
+    },
+  );
+  await assert.rejects(
+    client.openSequence({ seqId: "a", layout: { ...layout, nLayers: 3 }, maxPositions: 64 }),
+    (err: RpcError) => {
+      assert.equal(err.code, Code.INVALID_ARGUMENT);
+      return true;
+    },
+  );
 
   const history = new KvHistory(layout, 64, random(8));
   const unknown = new KvHistory(layout, 64, random(9)).step(0, [{ seqId: "zz", startPos: 0, nTokens: 1 }]);
   const r = await stream.attend(unknown.request);
-  assert.deepEqual([r.error?.code, r.error?.message, r.error?.address], [
-    Code.NOT_FOUND,
-    `storage-node ${node.address}: layer 0: unknown sequence "zz" (not opened, or closed)`,
-    node.address,
-  ]);
+  assert.deepEqual(
+    [r.error?.code, r.error?.message, r.error?.address],
+    [
+      Code.NOT_FOUND,
+      `storage-node ${node.address}: layer 0: unknown sequence "zz" (not opened, or closed)`,
+      node.address,
+    ],
+  );
   // 1024-byte buffer, 256-byte positions: 2 positions per read, many reads per step.
-  for (const [layer, startPos, nTokens] of [[0, 0, 7], [1, 0, 7], [0, 7, 1], [1, 7, 1]] as const) {
+  for (const [layer, startPos, nTokens] of [
+    [0, 0, 7],
+    [1, 0, 7],
+    [0, 7, 1],
+    [1, 7, 1],
+  ] as const) {
     const s = history.step(layer, [{ seqId: "a", startPos, nTokens }]);
     assertOutput(await stream.attend(s.request), s.expected, layout);
   }
@@ -362,7 +402,11 @@ test("planChunks and packLoads: whole blocks in file order, every position once,
       }
       assert.ok(end <= halfBytes, `load of ${end} bytes fits ${halfBytes}`);
     }
-    assert.deepEqual(seen, ends.map((end) => Array.from({ length: end }, (_, i) => i)), `positions of ${ends} (bp ${bp}, half ${halfBytes})`);
+    assert.deepEqual(
+      seen,
+      ends.map((end) => Array.from({ length: end }, (_, i) => i)),
+      `positions of ${ends} (bp ${bp}, half ${halfBytes})`,
+    );
   }
   assert.deepEqual(planChunks(14, 4, 64, 12 * 64 + 10), [
     { firstPos: 0, nPos: 12 },
@@ -377,21 +421,36 @@ test("planChunks and packLoads: whole blocks in file order, every position once,
 
 test("options are compiled once: defaults, sizes as strings, bad values name the option", () => {
   const o = compileStorageNodeOptions({ dataDir: "rel/dir" });
-  assert.deepEqual({ ...o, dataDir: undefined }, {
-    dataDir: undefined,
-    host: "127.0.0.1",
-    port: 0,
-    bufferBytes: 64 * 1024 * 1024,
-    blockPositions: 256,
-    capacityBytes: 64 * 1024 ** 3,
-    fsync: "always",
-    drainGraceMs: 5000,
-  });
+  assert.deepEqual(
+    { ...o, dataDir: undefined },
+    {
+      dataDir: undefined,
+      host: "127.0.0.1",
+      port: 0,
+      bufferBytes: 64 * 1024 * 1024,
+      blockPositions: 256,
+      capacityBytes: 64 * 1024 ** 3,
+      fsync: "always",
+      drainGraceMs: 5000,
+    },
+  );
   assert.equal(o.dataDir, join(process.cwd(), "rel/dir"));
   assert.ok(Object.isFrozen(o));
   assert.equal(compileStorageNodeOptions({ dataDir: "d", bufferBytes: "64KiB" }).bufferBytes, 65536);
-  assert.throws(() => compileStorageNodeOptions({} as StorageNodeOptions), /^ConfigError: dataDir: a directory for the KV cache files is required/);
-  assert.throws(() => compileStorageNodeOptions({ dataDir: "d", fsync: "sometimes" as "always" }), /^ConfigError: fsync: must be "always" or "never"/);
-  assert.throws(() => compileStorageNodeOptions({ dataDir: "d", blockPositions: 0 }), /^ConfigError: blockPositions: must be a positive integer/);
-  assert.throws(() => compileStorageNodeOptions({ dataDir: "d", bufferBytes: 10 }), /^ConfigError: bufferBytes: must be at least 1024 bytes/);
+  assert.throws(
+    () => compileStorageNodeOptions({} as StorageNodeOptions),
+    /^ConfigError: dataDir: a directory for the KV cache files is required/,
+  );
+  assert.throws(
+    () => compileStorageNodeOptions({ dataDir: "d", fsync: "sometimes" as "always" }),
+    /^ConfigError: fsync: must be "always" or "never"/,
+  );
+  assert.throws(
+    () => compileStorageNodeOptions({ dataDir: "d", blockPositions: 0 }),
+    /^ConfigError: blockPositions: must be a positive integer/,
+  );
+  assert.throws(
+    () => compileStorageNodeOptions({ dataDir: "d", bufferBytes: 10 }),
+    /^ConfigError: bufferBytes: must be at least 1024 bytes/,
+  );
 });

@@ -61,7 +61,20 @@ export async function infoCommand(path: string, json: boolean): Promise<void> {
   const h = await readCheckpointHeader(path);
   const params = parameterCount(h.shape, h.sharedClassifier);
   if (json) {
-    process.stdout.write(JSON.stringify({ path, format: h.format, shape: h.shape, sharedClassifier: h.sharedClassifier, parameters: params, bytes: h.expectedBytes }, null, 2) + "\n");
+    process.stdout.write(
+      JSON.stringify(
+        {
+          path,
+          format: h.format,
+          shape: h.shape,
+          sharedClassifier: h.sharedClassifier,
+          parameters: params,
+          bytes: h.expectedBytes,
+        },
+        null,
+        2,
+      ) + "\n",
+    );
     return;
   }
   process.stdout.write(

@@ -48,9 +48,12 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
     prompts = [{ id: "prompt", prompt: flags.prompt, line: 0 }];
   } else {
     const path = flags.prompts ?? bundled.prompts;
-    prompts = parsePromptsJsonl(path, await readFile(path, "utf8").catch((err: Error) => {
-      throw new Error(`${path}: cannot read prompts file: ${err.message}`);
-    }));
+    prompts = parsePromptsJsonl(
+      path,
+      await readFile(path, "utf8").catch((err: Error) => {
+        throw new Error(`${path}: cannot read prompts file: ${err.message}`);
+      }),
+    );
   }
   const seed = flags.seed ?? Date.now() % 2 ** 31;
   if (flags.seed === undefined && flags.temperature > 0 && !flags.quiet) process.stderr.write(`seed ${seed}\n`);
@@ -66,7 +69,8 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
       // Fail before starting anything when the model or tokenizer is bad.
       const header = await readCheckpointHeader(model);
       await loadTokenizer(tokenizer, header.shape.vocabSize);
-      if (!flags.quiet) process.stderr.write("starting local cluster (coordinator, gpu-, memory- and storage-node)...\n");
+      if (!flags.quiet)
+        process.stderr.write("starting local cluster (coordinator, gpu-, memory- and storage-node)...\n");
       const nodeFlags = (name: string, v: string | number | undefined) => (v === undefined ? [] : [name, String(v)]);
       cluster = await startLocalCluster({
         model,
@@ -94,7 +98,12 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
             seed: p.seed === undefined ? undefined : BigInt(p.seed),
             kv: p.kv === undefined ? undefined : KV[p.kv],
           })),
-          sampling: { maxTokens: flags.maxTokens, temperature: flags.temperature, topP: flags.topP, seed: BigInt(seed) },
+          sampling: {
+            maxTokens: flags.maxTokens,
+            temperature: flags.temperature,
+            topP: flags.topP,
+            seed: BigInt(seed),
+          },
           kv: KV[flags.kv],
           // With --cluster the paths are read where the cluster runs; empty
           // means the coordinator's own default model.

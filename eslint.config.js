@@ -1,0 +1,38 @@
+// Lint for what the type checker does not catch: promises nobody awaits or
+// handles (a floating promise hides errors and races shutdown).
+import tseslint from "typescript-eslint";
+
+export default tseslint.config(
+  { ignores: ["**/dist/**", "**/node_modules/**", "packages/proto/src/gen/**"] },
+  {
+    files: [
+      "packages/*/src/**/*.ts",
+      "services/*/src/**/*.ts",
+      "packages/*/test/**/*.ts",
+      "services/*/test/**/*.ts",
+      "test/**/*.ts",
+      "bench/**/*.ts",
+    ],
+    languageOptions: {
+      parser: tseslint.parser,
+      parserOptions: {
+        project: ["./packages/*/tsconfig.json", "./services/*/tsconfig.json", "./tsconfig.test.json"],
+        tsconfigRootDir: import.meta.dirname,
+      },
+    },
+    plugins: { "@typescript-eslint": tseslint.plugin },
+    rules: {
+      "@typescript-eslint/no-floating-promises": [
+        "error",
+        // node:test's test() returns a promise the runner itself tracks.
+        {
+          allowForKnownSafeCalls: [
+            { from: "package", package: "node:test", name: ["test", "it", "describe", "suite"] },
+          ],
+        },
+      ],
+      "@typescript-eslint/no-misused-promises": ["error", { checksVoidReturn: false }],
+      "@typescript-eslint/await-thenable": "error",
+    },
+  },
+);
