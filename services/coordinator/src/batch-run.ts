@@ -172,16 +172,21 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
       },
     });
     progress(true);
-    if (s.opened && s.node) {
-      s.opened = false;
-      const node = s.node;
-      ctx
-        .attentionClient(node.address)
-        .closeSequence({ seqId: s.seqId }, { deadline: options.connectTimeoutMs })
-        .catch((err: unknown) =>
-          options.log(`close ${s.seqId} on ${node.role}-node ${node.address}: ${(err as Error).message}`),
-        );
-    }
+    release(s);
+  };
+
+  // Frees a sequence's KV cache on its attention node, in the background (a
+  // failure is logged and affects nothing else).
+  const release = (s: Sequence) => {
+    if (!s.opened || !s.node) return;
+    s.opened = false;
+    const node = s.node;
+    ctx
+      .attentionClient(node.address)
+      .closeSequence({ seqId: s.seqId }, { deadline: options.connectTimeoutMs })
+      .catch((err: unknown) =>
+        options.log(`close ${s.seqId} on ${node.role}-node ${node.address}: ${(err as Error).message}`),
+      );
   };
 
   // 1. Tokenise and check each prompt against the model's context.
@@ -224,174 +229,180 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
     return s;
   });
 
-  // 2. Place and open each sequence's KV cache.
-  const live = seqs.filter((s) => !s.finished);
-  const placements = placeSequences(
-    live.map((s) => ({
-      positions: s.promptIds.length + s.maxTokens - 1,
-      kv: request.prompts[s.index]!.kv ?? request.kv ?? KvPlacement.AUTO,
-    })),
-    { memory: options.memoryNodes, storage: options.storageNodes },
-    options.storageThresholdTokens,
-  );
-  await Promise.all(
-    live.map(async (s, i) => {
-      const placement = placements[i]!;
-      if ("error" in placement) return finish(s, "error", placement.error);
-      s.node = placement.node;
-      try {
-        await ctx
-          .attentionClient(s.node.address)
+  let decodeSeconds = 0;
+  try {
+    // 2. Place and open each sequence's KV cache.
+    const live = seqs.filter((s) => !s.finished);
+    const placements = placeSequences(
+      live.map((s) => ({
+        positions: s.promptIds.length + s.maxTokens - 1,
+        kv: request.prompts[s.index]!.kv ?? request.kv ?? KvPlacement.AUTO,
+      })),
+      { memory: options.memoryNodes, storage: options.storageNodes },
+      options.storageThresholdTokens,
+    );
+    await Promise.all(
+      live.map(async (s, i) => {
+        const placement = placements[i]!;
+        if ("error" in placement) return finish(s, "error", placement.error);
+        s.node = placement.node;
+        try {
+          await ctx
+            .attentionClient(s.node.address)
+            .openSequence(
+              { seqId: s.seqId, layout, maxPositions: s.promptIds.length + s.maxTokens - 1 },
+              { deadline: options.connectTimeoutMs, signal },
+            );
+          s.opened = true;
+        } catch (err) {
+          finish(s, "error", `${s.node.role}-node ${s.node.address}: ${RpcError.from(err).message}`);
+        }
+      }),
+    );
+    progress(true);
+
+    let stepId = 0n;
+    // Re-opens the sequences of a step on a node that failed; drops (with an
+    // error result) those whose KV cache did not survive.
+    const reopen = async (address: string, steps: readonly { s: Sequence; startPos: number }[]) => {
+      for (const { s, startPos } of steps) {
+        if (s.node?.address !== address || s.finished) continue;
+        const res = await ctx
+          .attentionClient(address)
           .openSequence(
             { seqId: s.seqId, layout, maxPositions: s.promptIds.length + s.maxTokens - 1 },
-            { deadline: options.connectTimeoutMs, signal },
+            { deadline: 2000, signal },
           );
-        s.opened = true;
-      } catch (err) {
-        finish(s, "error", `${s.node.role}-node ${s.node.address}: ${RpcError.from(err).message}`);
-      }
-    }),
-  );
-  progress(true);
-
-  let stepId = 0n;
-  // Re-opens the sequences of a step on a node that failed; drops (with an
-  // error result) those whose KV cache did not survive.
-  const reopen = async (address: string, steps: readonly { s: Sequence; startPos: number }[]) => {
-    for (const { s, startPos } of steps) {
-      if (s.node?.address !== address || s.finished) continue;
-      const res = await ctx
-        .attentionClient(address)
-        .openSequence(
-          { seqId: s.seqId, layout, maxPositions: s.promptIds.length + s.maxTokens - 1 },
-          { deadline: 2000, signal },
-        );
-      if (res.length < startPos) {
-        finish(
-          s,
-          "error",
-          `KV cache of ${s.seqId} was lost on ${s.node.role}-node ${address} (has ${res.length} of ${startPos} positions)`,
-        );
-      }
-    }
-  };
-
-  // Runs one step (retrying while a node is unavailable) and returns the
-  // logits row of each sequence that is still alive.
-  const step = async (
-    parts: { s: Sequence; startPos: number; tokens: number[] }[],
-    isDecode: boolean,
-  ): Promise<Map<Sequence, Float32Array> | undefined> => {
-    const deadline = Date.now() + options.retryTimeoutMs;
-    let delay = 100;
-    for (;;) {
-      if (signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
-      const alive = parts.filter((p) => !p.s.finished);
-      if (alive.length === 0) return undefined;
-      stepId++;
-      const sequences: MessageInitShape<typeof SequenceStepSchema>[] = alive.map((p) => ({
-        seqId: p.s.seqId,
-        startPos: p.startPos,
-        nTokens: p.tokens.length,
-        attentionAddress: p.s.node!.address,
-      }));
-      const req: MessageInitShape<typeof ForwardRequestSchema> & { stepId: bigint } = {
-        stepId,
-        sequences,
-        tokens: alive.flatMap((p) => p.tokens),
-      };
-      const ts = performance.now();
-      let res: ForwardResponse | undefined;
-      let failure: { code: number; message: string; address?: string };
-      try {
-        res = await ctx.gpu.step(req);
-        if (!res.error) {
-          const logits = tensorF32(res.logits, "logits");
-          const vocab = shape.vocabSize;
-          const out = new Map<Sequence, Float32Array>();
-          alive.forEach((p, i) => out.set(p.s, logits.subarray(i * vocab, (i + 1) * vocab)));
-          if (isDecode && res.timings) {
-            const t = res.timings;
-            breakdown.steps++;
-            breakdown.stepSeconds += (performance.now() - ts) / 1000;
-            breakdown.denseSeconds += t.denseSeconds;
-            breakdown.attentionComputeSeconds += t.attentionComputeSeconds;
-            breakdown.attentionWaitSeconds += t.attentionWaitSeconds;
-            breakdown.gpuTotalSeconds += t.totalSeconds;
-          }
-          return out;
+        if (res.length < startPos) {
+          finish(
+            s,
+            "error",
+            `KV cache of ${s.seqId} was lost on ${s.node.role}-node ${address} (has ${res.length} of ${startPos} positions)`,
+          );
         }
-        failure = { code: res.error.code, message: res.error.message, address: res.error.address || undefined };
-      } catch (err) {
-        const e = RpcError.from(err);
-        failure = { code: Code.UNAVAILABLE, message: e.message };
       }
-      const retryable = failure.code === Code.UNAVAILABLE || failure.code === Code.DEADLINE_EXCEEDED;
-      if (!retryable || Date.now() + delay > deadline) {
-        for (const p of alive) finish(p.s, "error", failure.message);
-        return undefined;
-      }
-      options.log(`step ${stepId}: ${failure.message}; retrying in ${delay} ms`);
-      await sleep(delay, signal);
-      delay = Math.min(delay * 2, 2000);
-      if (failure.address) {
+    };
+
+    // Runs one step (retrying while a node is unavailable) and returns the
+    // logits row of each sequence that is still alive.
+    const step = async (
+      parts: { s: Sequence; startPos: number; tokens: number[] }[],
+      isDecode: boolean,
+    ): Promise<Map<Sequence, Float32Array> | undefined> => {
+      const deadline = Date.now() + options.retryTimeoutMs;
+      let delay = 100;
+      for (;;) {
+        if (signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
+        const alive = parts.filter((p) => !p.s.finished);
+        if (alive.length === 0) return undefined;
+        stepId++;
+        const sequences: MessageInitShape<typeof SequenceStepSchema>[] = alive.map((p) => ({
+          seqId: p.s.seqId,
+          startPos: p.startPos,
+          nTokens: p.tokens.length,
+          attentionAddress: p.s.node!.address,
+        }));
+        const req: MessageInitShape<typeof ForwardRequestSchema> & { stepId: bigint } = {
+          stepId,
+          sequences,
+          tokens: alive.flatMap((p) => p.tokens),
+        };
+        const ts = performance.now();
+        let res: ForwardResponse | undefined;
+        let failure: { code: number; message: string; address?: string };
         try {
-          await reopen(failure.address, alive);
-        } catch {
-          // Still down: the next attempt reports it again.
+          res = await ctx.gpu.step(req);
+          if (!res.error) {
+            const logits = tensorF32(res.logits, "logits");
+            const vocab = shape.vocabSize;
+            const out = new Map<Sequence, Float32Array>();
+            alive.forEach((p, i) => out.set(p.s, logits.subarray(i * vocab, (i + 1) * vocab)));
+            if (isDecode && res.timings) {
+              const t = res.timings;
+              breakdown.steps++;
+              breakdown.stepSeconds += (performance.now() - ts) / 1000;
+              breakdown.denseSeconds += t.denseSeconds;
+              breakdown.attentionComputeSeconds += t.attentionComputeSeconds;
+              breakdown.attentionWaitSeconds += t.attentionWaitSeconds;
+              breakdown.gpuTotalSeconds += t.totalSeconds;
+            }
+            return out;
+          }
+          failure = { code: res.error.code, message: res.error.message, address: res.error.address || undefined };
+        } catch (err) {
+          const e = RpcError.from(err);
+          failure = { code: Code.UNAVAILABLE, message: e.message };
+        }
+        const retryable = failure.code === Code.UNAVAILABLE || failure.code === Code.DEADLINE_EXCEEDED;
+        if (!retryable || Date.now() + delay > deadline) {
+          for (const p of alive) finish(p.s, "error", failure.message);
+          return undefined;
+        }
+        options.log(`step ${stepId}: ${failure.message}; retrying in ${delay} ms`);
+        await sleep(delay, signal);
+        delay = Math.min(delay * 2, 2000);
+        if (failure.address) {
+          try {
+            await reopen(failure.address, alive);
+          } catch {
+            // Still down: the next attempt reports it again.
+          }
         }
       }
-    }
-  };
+    };
 
-  const accept = (s: Sequence, logits: Float32Array) => {
-    const token = s.sampler!.sample(logits);
-    s.firstTokenAt ??= performance.now();
-    if (token === model.tokenizer.bos || token === model.tokenizer.eos) return finish(s, "stop");
-    s.generated.push(token);
-    generatedTotal++;
-    s.completion += s.decoder.push(token);
-    if (s.generated.length >= s.maxTokens) finish(s, "length");
-  };
+    const accept = (s: Sequence, logits: Float32Array) => {
+      const token = s.sampler!.sample(logits);
+      s.firstTokenAt ??= performance.now();
+      if (token === model.tokenizer.bos || token === model.tokenizer.eos) return finish(s, "stop");
+      s.generated.push(token);
+      generatedTotal++;
+      s.completion += s.decoder.push(token);
+      if (s.generated.length >= s.maxTokens) finish(s, "length");
+    };
 
-  // 3. Prefill, in steps of at most maxPrefillTokens tokens; a long prompt
-  //    is split across steps (its logits are used once it is fully fed).
-  for (;;) {
-    const parts: { s: Sequence; startPos: number; tokens: number[] }[] = [];
-    let budget = options.maxPrefillTokens;
-    for (const s of seqs) {
-      if (s.finished || s.fed >= s.promptIds.length || budget === 0) continue;
-      const n = Math.min(budget, s.promptIds.length - s.fed);
-      parts.push({ s, startPos: s.fed, tokens: s.promptIds.slice(s.fed, s.fed + n) });
-      budget -= n;
+    // 3. Prefill, in steps of at most maxPrefillTokens tokens; a long prompt
+    //    is split across steps (its logits are used once it is fully fed).
+    for (;;) {
+      const parts: { s: Sequence; startPos: number; tokens: number[] }[] = [];
+      let budget = options.maxPrefillTokens;
+      for (const s of seqs) {
+        if (s.finished || s.fed >= s.promptIds.length || budget === 0) continue;
+        const n = Math.min(budget, s.promptIds.length - s.fed);
+        parts.push({ s, startPos: s.fed, tokens: s.promptIds.slice(s.fed, s.fed + n) });
+        budget -= n;
+      }
+      if (parts.length === 0) break;
+      const rows = await step(parts, false);
+      for (const p of parts) {
+        if (p.s.finished) continue;
+        p.s.fed += p.tokens.length;
+        if (p.s.fed === p.s.promptIds.length) accept(p.s, rows!.get(p.s)!);
+      }
+      progress();
     }
-    if (parts.length === 0) break;
-    const rows = await step(parts, false);
-    for (const p of parts) {
-      if (p.s.finished) continue;
-      p.s.fed += p.tokens.length;
-      if (p.s.fed === p.s.promptIds.length) accept(p.s, rows!.get(p.s)!);
+
+    // 4. Decode every live sequence together, one token per step.
+    const decodeStart = performance.now();
+    for (;;) {
+      const parts = seqs
+        .filter((s) => !s.finished)
+        .map((s) => ({ s, startPos: s.fed, tokens: [s.generated[s.generated.length - 1]!] }));
+      if (parts.length === 0) break;
+      const rows = await step(parts, true);
+      for (const p of parts) {
+        if (p.s.finished) continue;
+        p.s.fed += 1;
+        decodeTokens++;
+        accept(p.s, rows!.get(p.s)!);
+      }
+      progress();
     }
-    progress();
+    decodeSeconds = (performance.now() - decodeStart) / 1000;
+  } finally {
+    // A job that is cancelled or fails half-way still frees every KV cache it opened.
+    for (const s of seqs) release(s);
   }
-
-  // 4. Decode every live sequence together, one token per step.
-  const decodeStart = performance.now();
-  for (;;) {
-    const parts = seqs
-      .filter((s) => !s.finished)
-      .map((s) => ({ s, startPos: s.fed, tokens: [s.generated[s.generated.length - 1]!] }));
-    if (parts.length === 0) break;
-    const rows = await step(parts, true);
-    for (const p of parts) {
-      if (p.s.finished) continue;
-      p.s.fed += 1;
-      decodeTokens++;
-      accept(p.s, rows!.get(p.s)!);
-    }
-    progress();
-  }
-  const decodeSeconds = (performance.now() - decodeStart) / 1000;
 
   const wall = (performance.now() - t0) / 1000;
   ctx.emit({
