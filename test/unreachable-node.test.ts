@@ -8,8 +8,9 @@ import { createServer } from "node:net";
 import { Code, KvPlacement, RpcError } from "@tessera/proto";
 import { createGpuNode } from "@tessera/gpu-node";
 import { createMemoryNode } from "@tessera/memory-node";
+import { createStorageNode } from "@tessera/storage-node";
 import { createCoordinator } from "@tessera/coordinator";
-import { bundled, generate } from "@tessera/testing";
+import { bundled, generate, tempDir } from "@tessera/testing";
 
 /** A loopback port nothing listens on (bound, then released). */
 async function deadAddress(): Promise<string> {
@@ -83,4 +84,53 @@ test("an unreachable memory-node fails only the prompts placed on it, naming it"
   assert.equal(b.finishReason, "error");
   assert.equal(b.kvNode, `memory@${dead}`);
   assert.match(b.error, new RegExp(`^memory-node ${dead}: `));
+});
+
+test("an attention node lost mid-decode fails only its own sequences; the rest finish with their solo tokens", async (t) => {
+  const dir = await tempDir();
+  const gpu = createGpuNode({ port: 0 });
+  const memory = createMemoryNode({ port: 0 });
+  const storage = createStorageNode({ port: 0, dataDir: dir.path });
+  await Promise.all([gpu.start(), memory.start(), storage.start()]);
+  const coordinator = createCoordinator({
+    gpuNodes: [gpu.address],
+    memoryNodes: [memory.address],
+    storageNodes: [storage.address],
+    modelPath: bundled.model,
+    tokenizerPath: bundled.tokenizer,
+    retryTimeoutMs: 1000,
+    log: () => {},
+  });
+  await coordinator.start();
+  t.after(async () => {
+    await coordinator.close();
+    await Promise.all([gpu.close(), memory.close(), storage.close()]);
+    await dir.remove();
+  });
+  const prompts = [
+    { id: "on-memory", prompt: "", kv: KvPlacement.MEMORY },
+    { id: "on-storage", prompt: "", kv: KvPlacement.STORAGE },
+  ];
+  const solo = await generate(coordinator.address, {
+    prompts: [prompts[1]!],
+    sampling: { temperature: 0, maxTokens: 256 },
+  });
+  let closed = false;
+  const out = await generate(
+    coordinator.address,
+    { prompts, sampling: { temperature: 0, maxTokens: 256 } },
+    async (ev) => {
+      if (!closed && ev.event.case === "progress" && ev.event.value.tokensGenerated > 0n) {
+        closed = true;
+        await memory.close();
+      }
+    },
+  );
+  assert.ok(closed);
+  const lost = out.results.get("on-memory")!;
+  assert.equal(lost.finishReason, "error");
+  assert.match(lost.error, new RegExp(`^memory-node ${memory.address}: .*gave up after`));
+  const kept = out.results.get("on-storage")!;
+  assert.equal(kept.error, "");
+  assert.deepEqual(kept.completionTokenIds, solo.results.get("on-storage")!.completionTokenIds);
 });

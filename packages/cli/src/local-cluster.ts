@@ -65,6 +65,9 @@ function spawnRole(
     stdio: ["ignore", "ignore", "pipe", "ipc"],
     env: { ...process.env, TMPDIR: tmp },
     execArgv: [],
+    // Own process group: a terminal's Ctrl-C reaches only `tessera run`,
+    // which then stops its children in order (SIGTERM, drain, exit).
+    detached: true,
   });
   let tail = "";
   child.stderr!.setEncoding("utf8");

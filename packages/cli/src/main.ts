@@ -73,7 +73,7 @@ program
     "Run a batch of prompts and write one JSON object per prompt. Without --cluster, starts an embedded local " +
       "cluster (coordinator + one node of each role as child processes on free loopback ports) and stops it after.",
   )
-  .option("--model <path>", "llama2.c checkpoint", bundled.model)
+  .option("--model <path>", `llama2.c checkpoint (default: ${bundled.model}; with --cluster, the coordinator's own)`)
   .option(
     "--tokenizer <path>",
     "tokenizer.bin (default: tok512.bin for the bundled model, else tokenizer.bin beside --model)",

@@ -1,15 +1,21 @@
 /**
  * Runs one batch of prompts through the cluster: tokenise, place each
- * sequence's KV cache, prefill (chunked by token budget), then decode all
- * active sequences together one token per step, sample as llama2.c's run.c,
- * detokenise and emit results as sequences finish.
+ * sequence's KV cache, then step the batch until every sequence is done.
+ * Each step carries, for every ready sequence, either its next prompt chunk
+ * (prefill, at most `maxPrefillTokens` tokens per step over the batch) or
+ * its last sampled token (decode); sampling is llama2.c run.c's; results are
+ * detokenised and emitted as sequences finish.
+ *
+ * Every sequence carries its own position, so a sequence whose attention
+ * node fails simply waits (and is re-opened on that node when it answers
+ * again, checking its KV cache survived) while the others keep going; only
+ * the sequences of a node that stays down longer than `retryTimeoutMs`, or
+ * that reports a non-transient error, fail.
  */
 import {
   Attention,
   Code,
-  KvPlacement,
   RpcError,
-  createClient,
   type Client,
   type ForwardResponse,
   type GenerateRequest,
@@ -17,7 +23,6 @@ import {
   type GenerateEventSchema,
   type ForwardRequestSchema,
   type KvLayoutSchema,
-  type SequenceStepSchema,
 } from "@tessera/proto";
 import {
   createDecoder,
@@ -51,6 +56,11 @@ export interface BatchContext {
   emit(event: MessageInitShape<typeof GenerateEventSchema>): void;
 }
 
+/** Default of `max_tokens` when neither the prompt nor the request sets it (0 = unset). */
+export const DEFAULT_MAX_TOKENS = 256;
+/** Default of `top_p` when neither the prompt nor the request sets it (0 = unset). */
+export const DEFAULT_TOP_P = 0.9;
+
 type FinishReason = "stop" | "length" | "error";
 
 interface Sequence {
@@ -66,12 +76,20 @@ interface Sequence {
   node?: AttentionNodeRef;
   opened: boolean;
   sampler?: Sampler;
-  decoder: StreamingDecoder;
+  decoder?: StreamingDecoder;
   completion: string;
   finished?: FinishReason;
-  error?: string;
   startedAt: number;
   firstTokenAt?: number;
+  /** Set while its attention node is failing: when it started (ms since epoch) and why. */
+  waiting?: { since: number; reason: string; nextTry: number; delay: number };
+}
+
+/** One sequence's share of a step. */
+interface Part {
+  s: Sequence;
+  startPos: number;
+  tokens: number[];
 }
 
 /** Totals of decode steps, in seconds. */
@@ -84,16 +102,27 @@ interface Breakdown {
   gpuTotalSeconds: number;
 }
 
+/** Codes after which an attention node's sequences wait for it instead of failing. */
+const TRANSIENT = new Set<number>([Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.CANCELLED, Code.NOT_FOUND]);
+
 const sleep = (ms: number, signal: AbortSignal) =>
   new Promise<void>((resolve) => {
-    const t = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => (clearTimeout(t), resolve()), { once: true });
+    const onAbort = () => {
+      clearTimeout(t);
+      resolve();
+    };
+    const t = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener("abort", onAbort, { once: true });
   });
 
 /**
- * Runs `request` to completion. Bad prompts (too long, unplaceable) get an
- * error Result and the rest go on; a node that stays unavailable longer
- * than `retryTimeoutMs` fails the sequences of the step that needed it.
+ * Runs `request` to completion. Bad prompts (too long, unplaceable,
+ * untokenisable) get an error Result and the rest go on; see the file
+ * comment for node failures. Every KV cache the job opened is closed before
+ * it returns, however it ends.
  * @throws RpcError CANCELLED when `ctx.signal` aborts.
  */
 export async function runBatch(request: GenerateRequest, ctx: BatchContext): Promise<void> {
@@ -101,17 +130,26 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
   const { shape } = model.header;
   const t0 = performance.now();
   const sampling = request.sampling;
-  const jobId = request.jobId || `job-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
+  // The nonce keeps two jobs with the same id (or a retried job) from ever
+  // sharing a KV cache on an attention node.
+  const nonce = Math.random().toString(36).slice(2, 8);
+  const jobId = request.jobId || `job-${Date.now().toString(36)}`;
   const layout: MessageInitShape<typeof KvLayoutSchema> = {
     nLayers: shape.nLayers,
     nHeads: shape.nHeads,
     nKvHeads: shape.nKvHeads,
     headDim: shape.headDim,
   };
+  const maxPositions = (s: Sequence) => s.promptIds.length + s.maxTokens - 1;
+  const nodeName = (n: AttentionNodeRef) => `${n.role}-node ${n.address}`;
 
   let done = 0;
   let generatedTotal = 0;
   let promptTokens = 0;
+  let decodeTokens = 0;
+  let decodeStart: number | undefined;
+  let lastProgress = 0;
+  const total = request.prompts.length;
   const breakdown: Breakdown = {
     steps: 0,
     stepSeconds: 0,
@@ -120,9 +158,7 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
     attentionWaitSeconds: 0,
     gpuTotalSeconds: 0,
   };
-  let decodeTokens = 0;
-  let lastProgress = 0;
-  const total = request.prompts.length;
+  const releases = new Set<Promise<void>>();
 
   const progress = (force = false) => {
     const now = performance.now();
@@ -143,11 +179,28 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
     });
   };
 
+  // Frees a sequence's KV cache on its attention node. Runs in the
+  // background; runBatch awaits every release before it returns.
+  const release = (s: Sequence) => {
+    if (!s.opened || !s.node) return;
+    s.opened = false;
+    const node = s.node;
+    const p = ctx
+      .attentionClient(node.address)
+      .closeSequence({ seqId: s.seqId }, { deadline: options.connectTimeoutMs })
+      .then(
+        () => undefined,
+        (err: unknown) => options.log(`close ${s.seqId} on ${nodeName(node)}: ${(err as Error).message}`),
+      )
+      .finally(() => releases.delete(p));
+    releases.add(p);
+  };
+
   const finish = (s: Sequence, reason: FinishReason, error?: string) => {
     if (s.finished) return;
     s.finished = reason;
-    s.error = error;
-    s.completion += s.decoder.flush();
+    s.waiting = undefined;
+    s.completion += s.decoder?.flush() ?? "";
     const now = performance.now();
     const first = s.firstTokenAt ?? now;
     done++;
@@ -175,69 +228,54 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
     release(s);
   };
 
-  // Frees a sequence's KV cache on its attention node, in the background (a
-  // failure is logged and affects nothing else).
-  const release = (s: Sequence) => {
-    if (!s.opened || !s.node) return;
-    s.opened = false;
-    const node = s.node;
-    ctx
-      .attentionClient(node.address)
-      .closeSequence({ seqId: s.seqId }, { deadline: options.connectTimeoutMs })
-      .catch((err: unknown) =>
-        options.log(`close ${s.seqId} on ${node.role}-node ${node.address}: ${(err as Error).message}`),
-      );
-  };
-
-  // 1. Tokenise and check each prompt against the model's context.
+  // 1. Tokenise each prompt and check it against the model's context. Proto3
+  //    scalars cannot be absent, so 0 in the request's sampling means unset.
   const seqs: Sequence[] = request.prompts.map((p, index) => {
-    const promptIds = model.tokenizer.encode(p.prompt, { bos: true, eos: false });
-    const wanted = p.maxTokens ?? sampling?.maxTokens ?? 256;
-    // As run.c, the last sampled token is never fed back, so a sequence can
-    // generate up to seq_len - prompt + 1 tokens.
-    const room = shape.seqLen - promptIds.length + 1;
     const s: Sequence = {
       index,
       id: p.id,
-      seqId: `${jobId}-${index}`,
+      seqId: `${jobId}-${nonce}-${index}`,
       prompt: p.prompt,
-      promptIds,
-      maxTokens: Math.min(wanted, room),
+      promptIds: [],
+      maxTokens: 0,
       generated: [],
       fed: 0,
       opened: false,
-      decoder: createDecoder(model.tokenizer, promptIds[promptIds.length - 1]),
       completion: "",
       startedAt: performance.now(),
     };
-    promptTokens += promptIds.length;
-    if (promptIds.length >= shape.seqLen) {
-      finish(
-        s,
-        "error",
-        `prompt "${p.id}" is ${promptIds.length} tokens; the model's context is ${shape.seqLen} positions`,
-      );
-    } else if (wanted <= 0) {
-      finish(s, "length");
-    } else {
-      const temperature = p.temperature ?? sampling?.temperature ?? 0;
-      const topP = p.topP ?? sampling?.topP ?? 0.9;
-      // As run.c, a seed of 0 (unset) becomes the clock: xorshift would stay 0.
-      const seed = p.seed || sampling?.seed || BigInt(Date.now());
-      s.sampler = createSampler({ vocabSize: shape.vocabSize, temperature, topP, seed });
+    try {
+      s.promptIds = model.tokenizer.encode(p.prompt, { bos: true, eos: false });
+      promptTokens += s.promptIds.length;
+      const wanted = p.maxTokens ?? (sampling?.maxTokens || DEFAULT_MAX_TOKENS);
+      // As run.c, the last sampled token is never fed back, so a sequence
+      // can generate up to seq_len - prompt + 1 tokens.
+      s.maxTokens = Math.min(wanted, shape.seqLen - s.promptIds.length + 1);
+      s.decoder = createDecoder(model.tokenizer, s.promptIds[s.promptIds.length - 1]);
+      if (s.promptIds.length >= shape.seqLen) {
+        finish(s, "error", `prompt is ${s.promptIds.length} tokens; the model's context is ${shape.seqLen} positions`);
+      } else if (wanted <= 0) {
+        finish(s, "length");
+      } else {
+        s.sampler = createSampler({
+          vocabSize: shape.vocabSize,
+          temperature: p.temperature ?? sampling?.temperature ?? 0,
+          topP: p.topP ?? (sampling?.topP || DEFAULT_TOP_P),
+          // As run.c, a seed of 0 (unset) becomes the clock: xorshift would stay 0.
+          seed: p.seed || sampling?.seed || BigInt(Date.now()),
+        });
+      }
+    } catch (err) {
+      finish(s, "error", `prompt "${p.id}": ${(err as Error).message}`);
     }
     return s;
   });
 
-  let decodeSeconds = 0;
   try {
     // 2. Place and open each sequence's KV cache.
     const live = seqs.filter((s) => !s.finished);
     const placements = placeSequences(
-      live.map((s) => ({
-        positions: s.promptIds.length + s.maxTokens - 1,
-        kv: request.prompts[s.index]!.kv ?? request.kv ?? KvPlacement.AUTO,
-      })),
+      live.map((s) => ({ positions: maxPositions(s), kv: request.prompts[s.index]!.kv ?? request.kv })),
       { memory: options.memoryNodes, storage: options.storageNodes },
       options.storageThresholdTokens,
     );
@@ -245,110 +283,142 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
       live.map(async (s, i) => {
         const placement = placements[i]!;
         if ("error" in placement) return finish(s, "error", placement.error);
-        s.node = placement.node;
+        const node = (s.node = placement.node);
         try {
-          await ctx
-            .attentionClient(s.node.address)
+          const res = await ctx
+            .attentionClient(node.address)
             .openSequence(
-              { seqId: s.seqId, layout, maxPositions: s.promptIds.length + s.maxTokens - 1 },
+              { seqId: s.seqId, layout, maxPositions: maxPositions(s) },
               { deadline: options.connectTimeoutMs, signal },
             );
           s.opened = true;
+          if (res.length !== 0) finish(s, "error", `${nodeName(node)} already holds a sequence ${s.seqId}`);
         } catch (err) {
-          finish(s, "error", `${s.node.role}-node ${s.node.address}: ${RpcError.from(err).message}`);
+          // A node's own errors name it; transport errors do not.
+          const message = RpcError.from(err).message;
+          finish(s, "error", message.startsWith(nodeName(node)) ? message : `${nodeName(node)}: ${message}`);
         }
       }),
     );
     progress(true);
 
-    let stepId = 0n;
-    // Re-opens the sequences of a step on a node that failed; drops (with an
-    // error result) those whose KV cache did not survive.
-    const reopen = async (address: string, steps: readonly { s: Sequence; startPos: number }[]) => {
-      for (const { s, startPos } of steps) {
-        if (s.node?.address !== address || s.finished) continue;
-        const res = await ctx
-          .attentionClient(address)
-          .openSequence(
-            { seqId: s.seqId, layout, maxPositions: s.promptIds.length + s.maxTokens - 1 },
-            { deadline: 2000, signal },
-          );
-        if (res.length < startPos) {
-          finish(
-            s,
-            "error",
-            `KV cache of ${s.seqId} was lost on ${s.node.role}-node ${address} (has ${res.length} of ${startPos} positions)`,
-          );
-        }
-      }
+    // Sequences whose node failed: give up after retryTimeoutMs, else try to
+    // re-open them on their node (with backoff) and check the KV cache
+    // survived: a storage-node keeps it across a restart, a memory-node not.
+    const revive = async () => {
+      const now = Date.now();
+      await Promise.all(
+        seqs.map(async (s) => {
+          const w = s.waiting;
+          if (s.finished || !w || !s.node || now < w.nextTry) return;
+          if (now - w.since > options.retryTimeoutMs) {
+            return finish(s, "error", `${w.reason} (gave up after ${Math.round((now - w.since) / 1000)} s)`);
+          }
+          try {
+            const res = await ctx
+              .attentionClient(s.node.address)
+              .openSequence({ seqId: s.seqId, layout, maxPositions: maxPositions(s) }, { deadline: 1000, signal });
+            if (res.length < s.fed) {
+              finish(
+                s,
+                "error",
+                `the KV cache of prompt "${s.id}" was lost on ${nodeName(s.node)} (it holds ${res.length} of ${s.fed} positions)`,
+              );
+            } else {
+              options.log(`${s.seqId}: ${nodeName(s.node)} is back`);
+              s.waiting = undefined;
+            }
+          } catch {
+            w.delay = Math.min(w.delay * 2, 2000);
+            w.nextTry = Date.now() + w.delay;
+          }
+        }),
+      );
     };
 
-    // Runs one step (retrying while a node is unavailable) and returns the
-    // logits row of each sequence that is still alive.
-    const step = async (
-      parts: { s: Sequence; startPos: number; tokens: number[] }[],
-      isDecode: boolean,
-    ): Promise<Map<Sequence, Float32Array> | undefined> => {
-      const deadline = Date.now() + options.retryTimeoutMs;
-      let delay = 100;
+    let stepId = 0n;
+    let gpuFailingSince: number | undefined;
+    let gpuDelay = 100;
+    // Runs one step. Returns the logits row of each sequence that was in the
+    // step that succeeded; sequences of a failing attention node are left
+    // waiting (or finished) and the step is re-sent without them.
+    const step = async (parts: readonly Part[], isDecode: boolean): Promise<Map<Sequence, Float32Array>> => {
+      const rows = new Map<Sequence, Float32Array>();
       for (;;) {
         if (signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
-        const alive = parts.filter((p) => !p.s.finished);
-        if (alive.length === 0) return undefined;
+        const alive = parts.filter((p) => !p.s.finished && !p.s.waiting);
+        if (alive.length === 0) return rows;
         stepId++;
-        const sequences: MessageInitShape<typeof SequenceStepSchema>[] = alive.map((p) => ({
-          seqId: p.s.seqId,
-          startPos: p.startPos,
-          nTokens: p.tokens.length,
-          attentionAddress: p.s.node!.address,
-        }));
         const req: MessageInitShape<typeof ForwardRequestSchema> & { stepId: bigint } = {
           stepId,
-          sequences,
+          sequences: alive.map((p) => ({
+            seqId: p.s.seqId,
+            startPos: p.startPos,
+            nTokens: p.tokens.length,
+            attentionAddress: p.s.node!.address,
+          })),
           tokens: alive.flatMap((p) => p.tokens),
         };
         const ts = performance.now();
         let res: ForwardResponse | undefined;
-        let failure: { code: number; message: string; address?: string };
         try {
           res = await ctx.gpu.step(req);
-          if (!res.error) {
-            const logits = tensorF32(res.logits, "logits");
-            const vocab = shape.vocabSize;
-            const out = new Map<Sequence, Float32Array>();
-            alive.forEach((p, i) => out.set(p.s, logits.subarray(i * vocab, (i + 1) * vocab)));
-            if (isDecode && res.timings) {
-              const t = res.timings;
-              breakdown.steps++;
-              breakdown.stepSeconds += (performance.now() - ts) / 1000;
-              breakdown.denseSeconds += t.denseSeconds;
-              breakdown.attentionComputeSeconds += t.attentionComputeSeconds;
-              breakdown.attentionWaitSeconds += t.attentionWaitSeconds;
-              breakdown.gpuTotalSeconds += t.totalSeconds;
-            }
-            return out;
-          }
-          failure = { code: res.error.code, message: res.error.message, address: res.error.address || undefined };
         } catch (err) {
           const e = RpcError.from(err);
-          failure = { code: Code.UNAVAILABLE, message: e.message };
+          if (await gpuRetry(e.message)) continue;
+          for (const p of alive) finish(p.s, "error", e.message);
+          return rows;
         }
-        const retryable = failure.code === Code.UNAVAILABLE || failure.code === Code.DEADLINE_EXCEEDED;
-        if (!retryable || Date.now() + delay > deadline) {
-          for (const p of alive) finish(p.s, "error", failure.message);
-          return undefined;
-        }
-        options.log(`step ${stepId}: ${failure.message}; retrying in ${delay} ms`);
-        await sleep(delay, signal);
-        delay = Math.min(delay * 2, 2000);
-        if (failure.address) {
-          try {
-            await reopen(failure.address, alive);
-          } catch {
-            // Still down: the next attempt reports it again.
+        const failure = res.error;
+        if (!failure) {
+          gpuFailingSince = undefined;
+          gpuDelay = 100;
+          const logits = tensorF32(res.logits, "logits");
+          const vocab = shape.vocabSize;
+          if (logits.length !== alive.length * vocab) {
+            for (const p of alive) finish(p.s, "error", `gpu-node ${ctx.gpu.address}: logits of the wrong shape`);
+            return rows;
           }
+          alive.forEach((p, i) => rows.set(p.s, logits.subarray(i * vocab, (i + 1) * vocab)));
+          if (isDecode && res.timings) {
+            const t = res.timings;
+            breakdown.steps++;
+            breakdown.stepSeconds += (performance.now() - ts) / 1000;
+            breakdown.denseSeconds += t.denseSeconds;
+            breakdown.attentionComputeSeconds += t.attentionComputeSeconds;
+            breakdown.attentionWaitSeconds += t.attentionWaitSeconds;
+            breakdown.gpuTotalSeconds += t.totalSeconds;
+          }
+          return rows;
         }
+        const onNode = failure.address ? alive.filter((p) => p.s.node!.address === failure.address) : [];
+        if (onNode.length > 0) {
+          // One attention node failed: only its sequences are affected.
+          const reason = `${nodeName(onNode[0]!.s.node!)}: ${failure.message}`;
+          if (TRANSIENT.has(failure.code)) {
+            options.log(`step ${stepId}: ${reason}; its ${onNode.length} sequence(s) wait for it`);
+            const now = Date.now();
+            for (const p of onNode) p.s.waiting = { since: now, reason, nextTry: now + 100, delay: 100 };
+          } else {
+            for (const p of onNode) finish(p.s, "error", reason);
+          }
+          continue;
+        }
+        const message = `gpu-node ${ctx.gpu.address}: ${failure.message}`;
+        if (TRANSIENT.has(failure.code) && (await gpuRetry(message))) continue;
+        for (const p of alive) finish(p.s, "error", message);
+        return rows;
       }
+    };
+    // Waits before re-sending a step the gpu-node could not run; false when
+    // it has been failing for longer than retryTimeoutMs.
+    const gpuRetry = async (message: string): Promise<boolean> => {
+      gpuFailingSince ??= Date.now();
+      if (Date.now() + gpuDelay - gpuFailingSince > options.retryTimeoutMs) return false;
+      options.log(`step ${stepId}: ${message}; retrying in ${gpuDelay} ms`);
+      await sleep(gpuDelay, signal);
+      gpuDelay = Math.min(gpuDelay * 2, 2000);
+      return true;
     };
 
     const accept = (s: Sequence, logits: Float32Array) => {
@@ -357,54 +427,56 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
       if (token === model.tokenizer.bos || token === model.tokenizer.eos) return finish(s, "stop");
       s.generated.push(token);
       generatedTotal++;
-      s.completion += s.decoder.push(token);
+      s.completion += s.decoder!.push(token);
       if (s.generated.length >= s.maxTokens) finish(s, "length");
     };
 
-    // 3. Prefill, in steps of at most maxPrefillTokens tokens; a long prompt
-    //    is split across steps (its logits are used once it is fully fed).
+    // 3. Step until every sequence is done: decode for sequences whose
+    //    prompt is in, prefill chunks (within the token budget) for the rest.
     for (;;) {
-      const parts: { s: Sequence; startPos: number; tokens: number[] }[] = [];
+      await revive();
+      const unfinished = seqs.filter((s) => !s.finished);
+      if (unfinished.length === 0) break;
+      const parts: Part[] = [];
       let budget = options.maxPrefillTokens;
-      for (const s of seqs) {
-        if (s.finished || s.fed >= s.promptIds.length || budget === 0) continue;
-        const n = Math.min(budget, s.promptIds.length - s.fed);
-        parts.push({ s, startPos: s.fed, tokens: s.promptIds.slice(s.fed, s.fed + n) });
-        budget -= n;
+      for (const s of unfinished) {
+        if (s.waiting) continue;
+        if (s.fed >= s.promptIds.length) {
+          parts.push({ s, startPos: s.fed, tokens: [s.generated[s.generated.length - 1]!] });
+        } else if (budget > 0) {
+          const n = Math.min(budget, s.promptIds.length - s.fed);
+          parts.push({ s, startPos: s.fed, tokens: s.promptIds.slice(s.fed, s.fed + n) });
+          budget -= n;
+        }
       }
-      if (parts.length === 0) break;
-      const rows = await step(parts, false);
+      if (parts.length === 0) {
+        // Everything left waits for a node: wait for its next re-open try.
+        const next = Math.min(...unfinished.map((s) => s.waiting?.nextTry ?? Date.now()));
+        await sleep(Math.max(20, next - Date.now()), signal);
+        if (signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
+        continue;
+      }
+      const isDecode = parts.every((p) => p.s.fed >= p.s.promptIds.length);
+      if (isDecode) decodeStart ??= performance.now();
+      const rows = await step(parts, isDecode);
       for (const p of parts) {
-        if (p.s.finished) continue;
+        const row = rows.get(p.s);
+        if (!row || p.s.finished) continue;
+        const decoding = p.s.fed >= p.s.promptIds.length;
         p.s.fed += p.tokens.length;
-        if (p.s.fed === p.s.promptIds.length) accept(p.s, rows!.get(p.s)!);
+        if (decoding) decodeTokens++;
+        if (p.s.fed >= p.s.promptIds.length) accept(p.s, row);
       }
       progress();
     }
-
-    // 4. Decode every live sequence together, one token per step.
-    const decodeStart = performance.now();
-    for (;;) {
-      const parts = seqs
-        .filter((s) => !s.finished)
-        .map((s) => ({ s, startPos: s.fed, tokens: [s.generated[s.generated.length - 1]!] }));
-      if (parts.length === 0) break;
-      const rows = await step(parts, true);
-      for (const p of parts) {
-        if (p.s.finished) continue;
-        p.s.fed += 1;
-        decodeTokens++;
-        accept(p.s, rows!.get(p.s)!);
-      }
-      progress();
-    }
-    decodeSeconds = (performance.now() - decodeStart) / 1000;
   } finally {
-    // A job that is cancelled or fails half-way still frees every KV cache it opened.
+    // However the job ends, free every KV cache it opened, and wait for the
+    // nodes to confirm (each call is bounded by connectTimeoutMs).
     for (const s of seqs) release(s);
+    await Promise.allSettled([...releases]);
   }
 
-  const wall = (performance.now() - t0) / 1000;
+  const decodeSeconds = decodeStart === undefined ? 0 : (performance.now() - decodeStart) / 1000;
   ctx.emit({
     event: {
       case: "summary",
@@ -413,7 +485,7 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
         errors: seqs.filter((s) => s.finished === "error").length,
         promptTokens: BigInt(promptTokens),
         completionTokens: BigInt(generatedTotal),
-        wallSeconds: wall,
+        wallSeconds: (performance.now() - t0) / 1000,
         decodeTokensPerSecond: decodeSeconds > 0 ? decodeTokens / decodeSeconds : 0,
         decodeBreakdown: {
           steps: breakdown.steps,

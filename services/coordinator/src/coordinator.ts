@@ -21,6 +21,7 @@ import { createGrpcService, type Service } from "@tessera/core";
 import { runBatch } from "./batch-run.js";
 import { ForwardChannel } from "./forward-channel.js";
 import { ModelCache } from "./model-cache.js";
+import { ModelLease } from "./model-lease.js";
 import { compileCoordinatorOptions, type CompiledCoordinatorOptions, type CoordinatorOptions } from "./options.js";
 
 /** A running coordinator. */
@@ -38,6 +39,8 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
   const attentionClients = new Map<string, Client<typeof Attention>>();
   const gpuClients = new Map<string, Client<typeof GpuNode>>();
   const jobs = new Set<AbortController>();
+  const runningJobIds = new Set<string>();
+  const gpuLeases = new Map<string, ModelLease>();
 
   const attentionClient = (address: string) => {
     let c = attentionClients.get(address);
@@ -69,43 +72,57 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
           "model_path/tokenizer_path: none given and the coordinator has no default",
         );
       }
-      const model = await models.get(modelPath, tokenizerPath).catch((err: unknown) => {
-        throw new RpcError(Code.INVALID_ARGUMENT, (err as Error).message, { cause: err });
-      });
-      const gpuAddress = options.gpuNodes[0]!;
-      const gpu = gpuClient(gpuAddress);
-      try {
-        await gpu.waitForReady(options.connectTimeoutMs);
-      } catch (err) {
-        throw new RpcError(Code.UNAVAILABLE, `gpu-node at ${gpuAddress} is unreachable: ${(err as Error).message}`);
+      if (req.jobId && runningJobIds.has(req.jobId)) {
+        throw new RpcError(Code.ALREADY_EXISTS, `job_id: a job "${req.jobId}" is already running`);
       }
-      // Issue 2's plan: every layer on the first gpu-node.
-      await gpu
-        .load({ modelPath, layerStart: 0, layerEnd: model.header.shape.nLayers, embed: true, head: true })
-        .catch((err: unknown) => {
-          const e = RpcError.from(err);
-          throw new RpcError(e.code, `gpu-node ${gpuAddress}: Load failed: ${e.message}`, { cause: err });
-        });
       const abort = new AbortController();
       // Every in-flight call of the job listens on this signal.
       setMaxListeners(0, abort.signal);
+      call.on("cancelled", () => abort.abort(new RpcError(Code.CANCELLED, "job cancelled")));
+      if (call.cancelled) return;
       jobs.add(abort);
-      call.on("cancelled", () => abort.abort());
-      const channel = new ForwardChannel(gpu);
+      if (req.jobId) runningJobIds.add(req.jobId);
+      let releaseGpu: (() => void) | undefined;
       try {
-        await runBatch(req, {
-          options,
-          model,
-          gpu: channel,
-          attentionClient,
-          signal: abort.signal,
-          emit: (event) => {
-            if (!call.destroyed) call.write(event);
-          },
+        const model = await models.get(modelPath, tokenizerPath).catch((err: unknown) => {
+          throw new RpcError(Code.INVALID_ARGUMENT, (err as Error).message, { cause: err });
         });
+        const gpuAddress = options.gpuNodes[0]!;
+        const gpu = gpuClient(gpuAddress);
+        try {
+          await gpu.waitForReady(options.connectTimeoutMs);
+        } catch (err) {
+          throw new RpcError(Code.UNAVAILABLE, `gpu-node at ${gpuAddress} is unreachable: ${(err as Error).message}`);
+        }
+        let lease = gpuLeases.get(gpuAddress);
+        if (!lease) gpuLeases.set(gpuAddress, (lease = new ModelLease()));
+        releaseGpu = await lease.acquire(modelPath, abort.signal);
+        // Issue 2's plan: every layer on the first gpu-node.
+        await gpu
+          .load({ modelPath, layerStart: 0, layerEnd: model.header.shape.nLayers, embed: true, head: true })
+          .catch((err: unknown) => {
+            const e = RpcError.from(err);
+            throw new RpcError(e.code, `gpu-node ${gpuAddress}: Load failed: ${e.message}`, { cause: err });
+          });
+        const channel = new ForwardChannel(gpu);
+        try {
+          await runBatch(req, {
+            options,
+            model,
+            gpu: channel,
+            attentionClient,
+            signal: abort.signal,
+            emit: (event) => {
+              if (!call.destroyed) call.write(event);
+            },
+          });
+        } finally {
+          channel.close();
+        }
       } finally {
-        channel.close();
+        releaseGpu?.();
         jobs.delete(abort);
+        if (req.jobId) runningJobIds.delete(req.jobId);
       }
     },
 

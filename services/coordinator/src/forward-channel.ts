@@ -44,6 +44,8 @@ export class ForwardChannel {
     const stream = this.client.forward();
     this.stream = stream;
     stream.on("data", (res: ForwardResponse) => {
+      // A late answer on a stream already given up belongs to no pending step.
+      if (this.stream !== stream) return;
       const p = this.pending.shift();
       if (p) p.resolve(res);
     });
