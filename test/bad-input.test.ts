@@ -61,20 +61,29 @@ test("a prompt longer than the context gets an error result while the others com
   const cluster = await startTestCluster();
   t.after(() => cluster.stop());
   const long = "Once upon a time there was a cat. ".repeat(100);
+  const sampling = { temperature: 0, maxTokens: 16 };
+  const solo = await generate(cluster.address, {
+    prompts: [
+      { id: "short", prompt: "The cat" },
+      { id: "other", prompt: "A dog" },
+    ],
+    sampling,
+  });
   const outcome = await generate(cluster.address, {
     prompts: [
       { id: "short", prompt: "The cat" },
       { id: "long", prompt: long },
       { id: "other", prompt: "A dog" },
     ],
-    sampling: { temperature: 0, maxTokens: 16 },
+    sampling,
   });
   assert.equal(outcome.results.get("long")!.finishReason, "error");
   assert.match(outcome.results.get("long")!.error, /context is 512 positions/);
   for (const id of ["short", "other"]) {
     const r = outcome.results.get(id)!;
     assert.equal(r.error, "");
-    assert.ok(r.completionTokenIds.length > 0);
+    assert.equal(r.completionTokenIds.length, 16);
+    assert.deepEqual(r.completionTokenIds, solo.results.get(id)!.completionTokenIds);
   }
   assert.equal(outcome.summary?.errors, 1);
 });

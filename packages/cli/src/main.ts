@@ -143,12 +143,14 @@ program
   .addOption(
     new Option("--storage-threshold <tokens>", "KV to a storage-node above this many positions (kv auto)")
       .argParser(int("--storage-threshold", 1))
-      .default(4096),
+      .default(4096)
+      .env("TESSERA_STORAGE_THRESHOLD"),
   )
   .addOption(
     new Option("--retry-timeout <ms>", "how long a step is retried while a node is down")
       .argParser(int("--retry-timeout", 1))
-      .default(30000),
+      .default(30000)
+      .env("TESSERA_RETRY_TIMEOUT"),
   )
   .action(async (o) =>
     (await commands.coordinator()).runCoordinator({
@@ -213,7 +215,10 @@ hostPort(node.command("storage").description("Attention streamed from a KV cache
       .env("TESSERA_BUFFER"),
   )
   .addOption(
-    new Option("--block-positions <n>", "positions per KV block").argParser(int("--block-positions", 1)).default(256),
+    new Option("--block-positions <n>", "positions per KV block")
+      .argParser(int("--block-positions", 1))
+      .default(256)
+      .env("TESSERA_BLOCK_POSITIONS"),
   )
   .addOption(
     new Option("--capacity <bytes>", "disk bytes this node may use")
@@ -224,7 +229,8 @@ hostPort(node.command("storage").description("Attention streamed from a KV cache
   .addOption(
     new Option("--fsync <policy>", "always: KV is on disk before Attend answers; never: left to the OS")
       .choices(["always", "never"])
-      .default("always"),
+      .default("always")
+      .env("TESSERA_FSYNC"),
   )
   .action(async (o) =>
     (await commands.storage()).runStorageNode({
