@@ -15,6 +15,7 @@ import { KvPlacement, type Summary } from "@tessera/proto";
 import { ReferenceModel, loadCheckpoint, loadTokenizer } from "@tessera/core";
 import { bundled, cliEntry } from "@tessera/cli";
 import { generate, startTestCluster, tempDir } from "@tessera/testing";
+import { runAttentionBench } from "./attention.js";
 
 interface Case {
   name: string;
@@ -145,3 +146,4 @@ async function main(): Promise<void> {
 }
 
 await main();
+runAttentionBench();

@@ -5,7 +5,7 @@
  */
 import { Command, InvalidArgumentError, Option } from "commander";
 import { parseByteSize } from "@tessera/core";
-import { bundled } from "./paths.js";
+import { bundled, defaultTokenizerFor } from "./paths.js";
 
 // Commands import their role lazily, so that e.g. a memory-node process
 // never loads onnxruntime and each role starts fast.
@@ -73,10 +73,13 @@ program
     "Run a batch of prompts and write one JSON object per prompt. Without --cluster, starts an embedded local " +
       "cluster (coordinator + one node of each role as child processes on free loopback ports) and stops it after.",
   )
-  .option("--model <path>", `llama2.c checkpoint (default: ${bundled.model}; with --cluster, the coordinator's own)`)
+  .option(
+    "--model <path>",
+    `llama2.c checkpoint or Hugging Face folder (default: ${bundled.model}; with --cluster, the coordinator's own)`,
+  )
   .option(
     "--tokenizer <path>",
-    "tokenizer.bin (default: tok512.bin for the bundled model, else tokenizer.bin beside --model)",
+    "tokenizer.bin or tokenizer.json (default: tok512.bin for the bundled model, tokenizer.json in a Hugging Face folder, else tokenizer.bin beside --model)",
   )
   .option(
     "--prompts <path>",
@@ -147,6 +150,18 @@ program
       .env("TESSERA_STORAGE_THRESHOLD"),
   )
   .addOption(
+    new Option("--max-batch <n>", "most sequences in a job's running batch (others join as they finish)")
+      .argParser(int("--max-batch", 1))
+      .default(64)
+      .env("TESSERA_MAX_BATCH"),
+  )
+  .addOption(
+    new Option("--max-prefill-tokens <n>", "most prompt tokens prefilled in one step")
+      .argParser(int("--max-prefill-tokens", 1))
+      .default(4096)
+      .env("TESSERA_MAX_PREFILL_TOKENS"),
+  )
+  .addOption(
     new Option("--retry-timeout <ms>", "how long a step is retried while a node is down")
       .argParser(int("--retry-timeout", 1))
       .default(30000)
@@ -163,6 +178,8 @@ program
       tokenizerPath: o.tokenizer,
       storageThresholdTokens: o.storageThreshold,
       retryTimeoutMs: o.retryTimeout,
+      maxBatchSequences: o.maxBatch,
+      maxPrefillTokens: o.maxPrefillTokens,
     }),
   );
 
@@ -268,9 +285,26 @@ model
 model
   .command("info")
   .description("Print a checkpoint's format, shape, parameter count and bytes.")
-  .argument("<path>", "llama2.c checkpoint")
+  .argument("<path>", "llama2.c checkpoint or Hugging Face folder")
   .option("--json", "machine-readable output", false)
   .action((path: string, o) => withSignals(async () => (await (await commands.model()).infoCommand(path, o.json), 0)));
+model
+  .command("export-hf")
+  .description("Write a model as a Hugging Face Llama folder (config.json, model.safetensors, tokenizer.json).")
+  .requiredOption("--model <path>", "llama2.c checkpoint or Hugging Face folder")
+  .option(
+    "--tokenizer <path>",
+    "tokenizer.bin or tokenizer.json to write as tokenizer.json (default: the model's, as for `tessera run`)",
+  )
+  .requiredOption("--out <dir>", "folder to write (created if needed)")
+  .addOption(new Option("--dtype <t>", "weight type").choices(["f32", "f16", "bf16"]).default("f32"))
+  .action((o) =>
+    withSignals(async () => {
+      const tokenizer = o.tokenizer ?? defaultTokenizerFor(o.model);
+      await (await commands.model()).exportHfCommand({ ...o, tokenizer });
+      return 0;
+    }),
+  );
 
 program.parseAsync().catch((err: unknown) => {
   process.stderr.write(`tessera: ${(err as Error).message}\n`);

@@ -48,11 +48,11 @@ export interface CausalQueries {
 
 /** Reusable scratch of {@link attendKvCache}, so decode steps do not allocate. */
 export interface AttentionScratch {
-  /** [group heads, positions] scores, then softmax weights. */
+  /** [block positions, n_heads] scores, then softmax weights, of one block. */
   scores: Float64Array;
-  /** [group heads, head_dim] query of one KV group, pre-scaled by 1/sqrt(head_dim). */
+  /** [n_heads, head_dim] query (all heads; the name is historical), pre-scaled by 1/sqrt(head_dim). */
   qGroup: Float64Array;
-  /** [group heads, head_dim] output accumulator. */
+  /** [n_heads, head_dim] output accumulator. */
   acc: Float64Array;
 }
 
@@ -65,13 +65,43 @@ function grow(a: Float64Array, n: number): Float64Array {
   return a.length >= n ? a : new Float64Array(Math.max(n, a.length * 2));
 }
 
-// Hot-loop helpers. Two heads of a GQA group per pass share each K/V load
-// and give the CPU two independent add chains: about 2x over one head at a
-// time in V8 (measured on decode, 4096 positions, head_dim 64).
+// Hot-loop helpers. Up to four heads of a GQA group per pass share each K/V
+// element load and give the CPU four independent add chains (V8 emits
+// scalar f64 code; the chains, not the loads, bound it).
 
-/** s[sOff] = qg[q0..] . k[kOff..], s[sOff + 1] = qg[q0 + n..] . k[kOff..] (two adjacent heads). */
+/** s[sOff + j] = qs[q0 + j * n..] . k[kOff..kOff + n) for j < 4 (four adjacent heads). */
+function scoresQuad(
+  qs: Float64Array,
+  q0: number,
+  k: Float32Array,
+  kOff: number,
+  n: number,
+  s: Float64Array,
+  sOff: number,
+): void {
+  const q1 = q0 + n;
+  const q2 = q1 + n;
+  const q3 = q2 + n;
+  let a0 = 0;
+  let a1 = 0;
+  let a2 = 0;
+  let a3 = 0;
+  for (let d = 0; d < n; d++) {
+    const x = k[kOff + d]!;
+    a0 += qs[q0 + d]! * x;
+    a1 += qs[q1 + d]! * x;
+    a2 += qs[q2 + d]! * x;
+    a3 += qs[q3 + d]! * x;
+  }
+  s[sOff] = a0;
+  s[sOff + 1] = a1;
+  s[sOff + 2] = a2;
+  s[sOff + 3] = a3;
+}
+
+/** s[sOff] = qs[q0..] . k[kOff..], s[sOff + 1] = qs[q0 + n..] . k[kOff..] (two adjacent heads). */
 function scoresPair(
-  qg: Float64Array,
+  qs: Float64Array,
   q0: number,
   k: Float32Array,
   kOff: number,
@@ -88,48 +118,56 @@ function scoresPair(
   for (; d + 1 < n; d += 2) {
     const x = k[kOff + d]!;
     const y = k[kOff + d + 1]!;
-    a0 += qg[q0 + d]! * x;
-    a1 += qg[q0 + d + 1]! * y;
-    b0 += qg[q1 + d]! * x;
-    b1 += qg[q1 + d + 1]! * y;
+    a0 += qs[q0 + d]! * x;
+    a1 += qs[q0 + d + 1]! * y;
+    b0 += qs[q1 + d]! * x;
+    b1 += qs[q1 + d + 1]! * y;
   }
   if (d < n) {
     const x = k[kOff + d]!;
-    a0 += qg[q0 + d]! * x;
-    b0 += qg[q1 + d]! * x;
+    a0 += qs[q0 + d]! * x;
+    b0 += qs[q1 + d]! * x;
   }
   s[sOff] = a0 + a1;
   s[sOff + 1] = b0 + b1;
 }
 
-/** qg[q0..q0+n) . k[kOff..kOff+n) */
-function dot(qg: Float64Array, q0: number, k: Float32Array, kOff: number, n: number): number {
+/** qs[q0..q0+n) . k[kOff..kOff+n) */
+function dot(qs: Float64Array, q0: number, k: Float32Array, kOff: number, n: number): number {
   let a0 = 0;
   let a1 = 0;
   let d = 0;
   for (; d + 1 < n; d += 2) {
-    a0 += qg[q0 + d]! * k[kOff + d]!;
-    a1 += qg[q0 + d + 1]! * k[kOff + d + 1]!;
+    a0 += qs[q0 + d]! * k[kOff + d]!;
+    a1 += qs[q0 + d + 1]! * k[kOff + d + 1]!;
   }
-  if (d < n) a0 += qg[q0 + d]! * k[kOff + d]!;
+  if (d < n) a0 += qs[q0 + d]! * k[kOff + d]!;
   return a0 + a1;
 }
 
-/** acc[a0..] += w0 * v[vOff..]; acc[a0 + n..] += w1 * v[vOff..] (two adjacent heads). */
-function axpyPair(
-  w0: number,
-  w1: number,
+/** acc[a0 + j * n..] += w[wOff + j] * v[vOff..vOff + n) for j < 4 (four adjacent heads). */
+function axpyQuad(
+  w: Float64Array,
+  wOff: number,
   v: Float32Array,
   vOff: number,
   acc: Float64Array,
   a0: number,
   n: number,
 ): void {
+  const w0 = w[wOff]!;
+  const w1 = w[wOff + 1]!;
+  const w2 = w[wOff + 2]!;
+  const w3 = w[wOff + 3]!;
   const a1 = a0 + n;
+  const a2 = a1 + n;
+  const a3 = a2 + n;
   for (let d = 0; d < n; d++) {
     const x = v[vOff + d]!;
     acc[a0 + d]! += w0 * x;
     acc[a1 + d]! += w1 * x;
+    acc[a2 + d]! += w2 * x;
+    acc[a3 + d]! += w3 * x;
   }
 }
 
@@ -138,36 +176,95 @@ function axpy(w: number, v: Float32Array, vOff: number, acc: Float64Array, a0: n
   for (let d = 0; d < n; d++) acc[a0 + d]! += w * v[vOff + d]!;
 }
 
-/** Scores of the `group` heads whose queries are at qg[q0..] against one K row, into s[sOff..]. */
-function groupScores(
-  qg: Float64Array,
+/** Positions per block of {@link foldQuery}: its scores ([block, n_heads] f64, 32 KiB at 32 heads) stay in L1. */
+const BLOCK = 128;
+
+/**
+ * Online-softmax fold of one query (all heads) over positions t < n whose K
+ * row ([n_kv_heads, head_dim] f32) is at k[kOff + t * stride..] and V row at
+ * v[vOff + t * stride..], into the running max `m`, sum `l` ([n_heads] f64 at
+ * `h0`) and output accumulator `acc` ([n_heads, head_dim] f64 at
+ * h0 * head_dim). `qs` holds the query pre-scaled by 1 / sqrt(head_dim) at
+ * `q0`. Positions go in blocks of {@link BLOCK}: scores of a block for every
+ * head (reading each K row once, front to back, so the hardware prefetcher
+ * streams it), the block's max raises the running one (rescaling what came
+ * before once per block, as FlashAttention does), then the weighted V rows.
+ * `s` is scratch of >= BLOCK * n_heads, `bmax` of >= n_heads.
+ */
+function foldQuery(
+  nHeads: number,
+  nKvHeads: number,
+  headDim: number,
+  qs: Float64Array,
   q0: number,
-  group: number,
+  m: Float64Array,
+  l: Float64Array,
+  acc: Float64Array,
+  h0: number,
   k: Float32Array,
   kOff: number,
-  headDim: number,
-  s: Float64Array,
-  sOff: number,
-): void {
-  let j = 0;
-  for (; j + 1 < group; j += 2) scoresPair(qg, q0 + j * headDim, k, kOff, headDim, s, sOff + j);
-  if (j < group) s[sOff + j] = dot(qg, q0 + j * headDim, k, kOff, headDim);
-}
-
-/** acc[a0 + j * headDim..] += s[sOff + j] * v[vOff..] for the `group` heads. */
-function groupAxpy(
-  s: Float64Array,
-  sOff: number,
-  group: number,
   v: Float32Array,
   vOff: number,
-  acc: Float64Array,
-  a0: number,
-  headDim: number,
+  stride: number,
+  n: number,
+  s: Float64Array,
+  bmax: Float64Array,
 ): void {
-  let j = 0;
-  for (; j + 1 < group; j += 2) axpyPair(s[sOff + j]!, s[sOff + j + 1]!, v, vOff, acc, a0 + j * headDim, headDim);
-  if (j < group) axpy(s[sOff + j]!, v, vOff, acc, a0 + j * headDim, headDim);
+  const group = nHeads / nKvHeads;
+  const a0 = h0 * headDim;
+  for (let b = 0; b < n; b += BLOCK) {
+    const nb = Math.min(BLOCK, n - b);
+    // Scores s[t * nHeads + h].
+    for (let t = 0; t < nb; t++) {
+      const kRow = kOff + (b + t) * stride;
+      const sRow = t * nHeads;
+      for (let g = 0; g < nKvHeads; g++) {
+        const kh = kRow + g * headDim;
+        const hg = g * group;
+        let j = 0;
+        for (; j + 3 < group; j += 4) scoresQuad(qs, q0 + (hg + j) * headDim, k, kh, headDim, s, sRow + hg + j);
+        for (; j + 1 < group; j += 2) scoresPair(qs, q0 + (hg + j) * headDim, k, kh, headDim, s, sRow + hg + j);
+        if (j < group) s[sRow + hg + j] = dot(qs, q0 + (hg + j) * headDim, k, kh, headDim);
+      }
+    }
+    // Raise the running max to the block's; rescale what came before.
+    bmax.fill(-Infinity, 0, nHeads);
+    for (let t = 0; t < nb; t++) {
+      const sRow = t * nHeads;
+      for (let h = 0; h < nHeads; h++) if (s[sRow + h]! > bmax[h]!) bmax[h] = s[sRow + h]!;
+    }
+    for (let h = 0; h < nHeads; h++) {
+      const old = m[h0 + h]!;
+      if (bmax[h]! > old) {
+        const c = old === -Infinity ? 0 : Math.exp(old - bmax[h]!);
+        l[h0 + h]! *= c;
+        const aOff = a0 + h * headDim;
+        for (let d = 0; d < headDim; d++) acc[aOff + d]! *= c;
+        m[h0 + h] = bmax[h]!;
+      }
+    }
+    // Unnormalised weights (normalised once, at the end).
+    for (let t = 0; t < nb; t++) {
+      const sRow = t * nHeads;
+      for (let h = 0; h < nHeads; h++) {
+        const w = Math.exp(s[sRow + h]! - m[h0 + h]!);
+        s[sRow + h] = w;
+        l[h0 + h]! += w;
+      }
+    }
+    // Weighted sum of V rows.
+    for (let t = 0; t < nb; t++) {
+      const vRow = vOff + (b + t) * stride;
+      const sRow = t * nHeads;
+      for (let g = 0; g < nKvHeads; g++) {
+        const vh = vRow + g * headDim;
+        const hg = g * group;
+        let j = 0;
+        for (; j + 3 < group; j += 4) axpyQuad(s, sRow + hg + j, v, vh, acc, a0 + (hg + j) * headDim, headDim);
+        for (; j < group; j++) axpy(s[sRow + hg + j]!, v, vh, acc, a0 + (hg + j) * headDim, headDim);
+      }
+    }
+  }
 }
 
 /**
@@ -195,11 +292,14 @@ export function checkAttentionDims(d: AttentionDims): void {
  * `v`. Writes `nQueries` output rows ([n_heads * head_dim] f32) at row
  * `outRow` of `out`.
  *
- * Two passes per query and KV group, as llama2.c's `run.c`: scores of every
- * position (max tracked), then exp / sum and the weighted sum of V. Loop
- * order is KV head -> position -> heads of the group, so each K and V row is
- * read from memory once per query and reused by the whole group while it is
- * in L1; that is the decode hot path (1 query over a long cache).
+ * The decode hot path (1 query over a long cache). Per query, positions go
+ * in blocks of 128 with an online softmax (the same `foldQuery` as
+ * {@link createOnlineAttention}), not llama2.c's two passes over the whole
+ * cache: a block's scores ([128, n_heads] f64) stay in L1 instead of a
+ * [positions, group] array streaming through L2, each K and V row is read
+ * once, front to back, for all heads, and up to four heads of a GQA group
+ * share each element load. Plain scalar JS: about 1.6x the two-pass kernel
+ * but still compute-bound at ~3% of memory bandwidth (bench/attention.ts).
  * @throws RangeError when the dims are bad or the buffers too short for the
  *   positions asked.
  */
@@ -227,50 +327,47 @@ export function attendKvCache(
   if (out.length < (outRow + nQueries) * qStride)
     throw new RangeError(`out has too few rows for ${nQueries} queries at row ${outRow}`);
   const scale = 1 / Math.sqrt(headDim);
-  scratch.qGroup = grow(scratch.qGroup, group * headDim);
-  scratch.acc = grow(scratch.acc, group * headDim);
-  scratch.scores = grow(scratch.scores, group * end);
-  const qg = scratch.qGroup;
+  scratch.qGroup = grow(scratch.qGroup, qStride);
+  scratch.acc = grow(scratch.acc, qStride);
+  scratch.scores = grow(scratch.scores, BLOCK * nHeads);
+  const qs = scratch.qGroup;
   const acc = scratch.acc;
-  const s = scratch.scores;
-  const maxes = new Float64Array(group);
-  const sums = new Float64Array(group);
+  const m = new Float64Array(nHeads);
+  const l = new Float64Array(nHeads);
+  const bmax = new Float64Array(nHeads);
 
   for (let i = 0; i < nQueries; i++) {
-    const n = startPos + i + 1; // positions [0, startPos + i]
     const qBase = (qRow + i) * qStride;
     const oBase = (outRow + i) * qStride;
-    for (let g = 0; g < nKvHeads; g++) {
-      const h0 = g * group;
-      // Pre-scaled f64 copy of the group's queries: contiguous, no scale in the loop.
-      for (let j = 0, src = qBase + h0 * headDim; j < group * headDim; j++) qg[j] = q[src + j]! * scale;
-      maxes.fill(-Infinity);
-      const kHead = g * headDim;
-      // Pass 1: scores s[t * group + j], and the max of each head.
-      for (let t = 0; t < n; t++) groupScores(qg, 0, group, k, t * kvRow + kHead, headDim, s, t * group);
-      for (let t = 0; t < n; t++) {
-        const sRow = t * group;
-        for (let j = 0; j < group; j++) if (s[sRow + j]! > maxes[j]!) maxes[j] = s[sRow + j]!;
-      }
-      // Softmax weights, unnormalised (normalised once at the end).
-      sums.fill(0);
-      for (let t = 0; t < n; t++) {
-        const sRow = t * group;
-        for (let j = 0; j < group; j++) {
-          const w = Math.exp(s[sRow + j]! - maxes[j]!);
-          s[sRow + j] = w;
-          sums[j]! += w;
-        }
-      }
-      // Pass 2: weighted sum of V rows.
-      acc.fill(0, 0, group * headDim);
-      for (let t = 0; t < n; t++) groupAxpy(s, t * group, group, v, t * kvRow + kHead, acc, 0, headDim);
-      for (let j = 0; j < group; j++) {
-        const inv = 1 / sums[j]!;
-        const aOff = j * headDim;
-        const oOff = oBase + (h0 + j) * headDim;
-        for (let d = 0; d < headDim; d++) out[oOff + d] = acc[aOff + d]! * inv;
-      }
+    // Pre-scaled f64 copy of the query: contiguous, no scale in the loop.
+    for (let j = 0; j < qStride; j++) qs[j] = q[qBase + j]! * scale;
+    m.fill(-Infinity);
+    l.fill(0);
+    acc.fill(0, 0, qStride);
+    // Positions [0, startPos + i].
+    foldQuery(
+      nHeads,
+      nKvHeads,
+      headDim,
+      qs,
+      0,
+      m,
+      l,
+      acc,
+      0,
+      k,
+      0,
+      v,
+      0,
+      kvRow,
+      startPos + i + 1,
+      scratch.scores,
+      bmax,
+    );
+    for (let h = 0; h < nHeads; h++) {
+      const inv = 1 / l[h]!;
+      const aOff = h * headDim;
+      for (let d = 0; d < headDim; d++) out[oBase + aOff + d] = acc[aOff + d]! * inv;
     }
   }
 }
@@ -328,9 +425,8 @@ export function createOnlineAttention(dims: AttentionDims): OnlineAttention {
   let l: Float64Array = new Float64Array(0); // [queries, n_heads] running sum
   let acc: Float64Array = new Float64Array(0); // [queries, n_heads, head_dim]
   let qs: Float64Array = new Float64Array(0); // [queries, n_heads, head_dim], pre-scaled
-  let s: Float64Array = new Float64Array(0); // [block positions, group]
-  const blockMax = new Float64Array(group);
-  const newMax = new Float64Array(group);
+  let s: Float64Array = new Float64Array(0); // [BLOCK, n_heads] scores
+  const bmax = new Float64Array(nHeads);
   let nQ = 0;
   let start = 0;
 
@@ -357,49 +453,31 @@ export function createOnlineAttention(dims: AttentionDims): OnlineAttention {
       if (kOffset < 0 || vOffset < 0 || k.length < kOffset + lastRow || v.length < vOffset + lastRow) {
         throw new RangeError(`K/V block holds fewer than ${nPositions} positions`);
       }
-      s = grow(s, group * nPositions);
+      s = grow(s, BLOCK * nHeads);
       for (let i = 0; i < nQ; i++) {
         // Causal mask: query at position p sees [firstPos, min(end, p + 1)).
         const n = Math.min(nPositions, start + i + 1 - firstPos);
         if (n <= 0) continue;
-        const qBase = i * qStride;
-        const hBase = i * nHeads;
-        for (let g = 0; g < nKvHeads; g++) {
-          const h0 = g * group;
-          const kHead = g * headDim;
-          blockMax.fill(-Infinity);
-          const q0 = qBase + h0 * headDim;
-          for (let t = 0; t < n; t++)
-            groupScores(qs, q0, group, k, kOffset + t * stride + kHead, headDim, s, t * group);
-          for (let t = 0; t < n; t++) {
-            const sRow = t * group;
-            for (let j = 0; j < group; j++) if (s[sRow + j]! > blockMax[j]!) blockMax[j] = s[sRow + j]!;
-          }
-          // Raise the running max once per block; rescale what came before.
-          for (let j = 0; j < group; j++) {
-            const idx = hBase + h0 + j;
-            const old = m[idx]!;
-            const mx = old > blockMax[j]! ? old : blockMax[j]!;
-            newMax[j] = mx;
-            if (mx !== old) {
-              const c = old === -Infinity ? 0 : Math.exp(old - mx);
-              l[idx]! *= c;
-              const aOff = idx * headDim;
-              for (let d = 0; d < headDim; d++) acc[aOff + d]! *= c;
-              m[idx] = mx;
-            }
-          }
-          for (let t = 0; t < n; t++) {
-            const sRow = t * group;
-            for (let j = 0; j < group; j++) {
-              const w = Math.exp(s[sRow + j]! - newMax[j]!);
-              s[sRow + j] = w;
-              l[hBase + h0 + j]! += w;
-            }
-          }
-          const a0 = (hBase + h0) * headDim;
-          for (let t = 0; t < n; t++) groupAxpy(s, t * group, group, v, vOffset + t * stride + kHead, acc, a0, headDim);
-        }
+        const h0 = i * nHeads;
+        foldQuery(
+          nHeads,
+          nKvHeads,
+          headDim,
+          qs,
+          h0 * headDim,
+          m,
+          l,
+          acc,
+          h0,
+          k,
+          kOffset,
+          v,
+          vOffset,
+          stride,
+          n,
+          s,
+          bmax,
+        );
       }
     },
 

@@ -17,8 +17,11 @@ export const LLAMA2C_V1_HEADER_BYTES = 256;
 /** Size of the legacy header in bytes (7 int32). */
 export const LLAMA2C_LEGACY_HEADER_BYTES = 28;
 
-/** The checkpoint layouts Tessera reads and writes. */
-export type CheckpointFormat = "llama2c-legacy" | "llama2c-v1";
+/**
+ * The checkpoint layouts Tessera reads and writes; "hf" is a Hugging Face
+ * folder (config.json + safetensors), read and written by hf-model.ts.
+ */
+export type CheckpointFormat = "llama2c-legacy" | "llama2c-v1" | "hf";
 
 /** Weights of one transformer layer; f32, matrices [out, in] row-major. */
 export interface LayerWeights {
@@ -245,7 +248,7 @@ export async function loadCheckpoint(path: string): Promise<Checkpoint> {
 /**
  * Writes a checkpoint in `format` (version 1 by default). The legacy format
  * gets RoPE frequency tables as llama2.c's exporter wrote them.
- * @throws RangeError when a weight's length does not match `shape`.
+ * @throws RangeError when a weight's length does not match `shape`, or for format "hf".
  */
 export async function writeCheckpoint(
   path: string,
@@ -254,6 +257,7 @@ export async function writeCheckpoint(
   options: { format?: CheckpointFormat; sharedClassifier?: boolean } = {},
 ): Promise<void> {
   const format = options.format ?? "llama2c-v1";
+  if (format === "hf") throw new RangeError('writeCheckpoint writes llama2.c files; use writeHfModel for format "hf"');
   const sharedClassifier = options.sharedClassifier ?? weights.classifier === weights.tokenEmbedding;
   const { dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabSize, seqLen, headDim } = shape;
   let header: Buffer;

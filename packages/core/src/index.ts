@@ -13,3 +13,6 @@ export * from "./synth.js";
 export * from "./prompts.js";
 export * from "./attention.js";
 export * from "./grpc-service.js";
+export * from "./safetensors.js";
+export * from "./hf-model.js";
+export * from "./hf-tokenizer.js";

@@ -1,6 +1,7 @@
 /**
- * Runs one batch of prompts through the cluster: tokenise, place each
- * sequence's KV cache, then step the batch until every sequence is done.
+ * Runs one batch of prompts through the cluster: tokenise, admit sequences
+ * into the running batch (at most `maxBatchSequences`, as KV capacity
+ * allows; more join as others finish), then step until every one is done.
  * Each step carries, for every ready sequence, either its next prompt chunk
  * (prefill, at most `maxPrefillTokens` tokens per step over the batch) or
  * its last sampled token (decode); sampling is llama2.c run.c's; results are
@@ -159,6 +160,7 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
     gpuTotalSeconds: 0,
   };
   const releases = new Set<Promise<void>>();
+  let blocked = false;
 
   const progress = (force = false) => {
     const now = performance.now();
@@ -192,7 +194,11 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
         () => undefined,
         (err: unknown) => options.log(`close ${s.seqId} on ${nodeName(node)}: ${(err as Error).message}`),
       )
-      .finally(() => releases.delete(p));
+      .finally(() => {
+        releases.delete(p);
+        // Capacity was freed: sequences refused for room may try again.
+        blocked = false;
+      });
     releases.add(p);
   };
 
@@ -272,35 +278,67 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
   });
 
   try {
-    // 2. Place and open each sequence's KV cache.
-    const live = seqs.filter((s) => !s.finished);
-    const placements = placeSequences(
-      live.map((s) => ({ positions: maxPositions(s), kv: request.prompts[s.index]!.kv ?? request.kv })),
-      { memory: options.memoryNodes, storage: options.storageNodes },
-      options.storageThresholdTokens,
-    );
-    await Promise.all(
-      live.map(async (s, i) => {
-        const placement = placements[i]!;
-        if ("error" in placement) return finish(s, "error", placement.error);
-        const node = (s.node = placement.node);
-        try {
-          const res = await ctx
-            .attentionClient(node.address)
-            .openSequence(
-              { seqId: s.seqId, layout, maxPositions: maxPositions(s) },
-              { deadline: options.connectTimeoutMs, signal },
-            );
-          s.opened = true;
-          if (res.length !== 0) finish(s, "error", `${nodeName(node)} already holds a sequence ${s.seqId}`);
-        } catch (err) {
-          // A node's own errors name it; transport errors do not.
-          const message = RpcError.from(err).message;
-          finish(s, "error", message.startsWith(nodeName(node)) ? message : `${nodeName(node)}: ${message}`);
+    // 2. Admission (continuous batching): sequences join the running batch
+    //    in input order while it holds fewer than maxBatchSequences and
+    //    their attention node has room. One refused for capacity waits
+    //    until a running sequence is released, and fails only when nothing
+    //    else holds capacity.
+    const pending = seqs.filter((s) => !s.finished);
+    const running = () => seqs.filter((s) => s.opened && !s.finished);
+    const open = async (s: Sequence, node: AttentionNodeRef): Promise<string | undefined> => {
+      s.node = node;
+      try {
+        const res = await ctx
+          .attentionClient(node.address)
+          .openSequence(
+            { seqId: s.seqId, layout, maxPositions: maxPositions(s) },
+            { deadline: options.connectTimeoutMs, signal },
+          );
+        s.opened = true;
+        if (res.length !== 0) finish(s, "error", `${nodeName(node)} already holds a sequence ${s.seqId}`);
+      } catch (err) {
+        // A node's own errors name it; transport errors do not.
+        const e = RpcError.from(err);
+        const message = e.message.startsWith(nodeName(node)) ? e.message : `${nodeName(node)}: ${e.message}`;
+        if (e.code === Code.RESOURCE_EXHAUSTED) return message;
+        finish(s, "error", message);
+      }
+      return undefined;
+    };
+    const admit = async () => {
+      while (!blocked && pending.length > 0) {
+        const room = options.maxBatchSequences - running().length;
+        if (room <= 0) return;
+        const batch = pending.splice(0, room);
+        const load = new Map<string, number>();
+        for (const r of running()) load.set(r.node!.address, (load.get(r.node!.address) ?? 0) + maxPositions(r));
+        const placements = placeSequences(
+          batch.map((s) => ({ positions: maxPositions(s), kv: request.prompts[s.index]!.kv ?? request.kv })),
+          { memory: options.memoryNodes, storage: options.storageNodes },
+          options.storageThresholdTokens,
+          load,
+        );
+        const refusals = await Promise.all(
+          batch.map(async (s, i) => {
+            const placement = placements[i]!;
+            if ("node" in placement) return open(s, placement.node);
+            finish(s, "error", placement.error);
+            return undefined;
+          }),
+        );
+        const refused = batch.filter((_, i) => refusals[i] !== undefined);
+        if (refused.length === 0) continue;
+        if (running().length === 0 && releases.size === 0) {
+          // Nothing will free capacity: these can never fit.
+          batch.forEach((s, i) => refusals[i] !== undefined && finish(s, "error", refusals[i]));
+          continue;
         }
-      }),
-    );
-    progress(true);
+        for (const s of refused) s.node = undefined;
+        pending.unshift(...refused);
+        blocked = true;
+        options.log(`${refused.length} sequence(s) wait for KV capacity: ${refusals.find((r) => r)}`);
+      }
+    };
 
     // Sequences whose node failed: give up after retryTimeoutMs, else try to
     // re-open them on their node (with backoff) and check the KV cache
@@ -434,13 +472,14 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
     // 3. Step until every sequence is done: decode for sequences whose
     //    prompt is in, prefill chunks (within the token budget) for the rest.
     for (;;) {
+      await admit();
       await revive();
       const unfinished = seqs.filter((s) => !s.finished);
       if (unfinished.length === 0) break;
       const parts: Part[] = [];
       let budget = options.maxPrefillTokens;
       for (const s of unfinished) {
-        if (s.waiting) continue;
+        if (s.waiting || !s.opened) continue;
         if (s.fed >= s.promptIds.length) {
           parts.push({ s, startPos: s.fed, tokens: [s.generated[s.generated.length - 1]!] });
         } else if (budget > 0) {
@@ -450,9 +489,10 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
         }
       }
       if (parts.length === 0) {
-        // Everything left waits for a node: wait for its next re-open try.
-        const next = Math.min(...unfinished.map((s) => s.waiting?.nextTry ?? Date.now()));
-        await sleep(Math.max(20, next - Date.now()), signal);
+        // Everything left waits: for a failing node's next re-open try, or
+        // for capacity that a release in flight is freeing.
+        const next = Math.min(...unfinished.map((s) => s.waiting?.nextTry ?? Date.now() + 20));
+        await Promise.race([sleep(Math.max(20, next - Date.now()), signal), ...releases]);
         if (signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
         continue;
       }

@@ -1,4 +1,4 @@
-import { loadTokenizer, readCheckpointHeader } from "@tessera/core";
+import { loadModelTokenizer, readModelHeader } from "@tessera/core";
 import type { LoadedModel } from "./batch-run.js";
 
 /**
@@ -17,8 +17,8 @@ export class ModelCache {
     let p = this.models.get(key);
     if (!p) {
       p = (async () => {
-        const header = await readCheckpointHeader(modelPath);
-        const tokenizer = await loadTokenizer(tokenizerPath, header.shape.vocabSize);
+        const header = await readModelHeader(modelPath);
+        const tokenizer = await loadModelTokenizer(tokenizerPath, header.shape.vocabSize);
         return { modelPath, tokenizerPath, header, tokenizer };
       })();
       this.models.set(key, p);

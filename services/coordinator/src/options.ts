@@ -24,6 +24,11 @@ export interface CoordinatorOptions {
   storageThresholdTokens?: number;
   /** Most prompt tokens prefilled in one step (longer batches are split into several prefill steps). @default 4096 */
   maxPrefillTokens?: number;
+  /**
+   * Most sequences in the running batch of a job; the others join as
+   * running ones finish (continuous batching). @default 64
+   */
+  maxBatchSequences?: number;
   /** How long a step is retried while a node is unavailable, in ms. @default 30000 */
   retryTimeoutMs?: number;
   /** How long a node may take to answer at the start of a job, in ms. @default 5000 */
@@ -76,6 +81,7 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     tokenizerPath: o.tokenizerPath,
     storageThresholdTokens: positive("storageThresholdTokens", o.storageThresholdTokens, 4096),
     maxPrefillTokens: positive("maxPrefillTokens", o.maxPrefillTokens, 4096),
+    maxBatchSequences: positive("maxBatchSequences", o.maxBatchSequences, 64),
     retryTimeoutMs: positive("retryTimeoutMs", o.retryTimeoutMs, 30_000),
     connectTimeoutMs: positive("connectTimeoutMs", o.connectTimeoutMs, 5000),
     shutdownGraceMs: positive("shutdownGraceMs", o.shutdownGraceMs, 5000),

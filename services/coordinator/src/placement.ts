@@ -25,13 +25,16 @@ export type Placement = { node: AttentionNodeRef } | { error: string };
  * sequence goes to the one with the fewest positions placed so far in this
  * batch (greedy least-loaded), so a batch spreads evenly. Falls back to the
  * other role when a role has no nodes at all and the user said "auto".
+ * With continuous batching `load` carries the positions of the sequences
+ * still running, so newcomers go where there is room.
  */
 export function placeSequences(
   requests: readonly PlacementRequest[],
   nodes: { memory: readonly string[]; storage: readonly string[] },
   storageThresholdTokens: number,
+  /** Positions already placed on each node (sequences still running); updated in place. */
+  load: Map<string, number> = new Map(),
 ): Placement[] {
-  const load = new Map<string, number>();
   const pick = (role: "memory" | "storage"): AttentionNodeRef | undefined => {
     let best: string | undefined;
     for (const a of nodes[role]) {

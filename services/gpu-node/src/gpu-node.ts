@@ -11,7 +11,7 @@ import {
   ConfigError,
   createGrpcService,
   f32Tensor,
-  loadCheckpoint,
+  loadModel,
   tensorF32,
   type Service,
 } from "@tessera/core";
@@ -189,7 +189,7 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
       const t0 = performance.now();
       let checkpoint: Checkpoint;
       try {
-        checkpoint = await loadCheckpoint(req.modelPath);
+        checkpoint = await loadModel(req.modelPath);
       } catch (err) {
         const enoent =
           err instanceof CheckpointError && (err.cause as NodeJS.ErrnoException | undefined)?.code === "ENOENT";

@@ -1,5 +1,13 @@
+import { copyFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import {
   formatBytes,
+  llama2cToHfTokenizer,
+  loadModel,
+  loadModelTokenizer,
+  readModelHeader,
+  writeHfModel,
+  type HfDtype,
   llamaHiddenDim,
   parameterCount,
   readCheckpointHeader,
@@ -56,9 +64,48 @@ function describe(s: ModelShape, shared: boolean): string {
   );
 }
 
-/** `tessera model info`: prints a checkpoint's format, shape, parameters and bytes. */
+/** Flags of `tessera model export-hf`. */
+export interface ExportHfFlags {
+  model: string;
+  tokenizer?: string;
+  out: string;
+  dtype: HfDtype;
+}
+
+/**
+ * `tessera model export-hf`: writes a model as a Hugging Face Llama folder
+ * (q/k rows permuted to HF's rotary layout) and, with --tokenizer, its
+ * tokenizer.json + tokenizer_config.json (a llama2.c tokenizer.bin is converted).
+ */
+export async function exportHfCommand(f: ExportHfFlags): Promise<void> {
+  const t0 = performance.now();
+  const ckpt = await loadModel(f.model);
+  const files = await writeHfModel(f.out, ckpt.shape, ckpt.weights, {
+    dtype: f.dtype,
+    sharedClassifier: ckpt.sharedClassifier,
+  });
+  if (f.tokenizer !== undefined) {
+    // Loading checks the tokenizer fits the model; a tokenizer.json is copied as it is.
+    const tok = await loadModelTokenizer(f.tokenizer, ckpt.shape.vocabSize);
+    if (f.tokenizer.endsWith(".json")) {
+      await copyFile(f.tokenizer, join(f.out, "tokenizer.json"));
+      files.push("tokenizer.json");
+    } else {
+      const { tokenizer, config } = llama2cToHfTokenizer(tok);
+      await writeFile(join(f.out, "tokenizer.json"), JSON.stringify(tokenizer, null, 2) + "\n");
+      await writeFile(join(f.out, "tokenizer_config.json"), JSON.stringify(config, null, 2) + "\n");
+      files.push("tokenizer.json", "tokenizer_config.json");
+    }
+  }
+  process.stderr.write(
+    `wrote ${f.out} (${files.join(", ")}): ${describe(ckpt.shape, ckpt.sharedClassifier)}, ${f.dtype}, in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`,
+  );
+}
+
+/** `tessera model info`: prints a checkpoint's (or HF folder's) format, shape, parameters and bytes. */
 export async function infoCommand(path: string, json: boolean): Promise<void> {
-  const h = await readCheckpointHeader(path);
+  const h = await readModelHeader(path);
+  const dtype = "dtype" in h ? String(h.dtype).toLowerCase() : "f32";
   const params = parameterCount(h.shape, h.sharedClassifier);
   if (json) {
     process.stdout.write(
@@ -70,6 +117,7 @@ export async function infoCommand(path: string, json: boolean): Promise<void> {
           sharedClassifier: h.sharedClassifier,
           parameters: params,
           bytes: h.expectedBytes,
+          dtype,
         },
         null,
         2,
@@ -82,7 +130,7 @@ export async function infoCommand(path: string, json: boolean): Promise<void> {
       `${path}`,
       `  format      ${h.format}${h.sharedClassifier ? " (shared classifier)" : " (separate classifier)"}`,
       `  shape       ${describe(h.shape, h.sharedClassifier)}`,
-      `  size        ${formatBytes(h.expectedBytes)} (${h.expectedBytes} bytes, f32)`,
+      `  size        ${formatBytes(h.expectedBytes)} (${h.expectedBytes} bytes, ${dtype})`,
     ].join("\n") + "\n",
   );
 }

@@ -1,6 +1,6 @@
 import { readFile } from "node:fs/promises";
 import { Coordinator, KvPlacement, RpcError, createClient, type GenerateEvent, type Summary } from "@tessera/proto";
-import { loadTokenizer, parsePromptsJsonl, readCheckpointHeader, type PromptSpec } from "@tessera/core";
+import { loadModelTokenizer, parsePromptsJsonl, readModelHeader, type PromptSpec } from "@tessera/core";
 import { startLocalCluster, type LocalCluster } from "../local-cluster.js";
 import { bundled, defaultTokenizerFor } from "../paths.js";
 import { RunProgress } from "../progress.js";
@@ -67,8 +67,8 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
     let address = flags.cluster;
     if (!address) {
       // Fail before starting anything when the model or tokenizer is bad.
-      const header = await readCheckpointHeader(model);
-      await loadTokenizer(tokenizer, header.shape.vocabSize);
+      const header = await readModelHeader(model);
+      await loadModelTokenizer(tokenizer, header.shape.vocabSize);
       if (!flags.quiet)
         process.stderr.write("starting local cluster (coordinator, gpu-, memory- and storage-node)...\n");
       const nodeFlags = (name: string, v: string | number | undefined) => (v === undefined ? [] : [name, String(v)]);
