@@ -262,9 +262,7 @@ async function readTensorFrom(fh: FileHandle, header: SafetensorsHeader, name: s
  * Reads every tensor of a safetensors file as f32 (F16/BF16 converted).
  * @throws CheckpointError as {@link readSafetensorsHeader}.
  */
-export async function readSafetensors(
-  path: string,
-): Promise<{
+export async function readSafetensors(path: string): Promise<{
   metadata: Record<string, string>;
   tensors: Map<string, { dtype: SafetensorsDtype; shape: number[]; data: Float32Array }>;
 }> {
