@@ -3,7 +3,7 @@
  * top of {@link startGrpcServer}, so each role writes only what is its own:
  * its gRPC services and the work its drain and close add.
  */
-import type { Server } from "@tessera/proto";
+import { requests, type Server, type ServerDuplexStream } from "@tessera/proto";
 import { TesseraError } from "./errors.js";
 import type { Service, ServiceState } from "./lifecycle.js";
 import { startGrpcServer, type GrpcServer } from "./server.js";
@@ -115,5 +115,86 @@ export function createGrpcService<R extends string>(spec: GrpcServiceSpec<R>): S
     },
     drain,
     close,
+  };
+}
+
+/**
+ * The request loops of a role's long-lived bidi-streaming calls (the
+ * Attend streams of memory- and storage-nodes), which a drain must end
+ * itself: such a call never ends on its own, so without this a drain waits
+ * out its whole grace period and then cancels it (status CANCELLED) with a
+ * request possibly half done.
+ */
+export interface RequestLoops {
+  /**
+   * Serves `call`: reads one request, writes `handle`'s response, then the
+   * next, so responses come in request order. Resolves (and the gRPC
+   * adapter ends the call with OK) when the client half-closes, or, once
+   * {@link RequestLoops.stop} was called, after the request in flight is
+   * answered; requests not yet read are never handled. A call that arrives
+   * after `stop()` resolves at once. Rejects when reading the call fails.
+   */
+  serve<Req, Res>(call: ServerDuplexStream<Req, Res>, handle: (req: Req) => Res | Promise<Res>): Promise<void>;
+  /**
+   * Stops taking requests on every call, now and later, and resolves when
+   * each loop has answered its request in flight and ended, or after
+   * `graceMs` (default: no limit), whichever is first. Idempotent.
+   */
+  stop(graceMs?: number): Promise<void>;
+  /** Number of loops serving now. */
+  readonly size: number;
+}
+
+const STOP = Symbol("stop");
+
+/**
+ * Creates the {@link RequestLoops} of one service. A role calls `stop()`
+ * from its `onDrain` and `beforeShutdown` hooks, so its streams end with OK
+ * and the server shuts down without waiting out the grace period.
+ */
+export function createRequestLoops(): RequestLoops {
+  let stopping = false;
+  const loops = new Set<{ wake(): void; done: Promise<void> }>();
+  return {
+    async serve<Req, Res>(call: ServerDuplexStream<Req, Res>, handle: (req: Req) => Res | Promise<Res>) {
+      if (stopping) return;
+      const it = requests(call)[Symbol.asyncIterator]();
+      // Wakes the loop while it waits for a request (a fresh promise per
+      // read: racing one long-lived promise would pile up a reaction on it
+      // per request); while it handles one, `stopping` ends it after.
+      let wake: (() => void) | undefined;
+      let finish!: () => void;
+      const loop = { wake: () => wake?.(), done: new Promise<void>((resolve) => (finish = resolve)) };
+      loops.add(loop);
+      try {
+        while (!stopping) {
+          const next = await new Promise<IteratorResult<Req> | typeof STOP>((resolve, reject) => {
+            wake = () => resolve(STOP);
+            // A read still pending when stop() wakes the loop is abandoned:
+            // the call ends without it.
+            it.next().then(resolve, reject);
+          });
+          wake = undefined;
+          if (next === STOP || next.done) break;
+          call.write(await handle(next.value));
+        }
+      } finally {
+        loops.delete(loop);
+        finish();
+      }
+    },
+    async stop(graceMs = Infinity) {
+      stopping = true;
+      const running = [...loops];
+      for (const l of running) l.wake();
+      const all = Promise.all(running.map((l) => l.done)).then(() => undefined);
+      if (!Number.isFinite(graceMs)) return all;
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([all, new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs)))]);
+      clearTimeout(timer);
+    },
+    get size() {
+      return loops.size;
+    },
   };
 }

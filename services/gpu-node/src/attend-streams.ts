@@ -6,7 +6,8 @@
  * that fails (error, end, a reply that does not match, a timeout) fails every
  * pending request and is dropped; the next request to that address opens a
  * new one on a fresh channel, so a coordinator can retry a step at once when
- * the node is back.
+ * the node is back. A stream the node ends (a drain: status OK) or cancels
+ * (a forced shutdown: CANCELLED) fails with UNAVAILABLE: the node went away.
  */
 import {
   Attention,
@@ -60,7 +61,14 @@ class AttendStream {
     this.call.on("data", (r: AttendResponse) => this.onResponse(r));
     this.call.on("error", (err: unknown) => {
       const e = RpcError.from(err);
-      this.fail(new AttentionNodeError(e.code, address, e.message, { cause: err }));
+      // Our own cancel() happens only in fail(), after which this is a
+      // no-op; so a CANCELLED here is the node's doing: a forced shutdown
+      // resets its open streams. The node went away (it may be restarting),
+      // so it is UNAVAILABLE, which a coordinator retries; CANCELLED would
+      // read as the caller's own cancellation, which is final.
+      const code = e.code === Code.CANCELLED ? Code.UNAVAILABLE : e.code;
+      const detail = e.code === Code.CANCELLED ? `Attend stream cancelled by the node (${e.message})` : e.message;
+      this.fail(new AttentionNodeError(code, address, detail, { cause: err }));
     });
     this.call.on("end", () =>
       this.fail(new AttentionNodeError(Code.UNAVAILABLE, address, "Attend stream ended by the node")),

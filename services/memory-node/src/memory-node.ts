@@ -18,6 +18,7 @@ import {
   checkOpenSequence,
   createAttentionScratch,
   createGrpcService,
+  createRequestLoops,
   describeKvLayout,
   f32Tensor,
   parseByteSize,
@@ -35,7 +36,6 @@ import {
   type MessageInitShape,
   type NodeErrorSchema,
   type ServiceImpl,
-  requests,
 } from "@tessera/proto";
 
 /** gRPC service name the health service reports on. */
@@ -122,6 +122,7 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
   const opts = compileMemoryNodeOptions(options);
   const sequences = new Map<string, Sequence>();
   const scratch = createAttentionScratch();
+  const attendLoops = createRequestLoops();
   let usedBytes = 0;
 
   const address = () => service.address;
@@ -245,9 +246,14 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
       closeSequence(req.seqId);
       return {};
     },
-    /** One response per request, in order; a bad request gets an `error` response and the stream goes on. */
-    async attend(call) {
-      for await (const req of requests(call)) call.write(attend(req));
+    /**
+     * One response per request, in order; a bad request gets an `error`
+     * response and the stream goes on. A drain ends the stream with OK
+     * (the client retries elsewhere or later); requests it had not read yet
+     * are not answered.
+     */
+    attend(call) {
+      return attendLoops.serve(call, attend);
     },
     /** Capacity and reserved bytes (sum of open sequences' reservations). */
     async info() {
@@ -268,6 +274,11 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
     serviceNames: [ATTENTION_SERVICE_NAME],
     register: (s) => addService(s, Attention, impl),
     graceMs: opts.drainGraceMs,
+    // Attend streams never end by themselves: end them (with OK, after the
+    // request in flight) so that shutdown does not wait out the grace period
+    // and then cancel them.
+    onDrain: () => attendLoops.stop(opts.drainGraceMs),
+    beforeShutdown: () => attendLoops.stop(),
     onClose() {
       sequences.clear();
       usedBytes = 0;

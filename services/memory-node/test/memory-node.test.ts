@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Attention, Code, RpcError, checkHealth, createClient } from "@tessera/proto";
+import { Attention, Code, RpcError, checkHealth, createClient, type AttendResponse } from "@tessera/proto";
 import { createMemoryNode, compileMemoryNodeOptions, type MemoryNode } from "@tessera/memory-node";
 import { KvHistory, assertOutput, openAttend, random, type Layout } from "@tessera/testing";
 
@@ -193,6 +193,33 @@ test("grpc health says SERVING while running, and close() stops serving", async 
   assert.equal(node.state, "closed");
   assert.equal(await checkHealth(node.address, "tessera.v1.Attention", 500), "UNREACHABLE");
 });
+
+// An hour of grace: a drain that waited for the Attend stream to end by
+// itself would hang, so the test would fail by its timeout.
+test(
+  "drain() ends an open Attend stream with OK at once rather than after its grace period",
+  { timeout: 30_000 },
+  async (t) => {
+    const node = createMemoryNode({ port: 0, drainGraceMs: 3_600_000 });
+    await node.start();
+    t.after(() => node.close());
+    const client = createClient(Attention, node.address);
+    t.after(() => client.close());
+    await client.openSequence({ seqId: "s", layout, maxPositions: 8 });
+    const s = new KvHistory(layout, 8, random(7)).step(0, [{ seqId: "s", startPos: 0, nTokens: 3 }]);
+    const call = client.attend();
+    const status = new Promise<number>((resolve) => call.on("status", (st: { code: number }) => resolve(st.code)));
+    const response = new Promise<AttendResponse>((resolve) => call.once("data", resolve));
+    call.write(s.request);
+    assertOutput(await response, s.expected, layout);
+    // The client never half-closes: the node ends the stream itself.
+    await node.drain();
+    assert.equal(node.state, "draining");
+    assert.equal(await status, Code.OK);
+    await node.close();
+    assert.equal(node.state, "closed");
+  },
+);
 
 test("options are compiled once: defaults, sizes as strings, bad values name the option", () => {
   assert.deepEqual(compileMemoryNodeOptions(), {

@@ -69,10 +69,11 @@ export const MANIFEST_VERSION = 1;
 export type FsyncPolicy = "always" | "never";
 
 /**
- * A sequence's files are missing, corrupt or inconsistent. Names the file.
- * Crosses gRPC as DATA_LOSS: the cache of that one sequence cannot be used
- * (the caller may CloseSequence it, which deletes its files, and start
- * again); other sequences are not affected.
+ * A sequence's files are missing, corrupt or inconsistent, or an I/O on
+ * them failed. Names the file. Crosses gRPC as DATA_LOSS unless told
+ * otherwise (I/O errors: see {@link ioError}): the cache of that one
+ * sequence cannot be used (the caller may CloseSequence it, which deletes
+ * its files, and start again); other sequences are not affected.
  */
 export class KvStoreError extends TesseraError {
   override name = "KvStoreError";
@@ -80,14 +81,60 @@ export class KvStoreError extends TesseraError {
    * @param path the file (or directory) at fault.
    * @param detail what is wrong with it.
    * @param options.context prefixed to the message, e.g. which node and sequence.
+   * @param options.code gRPC status code it crosses as. @default DATA_LOSS
    */
   constructor(
     readonly path: string,
     readonly detail: string,
-    options?: { cause?: unknown; context?: string },
+    options?: { cause?: unknown; context?: string; code?: Code },
   ) {
     super(`${options?.context ? `${options.context}: ` : ""}${path}: ${detail}`, options);
-    this.rpcCode = Code.DATA_LOSS;
+    this.rpcCode = options?.code ?? Code.DATA_LOSS;
+  }
+}
+
+/**
+ * The gRPC code of a failed file-system call, by its errno code:
+ * - ENOSPC, EDQUOT, EFBIG (disk or quota full, file too large):
+ *   RESOURCE_EXHAUSTED. Nothing is wrong with the data; the node is out of
+ *   disk, as when a sequence does not fit its capacity.
+ * - EIO (the device failed a read or write): DATA_LOSS. What the file
+ *   holds can no longer be trusted.
+ * - anything else (EBADF, EACCES, ...): INTERNAL, a fault of the node.
+ */
+export function ioErrorCode(err: unknown): Code {
+  switch ((err as NodeJS.ErrnoException | undefined)?.code) {
+    case "ENOSPC":
+    case "EDQUOT":
+    case "EFBIG":
+      return Code.RESOURCE_EXHAUSTED;
+    case "EIO":
+      return Code.DATA_LOSS;
+    default:
+      return Code.INTERNAL;
+  }
+}
+
+/**
+ * Wraps an error of a file-system call on `path` (a FileHandle's write,
+ * read or sync say nothing of the file) in a {@link KvStoreError} naming it
+ * and the operation, with the code {@link ioErrorCode} gives. A
+ * KvStoreError is returned as it is.
+ */
+export function ioError(path: string, op: string, err: unknown): KvStoreError {
+  if (err instanceof KvStoreError) return err;
+  return new KvStoreError(path, `${op} failed: ${err instanceof Error ? err.message : String(err)}`, {
+    cause: err,
+    code: ioErrorCode(err),
+  });
+}
+
+/** Runs `io`, an operation `op` on `path`; rethrows its error as {@link ioError} does. */
+async function onFile<T>(path: string, op: string, io: () => Promise<T>): Promise<T> {
+  try {
+    return await io();
+  } catch (err) {
+    throw ioError(path, op, err);
   }
 }
 
@@ -208,15 +255,15 @@ async function writeManifestNow(seq: StoredSequence, fsync: FsyncPolicy): Promis
   const path = join(seq.dir, MANIFEST_FILE);
   const tmp = `${path}.tmp`;
   const manifest = manifestOf(seq);
-  const fh = await open(tmp, "w", 0o644);
+  const fh = await onFile(tmp, "open", () => open(tmp, "w", 0o644));
   try {
-    await fh.writeFile(JSON.stringify(manifest, null, 1) + "\n");
-    if (fsync === "always") await fh.sync();
+    await onFile(tmp, "write", () => fh.writeFile(JSON.stringify(manifest, null, 1) + "\n"));
+    if (fsync === "always") await onFile(tmp, "fsync", () => fh.sync());
   } finally {
     await fh.close();
   }
-  await rename(tmp, path);
-  if (fsync === "always") await seq.dirHandle.sync();
+  await onFile(path, "rename", () => rename(tmp, path));
+  if (fsync === "always") await onFile(seq.dir, "fsync", () => seq.dirHandle.sync());
   seq.recorded = manifest.layerLengths;
 }
 
@@ -244,7 +291,8 @@ export function commitManifest(seq: StoredSequence, fsync: FsyncPolicy): Promise
 /**
  * Creates a new sequence's directory, empty layer files and manifest, all
  * durable when `fsync` is "always".
- * @throws Error from the file system (e.g. ENOSPC), with the path.
+ * @throws Error from the file system (e.g. ENOSPC), or KvStoreError (see
+ *   {@link ioError}), naming the path.
  */
 export async function createSequence(
   dataDir: string,
@@ -323,7 +371,7 @@ function newSequence(
 export async function syncDir(path: string): Promise<void> {
   const fh = await openDir(path);
   try {
-    await fh.sync();
+    await onFile(path, "fsync", () => fh.sync());
   } finally {
     await fh.close();
   }
@@ -491,21 +539,37 @@ export async function closeSequenceFiles(seq: StoredSequence): Promise<void> {
 }
 
 /**
- * Writes `len` bytes of `src` at `filePos`; throws on a short write.
- * @throws Error from the file system, or KvStoreError on a short write.
+ * Writes all of `src` at byte `filePos` of `fh` (the file at `path`).
+ * @throws KvStoreError naming `path`: on a short write (DATA_LOSS), or
+ *   wrapping the file system's error with its code ({@link ioErrorCode}:
+ *   RESOURCE_EXHAUSTED for ENOSPC, DATA_LOSS for EIO).
  */
 export async function writeFully(fh: FileHandle, path: string, src: Uint8Array, filePos: number): Promise<void> {
   let done = 0;
   while (done < src.byteLength) {
-    const { bytesWritten } = await fh.write(src, done, src.byteLength - done, filePos + done);
-    if (bytesWritten <= 0) throw new KvStoreError(path, `short write at byte ${filePos + done}`);
+    const at = filePos + done;
+    const { bytesWritten } = await onFile(path, `write at byte ${at}`, () =>
+      fh.write(src, done, src.byteLength - done, at),
+    );
+    if (bytesWritten <= 0) throw new KvStoreError(path, `short write at byte ${at}`);
     done += bytesWritten;
   }
 }
 
 /**
+ * fdatasync of `fh` (the file at `path`): its data reaches the disk.
+ * @throws KvStoreError naming `path`, wrapping the file system's error with
+ *   its code ({@link ioErrorCode}).
+ */
+export function datasyncFile(fh: FileHandle, path: string): Promise<void> {
+  return onFile(path, "fdatasync", () => fh.datasync());
+}
+
+/**
  * Reads exactly `len` bytes at `filePos` into `dst` at `dstOff`.
- * @throws KvStoreError naming `path` when the file ends first (truncated).
+ * @throws KvStoreError naming `path`: when the file ends first (truncated,
+ *   DATA_LOSS), or wrapping the file system's error with its code
+ *   ({@link ioErrorCode}).
  */
 export async function readFully(
   fh: FileHandle,
@@ -517,7 +581,8 @@ export async function readFully(
 ): Promise<void> {
   let done = 0;
   while (done < len) {
-    const { bytesRead } = await fh.read(dst, dstOff + done, len - done, filePos + done);
+    const at = filePos + done;
+    const { bytesRead } = await onFile(path, `read at byte ${at}`, () => fh.read(dst, dstOff + done, len - done, at));
     if (bytesRead <= 0)
       throw new KvStoreError(
         path,

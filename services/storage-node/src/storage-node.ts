@@ -24,6 +24,7 @@ import {
   checkOpenSequence,
   createGrpcService,
   createOnlineAttention,
+  createRequestLoops,
   describeKvLayout,
   f32Tensor,
   parseByteSize,
@@ -44,13 +45,13 @@ import {
   type MessageInitShape,
   type NodeErrorSchema,
   type ServiceImpl,
-  requests,
 } from "@tessera/proto";
 import {
   KvStoreError,
   closeSequenceFiles,
   commitManifest,
   createSequence,
+  datasyncFile,
   positionOffset,
   layerFileName,
   manifestBehind,
@@ -207,6 +208,17 @@ export function packLoads(chunksPerItem: readonly Chunk[][], halfBytes: number, 
   return loads;
 }
 
+/**
+ * Waits for every promise, then rejects with the first rejection in array
+ * order, if any. Unlike Promise.all it never settles while some of them are
+ * still running: I/O into a shared buffer or on files that the caller
+ * releases once this settles must be over by then.
+ */
+async function settleAll(promises: readonly Promise<unknown>[]): Promise<void> {
+  const results = await Promise.allSettled(promises);
+  for (const r of results) if (r.status === "rejected") throw r.reason;
+}
+
 /** A FIFO async mutex: `run` executes its tasks one at a time. */
 function createMutex(): <T>(task: () => Promise<T>) => Promise<T> {
   let tail: Promise<unknown> = Promise.resolve();
@@ -233,6 +245,7 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
   const admin = createMutex(); // OpenSequence / CloseSequence, one at a time
   const streaming = createMutex(); // holders of the read buffer and the accumulators
   const accumulators = new Map<string, OnlineAttention>();
+  const attendLoops = createRequestLoops();
   let readBuffer:
     { bytes: Uint8Array; halves: [Uint8Array, Uint8Array]; floats: [Float32Array, Float32Array] } | undefined;
 
@@ -340,13 +353,14 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
     }
     const bytes = new Uint8Array(staged.buffer);
     const positionBytes = 2 * kvRow * 4;
-    await Promise.all(
+    await settleAll(
       plan.items.map(async (it) => {
         const seq = it.seq;
         const fh = seq.files[layer]!;
+        const path = join(seq.dir, layerFileName(layer));
         const src = bytes.subarray(it.row * positionBytes, (it.row + it.nTokens) * positionBytes);
-        await writeFully(fh, join(seq.dir, layerFileName(layer)), src, positionOffset(seq.geometry, it.startPos));
-        if (opts.fsync === "always") await fh.datasync();
+        await writeFully(fh, path, src, positionOffset(seq.geometry, it.startPos));
+        if (opts.fsync === "always") await datasyncFile(fh, path);
         const end = it.startPos + it.nTokens;
         if (end > seq.lengths[layer]!) seq.lengths[layer] = end;
         // Once per step: when the last layer is written (see kv-store.ts).
@@ -410,7 +424,7 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
     await streaming(async () => {
       const buf = buffer();
       const load = (l: Load, half: 0 | 1) =>
-        Promise.all(
+        settleAll(
           l.chunks.map((c) => {
             const seq = items[c.item]!.seq;
             const path = join(seq.dir, layerFileName(layer));
@@ -423,7 +437,7 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
               positionOffset(seq.geometry, c.firstPos),
             );
           }),
-        ).then(() => undefined);
+        );
       let next: Promise<void> | undefined = loads.length > 0 ? load(loads[0]!, 0) : undefined;
       try {
         for (let i = 0; i < loads.length; i++) {
@@ -451,7 +465,9 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
       const plan = planAttendRequest(req, lookup, where());
       const oRow = plan.dims.nHeads * plan.dims.headDim;
       const out = new Float32Array(plan.totalTokens * oRow);
-      const work = Promise.all([persist(plan), attendAll(plan, out)]);
+      // Settled, not Promise.all: the request ends (and CloseSequence or
+      // close() may close its files) only when both are done.
+      const work = settleAll([persist(plan), attendAll(plan, out)]);
       await track(
         plan.items.map((i) => i.seq),
         work,
@@ -486,9 +502,15 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
       await admin(() => closeSequence(req.seqId));
       return {};
     },
-    /** One response per request, in order; a bad request gets an `error` response and the stream goes on. */
-    async attend(call) {
-      for await (const req of requests(call)) call.write(await attend(req));
+    /**
+     * One response per request, in order; a bad request gets an `error`
+     * response and the stream goes on. A drain lets the request in flight
+     * finish (its writes are then on disk), then ends the stream with OK;
+     * requests it had not read yet are not answered (the client retries
+     * the step once the node is back).
+     */
+    attend(call) {
+      return attendLoops.serve(call, attend);
     },
     /** Capacity and reserved disk bytes (sum of usable sequences' reservations). */
     async info() {
@@ -509,6 +531,11 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
     serviceNames: [ATTENTION_SERVICE_NAME],
     register: (s) => addService(s, Attention, impl),
     graceMs: opts.drainGraceMs,
+    // Attend streams never end by themselves: end them (with OK, after the
+    // request in flight) so that shutdown does not wait out the grace period
+    // and then cancel them.
+    onDrain: () => attendLoops.stop(opts.drainGraceMs),
+    beforeShutdown: () => attendLoops.stop(),
     async onStart() {
       const found = await scanDataDir(opts.dataDir, reservedBytesOf);
       for (const s of found.sequences) sequences.set(s.id, s);

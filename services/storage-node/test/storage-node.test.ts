@@ -1,6 +1,20 @@
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { cp, mkdir, mkdtemp, readFile, readdir, rm, truncate, writeFile } from "node:fs/promises";
+import {
+  cp,
+  mkdir,
+  mkdtemp,
+  open,
+  readFile,
+  readdir,
+  readlink,
+  realpath,
+  rm,
+  truncate,
+  writeFile,
+  type FileHandle,
+} from "node:fs/promises";
+import { setTimeout as delay } from "node:timers/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { attendKvCache, tensorF32 } from "@tessera/core";
@@ -151,6 +165,176 @@ test("a node restarted on its data (as a killed process left it) finds its seque
     const o = tensorF32((await s3.attend(s.request)).o);
     assert.deepEqual(o, [...outputs, cutOutput, ...after][i], `request ${i}`);
   }
+});
+
+// An hour of grace: a drain that waited for the Attend stream to end by
+// itself would hang, so the test would fail by its timeout.
+test(
+  "drain() ends an open Attend stream with OK at once; what it answered is on disk",
+  { timeout: 30_000 },
+  async (t) => {
+    const dataDir = await tempDataDir(t);
+    const node = createStorageNode({ port: 0, dataDir, drainGraceMs: 3_600_000 });
+    await node.start();
+    t.after(() => node.close());
+    const client = createClient(Attention, node.address);
+    t.after(() => client.close());
+    await client.openSequence({ seqId: "s", layout, maxPositions: 8 });
+    const history = new KvHistory(layout, 8, random(12));
+    const call = client.attend();
+    const status = new Promise<number>((resolve) => call.on("status", (st: { code: number }) => resolve(st.code)));
+    const responses: AttendResponse[] = [];
+    let answered: () => void = () => undefined;
+    call.on("data", (r: AttendResponse) => {
+      responses.push(r);
+      answered();
+    });
+    for (let layer = 0; layer < layout.nLayers; layer++) {
+      const st = history.step(layer, [{ seqId: "s", startPos: 0, nTokens: 3 }]);
+      const got = new Promise<void>((resolve) => (answered = resolve));
+      call.write(st.request);
+      await got;
+      assertOutput(responses[layer]!, st.expected, layout);
+    }
+    // The client never half-closes: the node ends the stream itself.
+    await node.drain();
+    assert.equal(node.state, "draining");
+    assert.equal(await status, Code.OK);
+    await node.close();
+    const { client: c2 } = await startNode(t, { dataDir });
+    assert.equal((await c2.openSequence({ seqId: "s", layout, maxPositions: 8 })).length, 3);
+  },
+);
+
+type FileOp = "write" | "read" | "datasync";
+type Interceptor = (op: FileOp, path: string, run: () => Promise<unknown>) => Promise<unknown>;
+
+/**
+ * Fault injection: until the test ends, every FileHandle's write, read and
+ * datasync in this process goes through `intercept`, which sees the file's
+ * path (from /proc/self/fd, so Linux only) and may fail the call, delay it,
+ * or `run` it.
+ */
+async function interceptFileIo(t: TestContext, intercept: Interceptor): Promise<void> {
+  const probe = await open(process.execPath, "r");
+  const proto = Object.getPrototypeOf(probe) as Record<FileOp, (...args: unknown[]) => Promise<unknown>>;
+  await probe.close();
+  for (const op of ["write", "read", "datasync"] as const) {
+    const original = proto[op];
+    proto[op] = async function (this: FileHandle, ...args: unknown[]) {
+      const path = await readlink(`/proc/self/fd/${this.fd}`);
+      return intercept(op, path, () => original.apply(this, args));
+    };
+    t.after(() => {
+      proto[op] = original;
+    });
+  }
+}
+
+/** An error as the file system gives it, e.g. ENOSPC from write. */
+function fsError(code: "ENOSPC" | "EIO", syscall: string): NodeJS.ErrnoException {
+  const text = code === "ENOSPC" ? "no space left on device" : "i/o error";
+  return Object.assign(new Error(`${code}: ${text}, ${syscall}`), { code, syscall });
+}
+
+const linuxOnly = { skip: process.platform !== "linux" && "fault injection reads /proc/self/fd" };
+
+test(
+  "I/O errors name the file and keep their meaning: ENOSPC is RESOURCE_EXHAUSTED, EIO DATA_LOSS",
+  linuxOnly,
+  async (t) => {
+    const dataDir = await realpath(await tempDataDir(t));
+    const { client, stream } = await startNode(t, { dataDir, fsync: "always" });
+    const layerFile = (seqId: string, layer: number) => join(dataDir, `seq-${seqId}`, `layer-000${layer}.kv`);
+    const faults = new Map<string, NodeJS.ErrnoException>([
+      [`write ${layerFile("full", 0)}`, fsError("ENOSPC", "write")],
+      [`datasync ${layerFile("bad", 0)}`, fsError("EIO", "fdatasync")],
+      [`read ${layerFile("bad", 1)}`, fsError("EIO", "read")],
+    ]);
+    await interceptFileIo(t, async (op, path, run) => {
+      const fault = faults.get(`${op} ${path}`);
+      if (fault) throw fault;
+      return run();
+    });
+    const history = new KvHistory(layout, 8, random(13));
+    for (const seqId of ["full", "bad"]) await client.openSequence({ seqId, layout, maxPositions: 8 });
+    const errorOf = async (layer: number, items: { seqId: string; startPos: number; nTokens: number }[]) => {
+      const r = await stream.attend(history.step(layer, items).request);
+      return { code: r.error?.code, message: r.error?.message };
+    };
+    assert.deepEqual(await errorOf(0, [{ seqId: "full", startPos: 0, nTokens: 2 }]), {
+      code: Code.RESOURCE_EXHAUSTED,
+      message: `${layerFile("full", 0)}: write at byte 0 failed: ENOSPC: no space left on device, write`,
+    });
+    assert.deepEqual(await errorOf(0, [{ seqId: "bad", startPos: 0, nTokens: 2 }]), {
+      code: Code.DATA_LOSS,
+      message: `${layerFile("bad", 0)}: fdatasync failed: EIO: i/o error, fdatasync`,
+    });
+    // Layer 1 holds positions 0..1 (written without a fault); attending at 2 reads them.
+    const ok = history.step(1, [{ seqId: "bad", startPos: 0, nTokens: 2 }]);
+    assertOutput(await stream.attend(ok.request), ok.expected, layout);
+    assert.deepEqual(await errorOf(1, [{ seqId: "bad", startPos: 2, nTokens: 1 }]), {
+      code: Code.DATA_LOSS,
+      message: `${layerFile("bad", 1)}: read at byte 0 failed: EIO: i/o error, read`,
+    });
+  },
+);
+
+/**
+ * One request over sequences "a" and "b": the `op` on a's file of layer 0
+ * fails at once, the one on b's is held back. The request must not be
+ * answered (after which CloseSequence or close() may close b's files, and
+ * the next request reuse the read buffer) before b's I/O is over. The hold
+ * ends when the answer comes or after 200 ms, whichever is first; what
+ * happened first is recorded.
+ */
+async function failOneHoldOther(t: TestContext, op: "write" | "read"): Promise<string[]> {
+  const dataDir = await realpath(await tempDataDir(t));
+  const { client, stream } = await startNode(t, { dataDir, fsync: "never" });
+  const history = new KvHistory(layout, 8, random(14));
+  for (const seqId of ["a", "b"]) await client.openSequence({ seqId, layout, maxPositions: 8 });
+  // Positions 0..2 of layer 0, so that a step at 3 reads them.
+  const prefill = history.step(0, [
+    { seqId: "a", startPos: 0, nTokens: 3 },
+    { seqId: "b", startPos: 0, nTokens: 3 },
+  ]);
+  assertOutput(await stream.attend(prefill.request), prefill.expected, layout);
+  const events: string[] = [];
+  let answered!: () => void;
+  const answer = new Promise<void>((resolve) => (answered = resolve));
+  await interceptFileIo(t, async (o, path, run) => {
+    if (o !== op) return run();
+    if (path === join(dataDir, "seq-a", "layer-0000.kv")) throw fsError("EIO", op);
+    if (path === join(dataDir, "seq-b", "layer-0000.kv")) {
+      await Promise.race([answer, delay(200)]);
+      const r = await run();
+      events.push(`b ${op} done`);
+      return r;
+    }
+    return run();
+  });
+  const step = history.step(0, [
+    { seqId: "a", startPos: 3, nTokens: 1 },
+    { seqId: "b", startPos: 3, nTokens: 1 },
+  ]);
+  const r = await stream.attend(step.request);
+  events.push(`answered ${r.error ? RpcError.codeName(r.error.code) : "OK"}`);
+  answered();
+  // b's held I/O ends before the test (and its node) does.
+  while (events.length < 2) await delay(10);
+  return events;
+}
+
+test(
+  "a request whose write fails on one sequence is answered only after its other writes end",
+  linuxOnly,
+  async (t) => {
+    assert.deepEqual(await failOneHoldOther(t, "write"), ["b write done", "answered DATA_LOSS"]);
+  },
+);
+
+test("a request whose read fails on one sequence is answered only after its other reads end", linuxOnly, async (t) => {
+  assert.deepEqual(await failOneHoldOther(t, "read"), ["b read done", "answered DATA_LOSS"]);
 });
 
 test("two Attend streams at once share the buffer without mixing their sequences", async (t) => {
