@@ -34,7 +34,7 @@ import {
   type StreamingDecoder,
   type Tokenizer,
 } from "@tessera/core";
-import type { ForwardChannel } from "./forward-channel.js";
+import type { ForwardPipeline } from "./pipeline.js";
 import type { CompiledCoordinatorOptions } from "./options.js";
 import { placeSequences, type AttentionNodeRef } from "./placement.js";
 
@@ -50,7 +50,8 @@ export interface LoadedModel {
 export interface BatchContext {
   options: CompiledCoordinatorOptions;
   model: LoadedModel;
-  gpu: ForwardChannel;
+  /** The gpu-nodes of the plan, as pipeline stages. */
+  gpu: ForwardPipeline;
   /** Attention client of a node address (shared, owned by the coordinator). */
   attentionClient(address: string): Client<typeof Attention>;
   signal: AbortSignal;
@@ -442,7 +443,8 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
           }
           continue;
         }
-        const message = `gpu-node ${ctx.gpu.address}: ${failure.message}`;
+        // The pipeline has put the failing gpu-node's address in front.
+        const message = failure.message;
         if (TRANSIENT.has(failure.code) && (await gpuRetry(message))) continue;
         for (const p of alive) finish(p.s, "error", message);
         return rows;

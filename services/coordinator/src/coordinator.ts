@@ -20,6 +20,7 @@ import {
 import { createGrpcService, type Service } from "@tessera/core";
 import { runBatch } from "./batch-run.js";
 import { ForwardChannel } from "./forward-channel.js";
+import { ForwardPipeline, splitLayers } from "./pipeline.js";
 import { ModelCache } from "./model-cache.js";
 import { ModelLease } from "./model-lease.js";
 import { compileCoordinatorOptions, type CompiledCoordinatorOptions, type CoordinatorOptions } from "./options.js";
@@ -82,29 +83,49 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
       if (call.cancelled) return;
       jobs.add(abort);
       if (req.jobId) runningJobIds.add(req.jobId);
-      let releaseGpu: (() => void) | undefined;
+      const releases: (() => void)[] = [];
       try {
         const model = await models.get(modelPath, tokenizerPath).catch((err: unknown) => {
           throw new RpcError(Code.INVALID_ARGUMENT, (err as Error).message, { cause: err });
         });
-        const gpuAddress = options.gpuNodes[0]!;
-        const gpu = gpuClient(gpuAddress);
-        try {
-          await gpu.waitForReady(options.connectTimeoutMs);
-        } catch (err) {
-          throw new RpcError(Code.UNAVAILABLE, `gpu-node at ${gpuAddress} is unreachable: ${(err as Error).message}`);
+        // Issue 3's pipeline: the layers split evenly over the gpu-nodes, in
+        // the order given; the first embeds, the last applies the head.
+        const shape = model.header.shape;
+        const ranges = splitLayers(shape.nLayers, options.gpuNodes.length);
+        const stages = ranges.map((range, i) => ({ range, address: options.gpuNodes[i]!, i }));
+        await Promise.all(
+          stages.map(async ({ address }) => {
+            try {
+              await gpuClient(address).waitForReady(options.connectTimeoutMs);
+            } catch (err) {
+              throw new RpcError(Code.UNAVAILABLE, `gpu-node at ${address} is unreachable: ${(err as Error).message}`);
+            }
+          }),
+        );
+        // Leases are taken in a fixed order, so two jobs cannot each hold one
+        // stage the other waits for.
+        for (const { address } of stages) {
+          let lease = gpuLeases.get(address);
+          if (!lease) gpuLeases.set(address, (lease = new ModelLease()));
+          releases.push(await lease.acquire(modelPath, abort.signal));
         }
-        let lease = gpuLeases.get(gpuAddress);
-        if (!lease) gpuLeases.set(gpuAddress, (lease = new ModelLease()));
-        releaseGpu = await lease.acquire(modelPath, abort.signal);
-        // Issue 2's plan: every layer on the first gpu-node.
-        await gpu
-          .load({ modelPath, layerStart: 0, layerEnd: model.header.shape.nLayers, embed: true, head: true })
-          .catch((err: unknown) => {
-            const e = RpcError.from(err);
-            throw new RpcError(e.code, `gpu-node ${gpuAddress}: Load failed: ${e.message}`, { cause: err });
-          });
-        const channel = new ForwardChannel(gpu);
+        await Promise.all(
+          stages.map(({ range, address, i }) =>
+            gpuClient(address)
+              .load({
+                modelPath,
+                layerStart: range.start,
+                layerEnd: range.end,
+                embed: i === 0,
+                head: i === stages.length - 1,
+              })
+              .catch((err: unknown) => {
+                const e = RpcError.from(err);
+                throw new RpcError(e.code, `gpu-node ${address}: Load failed: ${e.message}`, { cause: err });
+              }),
+          ),
+        );
+        const channel = new ForwardPipeline(stages.map(({ address }) => new ForwardChannel(gpuClient(address))));
         try {
           await runBatch(req, {
             options,
@@ -120,7 +141,7 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
           channel.close();
         }
       } finally {
-        releaseGpu?.();
+        for (const release of releases) release();
         jobs.delete(abort);
         if (req.jobId) runningJobIds.delete(req.jobId);
       }

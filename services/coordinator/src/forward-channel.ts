@@ -2,7 +2,6 @@ import {
   Code,
   GpuNode,
   RpcError,
-  createClient,
   type Client,
   type ClientDuplexStream,
   type ForwardRequest,
@@ -67,9 +66,4 @@ export class ForwardChannel {
     for (const p of this.pending.splice(0)) p.reject(new RpcError(Code.CANCELLED, "Forward channel closed"));
     s?.end();
   }
-}
-
-/** Creates a Forward channel to the gpu-node at `address`. */
-export function createForwardChannel(address: string): ForwardChannel {
-  return new ForwardChannel(createClient(GpuNode, address));
 }

@@ -2,4 +2,5 @@
 export { createCoordinator, type CoordinatorService } from "./coordinator.js";
 export { compileCoordinatorOptions, type CoordinatorOptions, type CompiledCoordinatorOptions } from "./options.js";
 export { placeSequences, type AttentionNodeRef, type Placement, type PlacementRequest } from "./placement.js";
+export { splitLayers, type LayerRange } from "./pipeline.js";
 export { runCoordinator } from "./main.js";

@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { KvPlacement } from "@tessera/proto";
 import { ConfigError } from "@tessera/core";
-import { compileCoordinatorOptions, placeSequences } from "../src/index.js";
+import { compileCoordinatorOptions, placeSequences, splitLayers } from "../src/index.js";
 
 const nodes = { memory: ["m1:1", "m2:2"], storage: ["s1:3"] };
 
@@ -74,4 +74,23 @@ test("options: defaults, and a bad value names the option", () => {
     () => compileCoordinatorOptions({ gpuNodes: ["a:1"], memoryNodes: ["b:2"], retryTimeoutMs: -5 }),
     /retryTimeoutMs/,
   );
+});
+
+test("layers split evenly over pipeline stages, earlier stages taking the remainder", () => {
+  assert.deepEqual(splitLayers(5, 2), [
+    { start: 0, end: 3 },
+    { start: 3, end: 5 },
+  ]);
+  assert.deepEqual(splitLayers(16, 4), [
+    { start: 0, end: 4 },
+    { start: 4, end: 8 },
+    { start: 8, end: 12 },
+    { start: 12, end: 16 },
+  ]);
+  assert.deepEqual(splitLayers(2, 3), [
+    { start: 0, end: 1 },
+    { start: 1, end: 2 },
+  ]);
+  assert.deepEqual(splitLayers(5, 1), [{ start: 0, end: 5 }]);
+  assert.throws(() => splitLayers(5, 0), RangeError);
 });
