@@ -6,30 +6,15 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Attention, Code, Coordinator, KvPlacement, RpcError, createClient, type GenerateEvent } from "@tessera/proto";
-import { createGpuNode } from "@tessera/gpu-node";
-import { createMemoryNode } from "@tessera/memory-node";
-import { createCoordinator } from "@tessera/coordinator";
-import { bundled } from "@tessera/testing";
+import { startInProcessCluster } from "@tessera/testing";
 
 test("a cancelled job frees every KV cache it opened", async (t) => {
-  const gpu = createGpuNode({ port: 0 });
-  const memory = createMemoryNode({ port: 0 });
-  await Promise.all([gpu.start(), memory.start()]);
-  const coordinator = createCoordinator({
-    gpuNodes: [gpu.address],
-    memoryNodes: [memory.address],
-    modelPath: bundled.model,
-    tokenizerPath: bundled.tokenizer,
-    log: () => {},
-  });
-  await coordinator.start();
-  const client = createClient(Coordinator, coordinator.address);
-  const info = createClient(Attention, memory.address);
+  const cluster = await startInProcessCluster(t);
+  const client = createClient(Coordinator, cluster.address);
+  const info = createClient(Attention, cluster.memories[0]!.address);
   t.after(async () => {
     client.close();
     info.close();
-    await coordinator.close();
-    await Promise.all([gpu.close(), memory.close()]);
   });
 
   const abort = new AbortController();

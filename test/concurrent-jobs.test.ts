@@ -7,11 +7,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { readCheckpointHeader, synthesizeWeights, writeCheckpoint } from "@tessera/core";
-import { createGpuNode } from "@tessera/gpu-node";
-import { createMemoryNode } from "@tessera/memory-node";
-import { createCoordinator } from "@tessera/coordinator";
 import { Code, RpcError } from "@tessera/proto";
-import { bundled, generate, tempDir } from "@tessera/testing";
+import { bundled, generate, startInProcessCluster, tempDir } from "@tessera/testing";
 
 test("jobs on two different models at once each get their solo tokens", async (t) => {
   const dir = await tempDir();
@@ -25,21 +22,8 @@ test("jobs on two different models at once each get their solo tokens", async (t
     headDim: 4,
   };
   await writeCheckpoint(other, shape, synthesizeWeights(shape, 3));
-  const gpu = createGpuNode({ port: 0 });
-  const memory = createMemoryNode({ port: 0 });
-  await Promise.all([gpu.start(), memory.start()]);
-  const coordinator = createCoordinator({
-    gpuNodes: [gpu.address],
-    memoryNodes: [memory.address],
-    tokenizerPath: bundled.tokenizer,
-    log: () => {},
-  });
-  await coordinator.start();
-  t.after(async () => {
-    await coordinator.close();
-    await Promise.all([gpu.close(), memory.close()]);
-    await dir.remove();
-  });
+  t.after(() => dir.remove());
+  const { coordinator } = await startInProcessCluster(t, { coordinator: { modelPath: undefined } });
   const job = (model: string, id: string) =>
     generate(coordinator.address, {
       jobId: id,
@@ -57,21 +41,7 @@ test("jobs on two different models at once each get their solo tokens", async (t
 });
 
 test("a job id that is already running is refused", async (t) => {
-  const gpu = createGpuNode({ port: 0 });
-  const memory = createMemoryNode({ port: 0 });
-  await Promise.all([gpu.start(), memory.start()]);
-  const coordinator = createCoordinator({
-    gpuNodes: [gpu.address],
-    memoryNodes: [memory.address],
-    modelPath: bundled.model,
-    tokenizerPath: bundled.tokenizer,
-    log: () => {},
-  });
-  await coordinator.start();
-  t.after(async () => {
-    await coordinator.close();
-    await Promise.all([gpu.close(), memory.close()]);
-  });
+  const { coordinator } = await startInProcessCluster(t);
   const request = { jobId: "same", prompts: [{ id: "p", prompt: "" }], sampling: { temperature: 0, maxTokens: 256 } };
   const first = generate(coordinator.address, request);
   await new Promise((r) => setTimeout(r, 300));

@@ -9,36 +9,20 @@ import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { Attention, KvPlacement, createClient } from "@tessera/proto";
 import { parsePromptsJsonl } from "@tessera/core";
-import { createGpuNode } from "@tessera/gpu-node";
-import { createMemoryNode } from "@tessera/memory-node";
-import { createCoordinator } from "@tessera/coordinator";
-import { bundled, generate } from "@tessera/testing";
+import { bundled, generate, startInProcessCluster } from "@tessera/testing";
 
 /** KV bytes of one stories260K position: 5 layers x (K + V) x 4 KV heads x head_dim 8 x 4 bytes. */
 const KV_BYTES_PER_POSITION = 5 * 2 * 4 * 8 * 4;
 
 test("sequences join as others finish, within the batch and capacity limits, with their solo tokens", async (t) => {
   const log: string[] = [];
-  const gpu = createGpuNode({ port: 0 });
-  // Room for about three of these sequences (they need 13 to 75 positions).
-  const memory = createMemoryNode({ port: 0, capacityBytes: 3 * 80 * KV_BYTES_PER_POSITION });
-  await Promise.all([gpu.start(), memory.start()]);
-  const coordinator = createCoordinator({
-    gpuNodes: [gpu.address],
-    memoryNodes: [memory.address],
-    modelPath: bundled.model,
-    tokenizerPath: bundled.tokenizer,
-    maxBatchSequences: 4,
-    maxPrefillTokens: 8,
-    log: (line) => log.push(line),
+  const { address: coordinator, memories } = await startInProcessCluster(t, {
+    // Room for about three of these sequences (they need 13 to 75 positions).
+    memoryCapacityBytes: 3 * 80 * KV_BYTES_PER_POSITION,
+    coordinator: { maxBatchSequences: 4, maxPrefillTokens: 8, log: (line) => log.push(line) },
   });
-  await coordinator.start();
-  const info = createClient(Attention, memory.address);
-  t.after(async () => {
-    info.close();
-    await coordinator.close();
-    await Promise.all([gpu.close(), memory.close()]);
-  });
+  const info = createClient(Attention, memories[0]!.address);
+  t.after(async () => info.close());
 
   const all = parsePromptsJsonl(bundled.prompts, await readFile(bundled.prompts, "utf8"));
   // Mixed lengths: prompts differ, and so do their token budgets.
@@ -46,14 +30,14 @@ test("sequences join as others finish, within the batch and capacity limits, wit
   const solo = new Map<string, number[]>();
   for (const p of prompts) {
     const r = (
-      await generate(coordinator.address, { prompts: [p], sampling: { temperature: 0 }, kv: KvPlacement.MEMORY })
+      await generate(coordinator, { prompts: [p], sampling: { temperature: 0 }, kv: KvPlacement.MEMORY })
     ).results.get(p.id)!;
     solo.set(p.id, r.completionTokenIds);
   }
 
   let most = 0;
   const out = await generate(
-    coordinator.address,
+    coordinator,
     { prompts, sampling: { temperature: 0 }, kv: KvPlacement.MEMORY },
     async (ev) => {
       if (ev.event.case === "progress") most = Math.max(most, (await info.info({})).sequences);
@@ -75,22 +59,9 @@ test("sequences join as others finish, within the batch and capacity limits, wit
 });
 
 test("a sequence that can never fit fails with the node's capacity error while the others complete", async (t) => {
-  const gpu = createGpuNode({ port: 0 });
-  const memory = createMemoryNode({ port: 0, capacityBytes: 100 * KV_BYTES_PER_POSITION });
-  await Promise.all([gpu.start(), memory.start()]);
-  const coordinator = createCoordinator({
-    gpuNodes: [gpu.address],
-    memoryNodes: [memory.address],
-    modelPath: bundled.model,
-    tokenizerPath: bundled.tokenizer,
-    log: () => {},
-  });
-  await coordinator.start();
-  t.after(async () => {
-    await coordinator.close();
-    await Promise.all([gpu.close(), memory.close()]);
-  });
-  const out = await generate(coordinator.address, {
+  const { address, memories } = await startInProcessCluster(t, { memoryCapacityBytes: 100 * KV_BYTES_PER_POSITION });
+  const memory = memories[0]!;
+  const out = await generate(address, {
     prompts: [
       { id: "small", prompt: "The cat", maxTokens: 20 },
       { id: "huge", prompt: "The dog", maxTokens: 400 },

@@ -17,36 +17,13 @@ import {
   tensorF32,
   type Tokenizer,
 } from "@tessera/core";
-import { createGpuNode } from "@tessera/gpu-node";
-import { createMemoryNode } from "@tessera/memory-node";
-import { createStorageNode } from "@tessera/storage-node";
-import { createCoordinator } from "@tessera/coordinator";
-import { bundled, generate, tempDir } from "@tessera/testing";
+import { bundled, generate, startInProcessCluster } from "@tessera/testing";
 
 const MAX_TOKENS = 64;
 
 async function setup(t: import("node:test").TestContext) {
-  const dir = await tempDir();
-  const gpu = createGpuNode({ port: 0 });
-  const memory = createMemoryNode({ port: 0 });
-  const storage = createStorageNode({ port: 0, dataDir: dir.path });
-  await Promise.all([gpu.start(), memory.start(), storage.start()]);
-  const coordinator = createCoordinator({
-    port: 0,
-    gpuNodes: [gpu.address],
-    memoryNodes: [memory.address],
-    storageNodes: [storage.address],
-    modelPath: bundled.model,
-    tokenizerPath: bundled.tokenizer,
-    log: () => {},
-  });
-  await coordinator.start();
-  t.after(async () => {
-    await coordinator.close();
-    await Promise.all([gpu.close(), memory.close(), storage.close()]);
-    await dir.remove();
-  });
-  return { gpu, memory, storage, coordinator };
+  const { gpus, memories, storages, coordinator } = await startInProcessCluster(t, { storageNodes: 1 });
+  return { gpu: gpus[0]!, memory: memories[0]!, storage: storages[0]!, coordinator };
 }
 
 /** Greedy generation with the reference model, as run.c: stop at BOS/EOS or after maxTokens. */

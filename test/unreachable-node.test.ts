@@ -8,9 +8,8 @@ import { createServer } from "node:net";
 import { Code, KvPlacement, RpcError } from "@tessera/proto";
 import { createGpuNode } from "@tessera/gpu-node";
 import { createMemoryNode } from "@tessera/memory-node";
-import { createStorageNode } from "@tessera/storage-node";
 import { createCoordinator } from "@tessera/coordinator";
-import { bundled, generate, tempDir } from "@tessera/testing";
+import { bundled, generate, startInProcessCluster } from "@tessera/testing";
 
 /** A loopback port nothing listens on (bound, then released). */
 async function deadAddress(): Promise<string> {
@@ -87,26 +86,11 @@ test("an unreachable memory-node fails only the prompts placed on it, naming it"
 });
 
 test("an attention node lost mid-decode fails only its own sequences; the rest finish with their solo tokens", async (t) => {
-  const dir = await tempDir();
-  const gpu = createGpuNode({ port: 0 });
-  const memory = createMemoryNode({ port: 0 });
-  const storage = createStorageNode({ port: 0, dataDir: dir.path });
-  await Promise.all([gpu.start(), memory.start(), storage.start()]);
-  const coordinator = createCoordinator({
-    gpuNodes: [gpu.address],
-    memoryNodes: [memory.address],
-    storageNodes: [storage.address],
-    modelPath: bundled.model,
-    tokenizerPath: bundled.tokenizer,
-    retryTimeoutMs: 1000,
-    log: () => {},
+  const { coordinator, memories } = await startInProcessCluster(t, {
+    storageNodes: 1,
+    coordinator: { retryTimeoutMs: 1000 },
   });
-  await coordinator.start();
-  t.after(async () => {
-    await coordinator.close();
-    await Promise.all([gpu.close(), memory.close(), storage.close()]);
-    await dir.remove();
-  });
+  const memory = memories[0]!;
   const prompts = [
     { id: "on-memory", prompt: "", kv: KvPlacement.MEMORY },
     { id: "on-storage", prompt: "", kv: KvPlacement.STORAGE },

@@ -4,9 +4,6 @@
  * it starts is returned as something to stop; tests register the stop with
  * `t.after` so nothing leaks even when an assertion fails.
  */
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import {
   Coordinator,
   createClient,
@@ -66,8 +63,5 @@ export async function generate(
   return out;
 }
 
-/** A temporary directory and its removal. */
-export async function tempDir(prefix = "tessera-test-"): Promise<{ path: string; remove(): Promise<void> }> {
-  const path = await mkdtemp(join(tmpdir(), prefix));
-  return { path, remove: () => rm(path, { recursive: true, force: true }) };
-}
+export { tempDir } from "./temp-dir.js";
+export { startInProcessCluster, type InProcessCluster, type InProcessClusterOptions } from "./in-process-cluster.js";
