@@ -13,6 +13,7 @@
 import {
   attendKvCache,
   createAttentionScratch,
+  getWasmAttention,
   type AttentionDims,
   type AttentionScratch,
   type CausalQueries,
@@ -270,6 +271,23 @@ type Kernel = (
   scratch: AttentionScratch,
 ) => void;
 
+/**
+ * Not a kernel: only the wasm path's copies (each K, then V, block of 128
+ * positions into wasm memory), to show what they cost of its step time.
+ */
+const copyOnly: Kernel = (dims, queries, k, v) => {
+  const w = getWasmAttention();
+  if (!w) return;
+  const kvRow = dims.nKvHeads * dims.headDim;
+  const n = queries.startPos + queries.nQueries;
+  const buf = w.reserve(dims.nHeads, dims.nKvHeads, dims.headDim, 128);
+  for (let b = 0; b < n; b += 128) {
+    const nb = Math.min(128, n - b);
+    buf.f32.set(k.subarray(b * kvRow, (b + nb) * kvRow), buf.kv);
+    buf.f32.set(v.subarray(b * kvRow, (b + nb) * kvRow), buf.kv);
+  }
+};
+
 /** Prints the attention roofline: bandwidth, then each kernel's KV GB/s, % of bandwidth and speedup. */
 export function runAttentionBench(): void {
   const gb = (x: number) => (x / 1e9).toFixed(2);
@@ -307,8 +325,10 @@ export function runAttentionBench(): void {
   const results: { name: string; seconds: number; out: Float32Array }[] = [];
   for (const [name, kernel] of [
     ["baseline (f64, per-head-group passes)", baselineAttendKvCache],
-    ["attendKvCache", attendKvCache],
-  ] as const) {
+    ["attendKvCache, kernel js", (...a) => attendKvCache(...a, "js")],
+    ["attendKvCache, kernel wasm (default)", (...a) => attendKvCache(...a, "wasm")],
+    ["  of which: K/V block copies into wasm", copyOnly],
+  ] as [string, Kernel][]) {
     const out = new Float32Array(SEQS * qStride);
     const scratch = createAttentionScratch();
     const seconds = bestOf(REPS, () => step(kernel, out, scratch));
@@ -322,7 +342,7 @@ export function runAttentionBench(): void {
     );
   }
   let maxDiff = 0;
-  for (const r of results)
+  for (const r of results.filter((x) => x.name !== "  of which: K/V block copies into wasm"))
     for (let i = 0; i < base.out.length; i++) maxDiff = Math.max(maxDiff, Math.abs(r.out[i]! - base.out[i]!));
   console.log(`  max |difference| from the baseline's outputs: ${maxDiff.toExponential(1)}`);
   if (!(maxDiff <= 1e-5)) throw new Error(`kernels disagree by ${maxDiff}`);

@@ -16,3 +16,4 @@ export * from "./grpc-service.js";
 export * from "./safetensors.js";
 export * from "./hf-model.js";
 export * from "./hf-tokenizer.js";
+export * from "./wasm-attention.js";

@@ -4,6 +4,7 @@ import {
   attendKvCache,
   createAttentionScratch,
   createOnlineAttention,
+  getWasmAttention,
   planAttendRequest,
   kvSequenceBytes,
   f32Tensor,
@@ -70,6 +71,53 @@ for (const { name, dims } of shapes) {
       assertClose(out2, expected, 1e-5, `online kernel at ${startPos}`);
       // The two kernels agree far more closely than either does with f32 rounding.
       assertClose(out2, out, 1e-6, `online vs cache kernel at ${startPos}`);
+    }
+  });
+}
+
+// The wasm SIMD kernel (f32 products within a 128-position block) against the
+// JS f64 kernel and naive attention, over caches of several blocks; group 6
+// runs the four-head and the one-head loops, headDim 5 falls back to JS.
+const wasmShapes: { name: string; dims: AttentionDims }[] = [
+  { name: "GQA 32 heads / 8 kv x 64", dims: { nHeads: 32, nKvHeads: 8, headDim: 64 } },
+  { name: "GQA 6 heads / 1 kv x 8", dims: { nHeads: 6, nKvHeads: 1, headDim: 8 } },
+  { name: "MHA 3 heads x 4", dims: { nHeads: 3, nKvHeads: 3, headDim: 4 } },
+  { name: "MQA 2 heads / 1 kv x 5 (JS fallback)", dims: { nHeads: 2, nKvHeads: 1, headDim: 5 } },
+];
+
+test("WebAssembly SIMD kernels compile on this Node", () => {
+  assert.notEqual(getWasmAttention(), undefined);
+});
+
+for (const { name, dims } of wasmShapes) {
+  test(`wasm kernel matches the JS kernel and naive attention: ${name}`, () => {
+    const rnd = random(5 + dims.nHeads * 7 + dims.headDim);
+    const maxPositions = 300; // blocks of 128, 128 and 44
+    const kvRow = dims.nKvHeads * dims.headDim;
+    const qRow = dims.nHeads * dims.headDim;
+    const k = fill(maxPositions * kvRow, rnd, 3);
+    const v = fill(maxPositions * kvRow, rnd);
+    const scratch = createAttentionScratch();
+    // Prefill 130 positions, then decode at the block edges and the end.
+    for (const [startPos, n] of [
+      [0, 130],
+      [255, 1],
+      [256, 1],
+      [299, 1],
+    ] as const) {
+      const q = fill(n * qRow, rnd, 3);
+      const expected = naiveAttention(dims, q, n, startPos, k, v);
+      const js = new Float32Array(n * qRow);
+      attendKvCache(dims, { q, qRow: 0, nQueries: n, startPos }, k, v, js, 0, scratch, "js");
+      const wasm = new Float32Array(n * qRow);
+      attendKvCache(dims, { q, qRow: 0, nQueries: n, startPos }, k, v, wasm, 0, scratch, "wasm");
+      assertClose(wasm, expected, 1e-5, `wasm kernel at ${startPos}`);
+      assertClose(wasm, js, 1e-6, `wasm vs js kernel at ${startPos}`);
+      if (dims.headDim % 4 !== 0) assert.deepEqual(wasm, js, "fallback is the JS kernel");
+      // The default is the wasm kernel.
+      const dflt = new Float32Array(n * qRow);
+      attendKvCache(dims, { q, qRow: 0, nQueries: n, startPos }, k, v, dflt, 0, scratch);
+      assert.deepEqual(dflt, wasm);
     }
   });
 }
