@@ -203,12 +203,26 @@ hostPort(node.command("gpu").description("Dense compute of a layer range on onnx
       .argParser(int("--threads", 1))
       .env("TESSERA_THREADS"),
   )
+  .addOption(
+    new Option("--micro-batches <n>", "split each step's batch into this many micro-batches (Lamina's pipelining)")
+      .argParser(int("--micro-batches", 1))
+      .default(1)
+      .env("TESSERA_MICRO_BATCHES"),
+  )
+  .addOption(
+    new Option("--max-in-flight <n>", "micro-batches of a step running at once")
+      .argParser(int("--max-in-flight", 1))
+      .default(2)
+      .env("TESSERA_MAX_IN_FLIGHT"),
+  )
   .action(async (o) =>
     (await commands.gpu()).runGpuNode({
       host: o.host,
       port: o.port,
       executionProvider: o.executionProvider,
       intraOpThreads: o.threads,
+      microBatches: o.microBatches,
+      maxInFlight: o.maxInFlight,
     }),
   );
 

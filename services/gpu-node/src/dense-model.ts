@@ -239,15 +239,21 @@ export class DenseModel {
   /**
    * Final RMSNorm and classifier.
    * @param x [N, dim] f32
-   * @returns [N, vocab_size] f32 logits
+   * @returns [N, vocab_size] f32 logits (`out` when given)
    * @throws RangeError when this model does not hold the head.
    */
-  async head(x: Float32Array): Promise<Float32Array> {
+  async head(x: Float32Array, out?: Float32Array): Promise<Float32Array> {
     if (!this.headSession) throw new RangeError("this model does not hold the head");
-    const { dim } = this.shape;
+    const { dim, vocabSize } = this.shape;
     const N = x.length / dim;
-    const r = await this.headSession.run({ [HEAD.x]: new ort.Tensor("float32", checkRows(x, N, dim, "x"), [N, dim]) });
-    return r[HEAD.logits]!.data as Float32Array;
+    const feeds = { [HEAD.x]: new ort.Tensor("float32", checkRows(x, N, dim, "x"), [N, dim]) };
+    if (out) {
+      await this.headSession.run(feeds, {
+        [HEAD.logits]: new ort.Tensor("float32", checkRows(out, N, vocabSize, "logits"), [N, vocabSize]),
+      });
+      return out;
+    }
+    return (await this.headSession.run(feeds))[HEAD.logits]!.data as Float32Array;
   }
 
   /** Releases every session; the model is unusable after. Idempotent. */

@@ -53,6 +53,16 @@ export interface GpuNodeOptions {
   attentionTimeoutMs?: number;
   /** Milliseconds `drain()` waits for running calls before forcing them closed. @default 5000 */
   shutdownGraceMs?: number;
+  /**
+   * Micro-batches a step's sequences are split into (whole sequences, about
+   * equal tokens). Each runs its own layer loop, so while one waits for its
+   * attention nodes another runs its dense graphs (Lamina, Chen et al. 2024,
+   * "Efficient and Economic Large Language Model Inference with Attention
+   * Offloading"). 1 runs the step as one batch. @default 1
+   */
+  microBatches?: number;
+  /** Micro-batches of one step running at once (each holds its own work buffers). @default 2 */
+  maxInFlight?: number;
 }
 
 /** {@link GpuNodeOptions} with defaults applied and validated; frozen. */
@@ -63,6 +73,8 @@ export interface CompiledGpuNodeOptions {
   readonly intraOpThreads: number | undefined;
   readonly attentionTimeoutMs: number;
   readonly shutdownGraceMs: number;
+  readonly microBatches: number;
+  readonly maxInFlight: number;
 }
 
 /**
@@ -89,6 +101,10 @@ export function compileGpuNodeOptions(options: GpuNodeOptions = {}): CompiledGpu
       throw new ConfigError(name, `must be a positive number of milliseconds, got ${v}`);
     return v;
   };
+  const positiveInt = (name: string, v: number) => {
+    if (!(Number.isInteger(v) && v >= 1)) throw new ConfigError(name, `must be a positive integer, got ${v}`);
+    return v;
+  };
   return Object.freeze({
     host,
     port,
@@ -96,6 +112,8 @@ export function compileGpuNodeOptions(options: GpuNodeOptions = {}): CompiledGpu
     intraOpThreads,
     attentionTimeoutMs: positiveMs("attentionTimeoutMs", options.attentionTimeoutMs ?? 120_000),
     shutdownGraceMs: positiveMs("shutdownGraceMs", options.shutdownGraceMs ?? 5_000),
+    microBatches: positiveInt("microBatches", options.microBatches ?? 1),
+    maxInFlight: positiveInt("maxInFlight", options.maxInFlight ?? 2),
   });
 }
 
@@ -288,14 +306,19 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
     });
   }
 
-  /** Runs the steps of one Forward stream, reusing its buffers from step to step. */
+  /**
+   * Runs the steps of one Forward stream, reusing its buffers from step to
+   * step: one {@link Workspace} per micro-batch slot in flight, so
+   * concurrent micro-batches never share a buffer.
+   */
   class StepRunner {
-    private readonly ws = new Workspace();
+    private readonly slots: Workspace[] = [];
 
     async step(req: ForwardRequest): Promise<MessageInitShape<typeof ForwardResponseSchema>> {
       const t0 = performance.now();
       const timings = { denseSeconds: 0, attentionWaitSeconds: 0, attentionComputeSeconds: 0, totalSeconds: 0 };
       const loaded = current;
+      const clock = new StepClock();
       try {
         if (service.state !== "running")
           throw new StepError(Code.UNAVAILABLE, `gpu-node ${address()} is ${service.state}`, "gpu", address());
@@ -303,51 +326,101 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
           throw new StepError(Code.FAILED_PRECONDITION, "no model is loaded: call Load first", "gpu", address());
         loaded.acquire();
         try {
-          const out = await this.run(req, loaded.model, timings);
-          timings.totalSeconds = (performance.now() - t0) / 1000;
-          return { stepId: req.stepId, ...out, timings };
+          return { stepId: req.stepId, ...(await this.run(req, loaded.model, clock, timings)), timings };
         } finally {
           loaded.releaseLease();
         }
       } catch (err) {
-        timings.totalSeconds = (performance.now() - t0) / 1000;
         return { stepId: req.stepId, error: toNodeError(err, address()), timings };
+      } finally {
+        timings.denseSeconds = clock.busySeconds;
+        timings.attentionWaitSeconds = clock.idleSeconds;
+        timings.totalSeconds = (performance.now() - t0) / 1000;
       }
     }
 
+    /**
+     * Splits the step into micro-batches and runs them, at most
+     * `maxInFlight` at once; each writes its rows of the step's output
+     * (logits or hidden), so they come back in the request's order. The
+     * first failure stops micro-batches from starting (or going on to their
+     * next layer); the step fails with the error of the earliest failed
+     * micro-batch once all that started have stopped, so no buffer or
+     * Attend reply of this step outlives it.
+     */
     private async run(
       req: ForwardRequest,
       model: DenseModel,
-      timings: { denseSeconds: number; attentionWaitSeconds: number; attentionComputeSeconds: number },
+      clock: StepClock,
+      timings: { attentionComputeSeconds: number },
     ): Promise<Pick<MessageInitShape<typeof ForwardResponseSchema>, "logits" | "hidden">> {
+      const { dim, vocabSize } = model.shape;
+      const plan = planStep(req, model, address());
+      const T = plan.totalTokens;
+      const n = plan.sequences.length;
+      const input = model.embeds ? undefined : tensorF32(req.hidden, "hidden");
+      const out = model.hasHead ? new Float32Array(n * vocabSize) : new Float32Array(T * dim);
+      const batches = splitMicroBatches(plan.sequences, opts.microBatches);
+      const errors: unknown[] = [];
+      const state = { failed: false };
+      let next = 0;
+      const worker = async (ws: Workspace) => {
+        while (!state.failed && next < batches.length) {
+          const i = next++;
+          clock.start();
+          try {
+            await this.runMicroBatch(req, model, batches[i]!, input, out, ws, clock, timings, state);
+          } catch (err) {
+            state.failed = true;
+            errors[i] = err;
+          } finally {
+            clock.end();
+          }
+        }
+      };
+      const slots = Math.min(opts.maxInFlight, batches.length);
+      for (let i = this.slots.length; i < slots; i++) this.slots.push(new Workspace());
+      await Promise.all(this.slots.slice(0, slots).map(worker));
+      if (state.failed) throw errors.find((e) => e !== undefined && !(e instanceof Stopped));
+      return model.hasHead ? { logits: f32Tensor(out, [n, vocabSize]) } : { hidden: f32Tensor(out, [T, dim]) };
+    }
+
+    /** The layer loop of one micro-batch: its rows of the input in, its rows of `out` written. */
+    private async runMicroBatch(
+      req: ForwardRequest,
+      model: DenseModel,
+      mb: MicroBatch,
+      input: Float32Array | undefined,
+      out: Float32Array,
+      ws: Workspace,
+      clock: StepClock,
+      timings: { attentionComputeSeconds: number },
+      state: { failed: boolean },
+    ): Promise<void> {
       const { dim, nHeads, nKvHeads, headDim, vocabSize } = model.shape;
       const qDim = nHeads * headDim;
       const kvD = nKvHeads * headDim;
-      const plan = planStep(req, model, address());
-      const T = plan.totalTokens;
-      const ws = this.ws;
+      const T = mb.rows;
 
-      let tDense = performance.now();
       let x: Float32Array;
-      if (model.embeds) {
-        x = model.embed(req.tokens, ws.buf("xa", T * dim));
+      if (input) {
+        x = input.subarray(mb.row0 * dim, (mb.row0 + T) * dim);
       } else {
-        x = tensorF32(req.hidden, "hidden");
+        x = model.embed(req.tokens.slice(mb.row0, mb.row0 + T), ws.buf("xa", T * dim));
       }
       const positions = ws.positions(T);
-      for (const s of plan.sequences) {
+      for (const s of mb.sequences) {
         for (let j = 0; j < s.nTokens; j++) positions[s.row0 + j] = BigInt(s.startPos + j);
       }
-      timings.denseSeconds += (performance.now() - tDense) / 1000;
 
       for (let layer = model.layerStart; layer < model.layerEnd; layer++) {
-        tDense = performance.now();
+        if (state.failed) throw new Stopped();
         const qkv: Qkv = await model.pre(layer, x, positions, {
           q: ws.buf("q", T * qDim),
           k: ws.buf("k", T * kvD),
           v: ws.buf("v", T * kvD),
         });
-        const requests = plan.nodes.map((node, i) => {
+        const requests = mb.nodes.map((node, i) => {
           // A node whose sequences sit side by side in the batch gets views;
           // otherwise its rows are gathered into this node's own buffers.
           const pick = (a: Float32Array, width: number, name: string) => {
@@ -364,51 +437,48 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
             v: f32Tensor(pick(qkv.v, kvD, "v"), [node.rows, nKvHeads, headDim]),
           };
         });
-        timings.denseSeconds += (performance.now() - tDense) / 1000;
 
-        const tWait = performance.now();
-        const settled = await Promise.allSettled(
-          plan.nodes.map((node, i) => streams.attend(node.address, requests[i]!)),
-        );
-        timings.attentionWaitSeconds += (performance.now() - tWait) / 1000;
-        const responses = settled.map((r, i) => checkAttendResponse(r, plan.nodes[i]!, layer, qDim));
+        clock.wait();
+        let settled: PromiseSettledResult<AttendResponse>[];
+        try {
+          settled = await Promise.allSettled(mb.nodes.map((node, i) => streams.attend(node.address, requests[i]!)));
+        } finally {
+          clock.resume();
+        }
+        const responses = settled.map((r, i) => checkAttendResponse(r, mb.nodes[i]!, layer, qDim));
         timings.attentionComputeSeconds += Math.max(0, ...responses.map((r) => r.response.computeSeconds));
 
-        tDense = performance.now();
         let o: Float32Array;
-        if (plan.nodes.length === 1 && plan.nodes[0]!.contiguous) {
+        if (mb.nodes.length === 1 && mb.nodes[0]!.contiguous) {
           o = responses[0]!.o;
         } else {
           o = ws.buf("o", T * qDim);
-          responses.forEach((r, i) => scatter(r.o, qDim, plan.nodes[i]!.rowRanges, o));
+          responses.forEach((r, i) => scatter(r.o, qDim, mb.nodes[i]!.rowRanges, o));
         }
+        // The last layer of a non-head stage writes straight into the step's
+        // (fresh) hidden output: it goes out in the response, and grpc-js
+        // may serialise it after the next step starts.
         const last = layer === model.layerEnd - 1;
-        // The last layer of a non-head stage writes a fresh array: it goes
-        // out in the response, and grpc-js may serialise it after the next step starts.
-        const next = last && !model.hasHead ? undefined : ws.buf(ws.owns(x, "xa") ? "xb" : "xa", T * dim);
-        x = await model.post(layer, x, o, next);
-        timings.denseSeconds += (performance.now() - tDense) / 1000;
+        const y =
+          last && !model.hasHead
+            ? out.subarray(mb.row0 * dim, (mb.row0 + T) * dim)
+            : ws.buf(ws.owns(x, "xa") ? "xb" : "xa", T * dim);
+        x = await model.post(layer, x, o, y);
       }
 
-      tDense = performance.now();
-      try {
-        if (!model.hasHead) {
-          const hidden = ws.owns(x, "xa") || ws.owns(x, "xb") ? x.slice() : x;
-          return { hidden: f32Tensor(hidden, [T, dim]) };
-        }
-        const n = plan.sequences.length;
-        let lastRows = x;
-        if (n !== T) {
-          lastRows = ws.buf("last", n * dim);
-          plan.sequences.forEach((s, i) =>
-            lastRows.set(x.subarray((s.row0 + s.nTokens - 1) * dim, (s.row0 + s.nTokens) * dim), i * dim),
-          );
-        }
-        const logits = await model.head(lastRows);
-        return { logits: f32Tensor(logits, [n, vocabSize]) };
-      } finally {
-        timings.denseSeconds += (performance.now() - tDense) / 1000;
+      if (!model.hasHead) {
+        if (x.buffer !== out.buffer) out.set(x, mb.row0 * dim);
+        return;
       }
+      const n = mb.sequences.length;
+      let lastRows = x;
+      if (n !== T) {
+        lastRows = ws.buf("last", n * dim);
+        mb.sequences.forEach((s, i) =>
+          lastRows.set(x.subarray((s.row0 + s.nTokens - 1) * dim, (s.row0 + s.nTokens) * dim), i * dim),
+        );
+      }
+      await model.head(lastRows, out.subarray(mb.seq0 * vocabSize, (mb.seq0 + n) * vocabSize));
     }
   }
 
@@ -448,6 +518,59 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
   return Object.assign(service, { options: opts });
 }
 
+/** A micro-batch stopped before its next layer because another one failed. */
+class Stopped extends Error {}
+
+/**
+ * Where a step's wall time went, with micro-batches overlapping: busy while
+ * some running micro-batch is not waiting for attention (embedding, dense
+ * graphs, gather/scatter, head), idle while every running one is. With one
+ * micro-batch, idle is the plain attention wait; with several, it is what
+ * pipelining did not hide.
+ */
+class StepClock {
+  busySeconds = 0;
+  idleSeconds = 0;
+  private active = 0;
+  private waiting = 0;
+  private since = performance.now();
+
+  /** A micro-batch starts running. */
+  start(): void {
+    this.change(() => this.active++);
+  }
+
+  /** A micro-batch ends (it is not waiting). */
+  end(): void {
+    this.change(() => this.active--);
+  }
+
+  /** A running micro-batch starts waiting for attention. */
+  wait(): void {
+    this.change(() => this.waiting++);
+  }
+
+  /** A waiting micro-batch has its attention replies. */
+  resume(): void {
+    this.change(() => this.waiting--);
+  }
+
+  private state(): "none" | "busy" | "idle" {
+    if (this.active === 0) return "none";
+    return this.waiting === this.active ? "idle" : "busy";
+  }
+
+  private change(f: () => void): void {
+    const before = this.state();
+    f();
+    if (this.state() === before) return;
+    const now = performance.now();
+    if (before === "busy") this.busySeconds += (now - this.since) / 1000;
+    else if (before === "idle") this.idleSeconds += (now - this.since) / 1000;
+    this.since = now;
+  }
+}
+
 /** Reusable typed arrays of one Forward stream, grown on demand. */
 class Workspace {
   private readonly f32 = new Map<string, Float32Array>();
@@ -474,19 +597,20 @@ class Workspace {
   }
 }
 
-/** One sequence of a step and its rows in the batch. */
+/** One sequence of a step and its rows in the batch (or micro-batch). */
 interface PlannedSequence {
   seqId: string;
   startPos: number;
   nTokens: number;
   row0: number;
+  attentionAddress: string;
 }
 
-/** The sequences of a step one attention node holds. */
+/** The sequences of a micro-batch one attention node holds. */
 interface PlannedNode {
   address: string;
   items: { seqId: string; startPos: number; nTokens: number }[];
-  /** [row0, nRows] of each sequence in batch order; merged when adjacent. */
+  /** [row0, nRows] of each sequence in micro-batch order; merged when adjacent. */
   rowRanges: [number, number][];
   rows: number;
   /** All rows form one range, so q/k/v/o rows are views, not copies. */
@@ -496,36 +620,53 @@ interface PlannedNode {
 interface StepPlan {
   totalTokens: number;
   sequences: PlannedSequence[];
+}
+
+/** Consecutive sequences of a step, run through the layers together. */
+interface MicroBatch {
+  /** Index of its first sequence in the step (its first logits row). */
+  seq0: number;
+  /** Its first row in the step's batch. */
+  row0: number;
+  rows: number;
+  /** Its sequences, rows counted from `row0`. */
+  sequences: PlannedSequence[];
+  /** Its sequences grouped by attention node (in order of first appearance). */
   nodes: PlannedNode[];
 }
 
 /**
- * Validates a ForwardRequest against the model and groups its sequences by
- * attention node (in order of first appearance).
- * @throws StepError INVALID_ARGUMENT naming the bad field.
+ * Splits a step's sequences, in order and never inside one, into at most
+ * `k` micro-batches of about equal tokens: micro-batch g ends at the
+ * sequence boundary nearest g+1 k-ths of the tokens, and each gets at least
+ * one sequence.
  */
-function planStep(req: ForwardRequest, model: DenseModel, self: string): StepPlan {
-  const bad = (msg: string) => new StepError(Code.INVALID_ARGUMENT, `step ${req.stepId}: ${msg}`, "gpu", self);
-  const { seqLen, dim } = model.shape;
-  if (req.sequences.length === 0) throw bad("no sequences");
-  const sequences: PlannedSequence[] = [];
+function splitMicroBatches(sequences: readonly PlannedSequence[], k: number): MicroBatch[] {
+  const n = sequences.length;
+  const groups = Math.min(k, n);
+  const total = sequences.reduce((a, s) => a + s.nTokens, 0);
+  const batches: MicroBatch[] = [];
+  let i = 0;
+  let cum = 0;
+  for (let g = 0; g < groups; g++) {
+    const first = i;
+    const target = (total * (g + 1)) / groups;
+    cum += sequences[i++]!.nTokens;
+    while (n - i > groups - g - 1 && cum + sequences[i]!.nTokens / 2 <= target) cum += sequences[i++]!.nTokens;
+    batches.push(planMicroBatch(sequences.slice(first, i), first));
+  }
+  return batches;
+}
+
+/** A micro-batch of `sequences` (consecutive in the step, the first at index `seq0`). */
+function planMicroBatch(sequences: readonly PlannedSequence[], seq0: number): MicroBatch {
+  const row0 = sequences[0]!.row0;
   const nodes = new Map<string, PlannedNode>();
-  const seen = new Set<string>();
+  const local: PlannedSequence[] = [];
   let row = 0;
-  const hasLayers = model.layerEnd > model.layerStart;
-  for (const s of req.sequences) {
-    if (seen.has(s.seqId)) throw bad(`sequence ${JSON.stringify(s.seqId)} appears twice`);
-    seen.add(s.seqId);
-    if (s.nTokens < 1) throw bad(`sequence ${JSON.stringify(s.seqId)} has n_tokens 0`);
-    if (s.startPos + s.nTokens > seqLen) {
-      throw bad(
-        `sequence ${JSON.stringify(s.seqId)}: positions [${s.startPos}, ${s.startPos + s.nTokens}) exceed the model's seq_len ${seqLen}`,
-      );
-    }
-    if (hasLayers && s.attentionAddress === "")
-      throw bad(`sequence ${JSON.stringify(s.seqId)} has no attention_address`);
-    sequences.push({ seqId: s.seqId, startPos: s.startPos, nTokens: s.nTokens, row0: row });
-    if (hasLayers) {
+  for (const s of sequences) {
+    local.push({ ...s, row0: row });
+    if (s.attentionAddress !== "") {
       let node = nodes.get(s.attentionAddress);
       if (!node) {
         node = { address: s.attentionAddress, items: [], rowRanges: [], rows: 0, contiguous: true };
@@ -540,6 +681,42 @@ function planStep(req: ForwardRequest, model: DenseModel, self: string): StepPla
     row += s.nTokens;
   }
   for (const node of nodes.values()) node.contiguous = node.rowRanges.length === 1;
+  return { seq0, row0, rows: row, sequences: local, nodes: [...nodes.values()] };
+}
+
+/**
+ * Validates a ForwardRequest against the model and places its sequences'
+ * rows in the batch.
+ * @throws StepError INVALID_ARGUMENT naming the bad field.
+ */
+function planStep(req: ForwardRequest, model: DenseModel, self: string): StepPlan {
+  const bad = (msg: string) => new StepError(Code.INVALID_ARGUMENT, `step ${req.stepId}: ${msg}`, "gpu", self);
+  const { seqLen, dim } = model.shape;
+  if (req.sequences.length === 0) throw bad("no sequences");
+  const sequences: PlannedSequence[] = [];
+  const seen = new Set<string>();
+  let row = 0;
+  const hasLayers = model.layerEnd > model.layerStart;
+  for (const s of req.sequences) {
+    if (seen.has(s.seqId)) throw bad(`sequence ${JSON.stringify(s.seqId)} appears twice`);
+    seen.add(s.seqId);
+    if (s.nTokens < 1) throw bad(`sequence ${JSON.stringify(s.seqId)} has n_tokens 0`);
+    if (s.startPos + s.nTokens > seqLen) {
+      throw bad(
+        `sequence ${JSON.stringify(s.seqId)}: positions [${s.startPos}, ${s.startPos + s.nTokens}) exceed the model's seq_len ${seqLen}`,
+      );
+    }
+    if (hasLayers && s.attentionAddress === "")
+      throw bad(`sequence ${JSON.stringify(s.seqId)} has no attention_address`);
+    sequences.push({
+      seqId: s.seqId,
+      startPos: s.startPos,
+      nTokens: s.nTokens,
+      row0: row,
+      attentionAddress: hasLayers ? s.attentionAddress : "",
+    });
+    row += s.nTokens;
+  }
   if (model.embeds) {
     if (req.tokens.length !== row) throw bad(`${req.tokens.length} tokens for ${row} new positions`);
     const vocab = model.shape.vocabSize;
@@ -558,7 +735,7 @@ function planStep(req: ForwardRequest, model: DenseModel, self: string): StepPla
       throw bad((err as Error).message);
     }
   }
-  return { totalTokens: row, sequences, nodes: [...nodes.values()] };
+  return { totalTokens: row, sequences };
 }
 
 /** The o rows of a settled Attend call, or a StepError naming the node. */

@@ -40,7 +40,7 @@ import {
   type MessageInitShape,
   type Tensor,
 } from "@tessera/proto";
-import { createGpuNode, type GpuNode as GpuNodeService } from "../src/index.js";
+import { createGpuNode, type GpuNode as GpuNodeService, type GpuNodeOptions } from "../src/index.js";
 
 const MODEL = fileURLToPath(new URL("../../../../shared/models/stories260K.bin", import.meta.url));
 const TOL = 1e-4;
@@ -166,8 +166,10 @@ async function startAttention(port = 0): Promise<TestAttention> {
 // ---------------------------------------------------------------------------
 // Helpers: a started gpu-node, a Forward stream read one response at a time.
 
-async function startGpuNode(): Promise<{ node: GpuNodeService; client: Client<typeof GpuNode> }> {
-  const node = createGpuNode({ intraOpThreads: 1 });
+async function startGpuNode(
+  options: GpuNodeOptions = {},
+): Promise<{ node: GpuNodeService; client: Client<typeof GpuNode> }> {
+  const node = createGpuNode({ intraOpThreads: 1, ...options });
   await node.start();
   const client = createClient(GpuNode, node.address);
   closers.push(async () => {
@@ -340,6 +342,120 @@ test("Forward across two pipeline stages: hidden from layers [0, 3) feeds layers
     att.log.map((l) => l.layer),
     [0, 1, 2, 3, 4],
   );
+});
+
+test("microBatches 2 and 4 give the prefill and decode logits of microBatches 1, in the request's order", async () => {
+  const a1 = await startAttention();
+  const a2 = await startAttention();
+  closers.push(
+    () => a1.close(),
+    () => a2.close(),
+  );
+  const prompts = [
+    [1, 403, 407, 261, 378],
+    [1, 56, 71],
+    [1, 300, 301, 302, 303, 304, 305, 306],
+    [1, 9],
+    [1, 77, 78, 79],
+  ];
+  const at = (i: number) => (i % 3 === 1 ? a2.address : a1.address);
+  const runSteps = async (microBatches: number, maxInFlight: number) => {
+    const { client } = await startGpuNode({ microBatches, maxInFlight });
+    await client.load({ modelPath: MODEL, layerStart: 0, layerEnd: 5, embed: true, head: true });
+    const fwd = openForward(client);
+    // Sequence ids apart per run: each run has its own caches on the shared nodes.
+    const id = (i: number) => `m${microBatches}-${i}`;
+    const prefill = await fwd.step({
+      stepId: 1n,
+      sequences: prompts.map((p, i) => ({ seqId: id(i), startPos: 0, nTokens: p.length, attentionAddress: at(i) })),
+      tokens: prompts.flat(),
+    });
+    assert.equal(prefill.error, undefined);
+    assert.deepEqual(prefill.logits!.shape, [prompts.length, 512]);
+    const decode = await fwd.step({
+      stepId: 2n,
+      sequences: prompts.map((p, i) => ({ seqId: id(i), startPos: p.length, nTokens: 1, attentionAddress: at(i) })),
+      tokens: prompts.map((_, i) => 100 + i),
+    });
+    assert.equal(decode.error, undefined);
+    return { prefill: tensorF32(prefill.logits), decode: tensorF32(decode.logits), timings: decode.timings! };
+  };
+  const one = await runSteps(1, 2);
+  // The single batch matches the reference model, so the others are checked against it.
+  prompts.forEach((p, i) => {
+    const ref = referenceLogits([...p, 100 + i]);
+    assertClose(one.prefill.subarray(i * 512, (i + 1) * 512), ref[p.length - 1]!, `prefill logits of ${i}`);
+    assertClose(one.decode.subarray(i * 512, (i + 1) * 512), ref[p.length]!, `decode logits of ${i}`);
+  });
+  const closeTo = (actual: Float32Array, expected: Float32Array, what: string) => {
+    let worst = 0;
+    for (let i = 0; i < actual.length; i++) worst = Math.max(worst, Math.abs(actual[i]! - expected[i]!));
+    assert.ok(worst <= 1e-5, `${what}: max |diff| ${worst}`);
+  };
+  const before = a1.log.length;
+  for (const [k, inFlight] of [
+    [2, 2],
+    [4, 2],
+    [4, 4],
+  ] as const) {
+    const r = await runSteps(k, inFlight);
+    closeTo(r.prefill, one.prefill, `prefill logits, ${k} micro-batches`);
+    closeTo(r.decode, one.decode, `decode logits, ${k} micro-batches`);
+    // Each micro-batch adds the slowest node's 0.25 s per layer.
+    assert.equal(r.timings.attentionComputeSeconds, k * 5 * 0.25);
+    assert.ok(r.timings.totalSeconds >= r.timings.denseSeconds + r.timings.attentionWaitSeconds);
+  }
+  // microBatches 2 splits the decode step's 5 single-token sequences 3 + 2:
+  // node 1 (sequences 0, 2, 3) gets [0, 2] from the first micro-batch, [3] from the second.
+  const decodeOf2 = a1.log
+    .slice(before)
+    .filter((l) => l.stepId === 2n && l.seqIds[0]!.startsWith("m2-"))
+    .map((l) => [l.layer, l.seqIds]);
+  assert.deepEqual(
+    decodeOf2.filter(([layer]) => layer === 0),
+    [
+      [0, ["m2-0", "m2-2"]],
+      [0, ["m2-3"]],
+    ],
+  );
+});
+
+test("an attention error in one micro-batch fails the step with its code and address; the stream goes on", async () => {
+  const att = await startAttention();
+  closers.push(() => att.close());
+  const { client } = await startGpuNode({ microBatches: 2 });
+  await client.load({ modelPath: MODEL, layerStart: 0, layerEnd: 5, embed: true, head: true });
+  const fwd = openForward(client);
+  const bad = await fwd.step({
+    stepId: 1n,
+    sequences: [
+      { seqId: "ok1", startPos: 0, nTokens: 2, attentionAddress: att.address },
+      { seqId: "bad1", startPos: 0, nTokens: 2, attentionAddress: att.address },
+    ],
+    tokens: [1, 56, 1, 71],
+  });
+  assert.equal(bad.logits, undefined);
+  assert.deepEqual(
+    { code: bad.error?.code, message: bad.error?.message, role: bad.error?.role, address: bad.error?.address },
+    {
+      code: Code.NOT_FOUND,
+      message: `attention node ${att.address}: layer 0: unknown sequence bad1`,
+      role: "attention",
+      address: att.address,
+    },
+  );
+  const good = await fwd.step({
+    stepId: 2n,
+    sequences: [
+      { seqId: "g1", startPos: 0, nTokens: 2, attentionAddress: att.address },
+      { seqId: "g2", startPos: 0, nTokens: 1, attentionAddress: att.address },
+    ],
+    tokens: [1, 56, 1],
+  });
+  assert.equal(good.error, undefined);
+  const logits = tensorF32(good.logits);
+  assertClose(logits.subarray(0, 512), referenceLogits([1, 56])[1]!, "logits of g1");
+  assertClose(logits.subarray(512), referenceLogits([1])[0]!, "logits of g2");
 });
 
 test("an attention node that is down fails the step UNAVAILABLE naming its address; the same stream succeeds once it is up", async () => {
@@ -598,6 +714,14 @@ test("options are validated by name", () => {
     () => createGpuNode({ intraOpThreads: 0 }),
     new ConfigError("intraOpThreads", "must be a positive integer, got 0"),
   );
+  assert.throws(
+    () => createGpuNode({ microBatches: 0 }),
+    new ConfigError("microBatches", "must be a positive integer, got 0"),
+  );
+  assert.throws(
+    () => createGpuNode({ maxInFlight: 1.5 }),
+    new ConfigError("maxInFlight", "must be a positive integer, got 1.5"),
+  );
   const node = createGpuNode({ port: 0 });
   assert.equal(Object.isFrozen(node.options), true);
   assert.deepEqual(node.options, {
@@ -607,6 +731,8 @@ test("options are validated by name", () => {
     intraOpThreads: undefined,
     attentionTimeoutMs: 120_000,
     shutdownGraceMs: 5_000,
+    microBatches: 1,
+    maxInFlight: 2,
   });
 });
 
