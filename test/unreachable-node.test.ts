@@ -6,10 +6,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:net";
 import { Code, KvPlacement, RpcError } from "@tessera/proto";
-import { createGpuNode } from "@tessera/gpu-node";
-import { createMemoryNode } from "@tessera/memory-node";
-import { createCoordinator } from "@tessera/coordinator";
-import { bundled, generate, startInProcessCluster } from "@tessera/testing";
+import { generate, startInProcessCluster } from "@tessera/testing";
 
 /** A loopback port nothing listens on (bound, then released). */
 async function deadAddress(): Promise<string> {
@@ -22,20 +19,9 @@ async function deadAddress(): Promise<string> {
 
 test("an unreachable gpu-node fails the job with its role and address", async (t) => {
   const dead = await deadAddress();
-  const memory = createMemoryNode({ port: 0 });
-  await memory.start();
-  const coordinator = createCoordinator({
-    gpuNodes: [dead],
-    memoryNodes: [memory.address],
-    modelPath: bundled.model,
-    tokenizerPath: bundled.tokenizer,
-    connectTimeoutMs: 1000,
-    log: () => {},
-  });
-  await coordinator.start();
-  t.after(async () => {
-    await coordinator.close();
-    await memory.close();
+  const { coordinator } = await startInProcessCluster(t, {
+    gpuNodes: 0,
+    coordinator: { gpuNodes: [dead], connectTimeoutMs: 1000 },
   });
   await assert.rejects(
     generate(coordinator.address, { prompts: [{ id: "a", prompt: "Hi" }], sampling: { maxTokens: 4 } }),
@@ -50,22 +36,10 @@ test("an unreachable gpu-node fails the job with its role and address", async (t
 
 test("an unreachable memory-node fails only the prompts placed on it, naming it", async (t) => {
   const dead = await deadAddress();
-  const gpu = createGpuNode({ port: 0 });
-  const memory = createMemoryNode({ port: 0 });
-  await Promise.all([gpu.start(), memory.start()]);
-  const coordinator = createCoordinator({
-    gpuNodes: [gpu.address],
-    memoryNodes: [memory.address, dead],
-    modelPath: bundled.model,
-    tokenizerPath: bundled.tokenizer,
-    connectTimeoutMs: 1000,
-    log: () => {},
+  const { coordinator, memories } = await startInProcessCluster(t, {
+    coordinator: ({ memories }) => ({ memoryNodes: [memories[0]!.address, dead], connectTimeoutMs: 1000 }),
   });
-  await coordinator.start();
-  t.after(async () => {
-    await coordinator.close();
-    await Promise.all([gpu.close(), memory.close()]);
-  });
+  const memory = memories[0]!;
   // Two prompts of equal length: the least-loaded placement puts one on each memory-node.
   const out = await generate(coordinator.address, {
     prompts: [

@@ -19,7 +19,14 @@
  * {@link attendKvCache}'s default WebAssembly path, which sums each block's
  * products in f32 (agreeing to ~1e-6 relative; see `foldQueryWasm`).
  */
-import { Code, type AttendRequest } from "@tessera/proto";
+import {
+  Code,
+  RpcError,
+  type AttendRequest,
+  type AttendResponseSchema,
+  type MessageInitShape,
+  type TensorSchema,
+} from "@tessera/proto";
 import { TesseraError } from "./errors.js";
 import { kvBytesPerPosition } from "./model-shape.js";
 import { tensorF32 } from "./tensor.js";
@@ -399,7 +406,6 @@ export function attendKvCache(
   checkAttentionDims(dims);
   const { nHeads, nKvHeads, headDim } = dims;
   const { q, qRow, nQueries, startPos } = queries;
-  const group = nHeads / nKvHeads;
   const kvRow = nKvHeads * headDim;
   const qStride = nHeads * headDim;
   const end = startPos + nQueries;
@@ -509,7 +515,6 @@ export interface OnlineAttention {
 export function createOnlineAttention(dims: AttentionDims): OnlineAttention {
   checkAttentionDims(dims);
   const { nHeads, nKvHeads, headDim } = dims;
-  const group = nHeads / nKvHeads;
   const kvRowLen = nKvHeads * headDim;
   const qStride = nHeads * headDim;
   const scale = 1 / Math.sqrt(headDim);
@@ -638,6 +643,30 @@ export interface AttendPlan<S> {
   /** [total_tokens, n_kv_heads, head_dim] */
   readonly v: Float32Array;
   readonly items: readonly AttendPlanItem<S>[];
+}
+
+/**
+ * Answers one AttendRequest of a memory- or storage-node: runs `compute`
+ * (which appends and attends, returning o [total_tokens, n_heads * head_dim]
+ * f32 as a wire tensor) and times it. Anything it throws becomes the
+ * response's `error` (code from `RpcError.from`, the node's role and
+ * address), so one bad request never ends the Attend stream.
+ */
+export async function answerAttend(
+  req: AttendRequest,
+  node: { role: string; address: string },
+  compute: () => MessageInitShape<typeof TensorSchema> | Promise<MessageInitShape<typeof TensorSchema>>,
+): Promise<MessageInitShape<typeof AttendResponseSchema>> {
+  const t0 = performance.now();
+  const seconds = () => (performance.now() - t0) / 1000;
+  try {
+    const o = await compute();
+    return { stepId: req.stepId, layer: req.layer, o, computeSeconds: seconds() };
+  } catch (err) {
+    const e = RpcError.from(err);
+    const error = { code: e.code, message: e.message, role: node.role, address: node.address };
+    return { stepId: req.stepId, layer: req.layer, error, computeSeconds: seconds() };
+  }
 }
 
 /**

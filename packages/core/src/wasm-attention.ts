@@ -424,11 +424,6 @@ export function getWasmAttention(): WasmAttention | undefined {
   return cached ?? undefined;
 }
 
-/** Size in bytes of the generated module (for docs and tests). */
-export function wasmAttentionModuleSize(): number {
-  return moduleBytes().length;
-}
-
 function compile(): WasmAttention | null {
   let instance: { readonly exports: Record<string, unknown> };
   try {

@@ -22,15 +22,23 @@ export interface InProcessClusterOptions {
   storageNodes?: number;
   /** KV capacity of each memory-node in bytes. @default the node's default (1 GiB) */
   memoryCapacityBytes?: number;
-  /** Coordinator options beyond the node addresses; the bundled model by default, logs dropped. */
-  coordinator?: Partial<CoordinatorOptions>;
+  /**
+   * Coordinator options beyond the node addresses (the bundled model by
+   * default, logs dropped); a function gets the started nodes, e.g. to add
+   * an address nothing listens on.
+   */
+  coordinator?: Partial<CoordinatorOptions> | ((nodes: StartedNodes) => Partial<CoordinatorOptions>);
 }
 
-/** A running in-process cluster. */
-export interface InProcessCluster {
+/** The nodes of an in-process cluster. */
+export interface StartedNodes {
   gpus: GpuNode[];
   memories: MemoryNode[];
   storages: StorageNode[];
+}
+
+/** A running in-process cluster. */
+export interface InProcessCluster extends StartedNodes {
   coordinator: CoordinatorService;
   /** The coordinator's address. */
   address: string;
@@ -65,7 +73,9 @@ export async function startInProcessCluster(
     modelPath: bundled.model,
     tokenizerPath: bundled.tokenizer,
     log: () => {},
-    ...options.coordinator,
+    ...(typeof options.coordinator === "function"
+      ? options.coordinator({ gpus, memories, storages })
+      : options.coordinator),
   });
   await coordinator.start();
   return { gpus, memories, storages, coordinator, address: coordinator.address };

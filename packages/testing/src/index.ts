@@ -64,4 +64,9 @@ export async function generate(
 }
 
 export { tempDir } from "./temp-dir.js";
-export { startInProcessCluster, type InProcessCluster, type InProcessClusterOptions } from "./in-process-cluster.js";
+export {
+  startInProcessCluster,
+  type InProcessCluster,
+  type InProcessClusterOptions,
+  type StartedNodes,
+} from "./in-process-cluster.js";

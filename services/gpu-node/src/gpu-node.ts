@@ -27,7 +27,6 @@ import {
   type LoadResponseSchema,
   type MessageInitShape,
   type ServerDuplexStream,
-  type Tensor,
 } from "@tessera/proto";
 import { AttendStreams, AttentionNodeError } from "./attend-streams.js";
 import { DenseModel, type ExecutionProvider, type Qkv } from "./dense-model.js";

@@ -38,7 +38,6 @@ import {
   type ForwardRequestSchema,
   type ForwardResponse,
   type MessageInitShape,
-  type Tensor,
 } from "@tessera/proto";
 import { createGpuNode, type GpuNode as GpuNodeService, type GpuNodeOptions } from "../src/index.js";
 

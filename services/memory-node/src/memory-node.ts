@@ -12,6 +12,7 @@
  * number of positions every layer holds, the one a caller can resume from.
  */
 import {
+  answerAttend,
   CapacityError,
   ConfigError,
   attendKvCache,
@@ -29,12 +30,10 @@ import {
 } from "@tessera/core";
 import {
   Attention,
-  RpcError,
   addService,
   type AttendRequest,
   type AttendResponseSchema,
   type MessageInitShape,
-  type NodeErrorSchema,
   type ServiceImpl,
 } from "@tessera/proto";
 
@@ -128,11 +127,6 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
   const address = () => service.address;
   const where = () => `memory-node ${address()}`;
 
-  function nodeError(err: unknown): MessageInitShape<typeof NodeErrorSchema> {
-    const e = RpcError.from(err);
-    return { code: e.code, message: e.message, role: "memory", address: address() };
-  }
-
   function openSequence(seqId: string, layout: KvLayoutDims | undefined, maxPositions: number) {
     const existing = sequences.get(seqId);
     const { layout: lay, bytes } = checkOpenSequence(seqId, layout, maxPositions, existing, where(), "open");
@@ -193,9 +187,8 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
    * Appends then attends, synchronously: a request is applied whole or, when
    * validation fails, not at all.
    */
-  function attend(req: AttendRequest): MessageInitShape<typeof AttendResponseSchema> {
-    const t0 = performance.now();
-    try {
+  function attend(req: AttendRequest): Promise<MessageInitShape<typeof AttendResponseSchema>> {
+    return answerAttend(req, { role: "memory", address: address() }, () => {
       const plan = planAttendRequest(req, (id) => sequences.get(id), where());
       const { dims, layer } = plan;
       const kvRow = dims.nKvHeads * dims.headDim;
@@ -220,20 +213,8 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
           scratch,
         );
       }
-      return {
-        stepId: req.stepId,
-        layer: req.layer,
-        o: f32Tensor(out, [plan.totalTokens, oRow]),
-        computeSeconds: (performance.now() - t0) / 1000,
-      };
-    } catch (err) {
-      return {
-        stepId: req.stepId,
-        layer: req.layer,
-        error: nodeError(err),
-        computeSeconds: (performance.now() - t0) / 1000,
-      };
-    }
+      return f32Tensor(out, [plan.totalTokens, oRow]);
+    });
   }
 
   const impl: ServiceImpl<typeof Attention> = {

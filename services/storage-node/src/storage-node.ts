@@ -19,6 +19,7 @@
 import { join, resolve } from "node:path";
 import { rm } from "node:fs/promises";
 import {
+  answerAttend,
   CapacityError,
   ConfigError,
   checkOpenSequence,
@@ -43,7 +44,6 @@ import {
   type AttendRequest,
   type AttendResponseSchema,
   type MessageInitShape,
-  type NodeErrorSchema,
   type ServiceImpl,
 } from "@tessera/proto";
 import {
@@ -257,11 +257,6 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
   /** Half of the buffer, rounded down to whole f32 values. */
   const halfBytes = Math.floor(opts.bufferBytes / 2 / 4) * 4;
 
-  function nodeError(err: unknown): MessageInitShape<typeof NodeErrorSchema> {
-    const e = RpcError.from(err);
-    return { code: e.code, message: e.message, role: "storage", address: address() };
-  }
-
   function damaged(seqId: string): KvStoreError | undefined {
     const err = broken.get(sequenceDirName(seqId));
     if (!err) return undefined;
@@ -459,9 +454,8 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
     });
   }
 
-  async function attend(req: AttendRequest): Promise<MessageInitShape<typeof AttendResponseSchema>> {
-    const t0 = performance.now();
-    try {
+  function attend(req: AttendRequest): Promise<MessageInitShape<typeof AttendResponseSchema>> {
+    return answerAttend(req, { role: "storage", address: address() }, async () => {
       const plan = planAttendRequest(req, lookup, where());
       const oRow = plan.dims.nHeads * plan.dims.headDim;
       const out = new Float32Array(plan.totalTokens * oRow);
@@ -472,20 +466,8 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
         plan.items.map((i) => i.seq),
         work,
       );
-      return {
-        stepId: req.stepId,
-        layer: req.layer,
-        o: f32Tensor(out, [plan.totalTokens, oRow]),
-        computeSeconds: (performance.now() - t0) / 1000,
-      };
-    } catch (err) {
-      return {
-        stepId: req.stepId,
-        layer: req.layer,
-        error: nodeError(err),
-        computeSeconds: (performance.now() - t0) / 1000,
-      };
-    }
+      return f32Tensor(out, [plan.totalTokens, oRow]);
+    });
   }
 
   const impl: ServiceImpl<typeof Attention> = {
