@@ -16,7 +16,9 @@ import { bundled, generate, tempDir } from "@tessera/testing";
 
 test("2 gpu-nodes x 2 memory-nodes x 1 storage-node give the tokens of 1 x 1 x 1", async (t) => {
   const dir = await tempDir();
-  const gpus = [createGpuNode({ port: 0 }), createGpuNode({ port: 0 })];
+  // f32 on the wire: with f16, the hidden states rounded between the two
+  // stages could flip a greedy choice at a near-tie of the two best logits.
+  const gpus = [createGpuNode({ port: 0, wireDtype: "f32" }), createGpuNode({ port: 0, wireDtype: "f32" })];
   const memories = [createMemoryNode({ port: 0 }), createMemoryNode({ port: 0 })];
   const storage = createStorageNode({ port: 0, dataDir: dir.path });
   await Promise.all([...gpus, ...memories, storage].map((n) => n.start()));

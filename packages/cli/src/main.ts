@@ -115,6 +115,17 @@ program
       ["cpu", "cuda"],
     ),
   )
+  .addOption(
+    new Option(
+      "--wire-dtype <dtype>",
+      "embedded cluster: dtype of activations between nodes (logits stay f32)",
+    ).choices(["f16", "f32"]),
+  )
+  .option(
+    "--kv-head-groups <n>",
+    "embedded cluster: split each sequence's KV heads into this many groups (must divide n_kv_heads)",
+    int("--kv-head-groups", 1),
+  )
   .option("-v, --verbose", "show the nodes' logs", false)
   .option("-q, --quiet", "no progress or summary on stderr", false)
   .action((opts) => withSignals(async (signal) => (await commands.run()).runCommand(opts, signal)));
@@ -167,6 +178,15 @@ program
       .default(30000)
       .env("TESSERA_RETRY_TIMEOUT"),
   )
+  .addOption(
+    new Option(
+      "--kv-head-groups <n>",
+      "split each sequence's KV heads into this many groups on distinct attention nodes (HeadInfer; must divide n_kv_heads)",
+    )
+      .argParser(int("--kv-head-groups", 1))
+      .default(1)
+      .env("TESSERA_KV_HEAD_GROUPS"),
+  )
   .action(async (o) =>
     (await commands.coordinator()).runCoordinator({
       host: o.host,
@@ -180,6 +200,7 @@ program
       retryTimeoutMs: o.retryTimeout,
       maxBatchSequences: o.maxBatch,
       maxPrefillTokens: o.maxPrefillTokens,
+      kvHeadGroups: o.kvHeadGroups,
     }),
   );
 
@@ -215,6 +236,18 @@ hostPort(node.command("gpu").description("Dense compute of a layer range on onnx
       .default(2)
       .env("TESSERA_MAX_IN_FLIGHT"),
   )
+  .addOption(
+    new Option("--wire-dtype <dtype>", "dtype of q/k/v and hidden states sent to other nodes (logits stay f32)")
+      .choices(["f16", "f32"])
+      .default("f16")
+      .env("TESSERA_WIRE_DTYPE"),
+  )
+  .addOption(
+    new Option("--weight-dtype <dtype>", "dtype of the projection weights held (auto: f16 on cuda, f32 on cpu)")
+      .choices(["auto", "f32", "f16"])
+      .default("auto")
+      .env("TESSERA_WEIGHT_DTYPE"),
+  )
   .action(async (o) =>
     (await commands.gpu()).runGpuNode({
       host: o.host,
@@ -223,6 +256,8 @@ hostPort(node.command("gpu").description("Dense compute of a layer range on onnx
       intraOpThreads: o.threads,
       microBatches: o.microBatches,
       maxInFlight: o.maxInFlight,
+      wireDtype: o.wireDtype,
+      weightDtype: o.weightDtype,
     }),
   );
 
@@ -284,8 +319,13 @@ program
 const model = program.command("model").description("Model checkpoints.");
 model
   .command("synth")
-  .description("Write a llama2.c checkpoint of any Llama shape with weights generated from a seed (for benchmarks).")
-  .requiredOption("--out <path>", "checkpoint to write")
+  .description(
+    "Write a checkpoint of any Llama shape with weights generated from a seed (for benchmarks), as a llama2.c file " +
+      "or a Hugging Face folder (config.json + model.safetensors, q/k rows in HF's rotary layout as export-hf " +
+      "writes them; no tokenizer.json: pass --tokenizer to `tessera run`). Streams tensor by tensor: memory holds " +
+      "one tensor, whatever the model's size. The same seed gives the same weights in every format.",
+  )
+  .requiredOption("--out <path>", "file (llama2c) or folder (hf) to write")
   .option("--dim <n>", "model dimension", int("--dim", 1), 1024)
   .option("--hidden <n>", "FFN hidden dimension (default: Llama's 8/3·dim rounded up to 256)", int("--hidden", 1))
   .option("--layers <n>", "transformer layers", int("--layers", 1), 8)
@@ -294,11 +334,32 @@ model
   .option("--vocab <n>", "vocabulary size", int("--vocab", 1), 32000)
   .option("--seq-len <n>", "context length in positions", int("--seq-len", 1), 2048)
   .option("--seed <n>", "weight seed", int("--seed"), 1)
-  .addOption(new Option("--format <f>", "llama2.c header").choices(["v1", "legacy"]).default("v1"))
+  .addOption(
+    new Option("--format <f>", "llama2c (version-1 header), llama2c-legacy, or hf (Hugging Face folder)")
+      .choices(["llama2c", "llama2c-legacy", "hf", "v1", "legacy"])
+      .default("llama2c"),
+  )
+  .addOption(
+    new Option("--dtype <t>", "weight type of an hf folder (llama2c is always f32)").choices(["f32", "f16", "bf16"]),
+  )
+  .addOption(
+    new Option("--arch <a>", "layout: llama, or qwen2 (q/k/v biases; hf only)")
+      .choices(["llama", "qwen2"])
+      .default("llama"),
+  )
+  .option("--qkv-bias", "same as --arch qwen2", false)
+  .option(
+    "--separate-classifier",
+    "draw a separate classifier (lm_head, as Llama 2) instead of sharing the embedding (as llama2.c's models)",
+    false,
+  )
+  .option("--quiet", "no progress bar", false)
   .action((o) => withSignals(async () => (await (await commands.model()).synthCommand(o), 0)));
 model
   .command("info")
-  .description("Print a checkpoint's format, shape, parameter count and bytes.")
+  .description(
+    "Print a checkpoint's (llama2.c file or Hugging Face folder) format, shape, parameter count, dtype and bytes.",
+  )
   .argument("<path>", "llama2.c checkpoint or Hugging Face folder")
   .option("--json", "machine-readable output", false)
   .action((path: string, o) => withSignals(async () => (await (await commands.model()).infoCommand(path, o.json), 0)));

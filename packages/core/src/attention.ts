@@ -12,15 +12,16 @@
  *   startPos + 1, ...; the query at position p attends over positions
  *   [0, p], its own K/V included (causal prefill and decode alike).
  *
- * Scores, softmax sums and output accumulators are kept in f64 (JS numbers
- * and Float64Array scratch) while K/V stay f32, so the one-pass kernel and
- * the blocked online-softmax kernel agree to ~1e-12 whatever the block
- * size, and both agree with a plain f64 reference. The exception is
- * {@link attendKvCache}'s default WebAssembly path, which sums each block's
- * products in f32 (agreeing to ~1e-6 relative; see `foldQueryWasm`).
+ * The JS kernels keep scores, softmax sums and output accumulators in f64
+ * (JS numbers and Float64Array scratch) while K/V stay f32, so they agree
+ * with a plain f64 reference to ~1e-12 whatever the block size. The
+ * default WebAssembly SIMD kernels (attention-wasm.ts) compute a block's
+ * products and weights in f32 and sum across blocks in f64, agreeing to
+ * ~1e-6 (relative to max(1, |value|)).
  */
 import {
   Code,
+  DType,
   RpcError,
   type AttendRequest,
   type AttendResponseSchema,
@@ -29,14 +30,20 @@ import {
 } from "@tessera/proto";
 import { TesseraError } from "./errors.js";
 import { kvBytesPerPosition } from "./model-shape.js";
-import { tensorF32 } from "./tensor.js";
-import { getWasmAttention, type WasmAttention } from "./wasm-attention.js";
+import { tensorF32, tensorWireDtype, wireTensor } from "./tensor.js";
+import { ATTENTION_QUERY_CHUNK, checkKvRows, createWasmAttention, type WasmAttention } from "./attention-wasm.js";
+import { createWasmHeap, type WasmHeap } from "./wasm-attention.js";
 
 /** Head counts and width of an attention layer. */
 export interface AttentionDims {
   readonly nHeads: number;
   readonly nKvHeads: number;
   readonly headDim: number;
+}
+
+/** A map key of a layer shape: "n_heads/n_kv_heads/head_dim", e.g. "32/8/128". */
+export function attentionDimsKey(dims: AttentionDims): string {
+  return `${dims.nHeads}/${dims.nKvHeads}/${dims.headDim}`;
 }
 
 /** KV layout of one sequence (the wire's `KvLayout`). */
@@ -277,79 +284,41 @@ function foldQuery(
   }
 }
 
-/** Positions per block of the wasm path: a K (then V) block of [128, n_kv_heads, head_dim] f32 (256 KiB at 8 x 64) stays in L2. */
-const WASM_BLOCK = 128;
+let defaultHeap: WasmHeap | null | undefined;
+/** States of {@link attendKvCache} only (it is synchronous: begin, fold, finish in one call). */
+const defaultStates = new Map<string, WasmAttention>();
 
-/**
- * Online-softmax fold of one query over positions [0, n) of a contiguous
- * cache with the WebAssembly SIMD kernels ({@link getWasmAttention}): per
- * block, the K rows are copied into wasm memory and scored there (f32x4,
- * f32 sums of head_dim products), the softmax bookkeeping stays here in f64
- * (max, rescale, exp, sums), the f32-rounded weights go back, the V rows
- * replace the K rows and are summed there into a per-block f32 accumulator,
- * which is added into the f64 one. Only a block's worth of products is ever
- * summed in f32, so the result stays within ~1e-6 (relative) of the f64
- * kernel. `qf` is the query pre-scaled by 1 / sqrt(head_dim) and already in
- * wasm memory at `buf.q`; m, l, acc as in {@link foldQuery}, at 0.
- */
-function foldQueryWasm(
-  w: WasmAttention,
-  nHeads: number,
-  nKvHeads: number,
-  headDim: number,
-  m: Float64Array,
-  l: Float64Array,
-  acc: Float64Array,
-  k: Float32Array,
-  v: Float32Array,
-  n: number,
-  bmax: Float64Array,
-): void {
-  const group = nHeads / nKvHeads;
-  const kvRow = nKvHeads * headDim;
-  const qStride = nHeads * headDim;
-  const buf = w.reserve(nHeads, nKvHeads, headDim, WASM_BLOCK);
-  const f = buf.f32;
-  const sBase = buf.s;
-  for (let b = 0; b < n; b += WASM_BLOCK) {
-    const nb = Math.min(WASM_BLOCK, n - b);
-    f.set(k.subarray(b * kvRow, (b + nb) * kvRow), buf.kv);
-    w.scores(4 * buf.q, 4 * buf.kv, 4 * sBase, nb, nKvHeads, group, headDim);
-    bmax.fill(-Infinity, 0, nHeads);
-    for (let t = 0; t < nb; t++) {
-      const sRow = sBase + t * nHeads;
-      for (let h = 0; h < nHeads; h++) if (f[sRow + h]! > bmax[h]!) bmax[h] = f[sRow + h]!;
-    }
-    for (let h = 0; h < nHeads; h++) {
-      const old = m[h]!;
-      if (bmax[h]! > old) {
-        const c = old === -Infinity ? 0 : Math.exp(old - bmax[h]!);
-        l[h]! *= c;
-        const aOff = h * headDim;
-        for (let d = 0; d < headDim; d++) acc[aOff + d]! *= c;
-        m[h] = bmax[h]!;
-      }
-    }
-    // f32-rounded weights, summed as rounded so l matches what V is weighted by.
-    for (let t = 0; t < nb; t++) {
-      const sRow = sBase + t * nHeads;
-      for (let h = 0; h < nHeads; h++) {
-        const wt = Math.fround(Math.exp(f[sRow + h]! - m[h]!));
-        f[sRow + h] = wt;
-        l[h]! += wt;
-      }
-    }
-    f.set(v.subarray(b * kvRow, (b + nb) * kvRow), buf.kv);
-    f.fill(0, buf.acc, buf.acc + qStride);
-    w.accumulate(4 * sBase, 4 * buf.kv, 4 * buf.acc, nb, nKvHeads, group, headDim);
-    for (let j = 0, a = buf.acc; j < qStride; j++) acc[j]! += f[a + j]!;
-  }
+/** The process-wide heap for K/V that do not live in a heap (created on first use), or undefined without WebAssembly SIMD. */
+function sharedHeap(): WasmHeap | undefined {
+  if (defaultHeap === undefined) defaultHeap = createWasmHeap() ?? null;
+  return defaultHeap ?? undefined;
 }
 
 /**
- * Which implementation {@link attendKvCache} runs: `"wasm"` the WebAssembly
- * SIMD kernels (falling back to JS where WebAssembly SIMD is missing or
- * head_dim is not a multiple of 4), `"js"` the scalar f64 kernel.
+ * {@link attendKvCache}'s wasm attention state of `dims` in the
+ * process-wide heap; its K/V rows are copied into it a block at a time.
+ * Undefined where WebAssembly SIMD is missing or head_dim is not a multiple
+ * of 4. Shared by every call with these dims, which is safe only because a
+ * call uses it from begin to finish synchronously.
+ */
+function defaultWasmAttention(dims: AttentionDims): WasmAttention | undefined {
+  if (dims.headDim % 4 !== 0) return undefined;
+  const heap = sharedHeap();
+  if (!heap) return undefined;
+  const key = attentionDimsKey(dims);
+  let st = defaultStates.get(key);
+  if (!st) defaultStates.set(key, (st = createWasmAttention(heap, dims)));
+  return st;
+}
+
+/** Frees the heap state of an {@link OnlineAttention} made without a heap once it is garbage. */
+const onlineStates = new FinalizationRegistry<WasmAttention>((st) => st.dispose());
+
+/**
+ * Which implementation {@link attendKvCache} and {@link createOnlineAttention}
+ * run: `"wasm"` the WebAssembly SIMD kernels (attention-wasm.ts; falling
+ * back to JS where WebAssembly SIMD is missing or head_dim is not a multiple
+ * of 4), `"js"` the scalar f64 kernel.
  */
 export type AttentionKernel = "wasm" | "js";
 
@@ -386,10 +355,11 @@ export function checkAttentionDims(d: AttentionDims): void {
  * once, front to back, for all heads, and up to four heads of a GQA group
  * share each element load. Plain scalar JS: about 1.6x the two-pass kernel
  * but still compute-bound at ~3% of memory bandwidth (bench/attention.ts).
- * With `kernel` "wasm" (the default) the same blocked fold runs its score
- * and V loops in WebAssembly SIMD instead (`foldQueryWasm`; f32 products
- * within a block, f64 across blocks: within ~1e-6 of the JS kernel), about
- * 4.5x faster, 13% of memory bandwidth (docs/performance.md).
+ * With `kernel` "wasm" (the default) the same blocked fold runs entirely in
+ * WebAssembly SIMD (attention-wasm.ts: scores, exp, V sums in f32 within a
+ * block, f64 across blocks: within ~1e-6 of the JS kernel), the K/V rows
+ * copied into wasm memory a block at a time. A cache that already lives in
+ * wasm memory (the memory-node's) skips the copies: {@link attendKvCacheInHeap}.
  * @throws RangeError when the dims are bad or the buffers too short for the
  *   positions asked.
  */
@@ -416,6 +386,18 @@ export function attendKvCache(
     throw new RangeError(`q has too few rows for ${nQueries} queries at row ${qRow}`);
   if (out.length < (outRow + nQueries) * qStride)
     throw new RangeError(`out has too few rows for ${nQueries} queries at row ${outRow}`);
+  const wasm = kernel === "js" ? undefined : defaultWasmAttention(dims);
+  if (wasm) {
+    // Blocks of K/V copied into the default heap, folded for every query of
+    // a chunk (chunks of ATTENTION_QUERY_CHUNK queries bound the state).
+    for (let j = 0; j < nQueries; j += ATTENTION_QUERY_CHUNK) {
+      const n = Math.min(ATTENTION_QUERY_CHUNK, nQueries - j);
+      wasm.begin({ q, qRow: qRow + j, nQueries: n, startPos: startPos + j });
+      wasm.foldCopy(0, startPos + j + n, k, 0, v, 0, kvRow);
+      wasm.finish(out, outRow + j);
+    }
+    return;
+  }
   const scale = 1 / Math.sqrt(headDim);
   scratch.qGroup = grow(scratch.qGroup, qStride);
   scratch.acc = grow(scratch.acc, qStride);
@@ -425,7 +407,6 @@ export function attendKvCache(
   const m = new Float64Array(nHeads);
   const l = new Float64Array(nHeads);
   const bmax = new Float64Array(nHeads);
-  const wasm = kernel === "js" || headDim % 4 !== 0 ? undefined : getWasmAttention();
 
   for (let i = 0; i < nQueries; i++) {
     const qBase = (qRow + i) * qStride;
@@ -433,40 +414,60 @@ export function attendKvCache(
     m.fill(-Infinity);
     l.fill(0);
     acc.fill(0, 0, qStride);
-    if (wasm) {
-      // Pre-scaled f32 query in wasm memory, then positions [0, startPos + i].
-      const buf = wasm.reserve(nHeads, nKvHeads, headDim, WASM_BLOCK);
-      for (let j = 0; j < qStride; j++) buf.f32[buf.q + j] = q[qBase + j]! * scale;
-      foldQueryWasm(wasm, nHeads, nKvHeads, headDim, m, l, acc, k, v, startPos + i + 1, bmax);
-    } else {
-      // Pre-scaled f64 copy of the query: contiguous, no scale in the loop.
-      for (let j = 0; j < qStride; j++) qs[j] = q[qBase + j]! * scale;
-      // Positions [0, startPos + i].
-      foldQuery(
-        nHeads,
-        nKvHeads,
-        headDim,
-        qs,
-        0,
-        m,
-        l,
-        acc,
-        0,
-        k,
-        0,
-        v,
-        0,
-        kvRow,
-        startPos + i + 1,
-        scratch.scores,
-        bmax,
-      );
-    }
+    // Pre-scaled f64 copy of the query: contiguous, no scale in the loop.
+    for (let j = 0; j < qStride; j++) qs[j] = q[qBase + j]! * scale;
+    // Positions [0, startPos + i].
+    foldQuery(
+      nHeads,
+      nKvHeads,
+      headDim,
+      qs,
+      0,
+      m,
+      l,
+      acc,
+      0,
+      k,
+      0,
+      v,
+      0,
+      kvRow,
+      startPos + i + 1,
+      scratch.scores,
+      bmax,
+    );
     for (let h = 0; h < nHeads; h++) {
       const inv = 1 / l[h]!;
       const aOff = h * headDim;
       for (let d = 0; d < headDim; d++) out[oBase + aOff + d] = acc[aOff + d]! * inv;
     }
+  }
+}
+
+/**
+ * {@link attendKvCache} for a cache that lives in a wasm heap (the
+ * memory-node's): position t's K row ([n_kv_heads, head_dim] f32) at byte
+ * kPtr + t * n_kv_heads * head_dim * 4 of `wasm.heap`, V likewise at vPtr.
+ * No copy: the WebAssembly SIMD kernels read the rows where they are, each
+ * block once for all queries of a chunk (a prefill goes in chunks of
+ * {@link ATTENTION_QUERY_CHUNK} queries, so `wasm`'s state stays bounded).
+ * @throws RangeError when the heap cannot hold the queries' state.
+ */
+export function attendKvCacheInHeap(
+  wasm: WasmAttention,
+  queries: CausalQueries,
+  kPtr: number,
+  vPtr: number,
+  out: Float32Array,
+  outRow: number,
+): void {
+  const { nKvHeads, headDim } = wasm.dims;
+  const { q, qRow, nQueries, startPos } = queries;
+  for (let j = 0; j < nQueries; j += ATTENTION_QUERY_CHUNK) {
+    const n = Math.min(ATTENTION_QUERY_CHUNK, nQueries - j);
+    wasm.begin({ q, qRow: qRow + j, nQueries: n, startPos: startPos + j });
+    wasm.foldInHeap(0, startPos + j + n, kPtr, vPtr, 4 * nKvHeads * headDim);
+    wasm.finish(out, outRow + j);
   }
 }
 
@@ -482,6 +483,15 @@ export function attendKvCache(
  * State is O(queries x n_heads x head_dim) f64; K/V are only read.
  */
 export interface OnlineAttention {
+  /**
+   * Makes room for the state of `nQueries` queries now, so that `begin`
+   * allocates nothing. The wasm kernel's state lives in its heap, and
+   * growing the heap's (shared) memory does not detach views of it: they
+   * stay valid but do not see the new pages, and their `buffer` is no
+   * longer the heap's current one. `fold` still reads them in place
+   * (WasmHeap.ownsBuffer knows the memory's earlier buffers).
+   */
+  reserve(nQueries: number): void;
   /** Resets the state for `queries` (a view is kept; do not change q until finish). */
   begin(queries: CausalQueries): void;
   /**
@@ -491,7 +501,9 @@ export interface OnlineAttention {
    * stride, n_kv_heads x head_dim, reads rows packed one after another
    * (a [positions, n_kv_heads, head_dim] tensor); 2 x that reads K and V
    * interleaved by position, as the storage-node's files hold them.
-   * Positions after a query's own are masked out for it.
+   * Positions after a query's own are masked out for it. With the wasm
+   * kernel, rows that are views of its heap are read in place; others are
+   * copied in a block at a time.
    * @throws RangeError when the rows asked lie outside `k` or `v`.
    */
   fold(
@@ -511,9 +523,36 @@ export interface OnlineAttention {
   finish(out: Float32Array, outRow: number): void;
 }
 
-/** Creates an {@link OnlineAttention} for `dims`; reuse it across requests. */
-export function createOnlineAttention(dims: AttentionDims): OnlineAttention {
+/** Options of {@link createOnlineAttention}. */
+export interface OnlineAttentionOptions {
+  /** @default "wasm" (falls back to "js" where the wasm kernel cannot run) */
+  kernel?: AttentionKernel;
+  /**
+   * The wasm heap whose memory K/V views may live in (e.g. the
+   * storage-node's read buffer); the kernel's state is allocated there too.
+   * @default a state of its own (freed when the object is garbage) in the
+   *   process-wide heap of {@link attendKvCache}; K/V are copied in
+   */
+  heap?: WasmHeap;
+}
+
+/**
+ * Creates an {@link OnlineAttention} for `dims`; reuse it across requests.
+ * Each object has state of its own: two may be in flight at once.
+ * @throws RangeError when the dims are bad.
+ */
+export function createOnlineAttention(dims: AttentionDims, options: OnlineAttentionOptions = {}): OnlineAttention {
   checkAttentionDims(dims);
+  if (options.kernel !== "js" && dims.headDim % 4 === 0) {
+    if (options.heap) return wasmOnlineAttention(createWasmAttention(options.heap, dims));
+    const heap = sharedHeap();
+    if (heap) {
+      const wasm = createWasmAttention(heap, dims);
+      const online = wasmOnlineAttention(wasm);
+      onlineStates.register(online, wasm);
+      return online;
+    }
+  }
   const { nHeads, nKvHeads, headDim } = dims;
   const kvRowLen = nKvHeads * headDim;
   const qStride = nHeads * headDim;
@@ -528,6 +567,7 @@ export function createOnlineAttention(dims: AttentionDims): OnlineAttention {
   let start = 0;
 
   return {
+    reserve() {},
     begin({ q, qRow, nQueries, startPos }) {
       if (q.length < (qRow + nQueries) * qStride)
         throw new RangeError(`q has too few rows for ${nQueries} queries at row ${qRow}`);
@@ -546,10 +586,8 @@ export function createOnlineAttention(dims: AttentionDims): OnlineAttention {
 
     fold(firstPos, nPositions, k, kOffset, v, vOffset, stride = kvRowLen) {
       if (nPositions <= 0) return;
-      const lastRow = (nPositions - 1) * stride + kvRowLen;
-      if (kOffset < 0 || vOffset < 0 || k.length < kOffset + lastRow || v.length < vOffset + lastRow) {
-        throw new RangeError(`K/V block holds fewer than ${nPositions} positions`);
-      }
+      checkKvRows("k", k, kOffset, nPositions, stride, kvRowLen);
+      checkKvRows("v", v, vOffset, nPositions, stride, kvRowLen);
       s = grow(s, BLOCK * nHeads);
       for (let i = 0; i < nQ; i++) {
         // Causal mask: query at position p sees [firstPos, min(end, p + 1)).
@@ -596,6 +634,30 @@ export function createOnlineAttention(dims: AttentionDims): OnlineAttention {
   };
 }
 
+/** {@link OnlineAttention} on a {@link WasmAttention}: heap views in place, other rows copied. */
+function wasmOnlineAttention(wasm: WasmAttention): OnlineAttention {
+  const kvRowLen = wasm.dims.nKvHeads * wasm.dims.headDim;
+  const heap = wasm.heap;
+  return {
+    reserve: (n) => wasm.reserve(n),
+    begin: (queries) => wasm.begin(queries),
+    fold(firstPos, nPositions, k, kOffset, v, vOffset, stride = kvRowLen) {
+      if (nPositions <= 0) return;
+      checkKvRows("k", k, kOffset, nPositions, stride, kvRowLen);
+      checkKvRows("v", v, vOffset, nPositions, stride, kvRowLen);
+      // Views of the heap's memory, including ones taken before it grew, are read in place.
+      if (heap.ownsBuffer(k.buffer) && heap.ownsBuffer(v.buffer)) {
+        const kPtr = k.byteOffset + 4 * kOffset;
+        const vPtr = v.byteOffset + 4 * vOffset;
+        wasm.foldInHeap(firstPos, nPositions, kPtr, vPtr, 4 * stride);
+      } else {
+        wasm.foldCopy(firstPos, nPositions, k, kOffset, v, vOffset, stride);
+      }
+    },
+    finish: (out, outRow) => wasm.finish(out, outRow),
+  };
+}
+
 // ---------------------------------------------------------------------------
 // Attend requests: the validation both attention nodes share.
 
@@ -631,7 +693,10 @@ export interface AttendPlanItem<S> {
   readonly row: number;
 }
 
-/** A validated request: f32 views of its tensors and its items. */
+/**
+ * A validated request: its tensors as f32 (views of f32 wire bytes, or
+ * decoded from f16) and its items.
+ */
 export interface AttendPlan<S> {
   readonly layer: number;
   readonly dims: AttentionDims;
@@ -648,9 +713,11 @@ export interface AttendPlan<S> {
 /**
  * Answers one AttendRequest of a memory- or storage-node: runs `compute`
  * (which appends and attends, returning o [total_tokens, n_heads * head_dim]
- * f32 as a wire tensor) and times it. Anything it throws becomes the
- * response's `error` (code from `RpcError.from`, the node's role and
- * address), so one bad request never ends the Attend stream.
+ * f32 as a wire tensor) and times it. `o` goes back in the dtype of the
+ * request's q: an f32 `o` is encoded to f16 in one pass when q was f16, so
+ * a gpu-node that sends f16 activations gets f16 back. Anything `compute`
+ * throws becomes the response's `error` (code from `RpcError.from`, the
+ * node's role and address), so one bad request never ends the Attend stream.
  */
 export async function answerAttend(
   req: AttendRequest,
@@ -660,7 +727,20 @@ export async function answerAttend(
   const t0 = performance.now();
   const seconds = () => (performance.now() - t0) / 1000;
   try {
-    const o = await compute();
+    let o = await compute();
+    // f16: one encoding pass from the node's f32 output into fresh wire
+    // bytes. Having compute write f16 directly would not save a pass or an
+    // allocation: the kernels accumulate in f32/f64 and need an f32 output
+    // to write to, and the f16 bytes must be allocated either way.
+    if (tensorWireDtype(req.q) === "f16" && o.dtype === DType.DTYPE_F32 && o.data) {
+      const b = o.data;
+      const n = b.byteLength / 4;
+      const f =
+        b.byteOffset % 4 === 0
+          ? new Float32Array(b.buffer, b.byteOffset, n)
+          : new Float32Array(new Uint8Array(b).buffer);
+      o = wireTensor(f, o.shape ?? [n], "f16");
+    }
     return { stepId: req.stepId, layer: req.layer, o, computeSeconds: seconds() };
   } catch (err) {
     const e = RpcError.from(err);
@@ -672,7 +752,8 @@ export async function answerAttend(
 /**
  * Validates `req` before anything is written, so a bad request has no
  * effect: every item names a known sequence (once), `layer` exists in its
- * layout, the tensors are f32 of the shapes the proto gives and match each
+ * layout, the tensors are f32 or f16 (each on its own; f16 is decoded to
+ * fresh f32 arrays) of the shapes the proto gives and match each
  * sequence's layout, n_tokens >= 1, start_pos <= the layer's current length
  * (equal appends; less overwrites, which makes a retried step idempotent)
  * and start_pos + n_tokens <= max_positions.

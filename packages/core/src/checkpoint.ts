@@ -6,9 +6,10 @@
  * order of those exporters; `run.c`'s `memory_map_weights` reads the legacy
  * order. Matrices are stored [out_features, in_features] row-major.
  */
-import { open, readFile, stat } from "node:fs/promises";
+import { open, stat } from "node:fs/promises";
 import { CheckpointError } from "./errors.js";
 import type { ModelShape } from "./model-shape.js";
+import { readFully, type SafetensorsDtype } from "./safetensors.js";
 
 /** Magic of the version-1 header ("ak42" little-endian). */
 export const LLAMA2C_V1_MAGIC = 0x616b3432;
@@ -43,6 +44,89 @@ export interface LayerWeights {
   w2: Float32Array;
   /** [hidden_dim, dim] up projection. */
   w3: Float32Array;
+  /** [n_heads * head_dim] q projection bias (Qwen2 layout); absent in Llama/Mistral. */
+  bq?: Float32Array;
+  /** [n_kv_heads * head_dim] k projection bias (Qwen2 layout). */
+  bk?: Float32Array;
+  /** [n_kv_heads * head_dim] v projection bias (Qwen2 layout). */
+  bv?: Float32Array;
+}
+
+/** Names of the per-layer weights ({@link LayerWeights} keys). */
+export type LayerWeightName = keyof LayerWeights;
+
+/** Names of every weight: per-layer ones (with a layer index) and the model-level ones. */
+export type WeightName = LayerWeightName | "tokenEmbedding" | "rmsFinal" | "classifier";
+
+/** The per-layer weight names, matrices first, biases last. */
+export const LAYER_WEIGHT_NAMES: readonly LayerWeightName[] = [
+  "rmsAtt",
+  "wq",
+  "wk",
+  "wv",
+  "wo",
+  "rmsFfn",
+  "w1",
+  "w2",
+  "w3",
+  "bq",
+  "bk",
+  "bv",
+];
+
+/**
+ * Dimensions of weight `name` for `shape`: matrices [out_features,
+ * in_features] as stored, vectors [n].
+ */
+export function weightDims(shape: ModelShape, name: WeightName): number[] {
+  const { dim, hiddenDim, nHeads, nKvHeads, headDim, vocabSize } = shape;
+  const q = nHeads * headDim;
+  const kv = nKvHeads * headDim;
+  switch (name) {
+    case "tokenEmbedding":
+    case "classifier":
+      return [vocabSize, dim];
+    case "rmsAtt":
+    case "rmsFfn":
+    case "rmsFinal":
+      return [dim];
+    case "wq":
+      return [q, dim];
+    case "wk":
+    case "wv":
+      return [kv, dim];
+    case "wo":
+      return [dim, q];
+    case "w1":
+    case "w3":
+      return [hiddenDim, dim];
+    case "w2":
+      return [dim, hiddenDim];
+    case "bq":
+      return [q];
+    case "bk":
+    case "bv":
+      return [kv];
+  }
+}
+
+/**
+ * Reads a model's weights one tensor at a time, as new f32 arrays (or, for
+ * an in-memory model, its own arrays: callers must not modify them).
+ * `layer` is required for per-layer names. For a shared classifier,
+ * "classifier" reads the token embedding.
+ */
+export interface WeightReader {
+  read(name: WeightName, layer?: number): Promise<Float32Array> | Float32Array;
+}
+
+/**
+ * A model opened for reading tensor by tensor: its header and a
+ * {@link WeightReader} (positional reads from the file, converted to f32 one
+ * tensor at a time), so a consumer that needs a layer range holds only that.
+ */
+export interface ModelSource extends CheckpointHeader, WeightReader {
+  read(name: WeightName, layer?: number): Promise<Float32Array>;
 }
 
 /** All weights of a Llama-architecture model, f32. */
@@ -65,6 +149,10 @@ export interface CheckpointHeader {
   headerBytes: number;
   /** Exact file size in bytes the header implies. */
   expectedBytes: number;
+  /** Whether layers have q/k/v projection biases (Qwen2 layout; never in llama2.c files). */
+  qkvBias?: boolean;
+  /** Element type the weights are stored in (of the embedding, for HF folders); absent means F32. */
+  dtype?: SafetensorsDtype;
 }
 
 /** A loaded checkpoint. */
@@ -211,54 +299,138 @@ export async function readCheckpointHeader(path: string): Promise<CheckpointHead
 }
 
 /**
- * Loads a llama2.c checkpoint (legacy or version 1) into f32 weight views
- * over one buffer of the file's bytes (no copies).
- * @throws CheckpointError as {@link readCheckpointHeader}.
+ * Opens a llama2.c checkpoint (legacy or version 1) for reading tensor by
+ * tensor with positional reads (no whole-file buffer, so files over 2 GiB
+ * open too). Each `read` opens the file, reads one tensor and closes it.
+ * @throws CheckpointError as {@link readCheckpointHeader}; `read` throws it
+ *   when the file was truncated since, and RangeError for a weight the file
+ *   has not (biases) or a layer out of range.
  */
-export async function loadCheckpoint(path: string): Promise<Checkpoint> {
+export async function openCheckpoint(path: string): Promise<ModelSource> {
   const header = await readCheckpointHeader(path);
-  const buf = await readFile(path);
-  if (buf.byteLength !== header.expectedBytes) {
-    throw new CheckpointError(path, "file changed while loading", header.expectedBytes, buf.byteLength);
-  }
-  // readFile of a large file returns a Buffer at offset 0 of its own
-  // ArrayBuffer; copy only in the rare pooled/unaligned case.
-  const bytes = buf.byteOffset % 4 === 0 ? buf : Buffer.from(buf);
-  let offset = bytes.byteOffset + header.headerBytes;
-  const layers: Partial<LayerWeights>[] = Array.from({ length: header.shape.nLayers }, () => ({}));
-  const top: Record<string, Float32Array> = {};
+  const offsets = new Map<string, { offset: number; size: number }>();
+  let offset = header.headerBytes;
   for (const t of weightLayout(header)) {
-    const view = new Float32Array(bytes.buffer, offset, t.size);
+    offsets.set(t.layer === undefined ? t.name : `${t.name}.${t.layer}`, { offset, size: t.size });
     offset += 4 * t.size;
-    if (t.layer !== undefined) (layers[t.layer] as Record<string, Float32Array>)[t.name] = view;
-    else top[t.name] = view;
   }
-  const tokenEmbedding = top["tokenEmbedding"]!;
   return {
     ...header,
-    weights: {
-      tokenEmbedding,
-      layers: layers as LayerWeights[],
-      rmsFinal: top["rmsFinal"]!,
-      classifier: header.sharedClassifier ? tokenEmbedding : top["classifier"]!,
+    async read(name: WeightName, layer?: number): Promise<Float32Array> {
+      const key =
+        name === "classifier" && header.sharedClassifier
+          ? "tokenEmbedding"
+          : layer === undefined
+            ? name
+            : `${name}.${layer}`;
+      const at = offsets.get(key);
+      if (!at) throw new RangeError(`${path}: no weight ${name}${layer === undefined ? "" : ` of layer ${layer}`}`);
+      const out = new Float32Array(at.size);
+      const fh = await open(path, "r");
+      try {
+        await readFully(fh, path, new Uint8Array(out.buffer), at.offset, `weight ${key}`);
+      } finally {
+        await fh.close();
+      }
+      return out;
     },
   };
 }
 
+/** A {@link WeightReader} over in-memory weights (returns the arrays themselves, no copies). */
+export function weightsReader(weights: LlamaWeights): WeightReader {
+  return {
+    read(name: WeightName, layer?: number): Float32Array {
+      let w: Float32Array | undefined;
+      if (name === "tokenEmbedding" || name === "rmsFinal" || name === "classifier") w = weights[name];
+      else w = layer === undefined ? undefined : weights.layers[layer]?.[name];
+      if (!w) throw new RangeError(`no weight ${name}${layer === undefined ? "" : ` of layer ${layer}`}`);
+      return w;
+    },
+  };
+}
+
+/** A {@link ModelSource} over a loaded checkpoint (its own arrays, no copies). */
+export function checkpointSource(checkpoint: Checkpoint): ModelSource {
+  const { weights, ...header } = checkpoint;
+  const reader = weightsReader(weights);
+  return {
+    ...header,
+    qkvBias: header.qkvBias ?? weights.layers.some((l) => l.bq || l.bk || l.bv),
+    read: (name, layer) => Promise.resolve(reader.read(name, layer)),
+  };
+}
+
 /**
- * Writes a checkpoint in `format` (version 1 by default). The legacy format
- * gets RoPE frequency tables as llama2.c's exporter wrote them.
- * @throws RangeError when a weight's length does not match `shape`, or for format "hf".
+ * Reads the weights of layer `layer` (biases when `qkvBias`).
+ * @throws as `reader.read`.
+ */
+async function readLayer(reader: WeightReader, layer: number, qkvBias = false): Promise<LayerWeights> {
+  const w: Partial<Record<LayerWeightName, Float32Array>> = {};
+  for (const name of LAYER_WEIGHT_NAMES) {
+    if (!qkvBias && (name === "bq" || name === "bk" || name === "bv")) continue;
+    w[name] = await reader.read(name, layer);
+  }
+  return w as LayerWeights;
+}
+
+/**
+ * Reads every weight of `source` into memory (f32); a shared classifier is
+ * the embedding array itself.
+ * @throws as `source.read`.
+ */
+export async function readAllWeights(source: ModelSource): Promise<LlamaWeights> {
+  const tokenEmbedding = await source.read("tokenEmbedding");
+  const layers: LayerWeights[] = [];
+  for (let l = 0; l < source.shape.nLayers; l++) layers.push(await readLayer(source, l, source.qkvBias ?? false));
+  const rmsFinal = await source.read("rmsFinal");
+  const classifier = source.sharedClassifier ? tokenEmbedding : await source.read("classifier");
+  return { tokenEmbedding, layers, rmsFinal, classifier };
+}
+
+/**
+ * Loads a llama2.c checkpoint (legacy or version 1) into f32 arrays, one
+ * positional read per tensor (files over 2 GiB load too).
+ * @throws CheckpointError as {@link readCheckpointHeader}.
+ */
+export async function loadCheckpoint(path: string): Promise<Checkpoint> {
+  const source = await openCheckpoint(path);
+  const { read: _read, ...header } = source;
+  return { ...header, weights: await readAllWeights(source) };
+}
+
+/** Options of {@link writeCheckpoint}. */
+export interface WriteCheckpointOptions {
+  /** @default "llama2c-v1" */
+  format?: CheckpointFormat;
+  /** Write no classifier (it is the embedding). @default weights.classifier === weights.tokenEmbedding, or false for a reader */
+  sharedClassifier?: boolean;
+  /** Called after each tensor with the bytes written so far and the file's total. */
+  onProgress?: (bytesWritten: number, totalBytes: number) => void;
+}
+
+/**
+ * Writes a checkpoint in `format` (version 1 by default), one tensor at a
+ * time: `weights` may be a {@link WeightReader} (e.g. a synthetic model or an
+ * opened file), read in file order, so memory holds one tensor. The legacy
+ * format gets RoPE frequency tables as llama2.c's exporter wrote them.
+ * @throws RangeError when a weight's length does not match `shape`, for
+ *   format "hf", or for weights with q/k/v biases (llama2.c has none).
  */
 export async function writeCheckpoint(
   path: string,
   shape: ModelShape,
-  weights: LlamaWeights,
-  options: { format?: CheckpointFormat; sharedClassifier?: boolean } = {},
+  weights: LlamaWeights | WeightReader,
+  options: WriteCheckpointOptions = {},
 ): Promise<void> {
   const format = options.format ?? "llama2c-v1";
   if (format === "hf") throw new RangeError('writeCheckpoint writes llama2.c files; use writeHfModel for format "hf"');
-  const sharedClassifier = options.sharedClassifier ?? weights.classifier === weights.tokenEmbedding;
+  const inMemory = !("read" in weights);
+  if (inMemory && weights.layers.some((l) => l.bq || l.bk || l.bv))
+    throw new RangeError("llama2.c checkpoints have no q/k/v biases; write a Hugging Face folder instead");
+  const reader = inMemory ? weightsReader(weights) : weights;
+  const sharedClassifier =
+    options.sharedClassifier ?? (inMemory ? weights.classifier === weights.tokenEmbedding : false);
   const { dim, hiddenDim, nLayers, nHeads, nKvHeads, vocabSize, seqLen, headDim } = shape;
   let header: Buffer;
   if (format === "llama2c-v1") {
@@ -274,21 +446,28 @@ export async function writeCheckpoint(
     );
   }
   const layout = weightLayout({ path, format, shape, sharedClassifier, headerBytes: header.length });
+  const totalBytes = header.length + 4 * layout.reduce((a, t) => a + t.size, 0);
   const fh = await open(path, "w");
   try {
     await fh.write(header);
+    let written = header.length;
     for (const t of layout) {
-      let data: Float32Array;
-      if (t.name === "freqCis") data = ropeTables(seqLen, headDim, shape.ropeTheta);
-      else if (t.layer !== undefined)
-        data = (weights.layers[t.layer] as unknown as Record<string, Float32Array>)[t.name]!;
-      else data = (weights as unknown as Record<string, Float32Array>)[t.name]!;
+      const data =
+        t.name === "freqCis"
+          ? ropeTables(seqLen, headDim, shape.ropeTheta)
+          : await reader.read(t.name as WeightName, t.layer);
       if (!data || data.length !== t.size) {
         throw new RangeError(
           `${t.name}${t.layer !== undefined ? `[${t.layer}]` : ""}: expected ${t.size} values, got ${data?.length}`,
         );
       }
-      await fh.write(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+      const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+      for (let at = 0; at < bytes.byteLength;) {
+        const { bytesWritten } = await fh.write(bytes, at, Math.min(1 << 30, bytes.byteLength - at));
+        at += bytesWritten;
+      }
+      written += bytes.byteLength;
+      options.onProgress?.(written, totalBytes);
     }
   } finally {
     await fh.close();

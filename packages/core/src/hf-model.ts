@@ -11,20 +11,29 @@
  * llama2.c's `export.py` undoes it (`permute_reverse`). We undo it on load
  * and apply it on write, so the rest of Tessera keeps the adjacent-pair layout.
  *
- * Not yet read: q/k/v biases (Qwen2), `rope_scaling`, and keeping f16/bf16
- * weights on the gpu-node (everything is converted to f32 on load).
+ * Layouts: Llama, Mistral (a `sliding_window` shorter than
+ * `max_position_embeddings` caps the context at the window, inside which
+ * sliding-window attention is plain causal attention) and Qwen2 (q/k/v
+ * projection biases, read when config.json has `model_type` "qwen2" or
+ * `attention_bias: true`; the q and k biases are permuted like their rows).
+ * Not read: `rope_scaling`. Weights are read one tensor at a time with
+ * positional reads ({@link openHfModel}) and converted to f32.
  */
 import { readFile, stat, writeFile, mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { CheckpointError } from "./errors.js";
 import type { ModelShape } from "./model-shape.js";
 import {
-  loadCheckpoint,
+  openCheckpoint,
+  readAllWeights,
   readCheckpointHeader,
+  weightsReader,
   type Checkpoint,
   type CheckpointHeader,
-  type LayerWeights,
   type LlamaWeights,
+  type ModelSource,
+  type WeightName,
+  type WeightReader,
 } from "./checkpoint.js";
 import {
   openSafetensorsFolder,
@@ -53,6 +62,14 @@ export interface HfLlamaConfig {
   hidden_act?: string;
   rope_scaling?: unknown;
   torch_dtype?: string;
+  /** "llama", "mistral", "qwen2", ... */
+  model_type?: string;
+  /** q/k/v/o projection biases (Llama config); Qwen2 always has q/k/v biases. */
+  attention_bias?: boolean;
+  /** Mistral / Qwen2 sliding-window attention span in positions (null: none). */
+  sliding_window?: number | null;
+  /** Qwen2: whether `sliding_window` is used. */
+  use_sliding_window?: boolean;
 }
 
 /** Header of a Hugging Face folder: a {@link CheckpointHeader} (format "hf") plus its storage. */
@@ -62,6 +79,7 @@ export interface HfModelHeader extends CheckpointHeader {
   dtype: SafetensorsDtype;
   /** The safetensors files, by name. */
   files: string[];
+  qkvBias: boolean;
 }
 
 /** Weight dtype names of `--dtype` and `writeHfModel`. */
@@ -84,6 +102,18 @@ export function permuteRotaryToHf(w: Float32Array, nHeads: number, headDim: numb
 /** The inverse of {@link permuteRotaryToHf} (llama2.c `export.py` `permute_reverse`). */
 export function permuteRotaryFromHf(w: Float32Array, nHeads: number, headDim: number, dim: number): Float32Array {
   return permuteRows(w, nHeads, headDim, dim, false);
+}
+
+/**
+ * Applies the rotary row permutation to a named weight when it has one: wq and
+ * bq over n_heads, wk and bk over n_kv_heads (a bias is one column); other
+ * weights come back unchanged. `toHf` picks the direction.
+ */
+function permuteRotaryWeight(name: WeightName, w: Float32Array, shape: ModelShape, toHf: boolean): Float32Array {
+  const { nHeads, nKvHeads, headDim, dim } = shape;
+  const heads = name === "wq" || name === "bq" ? nHeads : name === "wk" || name === "bk" ? nKvHeads : 0;
+  if (heads === 0) return w;
+  return permuteRows(w, heads, headDim, name === "wq" || name === "wk" ? dim : 1, toHf);
 }
 
 function permuteRows(w: Float32Array, nHeads: number, headDim: number, dim: number, toHf: boolean): Float32Array {
@@ -145,6 +175,14 @@ async function readConfig(dir: string): Promise<HfLlamaConfig> {
   if (c["rope_scaling"] !== undefined && c["rope_scaling"] !== null) {
     throw new CheckpointError(path, "rope_scaling is not supported yet");
   }
+  const window = c["sliding_window"];
+  if (
+    window !== undefined &&
+    window !== null &&
+    !(typeof window === "number" && Number.isInteger(window) && window > 0)
+  ) {
+    throw new CheckpointError(path, `sliding_window = ${JSON.stringify(window)} is not a positive integer or null`);
+  }
   return c as unknown as HfLlamaConfig;
 }
 
@@ -170,15 +208,55 @@ function shapeOf(dir: string, c: HfLlamaConfig): ModelShape {
     nHeads,
     nKvHeads,
     vocabSize: c.vocab_size,
-    seqLen: c.max_position_embeddings,
+    seqLen: Math.min(c.max_position_embeddings, slidingWindow(c) ?? Infinity),
     headDim,
     ropeTheta: c.rope_theta ?? 10000,
     normEps: c.rms_norm_eps ?? 1e-6,
   };
 }
 
+/**
+ * The sliding-window span that applies, if any: Mistral's `sliding_window`
+ * (null or absent: none), Qwen2's only with `use_sliding_window`.
+ */
+function slidingWindow(c: HfLlamaConfig): number | undefined {
+  if (c.sliding_window === undefined || c.sliding_window === null) return undefined;
+  if (c.model_type === "qwen2" && !c.use_sliding_window) return undefined;
+  return c.sliding_window;
+}
+
+/** Whether a config implies q/k/v projection biases (Qwen2 layout). */
+function hasQkvBias(c: HfLlamaConfig): boolean {
+  return c.model_type === "qwen2" || c.attention_bias === true;
+}
+
+/** HF tensor name of each Tessera per-layer weight (after `model.layers.{l}.`). */
+const HF_LAYER_NAMES: Record<Exclude<WeightName, "tokenEmbedding" | "rmsFinal" | "classifier">, string> = {
+  rmsAtt: "input_layernorm.weight",
+  wq: "self_attn.q_proj.weight",
+  wk: "self_attn.k_proj.weight",
+  wv: "self_attn.v_proj.weight",
+  wo: "self_attn.o_proj.weight",
+  rmsFfn: "post_attention_layernorm.weight",
+  w1: "mlp.gate_proj.weight",
+  w2: "mlp.down_proj.weight",
+  w3: "mlp.up_proj.weight",
+  bq: "self_attn.q_proj.bias",
+  bk: "self_attn.k_proj.bias",
+  bv: "self_attn.v_proj.bias",
+};
+
+/** HF tensor name of a Tessera weight (`classifier` is `lm_head.weight`; a tied model has none). */
+function hfName(name: WeightName, layer?: number): string {
+  if (name === "tokenEmbedding") return "model.embed_tokens.weight";
+  if (name === "rmsFinal") return "model.norm.weight";
+  if (name === "classifier") return "lm_head.weight";
+  if (layer === undefined) throw new RangeError(`weight ${name} needs a layer index`);
+  return `model.layers.${layer}.${HF_LAYER_NAMES[name]}`;
+}
+
 /** Tensor names and [out, in] shapes of a Llama-family model, in `save_pretrained` order. */
-function tensorShapes(shape: ModelShape, tied: boolean): [string, number[]][] {
+function tensorShapes(shape: ModelShape, tied: boolean, qkvBias = false): [string, number[]][] {
   const { dim, hiddenDim, nLayers, nHeads, nKvHeads, headDim, vocabSize } = shape;
   const out: [string, number[]][] = [["model.embed_tokens.weight", [vocabSize, dim]]];
   for (let l = 0; l < nLayers; l++) {
@@ -188,6 +266,13 @@ function tensorShapes(shape: ModelShape, tied: boolean): [string, number[]][] {
       [`${p}self_attn.q_proj.weight`, [nHeads * headDim, dim]],
       [`${p}self_attn.k_proj.weight`, [nKvHeads * headDim, dim]],
       [`${p}self_attn.v_proj.weight`, [nKvHeads * headDim, dim]],
+      ...((qkvBias
+        ? [
+            [`${p}self_attn.q_proj.bias`, [nHeads * headDim]],
+            [`${p}self_attn.k_proj.bias`, [nKvHeads * headDim]],
+            [`${p}self_attn.v_proj.bias`, [nKvHeads * headDim]],
+          ]
+        : []) as [string, number[]][]),
       [`${p}self_attn.o_proj.weight`, [dim, nHeads * headDim]],
       [`${p}post_attention_layernorm.weight`, [dim]],
       [`${p}mlp.gate_proj.weight`, [hiddenDim, dim]],
@@ -207,15 +292,16 @@ async function openHf(dir: string): Promise<{ header: HfModelHeader; store: Safe
   // tie_word_embeddings defaults to true in PretrainedConfig, but Llama's
   // config class defaults it to false; a folder without lm_head is tied either way.
   const tied = config.tie_word_embeddings ?? !store.weightMap.has("lm_head.weight");
+  const qkvBias = hasQkvBias(config);
   for (const name of store.weightMap.keys()) {
-    if (/\.(q|k|v|o)_proj\.bias$/.test(name)) {
+    if (/\.o_proj\.bias$/.test(name) || (!qkvBias && /\.(q|k|v)_proj\.bias$/.test(name))) {
       throw new CheckpointError(
         join(dir, HF_CONFIG_FILE),
-        `has attention bias ${name} (Qwen2 layout): not supported yet`,
+        `the safetensors have ${name}, which this config does not use (q/k/v biases are read for model_type "qwen2" or attention_bias: true; o_proj biases never)`,
       );
     }
   }
-  for (const [name, dims] of tensorShapes(shape, tied)) {
+  for (const [name, dims] of tensorShapes(shape, tied, qkvBias)) {
     const info = store.info(name);
     if (!info)
       throw new CheckpointError(dir, `has no tensor ${name} (looked in ${[...store.files.keys()].join(", ")})`);
@@ -235,6 +321,7 @@ async function openHf(dir: string): Promise<{ header: HfModelHeader; store: Safe
     expectedBytes: store.totalBytes,
     dtype: store.info("model.embed_tokens.weight")!.dtype,
     files: [...store.files.keys()],
+    qkvBias,
   };
   return { header, store };
 }
@@ -250,81 +337,109 @@ export async function readHfModelHeader(dir: string): Promise<HfModelHeader> {
 }
 
 /**
+ * Opens a Hugging Face Llama-family folder for reading tensor by tensor:
+ * each `read` is a positional read of one tensor from its shard, converted
+ * to f32 (F16/BF16), with the q/k rotary permutation (rows, and biases)
+ * undone (see the module comment). A tied classifier reads the embedding.
+ * @throws CheckpointError as {@link readHfModelHeader}; `read` throws it when
+ *   a shard was truncated since, and RangeError for a weight the model has not.
+ */
+export async function openHfModel(dir: string): Promise<ModelSource & HfModelHeader> {
+  const { header, store } = await openHf(dir);
+  return {
+    ...header,
+    async read(name: WeightName, layer?: number): Promise<Float32Array> {
+      if ((name === "bq" || name === "bk" || name === "bv") && !header.qkvBias)
+        throw new RangeError(`${dir}: model has no ${name} (no q/k/v bias)`);
+      const tensor =
+        name === "classifier" && header.sharedClassifier ? "model.embed_tokens.weight" : hfName(name, layer);
+      return permuteRotaryWeight(name, await store.read(tensor), header.shape, false);
+    },
+  };
+}
+
+/**
  * Loads a Hugging Face Llama-family folder into f32 {@link LlamaWeights}
  * (F16/BF16 converted), undoing the q/k rotary permutation (see the module comment).
  * @throws CheckpointError as {@link readHfModelHeader}, and when a shard is truncated.
  */
 export async function loadHfModel(dir: string): Promise<Checkpoint & HfModelHeader> {
-  const { header, store } = await openHf(dir);
-  const { nLayers, nHeads, nKvHeads, headDim, dim } = header.shape;
-  const tokenEmbedding = await store.read("model.embed_tokens.weight");
-  const layers: LayerWeights[] = [];
-  for (let l = 0; l < nLayers; l++) {
-    const p = `model.layers.${l}.`;
-    layers.push({
-      rmsAtt: await store.read(`${p}input_layernorm.weight`),
-      wq: permuteRotaryFromHf(await store.read(`${p}self_attn.q_proj.weight`), nHeads, headDim, dim),
-      wk: permuteRotaryFromHf(await store.read(`${p}self_attn.k_proj.weight`), nKvHeads, headDim, dim),
-      wv: await store.read(`${p}self_attn.v_proj.weight`),
-      wo: await store.read(`${p}self_attn.o_proj.weight`),
-      rmsFfn: await store.read(`${p}post_attention_layernorm.weight`),
-      w1: await store.read(`${p}mlp.gate_proj.weight`),
-      w2: await store.read(`${p}mlp.down_proj.weight`),
-      w3: await store.read(`${p}mlp.up_proj.weight`),
-    });
-  }
-  const rmsFinal = await store.read("model.norm.weight");
-  const classifier = header.sharedClassifier ? tokenEmbedding : await store.read("lm_head.weight");
-  return { ...header, weights: { tokenEmbedding, layers, rmsFinal, classifier } };
+  const source = await openHfModel(dir);
+  const { read: _read, ...header } = source;
+  return { ...header, weights: await readAllWeights(source) };
+}
+
+/** Options of {@link writeHfModel}. */
+export interface WriteHfModelOptions {
+  /** Stored element type. @default "f32" */
+  dtype?: HfDtype;
+  /** Split into shards of at most this many bytes (plus an index). @default one file */
+  shardBytes?: number;
+  /** Write no lm_head (tie_word_embeddings). @default classifier === embedding for in-memory weights, true for a reader */
+  sharedClassifier?: boolean;
+  /** Write q/k/v biases (Qwen2 layout, model_type "qwen2"). @default whether layer 0 has `bq`, false for a reader */
+  qkvBias?: boolean;
+  /** Called after each tensor with the tensor bytes written so far and their total. */
+  onProgress?: (bytesWritten: number, totalBytes: number) => void;
 }
 
 /**
- * Writes `weights` (f32, llama2.c layout) as a Hugging Face Llama folder:
- * `config.json` (LlamaForCausalLM) and `model.safetensors` (or shards +
- * index above `shardBytes`), in `dtype` (f32 by default), with q/k rows
- * permuted to HF's rotary layout. Creates `dir` if needed.
+ * Writes a model (f32, llama2.c layout) as a Hugging Face folder:
+ * `config.json` (LlamaForCausalLM, or Qwen2ForCausalLM with q/k/v biases)
+ * and `model.safetensors` (or shards + index above `shardBytes`), in `dtype`
+ * (f32 by default), with q/k rows (and biases) permuted to HF's rotary layout,
+ * the convention {@link openHfModel} undoes. `weights` may be a
+ * {@link WeightReader} (a synthetic model, an opened file): tensors are then
+ * read, converted and written one at a time, so memory holds one tensor.
+ * No tokenizer is written. Creates `dir` if needed.
  * @returns the file names written.
  * @throws RangeError when a weight's length does not match `shape`.
  */
 export async function writeHfModel(
   dir: string,
   shape: ModelShape,
-  weights: LlamaWeights,
-  options: { dtype?: HfDtype; shardBytes?: number; sharedClassifier?: boolean } = {},
+  weights: LlamaWeights | WeightReader,
+  options: WriteHfModelOptions = {},
 ): Promise<string[]> {
   const dtype = options.dtype ?? "f32";
-  const tied = options.sharedClassifier ?? weights.classifier === weights.tokenEmbedding;
-  const { nHeads, nKvHeads, headDim, dim } = shape;
-  const data = new Map<string, Float32Array>([
-    ["model.embed_tokens.weight", weights.tokenEmbedding],
-    ["model.norm.weight", weights.rmsFinal],
-  ]);
-  if (!tied) data.set("lm_head.weight", weights.classifier);
-  weights.layers.forEach((w, l) => {
-    const p = `model.layers.${l}.`;
-    data.set(`${p}input_layernorm.weight`, w.rmsAtt);
-    data.set(`${p}self_attn.q_proj.weight`, permuteRotaryToHf(w.wq, nHeads, headDim, dim));
-    data.set(`${p}self_attn.k_proj.weight`, permuteRotaryToHf(w.wk, nKvHeads, headDim, dim));
-    data.set(`${p}self_attn.v_proj.weight`, w.wv);
-    data.set(`${p}self_attn.o_proj.weight`, w.wo);
-    data.set(`${p}post_attention_layernorm.weight`, w.rmsFfn);
-    data.set(`${p}mlp.gate_proj.weight`, w.w1);
-    data.set(`${p}mlp.up_proj.weight`, w.w3);
-    data.set(`${p}mlp.down_proj.weight`, w.w2);
-  });
-  if (weights.layers.length !== shape.nLayers) {
+  const inMemory = !("read" in weights);
+  if (inMemory && weights.layers.length !== shape.nLayers) {
     throw new RangeError(`shape has ${shape.nLayers} layers, weights have ${weights.layers.length}`);
   }
-  const tensors: SafetensorsTensor[] = tensorShapes(shape, tied).map(([name, dims]) => {
-    const d = data.get(name)!;
+  const tied = options.sharedClassifier ?? (inMemory ? weights.classifier === weights.tokenEmbedding : true);
+  const qkvBias = options.qkvBias ?? (inMemory ? weights.layers[0]?.bq !== undefined : false);
+  const reader = inMemory ? weightsReader(weights) : weights;
+  const byHfName = new Map<string, [WeightName, number | undefined]>();
+  byHfName.set(hfName("tokenEmbedding"), ["tokenEmbedding", undefined]);
+  byHfName.set(hfName("rmsFinal"), ["rmsFinal", undefined]);
+  byHfName.set(hfName("classifier"), ["classifier", undefined]);
+  for (let l = 0; l < shape.nLayers; l++) {
+    for (const n of Object.keys(HF_LAYER_NAMES) as (keyof typeof HF_LAYER_NAMES)[]) byHfName.set(hfName(n, l), [n, l]);
+  }
+  const produce = async (hf: string, n: number): Promise<Float32Array> => {
+    const [name, layer] = byHfName.get(hf)!;
+    const w = await reader.read(name, layer);
+    if (w.length !== n) throw new RangeError(`${hf}: expected ${n} values, got ${w.length}`);
+    return permuteRotaryWeight(name, w, shape, true);
+  };
+  const shapes = tensorShapes(shape, tied, qkvBias);
+  const tensors: SafetensorsTensor[] = shapes.map(([name, dims]) => {
     const n = dims.reduce((a, x) => a * x, 1);
-    if (d.length !== n) throw new RangeError(`${name}: expected ${n} values, got ${d.length}`);
-    return { name, shape: dims, data: d };
+    return { name, shape: dims, data: () => produce(name, n) };
   });
+  if (inMemory) {
+    // Fail before writing anything.
+    for (const t of tensors) {
+      const [name, layer] = byHfName.get(t.name)!;
+      const n = t.shape.reduce((a, x) => a * x, 1);
+      const got = (await reader.read(name, layer)).length;
+      if (got !== n) throw new RangeError(`${t.name}: expected ${n} values, got ${got}`);
+    }
+  }
   await mkdir(dir, { recursive: true });
   const config = {
-    architectures: ["LlamaForCausalLM"],
-    model_type: "llama",
+    architectures: [qkvBias ? "Qwen2ForCausalLM" : "LlamaForCausalLM"],
+    model_type: qkvBias ? "qwen2" : "llama",
     hidden_size: shape.dim,
     intermediate_size: shape.hiddenDim,
     num_hidden_layers: shape.nLayers,
@@ -337,15 +452,19 @@ export async function writeHfModel(
     rms_norm_eps: shape.normEps,
     tie_word_embeddings: tied,
     hidden_act: "silu",
-    attention_bias: false,
+    attention_bias: qkvBias,
+    ...(qkvBias ? { use_sliding_window: false, sliding_window: null } : {}),
     bos_token_id: 1,
     eos_token_id: 2,
     torch_dtype: TORCH_DTYPES[dtype],
   };
   await writeFile(join(dir, HF_CONFIG_FILE), JSON.stringify(config, null, 2) + "\n");
+  const bytesPer = DTYPES[dtype] === "F32" ? 4 : 2;
+  const totalBytes = shapes.reduce((a, [, d]) => a + bytesPer * d.reduce((x, y) => x * y, 1), 0);
   const files = await writeSafetensorsFolder(dir, tensors, {
     dtype: DTYPES[dtype],
     ...(options.shardBytes !== undefined ? { shardBytes: options.shardBytes } : {}),
+    ...(options.onProgress ? { onProgress: (n: number) => options.onProgress!(n, totalBytes) } : {}),
   });
   return [HF_CONFIG_FILE, ...files];
 }
@@ -366,7 +485,19 @@ async function isDirectory(path: string): Promise<boolean> {
  * @throws CheckpointError naming the file when it is missing or bad.
  */
 export async function loadModel(path: string): Promise<Checkpoint> {
-  return (await isDirectory(path)) ? loadHfModel(path) : loadCheckpoint(path);
+  const source = await openModel(path);
+  const { read: _read, ...header } = source;
+  return { ...header, weights: await readAllWeights(source) };
+}
+
+/**
+ * Opens a model by path for reading tensor by tensor (positional reads, f32
+ * on read): a directory is a Hugging Face folder ({@link openHfModel}), a
+ * file a llama2.c checkpoint (`openCheckpoint`). Headers are validated here.
+ * @throws CheckpointError naming the file when it is missing or bad.
+ */
+export async function openModel(path: string): Promise<ModelSource> {
+  return (await isDirectory(path)) ? openHfModel(path) : openCheckpoint(path);
 }
 
 /**

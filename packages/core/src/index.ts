@@ -17,3 +17,5 @@ export * from "./safetensors.js";
 export * from "./hf-model.js";
 export * from "./hf-tokenizer.js";
 export * from "./wasm-attention.js";
+export * from "./attention-wasm.js";
+export * from "./attention-threads.js";

@@ -29,10 +29,16 @@ export function kvBytesPerPosition(shape: Pick<ModelShape, "nLayers" | "nKvHeads
   return shape.nLayers * 2 * shape.nKvHeads * shape.headDim * 4;
 }
 
-/** Number of weights (parameters) of a model of this shape. */
-export function parameterCount(shape: ModelShape, sharedClassifier: boolean): number {
+/**
+ * Number of weights (parameters) of a model of this shape: embedding,
+ * classifier unless shared, per layer two RMSNorm weights, q/k/v/o and the
+ * three FFN matrices (plus q/k/v biases with `qkvBias`, Qwen2 layout), and
+ * the final norm.
+ */
+export function parameterCount(shape: ModelShape, sharedClassifier: boolean, qkvBias = false): number {
   const { dim, hiddenDim, nLayers, vocabSize } = shape;
   const kv = kvDim(shape);
-  const perLayer = 2 * dim + dim * dim * 2 + dim * kv * 2 + 3 * dim * hiddenDim;
+  const q = shape.nHeads * shape.headDim;
+  const perLayer = 2 * dim + 2 * dim * q + dim * kv * 2 + 3 * dim * hiddenDim + (qkvBias ? q + 2 * kv : 0);
   return vocabSize * dim * (sharedClassifier ? 1 : 2) + nLayers * perLayer + dim;
 }

@@ -11,6 +11,7 @@
  * when stored, where run.c computes in f32 (powf/cosf/sinf, f32 sums). On
  * stories260K the logits stay within 2e-5 of run.c's and greedy and seeded
  * generations give its tokens (packages/core/test/reference-model.test.ts).
+ * Layers with q/k/v biases (Qwen2 layout) add them to the projections before RoPE.
  */
 import type { Checkpoint, LlamaWeights } from "./checkpoint.js";
 import type { ModelShape } from "./model-shape.js";
@@ -196,6 +197,10 @@ export class ReferenceModel {
       matmul(q, xb, lw.wq, dim, dim);
       matmul(k, xb, lw.wk, dim, kvDim);
       matmul(v, xb, lw.wv, dim, kvDim);
+      // Qwen2's q/k/v projection biases (before RoPE, as its Qwen2Attention).
+      if (lw.bq) for (let i = 0; i < dim; i++) q[i] = q[i]! + lw.bq[i]!;
+      if (lw.bk) for (let i = 0; i < kvDim; i++) k[i] = k[i]! + lw.bk[i]!;
+      if (lw.bv) for (let i = 0; i < kvDim; i++) v[i] = v[i]! + lw.bv[i]!;
       rope(q, 0, dim);
       rope(k, 0, kvDim);
 

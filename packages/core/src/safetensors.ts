@@ -6,16 +6,19 @@
  * first byte after the header. Sharded models add `model.safetensors.index.json`
  * (`{"metadata": {...}, "weight_map": {tensor name: shard file name}}`).
  *
- * Tessera reads and writes F32, F16 and BF16. Loading converts F16/BF16 to
- * f32 for now: the gpu-node's graphs and the reference model take f32
- * weights; keeping f16/bf16 weights on the gpu-node is later work (issue 3).
- * Tensors are read one at a time from the file (never the whole file into
- * one Buffer), so files over Node's 2 GiB `readFile` limit load too.
+ * Tessera reads and writes F32, F16 and BF16. Reading converts F16/BF16 to
+ * f32 one tensor at a time (the gpu-node then stores its projection weights
+ * as f16 again where its execution provider has f16 kernels: see the
+ * gpu-node's DenseModel). Tensors are read with positional reads, one at a
+ * time (never the whole file into one Buffer), so files over Node's 2 GiB
+ * `readFile` limit load too; writers take tensors as functions to stream
+ * models larger than memory.
  */
 import { open, readFile, stat, writeFile } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { CheckpointError } from "./errors.js";
+import { decodeF16, encodeF16 } from "./tensor.js";
 
 /** Element types Tessera reads and writes. */
 export type SafetensorsDtype = "F32" | "F16" | "BF16";
@@ -42,59 +45,45 @@ export interface SafetensorsHeader {
   tensors: Map<string, SafetensorsTensorInfo>;
 }
 
-/** A tensor to write: f32 values, converted to the file's dtype on write. */
+/**
+ * A tensor to write: f32 values, converted to the file's dtype on write.
+ * `data` may be a function producing them, called once when the tensor's
+ * turn comes, so a writer holds one tensor at a time (streaming writes of
+ * models larger than memory).
+ */
 export interface SafetensorsTensor {
   name: string;
   shape: readonly number[];
-  data: Float32Array;
+  data: Float32Array | (() => Float32Array | Promise<Float32Array>);
 }
 
-/** Name of the single-file model and of the sharded index in a Hugging Face folder. */
+/** Options of the safetensors writers. */
+export interface SafetensorsWriteOptions {
+  /** Element type written. @default "F32" */
+  dtype?: SafetensorsDtype;
+  /** `__metadata__` strings. */
+  metadata?: Record<string, string>;
+  /** Called after each tensor is written with the bytes of tensor data written by this call so far. */
+  onProgress?: (bytesWritten: number) => void;
+}
+
+function elementCount(shape: readonly number[]): number {
+  return shape.reduce((a, d) => a * d, 1);
+}
+
+/** Name of the single-file model in a Hugging Face folder. */
 export const SAFETENSORS_MODEL_FILE = "model.safetensors";
+/**
+ * Name of the index of a sharded model in a Hugging Face folder:
+ * `{"metadata": {...}, "weight_map": {tensor name: shard file name}}`.
+ */
 export const SAFETENSORS_INDEX_FILE = "model.safetensors.index.json";
 
 // ---------------------------------------------------------------------------
-// f16 / bf16 <-> f32 conversion
+// bf16 <-> f32 conversion (f16: the wire codec of tensor.ts)
 
 const f32Scratch = new Float32Array(1);
 const u32Scratch = new Uint32Array(f32Scratch.buffer);
-
-/** IEEE binary16 bits to a number (subnormals, inf and NaN included). */
-export function f16ToF32(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >> 10) & 0x1f;
-  const frac = h & 0x3ff;
-  if (exp === 0) return sign * frac * 2 ** -24;
-  if (exp === 0x1f) return frac ? NaN : sign * Infinity;
-  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
-}
-
-/** A float32 value to IEEE binary16 bits, rounding to nearest even; overflow gives ±inf. */
-export function f32ToF16(value: number): number {
-  f32Scratch[0] = value;
-  const x = u32Scratch[0]!;
-  const sign = (x >>> 16) & 0x8000;
-  const exp = (x >>> 23) & 0xff;
-  const mant = x & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  const e = exp - 127 + 15;
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    // Subnormal: shift the mantissa (with its implicit 1) right, round to nearest even.
-    const m = mant | 0x800000;
-    const shift = 14 - e;
-    let h = m >>> shift;
-    const rem = m & ((1 << shift) - 1);
-    const half = 1 << (shift - 1);
-    if (rem > half || (rem === half && h & 1)) h++;
-    return sign | h;
-  }
-  let h = (e << 10) | (mant >>> 13);
-  const rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem === 0x1000 && h & 1)) h++; // may carry into the exponent: correct, up to inf
-  return sign | h;
-}
 
 /** bfloat16 bits to a number (the top half of a float32). */
 export function bf16ToF32(b: number): number {
@@ -110,24 +99,45 @@ export function f32ToBf16(value: number): number {
   return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
 }
 
-/** Little-endian bytes of `data` in `dtype`. */
+/**
+ * Little-endian bytes of `data` in `dtype`, a new buffer. F16 is rounded to
+ * nearest even by the wire codec ({@link encodeF16}); BF16 to nearest even
+ * as {@link f32ToBf16}, on the f32 bit patterns in bulk (the host is
+ * little-endian, as onnxruntime-node requires).
+ */
 export function encodeTensor(data: Float32Array, dtype: SafetensorsDtype): Uint8Array {
-  const out = new Uint8Array(data.length * SAFETENSORS_DTYPE_BYTES[dtype]);
-  const view = new DataView(out.buffer);
-  if (dtype === "F32") for (let i = 0; i < data.length; i++) view.setFloat32(4 * i, data[i]!, true);
-  else if (dtype === "F16") for (let i = 0; i < data.length; i++) view.setUint16(2 * i, f32ToF16(data[i]!), true);
-  else for (let i = 0; i < data.length; i++) view.setUint16(2 * i, f32ToBf16(data[i]!), true);
-  return out;
+  if (dtype === "F32") return new Uint8Array(data.slice().buffer);
+  const n = data.length;
+  const out = new Uint16Array(n);
+  if (dtype === "F16") return new Uint8Array(encodeF16(data, out).buffer);
+  const bits = new Uint32Array(data.buffer, data.byteOffset, n); // a Float32Array is always 4-byte aligned
+  for (let i = 0; i < n; i++) {
+    const x = bits[i]!;
+    out[i] =
+      (x & 0x7f800000) === 0x7f800000 && x & 0x7fffff ? (x >>> 16) | 0x40 : (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
+  }
+  return new Uint8Array(out.buffer);
 }
 
-/** f32 values of little-endian `bytes` in `dtype`. */
+/**
+ * f32 values of little-endian `bytes` in `dtype`, a new array (F16 via the
+ * wire codec, {@link decodeF16}). `bytes` may sit at any offset: unaligned
+ * ones are copied first (a Node Buffer's `slice()` is a view, so this copies
+ * with `new Uint8Array(bytes)`).
+ * @throws RangeError when the byte length is not a whole number of values.
+ */
 export function decodeTensor(bytes: Uint8Array, dtype: SafetensorsDtype): Float32Array {
-  const n = bytes.byteLength / SAFETENSORS_DTYPE_BYTES[dtype];
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const width = SAFETENSORS_DTYPE_BYTES[dtype];
+  if (bytes.byteLength % width !== 0)
+    throw new RangeError(`${bytes.byteLength} bytes is not a whole number of ${dtype} values`);
+  const n = bytes.byteLength / width;
+  const aligned = bytes.byteOffset % width === 0 ? bytes : new Uint8Array(bytes);
+  if (dtype === "F32") return new Float32Array(aligned.buffer.slice(aligned.byteOffset, aligned.byteOffset + 4 * n));
+  const h = new Uint16Array(aligned.buffer, aligned.byteOffset, n);
   const out = new Float32Array(n);
-  if (dtype === "F32") for (let i = 0; i < n; i++) out[i] = view.getFloat32(4 * i, true);
-  else if (dtype === "F16") for (let i = 0; i < n; i++) out[i] = f16ToF32(view.getUint16(2 * i, true));
-  else for (let i = 0; i < n; i++) out[i] = bf16ToF32(view.getUint16(2 * i, true));
+  if (dtype === "F16") return decodeF16(h, out);
+  const o = new Uint32Array(out.buffer);
+  for (let i = 0; i < n; i++) o[i] = h[i]! << 16;
   return out;
 }
 
@@ -238,7 +248,31 @@ export async function readSafetensorsHeader(path: string): Promise<SafetensorsHe
   }
 }
 
-/** Reads one tensor of an open file as f32. */
+/** Largest single positional read: Node's fs rejects reads over 2 GiB - 1. */
+const MAX_READ_BYTES = 1 << 30;
+
+/**
+ * Fills `into` from `fh` at file offset `position` with positional reads of
+ * at most 1 GiB each (so tensors and files over 2 GiB read too).
+ * @throws CheckpointError naming `path` and `what` when the file ends first.
+ */
+export async function readFully(
+  fh: FileHandle,
+  path: string,
+  into: Uint8Array,
+  position: number,
+  what: string,
+): Promise<void> {
+  let done = 0;
+  while (done < into.byteLength) {
+    const len = Math.min(MAX_READ_BYTES, into.byteLength - done);
+    const { bytesRead } = await fh.read(into, done, len, position + done);
+    if (bytesRead === 0) throw new CheckpointError(path, `truncated inside ${what}`, into.byteLength, done);
+    done += bytesRead;
+  }
+}
+
+/** Reads one tensor of an open file as f32 (F16/BF16 converted; one transient buffer of the stored bytes). */
 async function readTensorFrom(fh: FileHandle, header: SafetensorsHeader, name: string): Promise<Float32Array> {
   const info = header.tensors.get(name);
   if (!info) throw new CheckpointError(header.path, `has no tensor ${name}`);
@@ -247,14 +281,11 @@ async function readTensorFrom(fh: FileHandle, header: SafetensorsHeader, name: s
   if (info.dtype === "F32") {
     // Read straight into the result: little-endian hosts need no conversion.
     const out = new Float32Array(bytes / 4);
-    const { bytesRead } = await fh.read(new Uint8Array(out.buffer), 0, bytes, header.dataStart + begin);
-    if (bytesRead !== bytes)
-      throw new CheckpointError(header.path, `truncated inside tensor ${name}`, bytes, bytesRead);
+    await readFully(fh, header.path, new Uint8Array(out.buffer), header.dataStart + begin, `tensor ${name}`);
     return out;
   }
   const buf = new Uint8Array(bytes);
-  const { bytesRead } = await fh.read(buf, 0, bytes, header.dataStart + begin);
-  if (bytesRead !== bytes) throw new CheckpointError(header.path, `truncated inside tensor ${name}`, bytes, bytesRead);
+  await readFully(fh, header.path, buf, header.dataStart + begin, `tensor ${name}`);
   return decodeTensor(buf, info.dtype);
 }
 
@@ -281,22 +312,24 @@ export async function readSafetensors(path: string): Promise<{
 
 /**
  * Writes `tensors` to one safetensors file in `dtype` (f32 values converted,
- * rounding to nearest even). The header is padded with spaces so the data
- * section starts 8-byte aligned, as the reference writer does.
+ * rounding to nearest even), producing and encoding one tensor at a time.
+ * The header is padded with spaces so the data section starts 8-byte
+ * aligned, as the reference writer does.
  * @returns the number of bytes written.
+ * @throws RangeError when a tensor's data length does not match its shape.
  */
 export async function writeSafetensors(
   path: string,
   tensors: readonly SafetensorsTensor[],
-  options: { dtype?: SafetensorsDtype; metadata?: Record<string, string> } = {},
+  options: SafetensorsWriteOptions = {},
 ): Promise<number> {
   const dtype = options.dtype ?? "F32";
   const header: Record<string, unknown> = {};
   if (options.metadata) header["__metadata__"] = options.metadata;
   let offset = 0;
   for (const t of tensors) {
-    const elements = t.shape.reduce((a, d) => a * d, 1);
-    if (elements !== t.data.length) {
+    const elements = elementCount(t.shape);
+    if (typeof t.data !== "function" && elements !== t.data.length) {
       throw new RangeError(
         `${t.name}: shape [${t.shape.join(", ")}] has ${elements} elements, data has ${t.data.length}`,
       );
@@ -314,11 +347,32 @@ export async function writeSafetensors(
   try {
     await fh.write(len);
     await fh.write(jsonBytes);
-    for (const t of tensors) await fh.write(encodeTensor(t.data, dtype));
+    let written = 0;
+    for (const t of tensors) {
+      const data = typeof t.data === "function" ? await t.data() : t.data;
+      const elements = elementCount(t.shape);
+      if (data.length !== elements) {
+        throw new RangeError(
+          `${t.name}: shape [${t.shape.join(", ")}] has ${elements} elements, data has ${data.length}`,
+        );
+      }
+      const encoded = encodeTensor(data, dtype);
+      await writeAll(fh, encoded);
+      written += encoded.byteLength;
+      options.onProgress?.(written);
+    }
   } finally {
     await fh.close();
   }
   return 8 + jsonBytes.length + offset;
+}
+
+/** Writes all of `bytes` at the file's current position, in pieces of at most 1 GiB. */
+async function writeAll(fh: FileHandle, bytes: Uint8Array): Promise<void> {
+  for (let at = 0; at < bytes.byteLength;) {
+    const { bytesWritten } = await fh.write(bytes, at, Math.min(MAX_READ_BYTES, bytes.byteLength - at));
+    at += bytesWritten;
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -446,19 +500,22 @@ export async function openSafetensorsFolder(dir: string): Promise<SafetensorsSto
  * Writes `tensors` into folder `dir` as `model.safetensors`, or, when they
  * exceed `shardBytes`, as `model-0000i-of-0000n.safetensors` shards plus
  * `model.safetensors.index.json` (the layout `transformers`' `save_pretrained` writes).
+ * Tensors given as functions are produced one at a time (see {@link SafetensorsTensor}).
  * @returns the file names written.
+ * @throws RangeError when a tensor's data length does not match its shape.
  */
 export async function writeSafetensorsFolder(
   dir: string,
   tensors: readonly SafetensorsTensor[],
-  options: { dtype?: SafetensorsDtype; shardBytes?: number; metadata?: Record<string, string> } = {},
+  options: SafetensorsWriteOptions & { shardBytes?: number } = {},
 ): Promise<string[]> {
   const dtype = options.dtype ?? "F32";
   const limit = options.shardBytes ?? Infinity;
+  const bytesOf = (t: SafetensorsTensor) => elementCount(t.shape) * SAFETENSORS_DTYPE_BYTES[dtype];
   const shards: SafetensorsTensor[][] = [[]];
   let size = 0;
   for (const t of tensors) {
-    const bytes = t.data.length * SAFETENSORS_DTYPE_BYTES[dtype];
+    const bytes = bytesOf(t);
     if (size > 0 && size + bytes > limit) {
       shards.push([]);
       size = 0;
@@ -467,24 +524,30 @@ export async function writeSafetensorsFolder(
     size += bytes;
   }
   const metadata = { format: "pt", ...options.metadata };
+  let before = 0;
+  const write = async (file: string, shard: SafetensorsTensor[]) => {
+    const base = before;
+    await writeSafetensors(join(dir, file), shard, {
+      dtype,
+      metadata,
+      ...(options.onProgress ? { onProgress: (n: number) => options.onProgress!(base + n) } : {}),
+    });
+    before += shard.reduce((a, t) => a + bytesOf(t), 0);
+  };
   if (shards.length === 1) {
-    await writeSafetensors(join(dir, SAFETENSORS_MODEL_FILE), tensors, { dtype, metadata });
+    await write(SAFETENSORS_MODEL_FILE, shards[0]!);
     return [SAFETENSORS_MODEL_FILE];
   }
   const pad = (i: number) => String(i).padStart(5, "0");
   const names = shards.map((_, i) => `model-${pad(i + 1)}-of-${pad(shards.length)}.safetensors`);
   const weightMap: Record<string, string> = {};
-  let total = 0;
   for (let i = 0; i < shards.length; i++) {
-    await writeSafetensors(join(dir, names[i]!), shards[i]!, { dtype, metadata });
-    for (const t of shards[i]!) {
-      weightMap[t.name] = names[i]!;
-      total += t.data.length * SAFETENSORS_DTYPE_BYTES[dtype];
-    }
+    await write(names[i]!, shards[i]!);
+    for (const t of shards[i]!) weightMap[t.name] = names[i]!;
   }
   await writeFile(
     join(dir, SAFETENSORS_INDEX_FILE),
-    JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + "\n",
+    JSON.stringify({ metadata: { total_size: before }, weight_map: weightMap }, null, 2) + "\n",
   );
   return [...names, SAFETENSORS_INDEX_FILE];
 }

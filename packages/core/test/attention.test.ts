@@ -2,14 +2,20 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   attendKvCache,
+  attendKvCacheInHeap,
   createAttentionScratch,
+  createAttentionWorkers,
+  createWasmAttention,
   createOnlineAttention,
-  getWasmAttention,
+  createWasmHeap,
   planAttendRequest,
   kvSequenceBytes,
   f32Tensor,
+  wasmAttentionBytes,
+  ATTENTION_QUERY_CHUNK,
   type AttentionDims,
   type AttendTarget,
+  type WasmHeap,
 } from "@tessera/core";
 import { Code, create, AttendRequestSchema } from "@tessera/proto";
 import { naiveAttention, random } from "@tessera/testing";
@@ -86,7 +92,7 @@ const wasmShapes: { name: string; dims: AttentionDims }[] = [
 ];
 
 test("WebAssembly SIMD kernels compile on this Node", () => {
-  assert.notEqual(getWasmAttention(), undefined);
+  assert.notEqual(createWasmHeap(), undefined);
 });
 
 for (const { name, dims } of wasmShapes) {
@@ -180,7 +186,9 @@ test("kernels read and write at row offsets", () => {
   const out3 = new Float32Array(2 * 12);
   online.finish(out3, 0);
   assertClose(out3, expected, 1e-5, "online kernel, offsets");
-  assert.throws(() => online.fold(0, 9, k, 0, v, 0), /K\/V block holds fewer than 9 positions/);
+  assert.throws(() => online.fold(0, 9, k, 0, v, 0), /k block holds fewer than 9 positions: 48 floats, need 54/);
+  const longK = new Float32Array(9 * 6);
+  assert.throws(() => online.fold(0, 9, longK, 0, v, 0), /v block holds fewer than 9 positions: 48 floats, need 54/);
 });
 
 test("online kernel refuses to finish a query that saw none of its positions", () => {
@@ -264,4 +272,323 @@ test("kvSequenceBytes: max_positions x n_layers x 2 x n_kv_heads x head_dim x 4"
     () => kvSequenceBytes({ nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: 1 }, 0, "n"),
     /max_positions must be >= 1/,
   );
+});
+
+test("wasm heap: zeroed, aligned allocations; freed space is reused; a full heap says so", () => {
+  const heap = createWasmHeap();
+  assert.ok(heap);
+  const a = heap.alloc(100)!;
+  const b = heap.alloc(1000)!;
+  assert.equal(a % 64, 0);
+  assert.equal(b % 64, 0);
+  assert.ok(b >= a + 100);
+  heap.f32().fill(7, a / 4, a / 4 + 25);
+  heap.free(a);
+  assert.throws(() => heap.free(a), /not an allocation/);
+  const c = heap.alloc(64)!;
+  assert.equal(c, a, "first fit reuses the freed block");
+  assert.deepEqual(Array.from(heap.f32().subarray(c / 4, c / 4 + 16)), new Array(16).fill(0));
+  heap.f32().fill(9, b / 4, b / 4 + 250);
+  heap.free(b); // the top block: its space goes back to the end of the heap
+  const d = heap.alloc(2000)!;
+  assert.ok(d <= b, "the end of the heap is reused");
+  assert.ok(
+    heap
+      .f32()
+      .subarray(b / 4, b / 4 + 250)
+      .every((x) => x === 0),
+    "space given back to the end is zeroed again",
+  );
+  heap.free(d);
+  heap.free(c);
+  assert.equal(heap.usedBytes, 0);
+  assert.equal(heap.alloc(2 ** 32 + 1), undefined, "past the 4 GiB of wasm32");
+});
+
+test("KV cache in a wasm heap: several GQA sequences, prefill then decode, match naive attention", () => {
+  const heap = createWasmHeap()!;
+  const dims = { nHeads: 8, nKvHeads: 2, headDim: 16 };
+  const kvRow = dims.nKvHeads * dims.headDim;
+  const qRow = dims.nHeads * dims.headDim;
+  const maxPositions = 300;
+  const wasm = createWasmAttention(heap, dims);
+  const rnd = random(21);
+  // Three sequences, their K and V buffers interleaved in one heap.
+  const seqs = [0, 1, 2].map(() => ({
+    kPtr: heap.alloc(4 * maxPositions * kvRow)!,
+    vPtr: heap.alloc(4 * maxPositions * kvRow)!,
+  }));
+  const ref = seqs.map(() => ({
+    k: new Float32Array(maxPositions * kvRow),
+    v: new Float32Array(maxPositions * kvRow),
+  }));
+  const steps: [number, number][] = [
+    [0, 140], // prefill over more than one 128-position block
+    [140, 1],
+    [141, 115], // a second prefill chunk, up to the end of block 2
+    [256, 1],
+    [257, 1],
+  ];
+  for (const [startPos, n] of steps) {
+    for (let s = 0; s < seqs.length; s++) {
+      const k = fill(n * kvRow, rnd, 3);
+      const v = fill(n * kvRow, rnd);
+      const q = fill(n * qRow, rnd, 3);
+      wasm.reserve(n);
+      heap.f32().set(k, seqs[s]!.kPtr / 4 + startPos * kvRow);
+      heap.f32().set(v, seqs[s]!.vPtr / 4 + startPos * kvRow);
+      ref[s]!.k.set(k, startPos * kvRow);
+      ref[s]!.v.set(v, startPos * kvRow);
+      const out = new Float32Array((n + 1) * qRow).fill(5);
+      attendKvCacheInHeap(wasm, { q, qRow: 0, nQueries: n, startPos }, seqs[s]!.kPtr, seqs[s]!.vPtr, out, 1);
+      assert.deepEqual(Array.from(out.subarray(0, qRow)), new Array(qRow).fill(5), "row 0 untouched");
+      const expected = naiveAttention(dims, q, n, startPos, ref[s]!.k, ref[s]!.v);
+      assertClose(out.subarray(qRow), expected, 1e-5, `sequence ${s} at ${startPos}`);
+      const js = new Float32Array(n * qRow);
+      attendKvCache(dims, { q, qRow: 0, nQueries: n, startPos }, ref[s]!.k, ref[s]!.v, js, 0, undefined, "js");
+      assertClose(out.subarray(qRow), js, 1e-6, `sequence ${s} at ${startPos}, vs the JS kernel`);
+    }
+  }
+});
+
+test("online kernel on a heap reads views of it in place and copies other rows, with the same result", () => {
+  const heap = createWasmHeap()!;
+  const dims = { nHeads: 32, nKvHeads: 8, headDim: 64 };
+  const kvRow = dims.nKvHeads * dims.headDim;
+  const qRow = dims.nHeads * dims.headDim;
+  const n = 200;
+  const rnd = random(33);
+  const online = createOnlineAttention(dims, { heap });
+  online.reserve(2);
+  // K and V interleaved by position, as the storage-node's read buffer holds them.
+  const ptr = heap.alloc(4 * n * 2 * kvRow)!;
+  const block = new Float32Array(heap.buffer, ptr, n * 2 * kvRow);
+  block.set(fill(n * 2 * kvRow, rnd, 3));
+  const plain = block.slice();
+  const q = fill(2 * qRow, rnd, 3);
+  const k = new Float32Array(n * kvRow);
+  const v = new Float32Array(n * kvRow);
+  for (let p = 0; p < n; p++) {
+    k.set(plain.subarray(2 * p * kvRow, (2 * p + 1) * kvRow), p * kvRow);
+    v.set(plain.subarray((2 * p + 1) * kvRow, (2 * p + 2) * kvRow), p * kvRow);
+  }
+  const expected = naiveAttention(dims, q, 2, n - 2, k, v);
+  for (const src of [block, plain]) {
+    online.begin({ q, qRow: 0, nQueries: 2, startPos: n - 2 });
+    online.fold(150, 50, src, 150 * 2 * kvRow, src, 150 * 2 * kvRow + kvRow, 2 * kvRow);
+    online.fold(0, 150, src, 0, src, kvRow, 2 * kvRow);
+    const out = new Float32Array(2 * qRow);
+    online.finish(out, 0);
+    assertClose(out, expected, 1e-5, src === block ? "in place" : "copied");
+  }
+});
+
+test("attention workers: sequences split across 3 threads give the naive answer (decode, prefill, short)", async (t) => {
+  const heap = createWasmHeap()!;
+  const pool = createAttentionWorkers(heap, 3);
+  t.after(() => pool.close());
+  assert.equal(pool.threads, 3);
+  const dims = { nHeads: 32, nKvHeads: 8, headDim: 64 };
+  const kvRow = dims.nKvHeads * dims.headDim;
+  const qRow = dims.nHeads * dims.headDim;
+  const P = 700;
+  const rnd = random(44);
+  const seqs = [0, 1, 2].map(() => {
+    const k = fill(P * kvRow, rnd, 3);
+    const v = fill(P * kvRow, rnd);
+    const kPtr = heap.alloc(4 * P * kvRow)!;
+    const vPtr = heap.alloc(4 * P * kvRow)!;
+    heap.f32().set(k, kPtr / 4);
+    heap.f32().set(v, vPtr / 4);
+    return { k, v, kPtr, vPtr };
+  });
+  // Decode at the end of a long cache and a 40-token prefill (both past
+  // SPLIT_MIN_BYTES: split), and a short decode (not split).
+  const items = [
+    { s: 0, startPos: 699, n: 1 },
+    { s: 1, startPos: 0, n: 40 },
+    { s: 2, startPos: 9, n: 1 },
+  ];
+  const q = fill(42 * qRow, rnd, 3);
+  const out = new Float32Array(42 * qRow);
+  let row = 0;
+  const heapItems = items.map((it) => {
+    const r = row;
+    row += it.n;
+    const s = seqs[it.s]!;
+    return { queries: { q, qRow: r, nQueries: it.n, startPos: it.startPos }, kPtr: s.kPtr, vPtr: s.vPtr, outRow: r };
+  });
+  for (let rep = 0; rep < 2; rep++) {
+    pool.attend(dims, heapItems, out);
+    row = 0;
+    for (const it of items) {
+      const s = seqs[it.s]!;
+      const expected = naiveAttention(dims, q.subarray(row * qRow, (row + it.n) * qRow), it.n, it.startPos, s.k, s.v);
+      assertClose(out.subarray(row * qRow, (row + it.n) * qRow), expected, 1e-5, `item ${it.s}, call ${rep}`);
+      row += it.n;
+    }
+  }
+});
+
+test("attention workers: many short sequences go whole to the threads and give the naive answer", async (t) => {
+  const heap = createWasmHeap()!;
+  const pool = createAttentionWorkers(heap, 2);
+  t.after(() => pool.close());
+  const dims = { nHeads: 32, nKvHeads: 8, headDim: 64 };
+  const kvRow = dims.nKvHeads * dims.headDim;
+  const qRow = dims.nHeads * dims.headDim;
+  const P = 300; // 2 x 300 x 2 KiB = 1.2 MB each: under SPLIT_MIN_BYTES, 7 MB in all: over it
+  const rnd = random(55);
+  const seqs = Array.from({ length: 6 }, () => {
+    const k = fill(P * kvRow, rnd, 3);
+    const v = fill(P * kvRow, rnd);
+    const kPtr = heap.alloc(4 * P * kvRow)!;
+    const vPtr = heap.alloc(4 * P * kvRow)!;
+    heap.f32().set(k, kPtr / 4);
+    heap.f32().set(v, vPtr / 4);
+    return { k, v, kPtr, vPtr };
+  });
+  const q = fill(seqs.length * qRow, rnd, 3);
+  const out = new Float32Array(seqs.length * qRow);
+  pool.attend(
+    dims,
+    seqs.map((s, i) => ({
+      queries: { q, qRow: i, nQueries: 1, startPos: P - 1 },
+      kPtr: s.kPtr,
+      vPtr: s.vPtr,
+      outRow: i,
+    })),
+    out,
+  );
+  seqs.forEach((s, i) => {
+    const expected = naiveAttention(dims, q.subarray(i * qRow, (i + 1) * qRow), 1, P - 1, s.k, s.v);
+    assertClose(out.subarray(i * qRow, (i + 1) * qRow), expected, 1e-5, `sequence ${i}`);
+  });
+});
+
+/** `n` sequences of `P` positions of random K/V in `heap`. */
+function heapSequences(heap: WasmHeap, dims: AttentionDims, n: number, P: number, rnd: () => number) {
+  const kvRow = dims.nKvHeads * dims.headDim;
+  return Array.from({ length: n }, () => {
+    const k = fill(P * kvRow, rnd, 3);
+    const v = fill(P * kvRow, rnd);
+    const kPtr = heap.alloc(4 * P * kvRow)!;
+    const vPtr = heap.alloc(4 * P * kvRow)!;
+    heap.f32().set(k, kPtr / 4);
+    heap.f32().set(v, vPtr / 4);
+    return { k, v, kPtr, vPtr };
+  });
+}
+
+for (const fault of ["setup", "job"] as const) {
+  test(`attention workers: a worker that fails (${fault}) does not fail the call; it is redone on the calling thread and logged`, async (t) => {
+    const heap = createWasmHeap()!;
+    const lines: string[] = [];
+    const pool = createAttentionWorkers(heap, 3, { fault, log: (l) => lines.push(l) });
+    t.after(() => pool.close());
+    const dims = { nHeads: 32, nKvHeads: 8, headDim: 64 };
+    const qRow = dims.nHeads * dims.headDim;
+    const P = 700; // 2 x 700 x 2 KiB of K/V: past SPLIT_MIN_BYTES, so the workers get shares
+    const [s] = heapSequences(heap, dims, 1, P, random(66));
+    const q = fill(2 * qRow, random(67), 3);
+    const expected = naiveAttention(dims, q, 2, P - 2, s!.k, s!.v);
+    for (let call = 0; call < 2; call++) {
+      const out = new Float32Array(2 * qRow);
+      pool.attend(
+        dims,
+        [{ queries: { q, qRow: 0, nQueries: 2, startPos: P - 2 }, kPtr: s!.kPtr, vPtr: s!.vPtr, outRow: 0 }],
+        out,
+      );
+      assertClose(out, expected, 1e-5, `call ${call}`);
+      assert.equal(pool.threads, 1, "the broken pool runs on the calling thread");
+    }
+    // Let the workers' 'error' and 'exit' events arrive: the process survives them.
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(lines.length, 1, lines.join("\n"));
+    assert.match(
+      lines[0]!,
+      new RegExp(`attention workers: worker \\d .*injected fault ${fault === "setup" ? "at set-up" : "in a job"}`),
+    );
+  });
+}
+
+test("two online attentions with the same dims, interleaved, keep their own queries and state", () => {
+  const dims = { nHeads: 8, nKvHeads: 2, headDim: 16 };
+  const kvRow = dims.nKvHeads * dims.headDim;
+  const qRow = dims.nHeads * dims.headDim;
+  const rnd = random(77);
+  const P = 300;
+  const k = fill(P * kvRow, rnd, 3);
+  const v = fill(P * kvRow, rnd);
+  const qa = fill(3 * qRow, rnd, 3);
+  const qb = fill(2 * qRow, rnd, 3);
+  const a = createOnlineAttention(dims);
+  const b = createOnlineAttention(dims);
+  a.begin({ q: qa, qRow: 0, nQueries: 3, startPos: P - 3 });
+  b.begin({ q: qb, qRow: 0, nQueries: 2, startPos: 100 });
+  a.fold(0, 150, k, 0, v, 0);
+  b.fold(0, 102, k, 0, v, 0);
+  a.fold(150, P - 150, k, 150 * kvRow, v, 150 * kvRow);
+  const outA = new Float32Array(3 * qRow);
+  const outB = new Float32Array(2 * qRow);
+  b.finish(outB, 0);
+  a.finish(outA, 0);
+  assertClose(outA, naiveAttention(dims, qa, 3, P - 3, k, v), 1e-5, "first");
+  assertClose(outB, naiveAttention(dims, qb, 2, 100, k, v), 1e-5, "second");
+});
+
+test("a long prefill goes in query chunks: the state stays at ATTENTION_QUERY_CHUNK slots, outputs match naive attention", async (t) => {
+  const heap = createWasmHeap()!;
+  const dims = { nHeads: 8, nKvHeads: 2, headDim: 16 };
+  const qRow = dims.nHeads * dims.headDim;
+  const n = 3 * ATTENTION_QUERY_CHUNK + 5;
+  const rnd = random(88);
+  const [s] = heapSequences(heap, dims, 1, n, rnd);
+  const q = fill(n * qRow, rnd, 3);
+  const expected = naiveAttention(dims, q, n, 0, s!.k, s!.v);
+  const queries = { q, qRow: 0, nQueries: n, startPos: 0 };
+  const wasm = createWasmAttention(heap, dims);
+  const out = new Float32Array(n * qRow);
+  attendKvCacheInHeap(wasm, queries, s!.kPtr, s!.vPtr, out, 0);
+  assertClose(out, expected, 1e-5, "attendKvCacheInHeap");
+  assert.equal(wasm.capacity, ATTENTION_QUERY_CHUNK);
+  const js = new Float32Array(n * qRow);
+  attendKvCache(dims, queries, s!.k, s!.v, js, 0);
+  assertClose(js, expected, 1e-5, "attendKvCache (copied)");
+  const pool = createAttentionWorkers(heap, 2);
+  t.after(() => pool.close());
+  const used = heap.usedBytes;
+  const pooled = new Float32Array(n * qRow);
+  pool.attend(dims, [{ queries, kPtr: s!.kPtr, vPtr: s!.vPtr, outRow: 0 }], pooled);
+  assertClose(pooled, expected, 1e-5, "attention workers");
+  // At most one state per thread, each with ATTENTION_QUERY_CHUNK slots (plus job tables).
+  assert.ok(heap.usedBytes - used <= 2 * (wasmAttentionBytes(dims, ATTENTION_QUERY_CHUNK) + 64 * 8 + 8 * 19 * 64));
+});
+
+test("online kernel reads a view of its heap taken before the heap grew in place", () => {
+  const heap = createWasmHeap()!;
+  const dims = { nHeads: 4, nKvHeads: 2, headDim: 8 };
+  const kvRow = dims.nKvHeads * dims.headDim;
+  const qRow = dims.nHeads * dims.headDim;
+  const rnd = random(99);
+  const online = createOnlineAttention(dims, { heap });
+  online.reserve(1);
+  const P = 20;
+  const kPtr = heap.alloc(4 * P * kvRow)!;
+  const vPtr = heap.alloc(4 * P * kvRow)!;
+  const k = new Float32Array(heap.buffer, kPtr, P * kvRow);
+  const v = new Float32Array(heap.buffer, vPtr, P * kvRow);
+  k.set(fill(P * kvRow, rnd, 3));
+  v.set(fill(P * kvRow, rnd));
+  const before = heap.byteLength;
+  assert.ok(heap.alloc(4 * before) !== undefined);
+  assert.ok(heap.byteLength > before, "the heap grew");
+  assert.notEqual(k.buffer, heap.buffer, "the old view has the old buffer object");
+  assert.ok(heap.ownsBuffer(k.buffer) && !heap.ownsBuffer(new ArrayBuffer(8)));
+  const q = fill(qRow, rnd, 3);
+  online.begin({ q, qRow: 0, nQueries: 1, startPos: P - 1 });
+  online.fold(0, P, k, 0, v, 0);
+  const out = new Float32Array(qRow);
+  online.finish(out, 0);
+  assertClose(out, naiveAttention(dims, q, 1, P - 1, k.slice(), v.slice()), 1e-5, "old view");
 });

@@ -7,9 +7,11 @@ import {
   CheckpointError,
   bf16ToF32,
   createHfTokenizer,
+  decodeTensor,
+  encodeTensor,
   f16ToF32,
+  f32BitsToF16Bits,
   f32ToBf16,
-  f32ToF16,
   llama2cToHfTokenizer,
   loadCheckpoint,
   loadHfModel,
@@ -36,6 +38,11 @@ async function tmp(t: import("node:test").TestContext): Promise<string> {
   t.after(() => rm(dir, { recursive: true, force: true }));
   return dir;
 }
+
+const f32Cell = new Float32Array(1);
+const u32Cell = new Uint32Array(f32Cell.buffer);
+/** f16 bits of a number through the wire codec (the one safetensors uses). */
+const f32ToF16 = (x: number) => ((f32Cell[0] = x), f32BitsToF16Bits(u32Cell[0]!));
 
 /** Values that exercise rounding, subnormals and specials. */
 function samples(n: number): Float32Array {
@@ -65,6 +72,31 @@ test("f16 and bf16 conversions are exact on representable values and round to ne
   assert.equal(f32ToBf16(1 + 3 * 2 ** -8), 0x3f82); // tie → even (up)
   assert.equal(bf16ToF32(0xc040), -3);
   assert.ok(Number.isNaN(bf16ToF32(f32ToBf16(NaN))));
+});
+
+test("decodeTensor reads tensors at odd offsets of a Node Buffer (slice() there is a view, not a copy)", () => {
+  const values = Float32Array.from([1, -2.5, 65504, 2 ** -24, -0]);
+  for (const dtype of ["F32", "F16", "BF16"] as const) {
+    const encoded = encodeTensor(values, dtype);
+    const buf = Buffer.alloc(encoded.byteLength + 1);
+    buf.set(encoded, 1); // from byteOffset 1: unaligned for every dtype
+    const view = buf.subarray(1);
+    assert.notEqual(view.byteOffset % 2, 0);
+    const want = decodeTensor(encoded, dtype);
+    assert.deepEqual([...decodeTensor(view, dtype)], [...want], dtype);
+  }
+  // Two F16 values at an odd offset of a pooled Buffer.
+  const buf = Buffer.from([0, 0x00, 0x3c, 0x00, 0xc0, 0]);
+  assert.deepEqual([...decodeTensor(buf.subarray(1, 5), "F16")], [1, -2]);
+});
+
+test("encodeTensor F16 is the wire codec: NaN stays a quiet NaN, overflow is inf", () => {
+  const values = Float32Array.from([NaN, -NaN, 65520, -1e9, 1 + 2 ** -11, 2 ** -25, 3 * 2 ** -25]);
+  const bits = new Uint16Array(encodeTensor(values, "F16").buffer);
+  assert.equal(bits[0]! & 0x7e00, 0x7e00);
+  assert.equal(bits[1]! & 0x7e00, 0x7e00);
+  assert.deepEqual([...bits.subarray(2)], [0x7c00, 0xfc00, 0x3c00, 0x0000, 0x0002]);
+  assert.ok(Number.isNaN(decodeTensor(encodeTensor(values, "F16"), "F16")[0]));
 });
 
 test("safetensors round trip: F32 exact, F16 and BF16 within half an ulp", async (t) => {
@@ -290,4 +322,62 @@ test("createHfTokenizer rejects a vocabulary larger than the model's and a missi
     () => createHfTokenizer("t.json", files.tokenizer, 512, { bos_token: "<bos>" }),
     /t\.json: has no BOS token "<bos>"/,
   );
+});
+
+test("Mistral and Qwen2 configs: a Mistral sliding_window caps the context; Qwen2 reads q/k/v biases; stray biases are refused", async (t) => {
+  const dir = await tmp(t);
+  const ckpt = await loadCheckpoint(STORIES);
+  const folder = join(dir, "m");
+  await writeHfModel(folder, ckpt.shape, ckpt.weights);
+  const configPath = join(folder, "config.json");
+  const config = JSON.parse(await readFile(configPath, "utf8")) as Record<string, unknown>;
+
+  // Mistral: same tensors as Llama; sliding_window below max_position_embeddings caps seq_len.
+  await writeFile(
+    configPath,
+    JSON.stringify({ ...config, architectures: ["MistralForCausalLM"], model_type: "mistral", sliding_window: 100 }),
+  );
+  const mistral = await loadModel(folder);
+  assert.equal(mistral.shape.seqLen, 100);
+  assertSameWeights(mistral.weights, ckpt.weights);
+  await writeFile(configPath, JSON.stringify({ ...config, model_type: "mistral", sliding_window: null }));
+  assert.equal((await readModelHeader(folder)).shape.seqLen, ckpt.shape.seqLen);
+
+  // Qwen2 config without bias tensors: the missing tensor is named.
+  await writeFile(configPath, JSON.stringify({ ...config, model_type: "qwen2", sliding_window: 100 }));
+  await assert.rejects(loadModel(folder), /has no tensor model\.layers\.0\.self_attn\.q_proj\.bias/);
+
+  // Qwen2 with biases: they load (q and k biases un-permuted like their rows), and sliding_window is ignored
+  // without use_sliding_window.
+  const withBias = {
+    ...ckpt.weights,
+    layers: ckpt.weights.layers.map((l, i) => ({
+      ...l,
+      bq: new Float32Array(l.wq.length / ckpt.shape.dim).map((_, j) => j + i),
+      bk: new Float32Array(l.wk.length / ckpt.shape.dim).map((_, j) => -j - i),
+      bv: new Float32Array(l.wv.length / ckpt.shape.dim).fill(0.5 + i),
+    })),
+  };
+  const qwen = join(dir, "q");
+  await writeHfModel(qwen, ckpt.shape, withBias);
+  const qconfig = JSON.parse(await readFile(join(qwen, "config.json"), "utf8")) as Record<string, unknown>;
+  assert.deepEqual([qconfig["model_type"], qconfig["architectures"]], ["qwen2", ["Qwen2ForCausalLM"]]);
+  await writeFile(join(qwen, "config.json"), JSON.stringify({ ...qconfig, sliding_window: 100 }));
+  const loaded = await loadHfModel(qwen);
+  assert.equal(loaded.qkvBias, true);
+  assert.equal(loaded.shape.seqLen, ckpt.shape.seqLen);
+  loaded.weights.layers.forEach((l, i) => {
+    assert.deepEqual(l.bq, withBias.layers[i]!.bq);
+    assert.deepEqual(l.bk, withBias.layers[i]!.bk);
+    assert.deepEqual(l.bv, withBias.layers[i]!.bv);
+  });
+  const { tensors } = await readSafetensors(join(qwen, "model.safetensors"));
+  assert.notDeepEqual(tensors.get("model.layers.0.self_attn.q_proj.bias")!.data, withBias.layers[0]!.bq);
+
+  // A Llama config (no attention_bias) with bias tensors is refused, naming the tensor.
+  await writeFile(
+    join(qwen, "config.json"),
+    JSON.stringify({ ...qconfig, model_type: "llama", attention_bias: false }),
+  );
+  await assert.rejects(loadModel(qwen), /q_proj\.bias, which this config does not use/);
 });

@@ -88,3 +88,38 @@ test("forward rejects tokens and positions outside its range", () => {
   assert.throws(() => model.forward(state, 1, 4), /position 4 is outside the state's cache \[0, 4\)/);
   assert.deepEqual(model.shape, checkpoint.shape);
 });
+
+test("q/k/v biases (Qwen2 layout) change the reference model's logits; zero biases do not", async () => {
+  const { synthesizeWeights } = await import("../src/index.js");
+  const shape = {
+    ...checkpoint.shape,
+    dim: 32,
+    hiddenDim: 64,
+    nLayers: 2,
+    nHeads: 4,
+    nKvHeads: 2,
+    headDim: 8,
+    vocabSize: 40,
+    seqLen: 8,
+  };
+  const withBias = synthesizeWeights(shape, 6, { qkvBias: true });
+  const noBias = { ...withBias, layers: withBias.layers.map(({ bq: _q, bk: _k, bv: _v, ...rest }) => rest) };
+  const zeroBias = {
+    ...withBias,
+    layers: withBias.layers.map((l) => ({
+      ...l,
+      bq: new Float32Array(l.bq!.length),
+      bk: new Float32Array(l.bk!.length),
+      bv: new Float32Array(l.bv!.length),
+    })),
+  };
+  const run = (weights: typeof withBias) => {
+    const m = new ReferenceModel({ shape, weights });
+    const s = m.createState();
+    return [3, 9, 27].map((tok, pos) => m.forward(s, tok, pos).slice());
+  };
+  const [a, b, z] = [run(withBias), run(noBias), run(zeroBias)];
+  assert.deepEqual(z, b);
+  const maxDiff = Math.max(...a.flatMap((row, i) => Array.from(row, (v, j) => Math.abs(v - b[i]![j]!))));
+  assert.ok(maxDiff > 0.1, `biases moved the logits by only ${maxDiff}`);
+});

@@ -4,11 +4,20 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
+  LAYER_WEIGHT_NAMES,
   ReferenceModel,
+  decodeTensor,
+  encodeTensor,
   llamaHiddenDim,
   loadCheckpoint,
+  loadHfModel,
+  openModel,
+  readAllWeights,
+  readSafetensors,
+  synthReader,
   synthesizeWeights,
   writeCheckpoint,
+  writeHfModel,
   type CheckpointFormat,
   type LlamaWeights,
   type ModelShape,
@@ -129,3 +138,79 @@ for (const format of ["llama2c-legacy", "llama2c-v1"] as CheckpointFormat[]) {
     });
   }
 }
+
+test("synthReader draws each tensor independently of read order; biases and a separate classifier leave the rest unchanged", () => {
+  const plain = synthesizeWeights(shape, 11);
+  const withExtras = synthesizeWeights(shape, 11, { qkvBias: true, separateClassifier: true });
+  const reader = synthReader(shape, 11, { qkvBias: true, separateClassifier: true });
+  // Backwards, one tensor at a time: same bytes as the in-memory model.
+  for (let l = shape.nLayers - 1; l >= 0; l--) {
+    for (const name of [...LAYER_WEIGHT_NAMES].reverse()) {
+      assert.deepEqual(reader.read(name, l), withExtras.layers[l]![name], `${name}[${l}]`);
+      if (!name.startsWith("b")) assert.deepEqual(withExtras.layers[l]![name], plain.layers[l]![name]);
+    }
+  }
+  assert.deepEqual(withExtras.tokenEmbedding, plain.tokenEmbedding);
+  assert.equal(plain.classifier, plain.tokenEmbedding);
+  assert.notDeepEqual(withExtras.classifier, withExtras.tokenEmbedding);
+  assert.equal(plain.layers[0]!.bq, undefined);
+  // Biases have RMS ≈ 0.5 and differ between q, k, v and layers.
+  const bq = withExtras.layers[0]!.bq!;
+  const rms = Math.sqrt(bq.reduce((a, v) => a + v * v, 0) / bq.length);
+  assert.ok(rms > 0.35 && rms < 0.65, `bias RMS ${rms}`);
+  assert.notDeepEqual(withExtras.layers[0]!.bk, withExtras.layers[1]!.bk);
+  assert.throws(() => synthReader(shape, 11).read("bq", 0), /no bq/);
+  assert.throws(() => reader.read("wq", shape.nLayers), RangeError);
+});
+
+for (const dtype of ["f32", "f16", "bf16"] as const) {
+  test(`a streamed synthetic Hugging Face folder (${dtype}) loads as the synthetic weights rounded to ${dtype}`, async () => {
+    const out = join(dir, `hf-${dtype}`);
+    const progress: number[] = [];
+    const reader = synthReader(shape, 5, { separateClassifier: true });
+    await writeHfModel(out, shape, reader, {
+      dtype,
+      sharedClassifier: false,
+      onProgress: (done, total) => progress.push(done / total),
+    });
+    assert.equal(progress.at(-1), 1);
+    assert.ok(progress.every((p, i) => i === 0 || p > progress[i - 1]!));
+    const safe = dtype === "f32" ? "F32" : dtype === "f16" ? "F16" : "BF16";
+    const round = (a: Float32Array) => decodeTensor(encodeTensor(a, safe), safe);
+    const want = synthesizeWeights(shape, 5, { separateClassifier: true });
+    const loaded = await loadHfModel(out);
+    assert.equal(loaded.sharedClassifier, false);
+    assert.equal(loaded.dtype, safe);
+    assert.deepEqual(loaded.weights.tokenEmbedding, round(want.tokenEmbedding));
+    assert.deepEqual(loaded.weights.classifier, round(want.classifier));
+    for (let l = 0; l < shape.nLayers; l++) {
+      for (const name of ["wq", "wk", "wv", "wo", "w1", "w2", "w3", "rmsAtt"] as const) {
+        assert.deepEqual(loaded.weights.layers[l]![name], round(want.layers[l]![name]), `${name}[${l}]`);
+      }
+    }
+    // The file holds q in HF's half-split rotary layout, not llama2.c's.
+    const { tensors } = await readSafetensors(join(out, "model.safetensors"));
+    assert.notDeepEqual(tensors.get("model.layers.0.self_attn.q_proj.weight")!.data, round(want.layers[0]!.wq));
+    assert.deepEqual(tensors.get("model.layers.0.self_attn.v_proj.weight")!.data, round(want.layers[0]!.wv));
+  });
+}
+
+test("openModel reads tensor by tensor the same weights loadCheckpoint reads, in both formats", async () => {
+  const bin = join(dir, "open.bin");
+  const hf = join(dir, "open-hf");
+  const reader = synthReader(shape, 9);
+  await writeCheckpoint(bin, shape, reader, { sharedClassifier: true });
+  await writeHfModel(hf, shape, reader, { dtype: "f32" });
+  const want = synthesizeWeights(shape, 9);
+  for (const path of [bin, hf]) {
+    const source = await openModel(path);
+    assert.deepEqual(await source.read("w2", 1), want.layers[1]!.w2);
+    assert.deepEqual(await source.read("classifier"), want.tokenEmbedding);
+    assert.deepEqual(weightBytes(await readAllWeights(source)), weightBytes(want));
+    await assert.rejects(
+      Promise.resolve().then(() => source.read("bq", 0)),
+      RangeError,
+    );
+  }
+  assert.deepEqual(weightBytes((await loadCheckpoint(bin)).weights), weightBytes(want));
+});

@@ -6,7 +6,7 @@
  * must kill or signal a node's process.
  */
 import { createCoordinator, type CoordinatorOptions, type CoordinatorService } from "@tessera/coordinator";
-import { createGpuNode, type GpuNode } from "@tessera/gpu-node";
+import { createGpuNode, type GpuNode, type GpuNodeOptions } from "@tessera/gpu-node";
 import { createMemoryNode, type MemoryNode } from "@tessera/memory-node";
 import { createStorageNode, type StorageNode } from "@tessera/storage-node";
 import { bundled } from "@tessera/cli";
@@ -20,6 +20,8 @@ export interface InProcessClusterOptions {
   memoryNodes?: number;
   /** @default 0 */
   storageNodes?: number;
+  /** Options of every gpu-node beyond its port, e.g. `{ wireDtype: "f32" }`. */
+  gpu?: Omit<GpuNodeOptions, "port">;
   /** KV capacity of each memory-node in bytes. @default the node's default (1 GiB) */
   memoryCapacityBytes?: number;
   /**
@@ -53,7 +55,7 @@ export async function startInProcessCluster(
   options: InProcessClusterOptions = {},
 ): Promise<InProcessCluster> {
   const dirs = await Promise.all(Array.from({ length: options.storageNodes ?? 0 }, () => tempDir()));
-  const gpus = Array.from({ length: options.gpuNodes ?? 1 }, () => createGpuNode({ port: 0 }));
+  const gpus = Array.from({ length: options.gpuNodes ?? 1 }, () => createGpuNode({ ...options.gpu, port: 0 }));
   const memories = Array.from({ length: options.memoryNodes ?? 1 }, () =>
     createMemoryNode({ port: 0, capacityBytes: options.memoryCapacityBytes }),
   );

@@ -12,6 +12,14 @@
  * again, checking its KV cache survived) while the others keep going; only
  * the sequences of a node that stays down longer than `retryTimeoutMs`, or
  * that reports a non-transient error, fail.
+ *
+ * With `kvHeadGroups` > 1 a sequence's KV heads are split into that many
+ * groups (shards), each opened as a sequence of its own (id
+ * `<seq>#h<start>-<end>`, layout with the group's heads) on its own
+ * attention node where there are enough (HeadInfer's head-wise split). A
+ * sequence is open when all its shards are; a failing shard's node makes the
+ * whole sequence wait or fail, and every shard is re-opened and closed with
+ * it.
  */
 import {
   Attention,
@@ -36,7 +44,7 @@ import {
 } from "@tessera/core";
 import type { ForwardPipeline } from "./pipeline.js";
 import type { CompiledCoordinatorOptions } from "./options.js";
-import { placeSequences, type AttentionNodeRef } from "./placement.js";
+import { placeSequences, splitKvHeads, type AttentionNodeRef, type ShardPlacement } from "./placement.js";
 
 /** A model as the coordinator sees it: header (shape) and tokenizer. */
 export interface LoadedModel {
@@ -75,7 +83,9 @@ interface Sequence {
   generated: number[];
   /** Positions whose K/V are written (tokens fed so far). */
   fed: number;
-  node?: AttentionNodeRef;
+  /** Where its KV heads are (one shard of all heads when unsplit); empty until placed. */
+  shards: Shard[];
+  /** Every shard is open. */
   opened: boolean;
   sampler?: Sampler;
   decoder?: StreamingDecoder;
@@ -85,6 +95,12 @@ interface Sequence {
   firstTokenAt?: number;
   /** Set while its attention node is failing: when it started (ms since epoch) and why. */
   waiting?: { since: number; reason: string; nextTry: number; delay: number };
+}
+
+/** One KV-head group of a sequence on its attention node, known there as `seqId`. */
+interface Shard extends ShardPlacement {
+  seqId: string;
+  opened: boolean;
 }
 
 /** One sequence's share of a step. */
@@ -136,14 +152,23 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
   // sharing a KV cache on an attention node.
   const nonce = Math.random().toString(36).slice(2, 8);
   const jobId = request.jobId || `job-${Date.now().toString(36)}`;
-  const layout: MessageInitShape<typeof KvLayoutSchema> = {
+  const groups = options.kvHeadGroups;
+  try {
+    splitKvHeads(shape.nKvHeads, groups);
+  } catch (err) {
+    throw new RpcError(Code.INVALID_ARGUMENT, (err as Error).message, { cause: err });
+  }
+  const headsPerKv = shape.nHeads / shape.nKvHeads;
+  // A shard's layout: its group's KV heads and the query heads that read them.
+  const layoutOf = (sh: ShardPlacement): MessageInitShape<typeof KvLayoutSchema> => ({
     nLayers: shape.nLayers,
-    nHeads: shape.nHeads,
-    nKvHeads: shape.nKvHeads,
+    nHeads: (sh.kvHeadEnd - sh.kvHeadStart) * headsPerKv,
+    nKvHeads: sh.kvHeadEnd - sh.kvHeadStart,
     headDim: shape.headDim,
-  };
+  });
   const maxPositions = (s: Sequence) => s.promptIds.length + s.maxTokens - 1;
   const nodeName = (n: AttentionNodeRef) => `${n.role}-node ${n.address}`;
+  const kvNodes = (s: Sequence) => s.shards.map((sh) => `${sh.node.role}@${sh.node.address}`).join(",");
 
   let done = 0;
   let generatedTotal = 0;
@@ -182,25 +207,28 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
     });
   };
 
-  // Frees a sequence's KV cache on its attention node. Runs in the
-  // background; runBatch awaits every release before it returns.
+  // Frees a sequence's KV cache (every opened shard) on its attention
+  // nodes. Runs in the background; runBatch awaits every release before it
+  // returns.
   const release = (s: Sequence) => {
-    if (!s.opened || !s.node) return;
     s.opened = false;
-    const node = s.node;
-    const p = ctx
-      .attentionClient(node.address)
-      .closeSequence({ seqId: s.seqId }, { deadline: options.connectTimeoutMs })
-      .then(
-        () => undefined,
-        (err: unknown) => options.log(`close ${s.seqId} on ${nodeName(node)}: ${(err as Error).message}`),
-      )
-      .finally(() => {
-        releases.delete(p);
-        // Capacity was freed: sequences refused for room may try again.
-        blocked = false;
-      });
-    releases.add(p);
+    for (const sh of s.shards) {
+      if (!sh.opened) continue;
+      sh.opened = false;
+      const p = ctx
+        .attentionClient(sh.node.address)
+        .closeSequence({ seqId: sh.seqId }, { deadline: options.connectTimeoutMs })
+        .then(
+          () => undefined,
+          (err: unknown) => options.log(`close ${sh.seqId} on ${nodeName(sh.node)}: ${(err as Error).message}`),
+        )
+        .finally(() => {
+          releases.delete(p);
+          // Capacity was freed: sequences refused for room may try again.
+          blocked = false;
+        });
+      releases.add(p);
+    }
   };
 
   const finish = (s: Sequence, reason: FinishReason, error?: string) => {
@@ -227,7 +255,7 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
             decodeSeconds: (now - first) / 1000,
             totalSeconds: (now - s.startedAt) / 1000,
           },
-          kvNode: s.node ? `${s.node.role}@${s.node.address}` : "",
+          kvNode: kvNodes(s),
         },
       },
     });
@@ -247,6 +275,7 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
       maxTokens: 0,
       generated: [],
       fed: 0,
+      shards: [],
       opened: false,
       completion: "",
       startedAt: performance.now(),
@@ -286,24 +315,61 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
     //    else holds capacity.
     const pending = seqs.filter((s) => !s.finished);
     const running = () => seqs.filter((s) => s.opened && !s.finished);
-    const open = async (s: Sequence, node: AttentionNodeRef): Promise<string | undefined> => {
-      s.node = node;
-      try {
-        const res = await ctx
-          .attentionClient(node.address)
-          .openSequence(
-            { seqId: s.seqId, layout, maxPositions: maxPositions(s) },
-            { deadline: options.connectTimeoutMs, signal },
-          );
-        s.opened = true;
-        if (res.length !== 0) finish(s, "error", `${nodeName(node)} already holds a sequence ${s.seqId}`);
-      } catch (err) {
-        // A node's own errors name it; transport errors do not.
-        const e = RpcError.from(err);
-        const message = e.message.startsWith(nodeName(node)) ? e.message : `${nodeName(node)}: ${e.message}`;
-        if (e.code === Code.RESOURCE_EXHAUSTED) return message;
-        finish(s, "error", message);
+    // Opens every shard of `s`; a refusal for capacity (returned) closes
+    // the shards that did open, any other failure finishes the sequence.
+    const open = async (s: Sequence, placed: readonly ShardPlacement[]): Promise<string | undefined> => {
+      s.shards = placed.map((p) => ({
+        ...p,
+        seqId: groups === 1 ? s.seqId : `${s.seqId}#h${p.kvHeadStart}-${p.kvHeadEnd}`,
+        opened: false,
+      }));
+      const outcomes = await Promise.all(
+        s.shards.map(async (sh) => {
+          try {
+            const res = await ctx
+              .attentionClient(sh.node.address)
+              .openSequence(
+                { seqId: sh.seqId, layout: layoutOf(sh), maxPositions: maxPositions(s) },
+                { deadline: options.connectTimeoutMs, signal },
+              );
+            sh.opened = true;
+            if (res.length !== 0) return { fatal: `${nodeName(sh.node)} already holds a sequence ${sh.seqId}` };
+          } catch (err) {
+            // A node's own errors name it; transport errors do not.
+            const e = RpcError.from(err);
+            const name = nodeName(sh.node);
+            const message = e.message.startsWith(name) ? e.message : `${name}: ${e.message}`;
+            return e.code === Code.RESOURCE_EXHAUSTED ? { refused: message } : { fatal: message };
+          }
+          return {};
+        }),
+      );
+      const fatal = outcomes.find((o) => o.fatal)?.fatal;
+      if (fatal !== undefined) {
+        finish(s, "error", fatal);
+        return undefined;
       }
+      const refused = outcomes.find((o) => o.refused)?.refused;
+      if (refused !== undefined) {
+        // Close the shards that did open before the next try, outside
+        // `releases`: they free no room for anyone else.
+        await Promise.all(
+          s.shards
+            .filter((sh) => sh.opened)
+            .map((sh) =>
+              ctx
+                .attentionClient(sh.node.address)
+                .closeSequence({ seqId: sh.seqId }, { deadline: options.connectTimeoutMs })
+                .then(
+                  () => (sh.opened = false),
+                  (err: unknown) => options.log(`close ${sh.seqId} on ${nodeName(sh.node)}: ${(err as Error).message}`),
+                ),
+            ),
+        );
+        if (s.shards.some((sh) => sh.opened)) release(s); // a close failed: let release() retry it in the background
+        return refused;
+      }
+      s.opened = true;
       return undefined;
     };
     const admit = async () => {
@@ -311,18 +377,25 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
         const room = options.maxBatchSequences - running().length;
         if (room <= 0) return;
         const batch = pending.splice(0, room);
+        // Load in position-heads, as placeSequences counts it.
         const load = new Map<string, number>();
-        for (const r of running()) load.set(r.node!.address, (load.get(r.node!.address) ?? 0) + maxPositions(r));
+        for (const r of running()) {
+          for (const sh of r.shards) {
+            const a = sh.node.address;
+            load.set(a, (load.get(a) ?? 0) + maxPositions(r) * (sh.kvHeadEnd - sh.kvHeadStart));
+          }
+        }
         const placements = placeSequences(
           batch.map((s) => ({ positions: maxPositions(s), kv: request.prompts[s.index]!.kv ?? request.kv })),
           { memory: options.memoryNodes, storage: options.storageNodes },
           options.storageThresholdTokens,
           load,
+          { nKvHeads: shape.nKvHeads, groups },
         );
         const refusals = await Promise.all(
           batch.map(async (s, i) => {
             const placement = placements[i]!;
-            if ("node" in placement) return open(s, placement.node);
+            if ("shards" in placement) return open(s, placement.shards);
             finish(s, "error", placement.error);
             return undefined;
           }),
@@ -334,7 +407,7 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
           batch.forEach((s, i) => refusals[i] !== undefined && finish(s, "error", refusals[i]));
           continue;
         }
-        for (const s of refused) s.node = undefined;
+        for (const s of refused) s.shards = [];
         pending.unshift(...refused);
         blocked = true;
         options.log(`${refused.length} sequence(s) wait for KV capacity: ${refusals.find((r) => r)}`);
@@ -349,22 +422,32 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
       await Promise.all(
         seqs.map(async (s) => {
           const w = s.waiting;
-          if (s.finished || !w || !s.node || now < w.nextTry) return;
+          if (s.finished || !w || s.shards.length === 0 || now < w.nextTry) return;
           if (now - w.since > options.retryTimeoutMs) {
             return finish(s, "error", `${w.reason} (gave up after ${Math.round((now - w.since) / 1000)} s)`);
           }
           try {
-            const res = await ctx
-              .attentionClient(s.node.address)
-              .openSequence({ seqId: s.seqId, layout, maxPositions: maxPositions(s) }, { deadline: 1000, signal });
-            if (res.length < s.fed) {
+            // Every shard: re-opening one that is fine is a no-op.
+            const lengths = await Promise.all(
+              s.shards.map(async (sh) => {
+                const res = await ctx
+                  .attentionClient(sh.node.address)
+                  .openSequence(
+                    { seqId: sh.seqId, layout: layoutOf(sh), maxPositions: maxPositions(s) },
+                    { deadline: 1000, signal },
+                  );
+                return res.length;
+              }),
+            );
+            const lost = lengths.findIndex((n) => n < s.fed);
+            if (lost >= 0) {
               finish(
                 s,
                 "error",
-                `the KV cache of prompt "${s.id}" was lost on ${nodeName(s.node)} (it holds ${res.length} of ${s.fed} positions)`,
+                `the KV cache of prompt "${s.id}" was lost on ${nodeName(s.shards[lost]!.node)} (it holds ${lengths[lost]} of ${s.fed} positions)`,
               );
             } else {
-              options.log(`${s.seqId}: ${nodeName(s.node)} is back`);
+              options.log(`${s.seqId}: ${[...new Set(s.shards.map((sh) => nodeName(sh.node)))].join(", ")} back`);
               s.waiting = undefined;
             }
           } catch {
@@ -390,12 +473,26 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
         stepId++;
         const req: MessageInitShape<typeof ForwardRequestSchema> & { stepId: bigint } = {
           stepId,
-          sequences: alive.map((p) => ({
-            seqId: p.s.seqId,
-            startPos: p.startPos,
-            nTokens: p.tokens.length,
-            attentionAddress: p.s.node!.address,
-          })),
+          sequences: alive.map((p) =>
+            p.s.shards.length === 1 && groups === 1
+              ? {
+                  seqId: p.s.seqId,
+                  startPos: p.startPos,
+                  nTokens: p.tokens.length,
+                  attentionAddress: p.s.shards[0]!.node.address,
+                }
+              : {
+                  seqId: p.s.seqId,
+                  startPos: p.startPos,
+                  nTokens: p.tokens.length,
+                  shards: p.s.shards.map((sh) => ({
+                    address: sh.node.address,
+                    seqId: sh.seqId,
+                    kvHeadStart: sh.kvHeadStart,
+                    kvHeadEnd: sh.kvHeadEnd,
+                  })),
+                },
+          ),
           tokens: alive.flatMap((p) => p.tokens),
         };
         const ts = performance.now();
@@ -430,10 +527,13 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
           }
           return rows;
         }
-        const onNode = failure.address ? alive.filter((p) => p.s.node!.address === failure.address) : [];
+        const onNode = failure.address
+          ? alive.filter((p) => p.s.shards.some((sh) => sh.node.address === failure.address))
+          : [];
         if (onNode.length > 0) {
-          // One attention node failed: only its sequences are affected.
-          const reason = `${nodeName(onNode[0]!.s.node!)}: ${failure.message}`;
+          // One attention node failed: only the sequences with a shard on it are affected.
+          const failed = onNode[0]!.s.shards.find((sh) => sh.node.address === failure.address)!.node;
+          const reason = `${nodeName(failed)}: ${failure.message}`;
           if (TRANSIENT.has(failure.code)) {
             options.log(`step ${stepId}: ${reason}; its ${onNode.length} sequence(s) wait for it`);
             const now = Date.now();

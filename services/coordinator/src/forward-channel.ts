@@ -12,9 +12,10 @@ import {
 import { NodeUnreachableError } from "@tessera/core";
 
 /**
- * The coordinator's end of one gpu-node's `Forward` stream: `step()` sends a
- * request and resolves with its response (responses arrive in request
- * order). A broken stream rejects every pending step with
+ * The coordinator's end of one gpu-node's `Forward` stream (the first
+ * pipeline stage's; the stages pass each step on among themselves):
+ * `step()` sends a request and resolves with its response (responses arrive
+ * in request order). A broken stream rejects every pending step with
  * NodeUnreachableError("gpu", address) and is re-opened on the next step.
  */
 export class ForwardChannel {

@@ -1,6 +1,14 @@
 /** The coordinator role: plans batches onto nodes, drives prefill and decode, samples. */
 export { createCoordinator, type CoordinatorService } from "./coordinator.js";
 export { compileCoordinatorOptions, type CoordinatorOptions, type CompiledCoordinatorOptions } from "./options.js";
-export { placeSequences, type AttentionNodeRef, type Placement, type PlacementRequest } from "./placement.js";
+export {
+  placeSequences,
+  splitKvHeads,
+  type AttentionNodeRef,
+  type KvHeadSplit,
+  type Placement,
+  type PlacementRequest,
+  type ShardPlacement,
+} from "./placement.js";
 export { splitLayers, type LayerRange } from "./pipeline.js";
 export { runCoordinator } from "./main.js";

@@ -35,6 +35,14 @@ export interface CoordinatorOptions {
   connectTimeoutMs?: number;
   /** Grace for in-flight calls at shutdown, in ms. @default 5000 */
   shutdownGraceMs?: number;
+  /**
+   * Each sequence's KV heads are split into this many contiguous groups,
+   * each placed on its own attention node of the sequence's role when there
+   * are enough (HeadInfer's head-wise split, Luo et al. 2025), so no node
+   * needs a whole sequence's cache. Must divide the model's n_kv_heads (a
+   * job whose model it does not divide fails INVALID_ARGUMENT). @default 1
+   */
+  kvHeadGroups?: number;
   /** Log sink. @default stderr */
   log?: (line: string) => void;
 }
@@ -85,6 +93,7 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     retryTimeoutMs: positive("retryTimeoutMs", o.retryTimeoutMs, 30_000),
     connectTimeoutMs: positive("connectTimeoutMs", o.connectTimeoutMs, 5000),
     shutdownGraceMs: positive("shutdownGraceMs", o.shutdownGraceMs, 5000),
+    kvHeadGroups: positive("kvHeadGroups", o.kvHeadGroups, 1),
     log: o.log ?? ((line: string) => process.stderr.write(line + "\n")),
   });
 }

@@ -2,8 +2,9 @@
  * Several gpu-nodes as pipeline stages: each runs a contiguous layer range,
  * the first embeds token ids, the last applies the final norm and
  * classifier, and the hidden states [total_tokens, dim] of a step pass from
- * stage to stage. For now the coordinator relays them (one extra hop per
- * stage); gpu-node to gpu-node streams are later work.
+ * stage to stage directly, gpu-node to gpu-node (ForwardRequest.next_stages):
+ * the coordinator sends token ids to the first stage and gets logits back
+ * from it, and no hidden state passes through it.
  */
 import type { ForwardRequest, ForwardRequestSchema, ForwardResponse, MessageInitShape } from "@tessera/proto";
 import type { ForwardChannel } from "./forward-channel.js";
@@ -36,12 +37,16 @@ export function splitLayers(nLayers: number, nStages: number): LayerRange[] {
 }
 
 /**
- * One step through every stage in order. A stage's failure comes back as
- * the step's `error`; gpu-node errors (not an attention node's) get the
- * stage's address in front, so the caller can name the node.
+ * One step through every stage in order: sent to the first stage with the
+ * other stages' addresses as `next_stages`; each stage hands its hidden
+ * states to the next and the first answers with the last one's response.
+ * Only the first stage's channel opens a stream; the others' serve for
+ * their addresses.
  */
 export class ForwardPipeline {
-  constructor(readonly stages: readonly ForwardChannel[]) {}
+  constructor(readonly stages: readonly ForwardChannel[]) {
+    if (stages.length === 0) throw new RangeError("ForwardPipeline: no stages");
+  }
 
   /** The stages' addresses, for messages. */
   get address(): string {
@@ -49,37 +54,47 @@ export class ForwardPipeline {
   }
 
   /**
-   * Sends `request` (with token ids) to the first stage and each stage's
-   * hidden states to the next; resolves with the last stage's response
-   * (logits) and the stages' timings summed.
-   * @throws NodeUnreachableError("gpu", address) of the stage whose stream broke.
+   * Sends `request` (with token ids) through the stages; resolves with the
+   * last stage's response: logits, the stages' timings (dense and attention
+   * summed over stages, total the first stage's wall time; per stage in
+   * `stageTimings`), or the step's `error`. A gpu-node's error (not an
+   * attention node's) gets "gpu-node <address>: " in front, naming the
+   * stage that failed (from the error's address, which a stage that could
+   * not reach the next one sets to that one's), unless the message already
+   * starts with it.
+   * @throws NodeUnreachableError("gpu", address) of the first stage when its
+   *   stream broke (a later stage that breaks comes back as `error`,
+   *   UNAVAILABLE, naming it).
    */
   async step(
     request: MessageInitShape<typeof ForwardRequestSchema> & Pick<ForwardRequest, "stepId">,
   ): Promise<ForwardResponse> {
-    let res: ForwardResponse | undefined;
-    const timings = { denseSeconds: 0, attentionWaitSeconds: 0, attentionComputeSeconds: 0, totalSeconds: 0 };
-    for (const [i, stage] of this.stages.entries()) {
-      const req = i === 0 ? request : { stepId: request.stepId, sequences: request.sequences, hidden: res!.hidden };
-      res = await stage.step(req);
-      if (res.error) {
-        if (res.error.role !== "attention") res.error.message = `gpu-node ${stage.address}: ${res.error.message}`;
-        return res;
-      }
-      const t = res.timings;
-      if (t) {
-        timings.denseSeconds += t.denseSeconds;
-        timings.attentionWaitSeconds += t.attentionWaitSeconds;
-        timings.attentionComputeSeconds += t.attentionComputeSeconds;
-        timings.totalSeconds += t.totalSeconds;
-      }
+    const [first, ...rest] = this.stages as [ForwardChannel, ...ForwardChannel[]];
+    const res = await first.step({ ...request, nextStages: rest.map((s) => s.address) });
+    const e = res.error;
+    if (e && e.role !== "attention") {
+      const address = e.address || first.address;
+      if (!namesGpuNode(e.message, address)) e.message = `gpu-node ${address}: ${e.message}`;
     }
-    if (res!.timings) Object.assign(res!.timings, timings);
-    return res!;
+    return res;
   }
 
   /** Ends every stage's stream. Idempotent. */
   close(): void {
     for (const s of this.stages) s.close();
   }
+}
+
+/**
+ * Whether `message` already starts by naming the gpu-node at `address`
+ * ("gpu-node <address>" or "gpu-node at <address>", then ":", a space or
+ * the end), so that "gpu-node a:10 ..." does not count as naming "a:1".
+ */
+function namesGpuNode(message: string, address: string): boolean {
+  for (const prefix of [`gpu-node ${address}`, `gpu-node at ${address}`]) {
+    if (!message.startsWith(prefix)) continue;
+    const next = message.charAt(prefix.length);
+    if (next === "" || next === ":" || next === " ") return true;
+  }
+  return false;
 }

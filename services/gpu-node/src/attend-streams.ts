@@ -2,26 +2,30 @@
  * Long-lived Attend streams from a gpu-node to attention nodes (memory- and
  * storage-nodes): one bidirectional stream per node address, created on first
  * use. The Attention service answers each AttendRequest once, in request
- * order, so a FIFO of pending replies pairs responses with requests. A stream
- * that fails (error, end, a reply that does not match, a timeout) fails every
- * pending request and is dropped; the next request to that address opens a
- * new one on a fresh channel, so a coordinator can retry a step at once when
- * the node is back. A stream the node ends (a drain: status OK) or cancels
- * (a forced shutdown: CANCELLED) fails with UNAVAILABLE: the node went away.
+ * order, so a FIFO of pending replies pairs responses with requests by step
+ * id and layer. A stream that fails (error, end, a reply that does not match,
+ * a timeout) fails every pending request with an {@link AttentionNodeError}
+ * and is dropped; the next request to that address opens a new one on a
+ * fresh channel, so a coordinator can retry a step at once when the node is
+ * back. A stream the node ends (a drain: status OK) or cancels (a forced
+ * shutdown: CANCELLED) fails with UNAVAILABLE: the node went away. The
+ * stream machinery is paired-streams.ts.
  */
 import {
   Attention,
-  Code,
   RpcError,
   createClient,
   type AttendRequest,
+  type AttendRequestSchema,
   type AttendResponse,
-  type Client,
   type MessageInitShape,
 } from "@tessera/proto";
-import type { AttendRequestSchema } from "@tessera/proto";
+import { PairedStreams, type StreamFailure } from "./paired-streams.js";
 
-/** An attention node failed a request: gRPC `code`, the node's `address`. */
+/**
+ * An attention node failed a request: gRPC `code`, the node's `address`.
+ * The message reads "attention node <address>: <CODE>: <detail>".
+ */
 export class AttentionNodeError extends Error {
   override name = "AttentionNodeError";
   constructor(
@@ -34,146 +38,53 @@ export class AttentionNodeError extends Error {
   }
 }
 
-interface Pending {
+/** An AttendRequest as sent: step id and layer are required to pair the reply. */
+type AttendStreamRequest = MessageInitShape<typeof AttendRequestSchema> & Pick<AttendRequest, "stepId" | "layer">;
+
+/** What pairs a reply with its request. */
+interface AttendId {
   stepId: bigint;
   layer: number;
-  resolve(r: AttendResponse): void;
-  reject(e: AttentionNodeError): void;
-  timer: NodeJS.Timeout;
 }
 
-/** One Attend stream to one attention node. */
-class AttendStream {
-  private readonly client: Client<typeof Attention>;
-  private readonly call: ReturnType<Client<typeof Attention>["attend"]>;
-  private readonly pending: Pending[] = [];
-  broken = false;
-
-  constructor(
-    readonly address: string,
-    private readonly timeoutMs: number,
-    private readonly onBroken: (s: AttendStream) => void,
-  ) {
-    // A local subchannel pool gives each stream a fresh connection, so one
-    // that failed does not wait out the shared subchannel's reconnect backoff.
-    this.client = createClient(Attention, address, { "grpc.use_local_subchannel_pool": 1 });
-    this.call = this.client.attend();
-    this.call.on("data", (r: AttendResponse) => this.onResponse(r));
-    this.call.on("error", (err: unknown) => {
-      const e = RpcError.from(err);
-      // Our own cancel() happens only in fail(), after which this is a
-      // no-op; so a CANCELLED here is the node's doing: a forced shutdown
-      // resets its open streams. The node went away (it may be restarting),
-      // so it is UNAVAILABLE, which a coordinator retries; CANCELLED would
-      // read as the caller's own cancellation, which is final.
-      const code = e.code === Code.CANCELLED ? Code.UNAVAILABLE : e.code;
-      const detail = e.code === Code.CANCELLED ? `Attend stream cancelled by the node (${e.message})` : e.message;
-      this.fail(new AttentionNodeError(code, address, detail, { cause: err }));
-    });
-    this.call.on("end", () =>
-      this.fail(new AttentionNodeError(Code.UNAVAILABLE, address, "Attend stream ended by the node")),
-    );
-  }
-
-  /** Sends `req`; resolves with its response, rejects {@link AttentionNodeError}. */
-  attend(
-    req: MessageInitShape<typeof AttendRequestSchema> & Pick<AttendRequest, "stepId" | "layer">,
-  ): Promise<AttendResponse> {
-    if (this.broken)
-      return Promise.reject(new AttentionNodeError(Code.UNAVAILABLE, this.address, "Attend stream is closed"));
-    return new Promise<AttendResponse>((resolve, reject) => {
-      const timer = setTimeout(
-        () =>
-          this.fail(
-            new AttentionNodeError(
-              Code.DEADLINE_EXCEEDED,
-              this.address,
-              `no Attend response within ${this.timeoutMs} ms`,
-            ),
-          ),
-        this.timeoutMs,
-      );
-      this.pending.push({ stepId: req.stepId, layer: req.layer, resolve, reject, timer });
-      this.call.write(req);
-    });
-  }
-
-  /** Fails pending requests and closes the stream and its channel. */
-  fail(err: AttentionNodeError): void {
-    if (this.broken) return;
-    this.broken = true;
-    this.onBroken(this);
-    for (const p of this.pending.splice(0)) {
-      clearTimeout(p.timer);
-      p.reject(err);
-    }
-    this.call.cancel();
-    this.client.close();
-  }
-
-  private onResponse(r: AttendResponse): void {
-    const p = this.pending.shift();
-    if (!p) {
-      this.fail(new AttentionNodeError(Code.INTERNAL, this.address, "Attend response without a request"));
-      return;
-    }
-    clearTimeout(p.timer);
-    if (r.stepId !== p.stepId || r.layer !== p.layer) {
-      const err = new AttentionNodeError(
-        Code.INTERNAL,
-        this.address,
-        `Attend response for step ${r.stepId} layer ${r.layer} where step ${p.stepId} layer ${p.layer} was expected`,
-      );
-      p.reject(err);
-      this.fail(err);
-      return;
-    }
-    p.resolve(r);
-  }
+function attentionNodeError(address: string, f: StreamFailure): AttentionNodeError {
+  return new AttentionNodeError(f.code, address, f.detail, f.kind === "rpc" ? { cause: f.cause } : undefined);
 }
 
 /**
  * The Attend streams of one gpu-node, by attention node address.
  * `attend` is safe to call from concurrent steps: writes and the FIFO entry
- * happen together, and the node answers in order.
+ * happen together, and the node answers in order. `size` and `close()`
+ * (fails pending requests with AttentionNodeError UNAVAILABLE "gpu-node is
+ * closing" and cancels every stream; idempotent) come from PairedStreams.
  */
-export class AttendStreams {
-  private readonly streams = new Map<string, AttendStream>();
-  private closed = false;
-
+export class AttendStreams extends PairedStreams<AttendStreamRequest, AttendResponse, AttendId> {
   /** @param timeoutMs how long one request may wait for its response before its stream is failed. */
-  constructor(private readonly timeoutMs: number) {}
+  constructor(timeoutMs: number) {
+    super({
+      method: "Attend",
+      timeoutMs,
+      open: (address, channelOptions) => {
+        const client = createClient(Attention, address, channelOptions);
+        return { call: client.attend(), closeChannel: () => client.close() };
+      },
+      id: (req) => ({ stepId: req.stepId, layer: req.layer }),
+      mismatch: (p, r) =>
+        r.stepId === p.stepId && r.layer === p.layer
+          ? undefined
+          : `Attend response for step ${r.stepId} layer ${r.layer} where step ${p.stepId} layer ${p.layer} was expected`,
+      error: attentionNodeError,
+    });
+  }
 
   /**
    * Sends one AttendRequest to the node at `address`.
    * @throws AttentionNodeError (rejects) when the node is unreachable, the
-   *   stream breaks or times out. A per-request `error` in the response is
-   *   returned, not thrown.
+   *   stream breaks or times out, or this is closed (UNAVAILABLE "gpu-node
+   *   is closing"). A per-request `error` in the response is returned, not
+   *   thrown.
    */
-  attend(
-    address: string,
-    req: MessageInitShape<typeof AttendRequestSchema> & Pick<AttendRequest, "stepId" | "layer">,
-  ): Promise<AttendResponse> {
-    if (this.closed) return Promise.reject(new AttentionNodeError(Code.UNAVAILABLE, address, "gpu-node is closing"));
-    let s = this.streams.get(address);
-    if (!s) {
-      s = new AttendStream(address, this.timeoutMs, (broken) => {
-        if (this.streams.get(broken.address) === broken) this.streams.delete(broken.address);
-      });
-      this.streams.set(address, s);
-    }
-    return s.attend(req);
-  }
-
-  /** Number of open streams (for tests and metrics). */
-  get size(): number {
-    return this.streams.size;
-  }
-
-  /** Fails pending requests (UNAVAILABLE) and closes every stream. Idempotent. */
-  close(): void {
-    this.closed = true;
-    for (const s of [...this.streams.values()])
-      s.fail(new AttentionNodeError(Code.UNAVAILABLE, s.address, "gpu-node is closing"));
+  attend(address: string, req: AttendStreamRequest): Promise<AttendResponse> {
+    return this.send(address, req);
   }
 }

@@ -4,9 +4,29 @@
  * the same way.
  */
 import * as ort from "onnxruntime-node";
-import { ConfigError, type Checkpoint, type ModelShape } from "@tessera/core";
+import {
+  ConfigError,
+  checkpointSource,
+  decodeTensor,
+  encodeTensor,
+  type Checkpoint,
+  type ModelShape,
+  type ModelSource,
+  type SafetensorsDtype,
+  type WeightName,
+} from "@tessera/core";
 import { Code } from "@tessera/proto";
-import { HEAD, POST, PRE, buildHeadGraph, buildPostAttentionGraph, buildPreAttentionGraph } from "./llama-graphs.js";
+import {
+  HEAD,
+  POST,
+  PRE,
+  buildHeadGraph,
+  buildPostAttentionGraph,
+  buildPreAttentionGraph,
+  type PostAttentionWeights,
+  type PreAttentionWeights,
+  type WeightDtype,
+} from "./llama-graphs.js";
 
 /** Execution providers a gpu-node can ask onnxruntime for. */
 export type ExecutionProvider = "cpu" | "cuda";
@@ -25,6 +45,26 @@ export interface DenseModelOptions {
   executionProvider?: ExecutionProvider;
   /** onnxruntime intra-op threads per session. @default onnxruntime's (one per core) */
   intraOpThreads?: number;
+  /**
+   * Element type of the projection weights and the embedding held:
+   * "f16" halves them (f16 MatMul initializers with activations cast around
+   * each MatMul; the embedding kept as f16 and widened per row on lookup).
+   * With "f32", an embedding stored F16/BF16 in the file stays so (exact).
+   * The default is {@link defaultWeightDtype} of the provider: "f16" on
+   * CUDA (untested here: no GPU), "f32" on CPU, whose onnxruntime 1.30
+   * kernels have no f16 MatMul on x86: it inserts Casts and folds the
+   * weights back to f32 at session creation (same memory as f32, measured),
+   * and with folding off casts them on every run (~3× slower).
+   */
+  weightDtype?: WeightDtype;
+}
+
+/**
+ * The weight dtype a provider runs best: "f16" where onnxruntime has f16
+ * MatMul kernels (CUDA), else "f32" (see {@link DenseModelOptions.weightDtype}).
+ */
+export function defaultWeightDtype(provider: ExecutionProvider): WeightDtype {
+  return provider === "cuda" ? "f16" : "f32";
 }
 
 /** q, k, v of a pre-attention run: [T, n_heads, head_dim], [T, n_kv_heads, head_dim] ×2, f32. */
@@ -63,28 +103,41 @@ export class DenseModel {
     readonly layerStart: number,
     readonly layerEnd: number,
     readonly executionProvider: ExecutionProvider,
+    /** Element type of the projection weights and embedding held. */
+    readonly weightDtype: WeightDtype,
     /**
-     * Bytes of f32 weights this model holds: its layers' norms and
-     * projections, the embedding and the final norm + classifier when held
-     * (both, even when the checkpoint shares them). RoPE tables and other
-     * graph constants are not counted.
+     * Bytes of weights this model hands onnxruntime and holds itself: its
+     * layers' norms (f32) and projections (`weightDtype`), biases (f32), the
+     * embedding and the final norm + classifier when held (both, even when
+     * the checkpoint shares them). RoPE tables and other graph constants are
+     * not counted, nor copies an execution provider makes (the CPU provider
+     * widens f16 MatMul weights to f32).
      */
     readonly weightBytes: number,
-    private readonly embedding: Float32Array | undefined,
+    /** Element type the token embedding is held in (F16/BF16: bit patterns in `embedding`). */
+    readonly embeddingDtype: SafetensorsDtype,
+    /** [vocab_size, dim]: f32 values, or f16/bf16 bit patterns. */
+    private readonly embedding: Float32Array | Uint16Array | undefined,
     private readonly preSessions: ort.InferenceSession[],
     private readonly postSessions: ort.InferenceSession[],
     private headSession: ort.InferenceSession | undefined,
   ) {}
 
   /**
-   * Builds the graphs of `checkpoint`'s layer range and creates their
-   * sessions (weights are copied into the graphs once, here).
+   * Builds the graphs of a layer range and creates their sessions. `model`
+   * is a loaded {@link Checkpoint} or, to keep peak memory near the f32
+   * weights of this range alone, a {@link ModelSource} (`openModel`): its
+   * tensors are then read one layer at a time (the embedding only when
+   * `embed`, the final norm and classifier only when `head`) and dropped
+   * once onnxruntime holds them.
    * @throws RangeError for a layer range outside the model;
    *   {@link ExecutionProviderError} when the provider cannot be used;
+   *   CheckpointError when the source file cannot be read;
    *   onnxruntime's Error when a graph does not load.
    */
-  static async create(checkpoint: Checkpoint, options: DenseModelOptions = {}): Promise<DenseModel> {
-    const shape = checkpoint.shape;
+  static async create(model: Checkpoint | ModelSource, options: DenseModelOptions = {}): Promise<DenseModel> {
+    const source = "weights" in model ? checkpointSource(model) : model;
+    const shape = source.shape;
     const layerStart = options.layerStart ?? 0;
     const layerEnd = options.layerEnd ?? shape.nLayers;
     const provider = options.executionProvider ?? "cpu";
@@ -130,30 +183,77 @@ export class DenseModel {
         throw err;
       }
     };
+    const dtype = options.weightDtype ?? defaultWeightDtype(provider);
+    const wBytes = dtype === "f16" ? 2 : 4;
     try {
       const { dim, hiddenDim, nHeads, nKvHeads, headDim, vocabSize } = shape;
-      const perLayer = 2 * dim + 2 * dim * nHeads * headDim + 2 * dim * nKvHeads * headDim + 3 * dim * hiddenDim;
-      let weightBytes = 4 * (layerEnd - layerStart) * perLayer;
-      const pre: ort.InferenceSession[] = [];
-      const post: ort.InferenceSession[] = [];
-      for (let l = layerStart; l < layerEnd; l++) {
-        const weights = checkpoint.weights.layers[l]!;
-        pre.push(await createSession(buildPreAttentionGraph(shape, weights, l).toBytes()));
-        post.push(await createSession(buildPostAttentionGraph(shape, weights, l).toBytes()));
-      }
+      const matrices = 2 * dim * nHeads * headDim + 2 * dim * nKvHeads * headDim + 3 * dim * hiddenDim;
+      const vectors = 2 * dim + (source.qkvBias ? nHeads * headDim + 2 * nKvHeads * headDim : 0);
+      let weightBytes = (layerEnd - layerStart) * (wBytes * matrices + 4 * vectors);
+      // The head first: its classifier is the largest tensor, and building its
+      // session takes several transient copies of it (JS graph bytes,
+      // onnxruntime's parsed model, its packed weights), best made while
+      // nothing else is held.
       let head: ort.InferenceSession | undefined;
       if (options.head ?? true) {
-        head = await createSession(
-          buildHeadGraph(shape, checkpoint.weights.rmsFinal, checkpoint.weights.classifier).toBytes(),
-        );
-        weightBytes += 4 * (dim + vocabSize * dim);
+        const [rmsFinal, classifier] = [await source.read("rmsFinal"), await source.read("classifier")];
+        head = await createSession(buildHeadGraph(shape, rmsFinal, classifier, dtype).toBytes());
+        weightBytes += 4 * dim + wBytes * vocabSize * dim;
       }
-      let embedding: Float32Array | undefined;
+      const pre: ort.InferenceSession[] = [];
+      const post: ort.InferenceSession[] = [];
+      const read = (name: WeightName, l: number) => source.read(name, l);
+      for (let l = layerStart; l < layerEnd; l++) {
+        // One graph's f32 weights and bytes at a time: each is read, built,
+        // handed to onnxruntime (which copies the initializers) and dropped.
+        const preWeights: PreAttentionWeights = {
+          rmsAtt: await read("rmsAtt", l),
+          wq: await read("wq", l),
+          wk: await read("wk", l),
+          wv: await read("wv", l),
+          ...(source.qkvBias ? { bq: await read("bq", l), bk: await read("bk", l), bv: await read("bv", l) } : {}),
+        };
+        pre.push(await createSession(buildPreAttentionGraph(shape, preWeights, l, dtype).toBytes()));
+        const postWeights: PostAttentionWeights = {
+          wo: await read("wo", l),
+          rmsFfn: await read("rmsFfn", l),
+          w1: await read("w1", l),
+          w2: await read("w2", l),
+          w3: await read("w3", l),
+        };
+        post.push(await createSession(buildPostAttentionGraph(shape, postWeights, l, dtype).toBytes()));
+      }
+      let embedding: Float32Array | Uint16Array | undefined;
+      // The embedding is a row lookup in JS, not an onnxruntime op, so any
+      // provider can hold it in 16 bits: in f16 with weightDtype "f16", else
+      // as the file stores it (F16/BF16 values are exact in their own type).
+      const embeddingDtype: SafetensorsDtype =
+        dtype === "f16" ? "F16" : source.dtype === "F16" || source.dtype === "BF16" ? source.dtype : "F32";
       if (options.embed ?? true) {
-        embedding = checkpoint.weights.tokenEmbedding.slice();
+        const e = await source.read("tokenEmbedding");
+        // 16-bit patterns; or f32: a file source reads a fresh array, an
+        // in-memory checkpoint's is copied so that it can be freed.
+        embedding =
+          embeddingDtype !== "F32"
+            ? new Uint16Array(encodeTensor(e, embeddingDtype).buffer)
+            : "weights" in model
+              ? e.slice()
+              : e;
         weightBytes += embedding.byteLength;
       }
-      return new DenseModel(shape, layerStart, layerEnd, provider, weightBytes, embedding, pre, post, head);
+      return new DenseModel(
+        shape,
+        layerStart,
+        layerEnd,
+        provider,
+        dtype,
+        weightBytes,
+        embeddingDtype,
+        embedding,
+        pre,
+        post,
+        head,
+      );
     } catch (err) {
       await Promise.allSettled(sessions.map((s) => s.release()));
       throw err;
@@ -184,7 +284,13 @@ export class DenseModel {
       const t = tokens[i]!;
       if (!(Number.isInteger(t) && t >= 0 && t < vocabSize))
         throw new RangeError(`token ${t} at index ${i} is outside the vocabulary [0, ${vocabSize})`);
-      x.set(emb.subarray(t * dim, (t + 1) * dim), i * dim);
+      const row = emb.subarray(t * dim, (t + 1) * dim);
+      x.set(
+        row instanceof Float32Array
+          ? row
+          : decodeTensor(new Uint8Array(row.buffer, row.byteOffset, 2 * dim), this.embeddingDtype),
+        i * dim,
+      );
     }
     return x;
   }

@@ -1,19 +1,27 @@
 /**
  * The gpu-node service (tessera.v1.GpuNode): loads a layer range of a
  * llama2.c checkpoint into onnxruntime sessions and runs batched Forward
- * steps, calling the attention node of each sequence directly over
- * long-lived Attend streams (ARCHITECTURE.md, "One decode step").
+ * steps, calling the attention node of each sequence (or of each of its
+ * KV-head groups, HeadInfer's split) directly over long-lived Attend
+ * streams (ARCHITECTURE.md, "One decode step"), with activations in f16 or
+ * f32 (`wireDtype`), and
+ * handing its hidden states to the next pipeline stage over a Forward
+ * stream of its own (downstream.ts).
  */
 import { performance } from "node:perf_hooks";
 import {
   CheckpointError,
-  type Checkpoint,
+  type ModelSource,
   ConfigError,
   createGrpcService,
   f32Tensor,
-  loadModel,
+  openModel,
+  stridedWireTensor,
   tensorF32,
+  wireTensor,
   type Service,
+  type StridedBlock,
+  type WireDtype,
 } from "@tessera/core";
 import {
   Code,
@@ -22,6 +30,7 @@ import {
   addService,
   type AttendResponse,
   type ForwardRequest,
+  type ForwardResponse,
   type ForwardResponseSchema,
   type LoadRequest,
   type LoadResponseSchema,
@@ -29,7 +38,9 @@ import {
   type ServerDuplexStream,
 } from "@tessera/proto";
 import { AttendStreams, AttentionNodeError } from "./attend-streams.js";
-import { DenseModel, type ExecutionProvider, type Qkv } from "./dense-model.js";
+import { DownstreamError, Downstreams } from "./downstream.js";
+import { DenseModel, defaultWeightDtype, type ExecutionProvider, type Qkv } from "./dense-model.js";
+import type { WeightDtype } from "./llama-graphs.js";
 
 /** gRPC service name served (and reported by grpc.health.v1). */
 export const GPU_NODE_SERVICE = "tessera.v1.GpuNode";
@@ -62,6 +73,28 @@ export interface GpuNodeOptions {
   microBatches?: number;
   /** Micro-batches of one step running at once (each holds its own work buffers). @default 2 */
   maxInFlight?: number;
+  /**
+   * Milliseconds a step sent to the next pipeline stage (ForwardRequest.next_stages)
+   * may wait for its response, the later stages' whole step, before that
+   * stream is failed (DEADLINE_EXCEEDED naming the stage). @default 300000
+   */
+  downstreamTimeoutMs?: number;
+  /**
+   * Dtype of the activations this node sends: q/k/v to attention nodes
+   * (which answer o in the same dtype) and hidden states to the next
+   * pipeline stage. "f16" halves the bytes on the wire (values rounded to
+   * nearest even; see packages/core/src/tensor.ts); "f32" is exact. Logits
+   * are always f32; received hidden states may be either. @default "f16"
+   */
+  wireDtype?: WireDtype;
+  /**
+   * Element type of the projection weights (and embedding) the node holds
+   * (DenseModelOptions.weightDtype): "f16" halves their memory, "f32" keeps
+   * them exact, "auto" picks by execution provider ("f16" on CUDA, "f32" on
+   * CPU, whose onnxruntime kernels have no f16 MatMul on x86; see
+   * defaultWeightDtype). @default "auto"
+   */
+  weightDtype?: "auto" | WeightDtype;
 }
 
 /** {@link GpuNodeOptions} with defaults applied and validated; frozen. */
@@ -74,6 +107,10 @@ export interface CompiledGpuNodeOptions {
   readonly shutdownGraceMs: number;
   readonly microBatches: number;
   readonly maxInFlight: number;
+  readonly downstreamTimeoutMs: number;
+  readonly wireDtype: WireDtype;
+  /** The weight dtype in force ("auto" resolved by execution provider). */
+  readonly weightDtype: WeightDtype;
 }
 
 /**
@@ -104,15 +141,24 @@ export function compileGpuNodeOptions(options: GpuNodeOptions = {}): CompiledGpu
     if (!(Number.isInteger(v) && v >= 1)) throw new ConfigError(name, `must be a positive integer, got ${v}`);
     return v;
   };
+  const wireDtype = options.wireDtype ?? "f16";
+  if (wireDtype !== "f16" && wireDtype !== "f32")
+    throw new ConfigError("wireDtype", `must be "f16" or "f32", got ${JSON.stringify(wireDtype)}`);
+  const weightDtype = options.weightDtype ?? "auto";
+  if (weightDtype !== "auto" && weightDtype !== "f16" && weightDtype !== "f32")
+    throw new ConfigError("weightDtype", `must be "auto", "f16" or "f32", got ${JSON.stringify(weightDtype)}`);
   return Object.freeze({
     host,
     port,
     executionProvider,
+    wireDtype,
+    weightDtype: weightDtype === "auto" ? defaultWeightDtype(executionProvider) : weightDtype,
     intraOpThreads,
     attentionTimeoutMs: positiveMs("attentionTimeoutMs", options.attentionTimeoutMs ?? 120_000),
     shutdownGraceMs: positiveMs("shutdownGraceMs", options.shutdownGraceMs ?? 5_000),
     microBatches: positiveInt("microBatches", options.microBatches ?? 1),
     maxInFlight: positiveInt("maxInFlight", options.maxInFlight ?? 2),
+    downstreamTimeoutMs: positiveMs("downstreamTimeoutMs", options.downstreamTimeoutMs ?? 300_000),
   });
 }
 
@@ -186,6 +232,7 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
   let loadChain: Promise<unknown> = Promise.resolve();
   const retiring = new Set<Promise<void>>();
   const streams = new AttendStreams(opts.attentionTimeoutMs);
+  const downstream = new Downstreams(opts.downstreamTimeoutMs);
   const forwards = new Set<{ stop(): Promise<void> }>();
 
   const address = () => service.address;
@@ -204,9 +251,9 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
       if (current?.key === key) return current.response;
       if (req.modelPath === "") throw new RpcError(Code.INVALID_ARGUMENT, "model_path is empty");
       const t0 = performance.now();
-      let checkpoint: Checkpoint;
+      let checkpoint: ModelSource; // tensors are read per layer by DenseModel.create
       try {
-        checkpoint = await loadModel(req.modelPath);
+        checkpoint = await openModel(req.modelPath);
       } catch (err) {
         const enoent =
           err instanceof CheckpointError && (err.cause as NodeJS.ErrnoException | undefined)?.code === "ENOENT";
@@ -231,6 +278,7 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
         embed: req.embed,
         head: req.head,
         executionProvider: opts.executionProvider,
+        weightDtype: opts.weightDtype,
         ...(opts.intraOpThreads !== undefined ? { intraOpThreads: opts.intraOpThreads } : {}),
       }).catch((err: unknown) => {
         throw RpcError.from(err);
@@ -313,29 +361,89 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
   class StepRunner {
     private readonly slots: Workspace[] = [];
 
+    /**
+     * Runs one step on this stage's layer range and, when the request names
+     * `next_stages`, sends the hidden states on to the first of them (see
+     * {@link passDown}). Never throws: a failure is the response's `error`.
+     */
     async step(req: ForwardRequest): Promise<MessageInitShape<typeof ForwardResponseSchema>> {
       const t0 = performance.now();
       const timings = { denseSeconds: 0, attentionWaitSeconds: 0, attentionComputeSeconds: 0, totalSeconds: 0 };
       const loaded = current;
       const clock = new StepClock();
+      let own: MessageInitShape<typeof ForwardResponseSchema>;
       try {
         if (service.state !== "running")
           throw new StepError(Code.UNAVAILABLE, `gpu-node ${address()} is ${service.state}`, "gpu", address());
         if (!loaded)
           throw new StepError(Code.FAILED_PRECONDITION, "no model is loaded: call Load first", "gpu", address());
+        checkNextStages(req, loaded.model, address());
         loaded.acquire();
         try {
-          return { stepId: req.stepId, ...(await this.run(req, loaded.model, clock, timings)), timings };
+          own = { stepId: req.stepId, ...(await this.run(req, loaded.model, clock, timings)), timings };
         } finally {
           loaded.releaseLease();
         }
       } catch (err) {
-        return { stepId: req.stepId, error: toNodeError(err, address()), timings };
+        own = { stepId: req.stepId, error: toNodeError(err, address()), timings };
       } finally {
         timings.denseSeconds = clock.busySeconds;
         timings.attentionWaitSeconds = clock.idleSeconds;
         timings.totalSeconds = (performance.now() - t0) / 1000;
       }
+      if (own.error || req.nextStages.length === 0) return { ...own, stageTimings: [timings] };
+      return this.passDown(req, own.hidden, timings, t0);
+    }
+
+    /**
+     * Sends this stage's output `hidden` ([total_tokens, dim], in the dtype
+     * run() produced it, passed on as the same message: no copy) to
+     * next_stages[0] with next_stages[1:], over this node's stream to that
+     * stage, and answers with its response: logits, or its error unchanged,
+     * so role and address name the node that failed. Timings: dense and
+     * attention figures summed over the stages, total_seconds this stage's
+     * wall time from request to answer (later stages and hops included);
+     * stage_timings this stage's own followed by the later stages'.
+     * A stage that cannot be reached fails the step with role "gpu" and its
+     * address (UNAVAILABLE, or DEADLINE_EXCEEDED after downstreamTimeoutMs).
+     */
+    private async passDown(
+      req: ForwardRequest,
+      hidden: MessageInitShape<typeof ForwardResponseSchema>["hidden"],
+      timings: OwnTimings,
+      t0: number,
+    ): Promise<MessageInitShape<typeof ForwardResponseSchema>> {
+      const [next, ...rest] = req.nextStages as [string, ...string[]];
+      const elapsed = () => (performance.now() - t0) / 1000;
+      let down: ForwardResponse;
+      try {
+        down = await downstream.forward(next, {
+          stepId: req.stepId,
+          sequences: req.sequences,
+          ...(hidden ? { hidden } : {}),
+          nextStages: rest,
+        });
+      } catch (err) {
+        const error =
+          err instanceof DownstreamError
+            ? { code: err.code, message: err.message, role: "gpu", address: err.address }
+            : toNodeError(err, address());
+        return { stepId: req.stepId, error, timings: { ...timings, totalSeconds: elapsed() }, stageTimings: [timings] };
+      }
+      const d = down.timings;
+      return {
+        stepId: req.stepId,
+        ...(down.logits ? { logits: down.logits } : {}),
+        ...(down.hidden ? { hidden: down.hidden } : {}),
+        ...(down.error ? { error: down.error } : {}),
+        timings: {
+          denseSeconds: timings.denseSeconds + (d?.denseSeconds ?? 0),
+          attentionWaitSeconds: timings.attentionWaitSeconds + (d?.attentionWaitSeconds ?? 0),
+          attentionComputeSeconds: timings.attentionComputeSeconds + (d?.attentionComputeSeconds ?? 0),
+          totalSeconds: elapsed(),
+        },
+        stageTimings: [timings, ...(down.stageTimings.length > 0 ? down.stageTimings : d ? [d] : [])],
+      };
     }
 
     /**
@@ -357,7 +465,7 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
       const plan = planStep(req, model, address());
       const T = plan.totalTokens;
       const n = plan.sequences.length;
-      const input = model.embeds ? undefined : tensorF32(req.hidden, "hidden");
+      const input = plan.hidden;
       const out = model.hasHead ? new Float32Array(n * vocabSize) : new Float32Array(T * dim);
       const batches = splitMicroBatches(plan.sequences, opts.microBatches);
       const errors: unknown[] = [];
@@ -381,7 +489,10 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
       for (let i = this.slots.length; i < slots; i++) this.slots.push(new Workspace());
       await Promise.all(this.slots.slice(0, slots).map(worker));
       if (state.failed) throw errors.find((e) => e !== undefined && !(e instanceof Stopped));
-      return model.hasHead ? { logits: f32Tensor(out, [n, vocabSize]) } : { hidden: f32Tensor(out, [T, dim]) };
+      // Logits stay f32 (sampling needs them exact); hidden states go in the wire dtype.
+      return model.hasHead
+        ? { logits: f32Tensor(out, [n, vocabSize]) }
+        : { hidden: wireTensor(out, [T, dim], opts.wireDtype) };
     }
 
     /** The layer loop of one micro-batch: its rows of the input in, its rows of `out` written. */
@@ -399,6 +510,7 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
       const { dim, nHeads, nKvHeads, headDim, vocabSize } = model.shape;
       const qDim = nHeads * headDim;
       const kvD = nKvHeads * headDim;
+      const group = nHeads / nKvHeads;
       const T = mb.rows;
 
       let x: Float32Array;
@@ -419,21 +531,40 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
           k: ws.buf("k", T * kvD),
           v: ws.buf("v", T * kvD),
         });
+        // One AttendRequest per (node, KV-head group): its sequences' rows
+        // and its heads' columns of q/k/v, encoded once straight into wire
+        // bytes (f32 rows of a whole, contiguous call are views: no copy).
+        const dtype = opts.wireDtype;
         const requests = mb.nodes.map((node, i) => {
-          // A node whose sequences sit side by side in the batch gets views;
-          // otherwise its rows are gathered into this node's own buffers.
-          const pick = (a: Float32Array, width: number, name: string) => {
-            if (!node.contiguous) return gather(a, width, node.rowRanges, ws.buf(`${name}${i}`, node.rows * width));
+          const heads = node.kvHeadEnd - node.kvHeadStart;
+          const qBlock: StridedBlock = {
+            width: qDim,
+            rowRanges: node.rowRanges,
+            col0: node.kvHeadStart * group * headDim,
+            cols: heads * group * headDim,
+          };
+          const kvBlock: StridedBlock = {
+            width: kvD,
+            rowRanges: node.rowRanges,
+            col0: node.kvHeadStart * headDim,
+            cols: heads * headDim,
+          };
+          const pick = (a: Float32Array, block: StridedBlock, shape: number[], name: string) => {
+            const whole = node.contiguous && block.cols === block.width;
             const row0 = node.rowRanges[0]![0];
-            return a.subarray(row0 * width, (row0 + node.rows) * width);
+            const rows = whole ? a.subarray(row0 * block.width, (row0 + node.rows) * block.width) : a;
+            if (whole && dtype === "f32") return wireTensor(rows, shape, dtype);
+            // Safe to reuse: this slot waits for the reply, so grpc-js has serialised the request by then.
+            const bytes = ws.bytes(`${name}${i}`, node.rows * block.cols * (dtype === "f16" ? 2 : 4));
+            return whole ? wireTensor(rows, shape, dtype, bytes) : stridedWireTensor(a, block, shape, dtype, bytes);
           };
           return {
             stepId: req.stepId,
             layer,
             items: node.items,
-            q: f32Tensor(pick(qkv.q, qDim, "q"), [node.rows, nHeads, headDim]),
-            k: f32Tensor(pick(qkv.k, kvD, "k"), [node.rows, nKvHeads, headDim]),
-            v: f32Tensor(pick(qkv.v, kvD, "v"), [node.rows, nKvHeads, headDim]),
+            q: pick(qkv.q, qBlock, [node.rows, heads * group, headDim], "q"),
+            k: pick(qkv.k, kvBlock, [node.rows, heads, headDim], "k"),
+            v: pick(qkv.v, kvBlock, [node.rows, heads, headDim], "v"),
           };
         });
 
@@ -444,15 +575,29 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
         } finally {
           clock.resume();
         }
-        const responses = settled.map((r, i) => checkAttendResponse(r, mb.nodes[i]!, layer, qDim));
+        // f16 replies decode into this slot's buffers; f32 ones are views.
+        const responses = settled.map((r, i) => {
+          const node = mb.nodes[i]!;
+          const cols = (node.kvHeadEnd - node.kvHeadStart) * group * headDim;
+          return checkAttendResponse(r, node, layer, cols, ws.buf(`o${i}`, node.rows * cols));
+        });
         timings.attentionComputeSeconds += Math.max(0, ...responses.map((r) => r.response.computeSeconds));
 
         let o: Float32Array;
-        if (mb.nodes.length === 1 && mb.nodes[0]!.contiguous) {
+        const only = mb.nodes[0]!;
+        if (mb.nodes.length === 1 && only.contiguous && only.kvHeadStart === 0 && only.kvHeadEnd === nKvHeads) {
           o = responses[0]!.o;
         } else {
           o = ws.buf("o", T * qDim);
-          responses.forEach((r, i) => scatter(r.o, qDim, mb.nodes[i]!.rowRanges, o));
+          responses.forEach((r, i) => {
+            const node = mb.nodes[i]!;
+            const cols = (node.kvHeadEnd - node.kvHeadStart) * group * headDim;
+            scatterBlock(
+              r.o,
+              { width: qDim, rowRanges: node.rowRanges, col0: node.kvHeadStart * group * headDim, cols },
+              o,
+            );
+          });
         }
         // The last layer of a non-head stage writes straight into the step's
         // (fresh) hidden output: it goes out in the response, and grpc-js
@@ -497,10 +642,16 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
         new Promise<void>((resolve) => (grace = setTimeout(resolve, opts.shutdownGraceMs))),
       ]);
       clearTimeout(grace);
+      // No step goes on to a later stage from now on: half-close those
+      // streams, so the next stages end them with OK.
+      downstream.close();
     },
     async beforeShutdown() {
-      // Pending attention calls fail, so running steps end now and their Forward streams end with OK.
+      // Pending attention and downstream-stage calls fail, so running steps
+      // end now and their Forward streams end with OK; the streams to later
+      // stages are half-closed, so those end theirs with OK too.
       streams.close();
+      downstream.close();
       await Promise.all([...forwards].map((f) => f.stop()));
     },
     async onClose() {
@@ -515,6 +666,28 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
     },
   });
   return Object.assign(service, { options: opts });
+}
+
+/** The StepTimings of this stage alone, as step() fills them (seconds). */
+interface OwnTimings {
+  denseSeconds: number;
+  attentionWaitSeconds: number;
+  attentionComputeSeconds: number;
+  totalSeconds: number;
+}
+
+/**
+ * Validates ForwardRequest.next_stages against this stage: none after the
+ * stage that applies the head, and no empty address.
+ * @throws StepError INVALID_ARGUMENT naming the field.
+ */
+function checkNextStages(req: ForwardRequest, model: DenseModel, self: string): void {
+  if (req.nextStages.length === 0) return;
+  const bad = (msg: string) => new StepError(Code.INVALID_ARGUMENT, `step ${req.stepId}: ${msg}`, "gpu", self);
+  if (model.hasHead)
+    throw bad(`next_stages [${req.nextStages.join(", ")}] given to the stage that applies the head (the last stage)`);
+  const i = req.nextStages.indexOf("");
+  if (i >= 0) throw bad(`next_stages[${i}] is empty (expected host:port)`);
 }
 
 /** A micro-batch stopped before its next layer because another one failed. */
@@ -573,6 +746,7 @@ class StepClock {
 /** Reusable typed arrays of one Forward stream, grown on demand. */
 class Workspace {
   private readonly f32 = new Map<string, Float32Array>();
+  private readonly u8 = new Map<string, Uint8Array>();
   private pos = new BigInt64Array(0);
 
   /** A [n] f32 view of the buffer `name`, grown (not preserving contents) when short. */
@@ -581,6 +755,16 @@ class Workspace {
     if (!b || b.length < n) {
       b = new Float32Array(Math.max(n, b ? 2 * b.length : 0));
       this.f32.set(name, b);
+    }
+    return b.length === n ? b : b.subarray(0, n);
+  }
+
+  /** A [n] byte view of the (8-byte aligned) byte buffer `name`, grown (not preserving contents) when short. */
+  bytes(name: string, n: number): Uint8Array {
+    let b = this.u8.get(name);
+    if (!b || b.length < n) {
+      b = new Uint8Array(Math.max(n, b ? 2 * b.length : 0));
+      this.u8.set(name, b);
     }
     return b.length === n ? b : b.subarray(0, n);
   }
@@ -596,18 +780,33 @@ class Workspace {
   }
 }
 
+/** A KV-head group [kvHeadStart, kvHeadEnd) of a sequence, held by the attention node at `address` as `seqId`. */
+interface PlannedShard {
+  address: string;
+  seqId: string;
+  kvHeadStart: number;
+  kvHeadEnd: number;
+}
+
 /** One sequence of a step and its rows in the batch (or micro-batch). */
 interface PlannedSequence {
   seqId: string;
   startPos: number;
   nTokens: number;
   row0: number;
-  attentionAddress: string;
+  /** Where its KV heads are: one shard of all heads when unsplit; none on a stage without layers. */
+  shards: PlannedShard[];
 }
 
-/** The sequences of a micro-batch one attention node holds. */
+/**
+ * One Attend call of a micro-batch per layer: the sequences (or their
+ * shards) that one attention node holds for one KV-head range.
+ */
 interface PlannedNode {
   address: string;
+  /** KV heads [kvHeadStart, kvHeadEnd) of the model this call carries. */
+  kvHeadStart: number;
+  kvHeadEnd: number;
   items: { seqId: string; startPos: number; nTokens: number }[];
   /** [row0, nRows] of each sequence in micro-batch order; merged when adjacent. */
   rowRanges: [number, number][];
@@ -619,6 +818,8 @@ interface PlannedNode {
 interface StepPlan {
   totalTokens: number;
   sequences: PlannedSequence[];
+  /** [total_tokens, dim] f32 input hidden states (decoded when they came as f16); undefined when this node embeds. */
+  hidden: Float32Array | undefined;
 }
 
 /** Consecutive sequences of a step, run through the layers together. */
@@ -630,7 +831,7 @@ interface MicroBatch {
   rows: number;
   /** Its sequences, rows counted from `row0`. */
   sequences: PlannedSequence[];
-  /** Its sequences grouped by attention node (in order of first appearance). */
+  /** Its sequences' shards grouped by attention node and KV-head range (in order of first appearance). */
   nodes: PlannedNode[];
 }
 
@@ -665,13 +866,22 @@ function planMicroBatch(sequences: readonly PlannedSequence[], seq0: number): Mi
   let row = 0;
   for (const s of sequences) {
     local.push({ ...s, row0: row });
-    if (s.attentionAddress !== "") {
-      let node = nodes.get(s.attentionAddress);
+    for (const shard of s.shards) {
+      const key = `${shard.address} ${shard.kvHeadStart}-${shard.kvHeadEnd}`;
+      let node = nodes.get(key);
       if (!node) {
-        node = { address: s.attentionAddress, items: [], rowRanges: [], rows: 0, contiguous: true };
-        nodes.set(s.attentionAddress, node);
+        node = {
+          address: shard.address,
+          kvHeadStart: shard.kvHeadStart,
+          kvHeadEnd: shard.kvHeadEnd,
+          items: [],
+          rowRanges: [],
+          rows: 0,
+          contiguous: true,
+        };
+        nodes.set(key, node);
       }
-      node.items.push({ seqId: s.seqId, startPos: s.startPos, nTokens: s.nTokens });
+      node.items.push({ seqId: shard.seqId, startPos: s.startPos, nTokens: s.nTokens });
       const lastRange = node.rowRanges[node.rowRanges.length - 1];
       if (lastRange && lastRange[0] + lastRange[1] === row) lastRange[1] += s.nTokens;
       else node.rowRanges.push([row, s.nTokens]);
@@ -690,10 +900,11 @@ function planMicroBatch(sequences: readonly PlannedSequence[], seq0: number): Mi
  */
 function planStep(req: ForwardRequest, model: DenseModel, self: string): StepPlan {
   const bad = (msg: string) => new StepError(Code.INVALID_ARGUMENT, `step ${req.stepId}: ${msg}`, "gpu", self);
-  const { seqLen, dim } = model.shape;
+  const { seqLen, dim, nKvHeads } = model.shape;
   if (req.sequences.length === 0) throw bad("no sequences");
   const sequences: PlannedSequence[] = [];
   const seen = new Set<string>();
+  const seenShards = new Set<string>();
   let row = 0;
   const hasLayers = model.layerEnd > model.layerStart;
   for (const s of req.sequences) {
@@ -705,17 +916,17 @@ function planStep(req: ForwardRequest, model: DenseModel, self: string): StepPla
         `sequence ${JSON.stringify(s.seqId)}: positions [${s.startPos}, ${s.startPos + s.nTokens}) exceed the model's seq_len ${seqLen}`,
       );
     }
-    if (hasLayers && s.attentionAddress === "")
-      throw bad(`sequence ${JSON.stringify(s.seqId)} has no attention_address`);
-    sequences.push({
-      seqId: s.seqId,
-      startPos: s.startPos,
-      nTokens: s.nTokens,
-      row0: row,
-      attentionAddress: hasLayers ? s.attentionAddress : "",
-    });
+    const shards = hasLayers ? planShards(s, nKvHeads, bad) : [];
+    for (const sh of shards) {
+      const key = `${sh.address} ${sh.seqId}`;
+      if (seenShards.has(key))
+        throw bad(`attention node ${sh.address} is sent sequence ${JSON.stringify(sh.seqId)} twice`);
+      seenShards.add(key);
+    }
+    sequences.push({ seqId: s.seqId, startPos: s.startPos, nTokens: s.nTokens, row0: row, shards });
     row += s.nTokens;
   }
+  let hidden: Float32Array | undefined;
   if (model.embeds) {
     if (req.tokens.length !== row) throw bad(`${req.tokens.length} tokens for ${row} new positions`);
     const vocab = model.shape.vocabSize;
@@ -729,20 +940,60 @@ function planStep(req: ForwardRequest, model: DenseModel, self: string): StepPla
       throw bad(`hidden has shape [${h.shape.join(", ")}], expected [${row}, ${dim}]`);
     }
     try {
-      tensorF32(h, "hidden");
+      hidden = tensorF32(h, "hidden");
     } catch (err) {
       throw bad((err as Error).message);
     }
   }
-  return { totalTokens: row, sequences };
+  return { totalTokens: row, sequences, hidden };
 }
 
-/** The o rows of a settled Attend call, or a StepError naming the node. */
+/**
+ * The shards of one SequenceStep: `attention_address` alone is one shard of
+ * all KV heads under the sequence's own id; `shards` must be in order,
+ * non-empty, and cover [0, n_kv_heads) without gaps, each with an address
+ * and a seq_id.
+ * @throws what `bad` makes (INVALID_ARGUMENT) naming the sequence and field.
+ */
+function planShards(
+  s: ForwardRequest["sequences"][number],
+  nKvHeads: number,
+  bad: (msg: string) => StepError,
+): PlannedShard[] {
+  const name = `sequence ${JSON.stringify(s.seqId)}`;
+  if (s.shards.length === 0) {
+    if (s.attentionAddress === "") throw bad(`${name} has no attention_address and no shards`);
+    return [{ address: s.attentionAddress, seqId: s.seqId, kvHeadStart: 0, kvHeadEnd: nKvHeads }];
+  }
+  if (s.attentionAddress !== "") throw bad(`${name} has both attention_address and shards`);
+  let next = 0;
+  return s.shards.map((sh, i) => {
+    const field = `${name}: shards[${i}]`;
+    if (sh.address === "") throw bad(`${field}.address is empty`);
+    if (sh.seqId === "") throw bad(`${field}.seq_id is empty`);
+    if (sh.kvHeadStart !== next || sh.kvHeadEnd <= sh.kvHeadStart || sh.kvHeadEnd > nKvHeads) {
+      throw bad(
+        `${field} has KV heads [${sh.kvHeadStart}, ${sh.kvHeadEnd}); shards must cover [0, ${nKvHeads}) in order, from ${next}`,
+      );
+    }
+    next = sh.kvHeadEnd;
+    if (i === s.shards.length - 1 && next !== nKvHeads)
+      throw bad(`${name}: shards cover KV heads [0, ${next}) of ${nKvHeads}`);
+    return { address: sh.address, seqId: sh.seqId, kvHeadStart: sh.kvHeadStart, kvHeadEnd: sh.kvHeadEnd };
+  });
+}
+
+/**
+ * The o rows of a settled Attend call as f32 ([node.rows, qDim]: a view of
+ * an f32 reply, or an f16 reply decoded into `scratch`), or a StepError
+ * naming the node.
+ */
 function checkAttendResponse(
   r: PromiseSettledResult<AttendResponse>,
   node: PlannedNode,
   layer: number,
   qDim: number,
+  scratch: Float32Array,
 ): { response: AttendResponse; o: Float32Array } {
   const fail = (code: number, msg: string) => new StepError(code, msg, "attention", node.address);
   if (r.status === "rejected") {
@@ -756,7 +1007,7 @@ function checkAttendResponse(
   }
   let o: Float32Array;
   try {
-    o = tensorF32(res.o, "o");
+    o = tensorF32(res.o, "o", scratch);
   } catch (err) {
     throw fail(Code.INTERNAL, `attention node ${node.address}: layer ${layer}: ${(err as Error).message}`);
   }
@@ -769,22 +1020,21 @@ function checkAttendResponse(
   return { response: res, o };
 }
 
-/** Copies the rows `ranges` ([row0, n]) of `src` (width `w`) into `dst`, one after another. */
-function gather(src: Float32Array, w: number, ranges: readonly [number, number][], dst: Float32Array): Float32Array {
+/**
+ * The inverse of picking `block` out of a matrix: the rows of `src` ([rows
+ * of the block, block.cols], one after another) go to the block's rows and
+ * columns of `dst` (width block.width).
+ */
+function scatterBlock(src: Float32Array, block: StridedBlock, dst: Float32Array): void {
+  const { width, rowRanges, col0, cols } = block;
   let at = 0;
-  for (const [r0, n] of ranges) {
-    dst.set(src.subarray(r0 * w, (r0 + n) * w), at);
-    at += n * w;
-  }
-  return dst;
-}
-
-/** The inverse of {@link gather}: rows of `src` go to `ranges` of `dst`. */
-function scatter(src: Float32Array, w: number, ranges: readonly [number, number][], dst: Float32Array): void {
-  let at = 0;
-  for (const [r0, n] of ranges) {
-    dst.set(src.subarray(at, at + n * w), r0 * w);
-    at += n * w;
+  for (const [r0, n] of rowRanges) {
+    if (cols === width) {
+      dst.set(src.subarray(at, at + n * width), r0 * width);
+      at += n * width;
+      continue;
+    }
+    for (let r = r0; r < r0 + n; r++, at += cols) dst.set(src.subarray(at, at + cols), r * width + col0);
   }
 }
 

@@ -15,6 +15,7 @@ export { runGpuNode } from "./main.js";
 export {
   DenseModel,
   ExecutionProviderError,
+  defaultWeightDtype,
   type DenseModelOptions,
   type ExecutionProvider,
   type Qkv,

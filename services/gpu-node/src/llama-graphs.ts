@@ -11,8 +11,22 @@
  * plain `MatMul(x [T, in], W [in, out])`; projections that read the same input
  * (Wq|Wk|Wv, W1|W3) are fused into one MatMul and split after.
  */
-import type { LayerWeights, ModelShape } from "@tessera/core";
-import { OnnxGraphBuilder } from "./onnx-builder.js";
+import { encodeTensor, type LayerWeights, type ModelShape } from "@tessera/core";
+import { OnnxGraphBuilder, onnxDataType } from "./onnx-builder.js";
+
+/**
+ * Element type of the projection (MatMul) weights in the graphs. "f16"
+ * stores them as f16 initializers and casts the activations to f16 around
+ * each MatMul (f32 in, f32 out), for execution providers with f16 MatMul
+ * kernels (CUDA). Norm weights, biases, RoPE tables and every graph input
+ * and output stay f32.
+ */
+export type WeightDtype = "f32" | "f16";
+
+/** The weights of a layer the pre-attention graph uses (biases only in the Qwen2 layout). */
+export type PreAttentionWeights = Pick<LayerWeights, "rmsAtt" | "wq" | "wk" | "wv" | "bq" | "bk" | "bv">;
+/** The weights of a layer the post-attention graph uses. */
+export type PostAttentionWeights = Pick<LayerWeights, "wo" | "rmsFfn" | "w1" | "w2" | "w3">;
 
 /** Name of the symbolic batch dimension of every graph. */
 export const BATCH_DIM = "T";
@@ -87,6 +101,28 @@ export function ropeTables(shape: Pick<ModelShape, "seqLen" | "headDim" | "ropeT
 }
 
 /**
+ * `x [T, in] · W [in, out]` with `w` (f32, already [in, out]) stored as
+ * `dtype`: an f32 MatMul, or Cast(x → f16), MatMul with an f16 initializer
+ * (rounded to nearest even), Cast(→ f32). Returns the f32 output's name
+ * (`output` when given).
+ */
+export function projection(
+  g: OnnxGraphBuilder,
+  x: string,
+  name: string,
+  w: Float32Array,
+  dims: readonly [number, number],
+  dtype: WeightDtype,
+  output?: string,
+): string {
+  if (dtype === "f32") return g.op("MatMul", [x, g.f32(name, w, dims)], {}, output);
+  const bits = new Uint16Array(encodeTensor(w, "F16").buffer);
+  const xh = g.op("Cast", [x], { to: onnxDataType("float16") });
+  const yh = g.op("MatMul", [xh, g.f16(name, bits, dims)]);
+  return g.op("Cast", [yh], { to: onnxDataType("float32") }, output);
+}
+
+/**
  * RMSNorm over the last axis (Zhang & Sennrich 2019, as llama2.c `rmsnorm`):
  * `w * (x / sqrt(mean(x²) + eps))`. Written as Pow → ReduceMean → Add → Sqrt
  * → Div → Mul, the pattern onnxruntime fuses into its
@@ -108,13 +144,20 @@ export function rmsNorm(g: OnnxGraphBuilder, x: string, weight: Float32Array, ep
  * Inputs: `x` [T, dim] f32 (the residual stream), `positions` [T] int64
  * (each row's position in its sequence, < seq_len).
  * Outputs: `q` [T, n_heads, head_dim], `k` [T, n_kv_heads, head_dim] with RoPE
- * applied, `v` [T, n_kv_heads, head_dim], all f32.
+ * applied, `v` [T, n_kv_heads, head_dim], all f32. When `weights` has q/k/v
+ * biases (Qwen2 layout) they are added to the fused projection (one Add of
+ * the concatenated [q_dim + 2·kv_dim] bias) before RoPE.
  *
  * RoPE rotates each adjacent pair (2i, 2i+1) of a head by angle
  * pos · θ^(−2i/head_dim), as llama2.c run.c (not the half-split layout of
  * Hugging Face checkpoints). q and k heads are rotated together.
  */
-export function buildPreAttentionGraph(shape: ModelShape, weights: LayerWeights, layer: number): OnnxGraphBuilder {
+export function buildPreAttentionGraph(
+  shape: ModelShape,
+  weights: PreAttentionWeights,
+  layer: number,
+  weightDtype: WeightDtype = "f32",
+): OnnxGraphBuilder {
   const { dim, nHeads, nKvHeads, headDim, seqLen, normEps } = shape;
   const half = headDim / 2;
   const qDim = nHeads * headDim;
@@ -124,7 +167,9 @@ export function buildPreAttentionGraph(shape: ModelShape, weights: LayerWeights,
   const positions = g.input(PRE.positions, "int64", [BATCH_DIM]);
 
   const h = rmsNorm(g, x, weights.rmsAtt, normEps, "rms_att");
-  const wqkv = g.f32(
+  let qkv = projection(
+    g,
+    h,
     "wqkv",
     transposeConcat(
       [
@@ -135,13 +180,18 @@ export function buildPreAttentionGraph(shape: ModelShape, weights: LayerWeights,
       dim,
     ),
     [dim, qDim + 2 * kvD],
+    weightDtype,
   );
-  const [qk, vFlat] = g.node(
-    "Split",
-    [g.op("MatMul", [h, wqkv]), g.i64("qkv.split", [qDim + kvD, kvD])],
-    { axis: 1 },
-    2,
-  ) as [string, string];
+  const { bq, bk, bv } = weights;
+  if (bq || bk || bv) {
+    // Qwen2's q/k/v biases, concatenated like the fused weight, added before RoPE.
+    const bias = new Float32Array(qDim + 2 * kvD);
+    if (bq) bias.set(bq, 0);
+    if (bk) bias.set(bk, qDim);
+    if (bv) bias.set(bv, qDim + kvD);
+    qkv = g.op("Add", [qkv, g.f32("bqkv", bias, [qDim + 2 * kvD])]);
+  }
+  const [qk, vFlat] = g.node("Split", [qkv, g.i64("qkv.split", [qDim + kvD, kvD])], { axis: 1 }, 2) as [string, string];
 
   // RoPE over the q and k heads: [T, heads, half, 2] pairs, rotated by the
   // cos/sin rows of each position ([T, 1, half, 1] after Gather + Unsqueeze).
@@ -181,36 +231,36 @@ export function buildPreAttentionGraph(shape: ModelShape, weights: LayerWeights,
  * Output: `y` [T, dim] f32 = x' + W2 (silu(W1 h) ⊙ W3 h) with
  * x' = x + Wo o and h = RMSNorm(x') (SwiGLU, Shazeer 2020; llama2.c run.c).
  */
-export function buildPostAttentionGraph(shape: ModelShape, weights: LayerWeights, layer: number): OnnxGraphBuilder {
+export function buildPostAttentionGraph(
+  shape: ModelShape,
+  weights: PostAttentionWeights,
+  layer: number,
+  weightDtype: WeightDtype = "f32",
+): OnnxGraphBuilder {
   const { dim, hiddenDim, nHeads, headDim, normEps } = shape;
   const qDim = nHeads * headDim;
   const g = new OnnxGraphBuilder(`layer${layer}.post`);
   const x = g.input(POST.x, "float32", [BATCH_DIM, dim]);
   const o = g.input(POST.o, "float32", [BATCH_DIM, qDim]);
 
-  const wo = g.f32("wo", transpose(weights.wo, dim, qDim), [qDim, dim]);
-  const x1 = g.op("Add", [x, g.op("MatMul", [o, wo])]);
+  const x1 = g.op("Add", [x, projection(g, o, "wo", transpose(weights.wo, dim, qDim), [qDim, dim], weightDtype)]);
   const h = rmsNorm(g, x1, weights.rmsFfn, normEps, "rms_ffn");
-  const w13 = g.f32(
-    "w13",
-    transposeConcat(
-      [
-        { w: weights.w1, rows: hiddenDim },
-        { w: weights.w3, rows: hiddenDim },
-      ],
-      dim,
-    ),
-    [dim, 2 * hiddenDim],
+  const w13 = transposeConcat(
+    [
+      { w: weights.w1, rows: hiddenDim },
+      { w: weights.w3, rows: hiddenDim },
+    ],
+    dim,
   );
   const [gate, up] = g.node(
     "Split",
-    [g.op("MatMul", [h, w13]), g.i64("w13.split", [hiddenDim, hiddenDim])],
+    [projection(g, h, "w13", w13, [dim, 2 * hiddenDim], weightDtype), g.i64("w13.split", [hiddenDim, hiddenDim])],
     { axis: 1 },
     2,
   ) as [string, string];
   const act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up]);
-  const w2 = g.f32("w2", transpose(weights.w2, dim, hiddenDim), [hiddenDim, dim]);
-  g.op("Add", [x1, g.op("MatMul", [act, w2])], {}, POST.y);
+  const down = projection(g, act, "w2", transpose(weights.w2, dim, hiddenDim), [hiddenDim, dim], weightDtype);
+  g.op("Add", [x1, down], {}, POST.y);
   g.output(POST.y, "float32", [BATCH_DIM, dim]);
   return g;
 }
@@ -219,12 +269,17 @@ export function buildPostAttentionGraph(shape: ModelShape, weights: LayerWeights
  * The head graph: final RMSNorm and classifier.
  * Input: `x` [N, dim] f32 (one row per sequence). Output: `logits` [N, vocab] f32.
  */
-export function buildHeadGraph(shape: ModelShape, rmsFinal: Float32Array, classifier: Float32Array): OnnxGraphBuilder {
+export function buildHeadGraph(
+  shape: ModelShape,
+  rmsFinal: Float32Array,
+  classifier: Float32Array,
+  weightDtype: WeightDtype = "f32",
+): OnnxGraphBuilder {
   const { dim, vocabSize, normEps } = shape;
   const g = new OnnxGraphBuilder("head");
   const x = g.input(HEAD.x, "float32", [BATCH_DIM, dim]);
   const h = rmsNorm(g, x, rmsFinal, normEps, "rms_final");
-  g.op("MatMul", [h, g.f32("classifier", transpose(classifier, vocabSize, dim), [dim, vocabSize])], {}, HEAD.logits);
+  projection(g, h, "classifier", transpose(classifier, vocabSize, dim), [dim, vocabSize], weightDtype, HEAD.logits);
   g.output(HEAD.logits, "float32", [BATCH_DIM, vocabSize]);
   return g;
 }

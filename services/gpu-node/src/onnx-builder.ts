@@ -16,12 +16,18 @@ export const ONNX_IR_VERSION = 8;
 export const ONNX_OPSET = 17;
 
 /** Element types the builder writes (values of onnx.TensorProto.DataType). */
-export type ElemType = "float32" | "int64";
+export type ElemType = "float32" | "float16" | "int64";
 
 const ELEM: Record<ElemType, number> = {
   float32: onnx.TensorProto_DataType.FLOAT,
+  float16: onnx.TensorProto_DataType.FLOAT16,
   int64: onnx.TensorProto_DataType.INT64,
 };
+
+/** ONNX data type number of an element type (e.g. for Cast's `to` attribute). */
+export function onnxDataType(t: ElemType): number {
+  return ELEM[t];
+}
 
 /** A dimension of a graph input/output: a size, or a symbolic name (e.g. "T"). */
 export type Dim = number | string;
@@ -79,6 +85,20 @@ export class OnnxGraphBuilder {
       new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
       dims,
       data.length,
+    );
+  }
+
+  /**
+   * Adds a constant f16 initializer of `dims` from IEEE binary16 bit
+   * patterns (little-endian raw_data, copied into the model).
+   */
+  f16(name: string, bits: Uint16Array, dims: readonly number[]): string {
+    return this.constant(
+      name,
+      "float16",
+      new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength),
+      dims,
+      bits.length,
     );
   }
 

@@ -27,6 +27,7 @@ import {
 import {
   Attention,
   Code,
+  DType,
   GpuNode,
   RpcError,
   addService,
@@ -39,7 +40,12 @@ import {
   type ForwardResponse,
   type MessageInitShape,
 } from "@tessera/proto";
-import { createGpuNode, type GpuNode as GpuNodeService, type GpuNodeOptions } from "../src/index.js";
+import {
+  compileGpuNodeOptions,
+  createGpuNode,
+  type GpuNode as GpuNodeService,
+  type GpuNodeOptions,
+} from "../src/index.js";
 
 const MODEL = fileURLToPath(new URL("../../../../shared/models/stories260K.bin", import.meta.url));
 const TOL = 1e-4;
@@ -68,8 +74,8 @@ after(async () => {
 interface TestAttention {
   server: GrpcServer;
   address: string;
-  /** AttendRequests received, as (step, layer, seq ids, rows). */
-  log: { stepId: bigint; layer: number; seqIds: string[]; rows: number }[];
+  /** AttendRequests received, as (step, layer, seq ids, rows, dtype of q/k/v). */
+  log: { stepId: bigint; layer: number; seqIds: string[]; rows: number; dtypes: DType[] }[];
   close(): Promise<void>;
 }
 
@@ -84,7 +90,13 @@ async function startAttention(port = 0): Promise<TestAttention> {
     const k = tensorF32(req.k, "k");
     const v = tensorF32(req.v, "v");
     const rows = req.items.reduce((a, it) => a + it.nTokens, 0);
-    log.push({ stepId: req.stepId, layer: req.layer, seqIds: req.items.map((i) => i.seqId), rows });
+    log.push({
+      stepId: req.stepId,
+      layer: req.layer,
+      seqIds: req.items.map((i) => i.seqId),
+      rows,
+      dtypes: [req.q!.dtype, req.k!.dtype, req.v!.dtype],
+    });
     assert.deepEqual(req.q!.shape, [rows, nHeads, headDim]);
     assert.deepEqual(req.k!.shape, [rows, nKvHeads, headDim]);
     const bad = req.items.find((it) => it.seqId.startsWith("bad"));
@@ -168,7 +180,8 @@ async function startAttention(port = 0): Promise<TestAttention> {
 async function startGpuNode(
   options: GpuNodeOptions = {},
 ): Promise<{ node: GpuNodeService; client: Client<typeof GpuNode> }> {
-  const node = createGpuNode({ intraOpThreads: 1, ...options });
+  // f32 on the wire unless a test asks: these tests hold logits to 1e-4.
+  const node = createGpuNode({ intraOpThreads: 1, wireDtype: "f32", ...options });
   await node.start();
   const client = createClient(GpuNode, node.address);
   closers.push(async () => {
@@ -341,6 +354,36 @@ test("Forward across two pipeline stages: hidden from layers [0, 3) feeds layers
     att.log.map((l) => l.layer),
     [0, 1, 2, 3, 4],
   );
+});
+
+test("wireDtype f16: q/k/v and hidden travel as f16, the next stage and an f32-answering node are accepted", async () => {
+  const att = await startAttention(); // answers o in f32 whatever it is sent
+  closers.push(() => att.close());
+  const first = await startGpuNode({ wireDtype: "f16" });
+  const second = await startGpuNode({ wireDtype: "f16" });
+  await first.client.load({ modelPath: MODEL, layerStart: 0, layerEnd: 3, embed: true, head: false });
+  await second.client.load({ modelPath: MODEL, layerStart: 3, layerEnd: 5, embed: false, head: true });
+  const prompt = [1, 403, 407, 261];
+  const sequences = [{ seqId: "p", startPos: 0, nTokens: prompt.length, attentionAddress: att.address }];
+  const r1 = await openForward(first.client).step({ stepId: 1n, sequences, tokens: prompt });
+  assert.equal(r1.error, undefined);
+  assert.equal(r1.hidden!.dtype, DType.DTYPE_F16);
+  assert.equal(r1.hidden!.data.byteLength, 2 * prompt.length * ckpt.shape.dim);
+  const r2 = await openForward(second.client).step({ stepId: 1n, sequences, hidden: r1.hidden });
+  assert.equal(r2.error, undefined);
+  assert.equal(r2.logits!.dtype, DType.DTYPE_F32);
+  assert.deepEqual(
+    att.log.map((l) => l.dtypes),
+    Array.from({ length: 5 }, () => [DType.DTYPE_F16, DType.DTYPE_F16, DType.DTYPE_F16]),
+  );
+  // f16 rounding (relative 2^-11 per activation) moves these logits by
+  // ~1e-2 at most; the most likely next token does not change.
+  const logits = tensorF32(r2.logits);
+  const ref = referenceLogits(prompt)[3]!;
+  let worst = 0;
+  for (let i = 0; i < ref.length; i++) worst = Math.max(worst, Math.abs(logits[i]! - ref[i]!));
+  assert.ok(worst > 0 && worst <= 0.05, `max |diff| ${worst}`);
+  assert.equal(argmax(logits), argmax(ref));
 });
 
 test("microBatches 2 and 4 give the prefill and decode logits of microBatches 1, in the request's order", async () => {
@@ -609,9 +652,63 @@ test("bad Forward requests get per-step INVALID_ARGUMENT / FAILED_PRECONDITION a
     [{ stepId: 5n, sequences: [], tokens: [] }, "step 5: no sequences"],
     [
       { stepId: 6n, sequences: [{ seqId: "y", startPos: 0, nTokens: 1, attentionAddress: "" }], tokens: [1] },
-      'step 6: sequence "y" has no attention_address',
+      'step 6: sequence "y" has no attention_address and no shards',
     ],
     [{ stepId: 7n, sequences: [...seq(0, 1), ...seq(1, 1)], tokens: [1, 2] }, 'step 7: sequence "x" appears twice'],
+    // KV-head shards (stories260K has 4 KV heads).
+    [
+      {
+        stepId: 70n,
+        sequences: [{ ...seq(0, 1)[0]!, shards: [{ address: att.address, seqId: "x#h0-4", kvHeadEnd: 4 }] }],
+        tokens: [1],
+      },
+      'step 70: sequence "x" has both attention_address and shards',
+    ],
+    [
+      {
+        stepId: 71n,
+        sequences: [
+          {
+            seqId: "y",
+            nTokens: 1,
+            shards: [
+              { address: att.address, seqId: "y#a", kvHeadStart: 0, kvHeadEnd: 2 },
+              { address: att.address, seqId: "y#b", kvHeadStart: 3, kvHeadEnd: 4 },
+            ],
+          },
+        ],
+        tokens: [1],
+      },
+      'step 71: sequence "y": shards[1] has KV heads [3, 4); shards must cover [0, 4) in order, from 2',
+    ],
+    [
+      {
+        stepId: 72n,
+        sequences: [{ seqId: "y", nTokens: 1, shards: [{ address: att.address, seqId: "y#a", kvHeadEnd: 2 }] }],
+        tokens: [1],
+      },
+      'step 72: sequence "y": shards cover KV heads [0, 2) of 4',
+    ],
+    [
+      {
+        stepId: 73n,
+        sequences: [{ seqId: "y", nTokens: 1, shards: [{ address: att.address, kvHeadEnd: 4 }] }],
+        tokens: [1],
+      },
+      'step 73: sequence "y": shards[0].seq_id is empty',
+    ],
+    [
+      {
+        stepId: 74n,
+        sequences: ["y", "z"].map((seqId) => ({
+          seqId,
+          nTokens: 1,
+          shards: [{ address: att.address, seqId: "same", kvHeadEnd: 4 }],
+        })),
+        tokens: [1, 1],
+      },
+      `step 74: attention node ${att.address} is sent sequence "same" twice`,
+    ],
   ];
   for (const [req, message] of cases) {
     const r = await fwd.step(req);
@@ -721,6 +818,18 @@ test("options are validated by name", () => {
     () => createGpuNode({ maxInFlight: 1.5 }),
     new ConfigError("maxInFlight", "must be a positive integer, got 1.5"),
   );
+  assert.throws(
+    () => createGpuNode({ wireDtype: "bf16" as "f16" }),
+    new ConfigError("wireDtype", 'must be "f16" or "f32", got "bf16"'),
+  );
+  assert.throws(
+    () => createGpuNode({ weightDtype: "bf16" as "f16" }),
+    new ConfigError("weightDtype", 'must be "auto", "f16" or "f32", got "bf16"'),
+  );
+  assert.throws(
+    () => createGpuNode({ downstreamTimeoutMs: 0 }),
+    new ConfigError("downstreamTimeoutMs", "must be a positive number of milliseconds, got 0"),
+  );
   const node = createGpuNode({ port: 0 });
   assert.equal(Object.isFrozen(node.options), true);
   assert.deepEqual(node.options, {
@@ -732,7 +841,23 @@ test("options are validated by name", () => {
     shutdownGraceMs: 5_000,
     microBatches: 1,
     maxInFlight: 2,
+    wireDtype: "f16",
+    weightDtype: "f32", // "auto" on the CPU provider
+    downstreamTimeoutMs: 300_000,
   });
+  assert.equal(compileGpuNodeOptions({ executionProvider: "cuda" }).weightDtype, "f16");
+  assert.equal(compileGpuNodeOptions({ weightDtype: "f16" }).weightDtype, "f16");
+});
+
+test('weightDtype reaches the loaded model: "f16" halves the projections, embedding and classifier Load reports', async () => {
+  const half = await startGpuNode({ weightDtype: "f16" });
+  const auto = await startGpuNode();
+  const req = { modelPath: MODEL, layerStart: 0, layerEnd: ckpt.shape.nLayers, embed: true, head: true };
+  const [h, f] = await Promise.all([half.client.load(req), auto.client.load(req)]);
+  const { dim, hiddenDim, nLayers, nHeads, nKvHeads, headDim, vocabSize } = ckpt.shape;
+  const matrices = nLayers * (2 * dim * nHeads * headDim + 2 * dim * nKvHeads * headDim + 3 * dim * hiddenDim);
+  assert.equal(f.weightBytes, BigInt(4 * parameterCount(ckpt.shape, false)));
+  assert.equal(f.weightBytes - h.weightBytes, BigInt(2 * (matrices + 2 * vocabSize * dim)));
 });
 
 test("drain() ends open Forward streams with OK after their current step; close() is idempotent", async () => {

@@ -3,20 +3,49 @@
  * KV cache in RAM. Per sequence and layer it holds one K and one V buffer,
  * [max_positions, n_kv_heads, head_dim] f32 each, allocated (and counted
  * against `capacityBytes`) in full at OpenSequence, so a sequence that was
- * admitted never runs the node out of memory later. Attention runs on the
- * event-loop thread with {@link attendKvCache} (core).
+ * admitted never runs the node out of memory later. The buffers live in
+ * WebAssembly memories ({@link WasmHeap}s of up to 4 GiB, the wasm32 limit;
+ * a layer's K and V go into the first heap with room, a new heap is made
+ * when none has), so attention reads them in place with core's WebAssembly
+ * SIMD kernels ({@link attendKvCacheInHeap}); no per-step copies. Freed
+ * buffers are reused by later sequences; a heap's memory is not returned to
+ * the OS until the node closes. Where WebAssembly SIMD is missing (or
+ * head_dim is not a multiple of 4) the buffers are plain Float32Arrays and
+ * attention runs core's JS kernel ({@link attendKvCache}). Attention runs on
+ * the event-loop thread and, for items with enough K/V to be worth it
+ * (core's SPLIT_MIN_BYTES), on `attentionThreads - 1` worker threads too
+ * ({@link createAttentionWorkers}: each sequence's positions split between
+ * the threads, partial softmax states combined), so one step uses every
+ * core; the call stays synchronous. A failing worker does not fail the
+ * request: the pool falls back to the event-loop thread (and logs why).
+ *
+ * Besides the KV buffers (counted against `capacityBytes`), each heap holds
+ * the kernels' scratch: per layer shape and thread, block buffers and state
+ * for core's ATTENTION_QUERY_CHUNK queries ({@link wasmAttentionBytes};
+ * prefills go in chunks of that many queries), so it is bounded
+ * whatever the prompt length. It shares the KV's heap because the kernels
+ * address one memory (a wasm module of Node 20 imports one). The event-loop
+ * thread's share is made at OpenSequence: a sequence that was admitted can
+ * always be attended, and a heap with no room for it refuses the sequence
+ * (RESOURCE_EXHAUSTED); workers whose share does not fit are not used.
  *
  * Length of a sequence = the minimum over its layers of the positions
  * written. Layers are written one Attend request at a time, so in the middle
  * of a step the first layers are one position ahead; the minimum is the
  * number of positions every layer holds, the one a caller can resume from.
  */
+import { availableParallelism } from "node:os";
 import {
   answerAttend,
   CapacityError,
   ConfigError,
   attendKvCache,
   checkOpenSequence,
+  createAttentionWorkers,
+  createWasmHeap,
+  ATTENTION_QUERY_CHUNK,
+  WASM_HEAP_MAX_BYTES,
+  wasmAttentionBytes,
   createAttentionScratch,
   createGrpcService,
   createRequestLoops,
@@ -25,8 +54,12 @@ import {
   parseByteSize,
   planAttendRequest,
   type AttendTarget,
+  type AttentionDims,
+  type AttentionWorkers,
+  type HeapAttendItem,
   type KvLayoutDims,
   type Service,
+  type WasmHeap,
 } from "@tessera/core";
 import {
   Attention,
@@ -50,6 +83,13 @@ export interface MemoryNodeOptions {
   capacityBytes?: number | string;
   /** How long drain() lets open calls (Attend streams) finish before forcing, in ms. @default 5000 */
   drainGraceMs?: number;
+  /**
+   * Threads that run attention, the event-loop thread included (1: no
+   * worker threads). @default os.availableParallelism()
+   */
+  attentionThreads?: number;
+  /** Where the node logs (a failed attention worker's error text). @default lines on stderr */
+  log?: (line: string) => void;
 }
 
 /** Validated, defaulted, frozen memory-node options (sizes in bytes, times in ms). */
@@ -58,6 +98,7 @@ export interface CompiledMemoryNodeOptions {
   readonly port: number;
   readonly capacityBytes: number;
   readonly drainGraceMs: number;
+  readonly attentionThreads: number;
 }
 
 /**
@@ -74,6 +115,7 @@ export function compileMemoryNodeOptions(options: MemoryNodeOptions = {}): Compi
     port: compilePort(options.port),
     capacityBytes: parseByteSize("capacityBytes", options.capacityBytes ?? 1024 ** 3),
     drainGraceMs: nonNegativeInt("drainGraceMs", options.drainGraceMs, 5000),
+    attentionThreads: positiveInt("attentionThreads", options.attentionThreads, availableParallelism()),
   });
 }
 
@@ -81,6 +123,12 @@ function compilePort(port: number | string | undefined): number {
   const n = typeof port === "string" ? Number(port) : (port ?? 0);
   if (!Number.isInteger(n) || n < 0 || n > 65535)
     throw new ConfigError("port", `must be an integer 0..65535, got ${String(port)}`);
+  return n;
+}
+
+function positiveInt(name: string, v: number | undefined, dflt: number): number {
+  const n = v ?? dflt;
+  if (!Number.isInteger(n) || n < 1) throw new ConfigError(name, `must be a positive integer, got ${String(v)}`);
   return n;
 }
 
@@ -96,17 +144,64 @@ export interface MemoryNode extends Service {
   readonly options: CompiledMemoryNodeOptions;
 }
 
+/**
+ * One layer's K and V buffers, [max_positions, n_kv_heads, head_dim] f32
+ * each: at byte kPtr and vPtr of `heap`, or (no heap) plain arrays. k()/v()
+ * make views; a heap's (shared) memory never detaches them when it grows,
+ * they just do not see the new pages (these buffers lie below them anyway).
+ */
+interface KvSlot {
+  readonly heap: WasmHeap | undefined;
+  readonly kPtr: number;
+  readonly vPtr: number;
+  k(): Float32Array;
+  v(): Float32Array;
+}
+
 /** One sequence's KV cache. */
 interface Sequence extends AttendTarget {
   readonly id: string;
   readonly layout: KvLayoutDims;
   readonly maxPositions: number;
   readonly reservedBytes: number;
-  /** Per layer, [max_positions, n_kv_heads, head_dim] f32. */
-  readonly k: Float32Array[];
-  readonly v: Float32Array[];
+  /** Per layer. */
+  readonly slots: KvSlot[];
   /** Positions written, per layer. */
   readonly lengths: Uint32Array;
+}
+
+/** A layer's K and V: in the first heap with room (a new one when none has), else plain arrays. */
+function allocSlot(heaps: WasmHeap[], floats: number, useWasm: boolean): KvSlot {
+  const bytes = 4 * floats;
+  if (useWasm) {
+    for (let i = 0; i <= heaps.length; i++) {
+      let heap = heaps[i];
+      if (!heap) {
+        heap = createWasmHeap();
+        if (!heap) break; // no WebAssembly SIMD here
+        heaps.push(heap);
+      }
+      const ptr = heap.alloc(2 * bytes);
+      if (ptr !== undefined) {
+        const h = heap;
+        return {
+          heap: h,
+          kPtr: ptr,
+          vPtr: ptr + bytes,
+          k: () => new Float32Array(h.buffer, ptr, floats),
+          v: () => new Float32Array(h.buffer, ptr + bytes, floats),
+        };
+      }
+      if (heap.usedBytes === 0) break; // an empty heap cannot hold it: the OS refused
+    }
+  }
+  const k = new Float32Array(floats);
+  const v = new Float32Array(floats);
+  return { heap: undefined, kPtr: 0, vPtr: 0, k: () => k, v: () => v };
+}
+
+function freeSlot(slot: KvSlot): void {
+  slot.heap?.free(slot.kPtr);
 }
 
 function sequenceLength(seq: Sequence): number {
@@ -119,10 +214,42 @@ function sequenceLength(seq: Sequence): number {
  */
 export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
   const opts = compileMemoryNodeOptions(options);
+  const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
   const sequences = new Map<string, Sequence>();
   const scratch = createAttentionScratch();
   const attendLoops = createRequestLoops();
+  /** WebAssembly memories holding the KV buffers. */
+  let heaps: WasmHeap[] = [];
+  /**
+   * Attention per heap: kernel state per layer shape, and worker threads,
+   * started when a request first has enough K/V to split.
+   */
+  let pools = new Map<WasmHeap, AttentionWorkers>();
   let usedBytes = 0;
+
+  function poolFor(heap: WasmHeap): AttentionWorkers {
+    let pool = pools.get(heap);
+    if (!pool) pools.set(heap, (pool = createAttentionWorkers(heap, opts.attentionThreads, { log })));
+    return pool;
+  }
+
+  /**
+   * The event-loop thread's attention state of `dims` in `heap` (bounded;
+   * made once per heap and shape).
+   * @throws CapacityError naming the node when the heap has no room for it.
+   */
+  function prepareAttention(heap: WasmHeap, dims: AttentionDims, what: string): void {
+    try {
+      poolFor(heap).prepare(dims);
+    } catch (err) {
+      if (!(err instanceof RangeError)) throw err;
+      throw new CapacityError(
+        `${where()}: no room in its wasm heap for attention scratch ${what} (${err.message})`,
+        wasmAttentionBytes(dims, ATTENTION_QUERY_CHUNK),
+        WASM_HEAP_MAX_BYTES - heap.usedBytes,
+      );
+    }
+  }
 
   const address = () => service.address;
   const where = () => `memory-node ${address()}`;
@@ -140,20 +267,26 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
       );
     }
     const rowFloats = maxPositions * lay.nKvHeads * lay.headDim;
-    const k: Float32Array[] = [];
-    const v: Float32Array[] = [];
+    const slots: KvSlot[] = [];
     try {
-      for (let l = 0; l < lay.nLayers; l++) {
-        k.push(new Float32Array(rowFloats));
-        v.push(new Float32Array(rowFloats));
-      }
+      for (let l = 0; l < lay.nLayers; l++) slots.push(allocSlot(heaps, rowFloats, lay.headDim % 4 === 0));
     } catch (err) {
+      slots.forEach(freeSlot);
       // The capacity option promised more than the process can allocate.
       throw new CapacityError(
         `${where()}: cannot allocate sequence "${seqId}": ${(err as Error).message}`,
         bytes,
         available,
       );
+    }
+    try {
+      // The event-loop thread's attention scratch in each heap the sequence uses (bounded, once per heap and shape).
+      for (const heap of new Set(slots.map((s) => s.heap))) {
+        if (heap) prepareAttention(heap, lay, `for sequence "${seqId}" (${describeKvLayout(lay)})`);
+      }
+    } catch (err) {
+      slots.forEach(freeSlot);
+      throw err;
     }
     const lengths = new Uint32Array(lay.nLayers);
     const layoutCopy: KvLayoutDims = Object.freeze({
@@ -167,8 +300,7 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
       layout: layoutCopy,
       maxPositions,
       reservedBytes: bytes,
-      k,
-      v,
+      slots,
       lengths,
       layerLength: (layer) => lengths[layer] ?? 0,
     });
@@ -180,6 +312,7 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
     const seq = sequences.get(seqId);
     if (!seq) return;
     sequences.delete(seqId);
+    seq.slots.forEach(freeSlot);
     usedBytes -= seq.reservedBytes;
   }
 
@@ -194,24 +327,30 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
       const kvRow = dims.nKvHeads * dims.headDim;
       const oRow = dims.nHeads * dims.headDim;
       const out = new Float32Array(plan.totalTokens * oRow);
+      /** The items whose cache is in a heap, per heap. */
+      const inHeap = new Map<WasmHeap, HeapAttendItem[]>();
       for (const it of plan.items) {
-        const kc = it.seq.k[layer]!;
-        const vc = it.seq.v[layer]!;
+        const slot = it.seq.slots[layer]!;
+        const kc = slot.k();
+        const vc = slot.v();
         // Write first: each query attends over its own K/V too. Rows at
         // positions < the current length are overwritten (a retried step).
         kc.set(plan.k.subarray(it.row * kvRow, (it.row + it.nTokens) * kvRow), it.startPos * kvRow);
         vc.set(plan.v.subarray(it.row * kvRow, (it.row + it.nTokens) * kvRow), it.startPos * kvRow);
         const lengths = it.seq.lengths;
         lengths[layer] = Math.max(lengths[layer]!, it.startPos + it.nTokens);
-        attendKvCache(
-          dims,
-          { q: plan.q, qRow: it.row, nQueries: it.nTokens, startPos: it.startPos },
-          kc,
-          vc,
-          out,
-          it.row,
-          scratch,
-        );
+        const queries = { q: plan.q, qRow: it.row, nQueries: it.nTokens, startPos: it.startPos };
+        if (slot.heap) {
+          const items = inHeap.get(slot.heap) ?? [];
+          items.push({ queries, kPtr: slot.kPtr, vPtr: slot.vPtr, outRow: it.row });
+          inHeap.set(slot.heap, items);
+        } else attendKvCache(dims, queries, kc, vc, out, it.row, scratch);
+      }
+      for (const [heap, items] of inHeap) {
+        // Made at OpenSequence already; this only finds it.
+        prepareAttention(heap, dims, `(n_heads ${dims.nHeads}, n_kv_heads ${dims.nKvHeads}, head_dim ${dims.headDim})`);
+        // The workers when the items have enough K/V to split (SPLIT_MIN_BYTES), else this thread.
+        poolFor(heap).attend(dims, items, out);
       }
       return f32Tensor(out, [plan.totalTokens, oRow]);
     });
@@ -260,9 +399,13 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
     // and then cancel them.
     onDrain: () => attendLoops.stop(opts.drainGraceMs),
     beforeShutdown: () => attendLoops.stop(),
-    onClose() {
+    async onClose() {
       sequences.clear();
+      const closing = [...pools.values()];
+      heaps = [];
+      pools = new Map();
       usedBytes = 0;
+      await Promise.all(closing.map((p) => p.close()));
     },
   });
   return Object.assign(service, { options: opts });

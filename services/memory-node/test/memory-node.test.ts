@@ -1,5 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { availableParallelism } from "node:os";
 import { Attention, Code, RpcError, checkHealth, createClient, type AttendResponse } from "@tessera/proto";
 import { createMemoryNode, compileMemoryNodeOptions, type MemoryNode } from "@tessera/memory-node";
 import { KvHistory, assertOutput, openAttend, random, type Layout } from "@tessera/testing";
@@ -227,7 +228,13 @@ test("options are compiled once: defaults, sizes as strings, bad values name the
     port: 0,
     capacityBytes: 1024 ** 3,
     drainGraceMs: 5000,
+    attentionThreads: availableParallelism(),
   });
+  assert.equal(compileMemoryNodeOptions({ attentionThreads: 1 }).attentionThreads, 1);
+  assert.throws(
+    () => compileMemoryNodeOptions({ attentionThreads: 0 }),
+    /^ConfigError: attentionThreads: must be a positive integer, got 0/,
+  );
   assert.equal(compileMemoryNodeOptions({ capacityBytes: "64MiB" }).capacityBytes, 64 * 1024 * 1024);
   assert.ok(Object.isFrozen(compileMemoryNodeOptions()));
   assert.throws(
@@ -238,4 +245,84 @@ test("options are compiled once: defaults, sizes as strings, bad values name the
     () => compileMemoryNodeOptions({ port: 70000 }),
     /^ConfigError: port: must be an integer 0..65535, got 70000/,
   );
+});
+
+test("long sequences split between attention threads give the naive answer: prefill, then decode", async (t) => {
+  // 2100 positions x 512 bytes of K and V: past core's SPLIT_MIN_BYTES, so
+  // both the prefill and the decode items run on the worker thread too.
+  const L: Layout = { nLayers: 1, nHeads: 8, nKvHeads: 2, headDim: 64 };
+  const node = createMemoryNode({ port: 0, attentionThreads: 2 });
+  await node.start();
+  t.after(() => node.close());
+  const client = createClient(Attention, node.address);
+  t.after(() => client.close());
+  const maxPositions = 2102;
+  for (const seqId of ["long", "short"]) await client.openSequence({ seqId, layout: L, maxPositions });
+  const history = new KvHistory(L, maxPositions, random(9));
+  const stream = openAttend(client);
+  t.after(() => stream.end());
+  const prefill = history.step(0, [
+    { seqId: "short", startPos: 0, nTokens: 3 },
+    { seqId: "long", startPos: 0, nTokens: 2100 },
+  ]);
+  assertOutput(await stream.attend(prefill.request), prefill.expected, L, 1e-5, "prefill");
+  const decode = history.step(0, [
+    { seqId: "long", startPos: 2100, nTokens: 1 },
+    { seqId: "short", startPos: 3, nTokens: 1 },
+  ]);
+  assertOutput(await stream.attend(decode.request), decode.expected, L, 1e-5, "decode");
+});
+
+test("a sequence larger than one wasm heap (4 GiB) spans two, with the naive answers", async (t) => {
+  // Per layer, K and V of 3 Mi positions x 256 bytes: 1.5 GiB; three layers
+  // do not fit one 4 GiB heap. Only the first pages are ever touched.
+  const L: Layout = { nLayers: 3, nHeads: 4, nKvHeads: 1, headDim: 64 };
+  const maxPositions = 3 * 2 ** 20;
+  const node = createMemoryNode({ port: 0, capacityBytes: "5GiB", attentionThreads: 1 });
+  await node.start();
+  t.after(() => node.close());
+  const client = createClient(Attention, node.address);
+  t.after(() => client.close());
+  const r = await client.openSequence({ seqId: "big", layout: L, maxPositions });
+  assert.equal(r.reservedBytes, BigInt(bytesFor(maxPositions, L)));
+  const history = new KvHistory(L, 8, random(12));
+  const stream = openAttend(client);
+  t.after(() => stream.end());
+  for (let layer = 0; layer < L.nLayers; layer++) {
+    const s = history.step(layer, [{ seqId: "big", startPos: 0, nTokens: 5 }]);
+    assertOutput(await stream.attend(s.request), s.expected, L, 1e-5, `prefill layer ${layer}`);
+  }
+  for (let layer = 0; layer < L.nLayers; layer++) {
+    const s = history.step(layer, [{ seqId: "big", startPos: 5, nTokens: 1 }]);
+    assertOutput(await stream.attend(s.request), s.expected, L, 1e-5, `decode layer ${layer}`);
+  }
+  await client.closeSequence({ seqId: "big" });
+  assert.equal((await client.info({})).usedBytes, 0n);
+});
+
+test("a sequence whose K/V fill a wasm heap, leaving no room for attention scratch, is refused with RESOURCE_EXHAUSTED", async (t) => {
+  // One layer of K and V of 2^23 positions x 256 bytes: exactly the 4 GiB of
+  // one heap (untouched pages), so the kernels' scratch cannot go there.
+  const L: Layout = { nLayers: 1, nHeads: 4, nKvHeads: 1, headDim: 64 };
+  const node = createMemoryNode({ port: 0, capacityBytes: "5GiB", attentionThreads: 1 });
+  await node.start();
+  t.after(() => node.close());
+  const client = createClient(Attention, node.address);
+  t.after(() => client.close());
+  await assert.rejects(client.openSequence({ seqId: "huge", layout: L, maxPositions: 2 ** 23 }), (err: RpcError) => {
+    assert.equal(err.code, Code.RESOURCE_EXHAUSTED);
+    assert.match(
+      err.message,
+      new RegExp(`^memory-node ${node.address}: no room in its wasm heap for attention scratch for sequence "huge" `),
+    );
+    return true;
+  });
+  assert.deepEqual((await client.info({})).usedBytes, 0n);
+  // The heap's space is free again: a smaller sequence fits and attends.
+  await client.openSequence({ seqId: "small", layout: L, maxPositions: 8 });
+  const history = new KvHistory(L, 8, random(13));
+  const stream = openAttend(client);
+  t.after(() => stream.end());
+  const s = history.step(0, [{ seqId: "small", startPos: 0, nTokens: 3 }]);
+  assertOutput(await stream.attend(s.request), s.expected, L, 1e-5, "after the refusal");
 });

@@ -6,7 +6,11 @@
  * buffer of at most `bufferBytes` (two halves: the next chunk is read from
  * disk while the current one is folded into an online-softmax accumulator,
  * core's {@link createOnlineAttention}), and folds the request's own new K/V
- * rows straight from the request. RAM beyond that buffer is proportional to
+ * rows straight from the request. The buffer lives in a WebAssembly memory
+ * (a {@link WasmHeap}) and the accumulator runs core's WebAssembly SIMD
+ * kernels on the same heap, so chunks are read from the file straight to
+ * where the kernels read them (no copy; plain memory and the JS kernel
+ * where WebAssembly SIMD is missing). RAM beyond that buffer is proportional to
  * the request (its q/k/v, the output and the accumulator), not to the cache.
  *
  * Per request: validate everything first (a bad request changes nothing),
@@ -24,17 +28,21 @@ import {
   ConfigError,
   checkOpenSequence,
   createGrpcService,
+  attentionDimsKey,
   createOnlineAttention,
   createRequestLoops,
+  createWasmHeap,
   describeKvLayout,
   f32Tensor,
   parseByteSize,
   planAttendRequest,
   type AttendPlan,
   type AttentionDims,
+  type AttentionKernel,
   type KvLayoutDims,
   type OnlineAttention,
   type Service,
+  type WasmHeap,
 } from "@tessera/core";
 import {
   Attention,
@@ -92,6 +100,12 @@ export interface StorageNodeOptions {
   fsync?: FsyncPolicy;
   /** How long drain() lets open calls finish before forcing, in ms. @default 5000 */
   drainGraceMs?: number;
+  /**
+   * Attention kernel: "wasm" (WebAssembly SIMD on a read buffer in wasm
+   * memory; JS where WebAssembly SIMD is missing) or "js" (the scalar f64
+   * kernel, for comparison in benchmarks). @default "wasm"
+   */
+  attentionKernel?: AttentionKernel;
 }
 
 /** Validated, defaulted, frozen storage-node options (sizes in bytes, times in ms, dataDir absolute). */
@@ -104,6 +118,7 @@ export interface CompiledStorageNodeOptions {
   readonly capacityBytes: number;
   readonly fsync: FsyncPolicy;
   readonly drainGraceMs: number;
+  readonly attentionKernel: AttentionKernel;
 }
 
 /** Smallest accepted bufferBytes; a layout may need more (checked at OpenSequence). */
@@ -138,6 +153,10 @@ export function compileStorageNodeOptions(options: StorageNodeOptions): Compiled
   if (!Number.isInteger(drainGraceMs) || drainGraceMs < 0) {
     throw new ConfigError("drainGraceMs", `must be a non-negative integer, got ${String(options.drainGraceMs)}`);
   }
+  const attentionKernel = options.attentionKernel ?? "wasm";
+  if (attentionKernel !== "wasm" && attentionKernel !== "js") {
+    throw new ConfigError("attentionKernel", `must be "wasm" or "js", got ${JSON.stringify(attentionKernel)}`);
+  }
   return Object.freeze({
     dataDir: resolve(options.dataDir),
     host,
@@ -147,6 +166,7 @@ export function compileStorageNodeOptions(options: StorageNodeOptions): Compiled
     capacityBytes: parseByteSize("capacityBytes", options.capacityBytes ?? 64 * 1024 ** 3),
     fsync,
     drainGraceMs,
+    attentionKernel,
   });
 }
 
@@ -244,10 +264,14 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
   const inFlight = new Set<Promise<unknown>>();
   const admin = createMutex(); // OpenSequence / CloseSequence, one at a time
   const streaming = createMutex(); // holders of the read buffer and the accumulators
-  const accumulators = new Map<string, OnlineAttention>();
+  let accumulators = new Map<string, OnlineAttention>();
   const attendLoops = createRequestLoops();
-  let readBuffer:
-    { bytes: Uint8Array; halves: [Uint8Array, Uint8Array]; floats: [Float32Array, Float32Array] } | undefined;
+  /**
+   * The read buffer: 2 x halfBytes at byte `ptr` of `heap`'s memory (the
+   * accumulators' state is in that heap too), or of a plain ArrayBuffer
+   * where WebAssembly SIMD is missing. Made on first use, under `streaming`.
+   */
+  let readBuffer: { heap: WasmHeap | undefined; memory: () => ArrayBufferLike; ptr: number } | undefined;
 
   const address = () => service.address;
   const where = () => `storage-node ${address()}`;
@@ -364,24 +388,30 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
     );
   }
 
-  function accumulatorFor(dims: AttentionDims): OnlineAttention {
-    const key = `${dims.nHeads}/${dims.nKvHeads}/${dims.headDim}`;
-    let acc = accumulators.get(key);
-    if (!acc) accumulators.set(key, (acc = createOnlineAttention(dims)));
-    return acc;
-  }
-
-  function buffer() {
+  /** The read buffer (made on first use); call under `streaming`. */
+  function buffer(): NonNullable<typeof readBuffer> {
     if (!readBuffer) {
-      const bytes = new Uint8Array(new ArrayBuffer(2 * halfBytes));
-      const halves: [Uint8Array, Uint8Array] = [bytes.subarray(0, halfBytes), bytes.subarray(halfBytes)];
-      const floats: [Float32Array, Float32Array] = [
-        new Float32Array(bytes.buffer, 0, halfBytes / 4),
-        new Float32Array(bytes.buffer, halfBytes, halfBytes / 4),
-      ];
-      readBuffer = { bytes, halves, floats };
+      const heap = opts.attentionKernel === "wasm" ? createWasmHeap() : undefined;
+      const ptr = heap?.alloc(2 * halfBytes);
+      if (heap && ptr !== undefined) {
+        readBuffer = { heap, memory: () => heap.buffer, ptr };
+      } else {
+        const plain = new ArrayBuffer(2 * halfBytes);
+        readBuffer = { heap: undefined, memory: () => plain, ptr: 0 };
+      }
     }
     return readBuffer;
+  }
+
+  /** The accumulator of a layer shape, on the read buffer's heap; call under `streaming`. */
+  function accumulatorFor(dims: AttentionDims): OnlineAttention {
+    const key = attentionDimsKey(dims);
+    let acc = accumulators.get(key);
+    if (!acc) {
+      const heap = buffer().heap;
+      accumulators.set(key, (acc = createOnlineAttention(dims, heap ? { heap } : { kernel: "js" })));
+    }
+    return acc;
   }
 
   /**
@@ -394,7 +424,6 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
    */
   async function attendAll(plan: AttendPlan<StoredSequence>, out: Float32Array): Promise<void> {
     const { layer, dims, items } = plan;
-    const online = accumulatorFor(dims);
     const kvRow = dims.nKvHeads * dims.headDim;
     const positionBytes = 2 * kvRow * 4;
     const loads = packLoads(
@@ -403,7 +432,9 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
       positionBytes,
     );
     let cur = -1; // the item the accumulator holds
+    let online: OnlineAttention | undefined;
     const advanceTo = (i: number) => {
+      if (!online) throw new Error("unreachable: no accumulator");
       for (; cur < i;) {
         if (cur >= 0) {
           // The item's own new rows, straight from the request, then its output.
@@ -417,7 +448,18 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
       }
     };
     await streaming(async () => {
-      const buf = buffer();
+      const rb = buffer();
+      online = accumulatorFor(dims);
+      // Anything that may grow the heap first; then views of it that stay valid for this request.
+      online.reserve(items.reduce((n, it) => Math.max(n, it.nTokens), 1));
+      const mem = rb.memory();
+      const buf = {
+        halves: [new Uint8Array(mem, rb.ptr, halfBytes), new Uint8Array(mem, rb.ptr + halfBytes, halfBytes)],
+        floats: [
+          new Float32Array(mem, rb.ptr, halfBytes / 4),
+          new Float32Array(mem, rb.ptr + halfBytes, halfBytes / 4),
+        ],
+      } as const;
       const load = (l: Load, half: 0 | 1) =>
         settleAll(
           l.chunks.map((c) => {
@@ -536,6 +578,7 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
         broken.clear();
       });
       readBuffer = undefined;
+      accumulators = new Map();
     },
   });
   return Object.assign(service, { options: opts });

@@ -73,18 +73,20 @@ function checkStep(r: AttendResponse, s: Step, history: KvHistory, what: string)
   return o;
 }
 
-for (const [blockPositions, fsync] of [
-  [16, "always"],
-  [256, "never"],
-  [5, "never"],
+for (const [blockPositions, fsync, attentionKernel] of [
+  [16, "always", "wasm"],
+  [256, "never", "wasm"],
+  [5, "never", "wasm"],
+  [16, "never", "js"],
 ] as const) {
-  test(`attention streamed through a 16 KiB buffer equals in-memory attention (blockPositions ${blockPositions}, fsync ${fsync})`, async (t) => {
+  test(`attention streamed through a 16 KiB buffer equals in-memory attention (blockPositions ${blockPositions}, fsync ${fsync}, kernel ${attentionKernel})`, async (t) => {
     const bufferBytes = 16 * 1024;
     const { client, stream } = await startNode(t, {
       dataDir: await tempDataDir(t),
       bufferBytes,
       blockPositions,
       fsync,
+      attentionKernel,
     });
     const maxPositions = 420;
     for (const seqId of ["a", "b"]) {
@@ -616,6 +618,7 @@ test("options are compiled once: defaults, sizes as strings, bad values name the
       capacityBytes: 64 * 1024 ** 3,
       fsync: "always",
       drainGraceMs: 5000,
+      attentionKernel: "wasm",
     },
   );
   assert.equal(o.dataDir, join(process.cwd(), "rel/dir"));
@@ -624,6 +627,10 @@ test("options are compiled once: defaults, sizes as strings, bad values name the
   assert.throws(
     () => compileStorageNodeOptions({} as StorageNodeOptions),
     /^ConfigError: dataDir: a directory for the KV cache files is required/,
+  );
+  assert.throws(
+    () => compileStorageNodeOptions({ dataDir: "d", attentionKernel: "gpu" as "js" }),
+    /^ConfigError: attentionKernel: must be "wasm" or "js"/,
   );
   assert.throws(
     () => compileStorageNodeOptions({ dataDir: "d", fsync: "sometimes" as "always" }),

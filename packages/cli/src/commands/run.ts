@@ -23,6 +23,8 @@ export interface RunFlags {
   memoryCapacity?: string;
   storageBuffer?: string;
   executionProvider?: string;
+  wireDtype?: "f16" | "f32";
+  kvHeadGroups?: number;
   verbose: boolean;
   quiet: boolean;
 }
@@ -77,10 +79,16 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
         tokenizer,
         verbose: flags.verbose,
         flags: {
-          coordinator: nodeFlags("--storage-threshold", flags.storageThreshold),
+          coordinator: [
+            ...nodeFlags("--storage-threshold", flags.storageThreshold),
+            ...nodeFlags("--kv-head-groups", flags.kvHeadGroups),
+          ],
           memory: nodeFlags("--capacity", flags.memoryCapacity),
           storage: nodeFlags("--buffer", flags.storageBuffer),
-          gpu: nodeFlags("--execution-provider", flags.executionProvider),
+          gpu: [
+            ...nodeFlags("--execution-provider", flags.executionProvider),
+            ...nodeFlags("--wire-dtype", flags.wireDtype),
+          ],
         },
       });
       address = cluster.address;
