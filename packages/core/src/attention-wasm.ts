@@ -356,24 +356,44 @@ export function writeOutputs(
   const f32 = heap.f32();
   const f64 = heap.f64();
   const oBase = outRow * qStride;
-  const w = new Float64Array(parts.length);
+  const n = parts.length;
+  // Hot (every query, head and dimension of every layer): plain indexed
+  // loops over per-part offsets, no closures; one part (the decode case on
+  // one thread) skips the merge weights.
+  const w = new Float64Array(n);
+  const mOff = new Int32Array(n);
+  const lOff = new Int32Array(n);
+  const accOff = new Int32Array(n);
+  const nhp = new Int32Array(n);
+  for (let j = 0; j < n; j++) {
+    const p = parts[j]!;
+    nhp[j] = p.layout.nhp;
+    mOff[j] = p.layout.m / 4 + p.slot0 * p.layout.nhp;
+    lOff[j] = p.layout.l / 8 + p.slot0 * p.layout.nhp;
+    accOff[j] = p.layout.acc / 8 + p.slot0 * qStride;
+  }
   for (let i = 0; i < q.nQ; i++) {
     for (let h = 0; h < nHeads; h++) {
       let m = -Infinity;
-      for (const p of parts) m = Math.max(m, f32[p.layout.m / 4 + (p.slot0 + i) * p.layout.nhp + h]!);
+      for (let j = 0; j < n; j++) m = Math.max(m, f32[mOff[j]! + i * nhp[j]! + h]!);
       let sum = 0;
-      parts.forEach((p, j) => {
-        const mp = f32[p.layout.m / 4 + (p.slot0 + i) * p.layout.nhp + h]!;
+      for (let j = 0; j < n; j++) {
+        const mp = f32[mOff[j]! + i * nhp[j]! + h]!;
         w[j] = mp === -Infinity ? 0 : Math.exp(mp - m);
-        sum += w[j]! * f64[p.layout.l / 8 + (p.slot0 + i) * p.layout.nhp + h]!;
-      });
+        sum += w[j]! * f64[lOff[j]! + i * nhp[j]! + h]!;
+      }
       if (!(sum > 0)) throw new RangeError(`query ${i} (position ${q.start + i}) saw no positions`);
       const o = oBase + i * qStride + h * headDim;
+      const row = i * qStride + h * headDim;
+      if (n === 1) {
+        const a = accOff[0]! + row;
+        const scale = w[0]! / sum;
+        for (let d = 0; d < headDim; d++) out[o + d] = scale * f64[a + d]!;
+        continue;
+      }
       for (let d = 0; d < headDim; d++) {
         let acc = 0;
-        parts.forEach((p, j) => {
-          if (w[j]! > 0) acc += w[j]! * f64[p.layout.acc / 8 + (p.slot0 + i) * qStride + h * headDim + d]!;
-        });
+        for (let j = 0; j < n; j++) if (w[j]! > 0) acc += w[j]! * f64[accOff[j]! + row + d]!;
         out[o + d] = acc / sum;
       }
     }

@@ -713,7 +713,9 @@ export interface AttendPlan<S> {
 /**
  * Answers one AttendRequest of a memory- or storage-node: runs `compute`
  * (which appends and attends, returning o [total_tokens, n_heads * head_dim]
- * f32 as a wire tensor) and times it. `o` goes back in the dtype of the
+ * f32 as a wire tensor) and times it. When `compute` is synchronous and q is
+ * f16, its `o` is encoded before this returns (no await in between), so it
+ * may view a buffer the node reuses. `o` goes back in the dtype of the
  * request's q: an f32 `o` is encoded to f16 in one pass when q was f16, so
  * a gpu-node that sends f16 activations gets f16 back. Anything `compute`
  * throws becomes the response's `error` (code from `RpcError.from`, the
@@ -727,7 +729,11 @@ export async function answerAttend(
   const t0 = performance.now();
   const seconds = () => (performance.now() - t0) / 1000;
   try {
-    let o = await compute();
+    // A synchronous compute's output is encoded below in the same tick, so
+    // (for an f16 request) it may be a view of a buffer the node reuses for
+    // its next request: only the fresh f16 bytes outlive this call.
+    const r = compute();
+    let o = r instanceof Promise ? await r : r;
     // f16: one encoding pass from the node's f32 output into fresh wire
     // bytes. Having compute write f16 directly would not save a pass or an
     // allocation: the kernels accumulate in f32/f64 and need an f32 output
@@ -753,19 +759,23 @@ export async function answerAttend(
  * Validates `req` before anything is written, so a bad request has no
  * effect: every item names a known sequence (once), `layer` exists in its
  * layout, the tensors are f32 or f16 (each on its own; f16 is decoded to
- * fresh f32 arrays) of the shapes the proto gives and match each
+ * fresh f32 arrays or `scratch`) of the shapes the proto gives and match each
  * sequence's layout, n_tokens >= 1, start_pos <= the layer's current length
  * (equal appends; less overwrites, which makes a retried step idempotent)
  * and start_pos + n_tokens <= max_positions.
  * @param lookup finds a sequence by id, undefined when unknown; it may throw
  *   its own error (e.g. a sequence whose files are damaged).
  * @param where names the node in messages, e.g. `memory-node 127.0.0.1:7001`.
+ * @param scratch where f16 q, k and v ([n] f32 each, at least n long) are
+ *   decoded instead of fresh arrays: a node that consumes them before its
+ *   next request reuses them (less garbage per layer: see memory-node.ts).
  * @throws AttentionRequestError (see its codes), or what `lookup` throws.
  */
 export function planAttendRequest<S extends AttendTarget>(
   req: AttendRequest,
   lookup: (seqId: string) => S | undefined,
   where: string,
+  scratch?: (what: "q" | "k" | "v", n: number) => Float32Array,
 ): AttendPlan<S> {
   const bad = (code: number, msg: string) => new AttentionRequestError(code, `${where}: layer ${req.layer}: ${msg}`);
   const shapeOf = (t: AttendRequest["q"]) => (t ? `[${t.shape.join(", ")}]` : "missing");
@@ -788,9 +798,10 @@ export function planAttendRequest<S extends AttendTarget>(
   }
   let q: Float32Array, k: Float32Array, v: Float32Array;
   try {
-    q = tensorF32(req.q, "q");
-    k = tensorF32(req.k, "k");
-    v = tensorF32(req.v, "v");
+    const n = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+    q = tensorF32(req.q, "q", scratch?.("q", n(q3)));
+    k = tensorF32(req.k, "k", scratch?.("k", n(k3)));
+    v = tensorF32(req.v, "v", scratch?.("v", n(v3)));
   } catch (err) {
     throw bad(Code.INVALID_ARGUMENT, (err as Error).message);
   }

@@ -153,11 +153,20 @@ export type Client<S extends AnyGen> = { [K in keyof MethodsOf<S>]: MethodClient
   close(): void;
 };
 
-/** Default channel options: large messages (a prefill batch of activations). */
+/**
+ * Default channel options: large messages (a prefill batch of activations),
+ * and a large HTTP/2 receive window (`grpc-node.flow_control_window`, the
+ * SETTINGS_INITIAL_WINDOW_SIZE this client announces, and its connection
+ * window). With HTTP/2's default 64 KiB, a server sending a large response
+ * (logits: batch x vocab_size x 4 bytes, 8 MB at batch 64 and a 32000-token
+ * vocabulary; an Attend reply's o) stalls every 64 KiB until this process
+ * reads and sends a WINDOW_UPDATE: a process wake-up per 64 KiB.
+ */
 export const defaultChannelOptions: grpc.ChannelOptions = {
   "grpc.max_receive_message_length": 1024 * 1024 * 1024,
   "grpc.max_send_message_length": 1024 * 1024 * 1024,
   "grpc.keepalive_time_ms": 30_000,
+  "grpc-node.flow_control_window": 64 * 1024 * 1024,
 };
 
 /**
