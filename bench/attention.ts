@@ -365,7 +365,7 @@ async function memoryNodeBench(bw: ReadBandwidth): Promise<void> {
     const best = Math.min(...r.seconds);
     const rate = kvBytes / best;
     console.log(
-      `  ${r.name.padEnd(56)} ${(best * 1000).toFixed(0).padStart(6)} ms/step (median ${(median(r.seconds) * 1000).toFixed(0)})  KV ${gb(rate)} GB/s = ${pct(rate / r.of.bytesPerSecond)} of ${r.of.label}' bandwidth (target 50%)  ${(base / best).toFixed(2)}x baseline`,
+      `  ${r.name.padEnd(56)} ${(best * 1000).toFixed(0).padStart(6)} ms/step (median ${(median(r.seconds) * 1000).toFixed(0)})  KV ${gb(rate)} GB/s = ${pct(rate / r.of.bytesPerSecond)} of the ${r.of.label} bandwidth (target 50%)  ${(base / best).toFixed(2)}x baseline`,
     );
   }
   let maxDiff = 0;
