@@ -14,7 +14,9 @@
  *   capped at 256 MiB (narrow model with the same KV per position);
  * - pipelining: cluster tokens/s at batch 64 with 1, 2 and 4 micro-batches,
  *   and the gpu-node's idle share;
- * - attention: bench/attention.ts (memory-node decode attention roofline).
+ * - attention: bench/attention.ts (memory-node decode attention roofline);
+ * - plan (only with `--only plan`, `npm run bench:plan`): the cost model's
+ *   predicted decode step against the measured one (bench/plan-vs-measured.ts).
  *
  * Progress goes to stderr; the result table (Markdown) to stdout.
  * Run `node --import tsx bench/main.ts --help` for the options.
@@ -47,12 +49,14 @@ import {
   type InProcessResult,
 } from "./split.js";
 
-const BENCHES = ["split", "dense", "beyond-ram", "pipelining", "attention"] as const;
+const BENCHES = ["split", "dense", "beyond-ram", "pipelining", "attention", "plan"] as const;
 type Bench = (typeof BENCHES)[number];
+/** What runs without --only: issue 3's benches (plan, issue 4's, runs with --only plan: npm run bench:plan). */
+const DEFAULT_BENCHES: readonly Bench[] = ["split", "dense", "beyond-ram", "pipelining", "attention"];
 
 const HELP = `Usage: node --import tsx bench/main.ts [options]   (npm run bench -- [options])
 
-  --only <list>      comma-separated subset of ${BENCHES.join(",")} (default: all)
+  --only <list>      comma-separated subset of ${BENCHES.join(",")} (default: all but plan)
   --steps <n>        decode steps timed per run (default 8; --quick 3)
   --reps <n>         runs per figure, the fastest kept; in-process and cluster runs alternate (default 2; --quick 1)
   --quick            smoke run: fewer steps, batch 64 -> 16, beyond-ram at 512 MiB
@@ -69,7 +73,7 @@ const SMALL: BenchModel = {
   seed: 256,
 };
 
-function parse(): { benches: Set<Bench>; o: BenchOptions; small: boolean; reps: number } {
+function parse(): { benches: Set<Bench>; o: BenchOptions; small: boolean; reps: number; repsGiven: boolean } {
   const { values } = parseArgs({
     options: {
       only: { type: "string" },
@@ -87,7 +91,7 @@ function parse(): { benches: Set<Bench>; o: BenchOptions; small: boolean; reps: 
     process.exit(0);
   }
   const benches = new Set<Bench>();
-  for (const b of (values.only ?? BENCHES.join(",")).split(",").map((s) => s.trim())) {
+  for (const b of (values.only ?? DEFAULT_BENCHES.join(",")).split(",").map((s) => s.trim())) {
     if (!(BENCHES as readonly string[]).includes(b))
       throw new Error(`--only: unknown bench "${b}" (${BENCHES.join(", ")})`);
     benches.add(b as Bench);
@@ -103,6 +107,7 @@ function parse(): { benches: Set<Bench>; o: BenchOptions; small: boolean; reps: 
     benches,
     small: values.small,
     reps,
+    repsGiven: values.reps !== undefined,
     o: { steps, quick, cacheDir: values["cache-dir"] ?? defaultCacheDir(), verbose: values.verbose },
   };
 }
@@ -131,7 +136,7 @@ function printTable(rows: ResultRow[]): void {
 }
 
 async function main(): Promise<void> {
-  const { benches, o, small, reps } = parse();
+  const { benches, o, small, reps, repsGiven } = parse();
   const model = small ? SMALL : LLAMA_2048;
   const rows: ResultRow[] = [];
   const notes: string[] = [];
@@ -273,6 +278,12 @@ async function main(): Promise<void> {
   printTable(rows);
   console.log();
   for (const n of notes) console.log(`- ${n}`);
+
+  if (benches.has("plan")) {
+    const { runPlanVsMeasured, printPlanVsMeasured } = await import("./plan-vs-measured.js");
+    // One run per workload unless --reps says otherwise: two would take the bench past 6 minutes.
+    printPlanVsMeasured(await runPlanVsMeasured(o, small ? SMALL : LLAMA_2048, repsGiven ? reps : 1));
+  }
 
   if (benches.has("attention")) {
     console.log("\nattention roofline (bench/attention.ts):");

@@ -13,6 +13,7 @@ const commands = {
   run: () => import("./commands/run.js"),
   model: () => import("./commands/model.js"),
   nodes: () => import("./commands/nodes.js"),
+  plan: () => import("./commands/plan.js"),
   coordinator: () => import("@tessera/coordinator"),
   gpu: () => import("@tessera/gpu-node"),
   memory: () => import("@tessera/memory-node"),
@@ -205,6 +206,12 @@ program
   );
 
 const node = program.command("node").description("Start one node of a role.");
+// An attention node's price, advertised by Info for the coordinator's placement.
+const price = () =>
+  new Option("--price <$/h>", "what this node costs in US dollars per hour (0 = unknown)")
+    .argParser(num("--price", 0, 1e6))
+    .default(0)
+    .env("TESSERA_PRICE");
 const hostPort = (c: Command, port: number) =>
   c
     .addOption(new Option("--host <host>", "address to listen on").default("127.0.0.1").env("TESSERA_HOST"))
@@ -268,8 +275,20 @@ hostPort(node.command("memory").description("Attention over a KV cache held in R
       .default(parseByteSize("capacity", "1GiB"), "1GiB")
       .env("TESSERA_CAPACITY"),
   )
+  .addOption(price())
+  .addOption(
+    new Option("--read-bandwidth <bytes/s>", "RAM read bandwidth to advertise (default: measured at start)")
+      .argParser(num("--read-bandwidth", 0, Number.MAX_VALUE))
+      .env("TESSERA_READ_BANDWIDTH"),
+  )
   .action(async (o) =>
-    (await commands.memory()).runMemoryNode({ host: o.host, port: o.port, capacityBytes: o.capacity }),
+    (await commands.memory()).runMemoryNode({
+      host: o.host,
+      port: o.port,
+      capacityBytes: o.capacity,
+      pricePerHour: o.price,
+      readBytesPerSecond: o.readBandwidth,
+    }),
   );
 
 hostPort(node.command("storage").description("Attention streamed from a KV cache in files."), 7303)
@@ -298,6 +317,13 @@ hostPort(node.command("storage").description("Attention streamed from a KV cache
       .default("always")
       .env("TESSERA_FSYNC"),
   )
+  .addOption(price())
+  .addOption(
+    new Option("--read-bandwidth <bytes/s>", "KV read bandwidth to advertise (0 = unknown)")
+      .argParser(num("--read-bandwidth", 0, Number.MAX_VALUE))
+      .default(0)
+      .env("TESSERA_READ_BANDWIDTH"),
+  )
   .action(async (o) =>
     (await commands.storage()).runStorageNode({
       host: o.host,
@@ -307,6 +333,8 @@ hostPort(node.command("storage").description("Attention streamed from a KV cache
       blockPositions: o.blockPositions,
       capacityBytes: o.capacity,
       fsync: o.fsync,
+      pricePerHour: o.price,
+      readBytesPerSecond: o.readBandwidth,
     }),
   );
 
@@ -315,6 +343,46 @@ program
   .description("List a cluster's nodes and their health.")
   .requiredOption("--cluster <host:port>", "coordinator address")
   .action((o) => withSignals(async () => (await commands.nodes()).nodesCommand(o.cluster)));
+
+program
+  .command("plan")
+  .description(
+    "Plan a model on a described cluster for tokens/s per dollar: layer ranges per gpu-node, where each sequence's " +
+      "KV lives, batch size and micro-batches; prints the plan, its predicted figures and the GPU-only and " +
+      "GPU + host-offload baselines on the same budget (predictions of a roofline cost model, not measurements).",
+  )
+  .requiredOption(
+    "--cluster <file>",
+    "cluster YAML: node pools with kind, count, price and a catalogue part or figures",
+  )
+  .requiredOption(
+    "--model <model>",
+    "llama2.c checkpoint, Hugging Face folder, or Llama-2-7B / Llama-2-13B / Llama-2-70B",
+  )
+  .requiredOption("--batch <n>", "most sequences decoded at once", int("--batch", 1))
+  .requiredOption("--prompt-tokens <n>", "prompt length of each sequence", int("--prompt-tokens", 1))
+  .requiredOption("--output-tokens <n>", "tokens generated per sequence", int("--output-tokens", 1))
+  .option("--latency-ms <n>", "bound on the time between two tokens of a sequence", num("--latency-ms", 0, 1e9))
+  .addOption(
+    new Option("--objective <o>", "tokens/s of the whole job, or of decode alone (prefill elsewhere)")
+      .choices(["job", "decode"])
+      .default("job"),
+  )
+  .option("--json", "machine-readable output", false)
+  .action((o) =>
+    withSignals(async () =>
+      (await commands.plan()).planCommand({
+        cluster: o.cluster,
+        model: o.model,
+        batch: o.batch,
+        promptTokens: o.promptTokens,
+        outputTokens: o.outputTokens,
+        latencyMs: o.latencyMs,
+        objective: o.objective,
+        json: o.json,
+      }),
+    ),
+  );
 
 const model = program.command("model").description("Model checkpoints.");
 model

@@ -20,6 +20,11 @@
  * sequence is open when all its shards are; a failing shard's node makes the
  * whole sequence wait or fail, and every shard is re-opened and closed with
  * it.
+ *
+ * At job start the coordinator asks every attention node's Info (price,
+ * read bandwidth, capacity, use) and places each sequence where its
+ * attention costs least per decoded token among the nodes with room (see
+ * placeSequences); it logs each node's figures and each placement wave.
  */
 import {
   Attention,
@@ -44,7 +49,14 @@ import {
 } from "@tessera/core";
 import type { ForwardPipeline } from "./pipeline.js";
 import type { CompiledCoordinatorOptions } from "./options.js";
-import { placeSequences, splitKvHeads, type AttentionNodeRef, type ShardPlacement } from "./placement.js";
+import {
+  placeSequences,
+  splitKvHeads,
+  type AttentionNodeInfo,
+  type AttentionNodeRef,
+  type PlacementEconomics,
+  type ShardPlacement,
+} from "./placement.js";
 
 /** A model as the coordinator sees it: header (shape) and tokenizer. */
 export interface LoadedModel {
@@ -64,6 +76,52 @@ export interface BatchContext {
   attentionClient(address: string): Client<typeof Attention>;
   signal: AbortSignal;
   emit(event: MessageInitShape<typeof GenerateEventSchema>): void;
+}
+
+const MiB = 1024 ** 2;
+
+/**
+ * Asks every attention node for its Info (bounded by connectTimeoutMs each,
+ * in parallel) and logs what each advertises. A node that does not answer
+ * is left out (unknown price and room) and logged; the job goes on.
+ */
+async function fetchNodeInfo(ctx: BatchContext, jobId: string): Promise<Map<string, AttentionNodeInfo>> {
+  const { options } = ctx;
+  const out = new Map<string, AttentionNodeInfo>();
+  const nodes = [
+    ...options.memoryNodes.map((address) => ({ role: "memory", address })),
+    ...options.storageNodes.map((address) => ({ role: "storage", address })),
+  ];
+  await Promise.all(
+    nodes.map(async ({ role, address }) => {
+      try {
+        const res = await ctx
+          .attentionClient(address)
+          .info({}, { deadline: options.connectTimeoutMs, signal: ctx.signal });
+        const info: AttentionNodeInfo = {
+          pricePerHour: res.pricePerHour,
+          readBytesPerSecond: res.readBytesPerSecond,
+          capacityBytes: Number(res.capacityBytes),
+          usedBytes: Number(res.usedBytes),
+        };
+        out.set(address, info);
+        options.log(
+          `job ${jobId}: ${role}-node ${address}: ${describePrice(info)}, ` +
+            `${((info.capacityBytes - info.usedBytes) / MiB).toFixed(1)} of ${(info.capacityBytes / MiB).toFixed(1)} MiB free`,
+        );
+      } catch (err) {
+        options.log(`job ${jobId}: ${role}-node ${address}: no Info (${(err as Error).message}); placed by load only`);
+      }
+    }),
+  );
+  return out;
+}
+
+/** "$0.50/h, 12.3 GB/s" with "?" for an unknown figure. */
+function describePrice(info: AttentionNodeInfo | undefined): string {
+  const price = info && info.pricePerHour > 0 ? `$${info.pricePerHour}/h` : "$?/h";
+  const bw = info && info.readBytesPerSecond > 0 ? `${(info.readBytesPerSecond / 1e9).toFixed(1)} GB/s` : "? GB/s";
+  return `${price}, ${bw}`;
 }
 
 /** Default of `max_tokens` when neither the prompt nor the request sets it (0 = unset). */
@@ -308,6 +366,11 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
   });
 
   try {
+    // Price, bandwidth and room of each attention node, for placement.
+    const economics: PlacementEconomics = {
+      nodes: await fetchNodeInfo(ctx, jobId),
+      bytesPerPositionHead: shape.nLayers * 2 * shape.headDim * 4,
+    };
     // 2. Admission (continuous batching): sequences join the running batch
     //    in input order while it holds fewer than maxBatchSequences and
     //    their attention node has room. One refused for capacity waits
@@ -372,6 +435,29 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
       s.opened = true;
       return undefined;
     };
+    // One line per node of a placement wave: groups placed, price and the
+    // predicted $ per decoded token of all of them together.
+    const logPlacement = (n: number, placements: ReturnType<typeof placeSequences>) => {
+      const perNode = new Map<string, { node: AttentionNodeRef; groups: number; dollars: number | undefined }>();
+      for (const p of placements) {
+        if (!("shards" in p)) continue;
+        for (const sh of p.shards) {
+          const e = perNode.get(sh.node.address) ?? { node: sh.node, groups: 0, dollars: 0 };
+          e.groups++;
+          e.dollars =
+            e.dollars === undefined || sh.dollarsPerToken === undefined ? undefined : e.dollars + sh.dollarsPerToken;
+          perNode.set(sh.node.address, e);
+        }
+      }
+      const parts = [...perNode.values()].map(
+        (e) =>
+          `${e.groups} on ${nodeName(e.node)} (${describePrice(economics.nodes.get(e.node.address))}; predicted ` +
+          `${e.dollars === undefined ? "$?" : `$${e.dollars.toExponential(3)}`} per decode step)`,
+      );
+      options.log(
+        `job ${jobId}: placed ${n} sequence(s)${groups > 1 ? ` in ${groups} KV-head groups` : ""}: ${parts.join("; ")}`,
+      );
+    };
     const admit = async () => {
       while (!blocked && pending.length > 0) {
         const room = options.maxBatchSequences - running().length;
@@ -391,7 +477,9 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
           options.storageThresholdTokens,
           load,
           { nKvHeads: shape.nKvHeads, groups },
+          economics,
         );
+        logPlacement(batch.length, placements);
         const refusals = await Promise.all(
           batch.map(async (s, i) => {
             const placement = placements[i]!;

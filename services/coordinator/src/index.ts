@@ -2,9 +2,12 @@
 export { createCoordinator, type CoordinatorService } from "./coordinator.js";
 export { compileCoordinatorOptions, type CoordinatorOptions, type CompiledCoordinatorOptions } from "./options.js";
 export {
+  attentionDollarsPerToken,
   placeSequences,
   splitKvHeads,
+  type AttentionNodeInfo,
   type AttentionNodeRef,
+  type PlacementEconomics,
   type KvHeadSplit,
   type Placement,
   type PlacementRequest,

@@ -19,6 +19,50 @@ export interface ShardPlacement {
   node: AttentionNodeRef;
   kvHeadStart: number;
   kvHeadEnd: number;
+  /**
+   * Predicted $ of this group's attention per decoded token, at the
+   * sequence's last position ({@link attentionDollarsPerToken}); undefined
+   * when the node's price or read bandwidth is unknown.
+   */
+  dollarsPerToken?: number;
+}
+
+/** What the coordinator learnt of an attention node from its Info at job start. */
+export interface AttentionNodeInfo {
+  /** $/h; 0 = unknown. */
+  pricePerHour: number;
+  /** Bytes/s the node reads its KV cache at; 0 = unknown. */
+  readBytesPerSecond: number;
+  /** KV bytes the node may hold. */
+  capacityBytes: number;
+  /** KV bytes already reserved when asked (by other jobs), not counting the `load` placement is given. */
+  usedBytes: number;
+}
+
+/** What price-aware placement needs beyond the node lists. */
+export interface PlacementEconomics {
+  /** Info of each node by address; a node missing here is of unknown price and room. */
+  nodes: ReadonlyMap<string, AttentionNodeInfo>;
+  /**
+   * KV bytes of one position of one KV head over all layers:
+   * n_layers x 2 (K, V) x head_dim x 4 (f32), as the nodes reserve it
+   * (core's kvSequenceBytes).
+   */
+  bytesPerPositionHead: number;
+}
+
+/**
+ * Predicted $ of one decode step's attention over `kvBytes` of KV cache on a
+ * node, i.e. per token of the sequence: attention is memory-bound (Lamina,
+ * Chen et al. 2024, §3; the roofline term bytes / bandwidth of
+ * packages/scheduler's cost model), so the step holds the node for
+ * kvBytes / readBytesPerSecond seconds, and that share of its price is
+ * pricePerHour / 3600 x kvBytes / readBytesPerSecond.
+ * @returns $ per token, or undefined when the price or bandwidth is unknown (0).
+ */
+export function attentionDollarsPerToken(info: AttentionNodeInfo | undefined, kvBytes: number): number | undefined {
+  if (!info || !(info.pricePerHour > 0) || !(info.readBytesPerSecond > 0)) return undefined;
+  return ((info.pricePerHour / 3600) * kvBytes) / info.readBytesPerSecond;
 }
 
 /** Where one sequence's KV cache goes (one shard per KV-head group, in head order), or why it cannot be placed. */
@@ -51,16 +95,25 @@ export function splitKvHeads(nKvHeads: number, groups: number): [number, number]
  * memory-node. Falls back to the other role when a role has no nodes at all
  * and the user said "auto". All groups of a sequence get the same role.
  *
- * Among the nodes of a role, each group goes to the least-loaded node not
- * yet holding a group of the same sequence (so no node needs the whole
- * sequence's cache when there are enough nodes; HeadInfer), else to the
- * least-loaded one; ties go to the first node listed. Load is counted in
- * position-heads (positions x KV heads), proportional to KV bytes, so whole
- * sequences and groups weigh alike; a batch spreads evenly. With continuous
- * batching `load` carries the sequences still running, so newcomers go
- * where there is room.
+ * Among the nodes of a role, each group goes to a node not yet holding a
+ * group of the same sequence (so no node needs the whole sequence's cache
+ * when there are enough nodes; HeadInfer), else to any. With `economics`
+ * (the nodes' Info), a node without room for the group (capacity - used at
+ * job start - this job's load) is skipped, and when every node of the role
+ * advertises a price and a read bandwidth the group goes where its
+ * attention is cheapest per decoded token, pricePerHour / 3600 x KV bytes /
+ * readBytesPerSecond ({@link attentionDollarsPerToken}): the cheapest node
+ * fills up first. Equal costs, a role with a node of unknown price or
+ * bandwidth, and no `economics` all fall back to the least-loaded node;
+ * remaining ties go to the first node listed. When no node has room the
+ * least-loaded node is chosen anyway (it refuses, and the sequence waits
+ * for capacity). Load is counted in position-heads (positions x KV heads),
+ * proportional to KV bytes, so whole sequences and groups weigh alike; a
+ * batch spreads evenly. With continuous batching `load` carries the
+ * sequences still running, so newcomers go where there is room.
  * @param load position-heads already placed on each node (by address); updated in place.
  * @param split how each sequence's KV heads are split. @default one group of one head (load in positions)
+ * @param economics the nodes' price, bandwidth and room. @default none (least-loaded only)
  * @throws RangeError when `split.groups` does not divide `split.nKvHeads`.
  */
 export function placeSequences(
@@ -69,14 +122,39 @@ export function placeSequences(
   storageThresholdTokens: number,
   load: Map<string, number> = new Map(),
   split: KvHeadSplit = { nKvHeads: 1, groups: 1 },
+  economics?: PlacementEconomics,
 ): Placement[] {
   const ranges = splitKvHeads(split.nKvHeads, split.groups);
-  const pick = (role: "memory" | "storage", taken: ReadonlySet<string>): string | undefined => {
-    let best: string | undefined;
-    for (const fresh of [true, false]) {
+  const info = (a: string) => economics?.nodes.get(a);
+  const bytesOf = (positionHeads: number) => positionHeads * (economics?.bytesPerPositionHead ?? 0);
+  // Room is known only for nodes that answered Info.
+  const hasRoom = (a: string, bytes: number) => {
+    const i = info(a);
+    return !i || i.capacityBytes - i.usedBytes - bytesOf(load.get(a) ?? 0) >= bytes;
+  };
+  // Price per byte read ($/h per byte/s): the only node-dependent factor of the cost.
+  const rate = (a: string) => attentionDollarsPerToken(info(a), 1);
+  const priced = (role: "memory" | "storage") => nodes[role].every((a) => rate(a) !== undefined);
+  const pick = (role: "memory" | "storage", taken: ReadonlySet<string>, bytes: number): string | undefined => {
+    const byCost = priced(role);
+    const better = (a: string, b: string) => {
+      if (byCost) {
+        const ra = rate(a)!;
+        const rb = rate(b)!;
+        if (Math.abs(ra - rb) > 1e-12 * Math.max(ra, rb)) return ra < rb;
+      }
+      return (load.get(a) ?? 0) < (load.get(b) ?? 0);
+    };
+    for (const [fresh, roomy] of [
+      [true, true],
+      [false, true],
+      [false, false],
+    ] as const) {
+      let best: string | undefined;
       for (const a of nodes[role]) {
         if (fresh && taken.has(a)) continue;
-        if (best === undefined || (load.get(a) ?? 0) < (load.get(best) ?? 0)) best = a;
+        if (roomy && !hasRoom(a, bytes)) continue;
+        if (best === undefined || (roomy ? better(a, best) : (load.get(a) ?? 0) < (load.get(best) ?? 0))) best = a;
       }
       if (best !== undefined) return best;
     }
@@ -92,11 +170,18 @@ export function placeSequences(
     }
     if (nodes[role].length === 0) return { error: `no ${role}-node in this cluster to hold the KV cache` };
     const taken = new Set<string>();
-    const shards = ranges.map(([kvHeadStart, kvHeadEnd]) => {
-      const address = pick(role, taken)!;
+    const shards = ranges.map(([kvHeadStart, kvHeadEnd]): ShardPlacement => {
+      const positionHeads = r.positions * (kvHeadEnd - kvHeadStart);
+      const address = pick(role, taken, bytesOf(positionHeads))!;
       taken.add(address);
-      load.set(address, (load.get(address) ?? 0) + r.positions * (kvHeadEnd - kvHeadStart));
-      return { node: { role, address }, kvHeadStart, kvHeadEnd };
+      load.set(address, (load.get(address) ?? 0) + positionHeads);
+      const dollarsPerToken = attentionDollarsPerToken(info(address), bytesOf(positionHeads));
+      return {
+        node: { role, address },
+        kvHeadStart,
+        kvHeadEnd,
+        ...(dollarsPerToken === undefined ? {} : { dollarsPerToken }),
+      };
     });
     return { shards };
   });

@@ -2,6 +2,7 @@
 export {
   createMemoryNode,
   compileMemoryNodeOptions,
+  measureReadBandwidth,
   ATTENTION_SERVICE_NAME,
   type MemoryNode,
   type MemoryNodeOptions,

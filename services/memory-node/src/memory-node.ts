@@ -89,6 +89,17 @@ export interface MemoryNodeOptions {
    * worker threads). @default os.availableParallelism()
    */
   attentionThreads?: number;
+  /**
+   * What this node costs, in US dollars per hour; advertised by Info so the
+   * coordinator can place KV caches where a token is cheapest. 0 = unknown.
+   * @default 0
+   */
+  pricePerHour?: number;
+  /**
+   * RAM read bandwidth in bytes/s advertised by Info. When not given the
+   * node measures it at start ({@link measureReadBandwidth}, under 0.5 s).
+   */
+  readBytesPerSecond?: number;
   /** Where the node logs (a failed attention worker's error text). @default lines on stderr */
   log?: (line: string) => void;
 }
@@ -100,6 +111,10 @@ export interface CompiledMemoryNodeOptions {
   readonly capacityBytes: number;
   readonly drainGraceMs: number;
   readonly attentionThreads: number;
+  /** $/h; 0 = unknown. */
+  readonly pricePerHour: number;
+  /** bytes/s as configured; undefined = measured at start. */
+  readonly readBytesPerSecond: number | undefined;
 }
 
 /**
@@ -117,7 +132,44 @@ export function compileMemoryNodeOptions(options: MemoryNodeOptions = {}): Compi
     capacityBytes: parseByteSize("capacityBytes", options.capacityBytes ?? 1024 ** 3),
     drainGraceMs: nonNegativeInt("drainGraceMs", options.drainGraceMs, 5000),
     attentionThreads: positiveInt("attentionThreads", options.attentionThreads, availableParallelism()),
+    pricePerHour: nonNegative("pricePerHour", options.pricePerHour, 0),
+    readBytesPerSecond:
+      options.readBytesPerSecond === undefined
+        ? undefined
+        : nonNegative("readBytesPerSecond", options.readBytesPerSecond, 0),
   });
+}
+
+function nonNegative(name: string, v: number | undefined, dflt: number): number {
+  const n = v ?? dflt;
+  if (typeof n !== "number" || !Number.isFinite(n) || n < 0)
+    throw new ConfigError(name, `must be a finite number >= 0, got ${String(v)}`);
+  return n;
+}
+
+/**
+ * Measures this process's RAM read bandwidth in bytes/s: Buffer.compare of
+ * two equal `bufferBytes` buffers (filled, so their pages are real and not
+ * the shared zero page) reads 2 x `bufferBytes`; the best of `repeats`
+ * passes is taken (the least disturbed by other work). With the defaults it
+ * allocates 128 MiB for the duration and takes tens of milliseconds; a
+ * rough figure (one thread, memcmp), the same order as the single-thread
+ * read rate the attention kernels see.
+ * @throws RangeError when `bufferBytes` or `repeats` is not a positive integer.
+ */
+export function measureReadBandwidth(bufferBytes = 64 * 1024 ** 2, repeats = 3): number {
+  if (!Number.isInteger(bufferBytes) || bufferBytes < 1 || !Number.isInteger(repeats) || repeats < 1) {
+    throw new RangeError(`measureReadBandwidth: bufferBytes ${bufferBytes} and repeats ${repeats} must be >= 1`);
+  }
+  const a = Buffer.alloc(bufferBytes, 0x5a);
+  const b = Buffer.alloc(bufferBytes, 0x5a);
+  let best = Infinity;
+  for (let i = 0; i < repeats; i++) {
+    const t = performance.now();
+    if (Buffer.compare(a, b) !== 0) throw new Error("measureReadBandwidth: equal buffers compared unequal");
+    best = Math.min(best, (performance.now() - t) / 1000);
+  }
+  return (2 * bufferBytes) / Math.max(best, 1e-9);
 }
 
 function compilePort(port: number | string | undefined): number {
@@ -240,6 +292,8 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
    */
   let pools = new Map<WasmHeap, AttentionWorkers>();
   let usedBytes = 0;
+  /** Advertised read bandwidth (bytes/s): configured, else measured in start(). */
+  let readBytesPerSecond = opts.readBytesPerSecond;
 
   function poolFor(heap: WasmHeap): AttentionWorkers {
     let pool = pools.get(heap);
@@ -393,13 +447,18 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
     attend(call) {
       return attendLoops.serve(call, attend);
     },
-    /** Capacity and reserved bytes (sum of open sequences' reservations). */
+    /**
+     * Capacity and reserved bytes (sum of open sequences' reservations),
+     * price ($/h) and read bandwidth (bytes/s).
+     */
     async info() {
       return {
         role: "memory",
         capacityBytes: BigInt(opts.capacityBytes),
         usedBytes: BigInt(usedBytes),
         sequences: sequences.size,
+        pricePerHour: opts.pricePerHour,
+        readBytesPerSecond: readBytesPerSecond ?? 0,
       };
     },
   };
@@ -412,6 +471,10 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
     serviceNames: [ATTENTION_SERVICE_NAME],
     register: (s) => addService(s, Attention, impl),
     graceMs: opts.drainGraceMs,
+    // The read bandwidth Info advertises, unless configured (tens of ms).
+    onStart: async () => {
+      readBytesPerSecond ??= measureReadBandwidth();
+    },
     // Attend streams never end by themselves: end them (with OK, after the
     // request in flight) so that shutdown does not wait out the grace period
     // and then cancel them.

@@ -2,7 +2,12 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { availableParallelism } from "node:os";
 import { Attention, Code, RpcError, checkHealth, createClient, type AttendResponse } from "@tessera/proto";
-import { createMemoryNode, compileMemoryNodeOptions, type MemoryNode } from "@tessera/memory-node";
+import {
+  createMemoryNode,
+  compileMemoryNodeOptions,
+  measureReadBandwidth,
+  type MemoryNode,
+} from "@tessera/memory-node";
 import { KvHistory, assertOutput, openAttend, random, type Layout } from "@tessera/testing";
 
 const layout: Layout = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 8 };
@@ -59,9 +64,26 @@ test("prefill of two sequences in one request, then decode, equals naive attenti
   assert.equal((await client.openSequence({ seqId: "b", layout, maxPositions })).length, 17);
   const info = await client.info({});
   assert.deepEqual(
-    [info.role, info.capacityBytes, info.usedBytes, info.sequences],
-    ["memory", BigInt(1024 ** 3), BigInt(2 * bytesFor(maxPositions)), 2],
+    [info.role, info.capacityBytes, info.usedBytes, info.sequences, info.pricePerHour],
+    ["memory", BigInt(1024 ** 3), BigInt(2 * bytesFor(maxPositions)), 2, 0],
   );
+  // Measured at start (a loose floor: any machine reads RAM faster than 100 MB/s).
+  assert.ok(info.readBytesPerSecond > 1e8, `measured ${info.readBytesPerSecond} bytes/s`);
+});
+
+test("Info advertises the configured price and read bandwidth", async (t) => {
+  const node = createMemoryNode({ port: 0, pricePerHour: 0.5, readBytesPerSecond: 2e10 });
+  await node.start();
+  t.after(() => node.close());
+  const client = createClient(Attention, node.address);
+  t.after(() => client.close());
+  const info = await client.info({});
+  assert.deepEqual([info.pricePerHour, info.readBytesPerSecond], [0.5, 2e10]);
+});
+
+test("measureReadBandwidth reads 2 x bufferBytes and refuses bad arguments", () => {
+  assert.ok(measureReadBandwidth(1024 ** 2, 2) > 1e8);
+  assert.throws(() => measureReadBandwidth(0), /^RangeError: measureReadBandwidth: bufferBytes 0/);
 });
 
 test("length is the minimum over layers; a retried step overwrites and gives the same output", async (t) => {
@@ -229,8 +251,19 @@ test("options are compiled once: defaults, sizes as strings, bad values name the
     capacityBytes: 1024 ** 3,
     drainGraceMs: 5000,
     attentionThreads: availableParallelism(),
+    pricePerHour: 0,
+    readBytesPerSecond: undefined,
   });
   assert.equal(compileMemoryNodeOptions({ attentionThreads: 1 }).attentionThreads, 1);
+  assert.equal(compileMemoryNodeOptions({ pricePerHour: 0.25 }).pricePerHour, 0.25);
+  assert.throws(
+    () => compileMemoryNodeOptions({ pricePerHour: -1 }),
+    /^ConfigError: pricePerHour: must be a finite number >= 0, got -1/,
+  );
+  assert.throws(
+    () => compileMemoryNodeOptions({ readBytesPerSecond: NaN }),
+    /^ConfigError: readBytesPerSecond: must be a finite number >= 0, got NaN/,
+  );
   assert.throws(
     () => compileMemoryNodeOptions({ attentionThreads: 0 }),
     /^ConfigError: attentionThreads: must be a positive integer, got 0/,

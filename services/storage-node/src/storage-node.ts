@@ -106,6 +106,18 @@ export interface StorageNodeOptions {
    * kernel, for comparison in benchmarks). @default "wasm"
    */
   attentionKernel?: AttentionKernel;
+  /**
+   * What this node costs, in US dollars per hour; advertised by Info so the
+   * coordinator can place KV caches where a token is cheapest. 0 = unknown.
+   * @default 0
+   */
+  pricePerHour?: number;
+  /**
+   * Bytes/s this node streams its KV cache at, as the operator measured or
+   * expects it (the node does not measure its disk); advertised by Info.
+   * 0 = unknown. @default 0
+   */
+  readBytesPerSecond?: number;
 }
 
 /** Validated, defaulted, frozen storage-node options (sizes in bytes, times in ms, dataDir absolute). */
@@ -119,6 +131,10 @@ export interface CompiledStorageNodeOptions {
   readonly fsync: FsyncPolicy;
   readonly drainGraceMs: number;
   readonly attentionKernel: AttentionKernel;
+  /** $/h; 0 = unknown. */
+  readonly pricePerHour: number;
+  /** bytes/s; 0 = unknown. */
+  readonly readBytesPerSecond: number;
 }
 
 /** Smallest accepted bufferBytes; a layout may need more (checked at OpenSequence). */
@@ -157,6 +173,12 @@ export function compileStorageNodeOptions(options: StorageNodeOptions): Compiled
   if (attentionKernel !== "wasm" && attentionKernel !== "js") {
     throw new ConfigError("attentionKernel", `must be "wasm" or "js", got ${JSON.stringify(attentionKernel)}`);
   }
+  const nonNegative = (name: string, v: number | undefined) => {
+    const n = v ?? 0;
+    if (typeof n !== "number" || !Number.isFinite(n) || n < 0)
+      throw new ConfigError(name, `must be a finite number >= 0, got ${String(v)}`);
+    return n;
+  };
   return Object.freeze({
     dataDir: resolve(options.dataDir),
     host,
@@ -167,6 +189,8 @@ export function compileStorageNodeOptions(options: StorageNodeOptions): Compiled
     fsync,
     drainGraceMs,
     attentionKernel,
+    pricePerHour: nonNegative("pricePerHour", options.pricePerHour),
+    readBytesPerSecond: nonNegative("readBytesPerSecond", options.readBytesPerSecond),
   });
 }
 
@@ -536,13 +560,18 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
     attend(call) {
       return attendLoops.serve(call, attend);
     },
-    /** Capacity and reserved disk bytes (sum of usable sequences' reservations). */
+    /**
+     * Capacity and reserved disk bytes (sum of usable sequences'
+     * reservations), configured price ($/h) and read bandwidth (bytes/s).
+     */
     async info() {
       return {
         role: "storage",
         capacityBytes: BigInt(opts.capacityBytes),
         usedBytes: BigInt(usedBytes()),
         sequences: sequences.size,
+        pricePerHour: opts.pricePerHour,
+        readBytesPerSecond: opts.readBytesPerSecond,
       };
     },
   };

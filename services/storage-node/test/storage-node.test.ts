@@ -496,7 +496,13 @@ test("damaged files: a clear DATA_LOSS naming the file, for that sequence only",
 
 test("capacity, unknown sequences, close and health", async (t) => {
   const dataDir = await tempDataDir(t);
-  const { node, client, stream } = await startNode(t, { dataDir, capacityBytes: bytesFor(64) + 10, bufferBytes: 1024 });
+  const { node, client, stream } = await startNode(t, {
+    dataDir,
+    capacityBytes: bytesFor(64) + 10,
+    bufferBytes: 1024,
+    pricePerHour: 0.02,
+    readBytesPerSecond: 1e9,
+  });
   assert.equal(await checkHealth(node.address, "tessera.v1.Attention"), "SERVING");
   await client.openSequence({ seqId: "a", layout, maxPositions: 64 });
   await assert.rejects(client.openSequence({ seqId: "b", layout, maxPositions: 1 }), (err: RpcError) => {
@@ -551,7 +557,10 @@ test("capacity, unknown sequences, close and health", async (t) => {
   await client.closeSequence({ seqId: "a" });
   await client.closeSequence({ seqId: "never-opened" });
   const info = await client.info({});
-  assert.deepEqual([info.usedBytes, info.sequences, info.capacityBytes], [0n, 0, BigInt(bytesFor(64) + 10)]);
+  assert.deepEqual(
+    [info.usedBytes, info.sequences, info.capacityBytes, info.pricePerHour, info.readBytesPerSecond],
+    [0n, 0, BigInt(bytesFor(64) + 10), 0.02, 1e9],
+  );
   assert.deepEqual(await readdir(dataDir), []);
   await node.close();
   assert.equal(node.state, "closed");
@@ -619,9 +628,16 @@ test("options are compiled once: defaults, sizes as strings, bad values name the
       fsync: "always",
       drainGraceMs: 5000,
       attentionKernel: "wasm",
+      pricePerHour: 0,
+      readBytesPerSecond: 0,
     },
   );
   assert.equal(o.dataDir, join(process.cwd(), "rel/dir"));
+  assert.equal(compileStorageNodeOptions({ dataDir: "d", pricePerHour: 0.1 }).pricePerHour, 0.1);
+  assert.throws(
+    () => compileStorageNodeOptions({ dataDir: "d", readBytesPerSecond: -5 }),
+    /^ConfigError: readBytesPerSecond: must be a finite number >= 0, got -5/,
+  );
   assert.ok(Object.isFrozen(o));
   assert.equal(compileStorageNodeOptions({ dataDir: "d", bufferBytes: "64KiB" }).bufferBytes, 65536);
   assert.throws(
