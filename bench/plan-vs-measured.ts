@@ -29,14 +29,13 @@
  */
 import { availableParallelism, tmpdir, totalmem } from "node:os";
 import * as ort from "onnxruntime-node";
-import { synthesizeWeights, type ModelShape } from "@tessera/core";
+import { measureReadBandwidth, synthesizeWeights, type ModelShape } from "@tessera/core";
 import { OnnxGraphBuilder, POST, PRE, buildPostAttentionGraph, buildPreAttentionGraph } from "@tessera/gpu-node";
 import { KvPlacement, type Summary } from "@tessera/proto";
 import {
   localNodeSpecs,
   measureAttentionKernel,
   measureDiskRead,
-  measureMemoryRead,
   measureRpcLoopback,
   predict,
   profileDense,
@@ -153,7 +152,7 @@ export async function profileMachine(): Promise<MachineProfile> {
   const t0 = performance.now();
   const dense = await profileDense(timeOrtMatMul);
   const denseLayerOverheadS = await timeTinyLayer();
-  const memoryReadBytesPerS = measureMemoryRead();
+  const memoryReadBytesPerS = measureReadBandwidth(128 * 2 ** 20, 4);
   const att = await measureAttentionKernel();
   const disk = await measureDiskRead(tmpdir());
   const rpc = await measureRpcLoopback();

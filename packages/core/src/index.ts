@@ -19,3 +19,4 @@ export * from "./hf-tokenizer.js";
 export * from "./wasm-attention.js";
 export * from "./attention-wasm.js";
 export * from "./attention-threads.js";
+export { measureReadBandwidth } from "./measure.js";

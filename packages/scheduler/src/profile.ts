@@ -9,7 +9,7 @@
  * - {@link profileDense}: dense FLOP/s and weight bytes/s of the execution
  *   provider, from timed MatMuls at a few batch sizes (the caller supplies
  *   the timer, e.g. onnxruntime on the gpu-node);
- * - {@link measureMemoryRead}: one thread's memory read bandwidth (memcmp
+ * - `measureReadBandwidth` of @tessera/core: one thread's memory read bandwidth (memcmp
  *   of two equal buffers, as bench/bandwidth.ts);
  * - {@link measureAttentionKernel}: KV bytes/s and FLOP/s of the
  *   memory-node's decode attention kernel (core's wasm kernel, KV in a wasm
@@ -265,16 +265,6 @@ export async function profileDense(
   const out: DenseSample[] = [];
   for (const batch of batches) out.push({ batch, k, n, seconds: await time(batch, k, n) });
   return out;
-}
-
-/** One thread's memory read bandwidth, bytes/s: Buffer.compare of two equal `bytes`-byte buffers (2·bytes read), best of `reps`. */
-export function measureMemoryRead(bytes = 128 * 2 ** 20, reps = 4): number {
-  const a = Buffer.alloc(bytes, 1);
-  const b = Buffer.alloc(bytes, 1);
-  let sink = 0;
-  const t = bestOf(reps, () => (sink += Buffer.compare(a, b)));
-  if (sink !== 0) throw new Error("measureMemoryRead: equal buffers compared unequal");
-  return (2 * bytes) / t;
 }
 
 /** One kernel run of {@link measureAttentionKernel}: rates at one layer shape. */

@@ -2,10 +2,11 @@
 export {
   createMemoryNode,
   compileMemoryNodeOptions,
-  measureReadBandwidth,
   ATTENTION_SERVICE_NAME,
   type MemoryNode,
   type MemoryNodeOptions,
   type CompiledMemoryNodeOptions,
 } from "./memory-node.js";
 export { runMemoryNode } from "./main.js";
+/** The start-up read-bandwidth measure a memory-node advertises (from @tessera/core). */
+export { measureReadBandwidth } from "@tessera/core";
