@@ -17,6 +17,9 @@
  * - attention: bench/attention.ts (memory-node decode attention roofline);
  * - plan (only with `--only plan`, `npm run bench:plan`): the cost model's
  *   predicted decode step against the measured one (bench/plan-vs-measured.ts).
+ * - price (only with `--only price`): two memory-nodes of different price,
+ *   capacity and speed; sequences per node against the plan, measured $ per
+ *   million tokens of each placement (bench/price-placement.ts).
  *
  * Progress goes to stderr; the result table (Markdown) to stdout.
  * Run `node --import tsx bench/main.ts --help` for the options.
@@ -49,14 +52,14 @@ import {
   type InProcessResult,
 } from "./split.js";
 
-const BENCHES = ["split", "dense", "beyond-ram", "pipelining", "attention", "plan"] as const;
+const BENCHES = ["split", "dense", "beyond-ram", "pipelining", "attention", "plan", "price"] as const;
 type Bench = (typeof BENCHES)[number];
-/** What runs without --only: issue 3's benches (plan, issue 4's, runs with --only plan: npm run bench:plan). */
+/** What runs without --only: issue 3's benches (issue 4's plan and price run with --only plan / --only price). */
 const DEFAULT_BENCHES: readonly Bench[] = ["split", "dense", "beyond-ram", "pipelining", "attention"];
 
 const HELP = `Usage: node --import tsx bench/main.ts [options]   (npm run bench -- [options])
 
-  --only <list>      comma-separated subset of ${BENCHES.join(",")} (default: all but plan)
+  --only <list>      comma-separated subset of ${BENCHES.join(",")} (default: all but plan, price)
   --steps <n>        decode steps timed per run (default 8; --quick 3)
   --reps <n>         runs per figure, the fastest kept; in-process and cluster runs alternate (default 2; --quick 1)
   --quick            smoke run: fewer steps, batch 64 -> 16, beyond-ram at 512 MiB
@@ -283,6 +286,11 @@ async function main(): Promise<void> {
     const { runPlanVsMeasured, printPlanVsMeasured } = await import("./plan-vs-measured.js");
     // One run per workload unless --reps says otherwise: two would take the bench past 6 minutes.
     printPlanVsMeasured(await runPlanVsMeasured(o, small ? SMALL : LLAMA_2048, repsGiven ? reps : 1));
+  }
+
+  if (benches.has("price")) {
+    const { runPricePlacement, printPricePlacement } = await import("./price-placement.js");
+    printPricePlacement(await runPricePlacement(o, repsGiven ? reps : 1));
   }
 
   if (benches.has("attention")) {

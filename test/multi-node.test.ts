@@ -19,7 +19,12 @@ test("2 gpu-nodes x 2 memory-nodes x 1 storage-node give the tokens of 1 x 1 x 1
   // f32 on the wire: with f16, the hidden states rounded between the two
   // stages could flip a greedy choice at a near-tie of the two best logits.
   const gpus = [createGpuNode({ port: 0, wireDtype: "f32" }), createGpuNode({ port: 0, wireDtype: "f32" })];
-  const memories = [createMemoryNode({ port: 0 }), createMemoryNode({ port: 0 })];
+  // Each memory-node holds about 7 of the 12 memory sequences (stories260K:
+  // 1280 bytes of KV per position, prompt + 48 tokens under 64 positions),
+  // so the planner needs both (with room for all, a tiny model's plan is
+  // bound by round trips, and one node is as fast as two).
+  const capacityBytes = 7 * 64 * 1280;
+  const memories = [createMemoryNode({ port: 0, capacityBytes }), createMemoryNode({ port: 0, capacityBytes })];
   const storage = createStorageNode({ port: 0, dataDir: dir.path });
   await Promise.all([...gpus, ...memories, storage].map((n) => n.start()));
   const coordinator = (gpuNodes: string[], memoryNodes: string[]) =>

@@ -5,7 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:net";
-import { Code, KvPlacement, RpcError } from "@tessera/proto";
+import { Code, Coordinator, KvPlacement, RpcError, createClient } from "@tessera/proto";
 import { generate, startInProcessCluster } from "@tessera/testing";
 
 /** A loopback port nothing listens on (bound, then released). */
@@ -34,13 +34,18 @@ test("an unreachable gpu-node fails the job with its role and address", async (t
   );
 });
 
-test("an unreachable memory-node fails only the prompts placed on it, naming it", async (t) => {
+test("an unreachable memory-node is marked lost at job start: the prompts go to the live one", async (t) => {
   const dead = await deadAddress();
+  const log: string[] = [];
   const { coordinator, memories } = await startInProcessCluster(t, {
-    coordinator: ({ memories }) => ({ memoryNodes: [memories[0]!.address, dead], connectTimeoutMs: 1000 }),
+    coordinator: ({ memories }) => ({
+      memoryNodes: [memories[0]!.address, dead],
+      connectTimeoutMs: 1000,
+      log: (line) => log.push(line),
+    }),
   });
   const memory = memories[0]!;
-  // Two prompts of equal length: the least-loaded placement puts one on each memory-node.
+  // Two prompts of equal length: with both nodes up, the least-loaded placement would put one on each.
   const out = await generate(coordinator.address, {
     prompts: [
       { id: "a", prompt: "The cat" },
@@ -49,14 +54,20 @@ test("an unreachable memory-node fails only the prompts placed on it, naming it"
     sampling: { temperature: 0, maxTokens: 8 },
     kv: KvPlacement.MEMORY,
   });
-  const a = out.results.get("a")!;
-  const b = out.results.get("b")!;
-  assert.equal(a.error, "");
-  assert.equal(a.kvNode, `memory@${memory.address}`);
-  assert.equal(a.completionTokenIds.length, 8);
-  assert.equal(b.finishReason, "error");
-  assert.equal(b.kvNode, `memory@${dead}`);
-  assert.match(b.error, new RegExp(`^memory-node ${dead}: `));
+  for (const id of ["a", "b"]) {
+    const r = out.results.get(id)!;
+    assert.equal(r.error, "");
+    assert.equal(r.kvNode, `memory@${memory.address}`);
+    assert.equal(r.completionTokenIds.length, 8);
+  }
+  assert.ok(
+    log.some((l) => l.includes(`memory-node ${dead}: no answer`) && l.includes("marked lost")),
+    log.join("\n"),
+  );
+  const client = createClient(Coordinator, coordinator.address);
+  t.after(() => client.close());
+  const { nodes } = await client.listNodes({});
+  assert.equal(nodes.find((n) => n.address === dead)?.health, "UNREACHABLE");
 });
 
 test("an attention node lost mid-decode fails only its own sequences; the rest finish with their solo tokens", async (t) => {

@@ -104,6 +104,9 @@ function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
   });
 }
 
+/** Node flags that skip the self-profile at start (see `tessera node --profile`). */
+const NO_PROFILE = ["--profile", "off"] as const;
+
 /**
  * Starts memory-, storage- and gpu-node processes, then a coordinator that
  * knows their addresses. On failure, everything already started is stopped.
@@ -167,9 +170,21 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
   };
   try {
     await Promise.all([
-      start("memory", ["node", "memory", "--port", "0", ...flags("memory")]),
-      start("storage", ["node", "storage", "--port", "0", "--data-dir", join(dir, "storage"), ...flags("storage")]),
-      start("gpu", ["node", "gpu", "--port", "0", ...flags("gpu")]),
+      // No self-profile (a second or so per node, on the cores the other
+      // nodes are starting on): nothing here plans from it. `flags` may
+      // turn it back on (a later --profile wins).
+      start("memory", ["node", "memory", "--port", "0", ...NO_PROFILE, ...flags("memory")]),
+      start("storage", [
+        "node",
+        "storage",
+        "--port",
+        "0",
+        "--data-dir",
+        join(dir, "storage"),
+        ...NO_PROFILE,
+        ...flags("storage"),
+      ]),
+      start("gpu", ["node", "gpu", "--port", "0", ...NO_PROFILE, ...flags("gpu")]),
     ]);
     await start("coordinator", [
       "coordinator",

@@ -13,6 +13,7 @@ const commands = {
   run: () => import("./commands/run.js"),
   model: () => import("./commands/model.js"),
   nodes: () => import("./commands/nodes.js"),
+  profile: () => import("./commands/profile.js"),
   plan: () => import("./commands/plan.js"),
   coordinator: () => import("@tessera/coordinator"),
   gpu: () => import("@tessera/gpu-node"),
@@ -188,6 +189,15 @@ program
       .default(1)
       .env("TESSERA_KV_HEAD_GROUPS"),
   )
+  .addOption(
+    new Option(
+      "--failover <ms>",
+      "how long a memory-node may fail before its sequences move to other attention nodes (KV rebuilt there)",
+    )
+      .argParser(int("--failover", 1))
+      .default(3000)
+      .env("TESSERA_FAILOVER"),
+  )
   .action(async (o) =>
     (await commands.coordinator()).runCoordinator({
       host: o.host,
@@ -202,15 +212,18 @@ program
       maxBatchSequences: o.maxBatch,
       maxPrefillTokens: o.maxPrefillTokens,
       kvHeadGroups: o.kvHeadGroups,
+      failoverMs: o.failover,
     }),
   );
 
 const node = program.command("node").description("Start one node of a role.");
-// An attention node's price, advertised by Info for the coordinator's placement.
+// A node's price, advertised by Info (and in its profile) for the coordinator's planner.
 const price = () =>
-  new Option("--price <$/h>", "what this node costs in US dollars per hour (0 = unknown)")
+  new Option(
+    "--price <$/h>",
+    "what this node costs in US dollars per hour (default: a --profile FILE's, else 0 = unknown)",
+  )
     .argParser(num("--price", 0, 1e6))
-    .default(0)
     .env("TESSERA_PRICE");
 const hostPort = (c: Command, port: number) =>
   c
@@ -218,8 +231,28 @@ const hostPort = (c: Command, port: number) =>
     .addOption(
       new Option("--port <port>", "port (0 = free port)").argParser(int("--port")).default(port).env("TESSERA_PORT"),
     );
+// The self-profile (issue 4): measured at start, off, or read from a file --profile-only wrote.
+const profiled = (c: Command) =>
+  c
+    .addOption(
+      new Option(
+        "--profile <measure|off|FILE>",
+        "measure this machine at start (a few seconds) and advertise the profile; off: advertise none; " +
+          "FILE: advertise the profile JSON that --profile-only wrote",
+      )
+        .default("measure")
+        .env("TESSERA_PROFILE"),
+    )
+    .addOption(
+      new Option(
+        "--profile-only",
+        "measure this machine (whatever --profile says), print the profile (proto JSON on stdout, a table on " +
+          "stderr) and exit without serving",
+      ).default(false),
+    );
 
-hostPort(node.command("gpu").description("Dense compute of a layer range on onnxruntime."), 7301)
+profiled(hostPort(node.command("gpu").description("Dense compute of a layer range on onnxruntime."), 7301))
+  .addOption(price())
   .addOption(
     new Option("--execution-provider <ep>", "onnxruntime execution provider")
       .choices(["cpu", "cuda"])
@@ -255,8 +288,9 @@ hostPort(node.command("gpu").description("Dense compute of a layer range on onnx
       .default("auto")
       .env("TESSERA_WEIGHT_DTYPE"),
   )
-  .action(async (o) =>
-    (await commands.gpu()).runGpuNode({
+  .action(async (o) => {
+    const m = await commands.gpu();
+    const options = {
       host: o.host,
       port: o.port,
       executionProvider: o.executionProvider,
@@ -265,10 +299,15 @@ hostPort(node.command("gpu").description("Dense compute of a layer range on onnx
       maxInFlight: o.maxInFlight,
       wireDtype: o.wireDtype,
       weightDtype: o.weightDtype,
-    }),
-  );
+      pricePerHour: o.price,
+      profile: await (await commands.profile()).profileOption("gpu", o.profile),
+    };
+    if (o.profileOnly)
+      return (await commands.profile()).printProfile(() => m.profileGpuNode(m.compileGpuNodeOptions(options)));
+    return m.runGpuNode(options);
+  });
 
-hostPort(node.command("memory").description("Attention over a KV cache held in RAM."), 7302)
+profiled(hostPort(node.command("memory").description("Attention over a KV cache held in RAM."), 7302))
   .addOption(
     new Option("--capacity <bytes>", "KV bytes this node may hold")
       .argParser(size("--capacity"))
@@ -281,17 +320,22 @@ hostPort(node.command("memory").description("Attention over a KV cache held in R
       .argParser(num("--read-bandwidth", 0, Number.MAX_VALUE))
       .env("TESSERA_READ_BANDWIDTH"),
   )
-  .action(async (o) =>
-    (await commands.memory()).runMemoryNode({
+  .action(async (o) => {
+    const m = await commands.memory();
+    const options = {
       host: o.host,
       port: o.port,
       capacityBytes: o.capacity,
       pricePerHour: o.price,
       readBytesPerSecond: o.readBandwidth,
-    }),
-  );
+      profile: await (await commands.profile()).profileOption("memory", o.profile),
+    };
+    if (o.profileOnly)
+      return (await commands.profile()).printProfile(() => m.profileMemoryNode(m.compileMemoryNodeOptions(options)));
+    return m.runMemoryNode(options);
+  });
 
-hostPort(node.command("storage").description("Attention streamed from a KV cache in files."), 7303)
+profiled(hostPort(node.command("storage").description("Attention streamed from a KV cache in files."), 7303))
   .addOption(new Option("--data-dir <dir>", "where KV cache files live").makeOptionMandatory().env("TESSERA_DATA_DIR"))
   .addOption(
     new Option("--buffer <bytes>", "RAM used to stream KV blocks")
@@ -324,8 +368,9 @@ hostPort(node.command("storage").description("Attention streamed from a KV cache
       .default(0)
       .env("TESSERA_READ_BANDWIDTH"),
   )
-  .action(async (o) =>
-    (await commands.storage()).runStorageNode({
+  .action(async (o) => {
+    const m = await commands.storage();
+    const options = {
       host: o.host,
       port: o.port,
       dataDir: o.dataDir,
@@ -335,14 +380,40 @@ hostPort(node.command("storage").description("Attention streamed from a KV cache
       fsync: o.fsync,
       pricePerHour: o.price,
       readBytesPerSecond: o.readBandwidth,
-    }),
-  );
+      profile: await (await commands.profile()).profileOption("storage", o.profile),
+    };
+    if (o.profileOnly)
+      return (await commands.profile()).printProfile(() => m.profileStorageNode(m.compileStorageNodeOptions(options)));
+    return m.runStorageNode(options);
+  });
 
-program
-  .command("nodes")
-  .description("List a cluster's nodes and their health.")
+const nodes = program.command("nodes").description("List, add or remove a cluster's nodes (default: list).");
+nodes
+  .command("list", { isDefault: true })
+  .description("List a cluster's nodes and their health; exit code 1 when any is not SERVING.")
   .requiredOption("--cluster <host:port>", "coordinator address")
   .action((o) => withSignals(async () => (await commands.nodes()).nodesCommand(o.cluster)));
+nodes
+  .command("add")
+  .description(
+    "Add a node to a running cluster: running jobs re-plan and place waiting sequences on it; nothing running moves.",
+  )
+  .argument("<role>", "gpu, memory or storage")
+  .argument("<address>", "the node's host:port")
+  .requiredOption("--cluster <host:port>", "coordinator address")
+  .action((role: string, address: string, o) =>
+    withSignals(async () => (await commands.nodes()).addNodeCommand(o.cluster, role, address)),
+  );
+nodes
+  .command("remove")
+  .description(
+    "Remove a node from a running cluster: running jobs re-plan and move its sequences (KV rebuilt on other nodes).",
+  )
+  .argument("<address>", "the node's host:port")
+  .requiredOption("--cluster <host:port>", "coordinator address")
+  .action((address: string, o) =>
+    withSignals(async () => (await commands.nodes()).removeNodeCommand(o.cluster, address)),
+  );
 
 program
   .command("plan")

@@ -34,6 +34,13 @@ export class RunProgress {
     } else this.bar.update(p.promptsDone, payload);
   }
 
+  /** Writes a line on stderr (above the bar on a terminal; the bar restarts at the next update). Nothing with `quiet`. */
+  log(line: string): void {
+    if (!this.bar) return;
+    this.stop();
+    process.stderr.write(line + "\n");
+  }
+
   stop(): void {
     if (this.started) this.bar?.stop();
     this.started = false;

@@ -234,6 +234,9 @@ export function createAttentionWorkers(
       const errorText = new Uint8Array(new SharedArrayBuffer(ERROR_TEXT_BYTES));
       const worker = new Worker(workerSource(foldBlocks.toString()), {
         eval: true,
+        // The source is self-contained CommonJS: the parent's flags (e.g.
+        // --input-type=module, loaders) must not change how it is read.
+        execArgv: [],
         workerData: {
           module: heap.module,
           memory: heap.memory,

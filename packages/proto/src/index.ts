@@ -4,11 +4,12 @@
  * that serves and calls them with grpc-js.
  */
 export * from "./gen/tessera/v1/tensor_pb.js";
+export * from "./gen/tessera/v1/profile_pb.js";
 export * from "./gen/tessera/v1/attention_pb.js";
 export * from "./gen/tessera/v1/gpu_node_pb.js";
 export * from "./gen/tessera/v1/coordinator_pb.js";
 export * as onnx from "./gen/onnx/onnx_subset_pb.js";
-export { create, toBinary, fromBinary } from "@bufbuild/protobuf";
+export { create, toBinary, fromBinary, toJson, fromJson, toJsonString, fromJsonString } from "@bufbuild/protobuf";
 export type { MessageInitShape } from "@bufbuild/protobuf";
 export {
   addService,

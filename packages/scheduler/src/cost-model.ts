@@ -18,7 +18,14 @@
  *   F peak FLOP/s, W memory bandwidth, e_* sustained fractions, B_w bytes per
  *   weight. Weights are re-read for every micro-batch (Lamina §4.2). A
  *   measured gpu-node adds a fixed `layerOverheadS` per layer (graph
- *   launches; 0 for catalogue parts).
+ *   launches; 0 for catalogue parts). A measured gpu-node with a
+ *   `denseCurve` (MatMul weight bytes/s at a few batches, profile.ts) uses
+ *   P_l·B_w·τ(b) instead of the roofline, τ(b) the seconds per weight byte
+ *   interpolated linearly in b between the samples, τ_first below the
+ *   first, τ_last·b/b_last above the last (FLOP-bound). Reason: between the
+ *   two regimes a CPU MatMul is far from the roofline's corner (measured
+ *   on the local 2-core machine: batch 16 runs 1.5× batch 1's time where
+ *   the roofline says 1×); the same curve times the classifier.
  * - Attention of a layer over a KV cache: bytes = b·L·2·kvDim·B_kv read;
  *   FLOPs = 4·b·n_heads·head_dim·L (q·K and p·V); time = max(FLOPs/(F·e_F),
  *   bytes/(W·e_W)) on the node that holds the KV (Lamina eq. for attention
@@ -27,10 +34,36 @@
  *   read: per layer max(that, u·s_a) for u units, plus u·MANIFEST_SYNCS·s_a
  *   per step (its manifest). A measured node adds a fixed `unitOverheadS`
  *   per unit to the roofline term (kernel set-up per sequence; 0 for
- *   catalogue parts).
+ *   catalogue parts), and a fixed `requestComputeS` per layer (its own
+ *   work per Attend request; 0 for catalogue parts). unitOverheadS and
+ *   requestComputeS come from the node's `compute_seconds` in real Attend
+ *   round trips at 1-64 items (a probe, profile.ts), the line's slope (less
+ *   the KV bytes of the probe's context) and intercept. A request whose KV
+ *   bytes (u·L·kvPos per layer) reach the node's `splitMinBytes` adds
+ *   `splitOverheadS` (a memory-node spreads it over worker threads; from
+ *   the probe at a long context; 0 for catalogue parts). A storage-node
+ *   with a `readBuffer` (a double buffer of chunks c: read the next while
+ *   the kernel folds the current, storage-node.ts) adds the pipeline's
+ *   fill and drain, min(c, bytes) / max(R, K) per request, R the medium's
+ *   read rate and K the kernel's (readBandwidth = min(R, K)): with n
+ *   chunks the stream takes about bytes/min(R, K) + c/max(R, K), which is
+ *   the serial bytes/R + bytes/K for one chunk (GPipe-style fill, Huang et
+ *   al. 2019); 0 without one (catalogue parts: perfect overlap).
  * - Transfer of a layer to/from attention nodes: q, k, v out
  *   (b·(n_heads·head_dim + 2·kvDim)·B_wire bytes) and the attention output back
- *   (b·n_heads·head_dim·B_wire), each at link bandwidth, plus one RTT.
+ *   (b·n_heads·head_dim·B_wire), each at link bandwidth, plus one RTT, plus
+ *   (measured nodes; 0 for catalogue parts) the slowest node's
+ *   `requestOverheadS` + u·`unitWireS`: what a real Attend round trip costs
+ *   beyond RTT and bytes (protobuf, f16 conversion, event-loop and worker
+ *   hand-offs at both ends), the intercept less RTT and the per-item slope
+ *   less bytes/bandwidth of (round trip − compute_seconds) in the probe.
+ *   Loopback RTT between raw byte streams misses all of that.
+ * - Hand-off after a stage: its activations (b·dim·B_wire) to the next
+ *   stage, or after the last the logits (b·vocab·4 bytes, f32) to the
+ *   coordinator, at link bandwidth plus one RTT; after the last stage
+ *   measured nodes add b·vocab·`sampleLogitS` (protobuf encoding and
+ *   decoding of the logits and the coordinator's sampling, per logit
+ *   value, timed in process; 0 for catalogue parts).
  * - Pipelining of m micro-batches (Lamina's rotational pipelining; the
  *   gpu-node's --micro-batches): the m micro-batches circulate through the
  *   stations (gpu compute, links, attention nodes, PCIe) of a closed loop, so
@@ -89,6 +122,21 @@ export interface GpuSpec {
    * measured by a machine profile (profile.ts). @default 0 (catalogue parts)
    */
   layerOverheadS?: number;
+  /**
+   * Measured dense speed of this node's execution provider at a few batch
+   * sizes (weight bytes/s of a MatMul at that batch, profile.ts); when
+   * given, replaces the dense roofline (see {@link denseCurveS}).
+   * @default undefined (catalogue parts: the roofline)
+   */
+  denseCurve?: readonly { batch: number; weightBytesPerS: number }[];
+  /**
+   * Seconds per logit value (f32) on the last stage's hand-off to the
+   * coordinator beyond its bytes on the link: protobuf encoding and
+   * decoding of the logits and the coordinator's sampling, so a step adds
+   * b·vocab·sampleLogitS; measured by a machine profile.
+   * @default 0 (catalogue parts)
+   */
+  sampleLogitS?: number;
 }
 
 /** A memory- or storage-node: attention over the KV cache it holds. */
@@ -120,6 +168,46 @@ export interface AttentionSpec {
    * @default 0 (catalogue parts)
    */
   unitOverheadS?: number;
+  /**
+   * Fixed seconds of this node's own work per Attend request (one per layer
+   * per micro-batch: parsing, planning, replying), from its
+   * `compute_seconds` in a probe of real Attend round trips (profile.ts).
+   * @default 0 (catalogue parts)
+   */
+  requestComputeS?: number;
+  /**
+   * Fixed seconds per Attend round trip beyond the link's RTT and byte time:
+   * protobuf encoding and decoding on both ends, f16 conversion, event-loop
+   * and worker hand-offs; from the same probe (round trip − compute_seconds
+   * − RTT at zero items). @default 0 (catalogue parts)
+   */
+  requestOverheadS?: number;
+  /**
+   * Seconds per unit per Attend round trip on the wire side beyond its bytes
+   * at link bandwidth (per-item message fields, tensor copies); from the
+   * same probe. @default 0 (catalogue parts)
+   */
+  unitWireS?: number;
+  /**
+   * Fixed seconds added to an Attend request whose KV bytes (one layer,
+   * every unit of the request) reach `splitMinBytes`: a memory-node then
+   * spreads the request over worker threads (core's SPLIT_MIN_BYTES), a
+   * hand-off and wake-up per request; from the same probe at a long
+   * context. @default 0 (catalogue parts)
+   */
+  splitOverheadS?: number;
+  /** KV bytes per request from which `splitOverheadS` applies. @default Infinity */
+  splitMinBytes?: number;
+  /**
+   * A storage-node's double read buffer: KV streams through halves of
+   * `chunkBytes`, the next read while the kernel folds the current one, so
+   * a request's first chunk is read and its last folded without overlap;
+   * that adds min(chunkBytes, request KV bytes) / fillBytesPerS per
+   * request, fillBytesPerS = the faster of the medium's read rate and the
+   * kernel's rate (readBandwidth being the slower). @default undefined
+   * (perfect overlap: catalogue parts)
+   */
+  readBuffer?: { chunkBytes: number; fillBytesPerS: number };
 }
 
 /** Syncs per sequence per decode step for a storage-node's manifest (the file, then its directory; kv-store.ts). */
@@ -255,19 +343,48 @@ export function roofline(flops: number, bytes: number, peakFlops: number, flopsE
   return Math.max(flops / (peakFlops * flopsEff), bytes / (bw * bwEff));
 }
 
-/** Dense decode time of one layer for b sequences on `g` (see module doc; roofline + layerOverheadS), seconds. */
-export function denseLayerS(s: ModelShape, g: GpuSpec, b: number, weightBytes: number): number {
-  const p = layerParams(s);
-  return (
-    roofline(2 * b * p, p * weightBytes, g.flops, g.flopsEfficiency, g.memoryBandwidth, g.bandwidthEfficiency) +
-    (g.layerOverheadS ?? 0)
+/**
+ * Seconds per weight byte of a dense MatMul at batch b from a measured curve
+ * (module doc): piecewise linear in b between the samples (sorted by
+ * batch), 1/weightBytesPerS of the first below it, and linear in b beyond
+ * the last (FLOP-bound: τ_last·b/b_last).
+ * @throws RangeError when the curve is empty.
+ */
+export function denseCurveS(curve: readonly { batch: number; weightBytesPerS: number }[], b: number): number {
+  if (curve.length === 0) throw new RangeError("denseCurve is empty");
+  const pts = [...curve].sort((x, y) => x.batch - y.batch).map((c) => ({ b: c.batch, t: 1 / c.weightBytesPerS }));
+  const first = pts[0]!;
+  const lastPt = pts[pts.length - 1]!;
+  if (b <= first.b) return first.t;
+  if (b >= lastPt.b) return (lastPt.t * b) / lastPt.b;
+  let i = 1;
+  while (pts[i]!.b < b) i++;
+  const lo = pts[i - 1]!;
+  const hi = pts[i]!;
+  return lo.t + ((hi.t - lo.t) * (b - lo.b)) / (hi.b - lo.b);
+}
+
+/** Time of a dense MatMul block of `params` weights for b sequences on `g`: measured curve or roofline, seconds. */
+function denseBlockS(g: GpuSpec, params: number, b: number, weightBytes: number): number {
+  if (g.denseCurve) return params * weightBytes * denseCurveS(g.denseCurve, b);
+  return roofline(
+    2 * b * params,
+    params * weightBytes,
+    g.flops,
+    g.flopsEfficiency,
+    g.memoryBandwidth,
+    g.bandwidthEfficiency,
   );
 }
 
-/** Classifier (+ final norm) decode time for b sequences on `g`, seconds. */
+/** Dense decode time of one layer for b sequences on `g` (see module doc; roofline or measured curve, + layerOverheadS), seconds. */
+export function denseLayerS(s: ModelShape, g: GpuSpec, b: number, weightBytes: number): number {
+  return denseBlockS(g, layerParams(s), b, weightBytes) + (g.layerOverheadS ?? 0);
+}
+
+/** Classifier (+ final norm) decode time for b sequences on `g` (roofline or measured curve), seconds. */
 export function classifierS(s: ModelShape, g: GpuSpec, b: number, weightBytes: number): number {
-  const p = s.vocabSize * s.dim + s.dim;
-  return roofline(2 * b * p, p * weightBytes, g.flops, g.flopsEfficiency, g.memoryBandwidth, g.bandwidthEfficiency);
+  return denseBlockS(g, s.vocabSize * s.dim + s.dim, b, weightBytes);
 }
 
 /** Attention decode time of one layer for b sequences at context L whose KV is in GPU memory, seconds. */
@@ -347,6 +464,7 @@ export function predict(s: ModelShape, w: Workload, placement: Placement): Predi
   // Attention-node side, per layer per micro-batch (nodes mode).
   let attnChainLayer = 0; // latency of send + slowest attention node + receive + RTT, one layer
   let slowestStepSync = 0; // manifest syncs of the slowest node, once per step
+  let slowestWire = 0; // request overhead + per-unit wire cost of the slowest node, one layer
   const sendBytesLayer = b * (qDim + 2 * kvDim) * w.wireBytes;
   const recvBytesLayer = b * qDim * w.wireBytes;
   if (kv.mode === "nodes") {
@@ -359,11 +477,16 @@ export function predict(s: ModelShape, w: Workload, placement: Placement): Predi
       const bytes = (unitsPerMb * ctxMean * kvPos) / kv.headGroups;
       const flops = (4 * unitsPerMb * s.nHeads * s.headDim * ctxMean) / kv.headGroups;
       const sync = a.appendSyncS ?? 0;
-      const layerS = Math.max(
-        roofline(flops, bytes, a.flops, a.flopsEfficiency, a.readBandwidth, a.bandwidthEfficiency) +
-          unitsPerMb * (a.unitOverheadS ?? 0),
-        unitsPerMb * sync,
-      );
+      const layerS =
+        Math.max(
+          roofline(flops, bytes, a.flops, a.flopsEfficiency, a.readBandwidth, a.bandwidthEfficiency) +
+            unitsPerMb * (a.unitOverheadS ?? 0),
+          unitsPerMb * sync,
+        ) +
+        (a.requestComputeS ?? 0) +
+        (bytes >= (a.splitMinBytes ?? Infinity) ? (a.splitOverheadS ?? 0) : 0) +
+        (a.readBuffer ? Math.min(a.readBuffer.chunkBytes, bytes) / a.readBuffer.fillBytesPerS : 0);
+      slowestWire = Math.max(slowestWire, (a.requestOverheadS ?? 0) + unitsPerMb * (a.unitWireS ?? 0));
       const stepSync = unitsPerMb * MANIFEST_SYNCS * sync;
       slowest = Math.max(slowest, layerS);
       slowestStepSync = Math.max(slowestStepSync, stepSync);
@@ -387,7 +510,7 @@ export function predict(s: ModelShape, w: Workload, placement: Placement): Predi
       });
       if (kvUsed > a.capacityBytes) violations.push(`${a.id} ${a.kind} KV: ${GB(kvUsed)} > ${GB(a.capacityBytes)}`);
     }
-    attnChainLayer = slowest + rtt;
+    attnChainLayer = slowest + rtt + slowestWire;
     cycle += slowestStepSync;
   }
 
@@ -418,7 +541,8 @@ export function predict(s: ModelShape, w: Workload, placement: Placement): Predi
     }
     // Activations to the next stage, or logits (f32) to the coordinator after the last.
     const handoff = i === last ? b * s.vocabSize * 4 : b * s.dim * w.wireBytes;
-    const handoffS = linkTime(handoff, g.link) + g.link.rttS;
+    const handoffS =
+      linkTime(handoff, g.link) + g.link.rttS + (i === last ? b * s.vocabSize * (g.sampleLogitS ?? 0) : 0);
     transfer += handoffS;
     chain += handoffS;
     cycle += chain;

@@ -62,6 +62,19 @@ export interface PlanRequest {
   objective?: "job" | "decode";
   /** Runner-up plans to return (default 5). */
   runnersUp?: number;
+  /**
+   * Constraints of a running cluster (the coordinator's per-job plan): where
+   * the KV cache may live (default: GPU memory, plus attention nodes when the
+   * cluster has any), KV-head group counts to try (default the divisors 1, 2,
+   * 4, 8 of n_kv_heads), every gpu-node used as a pipeline stage in the
+   * given order (default: any subset), the batch fixed at `maxBatch`
+   * (default: powers of two up to it), and no baselines.
+   */
+  kvModes?: ("gpu" | "host" | "nodes")[];
+  headGroups?: number[];
+  useAllGpus?: boolean;
+  fixedBatch?: boolean;
+  baselines?: boolean;
 }
 
 /** A plan: a placement, its workload and its prediction. */
@@ -222,20 +235,18 @@ function enumerate(shape: ModelShape, req: PlanRequest, search: Search, visit: (
     wireBytes: req.wireBytes ?? DEFAULT_ELEMENT_BYTES.wireBytes,
   };
   const ctxMax = req.promptTokens + req.outputTokens;
-  const ctxMean = req.promptTokens + req.outputTokens / 2;
-  const kvPos = kvBytesPerPosition(shape, el.kvBytes);
   let considered = 0;
-  const gpuCounts = product(search.gpuPools.map((p) => countsOf(p.nodes.length, 0))).filter(
-    (c) => c.reduce((a, v) => a + v, 0) >= 1,
-  );
+  const gpuCounts = req.useAllGpus
+    ? [search.gpuPools.map((p) => p.nodes.length)]
+    : product(search.gpuPools.map((p) => countsOf(p.nodes.length, 0))).filter((c) => c.reduce((a, v) => a + v, 0) >= 1);
   const attnCounts = product(search.attnPools.map((p) => countsOf(p.nodes.length, 0))).filter(
     (c) => c.reduce((a, v) => a + v, 0) >= 1,
   );
-  const groupsList = [1, 2, 4, 8].filter((g) => shape.nKvHeads % g === 0);
+  const groupsList = (req.headGroups ?? [1, 2, 4, 8]).filter((g) => shape.nKvHeads % g === 0);
   for (const gc of gpuCounts) {
     const gpus = search.gpuPools.flatMap((p, i) => (p.nodes as GpuSpec[]).slice(0, gc[i]));
     if (gpus.length > shape.nLayers) continue;
-    for (const batch of pow2UpTo(req.maxBatch)) {
+    for (const batch of req.fixedBatch ? [req.maxBatch] : pow2UpTo(req.maxBatch)) {
       const workload: Workload = {
         batch,
         promptTokens: req.promptTokens,
@@ -243,38 +254,8 @@ function enumerate(shape: ModelShape, req: PlanRequest, search: Search, visit: (
         ...el,
       };
       for (const mode of search.kvModes) {
-        // Layer split for this GPU set and batch (micro-batch count changes b, not the proportions much).
-        const layerS = gpus.map(
-          (g) =>
-            denseLayerS(shape, g, batch, el.weightBytes) +
-            (mode === "nodes" ? 0 : gpuAttentionLayerS(shape, g, batch, ctxMean, el.kvBytes)),
-        );
-        const activations =
-          Math.max(batch, Math.min(batch * req.promptTokens, PREFILL_CHUNK_TOKENS)) *
-            (4 * shape.dim + 2 * shape.hiddenDim) *
-            el.wireBytes +
-          batch * shape.vocabSize * 4;
-        const fixed = gpus.map(
-          (_, i) =>
-            activations +
-            ((i === 0 ? shape.vocabSize * shape.dim : 0) +
-              (i === gpus.length - 1 ? shape.vocabSize * shape.dim + shape.dim : 0)) *
-              el.weightBytes,
-        );
-        const layerBytes = layerParams(shape) * el.weightBytes + (mode === "gpu" ? batch * ctxMax * kvPos : 0);
-        // The last stage also runs the classifier: count it as time when splitting.
-        const last = gpus.length - 1;
-        layerS[last] = layerS[last]! + classifierS(shape, gpus[last]!, batch, el.weightBytes) / shape.nLayers;
-        const split = splitLayers(
-          shape.nLayers,
-          layerS,
-          layerBytes,
-          fixed,
-          gpus.map((g) => g.memoryBytes * GPU_MEMORY_USABLE),
-        );
-        // An infeasible split is still evaluated (proportional, no repair) so its violation is known.
-        const counts = split ?? proportional(shape.nLayers, layerS);
-        if (counts.some((c) => c < 1)) continue;
+        const counts = stageLayers(shape, gpus, workload, mode);
+        if (counts === undefined) continue;
         let start = 0;
         const stages = gpus.map((node, i) => {
           const s = { node, layerStart: start, layerEnd: start + counts[i]! };
@@ -320,6 +301,60 @@ function enumerate(shape: ModelShape, req: PlanRequest, search: Search, visit: (
     }
   }
   return considered;
+}
+
+/**
+ * Layer counts of each gpu-node of a pipeline (in order) for `workload`
+ * with the KV cache in `mode`: {@link splitLayers} in proportion to each
+ * node's decode time per layer at the workload's batch (dense, plus
+ * attention when the KV stays on the GPU; the last stage's classifier
+ * spread over its layers), under each node's usable memory (weights, KV in
+ * GPU memory, activations of a 4096-token prefill chunk, logits). When the
+ * memory does not fit, the proportional split without repair (so its
+ * violation can be reported); undefined when a node would get no layer.
+ * The coordinator loads its pipeline with this split, so a live job's
+ * stages are the ones its plan predicts.
+ */
+export function stageLayers(
+  shape: ModelShape,
+  gpus: readonly GpuSpec[],
+  workload: Workload,
+  mode: "gpu" | "host" | "nodes",
+): number[] | undefined {
+  const { batch, promptTokens } = workload;
+  const ctxMax = promptTokens + workload.outputTokens;
+  const ctxMean = promptTokens + workload.outputTokens / 2;
+  const kvPos = kvBytesPerPosition(shape, workload.kvBytes);
+  const layerS = gpus.map(
+    (g) =>
+      denseLayerS(shape, g, batch, workload.weightBytes) +
+      (mode === "nodes" ? 0 : gpuAttentionLayerS(shape, g, batch, ctxMean, workload.kvBytes)),
+  );
+  const activations =
+    Math.max(batch, Math.min(batch * promptTokens, PREFILL_CHUNK_TOKENS)) *
+      (4 * shape.dim + 2 * shape.hiddenDim) *
+      workload.wireBytes +
+    batch * shape.vocabSize * 4;
+  const fixed = gpus.map(
+    (_, i) =>
+      activations +
+      ((i === 0 ? shape.vocabSize * shape.dim : 0) +
+        (i === gpus.length - 1 ? shape.vocabSize * shape.dim + shape.dim : 0)) *
+        workload.weightBytes,
+  );
+  const layerBytes = layerParams(shape) * workload.weightBytes + (mode === "gpu" ? batch * ctxMax * kvPos : 0);
+  // The last stage also runs the classifier: count it as time when splitting.
+  const last = gpus.length - 1;
+  layerS[last] = layerS[last]! + classifierS(shape, gpus[last]!, batch, workload.weightBytes) / shape.nLayers;
+  const split = splitLayers(
+    shape.nLayers,
+    layerS,
+    layerBytes,
+    fixed,
+    gpus.map((g) => g.memoryBytes * GPU_MEMORY_USABLE),
+  );
+  const counts = split ?? proportional(shape.nLayers, layerS);
+  return counts.some((c) => c < 1) ? undefined : counts;
 }
 
 function proportional(nLayers: number, layerS: number[]): number[] {
@@ -435,7 +470,11 @@ export function plan(shape: ModelShape, cluster: ClusterSpec, req: PlanRequest):
   const gpuPools = cluster.pools.filter((p) => p.kind === "gpu" && p.nodes.length > 0);
   const attnPools = cluster.pools.filter((p) => p.kind !== "gpu" && p.nodes.length > 0);
   if (gpuPools.length === 0) throw new RangeError("the cluster has no gpu-node: nothing can run the dense layers");
-  const search: Search = { gpuPools, attnPools, kvModes: attnPools.length > 0 ? ["gpu", "nodes"] : ["gpu"] };
+  const kvModes = req.kvModes ?? (attnPools.length > 0 ? ["gpu", "nodes"] : ["gpu"]);
+  if (kvModes.includes("nodes") && attnPools.length === 0 && kvModes.length === 1) {
+    throw new RangeError("the cluster has no memory- or storage-node to hold the KV cache");
+  }
+  const search: Search = { gpuPools, attnPools, kvModes };
   const { feasible, rejected, bestRejected, considered, commonReason } = best(shape, req, search);
   const top = feasible[0];
   const runnersUp: Plan[] = [];
@@ -448,7 +487,7 @@ export function plan(shape: ModelShape, cluster: ClusterSpec, req: PlanRequest):
   }
   const binding = top ? bindingOf(top, rejected, req) : (bestRejected?.reason ?? "no candidate");
   const baselines: Baseline[] = [];
-  if (top) {
+  if (top && req.baselines !== false) {
     const budget = top.prediction.pricePerHour;
     const part = top.placement.stages[0]!.node;
     const count = Math.max(1, Math.floor(budget / part.pricePerHour + 1e-9));

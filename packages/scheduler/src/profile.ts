@@ -82,6 +82,78 @@ export interface RpcLink {
   bytesPerS: number;
 }
 
+/** One size of an Attend probe ({@link fitAttendProbe}): medians over its requests. */
+export interface AttendProbeSample {
+  /** Sequences (AttendItems, one new position each) in every request. */
+  items: number;
+  /** Client-side round trip of one request, seconds: f16 encoding of q/k/v, send, the node's work, reply, f16 decoding. */
+  seconds: number;
+  /** The node's own `compute_seconds` for that request (append + attend). */
+  computeSeconds: number;
+}
+
+/**
+ * Real Attend round trips to one attention node (a memory- or storage-node
+ * process of the local cluster), as a gpu-node sends them: one request per
+ * layer carrying `items` sequences' q/k/v in f16, at a few item counts.
+ */
+export interface AttendProbe {
+  samples: AttendProbeSample[];
+  /** Wire bytes of one item, request (q, k, v) + reply (o). */
+  itemWireBytes: number;
+  /** KV bytes one item's attention reads at the probe's mean context (f32 K and V). */
+  itemKvBytes: number;
+  /**
+   * Requests of items at a long context (at two or more item counts), each
+   * item reading `kvBytes` of KV (mean), at least `splitMinBytes`, the size
+   * from which a memory-node spreads a request over its worker threads
+   * (core's SPLIT_MIN_BYTES). Absent: no split term, and the node's KV
+   * bytes/s stay the kernel's.
+   */
+  long?: { samples: AttendProbeSample[]; kvBytes: number; splitMinBytes: number };
+}
+
+/** Linear fit of an {@link AttendProbe}: per-request and per-item costs, seconds. */
+export interface AttendCosts {
+  /** Node side, fixed per request: intercept of compute_seconds over items. */
+  requestComputeS: number;
+  /** Node side, per item: slope of compute_seconds over items. */
+  itemComputeS: number;
+  /** Wire side (round trip − compute_seconds), fixed per request: intercept. */
+  requestWireS: number;
+  /** Wire side, per item: slope. */
+  itemWireS: number;
+}
+
+/**
+ * Least-squares lines through an {@link AttendProbe}'s samples: compute =
+ * requestComputeS + items·itemComputeS, round trip − compute = requestWireS
+ * + items·itemWireS. Intercepts and slopes are clamped at 0 (noise on a
+ * shared machine can tilt a line below it).
+ * @throws RangeError when the probe has fewer than two distinct item counts.
+ */
+export function fitAttendProbe(probe: AttendProbe): AttendCosts {
+  const xs = probe.samples.map((s) => s.items);
+  if (new Set(xs).size < 2) throw new RangeError("fitAttendProbe: need samples at two or more item counts");
+  const line = (ys: number[]): [number, number] => {
+    const n = xs.length;
+    const mx = xs.reduce((a, x) => a + x, 0) / n;
+    const my = ys.reduce((a, y) => a + y, 0) / n;
+    let sxy = 0;
+    let sxx = 0;
+    for (let i = 0; i < n; i++) {
+      sxy += (xs[i]! - mx) * (ys[i]! - my);
+      sxx += (xs[i]! - mx) ** 2;
+    }
+    const slope = sxy / sxx;
+    return [my - slope * mx, slope];
+  };
+  const [rc, ic] = line(probe.samples.map((s) => s.computeSeconds));
+  const [rw, iw] = line(probe.samples.map((s) => s.seconds - s.computeSeconds));
+  const z = (x: number) => Math.max(0, x);
+  return { requestComputeS: z(rc), itemComputeS: z(ic), requestWireS: z(rw), itemWireS: z(iw) };
+}
+
 /** Everything a machine measured about itself; input of {@link localNodeSpecs}. */
 export interface MachineProfile {
   /** Cores the processes of the machine share (os.availableParallelism). */
@@ -103,6 +175,20 @@ export interface MachineProfile {
   rpc: RpcLink;
   /** Physical memory, bytes. */
   memoryBytes: number;
+  /**
+   * Real Attend round trips to the local cluster's memory- and
+   * storage-node processes (a calibration step run once against the
+   * cluster before any workload, bench/plan-vs-measured.ts). Absent: the
+   * nodes' per-request costs are left out (only the kernel's `itemS`).
+   */
+  attend?: { memory: AttendProbe; storage: AttendProbe };
+  /**
+   * Seconds per f32 logit value of the gpu-node → coordinator hand-off
+   * beyond its bytes on the link: protobuf encoding and decoding of a
+   * [batch, vocab] f32 logits tensor, then greedy sampling of each row
+   * (core's run.c sampler), timed in process. @default 0
+   */
+  sampleLogitS?: number;
 }
 
 /** Dense figures of a profile: the roofline's peak FLOP/s and weight-streaming bytes/s. */
@@ -151,6 +237,8 @@ export interface LocalNodeOptions {
   memoryNodeCapacityBytes?: number;
   /** KV capacity of the storage-node, bytes. @default 64 GB */
   storageCapacityBytes?: number;
+  /** The storage-node's read buffer (--buffer-bytes: two halves), bytes. @default 64 MiB (its default) */
+  storageBufferBytes?: number;
 }
 
 /** The three nodes of the local cluster (`tessera run`), as the cost model sees them. */
@@ -172,7 +260,22 @@ export interface LocalNodeSpecs {
  *   micro-batches) would share the cores; this mapping does not model that.
  * - gpu-node: flops and memoryBandwidth from {@link denseFigures}
  *   (efficiencies 1: measured sustained rates), layerOverheadS = the
- *   measured fixed cost of a layer's graphs; memory = physical memory.
+ *   measured fixed cost of a layer's graphs; memory = physical memory;
+ *   denseCurve = each dense sample's weight bytes/s (k·n·weightBytes /
+ *   seconds at its batch), which the cost model interpolates in place of
+ *   the roofline; sampleLogitS = `sampleLogitS` (0 when not measured).
+ * - Attention nodes with an Attend probe (`attend`), by
+ *   {@link fitAttendProbe}: requestComputeS = the compute intercept;
+ *   unitOverheadS = max(0, compute slope − itemKvBytes / the node's KV
+ *   bytes/s) (the probe's own small context is the roofline's share);
+ *   requestOverheadS = max(0, wire intercept − link RTT); unitWireS =
+ *   max(0, wire slope − itemWireBytes / link bytes/s). With the probe's
+ *   long items: splitMinBytes = the probe's threshold and splitOverheadS =
+ *   max(0, mean over its samples of compute − (compute intercept + n·slope)
+ *   − n·(long kvBytes − itemKvBytes) / the node's KV bytes/s): what a
+ *   request over the threshold costs beyond the short line and its extra KV
+ *   (worker hand-off). Without a probe,
+ *   unitOverheadS = the kernel's itemS and the others are 0.
  * - memory-node: attention roofline of the kernel's measured KV bytes/s and
  *   FLOP/s on all cores (the memory-node splits long caches over `cores`
  *   threads);
@@ -182,15 +285,45 @@ export interface LocalNodeSpecs {
  *   min(read rate of the medium, one-thread kernel bytes/s), its FLOP/s the
  *   one-thread kernel's; its fsync
  *   "always" appends cost `disk.syncS` each (appendSyncS); unitOverheadS
- *   = itemS as for the memory-node.
+ *   = itemS as for the memory-node; readBuffer: chunks of half its
+ *   buffer (storageBufferBytes / 2), the pipeline's fill at max(read rate
+ *   of the medium, one-thread kernel bytes/s) (see the cost model).
  * - Links: every node reaches the others over loopback gRPC: RTT and
  *   bandwidth as measured, sustained fraction 1.
  */
 export function localNodeSpecs(p: MachineProfile, o: LocalNodeOptions = {}): LocalNodeSpecs {
   const price = o.pricePerHour ?? 0;
   const d = denseFigures(p.dense, p.denseWeightBytes);
-  const link: LinkSpec = { bandwidth: p.rpc.bytesPerS, sustainedFraction: 1, rttS: p.rpc.rttS };
   const medium = (o.storageMedium ?? "page-cache") === "disk" ? p.disk.readBytesPerS : p.disk.cachedReadBytesPerS;
+  const link: LinkSpec = { bandwidth: p.rpc.bytesPerS, sustainedFraction: 1, rttS: p.rpc.rttS };
+  const attendTerms = (probe: AttendProbe | undefined, kernelRead: number) => {
+    if (!probe) return { readBandwidth: kernelRead, unitOverheadS: p.attention.itemS };
+    const c = fitAttendProbe(probe);
+    const long = probe.long;
+    // What each long request costs beyond the short line and its extra KV at the kernel-based rate.
+    const split = long && {
+      splitMinBytes: long.splitMinBytes,
+      splitOverheadS: Math.max(
+        0,
+        long.samples.reduce(
+          (acc, x) =>
+            acc +
+            x.computeSeconds -
+            c.requestComputeS -
+            x.items * (c.itemComputeS + (long.kvBytes - probe.itemKvBytes) / kernelRead),
+          0,
+        ) / long.samples.length,
+      ),
+    };
+    return {
+      readBandwidth: kernelRead,
+      ...split,
+      unitOverheadS: Math.max(0, c.itemComputeS - probe.itemKvBytes / kernelRead),
+      requestComputeS: c.requestComputeS,
+      requestOverheadS: Math.max(0, c.requestWireS - link.rttS),
+      unitWireS: Math.max(0, c.itemWireS - probe.itemWireBytes / link.bandwidth),
+    };
+  };
   return {
     gpu: {
       kind: "gpu",
@@ -206,27 +339,30 @@ export function localNodeSpecs(p: MachineProfile, o: LocalNodeOptions = {}): Loc
       hostMemoryBytes: p.memoryBytes,
       link,
       layerOverheadS: p.denseLayerOverheadS,
+      denseCurve: p.dense.map((x) => ({
+        batch: x.batch,
+        weightBytesPerS: (x.k * x.n * p.denseWeightBytes) / x.seconds,
+      })),
+      sampleLogitS: p.sampleLogitS ?? 0,
     },
     memory: {
       kind: "memory",
       id: "memory",
       pool: "local",
       pricePerHour: price,
-      readBandwidth: p.attention.kvBytesPerS,
       writeBandwidth: p.memoryReadBytesPerS,
       bandwidthEfficiency: 1,
       capacityBytes: o.memoryNodeCapacityBytes ?? p.memoryBytes / 4,
       flops: p.attention.flopsPerS,
       flopsEfficiency: 1,
       link,
-      unitOverheadS: p.attention.itemS,
+      ...attendTerms(p.attend?.memory, p.attention.kvBytesPerS),
     },
     storage: {
       kind: "storage",
       id: "storage",
       pool: "local",
       pricePerHour: price,
-      readBandwidth: Math.min(medium, p.attention.kvBytesPerSOneThread),
       writeBandwidth: p.disk.readBytesPerS,
       bandwidthEfficiency: 1,
       capacityBytes: o.storageCapacityBytes ?? 64e9,
@@ -234,7 +370,11 @@ export function localNodeSpecs(p: MachineProfile, o: LocalNodeOptions = {}): Loc
       flopsEfficiency: 1,
       link,
       appendSyncS: p.disk.syncS,
-      unitOverheadS: p.attention.itemS,
+      readBuffer: {
+        chunkBytes: (o.storageBufferBytes ?? 64 * 2 ** 20) / 2,
+        fillBytesPerS: Math.max(medium, p.attention.kvBytesPerSOneThread),
+      },
+      ...attendTerms(p.attend?.storage, Math.min(medium, p.attention.kvBytesPerSOneThread)),
     },
   };
 }

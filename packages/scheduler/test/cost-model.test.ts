@@ -6,6 +6,7 @@ import type { ModelShape } from "@tessera/core";
 import {
   SHAPES,
   classifierS,
+  denseCurveS,
   denseLayerS,
   gpuAttentionLayerS,
   kvBytesPerPosition,
@@ -180,4 +181,62 @@ test("predict: capacity overruns are reported, bad placements throw", () => {
       }),
     /microBatches/,
   );
+});
+
+test("measured dense curve: τ(b) interpolated between samples, linear in b beyond the last", () => {
+  // Samples: 100 B/s at batch 1 (τ = 0.01 s/B), 50 B/s at batch 16 (τ = 0.02 s/B); given unsorted.
+  const curve = [
+    { batch: 16, weightBytesPerS: 50 },
+    { batch: 1, weightBytesPerS: 100 },
+  ];
+  close(denseCurveS(curve, 1), 0.01, "τ(1)");
+  close(denseCurveS(curve, 8.5), 0.015, "τ(8.5) = 0.01 + 0.01·7.5/15");
+  close(denseCurveS(curve, 32), 0.04, "τ(32) = 0.02·32/16");
+  assert.throws(() => denseCurveS([], 1), /denseCurve is empty/);
+  const g: GpuSpec = { ...gpu, denseCurve: curve, layerOverheadS: 0.5 };
+  // A layer's 592 weights · 2 B = 1184 B: b = 1 → 11.84 s + 0.5; b = 32 → 1184 · 0.04 = 47.36 + 0.5
+  // (the roofline would say max(2·32·592/1000 = 37.888, 11.84)).
+  close(denseLayerS(tiny, g, 1, 2), 12.34, "dense b=1");
+  close(denseLayerS(tiny, g, 32, 2), 47.86, "dense b=32");
+  // Classifier (80 + 8) · 2 B = 176 B · τ(16) = 0.02 → 3.52 s (no layer overhead).
+  close(classifierS(tiny, g, 16, 2), 3.52, "classifier b=16");
+});
+
+test("predict: measured Attend costs and logits sampling add to the cycle; absent, nothing changes", () => {
+  const placement = (g: GpuSpec, a: AttentionSpec) => ({
+    stages: [{ node: g, layerStart: 0, layerEnd: 2 }],
+    kv: { mode: "nodes" as const, headGroups: 1, shares: [{ node: a, units: 2 }] },
+    microBatches: 1,
+  });
+  const a: AttentionSpec = {
+    ...mem,
+    unitOverheadS: 0.5,
+    requestComputeS: 0.25,
+    requestOverheadS: 0.125,
+    unitWireS: 0.0625,
+  };
+  const g: GpuSpec = { ...gpu, sampleLogitS: 0.01 };
+  const p = predict(tiny, w(2), placement(g, a));
+  // Dense 2 · 11.84 + 1.76 = 25.44 (weight-bound at b = 2).
+  // Attention per layer: 2 seqs · 10 positions · 16 B / 10 B/s = 32 s + 2 units · 0.5 + 0.25 = 33.25;
+  // the node is busy 2 layers · 33.25 = 66.5 s per step.
+  close(p.perAttentionNode[0]!.attentionS, 66.5, "attention node");
+  // Chain per layer: 33.25 + RTT 0.5 + request overhead 0.125 + 2 units · 0.0625 = 34; two layers 68.
+  // Logits hand-off: 2 · 10 · 4 B on a free link, RTT 0, plus 2 seqs · vocab 10 · 0.01 s = 0.2.
+  close(p.perStage[0]!.transferS, 0.2, "transfer = logits hand-off");
+  close(p.decodeStepS, 25.44 + 68 + 0.2, "step");
+  // A split threshold at the request's KV (2 · 10 · 16 B = 320 B per layer) adds 0.75 s per layer
+  // to the node and the chain; one byte above it, nothing.
+  const split = (min: number) =>
+    predict(tiny, w(2), placement(g, { ...a, splitOverheadS: 0.75, splitMinBytes: min })).decodeStepS;
+  close(split(320), 25.44 + 68 + 0.2 + 2 * 0.75, "step with a split request");
+  close(split(321), 25.44 + 68 + 0.2, "step below the split threshold");
+  // A double read buffer of 100 B chunks filled at 50 B/s: min(100, 320 B) / 50 = 2 s per layer;
+  // with 1000 B chunks the whole 320 B request: 6.4 s per layer.
+  const buffered = (chunkBytes: number) =>
+    predict(tiny, w(2), placement(g, { ...a, readBuffer: { chunkBytes, fillBytesPerS: 50 } })).decodeStepS;
+  close(buffered(100), 25.44 + 68 + 0.2 + 2 * 2, "step with a 100 B read buffer");
+  close(buffered(1000), 25.44 + 68 + 0.2 + 2 * 6.4, "step with a 1000 B read buffer");
+  // Without the measured terms (catalogue parts): the step of the pipelining test, 90.44.
+  close(predict(tiny, w(2), placement(gpu, mem)).decodeStepS, 90.44, "unchanged without the terms");
 });

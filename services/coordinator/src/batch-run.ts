@@ -9,9 +9,19 @@
  *
  * Every sequence carries its own position, so a sequence whose attention
  * node fails simply waits (and is re-opened on that node when it answers
- * again, checking its KV cache survived) while the others keep going; only
- * the sequences of a node that stays down longer than `retryTimeoutMs`, or
- * that reports a non-transient error, fail.
+ * again, checking its KV cache survived) while the others keep going. A
+ * memory-node failing longer than `failoverMs` (a storage-node: longer than
+ * `retryTimeoutMs`) is marked lost in the cluster's {@link Membership}; so
+ * is a node that is removed (RemoveNode). The job then re-plans: the
+ * sequences with KV on that node move to the other attention nodes, where
+ * their KV cache is rebuilt by prefilling prompt + tokens generated so far
+ * (the last generated token is then decoded as before, and the sampler's
+ * state is kept, so the tokens are those of an undisturbed run). A
+ * sequence whose KV is found lost on re-open (a restarted memory-node)
+ * moves the same way. A node that joins (AddNode) or comes back is used for
+ * sequences placed from then on; nothing running moves to it. Only a
+ * sequence that finds no attention node of its role for `retryTimeoutMs`,
+ * or whose node reports a non-transient error, fails.
  *
  * With `kvHeadGroups` > 1 a sequence's KV heads are split into that many
  * groups (shards), each opened as a sequence of its own (id
@@ -21,10 +31,13 @@
  * whole sequence wait or fail, and every shard is re-opened and closed with
  * it.
  *
- * At job start the coordinator asks every attention node's Info (price,
- * read bandwidth, capacity, use) and places each sequence where its
- * attention costs least per decoded token among the nodes with room (see
- * placeSequences); it logs each node's figures and each placement wave.
+ * At job start, and at every re-plan, the job asks every attention node up
+ * its Info (price, read bandwidth, profile, capacity, use) and plans with
+ * packages/scheduler's planner (job-plan.ts): the plan's KV shares say how
+ * many sequences each node holds, and placement follows them (see
+ * placeSequences); each plan is sent as a Plan event and logged, as is
+ * each placement wave. A node that does not answer at all at job start is
+ * marked lost at once.
  */
 import {
   Attention,
@@ -35,6 +48,7 @@ import {
   type GenerateRequest,
   type MessageInitShape,
   type GenerateEventSchema,
+  type JobPlan,
   type ForwardRequestSchema,
   type KvLayoutSchema,
 } from "@tessera/proto";
@@ -48,8 +62,19 @@ import {
   type Tokenizer,
 } from "@tessera/core";
 import type { ForwardPipeline } from "./pipeline.js";
+import type { Membership, MembershipChange } from "./membership.js";
 import type { CompiledCoordinatorOptions } from "./options.js";
 import {
+  describeJobPlan,
+  jobPlanMessage,
+  planKv,
+  surveyAttentionNodes,
+  type GpuSurvey,
+  type JobWorkload,
+} from "./job-plan.js";
+import type { LayerRange } from "./pipeline.js";
+import {
+  kvRole,
   placeSequences,
   splitKvHeads,
   type AttentionNodeInfo,
@@ -72,50 +97,21 @@ export interface BatchContext {
   model: LoadedModel;
   /** The gpu-nodes of the plan, as pipeline stages. */
   gpu: ForwardPipeline;
+  /** The pipeline's stages (address and layer range, in order). */
+  stages: readonly { address: string; range: LayerRange }[];
+  /** What each gpu-node's Info said (price, profile, RTT), for the planner. */
+  gpuSurvey: readonly GpuSurvey[];
+  /** The live node set: attention nodes are taken from it at every placement; changes re-plan. */
+  membership: Membership;
   /** Attention client of a node address (shared, owned by the coordinator). */
   attentionClient(address: string): Client<typeof Attention>;
+  /** Aborts when the job is cancelled (or the coordinator drains). */
   signal: AbortSignal;
+  /** Sends an event (progress, result, plan, summary) to the job's client. */
   emit(event: MessageInitShape<typeof GenerateEventSchema>): void;
 }
 
 const MiB = 1024 ** 2;
-
-/**
- * Asks every attention node for its Info (bounded by connectTimeoutMs each,
- * in parallel) and logs what each advertises. A node that does not answer
- * is left out (unknown price and room) and logged; the job goes on.
- */
-async function fetchNodeInfo(ctx: BatchContext, jobId: string): Promise<Map<string, AttentionNodeInfo>> {
-  const { options } = ctx;
-  const out = new Map<string, AttentionNodeInfo>();
-  const nodes = [
-    ...options.memoryNodes.map((address) => ({ role: "memory", address })),
-    ...options.storageNodes.map((address) => ({ role: "storage", address })),
-  ];
-  await Promise.all(
-    nodes.map(async ({ role, address }) => {
-      try {
-        const res = await ctx
-          .attentionClient(address)
-          .info({}, { deadline: options.connectTimeoutMs, signal: ctx.signal });
-        const info: AttentionNodeInfo = {
-          pricePerHour: res.pricePerHour,
-          readBytesPerSecond: res.readBytesPerSecond,
-          capacityBytes: Number(res.capacityBytes),
-          usedBytes: Number(res.usedBytes),
-        };
-        out.set(address, info);
-        options.log(
-          `job ${jobId}: ${role}-node ${address}: ${describePrice(info)}, ` +
-            `${((info.capacityBytes - info.usedBytes) / MiB).toFixed(1)} of ${(info.capacityBytes / MiB).toFixed(1)} MiB free`,
-        );
-      } catch (err) {
-        options.log(`job ${jobId}: ${role}-node ${address}: no Info (${(err as Error).message}); placed by load only`);
-      }
-    }),
-  );
-  return out;
-}
 
 /** "$0.50/h, 12.3 GB/s" with "?" for an unknown figure. */
 function describePrice(info: AttentionNodeInfo | undefined): string {
@@ -134,7 +130,12 @@ type FinishReason = "stop" | "length" | "error";
 interface Sequence {
   index: number;
   id: string;
+  /** The id its KV cache is known by on its attention nodes (and to the gpu-nodes); a new one per move. */
   seqId: string;
+  /** Times its KV cache moved to other nodes. */
+  moves: number;
+  /** Set while it has no node (moved off a lost one, none of its role up yet): since when (ms since epoch) and why. */
+  homeless?: { since: number; reason: string };
   prompt: string;
   promptIds: number[];
   maxTokens: number;
@@ -164,6 +165,8 @@ interface Shard extends ShardPlacement {
 /** One sequence's share of a step. */
 interface Part {
   s: Sequence;
+  /** The sequence's seqId when the step was built: a sequence moved meanwhile ignores the step's answer. */
+  seqId: string;
   startPos: number;
   tokens: number[];
 }
@@ -202,7 +205,7 @@ const sleep = (ms: number, signal: AbortSignal) =>
  * @throws RpcError CANCELLED when `ctx.signal` aborts.
  */
 export async function runBatch(request: GenerateRequest, ctx: BatchContext): Promise<void> {
-  const { model, options, signal } = ctx;
+  const { model, options, signal, membership } = ctx;
   const { shape } = model.header;
   const t0 = performance.now();
   const sampling = request.sampling;
@@ -225,6 +228,10 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
     headDim: shape.headDim,
   });
   const maxPositions = (s: Sequence) => s.promptIds.length + s.maxTokens - 1;
+  const kvOf = (s: Sequence) => request.prompts[s.index]!.kv ?? request.kv;
+  // Positions fed by prefill: the prompt, and after a move every generated
+  // token but the last (which the next decode step feeds, as before).
+  const prefillEnd = (s: Sequence) => s.promptIds.length + Math.max(0, s.generated.length - 1);
   const nodeName = (n: AttentionNodeRef) => `${n.role}-node ${n.address}`;
   const kvNodes = (s: Sequence) => s.shards.map((sh) => `${sh.node.role}@${sh.node.address}`).join(",");
 
@@ -244,7 +251,118 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
     gpuTotalSeconds: 0,
   };
   const releases = new Set<Promise<void>>();
+  const cleanups: (() => void)[] = [];
   let blocked = false;
+  let revision = 0;
+  let lastPlan: JobPlan | undefined;
+  // Price, bandwidth, room and the plan's shares of each attention node, for placement.
+  const economics: PlacementEconomics = {
+    nodes: new Map(),
+    bytesPerPositionHead: shape.nLayers * 2 * shape.headDim * 4,
+  };
+  // Plans (or re-plans) the job with packages/scheduler's planner on the
+  // attention nodes up now (their Info asked afresh), for the role most of
+  // its unfinished sequences need; announces the plan as a Plan event.
+  // Runs one at a time, in order.
+  let planning: Promise<void> = Promise.resolve();
+  const replan = (reason: string, moved: number) =>
+    (planning = planning
+      .then(async () => {
+        const up = [
+          ...membership.up("memory").map((address) => ({ role: "memory" as const, address })),
+          ...membership.up("storage").map((address) => ({ role: "storage" as const, address })),
+        ];
+        const surveys = await surveyAttentionNodes(
+          up,
+          ctx.attentionClient,
+          options.connectTimeoutMs,
+          signal,
+          (n, e) => {
+            if (e.code === Code.UNAVAILABLE && revision === 0) {
+              // Not answering at all at job start: nothing is placed on it
+              // until it is back. (Not at a re-plan, nor for a slow answer:
+              // marking a node lost moves every job's sequences off it,
+              // which failing steps decide after failoverMs.)
+              options.log(`job ${jobId}: ${n.role}-node ${n.address}: no answer (${e.message}); marked lost`);
+              membership.markDown(n.address, `${n.role}-node ${n.address}: ${e.message}`);
+            } else {
+              options.log(`job ${jobId}: ${n.role}-node ${n.address}: no Info (${e.message}); placed by load only`);
+            }
+          },
+        );
+        // Bytes this job holds on each node now: the node's used_bytes
+        // counts them, and placement adds the job's own load again, so the
+        // room of others' use is capacity - (used - this job's).
+        const own = new Map<string, number>();
+        for (const q of seqs) {
+          if (q.finished) continue;
+          for (const sh of q.shards) {
+            if (!sh.opened) continue;
+            const bytes = maxPositions(q) * (sh.kvHeadEnd - sh.kvHeadStart) * economics.bytesPerPositionHead;
+            own.set(sh.node.address, (own.get(sh.node.address) ?? 0) + bytes);
+          }
+        }
+        const nodes = new Map<string, AttentionNodeInfo>();
+        for (const sv of surveys) {
+          const othersUse = Math.max(0, Number(sv.info.usedBytes) - (own.get(sv.address) ?? 0));
+          sv.info.usedBytes = BigInt(othersUse);
+          const info: AttentionNodeInfo = {
+            pricePerHour: sv.info.pricePerHour,
+            readBytesPerSecond: sv.info.readBytesPerSecond,
+            capacityBytes: Number(sv.info.capacityBytes),
+            usedBytes: othersUse,
+          };
+          nodes.set(sv.address, info);
+          if (revision === 0) {
+            options.log(
+              `job ${jobId}: ${sv.role}-node ${sv.address}: ${describePrice(info)}, ` +
+                `${((info.capacityBytes - info.usedBytes) / MiB).toFixed(1)} of ${(info.capacityBytes / MiB).toFixed(1)} MiB free` +
+                `${sv.info.profile ? ", profiled" : ""}`,
+            );
+          }
+        }
+        // The role most unfinished sequences need, and their workload.
+        const lists = { memory: membership.up("memory"), storage: membership.up("storage") };
+        const byRole = { memory: [] as Sequence[], storage: [] as Sequence[] };
+        for (const s of seqs) {
+          if (s.finished) continue;
+          byRole[
+            kvRole(
+              { positions: maxPositions(s), kv: request.prompts[s.index]!.kv ?? request.kv },
+              lists,
+              options.storageThresholdTokens,
+            )
+          ].push(s);
+        }
+        const role = byRole.storage.length > byRole.memory.length ? "storage" : "memory";
+        const mine = byRole[role];
+        const workload: JobWorkload = {
+          batch: Math.max(1, Math.min(options.maxBatchSequences, mine.length)),
+          promptTokens: Math.max(1, ...mine.map((s) => s.promptIds.length + s.generated.length)),
+          outputTokens: Math.max(1, ...mine.map((s) => s.maxTokens)),
+        };
+        const candidates = surveys.filter((sv) => sv.role === role);
+        const kv =
+          candidates.length > 0 && mine.length > 0
+            ? planKv(shape, ctx.gpuSurvey, candidates, workload, groups)
+            : undefined;
+        economics.nodes = nodes;
+        economics.shares = kv?.shares;
+        revision++;
+        const plan = jobPlanMessage(
+          kv,
+          { revision, reason, movedSequences: moved, stages: ctx.stages, kvHeadGroups: groups, batch: workload.batch },
+          mine.length === 0 ? "no sequence left to place" : `no ${role}-node up: sequences wait for one`,
+        );
+        lastPlan = plan;
+        options.log(`job ${jobId}: ${describeJobPlan(plan)}${moved > 0 ? `; ${moved} sequence(s) move` : ""}`);
+        ctx.emit({ event: { case: "plan", value: plan } });
+        blocked = false;
+      })
+      .catch((err: unknown) => {
+        // Placement goes on with the previous plan's figures.
+        options.log(`job ${jobId}: re-plan (${reason}) failed: ${(err as Error).message}`);
+      }));
 
   const progress = (force = false) => {
     const now = performance.now();
@@ -270,7 +388,11 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
   // returns.
   const release = (s: Sequence) => {
     s.opened = false;
-    for (const sh of s.shards) {
+    closeShards(s.shards);
+  };
+  // Closes every opened shard of `shards` in the background (see release).
+  const closeShards = (shards: readonly Shard[]) => {
+    for (const sh of shards) {
       if (!sh.opened) continue;
       sh.opened = false;
       const p = ctx
@@ -328,6 +450,7 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
       index,
       id: p.id,
       seqId: `${jobId}-${nonce}-${index}`,
+      moves: 0,
       prompt: p.prompt,
       promptIds: [],
       maxTokens: 0,
@@ -366,11 +489,7 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
   });
 
   try {
-    // Price, bandwidth and room of each attention node, for placement.
-    const economics: PlacementEconomics = {
-      nodes: await fetchNodeInfo(ctx, jobId),
-      bytesPerPositionHead: shape.nLayers * 2 * shape.headDim * 4,
-    };
+    await replan("job start", 0);
     // 2. Admission (continuous batching): sequences join the running batch
     //    in input order while it holds fewer than maxBatchSequences and
     //    their attention node has room. One refused for capacity waits
@@ -378,16 +497,58 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
     //    else holds capacity.
     const pending = seqs.filter((s) => !s.finished);
     const running = () => seqs.filter((s) => s.opened && !s.finished);
+    // Attention nodes whose calls failed in a step and have not answered since.
+    const failingNodes = new Set<string>();
+    // Moves a sequence off its attention nodes: its KV cache is closed where
+    // it can be and rebuilt wherever placement puts it next (prompt + tokens
+    // so far, prefilled under a new id), its sampler and tokens kept.
+    const move = (s: Sequence, reason: string, since = Date.now()) => {
+      if (s.finished) return;
+      release(s);
+      s.shards = [];
+      s.opened = false;
+      s.waiting = undefined;
+      s.fed = 0;
+      s.moves++;
+      s.seqId = `${jobId}-${nonce}-${s.index}~${s.moves}`;
+      s.homeless = { since, reason };
+      if (!pending.includes(s)) {
+        pending.push(s);
+        pending.sort((a, b) => a.index - b.index);
+      }
+    };
+    // Re-plans after a change of the cluster: sequences on a node that left
+    // or was lost move; a node that joined or came back takes newcomers.
+    const onChange = (c: MembershipChange) => {
+      if (c.role === "gpu") return; // the pipeline is fixed for the job (issue 5 re-plans gpu-nodes)
+      let moved = 0;
+      if (c.kind === "left" || c.kind === "lost") {
+        failingNodes.delete(c.address);
+        for (const s of seqs) {
+          if (s.finished || !s.shards.some((sh) => sh.node.address === c.address)) continue;
+          move(s, s.waiting?.reason ?? `${c.role}-node ${c.address}: ${c.reason}`, s.waiting?.since);
+          moved++;
+        }
+      }
+      blocked = false; // room may have appeared (or sequences moved)
+      void replan(`${c.role}-node ${c.address} ${c.kind}${c.kind === "lost" ? ` (${c.reason})` : ""}`, moved);
+    };
+    const unsubscribe = membership.subscribe(onChange);
+    cleanups.push(unsubscribe);
     // Opens every shard of `s`; a refusal for capacity (returned) closes
     // the shards that did open, any other failure finishes the sequence.
-    const open = async (s: Sequence, placed: readonly ShardPlacement[]): Promise<string | undefined> => {
-      s.shards = placed.map((p) => ({
+    // Returns "moved" when the sequence moved (or finished) while its
+    // shards were opening: what opened is closed, and move() has queued it.
+    const open = async (s: Sequence, placed: readonly ShardPlacement[]): Promise<string | "moved" | undefined> => {
+      const id = s.seqId;
+      const shards: Shard[] = placed.map((p) => ({
         ...p,
         seqId: groups === 1 ? s.seqId : `${s.seqId}#h${p.kvHeadStart}-${p.kvHeadEnd}`,
         opened: false,
       }));
+      s.shards = shards;
       const outcomes = await Promise.all(
-        s.shards.map(async (sh) => {
+        shards.map(async (sh) => {
           try {
             const res = await ctx
               .attentionClient(sh.node.address)
@@ -407,6 +568,10 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
           return {};
         }),
       );
+      if (s.seqId !== id || s.finished) {
+        closeShards(shards);
+        return "moved";
+      }
       const fatal = outcomes.find((o) => o.fatal)?.fatal;
       if (fatal !== undefined) {
         finish(s, "error", fatal);
@@ -438,6 +603,7 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
     // One line per node of a placement wave: groups placed, price and the
     // predicted $ per decoded token of all of them together.
     const logPlacement = (n: number, placements: ReturnType<typeof placeSequences>) => {
+      if (n === 0) return;
       const perNode = new Map<string, { node: AttentionNodeRef; groups: number; dollars: number | undefined }>();
       for (const p of placements) {
         if (!("shards" in p)) continue;
@@ -462,7 +628,27 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
       while (!blocked && pending.length > 0) {
         const room = options.maxBatchSequences - running().length;
         if (room <= 0) return;
-        const batch = pending.splice(0, room);
+        // A moved sequence with no node of its role up waits for one (a
+        // node back or added) until retryTimeoutMs after it lost its node,
+        // without holding up the sequences behind it.
+        const now = Date.now();
+        const lists = { memory: membership.up("memory"), storage: membership.up("storage") };
+        const stuck = (s: Sequence) =>
+          s.homeless !== undefined &&
+          lists[kvRole({ positions: maxPositions(s), kv: kvOf(s) }, lists, options.storageThresholdTokens)].length ===
+            0;
+        for (const s of pending.filter((p) => stuck(p) && now - p.homeless!.since > options.retryTimeoutMs)) {
+          pending.splice(pending.indexOf(s), 1);
+          const role = kvRole({ positions: maxPositions(s), kv: kvOf(s) }, lists, options.storageThresholdTokens);
+          finish(
+            s,
+            "error",
+            `${s.homeless!.reason} (gave up after ${Math.round((now - s.homeless!.since) / 1000)} s: no ${role}-node up)`,
+          );
+        }
+        const batch = pending.filter((p) => !stuck(p)).slice(0, room);
+        if (batch.length === 0) return;
+        for (const b of batch) pending.splice(pending.indexOf(b), 1);
         // Load in position-heads, as placeSequences counts it.
         const load = new Map<string, number>();
         for (const r of running()) {
@@ -472,22 +658,27 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
           }
         }
         const placements = placeSequences(
-          batch.map((s) => ({ positions: maxPositions(s), kv: request.prompts[s.index]!.kv ?? request.kv })),
-          { memory: options.memoryNodes, storage: options.storageNodes },
+          batch.map((s) => ({ positions: maxPositions(s), kv: kvOf(s) })),
+          lists,
           options.storageThresholdTokens,
           load,
           { nKvHeads: shape.nKvHeads, groups },
           economics,
         );
         logPlacement(batch.length, placements);
-        const refusals = await Promise.all(
+        const outcomes = await Promise.all(
           batch.map(async (s, i) => {
             const placement = placements[i]!;
-            if ("shards" in placement) return open(s, placement.shards);
+            if ("shards" in placement) {
+              s.homeless = undefined;
+              return open(s, placement.shards);
+            }
             finish(s, "error", placement.error);
             return undefined;
           }),
         );
+        // Refused for room (a message); "moved" ones are queued again by move().
+        const refusals = outcomes.map((o) => (o === "moved" ? undefined : o));
         const refused = batch.filter((_, i) => refusals[i] !== undefined);
         if (refused.length === 0) continue;
         if (running().length === 0 && releases.size === 0) {
@@ -511,13 +702,22 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
         seqs.map(async (s) => {
           const w = s.waiting;
           if (s.finished || !w || s.shards.length === 0 || now < w.nextTry) return;
-          if (now - w.since > options.retryTimeoutMs) {
-            return finish(s, "error", `${w.reason} (gave up after ${Math.round((now - w.since) / 1000)} s)`);
+          // Failing for too long: the node is lost (its sequences move).
+          const storage = s.shards.some((sh) => sh.node.role === "storage" && failingNodes.has(sh.node.address));
+          const limit = storage ? options.retryTimeoutMs : Math.min(options.failoverMs, options.retryTimeoutMs);
+          if (now - w.since > limit) {
+            for (const sh of s.shards)
+              if (failingNodes.has(sh.node.address)) membership.markDown(sh.node.address, w.reason);
+            // markDown moved it unless the node was already marked (then move it here).
+            if (s.shards.length > 0 && !s.finished) move(s, w.reason, w.since);
+            return;
           }
+          const id = s.seqId;
+          const shards = s.shards;
           try {
             // Every shard: re-opening one that is fine is a no-op.
             const lengths = await Promise.all(
-              s.shards.map(async (sh) => {
+              shards.map(async (sh) => {
                 const res = await ctx
                   .attentionClient(sh.node.address)
                   .openSequence(
@@ -527,14 +727,20 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
                 return res.length;
               }),
             );
+            if (s.seqId !== id) {
+              // Moved meanwhile: what the re-open (re)created is not used.
+              for (const sh of shards) sh.opened = true;
+              closeShards(shards);
+              return;
+            }
             const lost = lengths.findIndex((n) => n < s.fed);
             if (lost >= 0) {
-              finish(
-                s,
-                "error",
-                `the KV cache of prompt "${s.id}" was lost on ${nodeName(s.shards[lost]!.node)} (it holds ${lengths[lost]} of ${s.fed} positions)`,
-              );
+              const reason = `the KV cache of prompt "${s.id}" was lost on ${nodeName(s.shards[lost]!.node)} (it holds ${lengths[lost]} of ${s.fed} positions)`;
+              options.log(`job ${jobId}: ${reason}; rebuilding it`);
+              move(s, reason, w.since);
+              void replan(reason, 1);
             } else {
+              for (const sh of s.shards) failingNodes.delete(sh.node.address);
               options.log(`${s.seqId}: ${[...new Set(s.shards.map((sh) => nodeName(sh.node)))].join(", ")} back`);
               s.waiting = undefined;
             }
@@ -556,7 +762,7 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
       const rows = new Map<Sequence, Float32Array>();
       for (;;) {
         if (signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
-        const alive = parts.filter((p) => !p.s.finished && !p.s.waiting);
+        const alive = parts.filter((p) => !p.s.finished && !p.s.waiting && p.s.seqId === p.seqId);
         if (alive.length === 0) return rows;
         stepId++;
         const req: MessageInitShape<typeof ForwardRequestSchema> & { stepId: bigint } = {
@@ -618,6 +824,12 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
         const onNode = failure.address
           ? alive.filter((p) => p.s.shards.some((sh) => sh.node.address === failure.address))
           : [];
+        if (failure.role !== "gpu" && failure.address && onNode.length === 0) {
+          // An attention node no sequence of the step is on any more (they
+          // moved while the step was in flight): send the step again.
+          options.log(`step ${stepId}: ${failure.message}; no sequence is there now, re-sending`);
+          continue;
+        }
         if (onNode.length > 0) {
           // One attention node failed: only the sequences with a shard on it are affected.
           const failed = onNode[0]!.s.shards.find((sh) => sh.node.address === failure.address)!.node;
@@ -626,6 +838,7 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
             options.log(`step ${stepId}: ${reason}; its ${onNode.length} sequence(s) wait for it`);
             const now = Date.now();
             for (const p of onNode) p.s.waiting = { since: now, reason, nextTry: now + 100, delay: 100 };
+            failingNodes.add(failed.address);
           } else {
             for (const p of onNode) finish(p.s, "error", reason);
           }
@@ -670,11 +883,13 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
       let budget = options.maxPrefillTokens;
       for (const s of unfinished) {
         if (s.waiting || !s.opened) continue;
-        if (s.fed >= s.promptIds.length) {
-          parts.push({ s, startPos: s.fed, tokens: [s.generated[s.generated.length - 1]!] });
+        const end = prefillEnd(s);
+        if (s.fed >= end) {
+          parts.push({ s, seqId: s.seqId, startPos: s.fed, tokens: [s.generated[s.generated.length - 1]!] });
         } else if (budget > 0) {
-          const n = Math.min(budget, s.promptIds.length - s.fed);
-          parts.push({ s, startPos: s.fed, tokens: s.promptIds.slice(s.fed, s.fed + n) });
+          const n = Math.min(budget, end - s.fed);
+          const known = s.generated.length === 0 ? s.promptIds : [...s.promptIds, ...s.generated];
+          parts.push({ s, seqId: s.seqId, startPos: s.fed, tokens: known.slice(s.fed, s.fed + n) });
           budget -= n;
         }
       }
@@ -686,20 +901,23 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
         if (signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
         continue;
       }
-      const isDecode = parts.every((p) => p.s.fed >= p.s.promptIds.length);
+      const isDecode = parts.every((p) => p.s.fed >= prefillEnd(p.s));
       if (isDecode) decodeStart ??= performance.now();
       const rows = await step(parts, isDecode);
       for (const p of parts) {
         const row = rows.get(p.s);
-        if (!row || p.s.finished) continue;
-        const decoding = p.s.fed >= p.s.promptIds.length;
+        if (!row || p.s.finished || p.s.seqId !== p.seqId) continue;
+        const decoding = p.s.fed >= prefillEnd(p.s);
         p.s.fed += p.tokens.length;
         if (decoding) decodeTokens++;
-        if (p.s.fed >= p.s.promptIds.length) accept(p.s, row);
+        // Sample once every known token is in: not after a rebuild's chunks.
+        if (p.s.fed === p.s.promptIds.length + p.s.generated.length) accept(p.s, row);
       }
       progress();
     }
   } finally {
+    for (const c of cleanups) c();
+    await planning.catch(() => undefined);
     // However the job ends, free every KV cache it opened, and wait for the
     // nodes to confirm (each call is bounded by connectTimeoutMs).
     for (const s of seqs) release(s);
@@ -717,6 +935,7 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
         completionTokens: BigInt(generatedTotal),
         wallSeconds: (performance.now() - t0) / 1000,
         decodeTokensPerSecond: decodeSeconds > 0 ? decodeTokens / decodeSeconds : 0,
+        ...(lastPlan ? { plan: lastPlan } : {}),
         decodeBreakdown: {
           steps: breakdown.steps,
           stepSeconds: breakdown.stepSeconds,

@@ -1,8 +1,8 @@
 /**
  * The coordinator service: takes batches over `tessera.v1.Coordinator`,
- * loads the model on the gpu-node, and runs each batch with
- * {@link runBatch}. Node addresses come from its options (a NATS registry
- * replaces them later).
+ * loads the model on the gpu-nodes, and runs each batch with
+ * {@link runBatch}. The node set starts from its options and changes with
+ * AddNode / RemoveNode (and nodes jobs find lost); see {@link Membership}.
  */
 import { setMaxListeners } from "node:events";
 import {
@@ -20,14 +20,18 @@ import {
 import { createGrpcService, type Service } from "@tessera/core";
 import { runBatch } from "./batch-run.js";
 import { ForwardChannel } from "./forward-channel.js";
-import { ForwardPipeline, splitLayers } from "./pipeline.js";
+import { ForwardPipeline } from "./pipeline.js";
+import { planStages, surveyGpuNodes } from "./job-plan.js";
 import { ModelCache } from "./model-cache.js";
 import { ModelLease } from "./model-lease.js";
+import { Membership, type NodeRole } from "./membership.js";
 import { compileCoordinatorOptions, type CompiledCoordinatorOptions, type CoordinatorOptions } from "./options.js";
 
 /** A running coordinator. */
 export interface CoordinatorService extends Service {
   readonly options: CompiledCoordinatorOptions;
+  /** The live node set (starts from `options`). */
+  readonly membership: Membership;
 }
 
 /**
@@ -42,6 +46,12 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
   const jobs = new Set<AbortController>();
   const runningJobIds = new Set<string>();
   const gpuLeases = new Map<string, ModelLease>();
+  const membership = new Membership({
+    gpu: options.gpuNodes,
+    memory: options.memoryNodes,
+    storage: options.storageNodes,
+  });
+  membership.subscribe((c) => options.log(`cluster: ${c.role}-node ${c.address} ${c.kind} (${c.reason})`));
 
   const attentionClient = (address: string) => {
     let c = attentionClients.get(address);
@@ -88,13 +98,14 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
         const model = await models.get(modelPath, tokenizerPath).catch((err: unknown) => {
           throw new RpcError(Code.INVALID_ARGUMENT, (err as Error).message, { cause: err });
         });
-        // Issue 3's pipeline: the layers split evenly over the gpu-nodes, in
-        // the order given; the first embeds, the last applies the head.
+        // The pipeline: every gpu-node a stage, in the order given (the
+        // first embeds, the last applies the head), layers split by the
+        // planner in proportion to the nodes' measured speed (evenly when
+        // one is unprofiled).
         const shape = model.header.shape;
-        const ranges = splitLayers(shape.nLayers, options.gpuNodes.length);
-        const stages = ranges.map((range, i) => ({ range, address: options.gpuNodes[i]!, i }));
+        const gpuNodes = membership.all("gpu");
         await Promise.all(
-          stages.map(async ({ address }) => {
+          gpuNodes.map(async (address) => {
             try {
               await gpuClient(address).waitForReady(options.connectTimeoutMs);
             } catch (err) {
@@ -102,12 +113,25 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
             }
           }),
         );
+        const gpuSurvey = await surveyGpuNodes(gpuNodes, gpuClient, options.connectTimeoutMs, abort.signal);
+        const batch = Math.min(options.maxBatchSequences, req.prompts.length);
+        const ranges = planStages(shape, gpuSurvey, {
+          batch,
+          // Rows of a prefill chunk (the activations a stage must hold).
+          promptTokens: Math.ceil(options.maxPrefillTokens / batch),
+          outputTokens: 1,
+        });
+        const stages = ranges.map((range, i) => ({ range, address: gpuNodes[i]!, i }));
         // Leases are taken in a fixed order, so two jobs cannot each hold one
         // stage the other waits for.
-        for (const { address } of stages) {
+        // A lease per (model, layer range, embed, head): the node runs
+        // whatever it loaded last, so jobs that split the layers otherwise
+        // (another batch size or gpu set) wait their turn.
+        for (const { address, range, i } of stages) {
           let lease = gpuLeases.get(address);
           if (!lease) gpuLeases.set(address, (lease = new ModelLease()));
-          releases.push(await lease.acquire(modelPath, abort.signal));
+          const key = JSON.stringify([modelPath, range.start, range.end, i === 0, i === stages.length - 1]);
+          releases.push(await lease.acquire(key, abort.signal));
         }
         await Promise.all(
           stages.map(({ range, address, i }) =>
@@ -131,6 +155,9 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
             options,
             model,
             gpu: channel,
+            stages,
+            gpuSurvey,
+            membership,
             attentionClient,
             signal: abort.signal,
             emit: (event) => {
@@ -147,11 +174,50 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
       }
     },
 
+    async addNode(req) {
+      if (!["gpu", "memory", "storage"].includes(req.role)) {
+        throw new RpcError(
+          Code.INVALID_ARGUMENT,
+          `role: must be gpu, memory or storage, got ${JSON.stringify(req.role)}`,
+        );
+      }
+      if (!/^[^\s:]+:\d{1,5}$/.test(req.address)) {
+        throw new RpcError(Code.INVALID_ARGUMENT, `address: ${JSON.stringify(req.address)} is not host:port`);
+      }
+      const role = req.role as NodeRole;
+      const service = role === "gpu" ? "tessera.v1.GpuNode" : "tessera.v1.Attention";
+      const health = await checkHealth(req.address, service, options.connectTimeoutMs);
+      if (health !== "SERVING") {
+        throw new RpcError(
+          Code.UNAVAILABLE,
+          `${role}-node ${req.address} does not answer its health check (${health})`,
+        );
+      }
+      try {
+        membership.add(role, req.address);
+      } catch (err) {
+        throw new RpcError(Code.INVALID_ARGUMENT, (err as Error).message, { cause: err });
+      }
+      return {};
+    },
+
+    async removeNode(req) {
+      if (!membership.roleOf(req.address)) {
+        throw new RpcError(Code.NOT_FOUND, `address: ${JSON.stringify(req.address)} is not a node of this cluster`);
+      }
+      try {
+        membership.remove(req.address);
+      } catch (err) {
+        throw new RpcError(Code.FAILED_PRECONDITION, (err as Error).message, { cause: err });
+      }
+      return {};
+    },
+
     async listNodes() {
       const all = [
-        ...options.gpuNodes.map((address) => ({ role: "gpu", address, service: "tessera.v1.GpuNode" })),
-        ...options.memoryNodes.map((address) => ({ role: "memory", address, service: "tessera.v1.Attention" })),
-        ...options.storageNodes.map((address) => ({ role: "storage", address, service: "tessera.v1.Attention" })),
+        ...membership.all("gpu").map((address) => ({ role: "gpu", address, service: "tessera.v1.GpuNode" })),
+        ...membership.all("memory").map((address) => ({ role: "memory", address, service: "tessera.v1.Attention" })),
+        ...membership.all("storage").map((address) => ({ role: "storage", address, service: "tessera.v1.Attention" })),
       ];
       const nodes = await Promise.all(
         all.map(async (n) => ({
@@ -180,8 +246,9 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
     // close() too gives the cancelled jobs the grace period to close their sequences.
     drainOnClose: true,
     onClose() {
+      membership.close();
       for (const c of [...attentionClients.values(), ...gpuClients.values()]) c.close();
     },
   });
-  return Object.assign(service, { options });
+  return Object.assign(service, { options, membership });
 }

@@ -14,4 +14,17 @@ export {
   type ShardPlacement,
 } from "./placement.js";
 export { splitLayers, type LayerRange } from "./pipeline.js";
+export { Membership, type MembershipChange, type NodeRole } from "./membership.js";
+export {
+  attentionSpecOf,
+  describeJobPlan,
+  gpuSpecOf,
+  jobPlanMessage,
+  planKv,
+  planStages,
+  type AttentionSurvey,
+  type GpuSurvey,
+  type JobWorkload,
+  type KvPlan,
+} from "./job-plan.js";
 export { runCoordinator } from "./main.js";

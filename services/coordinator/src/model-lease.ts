@@ -1,8 +1,10 @@
 /**
- * One gpu-node holds one model at a time (its Forward steps run on whatever
- * it loaded last), so concurrent jobs must agree on the model. A lease lets
- * any number of jobs on the loaded model run together; a job for another
- * model waits until they are all done, then loads its own.
+ * One gpu-node holds one model (and layer range) at a time (its Forward
+ * steps run on whatever it loaded last), so concurrent jobs must agree on
+ * it. A lease lets any number of jobs on the loaded one run together; a job
+ * for another model or range waits until they are all done, then loads its
+ * own. The coordinator keys leases by model path, layer range, embed and
+ * head.
  */
 export class ModelLease {
   private model: string | undefined;

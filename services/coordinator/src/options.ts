@@ -31,6 +31,14 @@ export interface CoordinatorOptions {
   maxBatchSequences?: number;
   /** How long a step is retried while a node is unavailable, in ms. @default 30000 */
   retryTimeoutMs?: number;
+  /**
+   * How long a memory-node may keep failing before the coordinator marks it
+   * lost and moves its sequences to other attention nodes (their KV cache
+   * rebuilt there by prefilling prompt + tokens so far), in ms. A
+   * storage-node's sequences wait up to `retryTimeoutMs` instead (their KV
+   * survives a restart on disk). @default 3000
+   */
+  failoverMs?: number;
   /** How long a node may take to answer at the start of a job, in ms. @default 5000 */
   connectTimeoutMs?: number;
   /** Grace for in-flight calls at shutdown, in ms. @default 5000 */
@@ -91,6 +99,7 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     maxPrefillTokens: positive("maxPrefillTokens", o.maxPrefillTokens, 4096),
     maxBatchSequences: positive("maxBatchSequences", o.maxBatchSequences, 64),
     retryTimeoutMs: positive("retryTimeoutMs", o.retryTimeoutMs, 30_000),
+    failoverMs: positive("failoverMs", o.failoverMs, 3000),
     connectTimeoutMs: positive("connectTimeoutMs", o.connectTimeoutMs, 5000),
     shutdownGraceMs: positive("shutdownGraceMs", o.shutdownGraceMs, 5000),
     kvHeadGroups: positive("kvHeadGroups", o.kvHeadGroups, 1),

@@ -49,6 +49,13 @@ export interface PlacementEconomics {
    * (core's kvSequenceBytes).
    */
   bytesPerPositionHead: number;
+  /**
+   * The job plan's share of each attention node (units: KV-head groups of
+   * sequences; packages/scheduler's planner). When set for a role, its
+   * groups go to the planned nodes in proportion to their shares; nodes
+   * without a share take groups only when no planned node has room.
+   */
+  shares?: ReadonlyMap<string, number>;
 }
 
 /**
@@ -88,6 +95,24 @@ export function splitKvHeads(nKvHeads: number, groups: number): [number, number]
 }
 
 /**
+ * The role whose nodes hold a sequence's KV cache: "memory" and "storage"
+ * as asked; "auto" is a storage-node when its positions exceed
+ * `storageThresholdTokens` (long contexts are cheapest on disk), else a
+ * memory-node — or the other role when that role has no node.
+ */
+export function kvRole(
+  r: PlacementRequest,
+  nodes: { memory: readonly string[]; storage: readonly string[] },
+  storageThresholdTokens: number,
+): "memory" | "storage" {
+  if (r.kv === KvPlacement.MEMORY) return "memory";
+  if (r.kv === KvPlacement.STORAGE) return "storage";
+  const role = r.positions > storageThresholdTokens ? "storage" : "memory";
+  if (nodes[role].length === 0) return role === "memory" ? "storage" : "memory";
+  return role;
+}
+
+/**
  * Chooses the attention node of each sequence, or of each of its KV-head
  * groups. The plan of issue 2: "memory" and "storage" are honoured as asked;
  * "auto" goes to a storage-node when prompt + max tokens exceeds
@@ -95,7 +120,12 @@ export function splitKvHeads(nKvHeads: number, groups: number): [number, number]
  * memory-node. Falls back to the other role when a role has no nodes at all
  * and the user said "auto". All groups of a sequence get the same role.
  *
- * Among the nodes of a role, each group goes to a node not yet holding a
+ * With the job plan's `economics.shares` for the role, each group goes to
+ * the planned node with room where (load + the group) / share is least —
+ * the planner's proportions, kept as sequences come and go; a node not in
+ * the plan is used only when no planned node has room.
+ *
+ * Otherwise, among the nodes of a role, each group goes to a node not yet holding a
  * group of the same sequence (so no node needs the whole sequence's cache
  * when there are enough nodes; HeadInfer), else to any. With `economics`
  * (the nodes' Info), a node without room for the group (capacity - used at
@@ -135,7 +165,19 @@ export function placeSequences(
   // Price per byte read ($/h per byte/s): the only node-dependent factor of the cost.
   const rate = (a: string) => attentionDollarsPerToken(info(a), 1);
   const priced = (role: "memory" | "storage") => nodes[role].every((a) => rate(a) !== undefined);
+  const share = (a: string) => economics?.shares?.get(a) ?? 0;
   const pick = (role: "memory" | "storage", taken: ReadonlySet<string>, bytes: number): string | undefined => {
+    const planned = nodes[role].filter((a) => share(a) > 0);
+    for (const fresh of [true, false]) {
+      let best: string | undefined;
+      let bestScore = Infinity;
+      for (const a of planned) {
+        if ((fresh && taken.has(a)) || !hasRoom(a, bytes)) continue;
+        const score = ((load.get(a) ?? 0) + bytes / Math.max(1, economics?.bytesPerPositionHead ?? 1)) / share(a);
+        if (score < bestScore) [best, bestScore] = [a, score];
+      }
+      if (best !== undefined) return best;
+    }
     const byCost = priced(role);
     const better = (a: string, b: string) => {
       if (byCost) {
@@ -161,13 +203,7 @@ export function placeSequences(
     return undefined;
   };
   return requests.map((r) => {
-    let role: "memory" | "storage";
-    if (r.kv === KvPlacement.MEMORY) role = "memory";
-    else if (r.kv === KvPlacement.STORAGE) role = "storage";
-    else {
-      role = r.positions > storageThresholdTokens ? "storage" : "memory";
-      if (nodes[role].length === 0) role = role === "memory" ? "storage" : "memory";
-    }
+    const role = kvRole(r, nodes, storageThresholdTokens);
     if (nodes[role].length === 0) return { error: `no ${role}-node in this cluster to hold the KV cache` };
     const taken = new Set<string>();
     const shards = ranges.map(([kvHeadStart, kvHeadEnd]): ShardPlacement => {

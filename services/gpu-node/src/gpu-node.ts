@@ -36,11 +36,13 @@ import {
   type LoadResponseSchema,
   type MessageInitShape,
   type ServerDuplexStream,
+  type NodeProfile,
 } from "@tessera/proto";
 import { AttendStreams, AttentionNodeError } from "./attend-streams.js";
 import { DownstreamError, Downstreams } from "./downstream.js";
 import { DenseModel, defaultWeightDtype, type ExecutionProvider, type Qkv } from "./dense-model.js";
 import type { WeightDtype } from "./llama-graphs.js";
+import { checkGpuProfile, profileGpuNode } from "./profile.js";
 
 /** gRPC service name served (and reported by grpc.health.v1). */
 export const GPU_NODE_SERVICE = "tessera.v1.GpuNode";
@@ -95,6 +97,21 @@ export interface GpuNodeOptions {
    * defaultWeightDtype). @default "auto"
    */
   weightDtype?: "auto" | WeightDtype;
+  /**
+   * What this node costs, in US dollars per hour, advertised by Info (and
+   * in its profile) for the coordinator's planner. 0 = unknown.
+   * @default the given profile's price_per_hour, else 0
+   */
+  pricePerHour?: number;
+  /**
+   * The node's profile, advertised by Info: "measure" measures it in
+   * `start()` before the port is bound ({@link profileGpuNode}, about 3 s
+   * and 530 MiB of weight copies held meanwhile on two CPU cores), "off"
+   * advertises none, a NodeProfile (of role
+   * "gpu", e.g. read from a file `--profile-only` wrote) is advertised as
+   * given, with profile_seconds 0 and this node's price. @default "off"
+   */
+  profile?: "measure" | "off" | NodeProfile;
 }
 
 /** {@link GpuNodeOptions} with defaults applied and validated; frozen. */
@@ -111,6 +128,10 @@ export interface CompiledGpuNodeOptions {
   readonly wireDtype: WireDtype;
   /** The weight dtype in force ("auto" resolved by execution provider). */
   readonly weightDtype: WeightDtype;
+  /** $/h; 0 = unknown. */
+  readonly pricePerHour: number;
+  /** "measure", "off" or the profile to advertise (role "gpu"). */
+  readonly profile: "measure" | "off" | NodeProfile;
 }
 
 /**
@@ -147,7 +168,16 @@ export function compileGpuNodeOptions(options: GpuNodeOptions = {}): CompiledGpu
   const weightDtype = options.weightDtype ?? "auto";
   if (weightDtype !== "auto" && weightDtype !== "f16" && weightDtype !== "f32")
     throw new ConfigError("weightDtype", `must be "auto", "f16" or "f32", got ${JSON.stringify(weightDtype)}`);
+  const profile = options.profile ?? "off";
+  if (typeof profile === "object") checkGpuProfile(profile);
+  else if (profile !== "measure" && profile !== "off")
+    throw new ConfigError("profile", `must be "measure", "off" or a NodeProfile, got ${JSON.stringify(profile)}`);
+  const pricePerHour = options.pricePerHour ?? (typeof profile === "object" ? profile.pricePerHour : 0);
+  if (!(typeof pricePerHour === "number" && Number.isFinite(pricePerHour) && pricePerHour >= 0))
+    throw new ConfigError("pricePerHour", `must be a finite number >= 0, got ${String(pricePerHour)}`);
   return Object.freeze({
+    pricePerHour,
+    profile,
     host,
     port,
     executionProvider,
@@ -626,14 +656,41 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
     }
   }
 
+  /**
+   * The advertised profile: measured in start() ("measure"), none ("off"),
+   * or the given one with profile_seconds 0 (not measured here) and this
+   * node's price.
+   */
+  let profile: NodeProfile | undefined =
+    typeof opts.profile === "object"
+      ? { ...opts.profile, pricePerHour: opts.pricePerHour, profileSeconds: 0 }
+      : undefined;
+
+  /** GpuNode.Info: price ($/h), profile (unset when off), execution provider and the loaded layer range. */
+  async function info() {
+    const key = current ? (JSON.parse(current.key) as [string, number, number]) : undefined;
+    return {
+      pricePerHour: opts.pricePerHour,
+      profile,
+      executionProvider: opts.executionProvider,
+      modelPath: key?.[0] ?? "",
+      layerStart: key?.[1] ?? 0,
+      layerEnd: key?.[2] ?? 0,
+    };
+  }
+
   const service = createGrpcService({
     role: "gpu",
     name: "gpu-node",
     host: opts.host,
     port: opts.port,
     serviceNames: [GPU_NODE_SERVICE],
-    register: (server) => addService(server, GpuNodeService, { load, forward }),
+    register: (server) => addService(server, GpuNodeService, { load, forward, info }),
     graceMs: opts.shutdownGraceMs,
+    // Measured before the port is bound, so no step competes with it.
+    async onStart() {
+      if (opts.profile === "measure") profile = await profileGpuNode(opts);
+    },
     async onDrain() {
       // Let running steps end (within the grace period) before the server stops taking calls.
       let grace: NodeJS.Timeout | undefined;

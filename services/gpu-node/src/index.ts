@@ -23,3 +23,16 @@ export {
 export { AttentionNodeError } from "./attend-streams.js";
 export * from "./llama-graphs.js";
 export * from "./onnx-builder.js";
+export {
+  profileGpuNode,
+  checkGpuProfile,
+  createOrtMatMulTimer,
+  timeOrtLayerOverhead,
+  deviceMemoryBytes,
+  GPU_PROFILE_SIZES,
+  LAYER_GAP_MS,
+  MATMUL_STREAM_BYTES,
+  type GpuProfileOptions,
+  type OrtMatMulTimer,
+  type OrtMatMulTimerOptions,
+} from "./profile.js";

@@ -47,6 +47,7 @@ async function startStage(t: { after(fn: () => unknown): void }, answer: Answer)
   stage.server = await startGrpcServer("127.0.0.1", 0, ["tessera.v1.GpuNode"], (s) =>
     addService(s, GpuNode, {
       load: async () => ({}),
+      info: async () => ({}),
       forward: (call: ServerDuplexStream<ForwardRequest, MessageInitShape<typeof ForwardResponseSchema>>) =>
         new Promise<void>((resolve) => {
           stage.streams++;

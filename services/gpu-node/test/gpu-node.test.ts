@@ -844,6 +844,8 @@ test("options are validated by name", () => {
     wireDtype: "f16",
     weightDtype: "f32", // "auto" on the CPU provider
     downstreamTimeoutMs: 300_000,
+    pricePerHour: 0,
+    profile: "off",
   });
   assert.equal(compileGpuNodeOptions({ executionProvider: "cuda" }).weightDtype, "f16");
   assert.equal(compileGpuNodeOptions({ weightDtype: "f16" }).weightDtype, "f16");

@@ -10,3 +10,4 @@ export {
 export { runMemoryNode } from "./main.js";
 /** The start-up read-bandwidth measure a memory-node advertises (from @tessera/core). */
 export { measureReadBandwidth } from "@tessera/core";
+export { profileMemoryNode, checkMemoryProfile, MEMORY_PROFILE_SIZES, type MemoryProfileOptions } from "./profile.js";

@@ -70,7 +70,9 @@ import {
   type AttendResponseSchema,
   type MessageInitShape,
   type ServiceImpl,
+  type NodeProfile,
 } from "@tessera/proto";
+import { checkMemoryProfile, profileMemoryNode } from "./profile.js";
 
 /** gRPC service name the health service reports on. */
 export const ATTENTION_SERVICE_NAME = "tessera.v1.Attention";
@@ -101,6 +103,15 @@ export interface MemoryNodeOptions {
    * node measures it at start ({@link measureReadBandwidth}, under 0.5 s).
    */
   readBytesPerSecond?: number;
+  /**
+   * The node's profile, advertised by Info: "measure" measures it in
+   * `start()` before the port is bound ({@link profileMemoryNode}, about a
+   * second on two CPU cores; its read bandwidth is then the one Info
+   * advertises), "off" advertises none, a NodeProfile (of role "memory",
+   * e.g. read from a file `--profile-only` wrote) is advertised as given,
+   * with profile_seconds 0, this node's price and capacity. @default "off"
+   */
+  profile?: "measure" | "off" | NodeProfile;
   /** Where the node logs (a failed attention worker's error text). @default lines on stderr */
   log?: (line: string) => void;
 }
@@ -116,6 +127,8 @@ export interface CompiledMemoryNodeOptions {
   readonly pricePerHour: number;
   /** bytes/s as configured; undefined = measured at start. */
   readonly readBytesPerSecond: number | undefined;
+  /** "measure", "off" or the profile to advertise (role "memory"). */
+  readonly profile: "measure" | "off" | NodeProfile;
 }
 
 /**
@@ -127,13 +140,22 @@ export function compileMemoryNodeOptions(options: MemoryNodeOptions = {}): Compi
   const host = options.host ?? "127.0.0.1";
   if (typeof host !== "string" || host.length === 0)
     throw new ConfigError("host", `must be a host name or address, got ${String(host)}`);
+  const profile = options.profile ?? "off";
+  if (typeof profile === "object") checkMemoryProfile(profile);
+  else if (profile !== "measure" && profile !== "off")
+    throw new ConfigError("profile", `must be "measure", "off" or a NodeProfile, got ${JSON.stringify(profile)}`);
   return Object.freeze({
     host,
+    profile,
     port: compilePort(options.port),
     capacityBytes: parseByteSize("capacityBytes", options.capacityBytes ?? 1024 ** 3),
     drainGraceMs: nonNegativeInt("drainGraceMs", options.drainGraceMs, 5000),
     attentionThreads: positiveInt("attentionThreads", options.attentionThreads, availableParallelism()),
-    pricePerHour: nonNegative("pricePerHour", options.pricePerHour, 0),
+    pricePerHour: nonNegative(
+      "pricePerHour",
+      options.pricePerHour,
+      typeof profile === "object" ? profile.pricePerHour : 0,
+    ),
     readBytesPerSecond:
       options.readBytesPerSecond === undefined
         ? undefined
@@ -268,8 +290,26 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
    */
   let pools = new Map<WasmHeap, AttentionWorkers>();
   let usedBytes = 0;
-  /** Advertised read bandwidth (bytes/s): configured, else measured in start(). */
+  /** Advertised read bandwidth (bytes/s): configured, else from the profile, else measured in start(). */
   let readBytesPerSecond = opts.readBytesPerSecond;
+  /**
+   * The advertised profile: measured in start() ("measure"), none ("off"),
+   * or the given one with profile_seconds 0 (not measured here) and this
+   * node's price and capacity.
+   */
+  let profile: NodeProfile | undefined;
+  if (typeof opts.profile === "object" && opts.profile.figures.case === "memory") {
+    profile = {
+      ...opts.profile,
+      pricePerHour: opts.pricePerHour,
+      profileSeconds: 0,
+      figures: {
+        case: "memory",
+        value: { ...opts.profile.figures.value, capacityBytes: BigInt(opts.capacityBytes) },
+      },
+    };
+    readBytesPerSecond ??= opts.profile.figures.value.readBytesPerSecond || undefined;
+  }
 
   function poolFor(heap: WasmHeap): AttentionWorkers {
     let pool = pools.get(heap);
@@ -425,10 +465,11 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
     },
     /**
      * Capacity and reserved bytes (sum of open sequences' reservations),
-     * price ($/h) and read bandwidth (bytes/s).
+     * price ($/h), read bandwidth (bytes/s) and the profile (unset when off).
      */
     async info() {
       return {
+        profile,
         role: "memory",
         capacityBytes: BigInt(opts.capacityBytes),
         usedBytes: BigInt(usedBytes),
@@ -447,8 +488,13 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
     serviceNames: [ATTENTION_SERVICE_NAME],
     register: (s) => addService(s, Attention, impl),
     graceMs: opts.drainGraceMs,
-    // The read bandwidth Info advertises, unless configured (tens of ms).
+    // The profile, measured before the port is bound so no request competes
+    // with it; the read bandwidth Info advertises, unless configured (tens of ms).
     onStart: async () => {
+      if (opts.profile === "measure") {
+        profile = await profileMemoryNode(opts);
+        if (profile.figures.case === "memory") readBytesPerSecond ??= profile.figures.value.readBytesPerSecond;
+      }
       readBytesPerSecond ??= measureReadBandwidth();
     },
     // Attend streams never end by themselves: end them (with OK, after the

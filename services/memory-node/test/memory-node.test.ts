@@ -253,6 +253,7 @@ test("options are compiled once: defaults, sizes as strings, bad values name the
     attentionThreads: availableParallelism(),
     pricePerHour: 0,
     readBytesPerSecond: undefined,
+    profile: "off",
   });
   assert.equal(compileMemoryNodeOptions({ attentionThreads: 1 }).attentionThreads, 1);
   assert.equal(compileMemoryNodeOptions({ pricePerHour: 0.25 }).pricePerHour, 0.25);

@@ -24,3 +24,10 @@ export {
   type Manifest,
 } from "./kv-store.js";
 export { runStorageNode } from "./main.js";
+export {
+  profileStorageNode,
+  checkStorageProfile,
+  measureDiskWrite,
+  STORAGE_PROFILE_SIZES,
+  type StorageProfileOptions,
+} from "./profile.js";

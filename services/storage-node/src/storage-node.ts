@@ -53,6 +53,7 @@ import {
   type AttendResponseSchema,
   type MessageInitShape,
   type ServiceImpl,
+  type NodeProfile,
 } from "@tessera/proto";
 import {
   KvStoreError,
@@ -73,6 +74,7 @@ import {
   type Manifest,
   type StoredSequence,
 } from "./kv-store.js";
+import { checkStorageProfile, profileStorageNode } from "./profile.js";
 
 /** gRPC service name the health service reports on. */
 export const ATTENTION_SERVICE_NAME = "tessera.v1.Attention";
@@ -118,6 +120,15 @@ export interface StorageNodeOptions {
    * 0 = unknown. @default 0
    */
   readBytesPerSecond?: number;
+  /**
+   * The node's profile, advertised by Info: "measure" measures it in
+   * `start()` before the port is bound ({@link profileStorageNode}: the
+   * data directory's disk, one to a few seconds), "off" advertises none, a
+   * NodeProfile (of role "storage", e.g. read from a file `--profile-only`
+   * wrote) is advertised as given, with profile_seconds 0 and this node's
+   * price, capacity and buffer size. @default "off"
+   */
+  profile?: "measure" | "off" | NodeProfile;
 }
 
 /** Validated, defaulted, frozen storage-node options (sizes in bytes, times in ms, dataDir absolute). */
@@ -135,6 +146,8 @@ export interface CompiledStorageNodeOptions {
   readonly pricePerHour: number;
   /** bytes/s; 0 = unknown. */
   readonly readBytesPerSecond: number;
+  /** "measure", "off" or the profile to advertise (role "storage"). */
+  readonly profile: "measure" | "off" | NodeProfile;
 }
 
 /** Smallest accepted bufferBytes; a layout may need more (checked at OpenSequence). */
@@ -173,8 +186,12 @@ export function compileStorageNodeOptions(options: StorageNodeOptions): Compiled
   if (attentionKernel !== "wasm" && attentionKernel !== "js") {
     throw new ConfigError("attentionKernel", `must be "wasm" or "js", got ${JSON.stringify(attentionKernel)}`);
   }
-  const nonNegative = (name: string, v: number | undefined) => {
-    const n = v ?? 0;
+  const profile = options.profile ?? "off";
+  if (typeof profile === "object") checkStorageProfile(profile);
+  else if (profile !== "measure" && profile !== "off")
+    throw new ConfigError("profile", `must be "measure", "off" or a NodeProfile, got ${JSON.stringify(profile)}`);
+  const nonNegative = (name: string, v: number | undefined, dflt = 0) => {
+    const n = v ?? dflt;
     if (typeof n !== "number" || !Number.isFinite(n) || n < 0)
       throw new ConfigError(name, `must be a finite number >= 0, got ${String(v)}`);
     return n;
@@ -189,8 +206,13 @@ export function compileStorageNodeOptions(options: StorageNodeOptions): Compiled
     fsync,
     drainGraceMs,
     attentionKernel,
-    pricePerHour: nonNegative("pricePerHour", options.pricePerHour),
+    pricePerHour: nonNegative(
+      "pricePerHour",
+      options.pricePerHour,
+      typeof profile === "object" ? profile.pricePerHour : 0,
+    ),
     readBytesPerSecond: nonNegative("readBytesPerSecond", options.readBytesPerSecond),
+    profile,
   });
 }
 
@@ -536,6 +558,28 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
     });
   }
 
+  /**
+   * The advertised profile: measured in start() ("measure"), none ("off"),
+   * or the given one with profile_seconds 0 (not measured here) and this
+   * node's price, capacity and buffer size.
+   */
+  let profile: NodeProfile | undefined =
+    typeof opts.profile === "object" && opts.profile.figures.case === "storage"
+      ? {
+          ...opts.profile,
+          pricePerHour: opts.pricePerHour,
+          profileSeconds: 0,
+          figures: {
+            case: "storage",
+            value: {
+              ...opts.profile.figures.value,
+              capacityBytes: BigInt(opts.capacityBytes),
+              bufferBytes: BigInt(opts.bufferBytes),
+            },
+          },
+        }
+      : undefined;
+
   const impl: ServiceImpl<typeof Attention> = {
     /**
      * Creates the sequence's files, or finds them (its persisted length):
@@ -562,10 +606,12 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
     },
     /**
      * Capacity and reserved disk bytes (sum of usable sequences'
-     * reservations), configured price ($/h) and read bandwidth (bytes/s).
+     * reservations), configured price ($/h), read bandwidth (bytes/s) and
+     * the profile (unset when off).
      */
     async info() {
       return {
+        profile,
         role: "storage",
         capacityBytes: BigInt(opts.capacityBytes),
         usedBytes: BigInt(usedBytes()),
@@ -590,6 +636,9 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
     onDrain: () => attendLoops.stop(opts.drainGraceMs),
     beforeShutdown: () => attendLoops.stop(),
     async onStart() {
+      // Before the port is bound (no request competes) and before the scan
+      // (the data directory exists after it).
+      if (opts.profile === "measure") profile = await profileStorageNode(opts);
       const found = await scanDataDir(opts.dataDir, reservedBytesOf);
       for (const s of found.sequences) sequences.set(s.id, s);
       for (const [name, err] of found.broken) broken.set(name, err);

@@ -630,6 +630,7 @@ test("options are compiled once: defaults, sizes as strings, bad values name the
       attentionKernel: "wasm",
       pricePerHour: 0,
       readBytesPerSecond: 0,
+      profile: "off",
     },
   );
   assert.equal(o.dataDir, join(process.cwd(), "rel/dir"));

@@ -13,3 +13,39 @@ export async function nodesCommand(cluster: string): Promise<number> {
     client.close();
   }
 }
+
+/**
+ * `tessera nodes add ROLE ADDRESS`: adds a node to a running cluster
+ * (Coordinator.AddNode). Resolves exit code 0.
+ * @throws Error naming the coordinator and the refusal (bad role or address, node not answering).
+ */
+export async function addNodeCommand(cluster: string, role: string, address: string): Promise<number> {
+  const client = createClient(Coordinator, cluster);
+  try {
+    await client.addNode({ role, address }, { deadline: 30_000 });
+    process.stdout.write(`${role}-node ${address} added to ${cluster}\n`);
+    return 0;
+  } catch (err) {
+    throw new Error(`coordinator ${cluster}: ${RpcError.from(err).message}`);
+  } finally {
+    client.close();
+  }
+}
+
+/**
+ * `tessera nodes remove ADDRESS`: removes a node from a running cluster
+ * (Coordinator.RemoveNode); its sequences move. Resolves exit code 0.
+ * @throws Error naming the coordinator and the refusal (unknown node, last of its kind).
+ */
+export async function removeNodeCommand(cluster: string, address: string): Promise<number> {
+  const client = createClient(Coordinator, cluster);
+  try {
+    await client.removeNode({ address }, { deadline: 30_000 });
+    process.stdout.write(`node ${address} removed from ${cluster}\n`);
+    return 0;
+  } catch (err) {
+    throw new Error(`coordinator ${cluster}: ${RpcError.from(err).message}`);
+  } finally {
+    client.close();
+  }
+}

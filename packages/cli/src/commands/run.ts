@@ -4,6 +4,7 @@ import { loadModelTokenizer, parsePromptsJsonl, readModelHeader, type PromptSpec
 import { startLocalCluster, type LocalCluster } from "../local-cluster.js";
 import { bundled, defaultTokenizerFor } from "../paths.js";
 import { RunProgress } from "../progress.js";
+import { describeJobPlan } from "@tessera/coordinator";
 import { ResultsWriter } from "../results-writer.js";
 
 /** Flags of `tessera run`. */
@@ -131,6 +132,7 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
           }
           await writer.write(e.value);
         } else if (e.case === "summary") summary = e.value;
+        else if (e.case === "plan") progress.log(describeJobPlan(e.value));
       }
     } catch (err) {
       if (signal.aborted) throw new Error("interrupted");
