@@ -191,6 +191,16 @@ program
   )
   .addOption(
     new Option(
+      "--kv-placement <rule>",
+      "plan: sequences follow the job plan's KV shares (most tokens/s per $/h); cheapest-first: each where its " +
+        "attention costs least per token, filling the cheapest node first",
+    )
+      .choices(["plan", "cheapest-first"])
+      .default("plan")
+      .env("TESSERA_KV_PLACEMENT"),
+  )
+  .addOption(
+    new Option(
       "--failover <ms>",
       "how long a memory-node may fail before its sequences move to other attention nodes (KV rebuilt there)",
     )
@@ -213,6 +223,7 @@ program
       maxPrefillTokens: o.maxPrefillTokens,
       kvHeadGroups: o.kvHeadGroups,
       failoverMs: o.failover,
+      kvPlacement: o.kvPlacement,
     }),
   );
 

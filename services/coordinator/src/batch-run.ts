@@ -347,7 +347,7 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
             ? planKv(shape, ctx.gpuSurvey, candidates, workload, groups)
             : undefined;
         economics.nodes = nodes;
-        economics.shares = kv?.shares;
+        economics.shares = options.kvPlacement === "plan" ? kv?.shares : undefined;
         revision++;
         const plan = jobPlanMessage(
           kv,

@@ -51,6 +51,15 @@ export interface CoordinatorOptions {
    * job whose model it does not divide fails INVALID_ARGUMENT). @default 1
    */
   kvHeadGroups?: number;
+  /**
+   * How sequences are spread over attention nodes: "plan" follows the job
+   * plan's KV shares (packages/scheduler's planner: the most tokens/s per
+   * $/h); "cheapest-first" puts each where its attention costs least per
+   * decoded token (price / read bandwidth) among nodes with room, filling
+   * the cheapest first (placeSequences without shares; the plan is still
+   * made and reported). @default "plan"
+   */
+  kvPlacement?: "plan" | "cheapest-first";
   /** Log sink. @default stderr */
   log?: (line: string) => void;
 }
@@ -62,6 +71,11 @@ export type CompiledCoordinatorOptions = Readonly<Required<Omit<CoordinatorOptio
 };
 
 const ADDRESS = /^[^\s:]+:\d{1,5}$/;
+
+function kvPlacementOf(v: string | undefined): "plan" | "cheapest-first" {
+  if (v === undefined || v === "plan" || v === "cheapest-first") return v ?? "plan";
+  throw new ConfigError("kvPlacement", `must be "plan" or "cheapest-first", got ${JSON.stringify(v)}`);
+}
 
 /**
  * Applies defaults and validates once, at construction (Temporal's
@@ -103,6 +117,7 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     connectTimeoutMs: positive("connectTimeoutMs", o.connectTimeoutMs, 5000),
     shutdownGraceMs: positive("shutdownGraceMs", o.shutdownGraceMs, 5000),
     kvHeadGroups: positive("kvHeadGroups", o.kvHeadGroups, 1),
+    kvPlacement: kvPlacementOf(o.kvPlacement),
     log: o.log ?? ((line: string) => process.stderr.write(line + "\n")),
   });
 }

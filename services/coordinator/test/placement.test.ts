@@ -117,6 +117,17 @@ test("options: defaults, and a bad value names the option", () => {
   const o = compileCoordinatorOptions({ gpuNodes: ["127.0.0.1:1"], memoryNodes: ["127.0.0.1:2"] });
   assert.equal(o.storageThresholdTokens, 4096);
   assert.equal(o.kvHeadGroups, 1);
+  assert.equal(o.kvPlacement, "plan");
+  assert.equal(o.failoverMs, 3000);
+  assert.throws(
+    () =>
+      compileCoordinatorOptions({
+        gpuNodes: ["a:1"],
+        memoryNodes: ["b:2"],
+        kvPlacement: "random" as unknown as "plan",
+      }),
+    (e: unknown) => e instanceof ConfigError && e.option === "kvPlacement",
+  );
   assert.throws(
     () => compileCoordinatorOptions({ gpuNodes: ["a:1"], memoryNodes: ["b:2"], kvHeadGroups: 0 }),
     (e: unknown) => e instanceof ConfigError && e.option === "kvHeadGroups",
