@@ -95,7 +95,7 @@ test("SIGTERM stops `tessera run` and its local cluster, leaving no processes or
   const env = { ...process.env, TMPDIR: join(tmp.path, "t") };
   const out = join(tmp.path, "results.jsonl");
   let sent = false;
-  const run = await runCli(["run", "--prompt", "", "--max-tokens", "100000", "--out", out], {
+  const run = await runCli(["run", "--prompt", "", "--max-tokens", "4096", "--out", out], {
     env,
     onStderr: (chunk, child) => {
       // Signal once the decode is under way (the progress line shows tokens).

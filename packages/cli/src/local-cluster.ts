@@ -23,6 +23,12 @@ export interface LocalClusterOptions {
   verbose?: boolean;
   /** How long each child may take to become ready, in ms. @default 60000 */
   readyTimeoutMs?: number;
+  /**
+   * NATS node registry: the nodes register in `${prefix}-nodes` at
+   * `servers` and the coordinator takes them from there (it is given no
+   * node addresses). @default none (the coordinator is given the addresses)
+   */
+  nats?: { servers: string; prefix: string };
 }
 
 /** A running child process of one role. */
@@ -118,7 +124,9 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
   await mkdir(tmp);
   const verbose = options.verbose ?? false;
   const timeout = options.readyTimeoutMs ?? 60_000;
-  const flags = (r: Role) => options.flags?.[r] ?? [];
+  const nats = options.nats ? ["--nats", options.nats.servers, "--nats-prefix", options.nats.prefix] : [];
+  // Nodes register with `nats` before their own flags; the coordinator then needs no addresses.
+  const flags = (r: Role) => [...(r === "coordinator" ? [] : nats), ...(options.flags?.[r] ?? [])];
   const procs = new Map<Role, RoleProcess>();
   const args = new Map<Role, string[]>();
   const start = async (role: Role, a: string[]) => {
@@ -190,12 +198,16 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
       "coordinator",
       "--port",
       "0",
-      "--gpu-node",
-      procs.get("gpu")!.address,
-      "--memory-node",
-      procs.get("memory")!.address,
-      "--storage-node",
-      procs.get("storage")!.address,
+      ...(options.nats
+        ? nats
+        : [
+            "--gpu-node",
+            procs.get("gpu")!.address,
+            "--memory-node",
+            procs.get("memory")!.address,
+            "--storage-node",
+            procs.get("storage")!.address,
+          ]),
       "--model",
       options.model,
       "--tokenizer",

@@ -15,6 +15,7 @@ const commands = {
   nodes: () => import("./commands/nodes.js"),
   profile: () => import("./commands/profile.js"),
   plan: () => import("./commands/plan.js"),
+  jobs: () => import("./commands/jobs.js"),
   coordinator: () => import("@tessera/coordinator"),
   gpu: () => import("@tessera/gpu-node"),
   memory: () => import("@tessera/memory-node"),
@@ -208,6 +209,41 @@ program
       .default(3000)
       .env("TESSERA_FAILOVER"),
   )
+  .addOption(
+    new Option(
+      "--nats <servers>",
+      "NATS servers (comma-separated host:port): take nodes from the node registry (node addresses become optional)",
+    ).env("TESSERA_NATS"),
+  )
+  .addOption(
+    new Option("--nats-prefix <prefix>", "prefix of the NATS buckets and streams")
+      .default("tessera")
+      .env("TESSERA_NATS_PREFIX"),
+  )
+  .addOption(
+    new Option("--node-lost-after <ms>", "a registered node with no heartbeat for this long is lost (with --nats)")
+      .argParser(int("--node-lost-after", 1))
+      .default(3000)
+      .env("TESSERA_NODE_LOST_AFTER"),
+  )
+  .addOption(
+    new Option("--limit-prompts <n>", "most prompts in one job").argParser(int("--limit-prompts", 1)).default(10000),
+  )
+  .addOption(
+    new Option("--limit-prompt-bytes <bytes>", "most bytes of one prompt's text, e.g. 64KiB")
+      .argParser(size("--limit-prompt-bytes"))
+      .default(64 * 1024, "64KiB"),
+  )
+  .addOption(
+    new Option("--limit-max-tokens <n>", "largest max_tokens a job may ask for")
+      .argParser(int("--limit-max-tokens", 1))
+      .default(4096),
+  )
+  .addOption(
+    new Option("--limit-request-bytes <bytes>", "most bytes of one Generate request, e.g. 64MiB")
+      .argParser(size("--limit-request-bytes"))
+      .default(64 * 1024 ** 2, "64MiB"),
+  )
   .action(async (o) =>
     (await commands.coordinator()).runCoordinator({
       host: o.host,
@@ -224,6 +260,15 @@ program
       kvHeadGroups: o.kvHeadGroups,
       failoverMs: o.failover,
       kvPlacement: o.kvPlacement,
+      nats: o.nats,
+      natsPrefix: o.natsPrefix,
+      nodeLostAfterMs: o.nodeLostAfter,
+      limits: {
+        maxPrompts: o.limitPrompts,
+        maxPromptBytes: o.limitPromptBytes,
+        maxTokens: o.limitMaxTokens,
+        maxRequestBytes: o.limitRequestBytes,
+      },
     }),
   );
 
@@ -236,12 +281,35 @@ const price = () =>
   )
     .argParser(num("--price", 0, 1e6))
     .env("TESSERA_PRICE");
+// Where a node listens, and (with --nats) where it registers and the address it advertises there.
 const hostPort = (c: Command, port: number) =>
   c
     .addOption(new Option("--host <host>", "address to listen on").default("127.0.0.1").env("TESSERA_HOST"))
     .addOption(
       new Option("--port <port>", "port (0 = free port)").argParser(int("--port")).default(port).env("TESSERA_PORT"),
+    )
+    .addOption(
+      new Option("--nats <servers>", "NATS servers (comma-separated host:port): register in the node registry").env(
+        "TESSERA_NATS",
+      ),
+    )
+    .addOption(
+      new Option("--nats-prefix <prefix>", "prefix of the NATS buckets and streams")
+        .default("tessera")
+        .env("TESSERA_NATS_PREFIX"),
+    )
+    .addOption(
+      new Option(
+        "--advertise <host:port>",
+        "address registered for others to reach this node (default: the bound one)",
+      ).env("TESSERA_ADVERTISE"),
     );
+/** The node registry options of a node command's parsed options. */
+const registryOf = (o: { nats?: string; natsPrefix?: string; advertise?: string }) => ({
+  nats: o.nats,
+  natsPrefix: o.natsPrefix,
+  advertise: o.advertise,
+});
 // The self-profile (issue 4): measured at start, off, or read from a file --profile-only wrote.
 const profiled = (c: Command) =>
   c
@@ -315,7 +383,7 @@ profiled(hostPort(node.command("gpu").description("Dense compute of a layer rang
     };
     if (o.profileOnly)
       return (await commands.profile()).printProfile(() => m.profileGpuNode(m.compileGpuNodeOptions(options)));
-    return m.runGpuNode(options);
+    return m.runGpuNode(options, registryOf(o));
   });
 
 profiled(hostPort(node.command("memory").description("Attention over a KV cache held in RAM."), 7302))
@@ -343,7 +411,7 @@ profiled(hostPort(node.command("memory").description("Attention over a KV cache 
     };
     if (o.profileOnly)
       return (await commands.profile()).printProfile(() => m.profileMemoryNode(m.compileMemoryNodeOptions(options)));
-    return m.runMemoryNode(options);
+    return m.runMemoryNode(options, registryOf(o));
   });
 
 profiled(hostPort(node.command("storage").description("Attention streamed from a KV cache in files."), 7303))
@@ -395,7 +463,7 @@ profiled(hostPort(node.command("storage").description("Attention streamed from a
     };
     if (o.profileOnly)
       return (await commands.profile()).printProfile(() => m.profileStorageNode(m.compileStorageNodeOptions(options)));
-    return m.runStorageNode(options);
+    return m.runStorageNode(options, registryOf(o));
   });
 
 const nodes = program.command("nodes").description("List, add or remove a cluster's nodes (default: list).");
@@ -465,6 +533,72 @@ program
       }),
     ),
   );
+
+// Batch jobs (issue 5): straight to NATS JetStream, where coordinators pull them.
+const natsFlags = (c: Command) =>
+  c
+    .addOption(
+      new Option("--nats <servers>", "NATS servers (comma-separated host:port)")
+        .default("127.0.0.1:4222")
+        .env("TESSERA_NATS"),
+    )
+    .addOption(
+      new Option("--nats-prefix <prefix>", "prefix of the NATS buckets and streams")
+        .default("tessera")
+        .env("TESSERA_NATS_PREFIX"),
+    );
+natsFlags(
+  program
+    .command("submit")
+    .description(
+      "Submit a batch job: a prompts file in Tessera's JSONL or the OpenAI Batch API format (/v1/completions), " +
+        "validated before anything is stored; prints the job id. Results come back in the file's format.",
+    )
+    .argument("<file>", "input JSONL")
+    .option("--job-id <id>", "the job's id (letters, digits, _ and -); submitting an existing id returns that job")
+    .addOption(new Option("--priority <p>", "queue priority").choices(["high", "normal", "low"]).default("normal"))
+    .option("--tenant <name>", "owner of the job")
+    .option("--model <path>", "checkpoint on the cluster's filesystem (default: the coordinator's)")
+    .option("--tokenizer <path>", "tokenizer on the cluster's filesystem (default: the coordinator's)")
+    .addOption(new Option("--format <f>", "input format").choices(["auto", "tessera", "openai"]).default("auto"))
+    .option("--max-tokens <n>", "most tokens to generate per prompt (default 256)", int("--max-tokens", 1))
+    .option("--temperature <t>", "0 = greedy (default)", num("--temperature", 0, 100))
+    .option("--top-p <p>", "nucleus sampling threshold (default 0.9)", num("--top-p", 0, 1))
+    .option("--seed <n>", "sampling seed (default: drawn at submit and kept with the job)", int("--seed", 1)),
+).action((file: string, o) => withSignals(async () => (await commands.jobs()).submitCommand(file, o)));
+natsFlags(
+  program
+    .command("jobs")
+    .description("List batch jobs: id, status, priority, progress, submitted.")
+    .option("--tenant <name>", "only this tenant's jobs")
+    .option("--json", "one JSON job state per line", false),
+).action((o) => withSignals(async () => (await commands.jobs()).jobsCommand(o)));
+natsFlags(
+  program
+    .command("status")
+    .description("Show a batch job's status and progress (prompts done/total, tokens).")
+    .argument("<id>", "job id")
+    .option("--json", "the job state as JSON", false),
+).action((id: string, o) => withSignals(async () => (await commands.jobs()).statusCommand(id, o)));
+natsFlags(
+  program
+    .command("results")
+    .description("Write a batch job's results (JSONL, in its input's format) to stdout, as far as they are stored.")
+    .argument("<id>", "job id")
+    .option("--follow", "keep writing results as they are stored until the job ends", false),
+).action((id: string, o) => withSignals(async (signal) => (await commands.jobs()).resultsCommand(id, o, signal)));
+natsFlags(
+  program
+    .command("cancel")
+    .description("Cancel a batch job: a queued one at once, a running one at its coordinator's next step.")
+    .argument("<id>", "job id"),
+).action((id: string, o) => withSignals(async () => (await commands.jobs()).cancelCommand(id, o)));
+natsFlags(
+  program
+    .command("watch")
+    .description("Print a progress line at every change of a batch job until it ends (exit 3 unless completed).")
+    .argument("<id>", "job id"),
+).action((id: string, o) => withSignals(async (signal) => (await commands.jobs()).watchCommand(id, o, signal)));
 
 const model = program.command("model").description("Model checkpoints.");
 model

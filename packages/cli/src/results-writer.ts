@@ -1,41 +1,12 @@
 import { open, rename, rm, type FileHandle } from "node:fs/promises";
 import type { Result } from "@tessera/proto";
+import { tesseraResultLine, type TesseraResultLine } from "@tessera/core";
 
-/** One line of a results file (snake_case, as the input file). */
-export interface ResultLine {
-  id: string;
-  prompt: string;
-  completion: string;
-  prompt_tokens: number;
-  completion_tokens: number;
-  completion_token_ids: number[];
-  finish_reason: string;
-  error?: string;
-  kv_node: string;
-  timings: { prefill_s: number; decode_s: number; total_s: number };
-}
+/** One line of a results file (snake_case, as the input file): core's Tessera result line. */
+export type ResultLine = TesseraResultLine;
 
-/** The JSON object written for one Result. */
-export function resultLine(r: Result): ResultLine {
-  return {
-    id: r.id,
-    prompt: r.prompt,
-    completion: r.completion,
-    prompt_tokens: r.promptTokenIds.length,
-    completion_tokens: r.completionTokenIds.length,
-    completion_token_ids: r.completionTokenIds,
-    finish_reason: r.finishReason,
-    ...(r.error ? { error: r.error } : {}),
-    kv_node: r.kvNode,
-    timings: {
-      prefill_s: round(r.timings?.prefillSeconds ?? 0),
-      decode_s: round(r.timings?.decodeSeconds ?? 0),
-      total_s: round(r.timings?.totalSeconds ?? 0),
-    },
-  };
-}
-
-const round = (s: number) => Math.round(s * 1e6) / 1e6;
+/** The JSON object written for one Result (core's {@link tesseraResultLine}). */
+export const resultLine = (r: Result): ResultLine => tesseraResultLine(r);
 
 /**
  * Writes results as JSONL, one line per result as it arrives, to

@@ -29,6 +29,12 @@ export interface GrpcServiceSpec<R extends string> {
   /** In `drain()`, after the state becomes "draining" and before the server stops taking calls: wind down the role's own work. */
   onDrain?(): void | Promise<void>;
   /** When true, `close()` of a running service drains first (with the grace period) before forcing. @default false */
+  /**
+   * Largest message the server accepts, bytes; larger ones are refused
+   * RESOURCE_EXHAUSTED by grpc-js before decoding. @default the channel
+   * default of every Tessera service (1 GiB)
+   */
+  maxReceiveBytes?: number;
   drainOnClose?: boolean;
   /** In `close()`, after the state becomes "closed" and before the forced shutdown: end the role's open calls cleanly. */
   beforeShutdown?(): void | Promise<void>;
@@ -65,7 +71,13 @@ export function createGrpcService<R extends string>(spec: GrpcServiceSpec<R>): S
 
   async function bind(): Promise<void> {
     await spec.onStart?.();
-    server = await startGrpcServer(spec.host, spec.port, spec.serviceNames, (s) => spec.register(s));
+    server = await startGrpcServer(
+      spec.host,
+      spec.port,
+      spec.serviceNames,
+      (s) => spec.register(s),
+      spec.maxReceiveBytes,
+    );
   }
 
   async function drain(): Promise<void> {

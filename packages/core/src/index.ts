@@ -11,6 +11,7 @@ export * from "./sampler.js";
 export * from "./reference-model.js";
 export * from "./synth.js";
 export * from "./prompts.js";
+export * from "./batch-format.js";
 export * from "./attention.js";
 export * from "./grpc-service.js";
 export * from "./safetensors.js";

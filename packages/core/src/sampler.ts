@@ -9,7 +9,9 @@
  * run.c works in C `float`; values it rounds to float32 are rounded here with
  * `Math.fround` (a double result of +, -, *, / rounded once to float32 equals
  * the float32 operation). `expf` is `Math.exp` rounded to float32, which can
- * differ from glibc's `expf` in the last bit on rare inputs.
+ * differ from glibc's `expf` in the last bit on rare inputs. One departure:
+ * a temperature so small that logits / temperature overflow (run.c goes on
+ * with inf and NaN) samples the argmax.
  */
 import { ConfigError } from "./errors.js";
 
@@ -151,6 +153,9 @@ function sampleTopP(probs: Float32Array, topp: number, coin: number, index: Int3
   return candidates[last]!;
 }
 
+/** Largest finite float32. */
+const F32_MAX = 3.4028234663852886e38;
+
 /**
  * A sampler reproducing llama2.c run.c's `sample()` bit for bit (see the
  * module comment for the float32 caveats and the tie order of top-p).
@@ -180,6 +185,16 @@ export function createSampler(options: SamplerOptions): Sampler {
     sample(logits: Float32Array): number {
       if (logits.length !== vocabSize) throw new RangeError(`expected ${vocabSize} logits, got ${logits.length}`);
       if (temperature === 0) return argmax(logits);
+      // A temperature so small that logits / temperature overflow float32
+      // (run.c would go on with inf and NaN): the limit of softmax as the
+      // temperature goes to 0 is the argmax. The coin is still drawn, so
+      // the generator steps as on any other sampled token.
+      let maxAbs = 0;
+      for (let i = 0; i < vocabSize; i++) maxAbs = Math.max(maxAbs, Math.abs(logits[i]!));
+      if (maxAbs / temperature > F32_MAX) {
+        rng.nextF32();
+        return argmax(logits);
+      }
       for (let i = 0; i < vocabSize; i++) logits[i] = logits[i]! / temperature;
       softmaxF32InPlace(logits);
       const coin = rng.nextF32();

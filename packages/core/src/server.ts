@@ -16,7 +16,8 @@ export interface GrpcServer {
 
 /**
  * Creates a server, lets `register` add services to it, adds grpc.health.v1
- * for `serviceNames`, and binds `host:port`.
+ * for `serviceNames`, and binds `host:port`. Messages over `maxReceiveBytes`
+ * are refused RESOURCE_EXHAUSTED before decoding.
  * @throws Error naming the address when the port cannot be bound.
  */
 export async function startGrpcServer(
@@ -24,9 +25,10 @@ export async function startGrpcServer(
   port: number,
   serviceNames: readonly string[],
   register: (server: Server) => void,
+  maxReceiveBytes: number = defaultChannelOptions["grpc.max_receive_message_length"] ?? 2 ** 30,
 ): Promise<GrpcServer> {
   const server = new Server({
-    "grpc.max_receive_message_length": defaultChannelOptions["grpc.max_receive_message_length"],
+    "grpc.max_receive_message_length": maxReceiveBytes,
     "grpc.max_send_message_length": defaultChannelOptions["grpc.max_send_message_length"],
   });
   register(server);

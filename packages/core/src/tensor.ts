@@ -273,3 +273,33 @@ export function tensorWireDtype(t: Tensor | undefined): WireDtype | undefined {
   if (t?.dtype === DType.DTYPE_F32) return "f32";
   return undefined;
 }
+
+/**
+ * Checks that every value of `values` is a number of magnitude at most
+ * `maxAbs` (default: the largest f32, i.e. finite). Decoded wire tensors
+ * hold whatever a client sent; NaN, ±inf or huge values in an attention
+ * node's q or k make the scores NaN, and the kernels then fail. One pass,
+ * no allocation.
+ * @throws RangeError naming `what`, the first bad index and its value.
+ */
+export function checkFiniteValues(values: Float32Array, what: string, maxAbs = F32_MAX): void {
+  for (let i = 0; i < values.length; i++) {
+    const x = values[i]!;
+    // Written so that NaN fails too.
+    if (!(x <= maxAbs && x >= -maxAbs)) {
+      throw new RangeError(`${what}: value ${x} at index ${i} is not a finite number of magnitude <= ${maxAbs}`);
+    }
+  }
+}
+
+/** The largest finite f32 value. */
+const F32_MAX = 3.4028234663852886e38;
+
+/**
+ * Largest |value| an attention node accepts in q and k (with
+ * {@link checkFiniteValues}): dot products of 2^20 such values stay far
+ * below the f32 maximum (1e15^2 x 2^20 is about 1e36), so no attention score
+ * overflows. Real activations are many orders of magnitude smaller (f16
+ * wire values are at most 65504).
+ */
+export const QK_MAX_ABS = 1e15;

@@ -138,3 +138,16 @@ test("createSampler rejects bad options with the option's name", () => {
   const s = createSampler({ vocabSize: 4, temperature: 1, topP: 0.9, seed: 7 });
   assert.throws(() => s.sample(new Float32Array(3)), RangeError);
 });
+
+test("a temperature so small that logits / temperature overflow samples the argmax, and the generator still steps", () => {
+  const tiny = createSampler({ vocabSize: 4, temperature: 1e-40, topP: 0.9, seed: 42n });
+  const mult = createSampler({ vocabSize: 4, temperature: 1e-40, topP: 1, seed: 42n });
+  for (const s of [tiny, mult]) {
+    assert.equal(s.sample(new Float32Array([0.5, 2.5, -1, 2.4])), 1);
+    assert.equal(s.sample(new Float32Array([-3, -2, -1, 7])), 3);
+  }
+  const reference = createSampler({ vocabSize: 4, temperature: 1, topP: 1, seed: 42n });
+  reference.sample(new Float32Array(4));
+  reference.sample(new Float32Array(4));
+  assert.equal(tiny.rng.nextF32(), reference.rng.nextF32());
+});

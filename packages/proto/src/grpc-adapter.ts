@@ -16,7 +16,7 @@ import {
   type MessageShape,
 } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
-import { RpcError } from "./rpc-error.js";
+import { Code, RpcError } from "./rpc-error.js";
 
 type AnyGen = GenService<GenServiceMethods>;
 type MethodsOf<S> = S extends GenService<infer M> ? M : never;
@@ -29,14 +29,25 @@ type Out<M> = M extends { output: infer O extends DescMessage } ? O : never;
  * be written as init objects; they are completed with `create` first.
  */
 export function serviceDefinition(service: DescService): grpc.ServiceDefinition {
+  return definitionOf(service, (m, buf) => fromBinary(m.input, buf));
+}
+
+function definitionOf(
+  service: DescService,
+  decodeRequest: (m: DescMethod, buf: Buffer) => unknown,
+): grpc.ServiceDefinition {
   const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
   for (const method of service.methods) {
-    def[method.localName] = methodDefinition(service, method);
+    def[method.localName] = methodDefinition(service, method, decodeRequest);
   }
   return def as grpc.ServiceDefinition;
 }
 
-function methodDefinition(service: DescService, m: DescMethod): grpc.MethodDefinition<unknown, unknown> {
+function methodDefinition(
+  service: DescService,
+  m: DescMethod,
+  decodeRequest: (m: DescMethod, buf: Buffer) => unknown,
+): grpc.MethodDefinition<unknown, unknown> {
   const bidiOrClient = m.methodKind === "client_streaming" || m.methodKind === "bidi_streaming";
   const bidiOrServer = m.methodKind === "server_streaming" || m.methodKind === "bidi_streaming";
   return {
@@ -45,7 +56,7 @@ function methodDefinition(service: DescService, m: DescMethod): grpc.MethodDefin
     requestStream: bidiOrClient,
     responseStream: bidiOrServer,
     requestSerialize: (msg) => serialize(m.input, msg),
-    requestDeserialize: (buf: Buffer) => fromBinary(m.input, buf),
+    requestDeserialize: (buf: Buffer) => decodeRequest(m, buf),
     responseSerialize: (msg) => serialize(m.output, msg),
     responseDeserialize: (buf: Buffer) => fromBinary(m.output, buf),
   };
@@ -54,6 +65,36 @@ function methodDefinition(service: DescService, m: DescMethod): grpc.MethodDefin
 function serialize(schema: DescMessage, msg: unknown): Buffer {
   const bytes = toBinary(schema, create(schema, msg as MessageInitShape<DescMessage>));
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/**
+ * A request message that protobuf could not decode (a truncated varint or
+ * length, a bad wire type, ...). The server-side deserializer returns it
+ * instead of throwing: grpc-js answers a throwing deserializer with
+ * INTERNAL, but bytes a client sent wrong are the client's error, so
+ * {@link addService} closes the call with INVALID_ARGUMENT naming the
+ * method and protobuf's reason, and the handler never sees it.
+ */
+class MalformedRequest {
+  constructor(
+    readonly method: string,
+    readonly cause: unknown,
+  ) {}
+
+  toRpcError(): RpcError {
+    const why = this.cause instanceof Error ? this.cause.message : String(this.cause);
+    return new RpcError(Code.INVALID_ARGUMENT, `${this.method}: malformed request message: ${why}`, {
+      cause: this.cause,
+    });
+  }
+}
+
+function decodeOrMark(m: DescMethod, buf: Buffer): unknown {
+  try {
+    return fromBinary(m.input, buf);
+  } catch (err) {
+    return new MalformedRequest(`${m.parent.typeName}.${m.name}`, err);
+  }
 }
 
 /** Server-side handler of one method, by method kind. */
@@ -76,6 +117,13 @@ export type ServiceImpl<S extends AnyGen> = { [K in keyof MethodsOf<S>]: MethodI
  * its response; a streaming handler writes to `call` and resolves when done
  * (the adapter ends the call). Anything a handler throws becomes the call's
  * status through {@link RpcError.from}.
+ *
+ * A request message that does not decode closes its call with
+ * INVALID_ARGUMENT (not grpc-js' INTERNAL): a unary or server-streaming
+ * handler is not called; on a client- or bidi-streaming call the handler
+ * sees the requests before it and then the end of the stream (as if the
+ * client had half-closed; later messages are dropped), and once it
+ * resolves, or rejects, the call ends with INVALID_ARGUMENT.
  */
 export function addService<S extends AnyGen>(server: grpc.Server, service: S, impl: ServiceImpl<S>): void {
   const handlers: Record<string, grpc.UntypedHandleCall> = {};
@@ -85,6 +133,7 @@ export function addService<S extends AnyGen>(server: grpc.Server, service: S, im
     if (!fn) throw new Error(`no implementation for ${service.typeName}.${method.name}`);
     if (method.methodKind === "unary") {
       handlers[method.localName] = (call: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+        if (call.request instanceof MalformedRequest) return cb(toServiceError(call.request.toRpcError()));
         fn(call.request, call).then(
           (res) => cb(null, res),
           (err: unknown) => cb(toServiceError(err)),
@@ -92,20 +141,44 @@ export function addService<S extends AnyGen>(server: grpc.Server, service: S, im
       };
     } else {
       handlers[method.localName] = (call: grpc.ServerWritableStream<unknown, unknown>) => {
+        const fail = (err: unknown) => {
+          // grpc-js turns an 'error' event into the call's status (and
+          // ends it); destroy() would drop the call without any status.
+          if (!call.writableEnded && !call.destroyed) call.emit("error", toServiceError(err));
+        };
+        if (call.request instanceof MalformedRequest) return fail(call.request.toRpcError());
+        const malformed = method.methodKind === "server_streaming" ? undefined : endOnMalformed(call);
         fn(call).then(
           () => {
-            if (!call.writableEnded) call.end();
+            if (malformed?.error) fail(malformed.error);
+            else if (!call.writableEnded) call.end();
           },
-          (err: unknown) => {
-            // grpc-js turns an 'error' event into the call's status (and
-            // ends it); destroy() would drop the call without any status.
-            if (!call.writableEnded && !call.destroyed) call.emit("error", toServiceError(err));
-          },
+          (err: unknown) => fail(malformed?.error ?? err),
         );
       };
     }
   }
-  server.addService(serviceDefinition(service), handlers);
+  server.addService(definitionOf(service, decodeOrMark), handlers);
+}
+
+/**
+ * Ends the request side of a client- or bidi-streaming call at its first
+ * malformed message (grpc-js pushes each decoded request into the call's
+ * Readable; a push after the end would be a stream error) and records it.
+ */
+function endOnMalformed(call: grpc.ServerWritableStream<unknown, unknown>): { error: RpcError | undefined } {
+  const state: { error: RpcError | undefined } = { error: undefined };
+  const readable = call as unknown as { push(chunk: unknown): boolean };
+  const push = readable.push.bind(readable);
+  readable.push = (chunk: unknown) => {
+    if (state.error) return false;
+    if (chunk instanceof MalformedRequest) {
+      state.error = chunk.toRpcError();
+      return push(null);
+    }
+    return push(chunk);
+  };
+  return state;
 }
 
 function toServiceError(err: unknown): Partial<grpc.StatusObject> {
@@ -173,12 +246,25 @@ export const defaultChannelOptions: grpc.ChannelOptions = {
  * Creates a typed client of `service` at `address` (host:port, plaintext).
  * Unary calls reject with {@link RpcError}; streaming calls are grpc-js
  * streams (async iterable on the read side).
+ * @throws RpcError INVALID_ARGUMENT when `address` is empty or holds a
+ *   character outside printable ASCII or a space. Addresses often come
+ *   from requests (an attention node's, a next stage's, AddNode's); a
+ *   NUL in a host name ("127\0.0.0.1:1") reaches the resolver as "127"
+ *   (0.0.0.127), and grpc-js leaves a socket connected after its channel
+ *   closed without an 'error' listener, so its later reset
+ *   (ECONNRESET) was an uncaught exception that ended the process.
  */
 export function createClient<S extends AnyGen>(
   service: S,
   address: string,
   channelOptions: grpc.ChannelOptions = {},
 ): Client<S> {
+  if (!/^[\x21-\x7e]+$/.test(address)) {
+    throw new RpcError(
+      Code.INVALID_ARGUMENT,
+      `address ${JSON.stringify(address)} is not host:port (empty, or a space or control character)`,
+    );
+  }
   const Ctor = grpc.makeGenericClientConstructor(serviceDefinition(service), service.name);
   const raw = new Ctor(address, grpc.credentials.createInsecure(), { ...defaultChannelOptions, ...channelOptions });
   const out: Record<string, unknown> = {

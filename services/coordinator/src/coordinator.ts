@@ -2,7 +2,9 @@
  * The coordinator service: takes batches over `tessera.v1.Coordinator`,
  * loads the model on the gpu-nodes, and runs each batch with
  * {@link runBatch}. The node set starts from its options and changes with
- * AddNode / RemoveNode (and nodes jobs find lost); see {@link Membership}.
+ * AddNode / RemoveNode, with the NATS node registry when `nats` is set
+ * (nodes that register, deregister, stop or resume heartbeating), and with
+ * nodes jobs find lost; see {@link Membership}.
  */
 import { setMaxListeners } from "node:events";
 import {
@@ -18,20 +20,29 @@ import {
   type ServiceImpl,
 } from "@tessera/proto";
 import { createGrpcService, type Service } from "@tessera/core";
+import { watchRegistry, type RegistryEvent, type RegistryWatcher } from "@tessera/nats";
 import { runBatch } from "./batch-run.js";
 import { ForwardChannel } from "./forward-channel.js";
 import { ForwardPipeline } from "./pipeline.js";
+import { checkGenerateLimits } from "./limits.js";
 import { planStages, surveyGpuNodes } from "./job-plan.js";
 import { ModelCache } from "./model-cache.js";
 import { ModelLease } from "./model-lease.js";
 import { Membership, type NodeRole } from "./membership.js";
-import { compileCoordinatorOptions, type CompiledCoordinatorOptions, type CoordinatorOptions } from "./options.js";
+import {
+  compileCoordinatorOptions,
+  isHostPort,
+  type CompiledCoordinatorOptions,
+  type CoordinatorOptions,
+} from "./options.js";
 
 /** A running coordinator. */
 export interface CoordinatorService extends Service {
   readonly options: CompiledCoordinatorOptions;
   /** The live node set (starts from `options`). */
   readonly membership: Membership;
+  /** The NATS node registry watcher while running with `nats`; undefined otherwise. */
+  readonly registry: RegistryWatcher | undefined;
 }
 
 /**
@@ -52,6 +63,39 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
     storage: options.storageNodes,
   });
   membership.subscribe((c) => options.log(`cluster: ${c.role}-node ${c.address} ${c.kind} (${c.reason})`));
+  let registry: RegistryWatcher | undefined;
+
+  // The node registry drives the membership as AddNode / RemoveNode and
+  // failing calls do; nodes given in the options stay members.
+  const onRegistry = (e: RegistryEvent) => {
+    const why = `registry: ${e.reason}`;
+    try {
+      switch (e.kind) {
+        case "joined":
+          // A member already (given in the options, or it restarted): up again if it was down.
+          if (!membership.add(e.role, e.address, why)) membership.markUp(e.address, why);
+          break;
+        case "left":
+          if (!membership.roleOf(e.address)) break;
+          try {
+            membership.remove(e.address, why);
+          } catch (err) {
+            // The last gpu-node or attention node stays a member, down, until another registers.
+            options.log(`cluster: ${e.role}-node ${e.address} deregistered: ${(err as Error).message}; kept, down`);
+            membership.markDown(e.address, why);
+          }
+          break;
+        case "lost":
+          membership.markDown(e.address, why);
+          break;
+        case "back":
+          membership.markUp(e.address, why);
+          break;
+      }
+    } catch (err) {
+      options.log(`cluster: registry ${e.kind} of ${e.role}-node ${e.address} ignored: ${(err as Error).message}`);
+    }
+  };
 
   const attentionClient = (address: string) => {
     let c = attentionClients.get(address);
@@ -75,6 +119,7 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
         if (ids.has(p.id)) throw new RpcError(Code.INVALID_ARGUMENT, `prompts: duplicate id "${p.id}"`);
         ids.add(p.id);
       }
+      checkGenerateLimits(req, options.limits);
       const modelPath = req.modelPath || options.modelPath;
       const tokenizerPath = req.tokenizerPath || options.tokenizerPath;
       if (!modelPath || !tokenizerPath) {
@@ -103,7 +148,15 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
         // planner in proportion to the nodes' measured speed (evenly when
         // one is unprofiled).
         const shape = model.header.shape;
-        const gpuNodes = membership.all("gpu");
+        const gpuNodes = membership.up("gpu");
+        if (gpuNodes.length === 0) {
+          throw new RpcError(
+            Code.UNAVAILABLE,
+            membership.all("gpu").length === 0
+              ? `no gpu-node${options.nats ? ` has registered in "${options.natsPrefix}-nodes" at ${options.nats}` : ""}`
+              : `every gpu-node is down (${membership.all("gpu").join(", ")})`,
+          );
+        }
         await Promise.all(
           gpuNodes.map(async (address) => {
             try {
@@ -181,7 +234,7 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
           `role: must be gpu, memory or storage, got ${JSON.stringify(req.role)}`,
         );
       }
-      if (!/^[^\s:]+:\d{1,5}$/.test(req.address)) {
+      if (!isHostPort(req.address)) {
         throw new RpcError(Code.INVALID_ARGUMENT, `address: ${JSON.stringify(req.address)} is not host:port`);
       }
       const role = req.role as NodeRole;
@@ -238,6 +291,22 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
     serviceNames: ["tessera.v1.Coordinator"],
     register: (server) => addService(server, Coordinator, impl),
     graceMs: options.shutdownGraceMs,
+    // Requests just over the limit get limits.ts's INVALID_ARGUMENT naming
+    // it; far larger ones grpc-js refuses before decoding.
+    maxReceiveBytes: options.limits.maxRequestBytes + 2 ** 20,
+    async onStart() {
+      // With NATS the registered nodes are members before the first call.
+      if (options.nats) {
+        registry = await watchRegistry({
+          nats: options.nats,
+          prefix: options.natsPrefix,
+          heartbeatMs: options.nodeHeartbeatMs,
+          lostAfterMs: options.nodeLostAfterMs,
+          onEvent: onRegistry,
+          log: options.log,
+        });
+      }
+    },
     onDrain() {
       // Running jobs are cancelled: their sequences are closed on the way out
       // (resuming a job elsewhere comes with the NATS job queue).
@@ -245,10 +314,14 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
     },
     // close() too gives the cancelled jobs the grace period to close their sequences.
     drainOnClose: true,
-    onClose() {
+    async onClose() {
+      await registry?.stop();
+      registry = undefined;
       membership.close();
       for (const c of [...attentionClients.values(), ...gpuClients.values()]) c.close();
     },
   });
-  return Object.assign(service, { options, membership });
+  return Object.defineProperties(Object.assign(service, { options, membership }), {
+    registry: { get: () => registry, enumerable: true },
+  }) as CoordinatorService;
 }

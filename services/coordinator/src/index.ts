@@ -28,3 +28,11 @@ export {
   type KvPlan,
 } from "./job-plan.js";
 export { runCoordinator } from "./main.js";
+export { createJobWorker, type JobWorker, type JobWorkerOptions } from "./job-worker.js";
+export {
+  checkGenerateLimits,
+  compileGenerateLimits,
+  defaultGenerateLimits,
+  type GenerateLimits,
+  type GenerateLimitsOptions,
+} from "./limits.js";

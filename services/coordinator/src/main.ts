@@ -1,8 +1,53 @@
-import { runUntilSignal } from "@tessera/core";
+import { runUntilSignal, type Service } from "@tessera/core";
 import { createCoordinator } from "./coordinator.js";
+import { createJobWorker, type JobWorker } from "./job-worker.js";
 import type { CoordinatorOptions } from "./options.js";
 
-/** Runs a coordinator as this process's main component until SIGINT/SIGTERM. */
+/**
+ * Runs a coordinator as this process's main component until SIGINT/SIGTERM.
+ * With `nats` set it also runs the job worker (see {@link createJobWorker}):
+ * started once the coordinator serves, stopped first on the way out (its
+ * running job handed back to the queue).
+ */
 export function runCoordinator(options: CoordinatorOptions): Promise<void> {
-  return runUntilSignal(createCoordinator(options));
+  const coordinator = createCoordinator(options);
+  const nats = coordinator.options.nats;
+  if (nats === undefined) return runUntilSignal(coordinator);
+  let worker: JobWorker | undefined;
+  const stopWorker = () => worker?.close();
+  const service: Service = {
+    role: coordinator.role,
+    get state() {
+      return coordinator.state;
+    },
+    get address() {
+      return coordinator.address;
+    },
+    async start() {
+      await coordinator.start();
+      worker = createJobWorker({
+        nats,
+        natsPrefix: coordinator.options.natsPrefix,
+        coordinatorAddress: coordinator.address,
+        defaultModel: coordinator.options.modelPath?.split("/").at(-1) ?? "default",
+        log: coordinator.options.log,
+      });
+      try {
+        await worker.start();
+      } catch (err) {
+        await worker.close();
+        await coordinator.close();
+        throw err;
+      }
+    },
+    async drain() {
+      await stopWorker();
+      await coordinator.drain();
+    },
+    async close() {
+      await stopWorker();
+      await coordinator.close();
+    },
+  };
+  return runUntilSignal(service);
 }

@@ -1,9 +1,10 @@
 /**
  * The cluster a coordinator drives: which gpu-, memory- and storage-nodes
  * exist now, and which of them are down. Starts from the coordinator's
- * options; AddNode / RemoveNode change it at run time (the NATS node
- * registry will drive the same calls), and running jobs mark attention
- * nodes down when they stop answering. Every change is announced to the
+ * options; AddNode / RemoveNode change it at run time, and so does the
+ * NATS node registry (joined / left / lost / back, see the coordinator's
+ * `nats` option); running jobs mark attention nodes down when they stop
+ * answering. Every change is announced to the
  * listeners (running jobs), which re-plan.
  */
 import { checkHealth } from "@tessera/proto";
@@ -14,14 +15,15 @@ export type NodeRole = "gpu" | "memory" | "storage";
 /** A change of the cluster, as running jobs are told of it. */
 export interface MembershipChange {
   /**
-   * "joined": added (AddNode); "left": removed (RemoveNode); "lost": marked
-   * down by a job whose calls to it fail; "back": a lost node answers its
-   * health check again.
+   * "joined": added (AddNode, or it registered); "left": removed
+   * (RemoveNode, or it deregistered); "lost": marked down by a job whose
+   * calls to it fail, or by the registry when its heartbeats stop; "back":
+   * a lost node answers its health check again, or heartbeats again.
    */
   kind: "joined" | "left" | "lost" | "back";
   role: NodeRole;
   address: string;
-  /** Why, for logs: "AddNode", "RemoveNode", the failing call's message. */
+  /** Why, for logs: "AddNode", "RemoveNode", "registry: ...", the failing call's message. */
   reason: string;
 }
 
@@ -81,23 +83,25 @@ export class Membership {
   /**
    * Adds a node. Returns false (and announces nothing) when it is already a
    * member of that role.
+   * @param reason why, for the announcement. @default "AddNode"
    * @throws RangeError when `address` is already a member of another role.
    */
-  add(role: NodeRole, address: string): boolean {
+  add(role: NodeRole, address: string, reason = "AddNode"): boolean {
     const current = this.roleOf(address);
     if (current === role) return false;
     if (current) throw new RangeError(`${address} is already a ${current}-node of this cluster`);
     this.nodes[role].push(address);
-    this.emit({ kind: "joined", role, address, reason: "AddNode" });
+    this.emit({ kind: "joined", role, address, reason });
     return true;
   }
 
   /**
    * Removes a node.
+   * @param reason why, for the announcement. @default "RemoveNode"
    * @throws RangeError when it is not a member, or is the last gpu-node or
    *   the last attention node.
    */
-  remove(address: string): NodeRole {
+  remove(address: string, reason = "RemoveNode"): NodeRole {
     const role = this.roleOf(address);
     if (!role) throw new RangeError(`${address} is not a node of this cluster`);
     if (role === "gpu" && this.nodes.gpu.length === 1) throw new RangeError(`${address} is the last gpu-node`);
@@ -106,7 +110,7 @@ export class Membership {
     }
     this.nodes[role] = this.nodes[role].filter((a) => a !== address);
     this.down.delete(address);
-    this.emit({ kind: "left", role, address, reason: "RemoveNode" });
+    this.emit({ kind: "left", role, address, reason });
     return role;
   }
 
@@ -118,6 +122,22 @@ export class Membership {
     this.probe ??= setInterval(() => void this.probeDown(), this.probeIntervalMs);
     this.probe.unref();
     this.emit({ kind: "lost", role, address, reason });
+  }
+
+  /**
+   * Clears a member's down mark and announces "back" (the registry saw it
+   * heartbeat again). Returns false (announcing nothing) when it is not a
+   * member or not down.
+   */
+  markUp(address: string, reason = "back"): boolean {
+    const role = this.roleOf(address);
+    if (!role || !this.down.delete(address)) return false;
+    if (this.down.size === 0) {
+      clearInterval(this.probe);
+      this.probe = undefined;
+    }
+    this.emit({ kind: "back", role, address, reason });
+    return true;
   }
 
   /** Stops probing. */

@@ -1,4 +1,5 @@
 import { ConfigError } from "@tessera/core";
+import { compileGenerateLimits, type GenerateLimits, type GenerateLimitsOptions } from "./limits.js";
 
 /** Options of a coordinator as a user gives them; see {@link compileCoordinatorOptions} for defaults. */
 export interface CoordinatorOptions {
@@ -6,8 +7,11 @@ export interface CoordinatorOptions {
   host?: string;
   /** @default 0 (a free port) */
   port?: number;
-  /** host:port of each gpu-node. At least one. */
-  gpuNodes: readonly string[];
+  /**
+   * host:port of each gpu-node. At least one, unless `nats` is set (then the
+   * node registry supplies them and these stay members too).
+   */
+  gpuNodes?: readonly string[];
   /** host:port of each memory-node. */
   memoryNodes?: readonly string[];
   /** host:port of each storage-node. */
@@ -60,17 +64,48 @@ export interface CoordinatorOptions {
    * made and reported). @default "plan"
    */
   kvPlacement?: "plan" | "cheapest-first";
+  /**
+   * NATS servers (comma-separated host:port, e.g. "127.0.0.1:4222"). When
+   * set, the coordinator watches the node registry (KV bucket
+   * `${natsPrefix}-nodes`) for its nodes, so node addresses above are
+   * optional, and it pulls jobs. @default undefined (no NATS)
+   */
+  nats?: string;
+  /** Prefix of every NATS name (buckets, streams, subjects). @default "tessera" */
+  natsPrefix?: string;
+  /** The nodes' registry heartbeat period, in ms (with `nats`). @default 1000 */
+  nodeHeartbeatMs?: number;
+  /**
+   * A registered node with no heartbeat for this long is marked lost (its
+   * sequences move, as when its calls fail), in ms (with `nats`).
+   * @default 3 × nodeHeartbeatMs
+   */
+  nodeLostAfterMs?: number;
+  /** What one job may ask for (prompts, prompt bytes, max_tokens, request bytes), checked at Generate. @default {@link defaultGenerateLimits} */
+  limits?: GenerateLimitsOptions;
   /** Log sink. @default stderr */
   log?: (line: string) => void;
 }
 
 /** Validated, defaulted, frozen coordinator options. */
-export type CompiledCoordinatorOptions = Readonly<Required<Omit<CoordinatorOptions, "modelPath" | "tokenizerPath">>> & {
+export type CompiledCoordinatorOptions = Readonly<
+  Required<Omit<CoordinatorOptions, "modelPath" | "tokenizerPath" | "nats" | "limits">>
+> & {
+  readonly limits: GenerateLimits;
   readonly modelPath: string | undefined;
   readonly tokenizerPath: string | undefined;
+  readonly nats: string | undefined;
 };
 
-const ADDRESS = /^[^\s:]+:\d{1,5}$/;
+/**
+ * Whether `a` is host:port with a host of letters, digits, dots, dashes and
+ * underscores and a port up to 65535 (no IPv6 literals, no unix: addresses;
+ * control characters in a host make grpc-js resolve something else).
+ */
+export function isHostPort(a: string): boolean {
+  const m = /^[A-Za-z0-9._-]+:(\d{1,5})$/.exec(a);
+  return m !== null && Number(m[1]) <= 65535;
+}
 
 function kvPlacementOf(v: string | undefined): "plan" | "cheapest-first" {
   if (v === undefined || v === "plan" || v === "cheapest-first") return v ?? "plan";
@@ -84,7 +119,7 @@ function kvPlacementOf(v: string | undefined): "plan" | "cheapest-first" {
  */
 export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordinatorOptions {
   const addresses = (name: string, list: readonly string[] | undefined) => {
-    for (const a of list ?? []) if (!ADDRESS.test(a)) throw new ConfigError(name, `"${a}" is not host:port`);
+    for (const a of list ?? []) if (!isHostPort(a)) throw new ConfigError(name, `"${a}" is not host:port`);
     return Object.freeze([...(list ?? [])]);
   };
   const positive = (name: string, v: number | undefined, dflt: number) => {
@@ -92,12 +127,23 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     if (!Number.isInteger(n) || n <= 0) throw new ConfigError(name, `must be a positive integer, got ${v}`);
     return n;
   };
+  const nats = o.nats === undefined || o.nats.trim() === "" ? undefined : o.nats.trim();
+  const natsPrefix = o.natsPrefix ?? "tessera";
+  if (!/^[A-Za-z0-9_-]+$/.test(natsPrefix)) {
+    throw new ConfigError("natsPrefix", `must be letters, digits, "_" or "-", got ${JSON.stringify(natsPrefix)}`);
+  }
+  // With NATS, nodes come from the registry: the lists may be empty.
   const gpuNodes = addresses("gpuNodes", o.gpuNodes);
-  if (gpuNodes.length === 0) throw new ConfigError("gpuNodes", "at least one gpu-node address is needed");
+  if (gpuNodes.length === 0 && nats === undefined) {
+    throw new ConfigError("gpuNodes", "at least one gpu-node address is needed (or give nats for the node registry)");
+  }
   const memoryNodes = addresses("memoryNodes", o.memoryNodes);
   const storageNodes = addresses("storageNodes", o.storageNodes);
-  if (memoryNodes.length + storageNodes.length === 0) {
-    throw new ConfigError("memoryNodes", "at least one memory-node or storage-node address is needed");
+  if (memoryNodes.length + storageNodes.length === 0 && nats === undefined) {
+    throw new ConfigError(
+      "memoryNodes",
+      "at least one memory-node or storage-node address is needed (or give nats for the node registry)",
+    );
   }
   const port = o.port ?? 0;
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError("port", `not a port: ${o.port}`);
@@ -118,6 +164,11 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     shutdownGraceMs: positive("shutdownGraceMs", o.shutdownGraceMs, 5000),
     kvHeadGroups: positive("kvHeadGroups", o.kvHeadGroups, 1),
     kvPlacement: kvPlacementOf(o.kvPlacement),
+    limits: compileGenerateLimits(o.limits),
+    nats,
+    natsPrefix,
+    nodeHeartbeatMs: positive("nodeHeartbeatMs", o.nodeHeartbeatMs, 1000),
+    nodeLostAfterMs: positive("nodeLostAfterMs", o.nodeLostAfterMs, 3 * (o.nodeHeartbeatMs ?? 1000)),
     log: o.log ?? ((line: string) => process.stderr.write(line + "\n")),
   });
 }

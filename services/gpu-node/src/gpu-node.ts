@@ -743,8 +743,20 @@ function checkNextStages(req: ForwardRequest, model: DenseModel, self: string): 
   const bad = (msg: string) => new StepError(Code.INVALID_ARGUMENT, `step ${req.stepId}: ${msg}`, "gpu", self);
   if (model.hasHead)
     throw bad(`next_stages [${req.nextStages.join(", ")}] given to the stage that applies the head (the last stage)`);
-  const i = req.nextStages.indexOf("");
-  if (i >= 0) throw bad(`next_stages[${i}] is empty (expected host:port)`);
+  const i = req.nextStages.findIndex((a) => !isAddress(a));
+  if (i >= 0) throw bad(`next_stages[${i}] ${JSON.stringify(req.nextStages[i])} is not host:port`);
+}
+
+/**
+ * Whether an address from a request can be dialled: not empty, printable
+ * ASCII without spaces (host:port, [v6]:port; grpc-js parses the rest). A
+ * control character must never reach the resolver: "127\0.0.0.1:1" is
+ * read as host "127" (0.0.0.127), and the socket grpc-js then leaves
+ * behind crashed the node with an uncaught ECONNRESET (found by
+ * test/fuzz.test.ts).
+ */
+function isAddress(address: string): boolean {
+  return /^[\x21-\x7e]+$/.test(address);
 }
 
 /** A micro-batch stopped before its next layer because another one failed. */
@@ -1020,6 +1032,8 @@ function planShards(
   const name = `sequence ${JSON.stringify(s.seqId)}`;
   if (s.shards.length === 0) {
     if (s.attentionAddress === "") throw bad(`${name} has no attention_address and no shards`);
+    if (!isAddress(s.attentionAddress))
+      throw bad(`${name}: attention_address ${JSON.stringify(s.attentionAddress)} is not host:port`);
     return [{ address: s.attentionAddress, seqId: s.seqId, kvHeadStart: 0, kvHeadEnd: nKvHeads }];
   }
   if (s.attentionAddress !== "") throw bad(`${name} has both attention_address and shards`);
@@ -1027,6 +1041,7 @@ function planShards(
   return s.shards.map((sh, i) => {
     const field = `${name}: shards[${i}]`;
     if (sh.address === "") throw bad(`${field}.address is empty`);
+    if (!isAddress(sh.address)) throw bad(`${field}.address ${JSON.stringify(sh.address)} is not host:port`);
     if (sh.seqId === "") throw bad(`${field}.seq_id is empty`);
     if (sh.kvHeadStart !== next || sh.kvHeadEnd <= sh.kvHeadStart || sh.kvHeadEnd > nKvHeads) {
       throw bad(

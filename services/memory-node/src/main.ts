@@ -1,11 +1,30 @@
 import { runUntilSignal } from "@tessera/core";
+import { withRegistration, type NodeRegistryOptions } from "@tessera/nats";
+import { Attention, NodeProfileSchema, createClient, toJson } from "@tessera/proto";
 import { createMemoryNode, type MemoryNodeOptions } from "./memory-node.js";
 
 /**
  * Runs a memory-node as this process's main component: serves until
  * SIGINT/SIGTERM, then drains and closes.
- * @throws ConfigError naming the option when `options` are invalid.
+ * With `registry.nats` it registers in the NATS node registry once it
+ * serves (price and profile from its own Info), heartbeats, and
+ * deregisters on SIGINT/SIGTERM before the server stops.
+ * @throws ConfigError naming the option when `options` are invalid;
+ *   NatsError naming the servers when registering fails.
  */
-export function runMemoryNode(options: MemoryNodeOptions): Promise<void> {
-  return runUntilSignal(createMemoryNode(options));
+export function runMemoryNode(options: MemoryNodeOptions, registry: NodeRegistryOptions = {}): Promise<void> {
+  return runUntilSignal(
+    withRegistration(createMemoryNode(options), "memory", registry, async (address) => {
+      const client = createClient(Attention, address);
+      try {
+        const info = await client.info({}, { deadline: 10_000 });
+        return {
+          pricePerHour: info.pricePerHour,
+          profile: info.profile ? toJson(NodeProfileSchema, info.profile) : undefined,
+        };
+      } finally {
+        client.close();
+      }
+    }),
+  );
 }

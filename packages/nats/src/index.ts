@@ -1,0 +1,7 @@
+/**
+ * @tessera/nats: Tessera's use of NATS JetStream (issue 5) — the node
+ * registry and the job queue.
+ */
+export * from "./connection.js";
+export * from "./registry.js";
+export * from "./jobs.js";

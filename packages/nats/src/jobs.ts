@@ -1,0 +1,650 @@
+/**
+ * Batch jobs over NATS JetStream (issue 5): a job's input and results live
+ * in an object store, its state (status, progress, checkpoint) in a
+ * key-value bucket, and pending jobs in a work-queue stream, one subject per
+ * priority. Every name comes from {@link jobNames}, so tests isolate
+ * themselves with their own prefix.
+ *
+ * Exactly-once results: a worker writes each chunk of result lines to an
+ * object whose name carries its claim (`owner`) and only then records the
+ * chunk in the job state with a compare-and-set on the entry's revision,
+ * checking it still owns the job. Results are read from the recorded chunks
+ * only, so a chunk written by a worker that died (or lost the job) before
+ * recording it is never read, and its prompts are run again by whoever
+ * resumes the job.
+ */
+import { randomBytes } from "node:crypto";
+import { nanos, type NatsConnection, type Subscription } from "@nats-io/transport-node";
+import {
+  AckPolicy,
+  DeliverPolicy,
+  RetentionPolicy,
+  StorageType,
+  jetstream,
+  jetstreamManager,
+  type Consumer,
+  type JetStreamClient,
+  type JetStreamManager,
+  type JsMsg,
+} from "@nats-io/jetstream";
+import { Kvm, type KV } from "@nats-io/kv";
+import { Objm, type ObjectStore } from "@nats-io/obj";
+import { TesseraError, parseBatchInput, type BatchFormat, type BatchInput } from "@tessera/core";
+
+/** Job priorities, highest first: a worker takes every pending high job before a normal one. */
+export const JOB_PRIORITIES = ["high", "normal", "low"] as const;
+/** A job's priority. */
+export type JobPriority = (typeof JOB_PRIORITIES)[number];
+
+/** Where a job is: queued → running → completed | failed | cancelled (a queued job may go straight to cancelled). */
+export type JobStatus = "queued" | "running" | "completed" | "failed" | "cancelled";
+
+/** Whether a job has ended (no worker will run it again). */
+export const isTerminal = (s: JobStatus): boolean => s === "completed" || s === "failed" || s === "cancelled";
+
+/** Job-wide sampling; a prompt's own fields override it. Proto defaults apply to what is unset. */
+export interface JobSampling {
+  /** Most tokens generated per prompt. */
+  maxTokens?: number;
+  /** 0 = greedy. */
+  temperature?: number;
+  topP?: number;
+  /** Fixed at submit when not given, so a resumed job samples the same tokens. */
+  seed?: number;
+}
+
+/** The job-state entry (JSON in the `${prefix}-job-state` bucket, key = job id). */
+export interface JobState {
+  id: string;
+  tenant?: string;
+  priority: JobPriority;
+  /** Format of the input, and so of the results. */
+  format: BatchFormat;
+  /** Checkpoint/tokenizer paths on the cluster; unset = the coordinator's defaults. */
+  model?: string;
+  tokenizer?: string;
+  sampling: JobSampling;
+  status: JobStatus;
+  /** Object holding the input file. */
+  inputObject: string;
+  /** Name the input file was submitted under (for messages). */
+  fileName: string;
+  inputBytes: number;
+  promptsTotal: number;
+  /** Prompts whose results are stored (= doneIds.length). */
+  promptsDone: number;
+  /** Of those, prompts that failed (an error result). */
+  promptsFailed: number;
+  /** Prompt tokens (BOS included) and generated tokens of the stored results. */
+  promptTokens: number;
+  completionTokens: number;
+  /** Checkpoint: ids of the prompts whose results are stored. */
+  doneIds: string[];
+  /** Checkpoint: the result chunk objects, in order. */
+  chunks: string[];
+  /** Set by cancel() while a worker runs the job; the worker stops it. */
+  cancelRequested?: boolean;
+  /** Why the job failed. */
+  error?: string;
+  /** Times a worker claimed the job. */
+  attempts: number;
+  /** The current claim (worker name + nonce). */
+  owner?: string;
+  /** Work-queue stream sequence of the job's message. */
+  streamSeq?: number;
+  /** ISO-8601 times. */
+  submittedAt: string;
+  startedAt?: string;
+  finishedAt?: string;
+  updatedAt: string;
+}
+
+/** NATS names of the job queue for one prefix (see docs: issue 5 shared design). */
+export interface JobNames {
+  /** Work-queue stream, e.g. "TESSERA_JOBS". */
+  stream: string;
+  /** Subject of a priority, e.g. "tessera.jobs.high". */
+  subject(priority: JobPriority): string;
+  /** Wildcard of every priority's subject, e.g. "tessera.jobs.*". */
+  subjects: string;
+  /** Durable pull consumer of a priority's subject. */
+  consumer(priority: JobPriority): string;
+  /** Job-state KV bucket. */
+  stateBucket: string;
+  /** Object store of inputs and results. */
+  dataBucket: string;
+}
+
+/**
+ * The names of the job queue under `prefix`.
+ * @throws JobError when the prefix is not letters, digits, "_" or "-".
+ */
+export function jobNames(prefix = "tessera"): JobNames {
+  if (!/^[A-Za-z0-9_-]+$/.test(prefix)) {
+    throw new JobError(`prefix: must be letters, digits, "_" or "-", got ${JSON.stringify(prefix)}`);
+  }
+  const up = prefix.toUpperCase().replace(/-/g, "_");
+  return {
+    stream: `${up}_JOBS`,
+    subject: (p) => `${prefix}.jobs.${p}`,
+    subjects: `${prefix}.jobs.*`,
+    consumer: (p) => `${up}_JOBS_${p.toUpperCase()}`,
+    stateBucket: `${prefix}-job-state`,
+    dataBucket: `${prefix}-job-data`,
+  };
+}
+
+/** A job operation failed (bad id, unknown job, lost claim). */
+export class JobError extends TesseraError {
+  override name = "JobError";
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.rpcCode = 3; // INVALID_ARGUMENT
+  }
+}
+
+/** No job has this id. */
+export class JobNotFoundError extends JobError {
+  override name = "JobNotFoundError";
+  constructor(readonly jobId: string) {
+    super(`job "${jobId}" not found`);
+    this.rpcCode = 5; // NOT_FOUND
+  }
+}
+
+/** Another worker claimed the job (this one's claim expired); the holder of `owner` must stop. */
+export class JobOwnershipLostError extends JobError {
+  override name = "JobOwnershipLostError";
+  constructor(
+    readonly jobId: string,
+    readonly owner: string,
+    readonly currentOwner: string | undefined,
+  ) {
+    super(`job "${jobId}": claim ${owner} lost to ${currentOwner ?? "nobody"}`);
+    this.rpcCode = 10; // ABORTED
+  }
+}
+
+const JOB_ID = /^[A-Za-z0-9_-]{1,128}$/;
+
+/** @throws JobError unless `id` is 1–128 letters, digits, "_" or "-". */
+export function checkJobId(id: string): string {
+  if (!JOB_ID.test(id))
+    throw new JobError(`job id: must be 1-128 letters, digits, "_" or "-", got ${JSON.stringify(id)}`);
+  return id;
+}
+
+const nonce = (bytes = 6) => randomBytes(bytes).toString("hex");
+const now = () => new Date().toISOString();
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+const encodeState = (s: JobState) => enc.encode(JSON.stringify(s));
+
+/** What {@link JobStore.submit} takes. */
+export interface SubmitJobRequest {
+  /** Job id; a new one ("job_" + 16 hex digits) when unset. Submitting an existing id returns that job. */
+  jobId?: string;
+  tenant?: string;
+  /** @default "normal" */
+  priority?: JobPriority;
+  /** The input file's bytes (UTF-8 JSONL). */
+  input: Uint8Array;
+  /** Name of the input for error messages. @default "input" */
+  fileName?: string;
+  /** @default "auto": detected from the first line */
+  format?: BatchFormat | "auto";
+  model?: string;
+  tokenizer?: string;
+  sampling?: JobSampling;
+  /**
+   * Checks the parsed input before anything is stored (e.g. the
+   * coordinator's limits: prompts per job, prompt bytes, max_tokens, bytes);
+   * what it throws fails the submit.
+   */
+  check?: (input: BatchInput, bytes: number) => void;
+}
+
+/** What {@link JobStore.submit} returns. */
+export interface SubmitJobResult {
+  job: JobState;
+  /** False when a job with this id existed already (nothing was stored). */
+  created: boolean;
+}
+
+/** A job message a worker pulled; it must `ack()` once results are stored, or `nak()` to hand it back. */
+export interface JobDelivery {
+  jobId: string;
+  priority: JobPriority;
+  /** 1 on the first delivery, more when redelivered (a worker died or handed it back). */
+  deliveryCount: number;
+  /** Resets the ack wait: call well within it while the job runs. */
+  working(): void;
+  ack(): Promise<void>;
+  /** Hands the job back for redelivery after `delayMs`. */
+  nak(delayMs?: number): void;
+}
+
+/** A claim on a job ({@link JobStore.claim}): run it, or skip it (and ack) with the reason. */
+export type JobClaim = { kind: "run"; state: JobState; owner: string } | { kind: "skip"; reason: string };
+
+/** One stored result line of a chunk. */
+export interface StoredResult {
+  promptId: string;
+  /** The output line in the job's format (one JSON object, no newline). */
+  line: string;
+  promptTokens: number;
+  completionTokens: number;
+  failed: boolean;
+}
+
+/** Options of {@link JobStore.open}. */
+export interface JobStoreOptions {
+  /** @default "tessera" */
+  prefix?: string;
+}
+
+const CAS_TRIES = 20;
+
+/**
+ * The job queue over JetStream. `open` declares the stream and buckets
+ * (idempotent). Submitters use submit/list/get/results/cancel/watch;
+ * workers use ensureConsumers/nextJob/claim/readInput/storeResults/finish.
+ * The connection stays the caller's to close.
+ */
+export class JobStore {
+  private consumers = new Map<JobPriority, Consumer>();
+
+  private constructor(
+    readonly nc: NatsConnection,
+    readonly names: JobNames,
+    private readonly js: JetStreamClient,
+    private readonly jsm: JetStreamManager,
+    private readonly kv: KV,
+    private readonly obj: ObjectStore,
+  ) {}
+
+  /**
+   * Declares (or binds to) the work-queue stream, the job-state bucket and
+   * the object store under the prefix.
+   * @throws JobError for a bad prefix; NATS errors when JetStream is off.
+   */
+  static async open(nc: NatsConnection, options: JobStoreOptions = {}): Promise<JobStore> {
+    const names = jobNames(options.prefix);
+    const js = jetstream(nc);
+    const jsm = await jetstreamManager(nc);
+    const config = {
+      name: names.stream,
+      subjects: JOB_PRIORITIES.map(names.subject),
+      retention: RetentionPolicy.Workqueue,
+      storage: StorageType.File,
+    };
+    try {
+      await jsm.streams.add(config);
+    } catch (err) {
+      // Declared already (maybe with other limits): use it as it is.
+      await jsm.streams.info(names.stream).catch(() => {
+        throw err;
+      });
+    }
+    const kv = await new Kvm(js).create(names.stateBucket, { history: 1 });
+    const obj = await new Objm(js).create(names.dataBucket);
+    return new JobStore(nc, names, js, jsm, kv, obj);
+  }
+
+  /**
+   * Validates the input (both formats; see parseBatchInput), stores it,
+   * creates the job state ("queued") and publishes the job to its
+   * priority's subject with msgID = job id. An id that exists already
+   * returns that job (`created: false`) and stores nothing; a job whose
+   * message was never published (the submitter died) is published again.
+   * @throws InputFileError naming the file, line and field of every bad line; JobError for a bad id.
+   */
+  async submit(req: SubmitJobRequest): Promise<SubmitJobResult> {
+    const fileName = req.fileName ?? "input";
+    const id = checkJobId(req.jobId ?? `job_${nonce(8)}`);
+    const priority = req.priority ?? "normal";
+    if (!JOB_PRIORITIES.includes(priority))
+      throw new JobError(`priority: must be high, normal or low, got ${priority}`);
+    let text: string;
+    try {
+      text = new TextDecoder("utf-8", { fatal: true }).decode(req.input);
+    } catch (err) {
+      throw new JobError(`${fileName}: not UTF-8 text`, { cause: err });
+    }
+    const input = parseBatchInput(fileName, text, req.format ?? "auto");
+    req.check?.(input, req.input.byteLength);
+    const existing = await this.get(id);
+    if (existing) return { job: await this.publishIfNeeded(existing), created: false };
+    const inputObject = `${id}/input-${nonce()}.jsonl`;
+    await this.obj.putBlob({ name: inputObject }, req.input);
+    const t = now();
+    const state: JobState = {
+      id,
+      ...(req.tenant !== undefined ? { tenant: req.tenant } : {}),
+      priority,
+      format: input.format,
+      ...(req.model ? { model: req.model } : {}),
+      ...(req.tokenizer ? { tokenizer: req.tokenizer } : {}),
+      // A seed fixed now keeps a resumed job's sampling identical.
+      sampling: { ...req.sampling, seed: req.sampling?.seed ?? 1 + (randomBytes(4).readUInt32BE() % (2 ** 31 - 1)) },
+      status: "queued",
+      inputObject,
+      fileName,
+      inputBytes: req.input.byteLength,
+      promptsTotal: input.prompts.length,
+      promptsDone: 0,
+      promptsFailed: 0,
+      promptTokens: 0,
+      completionTokens: 0,
+      doneIds: [],
+      chunks: [],
+      attempts: 0,
+      submittedAt: t,
+      updatedAt: t,
+    };
+    try {
+      await this.kv.create(id, encodeState(state));
+    } catch (err) {
+      // Lost a race with a submit of the same id: theirs is the job.
+      await this.obj.delete(inputObject).catch(() => undefined);
+      const other = await this.get(id);
+      if (other) return { job: await this.publishIfNeeded(other), created: false };
+      throw err;
+    }
+    return { job: await this.publishIfNeeded(state), created: true };
+  }
+
+  private async publishIfNeeded(s: JobState): Promise<JobState> {
+    if (s.status !== "queued" || s.streamSeq !== undefined) return s;
+    // msgID: JetStream drops a second publish of the same id within its duplicate window.
+    const ack = await this.js.publish(this.names.subject(s.priority), enc.encode(JSON.stringify({ id: s.id })), {
+      msgID: s.id,
+    });
+    return (
+      (await this.update(s.id, (cur) => (cur.streamSeq === undefined ? { ...cur, streamSeq: ack.seq } : undefined))) ??
+      s
+    );
+  }
+
+  /** The job's state, or undefined when there is none. */
+  async get(id: string): Promise<JobState | undefined> {
+    return (await this.getEntry(id))?.state;
+  }
+
+  private async getEntry(id: string): Promise<{ state: JobState; revision: number } | undefined> {
+    const e = await this.kv.get(id);
+    if (!e || e.operation !== "PUT" || e.length === 0) return undefined;
+    return { state: JSON.parse(dec.decode(e.value)) as JobState, revision: e.revision };
+  }
+
+  /**
+   * Every job (oldest submitted first), optionally only one tenant's.
+   * Reads each state entry: O(jobs) requests.
+   */
+  async list(filter: { tenant?: string } = {}): Promise<JobState[]> {
+    const keys: string[] = [];
+    for await (const k of await this.kv.keys()) keys.push(k);
+    const states = await Promise.all(keys.map((k) => this.get(k)));
+    return states
+      .filter((s): s is JobState => s !== undefined && (filter.tenant === undefined || s.tenant === filter.tenant))
+      .sort((a, b) => a.submittedAt.localeCompare(b.submittedAt) || a.id.localeCompare(b.id));
+  }
+
+  /**
+   * Compare-and-set on the job's state: `mutate` gets the current state and
+   * returns the new one, or undefined to leave it. Retried on a concurrent
+   * change.
+   * @returns the state written, or undefined when `mutate` left it.
+   * @throws JobNotFoundError; whatever `mutate` throws.
+   */
+  async update(id: string, mutate: (s: JobState) => JobState | undefined): Promise<JobState | undefined> {
+    for (let i = 0; ; i++) {
+      const cur = await this.getEntry(id);
+      if (!cur) throw new JobNotFoundError(id);
+      const next = mutate(cur.state);
+      if (!next) return undefined;
+      next.updatedAt = now();
+      try {
+        await this.kv.update(id, encodeState(next), cur.revision);
+        return next;
+      } catch (err) {
+        if (i >= CAS_TRIES) throw new JobError(`job "${id}": state kept changing under update`, { cause: err });
+      }
+    }
+  }
+
+  /**
+   * Cancels a job: a queued one becomes "cancelled" at once (and its message
+   * is removed); a running one gets `cancelRequested` and its worker stops
+   * it and marks it "cancelled". An ended job is left as it is.
+   * @returns the state after the change.
+   * @throws JobNotFoundError
+   */
+  async cancel(id: string): Promise<JobState> {
+    const after = await this.update(id, (s) => {
+      if (isTerminal(s.status) || s.cancelRequested) return undefined;
+      if (s.status === "queued") return { ...s, status: "cancelled", finishedAt: now() };
+      return { ...s, cancelRequested: true };
+    });
+    if (after?.status === "cancelled" && after.streamSeq !== undefined) {
+      await this.jsm.streams.deleteMessage(this.names.stream, after.streamSeq).catch(() => false);
+    }
+    return after ?? (await this.get(id))!;
+  }
+
+  /**
+   * The job's state now and at every change, ending after it reaches an
+   * end state (or when `signal` aborts). Backed by a KV watch of the key.
+   * @throws JobNotFoundError when there is no such job.
+   */
+  async *watch(id: string, options: { signal?: AbortSignal } = {}): AsyncGenerator<JobState> {
+    if (!(await this.get(id))) throw new JobNotFoundError(id);
+    const w = await this.kv.watch({ key: id });
+    const stop = () => w.stop();
+    options.signal?.addEventListener("abort", stop, { once: true });
+    try {
+      for await (const e of w) {
+        if (e.operation !== "PUT") continue;
+        const s = JSON.parse(dec.decode(e.value)) as JobState;
+        yield s;
+        if (isTerminal(s.status)) return;
+      }
+    } finally {
+      options.signal?.removeEventListener("abort", stop);
+      w.stop();
+    }
+  }
+
+  /**
+   * The job's result lines (one JSON object each, no newline) in the order
+   * they were stored. With `follow`, keeps yielding as chunks are stored
+   * until the job ends.
+   * @throws JobNotFoundError
+   */
+  async *results(id: string, options: { follow?: boolean; signal?: AbortSignal } = {}): AsyncGenerator<string> {
+    let next = 0;
+    const chunksOf = async function* (this: JobStore, s: JobState) {
+      for (; next < s.chunks.length; next++) yield* await this.readChunk(s.chunks[next]!);
+    }.bind(this);
+    if (!options.follow) {
+      const s = await this.get(id);
+      if (!s) throw new JobNotFoundError(id);
+      yield* chunksOf(s);
+      return;
+    }
+    for await (const s of this.watch(id, options)) yield* chunksOf(s);
+  }
+
+  private async readChunk(name: string): Promise<string[]> {
+    const data = await this.obj.getBlob(name);
+    if (!data) throw new JobError(`result chunk ${name} is missing from ${this.names.dataBucket}`);
+    return dec
+      .decode(data)
+      .split("\n")
+      .filter((l) => l !== "");
+  }
+
+  // ---- worker side ----
+
+  /**
+   * Declares the durable pull consumers (one per priority). `ackWaitMs`:
+   * how long a job may go without `working()` before JetStream redelivers
+   * it to another worker; applied when the consumers are created or updated.
+   */
+  async ensureConsumers(ackWaitMs: number): Promise<void> {
+    for (const p of JOB_PRIORITIES) {
+      const config = {
+        durable_name: this.names.consumer(p),
+        filter_subject: this.names.subject(p),
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        ack_wait: nanos(ackWaitMs),
+        max_deliver: -1,
+      };
+      try {
+        await this.jsm.consumers.add(this.names.stream, config);
+      } catch {
+        await this.jsm.consumers.update(this.names.stream, config.durable_name, { ack_wait: config.ack_wait });
+      }
+      this.consumers.set(p, await this.js.consumers.get(this.names.stream, config.durable_name));
+    }
+  }
+
+  /**
+   * Pulls the next job, highest priority first; waits (woken by new
+   * publishes, polling every `pollMs` for redeliveries) until there is one
+   * or `signal` aborts (then undefined).
+   * @throws JobError when ensureConsumers() was not called.
+   */
+  async nextJob(signal: AbortSignal, pollMs = 1000): Promise<JobDelivery | undefined> {
+    if (this.consumers.size === 0) throw new JobError("nextJob: call ensureConsumers() first");
+    let wake: (() => void) | undefined;
+    const sub: Subscription = this.nc.subscribe(this.names.subjects, {
+      callback: () => wake?.(),
+    });
+    try {
+      while (!signal.aborted) {
+        for (const p of JOB_PRIORITIES) {
+          if (signal.aborted) return undefined;
+          const info = await this.jsm.consumers.info(this.names.stream, this.names.consumer(p));
+          if (info.num_pending + info.num_ack_pending === 0) continue;
+          const m = await this.consumers.get(p)!.next({ expires: 1000 });
+          if (m) return delivery(m, p);
+        }
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(done, pollMs);
+          function done() {
+            clearTimeout(t);
+            signal.removeEventListener("abort", done);
+            wake = undefined;
+            resolve();
+          }
+          wake = done;
+          signal.addEventListener("abort", done, { once: true });
+        });
+      }
+      return undefined;
+    } finally {
+      sub.unsubscribe();
+    }
+  }
+
+  /**
+   * Claims a pulled job for `worker`: a queued job, or a running one whose
+   * earlier claim was redelivered (its worker died), becomes "running" with
+   * a new owner. A job that ended, or was cancelled while queued, is skipped
+   * (ack it); a cancel requested before the claim ends it as "cancelled".
+   * @throws JobNotFoundError (ack the message: there is nothing to run).
+   */
+  async claim(jobId: string, worker: string): Promise<JobClaim> {
+    const owner = `${worker}-${nonce()}`;
+    let reason = "";
+    const s = await this.update(jobId, (cur) => {
+      if (isTerminal(cur.status)) {
+        reason = `already ${cur.status}`;
+        return undefined;
+      }
+      if (cur.cancelRequested) {
+        reason = "cancelled before it ran";
+        return { ...cur, status: "cancelled", finishedAt: now() };
+      }
+      const t = now();
+      return { ...cur, status: "running", owner, attempts: cur.attempts + 1, startedAt: cur.startedAt ?? t };
+    });
+    return s?.status === "running" ? { kind: "run", state: s, owner } : { kind: "skip", reason };
+  }
+
+  /**
+   * Reads and parses a job's input.
+   * @throws JobError when the object is missing; InputFileError (cannot happen for a submitted job).
+   */
+  async readInput(s: JobState): Promise<BatchInput> {
+    const data = await this.obj.getBlob(s.inputObject);
+    if (!data) throw new JobError(`job "${s.id}": input ${s.inputObject} is missing from ${this.names.dataBucket}`);
+    return parseBatchInput(s.fileName, dec.decode(data), s.format);
+  }
+
+  /**
+   * Stores a chunk of results and checkpoints them: writes the chunk object
+   * (named after the claim), then records it, the prompt ids and the token
+   * counts in the job state, if `owner` still holds the job.
+   * @returns the state written.
+   * @throws JobOwnershipLostError when another claim holds the job (stop running it).
+   */
+  async storeResults(jobId: string, owner: string, results: readonly StoredResult[]): Promise<JobState> {
+    const cur = await this.get(jobId);
+    if (!cur) throw new JobNotFoundError(jobId);
+    if (cur.owner !== owner) throw new JobOwnershipLostError(jobId, owner, cur.owner);
+    if (results.length === 0) return cur;
+    const name = `${jobId}/results/${String(cur.chunks.length).padStart(6, "0")}-${owner}.jsonl`;
+    await this.obj.putBlob({ name }, enc.encode(results.map((r) => r.line + "\n").join("")));
+    const s = await this.update(jobId, (s) => {
+      if (s.owner !== owner) throw new JobOwnershipLostError(jobId, owner, s.owner);
+      return {
+        ...s,
+        chunks: [...s.chunks, name],
+        doneIds: [...s.doneIds, ...results.map((r) => r.promptId)],
+        promptsDone: s.promptsDone + results.length,
+        promptsFailed: s.promptsFailed + results.filter((r) => r.failed).length,
+        promptTokens: s.promptTokens + results.reduce((n, r) => n + r.promptTokens, 0),
+        completionTokens: s.completionTokens + results.reduce((n, r) => n + r.completionTokens, 0),
+      };
+    });
+    return s!;
+  }
+
+  /**
+   * Ends a claimed job: "completed", "failed" (with `error`) or "cancelled".
+   * @throws JobOwnershipLostError when another claim holds the job.
+   */
+  async finish(jobId: string, owner: string, status: "completed" | "failed" | "cancelled", error?: string) {
+    return (await this.update(jobId, (s) => {
+      if (s.owner !== owner) throw new JobOwnershipLostError(jobId, owner, s.owner);
+      return { ...s, status, finishedAt: now(), ...(error !== undefined ? { error } : {}) };
+    }))!;
+  }
+
+  /**
+   * Deletes the stream, the consumers and both buckets of this prefix
+   * (tests clean up with it).
+   */
+  async destroy(): Promise<void> {
+    await this.jsm.streams.delete(this.names.stream).catch(() => false);
+    await this.kv.destroy().catch(() => false);
+    await this.obj.destroy().catch(() => false);
+  }
+}
+
+function delivery(m: JsMsg, priority: JobPriority): JobDelivery {
+  const { id } = JSON.parse(dec.decode(m.data)) as { id: string };
+  return {
+    jobId: id,
+    priority,
+    deliveryCount: m.info.deliveryCount,
+    working: () => m.working(),
+    ack: async () => {
+      await m.ackAck();
+    },
+    nak: (delayMs) => m.nak(delayMs),
+  };
+}

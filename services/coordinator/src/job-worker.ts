@@ -1,0 +1,310 @@
+/**
+ * The coordinator's job worker (issue 5): pulls batch jobs from the NATS
+ * work queue (high priority first), runs each through this coordinator's own
+ * Generate RPC (so a job takes exactly the path of a Generate call), stores
+ * results in chunks as prompts finish and checkpoints them in the job state,
+ * and acks the job only once every result is stored. A redelivered job (its
+ * coordinator died) skips the prompts whose results are stored, so no prompt
+ * is answered twice. One job at a time.
+ */
+import { basename } from "node:path";
+import { hostname } from "node:os";
+import {
+  Code,
+  Coordinator,
+  KvPlacement,
+  RpcError,
+  createClient,
+  type Client,
+  type GenerateEvent,
+  type Result,
+} from "@tessera/proto";
+import { formatBatchResult } from "@tessera/core";
+import {
+  JobOwnershipLostError,
+  JobStore,
+  connectNats,
+  type JobDelivery,
+  type JobState,
+  type StoredResult,
+} from "@tessera/nats";
+
+/** Options of {@link createJobWorker}. */
+export interface JobWorkerOptions {
+  /** NATS servers, e.g. "127.0.0.1:4222". */
+  nats: string;
+  /** @default "tessera" */
+  natsPrefix?: string;
+  /** The coordinator's own host:port (Generate is called there). */
+  coordinatorAddress: string;
+  /** Model name reported for jobs that name none (OpenAI output's `model`). @default "default" */
+  defaultModel?: string;
+  /**
+   * How long a job may go without a sign of life before JetStream hands it
+   * to another coordinator, in ms; the worker signals every quarter of it.
+   * @default 10000
+   */
+  ackWaitMs?: number;
+  /** Results per stored chunk. @default 16 */
+  chunkResults?: number;
+  /** Longest a finished result waits before its chunk is stored, in ms. @default 500 */
+  flushMs?: number;
+  /** Claims a job gets before it fails for a retriable error (UNAVAILABLE, ...). @default 3 */
+  maxAttempts?: number;
+  /** @default stderr */
+  log?: (line: string) => void;
+}
+
+/** A running job worker. */
+export interface JobWorker {
+  /** Connects, declares the queue and starts pulling. @throws NatsError when NATS does not answer. */
+  start(): Promise<void>;
+  /**
+   * Stops pulling; a running job's Generate call is cancelled, the results
+   * it has are stored and the job is handed back (nak) for another
+   * coordinator to resume. Idempotent.
+   */
+  close(): Promise<void>;
+}
+
+const KV: Record<string, KvPlacement> = {
+  auto: KvPlacement.AUTO,
+  memory: KvPlacement.MEMORY,
+  storage: KvPlacement.STORAGE,
+};
+
+/** Errors a retry cannot fix: the job fails at once. */
+const PERMANENT = new Set<number>([
+  Code.INVALID_ARGUMENT,
+  Code.NOT_FOUND,
+  Code.FAILED_PRECONDITION,
+  Code.OUT_OF_RANGE,
+  Code.UNIMPLEMENTED,
+  Code.PERMISSION_DENIED,
+]);
+
+/** Creates a job worker; nothing happens until `start()`. */
+export function createJobWorker(o: JobWorkerOptions): JobWorker {
+  const log = o.log ?? ((line: string) => process.stderr.write(line + "\n"));
+  const ackWaitMs = o.ackWaitMs ?? 10_000;
+  const chunkResults = o.chunkResults ?? 16;
+  const flushMs = o.flushMs ?? 500;
+  const maxAttempts = o.maxAttempts ?? 3;
+  const workerName = `${hostname()}-${process.pid}`.replace(/[^A-Za-z0-9_-]/g, "_");
+  const stop = new AbortController();
+  let nc: Awaited<ReturnType<typeof connectNats>> | undefined;
+  let client: Client<typeof Coordinator> | undefined;
+  let loop: Promise<void> | undefined;
+  let closed: Promise<void> | undefined;
+
+  async function run(store: JobStore): Promise<void> {
+    while (!stop.signal.aborted) {
+      let d: JobDelivery | undefined;
+      try {
+        d = await store.nextJob(stop.signal);
+      } catch (err) {
+        if (stop.signal.aborted) return;
+        log(`jobs: pulling failed: ${(err as Error).message}; retrying`);
+        await new Promise((r) => setTimeout(r, 1000));
+        continue;
+      }
+      if (!d) return;
+      try {
+        await runJob(store, d);
+      } catch (err) {
+        // The job stays unacked: JetStream redelivers it after the ack wait.
+        log(`jobs: job ${d.jobId}: ${(err as Error).message}`);
+      }
+    }
+  }
+
+  async function runJob(store: JobStore, d: JobDelivery): Promise<void> {
+    let claim;
+    try {
+      claim = await store.claim(d.jobId, workerName);
+    } catch (err) {
+      if ((err as Error).name === "JobNotFoundError") {
+        log(`jobs: job ${d.jobId} has no state; dropping its message`);
+        return d.ack();
+      }
+      throw err;
+    }
+    if (claim.kind === "skip") {
+      log(`jobs: job ${d.jobId} skipped: ${claim.reason}`);
+      return d.ack();
+    }
+    const { owner } = claim;
+    const job = claim.state;
+    log(
+      `jobs: job ${job.id} (${job.priority}) attempt ${job.attempts}: ${job.promptsDone}/${job.promptsTotal} prompts already stored`,
+    );
+    const abort = new AbortController();
+    let why: "cancelled" | "lost" | "stopping" | undefined;
+    const halt = (reason: "cancelled" | "lost" | "stopping") => {
+      why ??= reason;
+      abort.abort(new Error(reason));
+    };
+    const onStop = () => halt("stopping");
+    stop.signal.addEventListener("abort", onStop, { once: true });
+    const heartbeat = setInterval(() => d.working(), Math.max(250, ackWaitMs / 4));
+    // Cancel and loss of the claim arrive as changes of the job's state.
+    const watching = (async () => {
+      for await (const s of store.watch(job.id, { signal: abort.signal })) {
+        if (s.cancelRequested) halt("cancelled");
+        else if (s.owner !== owner) halt("lost");
+      }
+    })().catch(() => undefined);
+    const chunks = new ChunkWriter(store, job, owner, chunkResults, flushMs, o.defaultModel ?? "default");
+    try {
+      const input = await store.readInput(job);
+      const done = new Set(job.doneIds);
+      const remaining = input.prompts.filter((p) => !done.has(p.id));
+      if (remaining.length > 0 && !abort.signal.aborted) {
+        const stream = client!.generate(
+          {
+            jobId: job.id,
+            prompts: remaining.map((p) => ({
+              id: p.id,
+              prompt: p.prompt,
+              maxTokens: p.maxTokens,
+              temperature: p.temperature,
+              topP: p.topP,
+              seed: p.seed === undefined ? undefined : BigInt(p.seed),
+              kv: p.kv === undefined ? undefined : KV[p.kv],
+            })),
+            sampling: {
+              maxTokens: job.sampling.maxTokens ?? 0,
+              temperature: job.sampling.temperature ?? 0,
+              topP: job.sampling.topP ?? 0,
+              seed: BigInt(job.sampling.seed ?? 0),
+            },
+            modelPath: job.model ?? "",
+            tokenizerPath: job.tokenizer ?? "",
+          },
+          { signal: abort.signal },
+        );
+        for await (const ev of stream as AsyncIterable<GenerateEvent>) {
+          if (ev.event.case === "result") chunks.add(ev.event.value);
+        }
+      }
+      await chunks.close();
+      if (why) throw new Error(why);
+      const end = await store.finish(job.id, owner, "completed");
+      await d.ack();
+      log(`jobs: job ${job.id} completed: ${end.promptsDone} prompts, ${end.completionTokens} tokens`);
+    } catch (err) {
+      // Keep what finished: a resumed run then skips those prompts.
+      await chunks.close().catch((e: unknown) => {
+        if (e instanceof JobOwnershipLostError) why ??= "lost";
+      });
+      if (err instanceof JobOwnershipLostError) why ??= "lost";
+      if (why === "lost") {
+        log(`jobs: job ${job.id}: another coordinator took it over; stopped here`);
+      } else if (why === "cancelled") {
+        await store.finish(job.id, owner, "cancelled");
+        await d.ack();
+        log(`jobs: job ${job.id} cancelled`);
+      } else if (why === "stopping") {
+        d.nak();
+        log(`jobs: job ${job.id} handed back (coordinator stopping)`);
+      } else {
+        const e = RpcError.from(err);
+        const message = `${RpcError.codeName(e.code)}: ${e.message}`;
+        if (PERMANENT.has(e.code) || job.attempts >= maxAttempts) {
+          await store.finish(job.id, owner, "failed", message);
+          await d.ack();
+          log(`jobs: job ${job.id} failed: ${message}`);
+        } else {
+          d.nak(1000);
+          log(`jobs: job ${job.id} attempt ${job.attempts} failed (${message}); retrying`);
+        }
+      }
+    } finally {
+      clearInterval(heartbeat);
+      stop.signal.removeEventListener("abort", onStop);
+      abort.abort();
+      await watching;
+    }
+  }
+
+  return {
+    async start() {
+      nc = await connectNats({ servers: o.nats, name: `tessera-coordinator-jobs-${workerName}` });
+      const store = await JobStore.open(nc, { prefix: o.natsPrefix });
+      await store.ensureConsumers(ackWaitMs);
+      client = createClient(Coordinator, o.coordinatorAddress);
+      loop = run(store);
+      log(`jobs: pulling from ${store.names.stream} on ${o.nats}`);
+    },
+    close() {
+      closed ??= (async () => {
+        stop.abort();
+        await loop;
+        client?.close();
+        await nc?.close();
+      })();
+      return closed;
+    },
+  };
+}
+
+/**
+ * Buffers finished results of a job and stores them in chunks (when
+ * `chunkResults` are waiting or `flushMs` after the first), one store at a
+ * time, in order.
+ */
+class ChunkWriter {
+  private buffer: StoredResult[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private chain: Promise<unknown> = Promise.resolve();
+  private failure: unknown;
+
+  constructor(
+    private readonly store: JobStore,
+    private readonly job: JobState,
+    private readonly owner: string,
+    private readonly chunkResults: number,
+    private readonly flushMs: number,
+    private readonly defaultModel: string,
+  ) {}
+
+  add(r: Result): void {
+    if (this.failure) throw this.failure;
+    this.buffer.push({
+      promptId: r.id,
+      line: formatBatchResult(this.job.format, r, {
+        jobId: this.job.id,
+        model: this.job.model ? basename(this.job.model) : this.defaultModel,
+        created: Math.floor(Date.now() / 1000),
+      }),
+      promptTokens: r.promptTokenIds.length,
+      completionTokens: r.completionTokenIds.length,
+      failed: r.finishReason === "error",
+    });
+    if (this.buffer.length >= this.chunkResults) this.flush();
+    else this.timer ??= setTimeout(() => this.flush(), this.flushMs);
+  }
+
+  private flush(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.buffer.length === 0) return;
+    const batch = this.buffer;
+    this.buffer = [];
+    this.chain = this.chain.then(async () => {
+      if (this.failure) return;
+      try {
+        await this.store.storeResults(this.job.id, this.owner, batch);
+      } catch (err) {
+        this.failure = err;
+      }
+    });
+  }
+
+  /** Stores what is buffered and waits for every store. @throws the first store's error. */
+  async close(): Promise<void> {
+    this.flush();
+    await this.chain;
+    if (this.failure) throw this.failure;
+  }
+}

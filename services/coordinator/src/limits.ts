@@ -1,0 +1,111 @@
+/**
+ * Limits on what one job (a Generate request, or a submitted batch) may ask
+ * for, checked once when it is submitted, before anything is planned or
+ * stored: a job over a limit fails as a whole with INVALID_ARGUMENT naming
+ * the field, its value and the limit, instead of running out of memory or
+ * context halfway through (issue 5, "Limits and bad input").
+ */
+import { ConfigError, parseByteSize } from "@tessera/core";
+import { Code, GenerateRequestSchema, RpcError, toBinary, type GenerateRequest } from "@tessera/proto";
+
+/** Limits of one job as a user gives them (sizes as bytes or "64MiB"). */
+export interface GenerateLimitsOptions {
+  /** Most prompts in one job. @default 10000 */
+  maxPrompts?: number;
+  /** Most bytes (UTF-8) of one prompt's text. @default 64 KiB */
+  maxPromptBytes?: number | string;
+  /**
+   * Largest max_tokens a job may ask for, in the request's sampling and in
+   * each prompt's override (0 or unset means the coordinator's default,
+   * 256, which is not checked). @default 4096
+   */
+  maxTokens?: number;
+  /** Most bytes of the whole request as protobuf encodes it (prompts, ids, sampling). @default 64 MiB */
+  maxRequestBytes?: number | string;
+}
+
+/** {@link GenerateLimitsOptions} with defaults applied, sizes in bytes; frozen. */
+export interface GenerateLimits {
+  readonly maxPrompts: number;
+  readonly maxPromptBytes: number;
+  readonly maxTokens: number;
+  readonly maxRequestBytes: number;
+}
+
+/** The limits in force when none are configured. */
+export const defaultGenerateLimits: GenerateLimits = Object.freeze({
+  maxPrompts: 10_000,
+  maxPromptBytes: 64 * 1024,
+  maxTokens: 4096,
+  maxRequestBytes: 64 * 1024 * 1024,
+});
+
+/**
+ * Applies defaults and validates (each limit a positive integer; sizes
+ * parsed to bytes).
+ * @throws ConfigError naming the bad option.
+ */
+export function compileGenerateLimits(options: GenerateLimitsOptions = {}): GenerateLimits {
+  const positive = (name: keyof GenerateLimitsOptions, v: number) => {
+    if (!Number.isSafeInteger(v) || v < 1) throw new ConfigError(name, `must be a positive integer, got ${v}`);
+    return v;
+  };
+  const d = defaultGenerateLimits;
+  return Object.freeze({
+    maxPrompts: positive("maxPrompts", options.maxPrompts ?? d.maxPrompts),
+    maxPromptBytes: positive(
+      "maxPromptBytes",
+      parseByteSize("maxPromptBytes", options.maxPromptBytes ?? d.maxPromptBytes),
+    ),
+    maxTokens: positive("maxTokens", options.maxTokens ?? d.maxTokens),
+    maxRequestBytes: positive(
+      "maxRequestBytes",
+      parseByteSize("maxRequestBytes", options.maxRequestBytes ?? d.maxRequestBytes),
+    ),
+  });
+}
+
+/**
+ * Checks a job against `limits`, cheapest first: the number of prompts,
+ * the request's sampling.max_tokens, then per prompt its text's UTF-8
+ * bytes and max_tokens, and last the bytes of the whole request. That size
+ * is `encodedBytes` when the caller has it (the received message or the
+ * stored input's length), else the request re-encoded; either way only
+ * once the prompts' text alone is under the limit, so a huge request is
+ * refused without encoding it.
+ * @throws RpcError INVALID_ARGUMENT naming the field (e.g.
+ *   `prompts[3] (id "a").max_tokens`), its value and the limit.
+ */
+export function checkGenerateLimits(
+  request: GenerateRequest,
+  limits: GenerateLimits = defaultGenerateLimits,
+  encodedBytes?: number,
+): void {
+  const over = (field: string, value: string, limit: string) =>
+    new RpcError(Code.INVALID_ARGUMENT, `${field}: ${value} is over the limit of ${limit}`);
+  const n = request.prompts.length;
+  if (n > limits.maxPrompts) throw over("prompts", `${n} prompts`, `${limits.maxPrompts} prompts per job`);
+  const sampling = request.sampling?.maxTokens ?? 0;
+  if (sampling > limits.maxTokens)
+    throw over("sampling.max_tokens", String(sampling), `${limits.maxTokens} tokens per prompt`);
+  let textBytes = 0;
+  for (const [i, p] of request.prompts.entries()) {
+    const field = `prompts[${i}] (id ${JSON.stringify(p.id.length > 64 ? p.id.slice(0, 64) + "…" : p.id)})`;
+    const bytes = Buffer.byteLength(p.prompt, "utf8");
+    if (bytes > limits.maxPromptBytes)
+      throw over(`${field}.prompt`, `${bytes} bytes`, `${limits.maxPromptBytes} bytes per prompt`);
+    if (p.maxTokens !== undefined && p.maxTokens > limits.maxTokens)
+      throw over(`${field}.max_tokens`, String(p.maxTokens), `${limits.maxTokens} tokens per prompt`);
+    textBytes += bytes + Buffer.byteLength(p.id, "utf8");
+    if (textBytes > limits.maxRequestBytes) break; // the request is over: no need to encode it
+  }
+  const total =
+    textBytes > limits.maxRequestBytes
+      ? textBytes
+      : (encodedBytes ?? toBinary(GenerateRequestSchema, request).byteLength);
+  if (total > limits.maxRequestBytes) {
+    const what =
+      textBytes > limits.maxRequestBytes ? `at least ${total} bytes (its prompts and ids)` : `${total} bytes`;
+    throw over("request", what, `${limits.maxRequestBytes} bytes per job`);
+  }
+}
