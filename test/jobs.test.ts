@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { parseBatchInput } from "@tessera/core";
+import { generateRequest, parseBatchInput } from "@tessera/core";
 import { JobStore, connectNats, type JobState } from "@tessera/nats";
 import type { Result } from "@tessera/proto";
 import { generate, startInProcessCluster, startTestCluster, tempDir } from "@tessera/testing";
@@ -69,22 +69,7 @@ async function lines(store: JobStore, id: string): Promise<Record<string, any>[]
 /** The Generate a job's worker makes, called directly (all prompts, one call). */
 async function direct(address: string, s: JobState, input: string): Promise<Map<string, Result>> {
   const { prompts } = parseBatchInput("input", input);
-  const out = await generate(address, {
-    prompts: prompts.map((p) => ({
-      id: p.id,
-      prompt: p.prompt,
-      maxTokens: p.maxTokens,
-      temperature: p.temperature,
-      topP: p.topP,
-      seed: p.seed === undefined ? undefined : BigInt(p.seed),
-    })),
-    sampling: {
-      maxTokens: s.sampling.maxTokens ?? 0,
-      temperature: s.sampling.temperature ?? 0,
-      topP: s.sampling.topP ?? 0,
-      seed: BigInt(s.sampling.seed!),
-    },
-  });
+  const out = await generate(address, generateRequest(prompts, s.sampling));
   return out.results;
 }
 

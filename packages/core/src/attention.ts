@@ -30,7 +30,7 @@ import {
 } from "@tessera/proto";
 import { TesseraError } from "./errors.js";
 import { kvBytesPerPosition } from "./model-shape.js";
-import { tensorF32, tensorWireDtype, wireTensor } from "./tensor.js";
+import { QK_MAX_ABS, checkFiniteValues, tensorF32, tensorWireDtype, wireTensor } from "./tensor.js";
 import { ATTENTION_QUERY_CHUNK, checkKvRows, createWasmAttention, type WasmAttention } from "./attention-wasm.js";
 import { createWasmHeap, type WasmHeap } from "./wasm-attention.js";
 
@@ -762,7 +762,10 @@ export async function answerAttend(
  * fresh f32 arrays or `scratch`) of the shapes the proto gives and match each
  * sequence's layout, n_tokens >= 1, start_pos <= the layer's current length
  * (equal appends; less overwrites, which makes a retried step idempotent)
- * and start_pos + n_tokens <= max_positions.
+ * and start_pos + n_tokens <= max_positions. Last, q and k must hold no
+ * value that would make the attention scores NaN or overflow (NaN, ±inf,
+ * beyond {@link QK_MAX_ABS}): the kernels would fail with INTERNAL, but such
+ * values are the client's bad input.
  * @param lookup finds a sequence by id, undefined when unknown; it may throw
  *   its own error (e.g. a sequence whose files are damaged).
  * @param where names the node in messages, e.g. `memory-node 127.0.0.1:7001`.
@@ -840,6 +843,12 @@ export function planAttendRequest<S extends AttendTarget>(
     row += it.nTokens;
   }
   if (row !== tq) throw bad(Code.INVALID_ARGUMENT, `items have ${row} tokens in all, tensors have ${tq} rows`);
+  try {
+    checkFiniteValues(q, "q", QK_MAX_ABS);
+    checkFiniteValues(k, "k", QK_MAX_ABS);
+  } catch (err) {
+    throw bad(Code.INVALID_ARGUMENT, (err as Error).message);
+  }
   return { layer: req.layer, dims: { nHeads, nKvHeads, headDim }, totalTokens: tq, q, k, v, items };
 }
 

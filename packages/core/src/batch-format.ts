@@ -14,7 +14,7 @@
 import { createHash } from "node:crypto";
 import { z } from "zod";
 import type { Result } from "@tessera/proto";
-import { InputFileError, type BadLine } from "./errors.js";
+import { parsePromptLines, promptSpecOf } from "./prompt-lines.js";
 import { parsePromptsJsonl, type PromptLimits, type PromptSpec } from "./prompts.js";
 
 /** The two batch file formats: Tessera's prompts JSONL, or the OpenAI Batch API's. */
@@ -86,58 +86,14 @@ export function detectBatchFormat(text: string): BatchFormat {
  *   limit exceeded, or line 0 when the file holds no request.
  */
 export function parseOpenAiBatchJsonl(path: string, text: string, limits: PromptLimits = {}): PromptSpec[] {
-  const bad: BadLine[] = [];
-  const prompts: PromptSpec[] = [];
-  const firstLineOfId = new Map<string, number>();
-  let count = 0;
-  text
-    .replace(/^\uFEFF/, "")
-    .split("\n")
-    .forEach((raw, i) => {
-      const line = i + 1;
-      const source = raw.endsWith("\r") ? raw.slice(0, -1) : raw;
-      if (source.trim() === "") return;
-      count++;
-      let value: unknown;
-      try {
-        value = JSON.parse(source);
-      } catch (err) {
-        bad.push({ line, message: `invalid JSON: ${(err as Error).message}` });
-        return;
-      }
-      const parsed = openAiLineSchema.safeParse(value);
-      if (!parsed.success) {
-        bad.push({ line, message: describeIssues(parsed.error) });
-        return;
-      }
-      const { custom_id: id, body } = parsed.data;
-      const seen = firstLineOfId.get(id);
-      if (seen !== undefined) {
-        bad.push({ line, message: `duplicate custom_id "${id}" (first on line ${seen})` });
-        return;
-      }
-      firstLineOfId.set(id, line);
-      if (limits.maxTokens !== undefined && body.max_tokens !== undefined && body.max_tokens > limits.maxTokens) {
-        bad.push({
-          line,
-          message: `field "body.max_tokens": ${body.max_tokens} exceeds the limit ${limits.maxTokens}`,
-        });
-        return;
-      }
-      if (limits.maxPrompts !== undefined && count > limits.maxPrompts) {
-        bad.push({ line, message: `more than ${limits.maxPrompts} requests` });
-        return;
-      }
-      const spec: PromptSpec = { id, prompt: body.prompt, line };
-      if (body.max_tokens !== undefined) spec.maxTokens = body.max_tokens;
-      if (body.temperature !== undefined) spec.temperature = body.temperature;
-      if (body.top_p !== undefined) spec.topP = body.top_p;
-      if (body.seed !== undefined) spec.seed = body.seed;
-      prompts.push(spec);
-    });
-  if (bad.length === 0 && prompts.length === 0) bad.push({ line: 0, message: "the file holds no requests" });
-  if (bad.length > 0) throw new InputFileError(path, bad);
-  return prompts;
+  return parsePromptLines(path, text, limits, {
+    schema: openAiLineSchema,
+    describeIssues,
+    toSpec: ({ custom_id: id, body }, line) => promptSpecOf(id, line, body),
+    idField: "custom_id",
+    maxTokensField: "body.max_tokens",
+    noun: "requests",
+  });
 }
 
 /**

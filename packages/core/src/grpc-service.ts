@@ -3,7 +3,16 @@
  * top of {@link startGrpcServer}, so each role writes only what is its own:
  * its gRPC services and the work its drain and close add.
  */
-import { requests, type Server, type ServerDuplexStream } from "@tessera/proto";
+import {
+  Attention,
+  GpuNode,
+  NodeProfileSchema,
+  createClient,
+  requests,
+  toJson,
+  type Server,
+  type ServerDuplexStream,
+} from "@tessera/proto";
 import { TesseraError } from "./errors.js";
 import type { Service, ServiceState } from "./lifecycle.js";
 import { startGrpcServer, type GrpcServer } from "./server.js";
@@ -209,4 +218,30 @@ export function createRequestLoops(): RequestLoops {
       return loops.size;
     },
   };
+}
+
+/**
+ * A node's price and profile as it advertises them (e.g. in the NATS node
+ * registry), read from its own Info RPC at `address`: GpuNode.Info for a
+ * gpu-node, Attention.Info for a memory- or storage-node. Called by a node
+ * process once it serves, so the advert says what Info says.
+ * @returns `pricePerHour` in $/h (0 = unknown) and `profile` as NodeProfile
+ *   proto JSON, undefined when the node has none.
+ * @throws RpcError when Info does not answer within 10 s (DEADLINE_EXCEEDED)
+ *   or fails.
+ */
+export async function readNodeAdvert(
+  role: "gpu" | "memory" | "storage",
+  address: string,
+): Promise<{ pricePerHour: number; profile: unknown }> {
+  const client = role === "gpu" ? createClient(GpuNode, address) : createClient(Attention, address);
+  try {
+    const info = await client.info({}, { deadline: 10_000 });
+    return {
+      pricePerHour: info.pricePerHour,
+      profile: info.profile ? toJson(NodeProfileSchema, info.profile) : undefined,
+    };
+  } finally {
+    client.close();
+  }
 }

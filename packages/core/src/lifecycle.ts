@@ -80,3 +80,50 @@ export async function runUntilSignal(
     if (process.connected) process.disconnect();
   }
 }
+
+/** Work tied to a service's life, for {@link withCompanion}. */
+export interface CompanionHooks {
+  /** Runs once the service serves (e.g. register it, start a worker that calls it). */
+  afterStart(): Promise<void>;
+  /** Runs first in `drain()` and `close()`, while the service still serves (e.g. deregister, stop the worker). */
+  beforeStop(): Promise<void>;
+}
+
+/**
+ * Wraps `service` with a companion that must run only while it serves (a
+ * registry entry, a job worker): `start()` starts the service, then runs
+ * `afterStart`; when that throws, the service is closed (a failure of that
+ * close is dropped) and the companion's error is rethrown. `drain()` and
+ * `close()` run `beforeStop` first, then the service's own, so the
+ * companion stops before the service does. The wrapper reports the
+ * service's role, state and address.
+ * @throws (from `start()`) what the service's `start()` or `afterStart` throws.
+ */
+export function withCompanion(service: Service, hooks: CompanionHooks): Service {
+  return {
+    role: service.role,
+    get state() {
+      return service.state;
+    },
+    get address() {
+      return service.address;
+    },
+    async start() {
+      await service.start();
+      try {
+        await hooks.afterStart();
+      } catch (err) {
+        await service.close().catch(() => undefined);
+        throw err;
+      }
+    },
+    async drain() {
+      await hooks.beforeStop();
+      await service.drain();
+    },
+    async close() {
+      await hooks.beforeStop();
+      await service.close();
+    },
+  };
+}

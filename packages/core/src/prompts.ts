@@ -7,7 +7,8 @@
  * (`"max_token"`) is not silently ignored.
  */
 import { z } from "zod";
-import { InputFileError, type BadLine } from "./errors.js";
+import { KvPlacement as WireKvPlacement, type GenerateRequestSchema, type MessageInitShape } from "@tessera/proto";
+import { parsePromptLines, promptSpecOf } from "./prompt-lines.js";
 
 /** Where a sequence's KV cache goes: RAM of a memory-node, disk of a storage-node, or the planner's choice. */
 export type KvPlacement = "memory" | "storage" | "auto";
@@ -77,52 +78,66 @@ function describeIssues(error: z.ZodError, value: unknown): string {
  *   to the user before anything runs.
  */
 export function parsePromptsJsonl(path: string, text: string, limits: PromptLimits = {}): PromptSpec[] {
-  const bad: BadLine[] = [];
-  const prompts: PromptSpec[] = [];
-  const firstLineOfId = new Map<string, number>();
-  const lines = text.replace(/^\uFEFF/, "").split("\n");
-  let count = 0;
-  lines.forEach((raw, i) => {
-    const line = i + 1;
-    const source = raw.endsWith("\r") ? raw.slice(0, -1) : raw;
-    if (source.trim() === "") return;
-    count++;
-    let value: unknown;
-    try {
-      value = JSON.parse(source);
-    } catch (err) {
-      bad.push({ line, message: `invalid JSON: ${(err as Error).message}` });
-      return;
-    }
-    const parsed = promptLineSchema.safeParse(value);
-    if (!parsed.success) {
-      bad.push({ line, message: describeIssues(parsed.error, value) });
-      return;
-    }
-    const p = parsed.data;
-    const seen = firstLineOfId.get(p.id);
-    if (seen !== undefined) {
-      bad.push({ line, message: `duplicate id "${p.id}" (first on line ${seen})` });
-      return;
-    }
-    firstLineOfId.set(p.id, line);
-    if (limits.maxTokens !== undefined && p.max_tokens !== undefined && p.max_tokens > limits.maxTokens) {
-      bad.push({ line, message: `field "max_tokens": ${p.max_tokens} exceeds the limit ${limits.maxTokens}` });
-      return;
-    }
-    if (limits.maxPrompts !== undefined && count > limits.maxPrompts) {
-      bad.push({ line, message: `more than ${limits.maxPrompts} prompts` });
-      return;
-    }
-    const spec: PromptSpec = { id: p.id, prompt: p.prompt, line };
-    if (p.max_tokens !== undefined) spec.maxTokens = p.max_tokens;
-    if (p.temperature !== undefined) spec.temperature = p.temperature;
-    if (p.top_p !== undefined) spec.topP = p.top_p;
-    if (p.seed !== undefined) spec.seed = p.seed;
-    if (p.kv !== undefined) spec.kv = p.kv;
-    prompts.push(spec);
+  return parsePromptLines(path, text, limits, {
+    schema: promptLineSchema,
+    describeIssues,
+    toSpec: (p, line) => promptSpecOf(p.id, line, p),
+    idField: "id",
+    maxTokensField: "max_tokens",
+    noun: "prompts",
   });
-  if (bad.length === 0 && prompts.length === 0) bad.push({ line: 0, message: "the file holds no prompts" });
-  if (bad.length > 0) throw new InputFileError(path, bad);
-  return prompts;
+}
+
+/**
+ * Request-wide sampling of a Generate call; a prompt's own fields override
+ * it. Unset fields are sent as 0, which the coordinator reads as unset.
+ */
+export interface GenerateSampling {
+  /** Most tokens generated per prompt. @default the coordinator's default */
+  maxTokens?: number;
+  /** Sampling temperature (>= 0; 0 = greedy). @default 0 */
+  temperature?: number;
+  /** Nucleus mass in (0, 1]. @default the coordinator's default */
+  topP?: number;
+  /** Sampler seed, a non-negative integer. @default a time-based seed chosen by the coordinator */
+  seed?: number;
+}
+
+/** A KV placement as the wire's `tessera.v1.KvPlacement`. */
+export function wireKvPlacement(kv: KvPlacement): WireKvPlacement {
+  return kv === "memory" ? WireKvPlacement.MEMORY : kv === "storage" ? WireKvPlacement.STORAGE : WireKvPlacement.AUTO;
+}
+
+/**
+ * The Generate request of a prompts file: each spec becomes a PromptInput
+ * (its unset options left unset, so `sampling` applies), `sampling` the
+ * request's SamplingParams (unset fields sent as 0, meaning unset), and
+ * `fields` adds the rest (`jobId`, `kv`, `modelPath`, `tokenizerPath`).
+ * Used by `tessera run` and the coordinator's job worker, so a batch job
+ * samples exactly what a direct run of its file does.
+ * @throws RangeError when a seed is not an integer (BigInt of it).
+ */
+export function generateRequest(
+  prompts: readonly PromptSpec[],
+  sampling: GenerateSampling,
+  fields: { jobId?: string; kv?: WireKvPlacement; modelPath?: string; tokenizerPath?: string } = {},
+): MessageInitShape<typeof GenerateRequestSchema> {
+  return {
+    ...fields,
+    prompts: prompts.map((p) => ({
+      id: p.id,
+      prompt: p.prompt,
+      maxTokens: p.maxTokens,
+      temperature: p.temperature,
+      topP: p.topP,
+      seed: p.seed === undefined ? undefined : BigInt(p.seed),
+      kv: p.kv === undefined ? undefined : wireKvPlacement(p.kv),
+    })),
+    sampling: {
+      maxTokens: sampling.maxTokens ?? 0,
+      temperature: sampling.temperature ?? 0,
+      topP: sampling.topP ?? 0,
+      seed: BigInt(sampling.seed ?? 0),
+    },
+  };
 }

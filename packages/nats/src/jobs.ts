@@ -17,6 +17,8 @@ import { randomBytes } from "node:crypto";
 import { nanos, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import {
   AckPolicy,
+  JetStreamApiCodes,
+  JetStreamApiError,
   DeliverPolicy,
   RetentionPolicy,
   StorageType,
@@ -30,6 +32,20 @@ import {
 import { Kvm, type KV } from "@nats-io/kv";
 import { Objm, type ObjectStore } from "@nats-io/obj";
 import { TesseraError, parseBatchInput, type BatchFormat, type BatchInput } from "@tessera/core";
+
+/** Whether `err` (or its cause) is JetStream refusing a write because the key changed since the revision read. */
+function isCasMismatch(err: unknown): boolean {
+  for (let e: unknown = err; e instanceof Error; e = e.cause) {
+    if (
+      e instanceof JetStreamApiError &&
+      (e.code === JetStreamApiCodes.StreamWrongLastSequence ||
+        e.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown)
+    )
+      return true;
+    if (/wrong last sequence/i.test(e.message)) return true;
+  }
+  return false;
+}
 
 /** Job priorities, highest first: a worker takes every pending high job before a normal one. */
 export const JOB_PRIORITIES = ["high", "normal", "low"] as const;
@@ -134,12 +150,16 @@ export function jobNames(prefix = "tessera"): JobNames {
   };
 }
 
-/** A job operation failed (bad id, unknown job, lost claim). */
+/**
+ * A job operation failed: bad input or id (INVALID_ARGUMENT, the default
+ * gRPC code), or a job state that kept changing under an update (ABORTED:
+ * worth retrying).
+ */
 export class JobError extends TesseraError {
   override name = "JobError";
-  constructor(message: string, options?: { cause?: unknown }) {
+  constructor(message: string, options?: { cause?: unknown; rpcCode?: number }) {
     super(message, options);
-    this.rpcCode = 3; // INVALID_ARGUMENT
+    this.rpcCode = options?.rpcCode ?? 3; // INVALID_ARGUMENT
   }
 }
 
@@ -408,7 +428,12 @@ export class JobStore {
         await this.kv.update(id, encodeState(next), cur.revision);
         return next;
       } catch (err) {
-        if (i >= CAS_TRIES) throw new JobError(`job "${id}": state kept changing under update`, { cause: err });
+        // Only a lost compare-and-set is retried: after any other error
+        // (a timeout) the write may have landed, and re-applying `mutate`
+        // to the new state could apply it twice.
+        if (!isCasMismatch(err)) throw err;
+        if (i >= CAS_TRIES)
+          throw new JobError(`job "${id}": state kept changing under update`, { cause: err, rpcCode: 10 }); // ABORTED
       }
     }
   }
@@ -600,6 +625,9 @@ export class JobStore {
     await this.obj.putBlob({ name }, enc.encode(results.map((r) => r.line + "\n").join("")));
     const s = await this.update(jobId, (s) => {
       if (s.owner !== owner) throw new JobOwnershipLostError(jobId, owner, s.owner);
+      // Stored already (a retry after a write whose answer was lost): no change.
+      const done = new Set(s.doneIds);
+      if (results.every((r) => done.has(r.promptId))) return undefined;
       return {
         ...s,
         chunks: [...s.chunks, name],
@@ -610,7 +638,7 @@ export class JobStore {
         completionTokens: s.completionTokens + results.reduce((n, r) => n + r.completionTokens, 0),
       };
     });
-    return s!;
+    return s ?? (await this.get(jobId))!;
   }
 
   /**

@@ -11,7 +11,7 @@
 import { randomUUID } from "node:crypto";
 import { Kvm, type KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import type { Service } from "@tessera/core";
+import { withCompanion, type Service } from "@tessera/core";
 import { connectNats, NatsError } from "./connection.js";
 
 /** Role of a node in the registry. */
@@ -302,9 +302,10 @@ export interface RegistryWatcher {
 /**
  * Watches the registry bucket `${prefix}-nodes` and reports each change to
  * `onEvent`. Records present when the watch starts are reported "joined"
- * unless their `heartbeatAt` is older than `lostAfterMs` (a node that died
- * without deregistering): those are reported only when they heartbeat
- * again. Heartbeats are timed on the watcher's clock (a timer checks every
+ * unless their last write is older than `lostAfterMs` by the NATS server's
+ * timestamp (a node that died without deregistering; the node's own clock
+ * is not trusted): those are reported only when they heartbeat again. A
+ * record written while the watch runs is always a node that is up. Heartbeats are timed on the watcher's clock (a timer checks every
  * `lostAfterMs / 10` ms, clamped to 25..250 ms, so a node is reported at
  * most 250 ms after its `lostAfterMs` ran out); while the connection to
  * NATS is down nobody is declared lost, and after it reconnects every node
@@ -384,6 +385,11 @@ export async function watchRegistry(o: WatchRegistryOptions): Promise<RegistryWa
     throw new NatsError(servers, `watching bucket "${bucket}"`, { cause: e });
   }
 
+  // Records listed at start (before the watch's delta reaches 0) may be
+  // stale: one whose last write is older than lostAfterMs by the NATS
+  // server's clock (not the node's: clocks differ) is reported when it
+  // heartbeats again. Every PUT seen live is a node that is up.
+  let live = initialMessages === 0;
   const loop = (async () => {
     for await (const e of iter) {
       const node = known.get(e.key);
@@ -391,7 +397,7 @@ export async function watchRegistry(o: WatchRegistryOptions): Promise<RegistryWa
         const record = parse(e.key, e.value);
         if (record) {
           if (!node) {
-            const age = Date.now() - Date.parse(record.heartbeatAt);
+            const age = live ? 0 : Date.now() - e.created.getTime();
             if (age > lostAfterMs) {
               log(
                 `registry: ${record.role}-node ${record.address} has not heartbeated for ${Math.round(age)} ms; ` +
@@ -414,7 +420,10 @@ export async function watchRegistry(o: WatchRegistryOptions): Promise<RegistryWa
         known.delete(e.key);
         emit("left", node.record, "deregistered");
       }
-      if (e.delta === 0) initialDone();
+      if (e.delta === 0) {
+        live = true;
+        initialDone();
+      }
     }
   })().catch((e: unknown) => {
     if (!stopped) log(`registry: watch of bucket "${bucket}" at ${servers} ended: ${(e as Error).message}`);
@@ -530,41 +539,21 @@ export function withRegistration<S extends Service>(
       log(`${role}: ${(e as Error).message}`);
     }
   };
-  return {
-    role: service.role,
-    get state() {
-      return service.state;
+  return withCompanion(service, {
+    async afterStart() {
+      const advert = await describe(service.address);
+      registration = await registerNode({
+        nats,
+        prefix: o.natsPrefix,
+        role,
+        address: o.advertise ?? service.address,
+        pricePerHour: advert.pricePerHour,
+        profile: advert.profile,
+        heartbeatMs: o.heartbeatMs,
+        log,
+      });
+      log(`${role}: registered ${registration.key} in bucket "${registration.bucket}" at ${nats}`);
     },
-    get address() {
-      return service.address;
-    },
-    async start() {
-      await service.start();
-      try {
-        const advert = await describe(service.address);
-        registration = await registerNode({
-          nats,
-          prefix: o.natsPrefix,
-          role,
-          address: o.advertise ?? service.address,
-          pricePerHour: advert.pricePerHour,
-          profile: advert.profile,
-          heartbeatMs: o.heartbeatMs,
-          log,
-        });
-        log(`${role}: registered ${registration.key} in bucket "${registration.bucket}" at ${nats}`);
-      } catch (e) {
-        await service.close().catch(() => undefined);
-        throw e;
-      }
-    },
-    async drain() {
-      await deregister();
-      await service.drain();
-    },
-    async close() {
-      await deregister();
-      await service.close();
-    },
-  };
+    beforeStop: deregister,
+  });
 }

@@ -143,9 +143,12 @@ test("a node whose heartbeats stop is lost, and back when they resume; stale rec
     nodeId: "stale",
   };
   await kv.put(registryKey("storage", stale.address), JSON.stringify(stale));
+  const lostAfterMs = 600;
+  // Stale by the NATS server's clock (the only one the watcher trusts): not
+  // written for longer than lostAfterMs when the watch starts.
+  await new Promise((r) => setTimeout(r, lostAfterMs + 200));
 
   const log = eventLog();
-  const lostAfterMs = 600;
   const watcher = await watchRegistry({
     nats: nc,
     prefix,
@@ -323,3 +326,36 @@ async function freePort(): Promise<number> {
   await new Promise<void>((r) => srv.close(() => r()));
   return port;
 }
+
+test("a node whose clock runs behind joins: the watcher judges records by the NATS server's time, not the node's", async (t) => {
+  const prefix = await prefixFor(t);
+  const nc = await connectNats({ servers: SERVERS, name: "registry-test-skew" });
+  t.after(() => nc.close());
+  const kv = await openRegistryBucket(nc, prefix);
+  const log = eventLog();
+  const watcher = await watchRegistry({
+    nats: nc,
+    prefix,
+    heartbeatMs: 100,
+    lostAfterMs: 600,
+    onEvent: log.onEvent,
+    log: () => {},
+  });
+  t.after(() => watcher.stop());
+  // Its clock is 5 s behind: every heartbeatAt it writes looks 5 s old.
+  const behind = new Date(Date.now() - 5000).toISOString();
+  const address = "127.0.0.1:50011";
+  await kv.put(
+    registryKey("memory", address),
+    JSON.stringify({
+      role: "memory",
+      address,
+      pricePerHour: 0,
+      startedAt: behind,
+      heartbeatAt: behind,
+      nodeId: "skew",
+    }),
+  );
+  const joined = await log.next("joined", address);
+  assert.equal(joined.role, "memory");
+});

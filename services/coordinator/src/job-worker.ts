@@ -12,14 +12,13 @@ import { hostname } from "node:os";
 import {
   Code,
   Coordinator,
-  KvPlacement,
   RpcError,
   createClient,
   type Client,
   type GenerateEvent,
   type Result,
 } from "@tessera/proto";
-import { formatBatchResult } from "@tessera/core";
+import { formatBatchResult, generateRequest } from "@tessera/core";
 import {
   JobOwnershipLostError,
   JobStore,
@@ -67,12 +66,6 @@ export interface JobWorker {
   close(): Promise<void>;
 }
 
-const KV: Record<string, KvPlacement> = {
-  auto: KvPlacement.AUTO,
-  memory: KvPlacement.MEMORY,
-  storage: KvPlacement.STORAGE,
-};
-
 /** Errors a retry cannot fix: the job fails at once. */
 const PERMANENT = new Set<number>([
   Code.INVALID_ARGUMENT,
@@ -109,6 +102,11 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
         continue;
       }
       if (!d) return;
+      if (stop.signal.aborted) {
+        // Pulled while stopping: hand it straight back.
+        d.nak();
+        return;
+      }
       try {
         await runJob(store, d);
       } catch (err) {
@@ -146,6 +144,7 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
     };
     const onStop = () => halt("stopping");
     stop.signal.addEventListener("abort", onStop, { once: true });
+    if (stop.signal.aborted) onStop();
     const heartbeat = setInterval(() => d.working(), Math.max(250, ackWaitMs / 4));
     // Cancel and loss of the claim arrive as changes of the job's state.
     const watching = (async () => {
@@ -161,26 +160,11 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
       const remaining = input.prompts.filter((p) => !done.has(p.id));
       if (remaining.length > 0 && !abort.signal.aborted) {
         const stream = client!.generate(
-          {
+          generateRequest(remaining, job.sampling, {
             jobId: job.id,
-            prompts: remaining.map((p) => ({
-              id: p.id,
-              prompt: p.prompt,
-              maxTokens: p.maxTokens,
-              temperature: p.temperature,
-              topP: p.topP,
-              seed: p.seed === undefined ? undefined : BigInt(p.seed),
-              kv: p.kv === undefined ? undefined : KV[p.kv],
-            })),
-            sampling: {
-              maxTokens: job.sampling.maxTokens ?? 0,
-              temperature: job.sampling.temperature ?? 0,
-              topP: job.sampling.topP ?? 0,
-              seed: BigInt(job.sampling.seed ?? 0),
-            },
             modelPath: job.model ?? "",
             tokenizerPath: job.tokenizer ?? "",
-          },
+          }),
           { signal: abort.signal },
         );
         for await (const ev of stream as AsyncIterable<GenerateEvent>) {

@@ -1,4 +1,4 @@
-import { runUntilSignal, type Service } from "@tessera/core";
+import { runUntilSignal, withCompanion } from "@tessera/core";
 import { createCoordinator } from "./coordinator.js";
 import { createJobWorker, type JobWorker } from "./job-worker.js";
 import type { CoordinatorOptions } from "./options.js";
@@ -14,40 +14,26 @@ export function runCoordinator(options: CoordinatorOptions): Promise<void> {
   const nats = coordinator.options.nats;
   if (nats === undefined) return runUntilSignal(coordinator);
   let worker: JobWorker | undefined;
-  const stopWorker = () => worker?.close();
-  const service: Service = {
-    role: coordinator.role,
-    get state() {
-      return coordinator.state;
-    },
-    get address() {
-      return coordinator.address;
-    },
-    async start() {
-      await coordinator.start();
-      worker = createJobWorker({
-        nats,
-        natsPrefix: coordinator.options.natsPrefix,
-        coordinatorAddress: coordinator.address,
-        defaultModel: coordinator.options.modelPath?.split("/").at(-1) ?? "default",
-        log: coordinator.options.log,
-      });
-      try {
-        await worker.start();
-      } catch (err) {
-        await worker.close();
-        await coordinator.close();
-        throw err;
-      }
-    },
-    async drain() {
-      await stopWorker();
-      await coordinator.drain();
-    },
-    async close() {
-      await stopWorker();
-      await coordinator.close();
-    },
-  };
-  return runUntilSignal(service);
+  return runUntilSignal(
+    withCompanion(coordinator, {
+      async afterStart() {
+        worker = createJobWorker({
+          nats,
+          natsPrefix: coordinator.options.natsPrefix,
+          coordinatorAddress: coordinator.address,
+          defaultModel: coordinator.options.modelPath?.split("/").at(-1) ?? "default",
+          log: coordinator.options.log,
+        });
+        try {
+          await worker.start();
+        } catch (err) {
+          await worker.close();
+          throw err;
+        }
+      },
+      beforeStop: async () => {
+        await worker?.close();
+      },
+    }),
+  );
 }

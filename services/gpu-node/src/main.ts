@@ -1,7 +1,6 @@
 /** Process entry of a gpu-node: serves until SIGINT/SIGTERM. */
-import { runUntilSignal } from "@tessera/core";
+import { readNodeAdvert, runUntilSignal } from "@tessera/core";
 import { withRegistration, type NodeRegistryOptions } from "@tessera/nats";
-import { GpuNode, NodeProfileSchema, createClient, toJson } from "@tessera/proto";
 import { createGpuNode, type GpuNodeOptions } from "./gpu-node.js";
 
 /**
@@ -14,17 +13,6 @@ import { createGpuNode, type GpuNodeOptions } from "./gpu-node.js";
  */
 export function runGpuNode(options: GpuNodeOptions, registry: NodeRegistryOptions = {}): Promise<void> {
   return runUntilSignal(
-    withRegistration(createGpuNode(options), "gpu", registry, async (address) => {
-      const client = createClient(GpuNode, address);
-      try {
-        const info = await client.info({}, { deadline: 10_000 });
-        return {
-          pricePerHour: info.pricePerHour,
-          profile: info.profile ? toJson(NodeProfileSchema, info.profile) : undefined,
-        };
-      } finally {
-        client.close();
-      }
-    }),
+    withRegistration(createGpuNode(options), "gpu", registry, (address) => readNodeAdvert("gpu", address)),
   );
 }

@@ -37,10 +37,7 @@
 import { availableParallelism } from "node:os";
 import {
   answerAttend,
-  AttentionRequestError,
   CapacityError,
-  checkFiniteValues,
-  QK_MAX_ABS,
   ConfigError,
   attendKvCache,
   checkOpenSequence,
@@ -68,7 +65,6 @@ import {
 } from "@tessera/core";
 import {
   Attention,
-  Code,
   addService,
   type AttendRequest,
   type AttendResponseSchema,
@@ -264,23 +260,6 @@ function sequenceLength(seq: Sequence): number {
 }
 
 /**
- * Rejects q and k values that would make the attention scores NaN or
- * overflow (NaN, ±inf, beyond core's {@link QK_MAX_ABS}): the kernels would
- * fail with INTERNAL, but they are the client's bad input. Runs before
- * anything is written, so such a request changes nothing. (The same check
- * is in storage-node.ts; it belongs in core's planAttendRequest.)
- * @throws AttentionRequestError INVALID_ARGUMENT naming the tensor, index and value.
- */
-function checkQk(plan: { q: Float32Array; k: Float32Array }, where: string): void {
-  try {
-    checkFiniteValues(plan.q, "q", QK_MAX_ABS);
-    checkFiniteValues(plan.k, "k", QK_MAX_ABS);
-  } catch (err) {
-    throw new AttentionRequestError(Code.INVALID_ARGUMENT, `${where}: ${(err as Error).message}`);
-  }
-}
-
-/**
  * Creates a memory-node. Nothing is bound until `start()`.
  * @throws ConfigError naming the option when `options` are invalid.
  */
@@ -428,7 +407,6 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
   function attend(req: AttendRequest): Promise<MessageInitShape<typeof AttendResponseSchema>> {
     return answerAttend(req, { role: "memory", address: address() }, () => {
       const plan = planAttendRequest(req, (id) => sequences.get(id), where(), reusable);
-      checkQk(plan, `${where()}: layer ${req.layer}`);
       const { dims, layer } = plan;
       const kvRow = dims.nKvHeads * dims.headDim;
       const oRow = dims.nHeads * dims.headDim;

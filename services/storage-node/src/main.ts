@@ -1,6 +1,5 @@
-import { runUntilSignal } from "@tessera/core";
+import { readNodeAdvert, runUntilSignal } from "@tessera/core";
 import { withRegistration, type NodeRegistryOptions } from "@tessera/nats";
-import { Attention, NodeProfileSchema, createClient, toJson } from "@tessera/proto";
 import { createStorageNode, type StorageNodeOptions } from "./storage-node.js";
 
 /**
@@ -14,17 +13,6 @@ import { createStorageNode, type StorageNodeOptions } from "./storage-node.js";
  */
 export function runStorageNode(options: StorageNodeOptions, registry: NodeRegistryOptions = {}): Promise<void> {
   return runUntilSignal(
-    withRegistration(createStorageNode(options), "storage", registry, async (address) => {
-      const client = createClient(Attention, address);
-      try {
-        const info = await client.info({}, { deadline: 10_000 });
-        return {
-          pricePerHour: info.pricePerHour,
-          profile: info.profile ? toJson(NodeProfileSchema, info.profile) : undefined,
-        };
-      } finally {
-        client.close();
-      }
-    }),
+    withRegistration(createStorageNode(options), "storage", registry, (address) => readNodeAdvert("storage", address)),
   );
 }

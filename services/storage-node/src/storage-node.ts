@@ -24,10 +24,7 @@ import { join, resolve } from "node:path";
 import { rm } from "node:fs/promises";
 import {
   answerAttend,
-  AttentionRequestError,
   CapacityError,
-  checkFiniteValues,
-  QK_MAX_ABS,
   ConfigError,
   checkOpenSequence,
   createGrpcService,
@@ -299,23 +296,6 @@ function createMutex(): <T>(task: () => Promise<T>) => Promise<T> {
 }
 
 /**
- * Rejects q and k values that would make the attention scores NaN or
- * overflow (NaN, ±inf, beyond core's {@link QK_MAX_ABS}): the kernels would
- * fail with INTERNAL, but they are the client's bad input. Runs before
- * anything is written, so such a request changes nothing. (The same check
- * is in memory-node.ts; it belongs in core's planAttendRequest.)
- * @throws AttentionRequestError INVALID_ARGUMENT naming the tensor, index and value.
- */
-function checkQk(plan: { q: Float32Array; k: Float32Array }, where: string): void {
-  try {
-    checkFiniteValues(plan.q, "q", QK_MAX_ABS);
-    checkFiniteValues(plan.k, "k", QK_MAX_ABS);
-  } catch (err) {
-    throw new AttentionRequestError(Code.INVALID_ARGUMENT, `${where}: ${(err as Error).message}`);
-  }
-}
-
-/**
  * Creates a storage-node. Nothing is touched on disk until `start()`, which
  * scans `dataDir` for the sequences stored there and then serves.
  * @throws ConfigError naming the option when `options` are invalid.
@@ -565,7 +545,6 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
   function attend(req: AttendRequest): Promise<MessageInitShape<typeof AttendResponseSchema>> {
     return answerAttend(req, { role: "storage", address: address() }, async () => {
       const plan = planAttendRequest(req, lookup, where());
-      checkQk(plan, `${where()}: layer ${req.layer}`);
       const oRow = plan.dims.nHeads * plan.dims.headDim;
       const out = new Float32Array(plan.totalTokens * oRow);
       // Settled, not Promise.all: the request ends (and CloseSequence or

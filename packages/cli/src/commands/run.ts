@@ -1,6 +1,13 @@
 import { readFile } from "node:fs/promises";
-import { Coordinator, KvPlacement, RpcError, createClient, type GenerateEvent, type Summary } from "@tessera/proto";
-import { loadModelTokenizer, parsePromptsJsonl, readModelHeader, type PromptSpec } from "@tessera/core";
+import { Coordinator, RpcError, createClient, type GenerateEvent, type Summary } from "@tessera/proto";
+import {
+  generateRequest,
+  loadModelTokenizer,
+  parsePromptsJsonl,
+  readModelHeader,
+  wireKvPlacement,
+  type PromptSpec,
+} from "@tessera/core";
 import { startLocalCluster, type LocalCluster } from "../local-cluster.js";
 import { bundled, defaultTokenizerFor } from "../paths.js";
 import { RunProgress } from "../progress.js";
@@ -29,12 +36,6 @@ export interface RunFlags {
   verbose: boolean;
   quiet: boolean;
 }
-
-const KV: Record<string, KvPlacement> = {
-  auto: KvPlacement.AUTO,
-  memory: KvPlacement.MEMORY,
-  storage: KvPlacement.STORAGE,
-};
 
 /**
  * `tessera run`: validates the prompts file (every bad line reported before
@@ -97,28 +98,17 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
     const client = createClient(Coordinator, address);
     try {
       const stream = client.generate(
-        {
-          prompts: prompts.map((p) => ({
-            id: p.id,
-            prompt: p.prompt,
-            maxTokens: p.maxTokens,
-            temperature: p.temperature,
-            topP: p.topP,
-            seed: p.seed === undefined ? undefined : BigInt(p.seed),
-            kv: p.kv === undefined ? undefined : KV[p.kv],
-          })),
-          sampling: {
-            maxTokens: flags.maxTokens,
-            temperature: flags.temperature,
-            topP: flags.topP,
-            seed: BigInt(seed),
+        generateRequest(
+          prompts,
+          { maxTokens: flags.maxTokens, temperature: flags.temperature, topP: flags.topP, seed },
+          {
+            kv: wireKvPlacement(flags.kv),
+            // With --cluster the paths are read where the cluster runs; empty
+            // means the coordinator's own default model.
+            modelPath: flags.cluster ? (flags.model ?? "") : model,
+            tokenizerPath: flags.cluster ? (flags.tokenizer ?? (flags.model ? tokenizer : "")) : tokenizer,
           },
-          kv: KV[flags.kv],
-          // With --cluster the paths are read where the cluster runs; empty
-          // means the coordinator's own default model.
-          modelPath: flags.cluster ? (flags.model ?? "") : model,
-          tokenizerPath: flags.cluster ? (flags.tokenizer ?? (flags.model ? tokenizer : "")) : tokenizer,
-        },
+        ),
         { signal },
       );
       for await (const ev of stream as AsyncIterable<GenerateEvent>) {
