@@ -101,6 +101,13 @@ export interface BatchContext {
   stages: readonly { address: string; range: LayerRange }[];
   /** What each gpu-node's Info said (price, profile, RTT), for the planner. */
   gpuSurvey: readonly GpuSurvey[];
+  /**
+   * Loads a stage's layer range on its gpu-node again (a gpu-node restarted
+   * at the same address holds no model; the job's KV caches are on the
+   * attention nodes, so the job goes on).
+   * @throws RpcError when the Load fails.
+   */
+  reloadStage(address: string): Promise<void>;
   /** The live node set: attention nodes are taken from it at every placement; changes re-plan. */
   membership: Membership;
   /** Attention client of a node address (shared, owned by the coordinator). */
@@ -846,6 +853,15 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
         }
         // The pipeline has put the failing gpu-node's address in front.
         const message = failure.message;
+        if (
+          failure.role === "gpu" &&
+          failure.code === Code.FAILED_PRECONDITION &&
+          /no model is loaded/.test(message) &&
+          (await gpuRetry(message))
+        ) {
+          await ctx.reloadStage(failure.address).catch((err: unknown) => options.log((err as Error).message));
+          continue;
+        }
         if (TRANSIENT.has(failure.code) && (await gpuRetry(message))) continue;
         for (const p of alive) finish(p.s, "error", message);
         return rows;

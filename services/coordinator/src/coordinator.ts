@@ -186,22 +186,25 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
           const key = JSON.stringify([modelPath, range.start, range.end, i === 0, i === stages.length - 1]);
           releases.push(await lease.acquire(key, abort.signal));
         }
-        await Promise.all(
-          stages.map(({ range, address, i }) =>
-            gpuClient(address)
-              .load({
-                modelPath,
-                layerStart: range.start,
-                layerEnd: range.end,
-                embed: i === 0,
-                head: i === stages.length - 1,
-              })
-              .catch((err: unknown) => {
+        // Loads a stage's layer range; again when a restarted gpu-node
+        // answers a step with "no model is loaded".
+        const loadStage = ({ range, address, i }: (typeof stages)[number]) =>
+          gpuClient(address)
+            .load({
+              modelPath,
+              layerStart: range.start,
+              layerEnd: range.end,
+              embed: i === 0,
+              head: i === stages.length - 1,
+            })
+            .then(
+              () => undefined,
+              (err: unknown) => {
                 const e = RpcError.from(err);
                 throw new RpcError(e.code, `gpu-node ${address}: Load failed: ${e.message}`, { cause: err });
-              }),
-          ),
-        );
+              },
+            );
+        await Promise.all(stages.map(loadStage));
         const channel = new ForwardPipeline(stages.map(({ address }) => new ForwardChannel(gpuClient(address))));
         try {
           await runBatch(req, {
@@ -210,6 +213,14 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
             gpu: channel,
             stages,
             gpuSurvey,
+            async reloadStage(address: string) {
+              const stage = stages.find((st) => st.address === address);
+              if (!stage) throw new RpcError(Code.NOT_FOUND, `gpu-node ${address} is not a stage of this job`);
+              options.log(
+                `gpu-node ${address}: no model loaded (restarted?); loading layers [${stage.range.start}, ${stage.range.end}) again`,
+              );
+              await loadStage(stage);
+            },
             membership,
             attentionClient,
             signal: abort.signal,
