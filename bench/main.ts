@@ -20,6 +20,9 @@
  * - price (only with `--only price`): two memory-nodes of different price,
  *   capacity and speed; sequences per node against the plan, measured $ per
  *   million tokens of each placement (bench/price-placement.ts).
+ * - load (only with `--only load`, `npm run bench:load`): 1,000 queued batch
+ *   jobs through NATS; jobs/s, queue wait, the coordinator's memory
+ *   (bench/load.ts).
  *
  * Progress goes to stderr; the result table (Markdown) to stdout.
  * Run `node --import tsx bench/main.ts --help` for the options.
@@ -52,7 +55,7 @@ import {
   type InProcessResult,
 } from "./split.js";
 
-const BENCHES = ["split", "dense", "beyond-ram", "pipelining", "attention", "plan", "price"] as const;
+const BENCHES = ["split", "dense", "beyond-ram", "pipelining", "attention", "plan", "price", "load"] as const;
 type Bench = (typeof BENCHES)[number];
 /** What runs without --only: issue 3's benches (issue 4's plan and price run with --only plan / --only price). */
 const DEFAULT_BENCHES: readonly Bench[] = ["split", "dense", "beyond-ram", "pipelining", "attention"];
@@ -291,6 +294,11 @@ async function main(): Promise<void> {
   if (benches.has("price")) {
     const { runPricePlacement, printPricePlacement } = await import("./price-placement.js");
     printPricePlacement(await runPricePlacement(o, repsGiven ? reps : 1));
+  }
+
+  if (benches.has("load")) {
+    const { runLoad, printLoad } = await import("./load.js");
+    printLoad(await runLoad(o));
   }
 
   if (benches.has("attention")) {
