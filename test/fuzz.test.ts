@@ -56,6 +56,12 @@ import {
   OpenSequenceRequestSchema,
   RemoveNodeRequestSchema,
   AddNodeRequestSchema,
+  CancelJobRequestSchema,
+  GetJobRequestSchema,
+  GetResultsRequestSchema,
+  ListJobsRequestSchema,
+  SubmitJobRequestSchema,
+  WatchJobRequestSchema,
   checkHealth,
   create,
   createClient,
@@ -702,11 +708,28 @@ test("malformed and mutated messages to every RPC end with a documented status a
   const removeSeeds = [{ address: gpu.address }, { address: "127.0.0.1:1" }, { address: "" }].map((m) =>
     encode(RemoveNodeRequestSchema, m),
   );
+  // Job RPCs: this coordinator has no NATS, so they end FAILED_PRECONDITION
+  // whatever the request (test/jobs-grpc.test.ts runs them against NATS).
+  const jobInput = new TextEncoder().encode('{"id":"a","prompt":"Once"}\n');
+  const submitSeeds = [
+    { input: jobInput },
+    { jobId: "fuzz", tenant: "t", priority: "high", input: jobInput, format: "tessera", sampling },
+    { jobId: "bad id", priority: "urgent", format: "csv", input: new Uint8Array([0xff, 0xfe]) },
+    { input: new Uint8Array(0), sampling: { temperature: NaN, topP: 7, seed: 2n ** 64n - 1n } },
+  ].map((m) => encode(SubmitJobRequestSchema, m));
   const coordinatorSeeds: Record<string, Uint8Array[]> = {
     Generate: generateSeeds,
     ListNodes: [new Uint8Array(0)],
     AddNode: addSeeds,
     RemoveNode: removeSeeds,
+    SubmitJob: submitSeeds,
+    ListJobs: [{}, { tenant: "t" }].map((m) => encode(ListJobsRequestSchema, m)),
+    GetJob: [{ id: "fuzz" }, { id: "" }, { id: "a.b\u0000" }].map((m) => encode(GetJobRequestSchema, m)),
+    GetResults: [{ id: "fuzz" }, { id: "fuzz", follow: true }, { id: "" }].map((m) =>
+      encode(GetResultsRequestSchema, m),
+    ),
+    CancelJob: [{ id: "fuzz" }, { id: "" }].map((m) => encode(CancelJobRequestSchema, m)),
+    WatchJob: [{ id: "fuzz" }, { id: "" }].map((m) => encode(WatchJobRequestSchema, m)),
   };
   const coordinatorCodes: Record<string, Code[]> = {
     // Generate: INVALID_ARGUMENT for a bad request as a whole (documented;
@@ -720,6 +743,15 @@ test("malformed and mutated messages to every RPC end with a documented status a
     // RemoveNode: NOT_FOUND for an unknown address, FAILED_PRECONDITION for
     // the last gpu-node or attention node (documented).
     RemoveNode: [Code.NOT_FOUND, Code.FAILED_PRECONDITION],
+    // Job RPCs (documented): FAILED_PRECONDITION without NATS; with it,
+    // INVALID_ARGUMENT for a bad field, line or limit, NOT_FOUND for an
+    // unknown job, UNAVAILABLE when NATS does not answer.
+    ...Object.fromEntries(
+      ["SubmitJob", "ListJobs", "GetJob", "GetResults", "CancelJob", "WatchJob"].map((name) => [
+        name,
+        [Code.FAILED_PRECONDITION, Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.UNAVAILABLE],
+      ]),
+    ),
   };
   const coordinatorSpecs: RpcSpec[] = Coordinator.methods.map((method) => {
     assert.ok(coordinatorSeeds[method.name], `no fuzz seeds for Coordinator.${method.name}`);

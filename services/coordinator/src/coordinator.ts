@@ -4,7 +4,9 @@
  * {@link runBatch}. The node set starts from its options and changes with
  * AddNode / RemoveNode, with the NATS node registry when `nats` is set
  * (nodes that register, deregister, stop or resume heartbeating), and with
- * nodes jobs find lost; see {@link Membership}.
+ * nodes jobs find lost; see {@link Membership}. With `nats` it also serves
+ * the batch-job RPCs (SubmitJob .. WatchJob) from the NATS job queue; see
+ * {@link createJobService}.
  */
 import { setMaxListeners } from "node:events";
 import {
@@ -25,6 +27,7 @@ import { runBatch } from "./batch-run.js";
 import { ForwardChannel } from "./forward-channel.js";
 import { ForwardPipeline } from "./pipeline.js";
 import { checkGenerateLimits } from "./limits.js";
+import { createJobService } from "./job-service.js";
 import { planStages, surveyGpuNodes } from "./job-plan.js";
 import { ModelCache } from "./model-cache.js";
 import { ModelLease } from "./model-lease.js";
@@ -64,6 +67,8 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
   });
   membership.subscribe((c) => options.log(`cluster: ${c.role}-node ${c.address} ${c.kind} (${c.reason})`));
   let registry: RegistryWatcher | undefined;
+  // SubmitJob .. WatchJob: the NATS job queue under natsPrefix (FAILED_PRECONDITION without nats).
+  const jobService = createJobService(options);
 
   // The node registry drives the membership as AddNode / RemoveNode and
   // failing calls do; nodes given in the options stay members.
@@ -109,6 +114,8 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
   };
 
   const impl: ServiceImpl<typeof Coordinator> = {
+    ...jobService.rpcs,
+
     async generate(call) {
       if (service.state !== "running") throw new RpcError(Code.UNAVAILABLE, `coordinator is ${service.state}`);
       const req = call.request;
@@ -322,12 +329,15 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
       // Running jobs are cancelled: their sequences are closed on the way out
       // (resuming a job elsewhere comes with the NATS job queue).
       for (const j of jobs) j.abort();
+      // Open WatchJob / GetResults streams end (UNAVAILABLE): nothing of theirs is lost.
+      jobService.drain();
     },
     // close() too gives the cancelled jobs the grace period to close their sequences.
     drainOnClose: true,
     async onClose() {
       await registry?.stop();
       registry = undefined;
+      await jobService.close();
       membership.close();
       for (const c of [...attentionClients.values(), ...gpuClients.values()]) c.close();
     },

@@ -1,8 +1,9 @@
 /**
  * Batch job commands (issue 5): `tessera submit | jobs | status | results |
  * cancel | watch`. They talk to NATS JetStream directly (the job queue of
- * @tessera/nats); the same operations on the Coordinator gRPC service are
- * still to come.
+ * @tessera/nats); the Coordinator gRPC service offers the same operations
+ * (SubmitJob, ListJobs, GetJob, GetResults, CancelJob, WatchJob) to clients
+ * without NATS access.
  */
 import { readFile } from "node:fs/promises";
 import { resolve } from "node:path";

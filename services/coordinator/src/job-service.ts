@@ -1,0 +1,313 @@
+/**
+ * The batch-job RPCs of `tessera.v1.Coordinator` (issue 5): SubmitJob,
+ * ListJobs, GetJob, GetResults, CancelJob and WatchJob, served from the
+ * NATS job queue of @tessera/nats ({@link JobStore}) under the
+ * coordinator's `natsPrefix` — the same queue the CLI's job commands use and
+ * the job worker pulls from. The store is opened on its own NATS connection
+ * at the first job RPC (so a coordinator that never serves one declares no
+ * job stream or buckets) and closed with the coordinator.
+ */
+import { once, type EventEmitter } from "node:events";
+import {
+  Code,
+  Coordinator,
+  GenerateRequestSchema,
+  RpcError,
+  create,
+  type JobSchema,
+  type MessageInitShape,
+  type SamplingParams,
+  type ServiceImpl,
+} from "@tessera/proto";
+import {
+  JOB_PRIORITIES,
+  JobStore,
+  checkJobId,
+  connectNats,
+  type JobPriority,
+  type JobSampling,
+  type JobState,
+} from "@tessera/nats";
+import { checkGenerateLimits, type GenerateLimits } from "./limits.js";
+
+/** The job RPCs' part of the Coordinator service implementation. */
+export type JobRpcs = Pick<
+  ServiceImpl<typeof Coordinator>,
+  "submitJob" | "listJobs" | "getJob" | "getResults" | "cancelJob" | "watchJob"
+>;
+
+/** What {@link createJobService} needs of the coordinator's options. */
+export interface JobServiceOptions {
+  /** NATS servers; undefined: every job RPC fails FAILED_PRECONDITION. */
+  nats: string | undefined;
+  natsPrefix: string;
+  /** Checked against every submitted job before it is stored. */
+  limits: GenerateLimits;
+  log: (line: string) => void;
+}
+
+type NatsConnection = JobStore["nc"];
+/** The server side of a server-streaming call (what `write` needs of it). */
+interface WritableCall<T> {
+  write(message: T): boolean;
+  once(event: "drain", fn: () => void): unknown;
+}
+
+/** The job RPCs and their lifecycle. */
+export interface JobService {
+  readonly rpcs: JobRpcs;
+  /** Ends every open WatchJob / GetResults stream with UNAVAILABLE (the coordinator is stopping). */
+  drain(): void;
+  /** drain(), then closes the NATS connection; later calls fail UNAVAILABLE. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** A job's state as the wire's `tessera.v1.Job` (unset times and strings empty, unset sampling 0). */
+export function jobMessage(s: JobState): MessageInitShape<typeof JobSchema> {
+  return {
+    id: s.id,
+    tenant: s.tenant ?? "",
+    priority: s.priority,
+    format: s.format,
+    status: s.status,
+    promptsTotal: s.promptsTotal,
+    promptsDone: s.promptsDone,
+    promptsFailed: s.promptsFailed,
+    promptTokens: BigInt(s.promptTokens),
+    completionTokens: BigInt(s.completionTokens),
+    submittedAt: s.submittedAt,
+    startedAt: s.startedAt ?? "",
+    finishedAt: s.finishedAt ?? "",
+    error: s.error ?? "",
+    attempts: s.attempts,
+    cancelRequested: s.cancelRequested ?? false,
+    modelPath: s.model ?? "",
+    tokenizerPath: s.tokenizer ?? "",
+    sampling: {
+      maxTokens: s.sampling.maxTokens ?? 0,
+      temperature: s.sampling.temperature ?? 0,
+      topP: s.sampling.topP ?? 0,
+      seed: BigInt(s.sampling.seed ?? 0),
+    },
+    fileName: s.fileName,
+    inputBytes: BigInt(s.inputBytes),
+  };
+}
+
+const invalid = (message: string) => new RpcError(Code.INVALID_ARGUMENT, message);
+
+/**
+ * A request's SamplingParams as the job's sampling (0 = unset, as Generate reads it).
+ * @throws RpcError INVALID_ARGUMENT naming the field: a non-finite or
+ *   negative temperature, a top_p that is not finite or above 1, a seed
+ *   above 2^53 - 1 (stored as a JSON number).
+ */
+function jobSampling(p: SamplingParams | undefined): JobSampling {
+  if (!p) return {};
+  if (!Number.isFinite(p.temperature) || p.temperature < 0)
+    throw invalid(`sampling.temperature: must be a finite number >= 0, got ${p.temperature}`);
+  if (!Number.isFinite(p.topP) || p.topP < 0 || p.topP > 1)
+    throw invalid(`sampling.top_p: must be in [0, 1] (0 = unset), got ${p.topP}`);
+  if (p.seed > BigInt(Number.MAX_SAFE_INTEGER))
+    throw invalid(`sampling.seed: must be at most ${Number.MAX_SAFE_INTEGER}, got ${p.seed}`);
+  return {
+    ...(p.maxTokens ? { maxTokens: p.maxTokens } : {}),
+    ...(p.temperature ? { temperature: p.temperature } : {}),
+    ...(p.topP ? { topP: p.topP } : {}),
+    ...(p.seed ? { seed: Number(p.seed) } : {}),
+  };
+}
+
+/**
+ * Writes `message`, waiting for the stream to drain when its buffer is
+ * full (a slow reader of a large job's results).
+ * @throws RpcError CANCELLED when `signal` aborts while waiting.
+ */
+async function write<T>(call: WritableCall<T>, message: T, signal: AbortSignal): Promise<void> {
+  if (call.write(message)) return;
+  try {
+    await once(call as unknown as EventEmitter, "drain", { signal });
+  } catch (err) {
+    throw new RpcError(Code.CANCELLED, "the call was cancelled", { cause: err });
+  }
+}
+
+/** Creates the job RPCs for a coordinator with `options`. */
+export function createJobService(options: JobServiceOptions): JobService {
+  const shutdown = new AbortController();
+  let nc: NatsConnection | undefined;
+  let opening: Promise<JobStore> | undefined;
+
+  /**
+   * The job store, opened at the first call.
+   * @throws RpcError FAILED_PRECONDITION without NATS, UNAVAILABLE after close() or when NATS does not answer.
+   */
+  const store = (): Promise<JobStore> => {
+    const servers = options.nats;
+    if (servers === undefined) {
+      throw new RpcError(Code.FAILED_PRECONDITION, "the coordinator has no NATS (--nats): it serves no jobs");
+    }
+    if (shutdown.signal.aborted) throw new RpcError(Code.UNAVAILABLE, "the coordinator is stopping");
+    opening ??= (async () => {
+      const conn = await connectNats({ servers, name: "tessera-coordinator-jobs" });
+      if (shutdown.signal.aborted) {
+        await conn.close();
+        throw new RpcError(Code.UNAVAILABLE, "the coordinator is stopping");
+      }
+      nc = conn;
+      try {
+        return await JobStore.open(conn, { prefix: options.natsPrefix });
+      } catch (err) {
+        nc = undefined;
+        await conn.close().catch(() => undefined);
+        throw new RpcError(
+          Code.UNAVAILABLE,
+          `NATS at ${servers}: cannot open the job queue: ${(err as Error).message}`,
+          {
+            cause: err,
+          },
+        );
+      }
+    })();
+    // A failed open is tried again by the next call.
+    opening.catch(() => (opening = undefined));
+    return opening;
+  };
+
+  /**
+   * A signal aborted when the client cancels `call` or the coordinator stops.
+   * `stopped()` tells the two apart.
+   */
+  const callSignal = (call: { on(event: "cancelled", fn: () => void): unknown; cancelled: boolean }) => {
+    const cancelled = new AbortController();
+    call.on("cancelled", () => cancelled.abort());
+    if (call.cancelled) cancelled.abort();
+    return AbortSignal.any([cancelled.signal, shutdown.signal]);
+  };
+  /**
+   * Runs a job RPC's body: errors that carry a gRPC code (RpcError,
+   * JobError, InputFileError, NatsError) keep it; any other (a NATS
+   * timeout, a lost connection) becomes UNAVAILABLE naming the servers.
+   */
+  const guard = async <T>(what: string, fn: () => Promise<T>): Promise<T> => {
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof RpcError || typeof (err as { rpcCode?: unknown }).rpcCode === "number") throw err;
+      throw new RpcError(Code.UNAVAILABLE, `${what}: job queue at NATS ${options.nats}: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+  };
+  /** @throws RpcError INVALID_ARGUMENT naming `field` unless `id` is a job id. */
+  const jobId = (id: string, field = "id") => {
+    try {
+      return checkJobId(id);
+    } catch (err) {
+      throw invalid((err as Error).message.replace(/^job id:/, `${field}:`));
+    }
+  };
+  const stopping = () => {
+    if (shutdown.signal.aborted) throw new RpcError(Code.UNAVAILABLE, "the coordinator is stopping");
+  };
+
+  const rpcs: JobRpcs = {
+    submitJob: (req) =>
+      guard("SubmitJob", async () => {
+        const s = await store();
+        const fileName = req.fileName || "input";
+        const priority = (req.priority || "normal") as JobPriority;
+        if (!JOB_PRIORITIES.includes(priority))
+          throw invalid(`priority: must be high, normal or low, got ${JSON.stringify(req.priority)}`);
+        const format = req.format || "auto";
+        if (format !== "auto" && format !== "tessera" && format !== "openai")
+          throw invalid(`format: must be auto, tessera or openai, got ${JSON.stringify(req.format)}`);
+        if (req.jobId) jobId(req.jobId, "job_id");
+        const sampling = jobSampling(req.sampling);
+        const { job } = await s.submit({
+          input: req.input,
+          fileName,
+          format,
+          priority,
+          sampling,
+          ...(req.jobId ? { jobId: req.jobId } : {}),
+          ...(req.tenant ? { tenant: req.tenant } : {}),
+          ...(req.modelPath ? { model: req.modelPath } : {}),
+          ...(req.tokenizerPath ? { tokenizer: req.tokenizerPath } : {}),
+          // This coordinator's limits, checked before anything is stored.
+          check: (parsed, bytes) => {
+            const request = create(GenerateRequestSchema, {
+              prompts: parsed.prompts.map((p) => ({
+                id: p.id,
+                prompt: p.prompt,
+                ...(p.maxTokens !== undefined ? { maxTokens: p.maxTokens } : {}),
+              })),
+              sampling: { maxTokens: sampling.maxTokens ?? 0 },
+            });
+            try {
+              checkGenerateLimits(request, options.limits, bytes);
+            } catch (err) {
+              throw invalid(`${fileName}: ${(err as Error).message}`);
+            }
+          },
+        });
+        return jobMessage(job);
+      }),
+
+    listJobs: (req) =>
+      guard("ListJobs", async () => {
+        const jobs = await (await store()).list(req.tenant ? { tenant: req.tenant } : {});
+        return { jobs: jobs.map(jobMessage) };
+      }),
+
+    getJob: (req) =>
+      guard("GetJob", async () => {
+        const s = await store();
+        const state = await s.get(jobId(req.id));
+        if (!state) throw new RpcError(Code.NOT_FOUND, `job ${JSON.stringify(req.id)} not found`);
+        return jobMessage(state);
+      }),
+
+    cancelJob: (req) =>
+      guard("CancelJob", async () => {
+        const s = await store();
+        return jobMessage(await s.cancel(jobId(req.id)));
+      }),
+
+    getResults: (call) =>
+      guard("GetResults", async () => {
+        const s = await store();
+        const id = jobId(call.request.id);
+        const signal = callSignal(call);
+        for await (const line of s.results(id, { follow: call.request.follow, signal })) {
+          if (signal.aborted) break;
+          await write(call, { line }, signal);
+        }
+        stopping();
+      }),
+
+    watchJob: (call) =>
+      guard("WatchJob", async () => {
+        const s = await store();
+        const id = jobId(call.request.id);
+        const signal = callSignal(call);
+        for await (const state of s.watch(id, { signal })) {
+          if (signal.aborted) break;
+          await write(call, jobMessage(state), signal);
+        }
+        stopping();
+      }),
+  };
+
+  return {
+    rpcs,
+    drain: () => shutdown.abort(),
+    async close() {
+      shutdown.abort();
+      await opening?.catch(() => undefined);
+      const conn = nc;
+      nc = undefined;
+      await conn?.close().catch((err: unknown) => options.log(`jobs: closing NATS: ${(err as Error).message}`));
+    },
+  };
+}
