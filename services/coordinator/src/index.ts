@@ -30,6 +30,7 @@ export {
 export { runCoordinator } from "./main.js";
 export { createJobWorker, type JobWorker, type JobWorkerOptions } from "./job-worker.js";
 export {
+  checkBatchLimits,
   checkGenerateLimits,
   compileGenerateLimits,
   defaultGenerateLimits,

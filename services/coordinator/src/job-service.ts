@@ -11,9 +11,7 @@ import { once, type EventEmitter } from "node:events";
 import {
   Code,
   Coordinator,
-  GenerateRequestSchema,
   RpcError,
-  create,
   type JobSchema,
   type MessageInitShape,
   type SamplingParams,
@@ -28,7 +26,7 @@ import {
   type JobSampling,
   type JobState,
 } from "@tessera/nats";
-import { checkGenerateLimits, type GenerateLimits } from "./limits.js";
+import { checkBatchLimits, type GenerateLimits } from "./limits.js";
 
 /** The job RPCs' part of the Coordinator service implementation. */
 export type JobRpcs = Pick<
@@ -236,16 +234,8 @@ export function createJobService(options: JobServiceOptions): JobService {
           ...(req.tokenizerPath ? { tokenizer: req.tokenizerPath } : {}),
           // This coordinator's limits, checked before anything is stored.
           check: (parsed, bytes) => {
-            const request = create(GenerateRequestSchema, {
-              prompts: parsed.prompts.map((p) => ({
-                id: p.id,
-                prompt: p.prompt,
-                ...(p.maxTokens !== undefined ? { maxTokens: p.maxTokens } : {}),
-              })),
-              sampling: { maxTokens: sampling.maxTokens ?? 0 },
-            });
             try {
-              checkGenerateLimits(request, options.limits, bytes);
+              checkBatchLimits(parsed, sampling.maxTokens, options.limits, bytes);
             } catch (err) {
               throw invalid(`${fileName}: ${(err as Error).message}`);
             }

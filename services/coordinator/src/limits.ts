@@ -5,8 +5,8 @@
  * the field, its value and the limit, instead of running out of memory or
  * context halfway through (issue 5, "Limits and bad input").
  */
-import { ConfigError, parseByteSize } from "@tessera/core";
-import { Code, GenerateRequestSchema, RpcError, toBinary, type GenerateRequest } from "@tessera/proto";
+import { ConfigError, parseByteSize, type BatchInput } from "@tessera/core";
+import { Code, GenerateRequestSchema, RpcError, create, toBinary, type GenerateRequest } from "@tessera/proto";
 
 /** Limits of one job as a user gives them (sizes as bytes or "64MiB"). */
 export interface GenerateLimitsOptions {
@@ -108,4 +108,27 @@ export function checkGenerateLimits(
       textBytes > limits.maxRequestBytes ? `at least ${total} bytes (its prompts and ids)` : `${total} bytes`;
     throw over("request", what, `${limits.maxRequestBytes} bytes per job`);
   }
+}
+
+/**
+ * {@link checkGenerateLimits} for a parsed batch file (a submitted job):
+ * its prompts and per-prompt max_tokens, the job's max_tokens
+ * (`maxTokens`, unset = the default), and the file's size in bytes.
+ * @throws RpcError INVALID_ARGUMENT naming the field, its value and the limit.
+ */
+export function checkBatchLimits(
+  input: BatchInput,
+  maxTokens: number | undefined,
+  limits: GenerateLimits,
+  bytes: number,
+): void {
+  const request = create(GenerateRequestSchema, {
+    prompts: input.prompts.map((p) => ({
+      id: p.id,
+      prompt: p.prompt,
+      ...(p.maxTokens !== undefined ? { maxTokens: p.maxTokens } : {}),
+    })),
+    sampling: { maxTokens: maxTokens ?? 0 },
+  });
+  checkGenerateLimits(request, limits, bytes);
 }

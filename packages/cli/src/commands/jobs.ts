@@ -8,8 +8,7 @@
 import { readFile } from "node:fs/promises";
 import { resolve } from "node:path";
 import { connectNats, JobStore, type JobPriority, type JobState } from "@tessera/nats";
-import { GenerateRequestSchema, create } from "@tessera/proto";
-import { checkGenerateLimits, defaultGenerateLimits } from "@tessera/coordinator";
+import { checkBatchLimits, defaultGenerateLimits } from "@tessera/coordinator";
 
 /** NATS flags every job command takes. */
 export interface NatsFlags {
@@ -69,16 +68,8 @@ export async function submitCommand(file: string, flags: SubmitFlags): Promise<n
       fileName: file,
       // The coordinator's default limits, checked before anything is stored.
       check: (parsed, bytes) => {
-        const request = create(GenerateRequestSchema, {
-          prompts: parsed.prompts.map((p) => ({
-            id: p.id,
-            prompt: p.prompt,
-            ...(p.maxTokens !== undefined ? { maxTokens: p.maxTokens } : {}),
-          })),
-          sampling: { maxTokens: flags.maxTokens ?? 0 },
-        });
         try {
-          checkGenerateLimits(request, defaultGenerateLimits, bytes);
+          checkBatchLimits(parsed, flags.maxTokens, defaultGenerateLimits, bytes);
         } catch (err) {
           throw new Error(`${file}: ${(err as Error).message}`, { cause: err });
         }
