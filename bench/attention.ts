@@ -25,12 +25,14 @@
  * `fincore` where it exists; without dd the disk figures say "(page cache)".
  */
 import { spawnSync } from "node:child_process";
-import { mkdir, mkdtemp, open, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   attendKvCache,
   attendKvCacheInHeap,
+  bestOf,
+  dropFilePages,
   createAttentionScratch,
   createAttentionWorkers,
   createWasmAttention,
@@ -51,8 +53,9 @@ import {
   MANIFEST_VERSION,
   type Manifest,
 } from "@tessera/storage-node";
+import { measureDiskRead } from "@tessera/scheduler";
 import { openAttend } from "@tessera/testing";
-import { bestOf, measureReadBandwidth, type ReadBandwidth } from "./bandwidth.js";
+import { measureReadBandwidth, type ReadBandwidth } from "./bandwidth.js";
 
 function grow(a: Float64Array, n: number): Float64Array {
   return a.length >= n ? a : new Float64Array(Math.max(n, a.length * 2));
@@ -375,52 +378,12 @@ async function memoryNodeBench(bw: ReadBandwidth): Promise<void> {
   if (!(maxDiff <= 1e-5)) throw new Error(`kernels disagree by ${maxDiff}`);
 }
 
-/**
- * Drops a file's pages from the page cache (GNU dd's iflag=nocache with
- * count=0: posix_fadvise(POSIX_FADV_DONTNEED) over the whole file).
- * @returns false when that is not possible here (no dd, or it failed).
- */
-function dropPages(path: string): boolean {
-  const r = spawnSync("dd", [`if=${path}`, "iflag=nocache", "count=0", "status=none"]);
-  return r.status === 0;
-}
-
 /** Bytes of `path` resident in the page cache per `fincore`, or undefined when fincore is missing. */
 function residentBytes(path: string): number | undefined {
   const r = spawnSync("fincore", ["--bytes", "--noheadings", "--output", "RES", path], { encoding: "utf8" });
   if (r.status !== 0) return undefined;
   const n = Number(r.stdout.trim());
   return Number.isFinite(n) ? n : undefined;
-}
-
-/**
- * Sequential read bandwidth of the disk under `dir`, bytes/s: a fresh
- * `bytes`-byte file is written and fsync'ed, its pages dropped, then read
- * front to back in `chunk`-byte reads (as the storage-node reads); best of `reps`.
- */
-async function measureDiskRead(dir: string, bytes: number, chunk: number, reps: number) {
-  const path = join(dir, "disk-bandwidth.bin");
-  const fh = await open(path, "w+");
-  const buf = Buffer.alloc(chunk);
-  try {
-    for (let off = 0; off < bytes; off += chunk) {
-      for (let i = 0; i < chunk; i += 4096) buf.writeUInt32LE((off + i) >>> 0, i); // not all zeros
-      await fh.write(buf, 0, chunk, off);
-    }
-    await fh.datasync();
-    let best = Infinity;
-    let dropped = true;
-    for (let r = 0; r < reps; r++) {
-      dropped = dropPages(path) && dropped;
-      const t0 = performance.now();
-      for (let off = 0; off < bytes; off += chunk) await fh.read(buf, 0, chunk, off);
-      best = Math.min(best, (performance.now() - t0) / 1000);
-    }
-    return { bytesPerSecond: bytes / best, dropped };
-  } finally {
-    await fh.close();
-    await rm(path, { force: true });
-  }
 }
 
 /**
@@ -442,7 +405,7 @@ async function storageNodeBench(): Promise<void> {
   try {
     const disk = await measureDiskRead(dir, 2 * cacheBytes, bufferBytes / 2, 3);
     const how = disk.dropped ? "fresh file, pages dropped" : "page cache: could not drop pages";
-    console.log(`disk sequential read (${how}): ${gb(disk.bytesPerSecond)} GB/s`);
+    console.log(`disk sequential read (${how}): ${gb(disk.readBytesPerS)} GB/s`);
     console.log(
       `storage-node decode step: ${SEQS} sequences x ${positions} positions (${(cacheBytes / 2 ** 20).toFixed(0)} MiB of KV on disk = 4x its ${bufferBytes / 2 ** 20} MiB read buffer)`,
     );
@@ -504,7 +467,7 @@ async function storageNodeBench(): Promise<void> {
         for (let r = 0; r < (kernel === "js" ? 4 : 20); r++) cachedSeconds = Math.min(cachedSeconds, await step());
         const seconds: number[] = [];
         for (let r = 0; r < (kernel === "js" ? 2 : REPS); r++) {
-          for (const f of files) dropPages(f);
+          for (const f of files) dropFilePages(f);
           const left = files.reduce((n, f) => n + (residentBytes(f) ?? 0), 0);
           if (left > cacheBytes / 100) console.log(`  (${(left / 2 ** 20).toFixed(0)} MiB still in the page cache)`);
           seconds.push(await step());
@@ -521,7 +484,7 @@ async function storageNodeBench(): Promise<void> {
       const best = Math.min(...r.seconds);
       const rate = cacheBytes / best;
       console.log(
-        `  attentionKernel ${r.kernel.padEnd(4)}${r.kernel === "wasm" ? " (default)" : " (issue 2)"} ${(best * 1000).toFixed(0).padStart(6)} ms/step (median ${(median(r.seconds) * 1000).toFixed(0)})  KV ${gb(rate)} GB/s from disk = ${pct(rate / disk.bytesPerSecond)} of disk bandwidth (target 60%)  ${(base / best).toFixed(2)}x the JS kernel; pages cached: ${gb(cacheBytes / r.cachedSeconds)} GB/s`,
+        `  attentionKernel ${r.kernel.padEnd(4)}${r.kernel === "wasm" ? " (default)" : " (issue 2)"} ${(best * 1000).toFixed(0).padStart(6)} ms/step (median ${(median(r.seconds) * 1000).toFixed(0)})  KV ${gb(rate)} GB/s from disk = ${pct(rate / disk.readBytesPerS)} of disk bandwidth (target 60%)  ${(base / best).toFixed(2)}x the JS kernel; pages cached: ${gb(cacheBytes / r.cachedSeconds)} GB/s`,
       );
     }
     let maxDiff = 0;

@@ -6,6 +6,7 @@
  */
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
+import { bestOf, measureReadBandwidth as memcmpReadBandwidth } from "@tessera/core";
 
 /** Read bandwidth figures, in bytes per second. */
 export interface ReadBandwidth {
@@ -21,30 +22,6 @@ export interface ReadBandwidth {
   allCoresMeasured: number;
   /** Threads used for {@link allCores}. */
   threads: number;
-}
-
-/** Best of `reps` runs of `fn`, in seconds. */
-export function bestOf(reps: number, fn: () => void): number {
-  let best = Infinity;
-  for (let r = 0; r < reps; r++) {
-    const t0 = performance.now();
-    fn();
-    best = Math.min(best, (performance.now() - t0) / 1000);
-  }
-  return best;
-}
-
-/**
- * One thread's memcmp of two equal `bytes`-sized buffers, best of `reps`:
- * bytes read per second (2 × bytes per call).
- */
-function memcmpRate(bytes: number, reps: number): number {
-  const a = Buffer.alloc(bytes, 1);
-  const b = Buffer.alloc(bytes, 1);
-  let sink = 0;
-  const t = bestOf(reps, () => (sink += Buffer.compare(a, b)));
-  if (sink !== 0) throw new Error("equal buffers compared unequal");
-  return (2 * bytes) / t;
 }
 
 // Runs in each worker: waits for "go" so all threads read at once, then
@@ -96,7 +73,8 @@ async function parallelMemcmpRate(threads: number, bytes: number, reps: number):
  */
 export async function measureReadBandwidth(): Promise<ReadBandwidth> {
   const bytes = 256 * 2 ** 20;
-  const memcmp = memcmpRate(bytes, 5);
+  // One thread's memcmp of two equal buffers, best of 5 (core's start-up measure, larger buffers).
+  const memcmp = memcmpReadBandwidth(bytes, 5);
   const f = new Float64Array(bytes / 8).fill(1);
   let sink = 0;
   const tSum = bestOf(5, () => {

@@ -37,7 +37,7 @@ import { join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { JobStore, connectNats, isTerminal, registryBucket, type JobState } from "@tessera/nats";
-import { startTestCluster } from "@tessera/testing";
+import { STORY_OPENINGS, startTestCluster } from "@tessera/testing";
 import { progress, type BenchOptions } from "./common.js";
 
 /** Jobs submitted (--quick: {@link QUICK_JOBS}). */
@@ -51,13 +51,6 @@ export const SUBMIT_CONCURRENCY = 32;
 /** Shares of the jobs at which the coordinator's memory is taken. */
 export const MILESTONES = [0.1, 0.25, 0.5, 0.75, 1] as const;
 
-const STORIES = [
-  "Once upon a time",
-  "Sam found a shiny stone",
-  "The little girl wanted",
-  "One day, a cat",
-  "Tom had a red ball",
-];
 const enc = new TextEncoder();
 
 /** The coordinator's memory at one milestone. */
@@ -220,7 +213,7 @@ export async function runLoad(o: BenchOptions, jobs = o.quick ? QUICK_JOBS : JOB
           const n = 1 + (i % 2);
           prompts += n;
           const input = Array.from({ length: n }, (_, k) =>
-            JSON.stringify({ id: `p${k}`, prompt: STORIES[(i + k) % STORIES.length] }),
+            JSON.stringify({ id: `p${k}`, prompt: STORY_OPENINGS[(i + k) % STORY_OPENINGS.length] }),
           ).join("\n");
           await store!.submit({
             jobId: `load-${String(i).padStart(5, "0")}`,

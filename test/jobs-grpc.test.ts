@@ -16,22 +16,11 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { generateRequest, parseBatchInput } from "@tessera/core";
 import { JobStore, connectNats, registryBucket } from "@tessera/nats";
 import { Code, Coordinator, RpcError, createClient, type Client, type Job } from "@tessera/proto";
-import { generate, startInProcessCluster } from "@tessera/testing";
+import { generate, openAiJobFile, startInProcessCluster, tesseraJobFile } from "@tessera/testing";
 import { createJobWorker } from "@tessera/coordinator";
 
 const SERVERS = process.env["TESSERA_NATS"] ?? "127.0.0.1:4222";
 const enc = new TextEncoder();
-const STORIES = ["Once upon a time", "Sam found a shiny stone", "The little girl wanted", "One day, a cat"];
-
-const tesseraFile = (n: number) =>
-  Array.from({ length: n }, (_, i) => JSON.stringify({ id: `p${i}`, prompt: STORIES[i % STORIES.length] }))
-    .join("\n")
-    .concat("\n");
-
-const openAiFile = (bodies: Record<string, unknown>[]) =>
-  bodies
-    .map((body, i) => JSON.stringify({ custom_id: `req-${i}`, method: "POST", url: "/v1/completions", body }))
-    .join("\n");
 
 /**
  * A fresh prefix, an in-process cluster whose coordinator uses it (with
@@ -77,7 +66,7 @@ async function failure(p: Promise<unknown>): Promise<{ code: Code; message: stri
 
 test("a job submitted over gRPC is watched to completion; its results (also followed) have a direct Generate's tokens; the same job_id twice is one job", async (t) => {
   const { prefix, store, cluster, client } = await natsCluster(t);
-  const input = tesseraFile(4);
+  const input = tesseraJobFile(4);
   const submitted = await client.submitJob({
     jobId: "g1",
     tenant: "acme",
@@ -99,7 +88,7 @@ test("a job submitted over gRPC is watched to completion; its results (also foll
   assert.ok(!Number.isNaN(Date.parse(submitted.submittedAt)), submitted.submittedAt);
 
   // The same id again (another file even): the same job, nothing new stored or queued.
-  const again = await client.submitJob({ jobId: "g1", input: enc.encode(tesseraFile(2)) });
+  const again = await client.submitJob({ jobId: "g1", input: enc.encode(tesseraJobFile(2)) });
   assert.equal(again.submittedAt, submitted.submittedAt);
   assert.equal(again.promptsTotal, 4);
   assert.deepEqual(
@@ -177,19 +166,19 @@ test("job RPC errors: unknown id NOT_FOUND, a bad line or a limit INVALID_ARGUME
 
   const bad = await failure(
     client.submitJob({
-      input: enc.encode(openAiFile([{ prompt: "fine" }, { prompt: "x", max_tokens: "ten" }])),
+      input: enc.encode(openAiJobFile([{ prompt: "fine" }, { prompt: "x", max_tokens: "ten" }])),
       fileName: "requests.jsonl",
     }),
   );
   assert.equal(bad.code, Code.INVALID_ARGUMENT);
   assert.match(bad.message, /requests\.jsonl: 1 bad line\(s\):\n {2}line 2: field "body\.max_tokens"/);
   const over = await failure(
-    client.submitJob({ input: enc.encode(openAiFile([{ prompt: "fine" }, { prompt: "long", max_tokens: 200 }])) }),
+    client.submitJob({ input: enc.encode(openAiJobFile([{ prompt: "fine" }, { prompt: "long", max_tokens: 200 }])) }),
   );
   assert.equal(over.code, Code.INVALID_ARGUMENT);
   assert.match(over.message, /^input: prompts\[1\] \(id "req-1"\)\.max_tokens: 200 is over the limit of 100/);
   const overSampling = await failure(
-    client.submitJob({ input: enc.encode(tesseraFile(1)), sampling: { maxTokens: 101 } }),
+    client.submitJob({ input: enc.encode(tesseraJobFile(1)), sampling: { maxTokens: 101 } }),
   );
   assert.equal(overSampling.code, Code.INVALID_ARGUMENT);
   assert.match(overSampling.message, /sampling\.max_tokens: 101 is over the limit of 100/);
@@ -200,13 +189,13 @@ test("job RPC errors: unknown id NOT_FOUND, a bad line or a limit INVALID_ARGUME
     [{ sampling: { temperature: NaN } }, /^sampling\.temperature: /],
     [{ sampling: { topP: 2 } }, /^sampling\.top_p: /],
   ] as const) {
-    const f = await failure(client.submitJob({ input: enc.encode(tesseraFile(1)), ...req }));
+    const f = await failure(client.submitJob({ input: enc.encode(tesseraJobFile(1)), ...req }));
     assert.equal(f.code, Code.INVALID_ARGUMENT, f.message);
     assert.match(f.message, field);
   }
   assert.deepEqual((await client.listJobs({})).jobs, [], "nothing was stored");
 
-  const queued = await client.submitJob({ jobId: "q", input: enc.encode(tesseraFile(3)), priority: "low" });
+  const queued = await client.submitJob({ jobId: "q", input: enc.encode(tesseraJobFile(3)), priority: "low" });
   assert.equal(queued.status, "queued");
   const cancelled = await client.cancelJob({ id: "q" });
   assert.equal(cancelled.status, "cancelled");
@@ -227,7 +216,7 @@ test("a coordinator without NATS answers every job RPC with FAILED_PRECONDITION"
   const client: Client<typeof Coordinator> = createClient(Coordinator, cluster.address);
   t.after(async () => client.close());
   for (const call of [
-    client.submitJob({ input: enc.encode(tesseraFile(1)) }),
+    client.submitJob({ input: enc.encode(tesseraJobFile(1)) }),
     client.listJobs({}),
     client.getJob({ id: "x" }),
     client.cancelJob({ id: "x" }),
@@ -242,7 +231,7 @@ test("a coordinator without NATS answers every job RPC with FAILED_PRECONDITION"
 
 test("open WatchJob and GetResults streams end with UNAVAILABLE when the coordinator stops; a client may cancel them", async (t) => {
   const { prefix, cluster, client } = await natsCluster(t);
-  await client.submitJob({ jobId: "w", input: enc.encode(tesseraFile(2)) });
+  await client.submitJob({ jobId: "w", input: enc.encode(tesseraJobFile(2)) });
   const nc = await connectNats({ servers: SERVERS, name: "jobs-grpc-test-consumers" });
   t.after(() => nc.close());
   const jsm = await jetstreamManager(nc);

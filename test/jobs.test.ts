@@ -14,19 +14,19 @@ import { join } from "node:path";
 import { generateRequest, parseBatchInput } from "@tessera/core";
 import { JobStore, connectNats, type JobState } from "@tessera/nats";
 import type { Result } from "@tessera/proto";
-import { generate, startInProcessCluster, startTestCluster, tempDir } from "@tessera/testing";
+import {
+  generate,
+  openAiJobFile,
+  startInProcessCluster,
+  startTestCluster,
+  tempDir,
+  tesseraJobFile,
+} from "@tessera/testing";
 import { createJobWorker } from "@tessera/coordinator";
 import { runCli } from "./helpers.js";
 
 const SERVERS = process.env["TESSERA_NATS"] ?? "127.0.0.1:4222";
 const enc = new TextEncoder();
-const STORIES = [
-  "Once upon a time",
-  "Sam found a shiny stone",
-  "The little girl wanted",
-  "One day, a cat",
-  "Tom had a red ball",
-];
 
 type After = { after(fn: () => Promise<void>): void };
 
@@ -40,16 +40,6 @@ async function openStore(t: After): Promise<{ store: JobStore; prefix: string }>
   });
   return { store, prefix };
 }
-
-const tesseraFile = (n: number, extra: Record<string, unknown> = {}) =>
-  Array.from({ length: n }, (_, i) => JSON.stringify({ id: `p${i}`, prompt: STORIES[i % STORIES.length], ...extra }))
-    .join("\n")
-    .concat("\n");
-
-const openAiFile = (bodies: Record<string, unknown>[]) =>
-  bodies
-    .map((body, i) => JSON.stringify({ custom_id: `req-${i}`, method: "POST", url: "/v1/completions", body }))
-    .join("\n");
 
 async function waitEnd(store: JobStore, id: string, onState?: (s: JobState) => void | Promise<void>) {
   let last: JobState | undefined;
@@ -88,13 +78,13 @@ test("jobs in both formats run through the coordinator, high priority first, wit
   const cluster = await startInProcessCluster(t);
   const { store, prefix } = await openStore(t);
   const inputs = {
-    a: tesseraFile(4),
-    b: openAiFile([
+    a: tesseraJobFile(4),
+    b: openAiJobFile([
       { model: "whatever", prompt: "Once upon a time", max_tokens: 16 },
       { prompt: "Tom had a red ball", max_tokens: 12, temperature: 0.8, top_p: 0.9, seed: 5 },
       { prompt: "", max_tokens: 20 },
     ]),
-    c: tesseraFile(2),
+    c: tesseraJobFile(2),
   };
   const a = await store.submit({ jobId: "a", input: enc.encode(inputs.a), sampling: { maxTokens: 24 } });
   const b = await store.submit({ jobId: "b", input: enc.encode(inputs.b) });
@@ -160,7 +150,7 @@ test("jobs in both formats run through the coordinator, high priority first, wit
 test("cancel stops a running job; its stored results stay readable", async (t) => {
   const cluster = await startInProcessCluster(t, { coordinator: { maxBatchSequences: 4 } });
   const { store, prefix } = await openStore(t);
-  await store.submit({ jobId: "long", input: enc.encode(tesseraFile(64)), sampling: { maxTokens: 256 } });
+  await store.submit({ jobId: "long", input: enc.encode(tesseraJobFile(64)), sampling: { maxTokens: 256 } });
   const worker = createJobWorker({
     nats: SERVERS,
     natsPrefix: prefix,
@@ -192,7 +182,7 @@ test("a coordinator killed mid-job and started again resumes: every prompt answe
     flags: { coordinator: ["--nats", SERVERS, "--nats-prefix", prefix, "--max-batch", "4"] },
   });
   t.after(() => cluster.stop());
-  const input = tesseraFile(24);
+  const input = tesseraJobFile(24);
   await store.submit({ jobId: "k", input: enc.encode(input), sampling: { maxTokens: 200 } });
   let killedAt: number | undefined;
   const end = await waitEnd(store, "k", async (s) => {
@@ -216,13 +206,13 @@ test("the CLI: a bad file or one over a limit is refused naming its line or fiel
   t.after(() => dir.remove());
   const nats = ["--nats", SERVERS, "--nats-prefix", prefix];
   const bad = join(dir.path, "bad.jsonl");
-  await writeFile(bad, openAiFile([{ prompt: "fine" }, { prompt: "x", max_tokens: "ten" }]));
+  await writeFile(bad, openAiJobFile([{ prompt: "fine" }, { prompt: "x", max_tokens: "ten" }]));
   const refused = await runCli(["submit", bad, ...nats]);
   assert.equal(refused.code, 1);
   assert.match(refused.stderr, /bad\.jsonl: 1 bad line\(s\):\n {2}line 2: field "body\.max_tokens"/);
   // Over a limit (max_tokens 5000 > 4096): refused before anything is stored, naming the field.
   const greedy = join(dir.path, "greedy.jsonl");
-  await writeFile(greedy, openAiFile([{ prompt: "fine" }, { prompt: "long", max_tokens: 5000 }]));
+  await writeFile(greedy, openAiJobFile([{ prompt: "fine" }, { prompt: "long", max_tokens: 5000 }]));
   const over = await runCli(["submit", greedy, ...nats]);
   assert.equal(over.code, 1);
   assert.match(over.stderr, /greedy\.jsonl: prompts\[1\] \(id "[^"]+"\)\.max_tokens: 5000 is over the limit of 4096/);
@@ -230,7 +220,7 @@ test("the CLI: a bad file or one over a limit is refused naming its line or fiel
   assert.equal(listed.trim(), "", "nothing was stored");
 
   const good = join(dir.path, "good.jsonl");
-  await writeFile(good, tesseraFile(3));
+  await writeFile(good, tesseraJobFile(3));
   const first = await runCli(["submit", good, "--job-id", "same", "--priority", "low", ...nats]);
   const second = await runCli(["submit", good, "--job-id", "same", ...nats]);
   assert.equal(first.code, 0, first.stderr);

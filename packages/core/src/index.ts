@@ -20,4 +20,4 @@ export * from "./hf-tokenizer.js";
 export * from "./wasm-attention.js";
 export * from "./attention-wasm.js";
 export * from "./attention-threads.js";
-export { measureReadBandwidth } from "./measure.js";
+export { bestOf, dropFilePages, measureReadBandwidth } from "./measure.js";

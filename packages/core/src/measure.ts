@@ -2,6 +2,7 @@
  * Quick self-measurements a node makes at start (its profile), shared by the
  * nodes and by the scheduler's machine profile.
  */
+import { spawnSync } from "node:child_process";
 import { performance } from "node:perf_hooks";
 
 /**
@@ -27,4 +28,24 @@ export function measureReadBandwidth(bufferBytes = 64 * 1024 ** 2, repeats = 3):
     best = Math.min(best, (performance.now() - t) / 1000);
   }
   return (2 * bufferBytes) / Math.max(best, 1e-9);
+}
+
+/** Best (least) wall seconds of `reps` runs of `fn`: the run least disturbed by other work. */
+export function bestOf(reps: number, fn: () => void): number {
+  let best = Infinity;
+  for (let r = 0; r < reps; r++) {
+    const t0 = performance.now();
+    fn();
+    best = Math.min(best, (performance.now() - t0) / 1000);
+  }
+  return best;
+}
+
+/**
+ * Drops a file's pages from the page cache (`dd iflag=nocache count=0`:
+ * posix_fadvise DONTNEED), so the next read comes from the disk.
+ * @returns false when dd is missing or fails (the pages may still be cached).
+ */
+export function dropFilePages(path: string): boolean {
+  return spawnSync("dd", [`if=${path}`, "iflag=nocache", "count=0", "status=none"]).status === 0;
 }

@@ -21,13 +21,13 @@
  *   messages on a gRPC bidirectional stream over loopback to another
  *   process (grpc-js, raw byte messages).
  */
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { open, rm } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
-import { createAttentionWorkers, createWasmHeap, type AttentionDims } from "@tessera/core";
+import { bestOf, createAttentionWorkers, createWasmHeap, dropFilePages, type AttentionDims } from "@tessera/core";
 import type { AttentionSpec, GpuSpec, LinkSpec } from "./cost-model.js";
 
 /** One timed MatMul: x [batch, k] × W [k, n], weights of `weightBytes` per element; seconds per run. */
@@ -379,17 +379,6 @@ export function localNodeSpecs(p: MachineProfile, o: LocalNodeOptions = {}): Loc
   };
 }
 
-/** Best of `reps` runs of `fn`, seconds. */
-function bestOf(reps: number, fn: () => void): number {
-  let best = Infinity;
-  for (let r = 0; r < reps; r++) {
-    const t0 = performance.now();
-    fn();
-    best = Math.min(best, (performance.now() - t0) / 1000);
-  }
-  return best;
-}
-
 /**
  * Times dense MatMuls x [batch, k] × W [k, n] at each of `batches` with the
  * caller's `time` (seconds of one run, e.g. the best of a few onnxruntime
@@ -516,11 +505,6 @@ export async function measureAttentionKernel(
 /** Positions of the short items {@link measureAttentionKernel} times for the fixed cost per item. */
 const SHORT_POSITIONS = 16;
 
-/** Drops a file's pages from the page cache (`dd iflag=nocache count=0`: posix_fadvise DONTNEED). */
-function dropPages(path: string): boolean {
-  return spawnSync("dd", [`if=${path}`, "iflag=nocache", "count=0", "status=none"]).status === 0;
-}
-
 /**
  * Sequential read bandwidth of the disk under `dir`: a fresh `bytes`-byte
  * file is written and fsync'ed, its pages dropped, then read front to back
@@ -551,7 +535,7 @@ export async function measureDiskRead(
     let best = Infinity;
     let dropped = true;
     for (let r = 0; r < reps; r++) {
-      dropped = dropPages(path) && dropped;
+      dropped = dropFilePages(path) && dropped;
       best = Math.min(best, await readAll());
     }
     let cached = Infinity;

@@ -70,3 +70,4 @@ export {
   type InProcessClusterOptions,
   type StartedNodes,
 } from "./in-process-cluster.js";
+export * from "./batch-files.js";
