@@ -52,7 +52,7 @@ test("a missing model file is named in the error", async () => {
 });
 
 test("an unreachable coordinator is named by address", async () => {
-  const run = await runCli(["run", "--cluster", "127.0.0.1:9", "--prompt", "hi", "--quiet"]);
+  const run = await runCli(["run", "--cluster", "127.0.0.1:9", "--plaintext", "--prompt", "hi", "--quiet"]);
   assert.equal(run.code, 1);
   assert.match(run.stderr, /127\.0\.0\.1:9/);
 });

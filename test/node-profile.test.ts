@@ -159,7 +159,7 @@ for (const [role, price] of [
     const { json } = await profileOnly(role, dir, ["--price", String(price)]);
     const file = join(dir, `${role}.json`);
     await writeFile(file, JSON.stringify(json));
-    const address = await startNode(t, [...nodeArgs(role, dir), "--port", "0", "--profile", file]);
+    const address = await startNode(t, [...nodeArgs(role, dir), "--plaintext", "--port", "0", "--profile", file]);
     const info = await infoOf(role, address);
     assert.ok(info.profile);
     // As written, but profile_seconds 0 (not measured by this node; 0 is omitted in proto JSON).
@@ -174,7 +174,17 @@ for (const [role, price] of [
 }
 
 test("tessera node memory (default --profile measure): Info carries the measured profile and price", async (t) => {
-  const address = await startNode(t, ["node", "memory", "--port", "0", "--price", "0.75", "--capacity", "256MiB"]);
+  const address = await startNode(t, [
+    "node",
+    "memory",
+    "--plaintext",
+    "--port",
+    "0",
+    "--price",
+    "0.75",
+    "--capacity",
+    "256MiB",
+  ]);
   const info = await infoOf("memory", address);
   assert.ok(info.profile);
   assert.equal(info.profile.role, "memory");
@@ -190,7 +200,7 @@ test("tessera node memory (default --profile measure): Info carries the measured
 });
 
 test("tessera node gpu --profile off: Info has no profile", async (t) => {
-  const address = await startNode(t, ["node", "gpu", "--port", "0", "--profile", "off", "--price", "4"]);
+  const address = await startNode(t, ["node", "gpu", "--plaintext", "--port", "0", "--profile", "off", "--price", "4"]);
   const info = await infoOf("gpu", address);
   assert.equal(info.profile, undefined);
   assert.equal(info.price, 4);

@@ -230,13 +230,16 @@ test("unreachable NATS and a clashing registry bucket fail with the servers and 
   );
   // No TESSERA_NATS* from the environment: the flags here say all.
   const env = { ...process.env, TESSERA_NATS: undefined, TESSERA_NATS_PREFIX: undefined };
-  const node = await runCli(["node", "memory", "--port", "0", "--profile", "off", "--nats", "127.0.0.1:1"], {
-    env,
-    timeoutMs: 60_000,
-  });
+  const node = await runCli(
+    ["node", "memory", "--plaintext", "--port", "0", "--profile", "off", "--nats", "127.0.0.1:1"],
+    {
+      env,
+      timeoutMs: 60_000,
+    },
+  );
   assert.notEqual(node.code, 0);
   assert.match(node.stderr, /NATS at 127\.0\.0\.1:1: cannot connect/);
-  const noNodes = await runCli(["coordinator", "--port", "0"], { env, timeoutMs: 60_000 });
+  const noNodes = await runCli(["coordinator", "--plaintext", "--port", "0"], { env, timeoutMs: 60_000 });
   assert.notEqual(noNodes.code, 0);
   assert.match(noNodes.stderr, /gpuNodes: at least one gpu-node address is needed \(or give nats/);
 

@@ -29,6 +29,12 @@ export interface LocalClusterOptions {
    * node addresses). @default none (the coordinator is given the addresses)
    */
   nats?: { servers: string; prefix: string };
+  /**
+   * Transport security flags every process gets, e.g. `["--tls-ca", ca,
+   * "--tls-cert", cert, "--tls-key", key]`. @default ["--plaintext"]: the
+   * processes listen on loopback only
+   */
+  transport?: string[];
 }
 
 /** A running child process of one role. */
@@ -69,7 +75,7 @@ function spawnRole(
   // temp directory; the cluster's own directory is removed when it stops.
   const child = fork(cliEntry, args, {
     stdio: ["ignore", "ignore", "pipe", "ipc"],
-    env: { ...process.env, TMPDIR: tmp },
+    env: { ...childEnv(), TMPDIR: tmp },
     execArgv: [],
     // Own process group: a terminal's Ctrl-C reaches only `tessera run`,
     // which then stops its children in order (SIGTERM, drain, exit).
@@ -110,6 +116,20 @@ function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
   });
 }
 
+/**
+ * This process's environment without the TESSERA_* security and NATS
+ * settings: the cluster's processes take theirs from their flags (a user's
+ * TESSERA_TLS_* for `tessera run --cluster` must not reach an embedded
+ * cluster started with --plaintext).
+ */
+function childEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  for (const k of Object.keys(env)) {
+    if (/^TESSERA_(TLS_|PLAINTEXT$|TOKENS_FILE$|TOKEN$|NATS)/.test(k)) delete env[k];
+  }
+  return env;
+}
+
 /** Node flags that skip the self-profile at start (see `tessera node --profile`). */
 const NO_PROFILE = ["--profile", "off"] as const;
 
@@ -126,7 +146,8 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
   const timeout = options.readyTimeoutMs ?? 60_000;
   const nats = options.nats ? ["--nats", options.nats.servers, "--nats-prefix", options.nats.prefix] : [];
   // Nodes register with `nats` before their own flags; the coordinator then needs no addresses.
-  const flags = (r: Role) => [...(r === "coordinator" ? [] : nats), ...(options.flags?.[r] ?? [])];
+  const transport = options.transport ?? ["--plaintext"];
+  const flags = (r: Role) => [...(r === "coordinator" ? [] : nats), ...transport, ...(options.flags?.[r] ?? [])];
   const procs = new Map<Role, RoleProcess>();
   const args = new Map<Role, string[]>();
   const start = async (role: Role, a: string[]) => {

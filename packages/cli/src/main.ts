@@ -16,6 +16,7 @@ const commands = {
   profile: () => import("./commands/profile.js"),
   plan: () => import("./commands/plan.js"),
   jobs: () => import("./commands/jobs.js"),
+  certs: () => import("./commands/certs.js"),
   coordinator: () => import("@tessera/coordinator"),
   gpu: () => import("@tessera/gpu-node"),
   memory: () => import("@tessera/memory-node"),
@@ -43,6 +44,52 @@ const size = (name: string) => (v: string) => {
   }
 };
 const list = (v: string, prev: string[] = []) => [...prev, ...v.split(",").filter(Boolean)];
+
+// Transport security (issue 5): TLS files, or --plaintext asked for explicitly (loopback only).
+const transport = (c: Command, who: "service" | "client") =>
+  c
+    .addOption(
+      new Option("--tls-ca <file>", "CA certificate (PEM) the peers' certificates must be signed by").env(
+        "TESSERA_TLS_CA",
+      ),
+    )
+    .addOption(
+      new Option(
+        "--tls-cert <file>",
+        who === "service"
+          ? "this process's certificate (PEM; `tessera certs` writes node.pem)"
+          : "client certificate (PEM) for a coordinator that asks for one (no --tokens)",
+      ).env("TESSERA_TLS_CERT"),
+    )
+    .addOption(new Option("--tls-key <file>", "the certificate's private key (PEM)").env("TESSERA_TLS_KEY"))
+    .addOption(
+      new Option("--plaintext", "no TLS: allowed only on loopback addresses (127.0.0.0/8, ::1, localhost)").env(
+        "TESSERA_PLAINTEXT",
+      ),
+    );
+// A client of the coordinator: transport security and a tenant's bearer token.
+const coordinatorClient = (c: Command) =>
+  transport(c, "client").addOption(
+    new Option("--token <token>", "bearer token, for a coordinator started with --tokens").env("TESSERA_TOKEN"),
+  );
+const security = () => import("./security.js");
+// NATS credentials and TLS (issue 5), for every command with --nats. Secrets are best given by env or file.
+const natsAuthFlags = (c: Command) =>
+  c
+    .addOption(new Option("--nats-user <user>", "NATS user name (with --nats-password)").env("TESSERA_NATS_USER"))
+    .addOption(new Option("--nats-password <password>", "NATS password").env("TESSERA_NATS_PASSWORD"))
+    .addOption(new Option("--nats-token <token>", "NATS authentication token").env("TESSERA_NATS_TOKEN"))
+    .addOption(new Option("--nats-nkey <file>", "file holding an NKEY user seed (SU...)").env("TESSERA_NATS_NKEY"))
+    .addOption(
+      new Option("--nats-creds <file>", "NATS .creds file (user JWT and seed, decentralised auth)").env(
+        "TESSERA_NATS_CREDS",
+      ),
+    )
+    .addOption(new Option("--nats-ca <file>", "CA certificate (PEM) of a TLS NATS server").env("TESSERA_NATS_CA"))
+    .addOption(
+      new Option("--nats-cert <file>", "client certificate (PEM) for NATS mutual TLS").env("TESSERA_NATS_CERT"),
+    )
+    .addOption(new Option("--nats-key <file>", "its private key (PEM)").env("TESSERA_NATS_KEY"));
 
 /**
  * Runs `fn` with an AbortSignal that SIGINT/SIGTERM abort; a second signal
@@ -130,11 +177,16 @@ program
     int("--kv-head-groups", 1),
   )
   .option("-v, --verbose", "show the nodes' logs", false)
-  .option("-q, --quiet", "no progress or summary on stderr", false)
-  .action((opts) => withSignals(async (signal) => (await commands.run()).runCommand(opts, signal)));
+  .option("-q, --quiet", "no progress or summary on stderr", false);
+coordinatorClient(program.commands.at(-1)!).action((opts) =>
+  withSignals(async (signal) => {
+    // The embedded cluster is plaintext on loopback; a --cluster must be told.
+    if (opts.cluster) (await security()).applyTransport(opts, "tessera run --cluster", false);
+    return (await commands.run()).runCommand(opts, signal);
+  }),
+);
 
-program
-  .command("coordinator")
+natsAuthFlags(transport(program.command("coordinator"), "service"))
   .description("Start a coordinator that drives the given nodes.")
   .addOption(new Option("--host <host>", "address to listen on").default("127.0.0.1").env("TESSERA_HOST"))
   .addOption(
@@ -164,7 +216,10 @@ program
       .env("TESSERA_STORAGE_THRESHOLD"),
   )
   .addOption(
-    new Option("--max-batch <n>", "most sequences in a job's running batch (others join as they finish)")
+    new Option(
+      "--max-batch <n>",
+      "most sequences in the running batch, over all jobs (others join as they finish, higher-priority jobs first)",
+    )
       .argParser(int("--max-batch", 1))
       .default(64)
       .env("TESSERA_MAX_BATCH"),
@@ -221,10 +276,27 @@ program
       .env("TESSERA_NATS_PREFIX"),
   )
   .addOption(
+    new Option(
+      "--job-concurrency <n>",
+      "batch jobs run at once (with --nats); one more may start whose priority is above every running job's: " +
+        "its sequences join the running batch first",
+    )
+      .argParser(int("--job-concurrency", 1))
+      .default(1)
+      .env("TESSERA_JOB_CONCURRENCY"),
+  )
+  .addOption(
     new Option("--node-lost-after <ms>", "a registered node with no heartbeat for this long is lost (with --nats)")
       .argParser(int("--node-lost-after", 1))
       .default(3000)
       .env("TESSERA_NODE_LOST_AFTER"),
+  )
+  .addOption(
+    new Option(
+      "--tokens <file>",
+      "bearer tokens (YAML: tokens: [{tenant, sha256 | token, admin}]; `tessera token` makes one): callers must " +
+        "send one, and each tenant sees only its own jobs",
+    ).env("TESSERA_TOKENS_FILE"),
   )
   .addOption(
     new Option("--limit-prompts <n>", "most prompts in one job").argParser(int("--limit-prompts", 1)).default(10000),
@@ -244,8 +316,10 @@ program
       .argParser(size("--limit-request-bytes"))
       .default(64 * 1024 ** 2, "64MiB"),
   )
-  .action(async (o) =>
-    (await commands.coordinator()).runCoordinator({
+  .action(async (o) => {
+    (await security()).applyTransport(o, "the coordinator", true);
+    if (o.nats) (await security()).applyNatsAuth(o);
+    return (await commands.coordinator()).runCoordinator({
       host: o.host,
       port: o.port,
       gpuNodes: o.gpuNode ?? [],
@@ -263,14 +337,16 @@ program
       nats: o.nats,
       natsPrefix: o.natsPrefix,
       nodeLostAfterMs: o.nodeLostAfter,
+      jobConcurrency: o.jobConcurrency,
+      tokensFile: o.tokens,
       limits: {
         maxPrompts: o.limitPrompts,
         maxPromptBytes: o.limitPromptBytes,
         maxTokens: o.limitMaxTokens,
         maxRequestBytes: o.limitRequestBytes,
       },
-    }),
-  );
+    });
+  });
 
 const node = program.command("node").description("Start one node of a role.");
 // A node's price, advertised by Info (and in its profile) for the coordinator's planner.
@@ -283,7 +359,7 @@ const price = () =>
     .env("TESSERA_PRICE");
 // Where a node listens, and (with --nats) where it registers and the address it advertises there.
 const hostPort = (c: Command, port: number) =>
-  c
+  natsAuthFlags(transport(c, "service"))
     .addOption(new Option("--host <host>", "address to listen on").default("127.0.0.1").env("TESSERA_HOST"))
     .addOption(
       new Option("--port <port>", "port (0 = free port)").argParser(int("--port")).default(port).env("TESSERA_PORT"),
@@ -383,6 +459,8 @@ profiled(hostPort(node.command("gpu").description("Dense compute of a layer rang
     };
     if (o.profileOnly)
       return (await commands.profile()).printProfile(() => m.profileGpuNode(m.compileGpuNodeOptions(options)));
+    (await security()).applyTransport(o, "the gpu-node", true);
+    if (o.nats) (await security()).applyNatsAuth(o);
     return m.runGpuNode(options, registryOf(o));
   });
 
@@ -411,6 +489,8 @@ profiled(hostPort(node.command("memory").description("Attention over a KV cache 
     };
     if (o.profileOnly)
       return (await commands.profile()).printProfile(() => m.profileMemoryNode(m.compileMemoryNodeOptions(options)));
+    (await security()).applyTransport(o, "the memory-node", true);
+    if (o.nats) (await security()).applyNatsAuth(o);
     return m.runMemoryNode(options, registryOf(o));
   });
 
@@ -463,17 +543,22 @@ profiled(hostPort(node.command("storage").description("Attention streamed from a
     };
     if (o.profileOnly)
       return (await commands.profile()).printProfile(() => m.profileStorageNode(m.compileStorageNodeOptions(options)));
+    (await security()).applyTransport(o, "the storage-node", true);
+    if (o.nats) (await security()).applyNatsAuth(o);
     return m.runStorageNode(options, registryOf(o));
   });
 
 const nodes = program.command("nodes").description("List, add or remove a cluster's nodes (default: list).");
-nodes
-  .command("list", { isDefault: true })
+coordinatorClient(nodes.command("list", { isDefault: true }))
   .description("List a cluster's nodes and their health; exit code 1 when any is not SERVING.")
   .requiredOption("--cluster <host:port>", "coordinator address")
-  .action((o) => withSignals(async () => (await commands.nodes()).nodesCommand(o.cluster)));
-nodes
-  .command("add")
+  .action((o) =>
+    withSignals(async () => {
+      (await security()).applyTransport(o, "tessera nodes", false);
+      return (await commands.nodes()).nodesCommand(o.cluster, o.token);
+    }),
+  );
+coordinatorClient(nodes.command("add"))
   .description(
     "Add a node to a running cluster: running jobs re-plan and place waiting sequences on it; nothing running moves.",
   )
@@ -481,17 +566,22 @@ nodes
   .argument("<address>", "the node's host:port")
   .requiredOption("--cluster <host:port>", "coordinator address")
   .action((role: string, address: string, o) =>
-    withSignals(async () => (await commands.nodes()).addNodeCommand(o.cluster, role, address)),
+    withSignals(async () => {
+      (await security()).applyTransport(o, "tessera nodes add", false);
+      return (await commands.nodes()).addNodeCommand(o.cluster, role, address, o.token);
+    }),
   );
-nodes
-  .command("remove")
+coordinatorClient(nodes.command("remove"))
   .description(
     "Remove a node from a running cluster: running jobs re-plan and move its sequences (KV rebuilt on other nodes).",
   )
   .argument("<address>", "the node's host:port")
   .requiredOption("--cluster <host:port>", "coordinator address")
   .action((address: string, o) =>
-    withSignals(async () => (await commands.nodes()).removeNodeCommand(o.cluster, address)),
+    withSignals(async () => {
+      (await security()).applyTransport(o, "tessera nodes remove", false);
+      return (await commands.nodes()).removeNodeCommand(o.cluster, address, o.token);
+    }),
   );
 
 program
@@ -534,9 +624,15 @@ program
     ),
   );
 
-// Batch jobs (issue 5): straight to NATS JetStream, where coordinators pull them.
+// Batch jobs (issue 5): through a coordinator (--cluster, tenants) or straight to NATS JetStream (operators).
 const natsFlags = (c: Command) =>
-  c
+  natsAuthFlags(coordinatorClient(c))
+    .addOption(
+      new Option(
+        "--cluster <host:port>",
+        "a coordinator's job RPCs instead of NATS (how tenants reach jobs: with --token, and TLS or --plaintext)",
+      ).env("TESSERA_CLUSTER"),
+    )
     .addOption(
       new Option("--nats <servers>", "NATS servers (comma-separated host:port)")
         .default("127.0.0.1:4222")
@@ -599,6 +695,45 @@ natsFlags(
     .description("Print a progress line at every change of a batch job until it ends (exit 3 unless completed).")
     .argument("<id>", "job id"),
 ).action((id: string, o) => withSignals(async (signal) => (await commands.jobs()).watchCommand(id, o, signal)));
+
+program
+  .command("certs")
+  .description(
+    "Make a local CA and certificates for mutual TLS between Tessera's services (for development): ca.pem, " +
+      "node.pem (server and client), client.pem (an operator's client identity; tenants get tokens) and their " +
+      "-key.pem files. A CA already in --out is reused.",
+  )
+  .option("--out <dir>", "folder to write", "certs")
+  .option(
+    "--host <name|ip>",
+    "extra name of the node certificate, e.g. *.tessera.svc.cluster.local (repeatable or comma-separated; " +
+      "localhost, 127.0.0.1 and ::1 always)",
+    list,
+    [],
+  )
+  .option("--days <n>", "validity of new certificates in days (1..3650)", int("--days", 1), 365)
+  .option("--force", "make a new CA and overwrite existing files", false)
+  .option("-q, --quiet", "print nothing on stderr", false)
+  .action((o) =>
+    withSignals(async () =>
+      (await commands.certs()).certsCommand({
+        out: o.out,
+        hosts: o.host,
+        days: o.days,
+        force: o.force,
+        quiet: o.quiet,
+      }),
+    ),
+  );
+program
+  .command("token")
+  .description(
+    "Print a new bearer token on stdout, and on stderr its entry for the coordinator's --tokens file (which " +
+      "holds only the token's SHA-256).",
+  )
+  .requiredOption("--tenant <name>", "the tenant the token acts as")
+  .option("--admin", "an admin token: sees every tenant's jobs, adds and removes nodes", false)
+  .action((o) => withSignals(async () => (await commands.certs()).tokenCommand({ tenant: o.tenant, admin: o.admin })));
 
 const model = program.command("model").description("Model checkpoints.");
 model

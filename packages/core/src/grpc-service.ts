@@ -9,13 +9,14 @@ import {
   NodeProfileSchema,
   createClient,
   requests,
+  selfChannelOptions,
   toJson,
   type Server,
   type ServerDuplexStream,
 } from "@tessera/proto";
 import { TesseraError } from "./errors.js";
 import type { Service, ServiceState } from "./lifecycle.js";
-import { startGrpcServer, type GrpcServer } from "./server.js";
+import { startGrpcServer, type GrpcServer, type ServerSecurity } from "./server.js";
 
 /** What a role gives {@link createGrpcService}. Hooks may be sync or async. */
 export interface GrpcServiceSpec<R extends string> {
@@ -37,14 +38,16 @@ export interface GrpcServiceSpec<R extends string> {
   onStart?(): void | Promise<void>;
   /** In `drain()`, after the state becomes "draining" and before the server stops taking calls: wind down the role's own work. */
   onDrain?(): void | Promise<void>;
-  /** When true, `close()` of a running service drains first (with the grace period) before forcing. @default false */
   /**
    * Largest message the server accepts, bytes; larger ones are refused
    * RESOURCE_EXHAUSTED by grpc-js before decoding. @default the channel
    * default of every Tessera service (1 GiB)
    */
   maxReceiveBytes?: number;
+  /** When true, `close()` of a running service drains first (with the grace period) before forcing. @default false */
   drainOnClose?: boolean;
+  /** TLS or plaintext, and whether clients must present a certificate. @default the process's security, mutual TLS */
+  secure?: ServerSecurity;
   /** In `close()`, after the state becomes "closed" and before the forced shutdown: end the role's open calls cleanly. */
   beforeShutdown?(): void | Promise<void>;
   /** In `close()`, once the server is down: release what the role holds (files, sessions, buffers, clients). */
@@ -86,6 +89,7 @@ export function createGrpcService<R extends string>(spec: GrpcServiceSpec<R>): S
       spec.serviceNames,
       (s) => spec.register(s),
       spec.maxReceiveBytes,
+      spec.secure,
     );
   }
 
@@ -234,7 +238,10 @@ export async function readNodeAdvert(
   role: "gpu" | "memory" | "storage",
   address: string,
 ): Promise<{ pricePerHour: number; profile: unknown }> {
-  const client = role === "gpu" ? createClient(GpuNode, address) : createClient(Attention, address);
+  // A wildcard bind is dialled on loopback, checked against its own certificate's name.
+  const local = address.replace(/^(0\.0\.0\.0|\[::\]|::):/, "127.0.0.1:");
+  const channel = local === address ? {} : selfChannelOptions();
+  const client = role === "gpu" ? createClient(GpuNode, local, channel) : createClient(Attention, local, channel);
   try {
     const info = await client.info({}, { deadline: 10_000 });
     return {

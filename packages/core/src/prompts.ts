@@ -120,7 +120,7 @@ export function wireKvPlacement(kv: KvPlacement): WireKvPlacement {
 export function generateRequest(
   prompts: readonly PromptSpec[],
   sampling: GenerateSampling,
-  fields: { jobId?: string; kv?: WireKvPlacement; modelPath?: string; tokenizerPath?: string } = {},
+  fields: { jobId?: string; kv?: WireKvPlacement; modelPath?: string; tokenizerPath?: string; priority?: string } = {},
 ): MessageInitShape<typeof GenerateRequestSchema> {
   return {
     ...fields,

@@ -1,8 +1,17 @@
 /**
  * A grpc-js server with the standard health service, bound to a host:port
- * (port 0 picks a free port), and a shutdown that drains before forcing.
+ * (port 0 picks a free port) with the process's transport security, and a
+ * shutdown that drains before forcing.
  */
-import { Server, ServerCredentials, addHealth, setHealth, defaultChannelOptions } from "@tessera/proto";
+import {
+  Server,
+  addHealth,
+  setHealth,
+  defaultChannelOptions,
+  serverCredentials,
+  transportSecurity,
+  type TransportSecurity,
+} from "@tessera/proto";
 import type { HealthImplementation } from "grpc-health-check";
 
 /** A bound gRPC server of one Tessera role. */
@@ -14,11 +23,25 @@ export interface GrpcServer {
   shutdown(graceMs: number): Promise<void>;
 }
 
+/** How {@link startGrpcServer} secures its port. */
+export interface ServerSecurity {
+  /** TLS identity or plaintext. @default the process's ({@link transportSecurity}) */
+  security?: TransportSecurity;
+  /**
+   * With TLS, refuse clients without a certificate the CA signed (mutual
+   * TLS). A coordinator that authenticates tenants by bearer token turns
+   * it off. @default true
+   */
+  requireClientCert?: boolean;
+}
+
 /**
  * Creates a server, lets `register` add services to it, adds grpc.health.v1
- * for `serviceNames`, and binds `host:port`. Messages over `maxReceiveBytes`
- * are refused RESOURCE_EXHAUSTED before decoding.
+ * for `serviceNames`, and binds `host:port` with `secure`'s credentials
+ * (mutual TLS, or plaintext on loopback only). Messages over
+ * `maxReceiveBytes` are refused RESOURCE_EXHAUSTED before decoding.
  * @throws Error naming the address when the port cannot be bound.
+ * @throws TransportSecurityError when plaintext is asked for a host off loopback.
  */
 export async function startGrpcServer(
   host: string,
@@ -26,7 +49,9 @@ export async function startGrpcServer(
   serviceNames: readonly string[],
   register: (server: Server) => void,
   maxReceiveBytes: number = defaultChannelOptions["grpc.max_receive_message_length"] ?? 2 ** 30,
+  secure: ServerSecurity = {},
 ): Promise<GrpcServer> {
+  const credentials = serverCredentials(secure.security ?? transportSecurity(), host, secure.requireClientCert ?? true);
   const server = new Server({
     "grpc.max_receive_message_length": maxReceiveBytes,
     "grpc.max_send_message_length": defaultChannelOptions["grpc.max_send_message_length"],
@@ -34,7 +59,7 @@ export async function startGrpcServer(
   register(server);
   const health: HealthImplementation = addHealth(server, serviceNames);
   const bound = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(`${host}:${port}`, ServerCredentials.createInsecure(), (err, p) =>
+    server.bindAsync(`${host}:${port}`, credentials, (err, p) =>
       err ? reject(new Error(`cannot listen on ${host}:${port}: ${err.message}`, { cause: err })) : resolve(p),
     );
   });

@@ -536,12 +536,17 @@ export class JobStore {
   }
 
   /**
-   * Pulls the next job, highest priority first; waits (woken by new
-   * publishes, polling every `pollMs` for redeliveries) until there is one
-   * or `signal` aborts (then undefined).
+   * Pulls the next job of `priorities` (default: every one), highest
+   * priority first; waits (woken by new publishes, polling every `pollMs`
+   * for redeliveries) until there is one or `signal` aborts (then
+   * undefined).
    * @throws JobError when ensureConsumers() was not called.
    */
-  async nextJob(signal: AbortSignal, pollMs = 1000): Promise<JobDelivery | undefined> {
+  async nextJob(
+    signal: AbortSignal,
+    pollMs = 1000,
+    priorities: readonly JobPriority[] = JOB_PRIORITIES,
+  ): Promise<JobDelivery | undefined> {
     if (this.consumers.size === 0) throw new JobError("nextJob: call ensureConsumers() first");
     let wake: (() => void) | undefined;
     const sub: Subscription = this.nc.subscribe(this.names.subjects, {
@@ -551,6 +556,7 @@ export class JobStore {
       while (!signal.aborted) {
         for (const p of JOB_PRIORITIES) {
           if (signal.aborted) return undefined;
+          if (!priorities.includes(p)) continue;
           const info = await this.jsm.consumers.info(this.names.stream, this.names.consumer(p));
           if (info.num_pending + info.num_ack_pending === 0) continue;
           const m = await this.consumers.get(p)!.next({ expires: 1000 });

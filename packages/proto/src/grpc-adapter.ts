@@ -17,6 +17,7 @@ import {
 } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 import { Code, RpcError } from "./rpc-error.js";
+import { channelCredentials, transportSecurity, type TransportSecurity } from "./transport.js";
 
 type AnyGen = GenService<GenServiceMethods>;
 type MethodsOf<S> = S extends GenService<infer M> ? M : never;
@@ -242,10 +243,22 @@ export const defaultChannelOptions: grpc.ChannelOptions = {
   "grpc-node.flow_control_window": 64 * 1024 * 1024,
 };
 
+/** Who a client is: its transport security and an optional bearer token. */
+export interface ClientAuth {
+  /** TLS identity or plaintext; default: the process's ({@link transportSecurity}). */
+  security?: TransportSecurity;
+  /** Sent as `authorization: Bearer <token>` on every call (a coordinator's tenant token). */
+  token?: string;
+}
+
 /**
- * Creates a typed client of `service` at `address` (host:port, plaintext).
+ * Creates a typed client of `service` at `address` (host:port), secured as
+ * `auth.security` or the process's transport security says (mutual TLS,
+ * or plaintext on loopback only).
  * Unary calls reject with {@link RpcError}; streaming calls are grpc-js
  * streams (async iterable on the read side).
+ * @throws RpcError FAILED_PRECONDITION when plaintext is asked for an
+ *   address off loopback.
  * @throws RpcError INVALID_ARGUMENT when `address` is empty or holds a
  *   character outside printable ASCII or a space. Addresses often come
  *   from requests (an attention node's, a next stage's, AddNode's); a
@@ -258,6 +271,7 @@ export function createClient<S extends AnyGen>(
   service: S,
   address: string,
   channelOptions: grpc.ChannelOptions = {},
+  auth: ClientAuth = {},
 ): Client<S> {
   if (!/^[\x21-\x7e]+$/.test(address)) {
     throw new RpcError(
@@ -266,7 +280,20 @@ export function createClient<S extends AnyGen>(
     );
   }
   const Ctor = grpc.makeGenericClientConstructor(serviceDefinition(service), service.name);
-  const raw = new Ctor(address, grpc.credentials.createInsecure(), { ...defaultChannelOptions, ...channelOptions });
+  let credentials: grpc.ChannelCredentials;
+  try {
+    credentials = channelCredentials(auth.security ?? transportSecurity(), address);
+  } catch (err) {
+    throw new RpcError(Code.FAILED_PRECONDITION, (err as Error).message, { cause: err });
+  }
+  const raw = new Ctor(address, credentials, { ...defaultChannelOptions, ...channelOptions });
+  const metadata = (opts: CallOptions): grpc.Metadata => {
+    if (auth.token === undefined) return opts.metadata ?? new grpc.Metadata();
+    // A copy: the caller's metadata object is left as it was.
+    const md = opts.metadata?.clone() ?? new grpc.Metadata();
+    if (!md.get("authorization").length) md.set("authorization", `Bearer ${auth.token}`);
+    return md;
+  };
   const out: Record<string, unknown> = {
     address,
     waitForReady: (timeoutMs: number) =>
@@ -283,20 +310,20 @@ export function createClient<S extends AnyGen>(
     if (method.methodKind === "unary") {
       out[method.localName] = (req: unknown, opts: CallOptions = {}) =>
         new Promise((resolve, reject) => {
-          const c = call(req, opts.metadata ?? new grpc.Metadata(), callOptions(opts), (err: unknown, res: unknown) =>
+          const c = call(req, metadata(opts), callOptions(opts), (err: unknown, res: unknown) =>
             err ? reject(RpcError.from(err)) : resolve(res),
           );
           bindSignal(c, opts.signal);
         });
     } else if (method.methodKind === "server_streaming") {
       out[method.localName] = (req: unknown, opts: CallOptions = {}) => {
-        const c = call(req, opts.metadata ?? new grpc.Metadata(), callOptions(opts));
+        const c = call(req, metadata(opts), callOptions(opts));
         bindSignal(c, opts.signal);
         return c;
       };
     } else {
       out[method.localName] = (opts: CallOptions = {}) => {
-        const c = call(opts.metadata ?? new grpc.Metadata(), callOptions(opts));
+        const c = call(metadata(opts), callOptions(opts));
         bindSignal(c, opts.signal);
         return c;
       };

@@ -1,4 +1,5 @@
 import * as grpc from "@grpc/grpc-js";
+import { channelCredentials, transportSecurity, type TransportSecurity } from "./transport.js";
 import { HealthImplementation, service as healthService, type ServingStatus } from "grpc-health-check";
 
 export type { ServingStatus };
@@ -27,10 +28,23 @@ const HealthClient = grpc.makeGenericClientConstructor(healthService as unknown 
 /**
  * Asks `address` for its grpc.health.v1 status of `service` ("" = overall).
  * Resolves "SERVING", "NOT_SERVING", "UNKNOWN" or "SERVICE_UNKNOWN", or
- * "UNREACHABLE" when no answer comes within `timeoutMs`.
+ * "UNREACHABLE" when no answer comes within `timeoutMs` (or the
+ * connection cannot be secured: plaintext off loopback, a TLS handshake
+ * that fails). Secured as `security` (default: the process's).
  */
-export function checkHealth(address: string, service = "", timeoutMs = 2000): Promise<string> {
-  const client = new HealthClient(address, grpc.credentials.createInsecure());
+export function checkHealth(
+  address: string,
+  service = "",
+  timeoutMs = 2000,
+  security: TransportSecurity = transportSecurity(),
+): Promise<string> {
+  let credentials: grpc.ChannelCredentials;
+  try {
+    credentials = channelCredentials(security, address);
+  } catch {
+    return Promise.resolve("UNREACHABLE");
+  }
+  const client = new HealthClient(address, credentials);
   return new Promise((resolve) => {
     const c = client as unknown as {
       check: (

@@ -19,9 +19,24 @@ export {
   defaultChannelOptions,
   type CallOptions,
   type Client,
+  type ClientAuth,
   type MethodImpl,
   type ServiceImpl,
 } from "./grpc-adapter.js";
 export { RpcError, Code } from "./rpc-error.js";
+export {
+  PLAINTEXT,
+  TransportSecurityError,
+  channelCredentials,
+  hostOf,
+  isLoopbackHost,
+  loadTls,
+  selfChannelOptions,
+  serverCredentials,
+  setTransportSecurity,
+  transportSecurity,
+  type TlsFiles,
+  type TransportSecurity,
+} from "./transport.js";
 export { addHealth, setHealth, checkHealth, type ServingStatus } from "./health.js";
 export { Server, ServerCredentials, Metadata, type ServerDuplexStream, type ClientDuplexStream } from "@grpc/grpc-js";

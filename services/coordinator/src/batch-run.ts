@@ -62,6 +62,7 @@ import {
   type Tokenizer,
 } from "@tessera/core";
 import type { ForwardPipeline } from "./pipeline.js";
+import type { BatchSlots } from "./batch-slots.js";
 import type { Membership, MembershipChange } from "./membership.js";
 import type { CompiledCoordinatorOptions } from "./options.js";
 import {
@@ -112,6 +113,12 @@ export interface BatchContext {
   membership: Membership;
   /** Attention client of a node address (shared, owned by the coordinator). */
   attentionClient(address: string): Client<typeof Attention>;
+  /**
+   * The coordinator's running batch, shared with its other jobs: this
+   * job's sequences join it as places free up, after the waiting sequences
+   * of jobs ahead of it (higher priority, or older).
+   */
+  slots: BatchSlots;
   /** Aborts when the job is cancelled (or the coordinator drains). */
   signal: AbortSignal;
   /** Sends an event (progress, result, plan, summary) to the job's client. */
@@ -143,6 +150,11 @@ interface Sequence {
   moves: number;
   /** Set while it has no node (moved off a lost one, none of its role up yet): since when (ms since epoch) and why. */
   homeless?: { since: number; reason: string };
+  /**
+   * Set while opening its KV cache fails because the node does not answer
+   * (killed, restarting): since when, why, and when to try again.
+   */
+  openRetry?: { since: number; reason: string; notBefore: number; delay: number; tries: number };
   prompt: string;
   promptIds: number[];
   maxTokens: number;
@@ -159,8 +171,18 @@ interface Sequence {
   finished?: FinishReason;
   startedAt: number;
   firstTokenAt?: number;
-  /** Set while its attention node is failing: when it started (ms since epoch) and why. */
-  waiting?: { since: number; reason: string; nextTry: number; delay: number };
+  /**
+   * Set while its attention node is failing: when it started (ms since
+   * epoch), why, and the failing node's address and role (a storage-node's
+   * sequences wait for it longer: their KV survives a restart on disk).
+   */
+  waiting?: {
+    since: number;
+    reason: string;
+    nextTry: number;
+    delay: number;
+    node: { address: string; role: string };
+  };
 }
 
 /** One KV-head group of a sequence on its attention node, known there as `seqId`. */
@@ -190,6 +212,8 @@ interface Breakdown {
 
 /** Codes after which an attention node's sequences wait for it instead of failing. */
 const TRANSIENT = new Set<number>([Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.CANCELLED, Code.NOT_FOUND]);
+/** Errors of OpenSequence after which the sequence is placed again (the node did not answer). */
+const OPEN_RETRY = new Set<number>([Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED]);
 
 const sleep = (ms: number, signal: AbortSignal) =>
   new Promise<void>((resolve) => {
@@ -260,6 +284,9 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
   const releases = new Set<Promise<void>>();
   const cleanups: (() => void)[] = [];
   let blocked = false;
+  // ctx.slots.freed when `blocked` was set: another job freeing places
+  // (and with them KV capacity) unblocks this one too.
+  let blockedAt = 0;
   let revision = 0;
   let lastPlan: JobPlan | undefined;
   // Price, bandwidth, room and the plan's shares of each attention node, for placement.
@@ -495,6 +522,8 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
     return s;
   });
 
+  // This job's place in the coordinator's running batch.
+  const place = ctx.slots.join(request.priority);
   try {
     await replan("job start", 0);
     // 2. Admission (continuous batching): sequences join the running batch
@@ -546,7 +575,10 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
     // the shards that did open, any other failure finishes the sequence.
     // Returns "moved" when the sequence moved (or finished) while its
     // shards were opening: what opened is closed, and move() has queued it.
-    const open = async (s: Sequence, placed: readonly ShardPlacement[]): Promise<string | "moved" | undefined> => {
+    const open = async (
+      s: Sequence,
+      placed: readonly ShardPlacement[],
+    ): Promise<string | "moved" | "retry" | undefined> => {
       const id = s.seqId;
       const shards: Shard[] = placed.map((p) => ({
         ...p,
@@ -570,7 +602,8 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
             const e = RpcError.from(err);
             const name = nodeName(sh.node);
             const message = e.message.startsWith(name) ? e.message : `${name}: ${e.message}`;
-            return e.code === Code.RESOURCE_EXHAUSTED ? { refused: message } : { fatal: message };
+            if (e.code === Code.RESOURCE_EXHAUSTED) return { refused: message };
+            return OPEN_RETRY.has(e.code) ? { unavailable: message, node: sh.node } : { fatal: message };
           }
           return {};
         }),
@@ -584,6 +617,40 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
         finish(s, "error", fatal);
         return undefined;
       }
+      const down = outcomes.find((o) => o.unavailable !== undefined);
+      if (down?.unavailable !== undefined) {
+        // Its node does not answer: the sequence is placed again after a
+        // backoff (the node may be back, or known lost and avoided by
+        // then); a memory-node failing for failoverMs is marked down; after
+        // retryTimeoutMs the sequence fails.
+        const now = Date.now();
+        const r = (s.openRetry ??= { since: now, reason: down.unavailable, notBefore: now, delay: 50, tries: 0 });
+        r.reason = down.unavailable;
+        r.delay = Math.min(r.delay * 2, 2000);
+        r.notBefore = now + r.delay;
+        r.tries++;
+        // An open that timed out may still have landed: close every shard
+        // (best effort), and open under a new id next time, so that a late
+        // close cannot hit the new cache.
+        for (const sh of s.shards) sh.opened = true;
+        closeShards(s.shards);
+        s.shards = [];
+        s.seqId = `${jobId}-${nonce}-${s.index}~${s.moves}.${r.tries}`;
+        if (now - r.since > options.retryTimeoutMs) {
+          finish(
+            s,
+            "error",
+            `${r.reason} (gave up opening its KV cache after ${Math.round((now - r.since) / 1000)} s)`,
+          );
+          return undefined;
+        }
+        if (down.node?.role === "memory" && now - r.since > Math.min(options.failoverMs, options.retryTimeoutMs)) {
+          membership.markDown(down.node.address, r.reason);
+        }
+        options.log(`${s.seqId}: cannot open its KV cache: ${r.reason}; trying again in ${r.delay} ms`);
+        return "retry";
+      }
+      s.openRetry = undefined;
       const refused = outcomes.find((o) => o.refused)?.refused;
       if (refused !== undefined) {
         // Close the shards that did open before the next try, outside
@@ -632,9 +699,7 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
       );
     };
     const admit = async () => {
-      while (!blocked && pending.length > 0) {
-        const room = options.maxBatchSequences - running().length;
-        if (room <= 0) return;
+      for (;;) {
         // A moved sequence with no node of its role up waits for one (a
         // node back or added) until retryTimeoutMs after it lost its node,
         // without holding up the sequences behind it.
@@ -653,9 +718,19 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
             `${s.homeless!.reason} (gave up after ${Math.round((now - s.homeless!.since) / 1000)} s: no ${role}-node up)`,
           );
         }
-        const batch = pending.filter((p) => !stuck(p)).slice(0, room);
-        if (batch.length === 0) return;
+        if (blocked && ctx.slots.freed !== blockedAt) blocked = false;
+        const ready = pending.filter((p) => !stuck(p) && !(p.openRetry && p.openRetry.notBefore > now));
+        // Places in the coordinator's batch go to the jobs ahead of this one
+        // first; sequences waiting for KV capacity claim none.
+        place.update(running().length, blocked ? 0 : ready.length);
+        if (blocked || ready.length === 0) return;
+        const room = Math.min(options.maxBatchSequences - running().length, place.room());
+        if (room <= 0) return;
+        const batch = ready.slice(0, room);
         for (const b of batch) pending.splice(pending.indexOf(b), 1);
+        // Opening: their places are taken already (another job admitting
+        // meanwhile sees them).
+        place.update(running().length + batch.length, ready.length - batch.length);
         // Load in position-heads, as placeSequences counts it.
         const load = new Map<string, number>();
         for (const r of running()) {
@@ -684,18 +759,27 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
             return undefined;
           }),
         );
+        place.update(running().length, 0);
+        // Their node did not answer: queued again, tried after a backoff.
+        const again = batch.filter((_, i) => outcomes[i] === "retry");
+        if (again.length > 0) {
+          pending.push(...again);
+          pending.sort((a, b) => a.index - b.index);
+        }
         // Refused for room (a message); "moved" ones are queued again by move().
-        const refusals = outcomes.map((o) => (o === "moved" ? undefined : o));
+        const refusals = outcomes.map((o) => (o === "moved" || o === "retry" ? undefined : o));
         const refused = batch.filter((_, i) => refusals[i] !== undefined);
         if (refused.length === 0) continue;
-        if (running().length === 0 && releases.size === 0) {
-          // Nothing will free capacity: these can never fit.
+        if (running().length === 0 && releases.size === 0 && ctx.slots.running === 0) {
+          // Nothing will free capacity (no sequence of this or another job
+          // holds any): these can never fit.
           batch.forEach((s, i) => refusals[i] !== undefined && finish(s, "error", refusals[i]));
           continue;
         }
         for (const s of refused) s.shards = [];
         pending.unshift(...refused);
         blocked = true;
+        blockedAt = ctx.slots.freed;
         options.log(`${refused.length} sequence(s) wait for KV capacity: ${refusals.find((r) => r)}`);
       }
     };
@@ -709,8 +793,10 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
         seqs.map(async (s) => {
           const w = s.waiting;
           if (s.finished || !w || s.shards.length === 0 || now < w.nextTry) return;
-          // Failing for too long: the node is lost (its sequences move).
-          const storage = s.shards.some((sh) => sh.node.role === "storage" && failingNodes.has(sh.node.address));
+          // Failing for too long: the node is lost (its sequences move). The
+          // node the sequence waits for, not whether it is still failing:
+          // another sequence's re-open may already have cleared it.
+          const storage = w.node.role === "storage";
           const limit = storage ? options.retryTimeoutMs : Math.min(options.failoverMs, options.retryTimeoutMs);
           if (now - w.since > limit) {
             for (const sh of s.shards)
@@ -844,7 +930,8 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
           if (TRANSIENT.has(failure.code)) {
             options.log(`step ${stepId}: ${reason}; its ${onNode.length} sequence(s) wait for it`);
             const now = Date.now();
-            for (const p of onNode) p.s.waiting = { since: now, reason, nextTry: now + 100, delay: 100 };
+            const node = { address: failed.address, role: failed.role };
+            for (const p of onNode) p.s.waiting = { since: now, reason, nextTry: now + 100, delay: 100, node };
             failingNodes.add(failed.address);
           } else {
             for (const p of onNode) finish(p.s, "error", reason);
@@ -932,6 +1019,7 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
       progress();
     }
   } finally {
+    place.leave();
     for (const c of cleanups) c();
     await planning.catch(() => undefined);
     // However the job ends, free every KV cache it opened, and wait for the

@@ -28,6 +28,8 @@ import { ForwardChannel } from "./forward-channel.js";
 import { ForwardPipeline } from "./pipeline.js";
 import { checkGenerateLimits } from "./limits.js";
 import { createJobService } from "./job-service.js";
+import { Authenticator, authenticated, loadTokens, requireAdmin } from "./auth.js";
+import { BatchSlots, priorityRank } from "./batch-slots.js";
 import { planStages, surveyGpuNodes } from "./job-plan.js";
 import { ModelCache } from "./model-cache.js";
 import { ModelLease } from "./model-lease.js";
@@ -44,6 +46,11 @@ export interface CoordinatorService extends Service {
   readonly options: CompiledCoordinatorOptions;
   /** The live node set (starts from `options`). */
   readonly membership: Membership;
+  /**
+   * A bearer token (an admin's) for this coordinator's own job worker,
+   * which calls Generate like a client; random per process, never stored.
+   */
+  readonly internalToken: string;
   /** The NATS node registry watcher while running with `nats`; undefined otherwise. */
   readonly registry: RegistryWatcher | undefined;
 }
@@ -60,6 +67,8 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
   const jobs = new Set<AbortController>();
   const runningJobIds = new Set<string>();
   const gpuLeases = new Map<string, ModelLease>();
+  // The running batch every job's sequences share, by job priority.
+  const slots = new BatchSlots(options.maxBatchSequences);
   const membership = new Membership({
     gpu: options.gpuNodes,
     memory: options.memoryNodes,
@@ -67,8 +76,10 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
   });
   membership.subscribe((c) => options.log(`cluster: ${c.role}-node ${c.address} ${c.kind} (${c.reason})`));
   let registry: RegistryWatcher | undefined;
+  // Bearer tokens → tenants (every caller an admin without a tokens file).
+  const auth = new Authenticator(options.tokensFile === undefined ? undefined : loadTokens(options.tokensFile));
   // SubmitJob .. WatchJob: the NATS job queue under natsPrefix (FAILED_PRECONDITION without nats).
-  const jobService = createJobService(options);
+  const jobService = createJobService({ ...options, identify: (metadata) => auth.identify(metadata) });
 
   // The node registry drives the membership as AddNode / RemoveNode and
   // failing calls do; nodes given in the options stay members.
@@ -119,6 +130,13 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
     async generate(call) {
       if (service.state !== "running") throw new RpcError(Code.UNAVAILABLE, `coordinator is ${service.state}`);
       const req = call.request;
+      const who = auth.identify(call.metadata);
+      // A tenant may not jump the batch jobs' queue, and its job ids are
+      // its own: they cannot block a stored job's run.
+      if (!who.admin && req.priority === "high") {
+        throw new RpcError(Code.PERMISSION_DENIED, `priority: "high" needs an admin token (tenant ${who.tenant})`);
+      }
+      const runKey = req.jobId ? (who.admin ? req.jobId : `${who.tenant}/${req.jobId}`) : "";
       if (req.prompts.length === 0) throw new RpcError(Code.INVALID_ARGUMENT, "prompts: the batch is empty");
       const ids = new Set<string>();
       for (const p of req.prompts) {
@@ -127,6 +145,12 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
         ids.add(p.id);
       }
       checkGenerateLimits(req, options.limits);
+      if (req.priority && priorityRank(req.priority) === undefined) {
+        throw new RpcError(
+          Code.INVALID_ARGUMENT,
+          `priority: must be high, normal or low (or empty), got ${JSON.stringify(req.priority)}`,
+        );
+      }
       const modelPath = req.modelPath || options.modelPath;
       const tokenizerPath = req.tokenizerPath || options.tokenizerPath;
       if (!modelPath || !tokenizerPath) {
@@ -135,7 +159,7 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
           "model_path/tokenizer_path: none given and the coordinator has no default",
         );
       }
-      if (req.jobId && runningJobIds.has(req.jobId)) {
+      if (runKey && runningJobIds.has(runKey)) {
         throw new RpcError(Code.ALREADY_EXISTS, `job_id: a job "${req.jobId}" is already running`);
       }
       const abort = new AbortController();
@@ -144,7 +168,7 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
       call.on("cancelled", () => abort.abort(new RpcError(Code.CANCELLED, "job cancelled")));
       if (call.cancelled) return;
       jobs.add(abort);
-      if (req.jobId) runningJobIds.add(req.jobId);
+      if (runKey) runningJobIds.add(runKey);
       const releases: (() => void)[] = [];
       try {
         const model = await models.get(modelPath, tokenizerPath).catch((err: unknown) => {
@@ -230,6 +254,7 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
             },
             membership,
             attentionClient,
+            slots,
             signal: abort.signal,
             emit: (event) => {
               if (!call.destroyed) call.write(event);
@@ -241,11 +266,12 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
       } finally {
         for (const release of releases) release();
         jobs.delete(abort);
-        if (req.jobId) runningJobIds.delete(req.jobId);
+        if (runKey) runningJobIds.delete(runKey);
       }
     },
 
-    async addNode(req) {
+    async addNode(req, call) {
+      requireAdmin(auth.identify(call.metadata), "AddNode");
       if (!["gpu", "memory", "storage"].includes(req.role)) {
         throw new RpcError(
           Code.INVALID_ARGUMENT,
@@ -272,7 +298,8 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
       return {};
     },
 
-    async removeNode(req) {
+    async removeNode(req, call) {
+      requireAdmin(auth.identify(call.metadata), "RemoveNode");
       if (!membership.roleOf(req.address)) {
         throw new RpcError(Code.NOT_FOUND, `address: ${JSON.stringify(req.address)} is not a node of this cluster`);
       }
@@ -307,7 +334,9 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
     host: options.host,
     port: options.port,
     serviceNames: ["tessera.v1.Coordinator"],
-    register: (server) => addService(server, Coordinator, impl),
+    register: (server) => addService(server, Coordinator, authenticated(impl, auth)),
+    // With tokens the token is the credential: clients need the CA, not a certificate.
+    secure: { requireClientCert: !auth.requiresToken },
     graceMs: options.shutdownGraceMs,
     // Requests just over the limit get limits.ts's INVALID_ARGUMENT naming
     // it; far larger ones grpc-js refuses before decoding.
@@ -342,7 +371,7 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
       for (const c of [...attentionClients.values(), ...gpuClients.values()]) c.close();
     },
   });
-  return Object.defineProperties(Object.assign(service, { options, membership }), {
+  return Object.defineProperties(Object.assign(service, { options, membership, internalToken: auth.internalToken }), {
     registry: { get: () => registry, enumerable: true },
   }) as CoordinatorService;
 }

@@ -12,6 +12,7 @@ import {
   Code,
   Coordinator,
   RpcError,
+  type Metadata,
   type JobSchema,
   type MessageInitShape,
   type SamplingParams,
@@ -27,6 +28,7 @@ import {
   type JobState,
 } from "@tessera/nats";
 import { checkBatchLimits, type GenerateLimits } from "./limits.js";
+import { maySee, submitTenant, type Identity } from "./auth.js";
 
 /** The job RPCs' part of the Coordinator service implementation. */
 export type JobRpcs = Pick<
@@ -42,6 +44,13 @@ export interface JobServiceOptions {
   /** Checked against every submitted job before it is stored. */
   limits: GenerateLimits;
   log: (line: string) => void;
+  /**
+   * The caller of a call (its bearer token's tenant; see auth.ts). A tenant
+   * submits, lists, reads, watches and cancels only its own jobs; another
+   * tenant's job is NOT_FOUND.
+   * @throws RpcError UNAUTHENTICATED
+   */
+  identify: (metadata: Metadata) => Identity;
 }
 
 type NatsConnection = JobStore["nc"];
@@ -205,13 +214,26 @@ export function createJobService(options: JobServiceOptions): JobService {
       throw invalid((err as Error).message.replace(/^job id:/, `${field}:`));
     }
   };
+  /**
+   * Job `id`'s state, when the caller may see it.
+   * @throws RpcError INVALID_ARGUMENT for a malformed id; NOT_FOUND when
+   *   there is no such job or it is another tenant's (not told apart).
+   */
+  const visible = async (s: JobStore, id: string, metadata: Metadata): Promise<JobState> => {
+    const who = options.identify(metadata);
+    const state = await s.get(jobId(id));
+    if (!state || !maySee(who, state.tenant)) throw new RpcError(Code.NOT_FOUND, `job ${JSON.stringify(id)} not found`);
+    return state;
+  };
   const stopping = () => {
     if (shutdown.signal.aborted) throw new RpcError(Code.UNAVAILABLE, "the coordinator is stopping");
   };
 
   const rpcs: JobRpcs = {
-    submitJob: (req) =>
+    submitJob: (req, call) =>
       guard("SubmitJob", async () => {
+        const who = options.identify(call.metadata);
+        const tenant = submitTenant(who, req.tenant);
         const s = await store();
         const fileName = req.fileName || "input";
         const priority = (req.priority || "normal") as JobPriority;
@@ -229,7 +251,7 @@ export function createJobService(options: JobServiceOptions): JobService {
           priority,
           sampling,
           ...(req.jobId ? { jobId: req.jobId } : {}),
-          ...(req.tenant ? { tenant: req.tenant } : {}),
+          ...(tenant ? { tenant } : {}),
           ...(req.modelPath ? { model: req.modelPath } : {}),
           ...(req.tokenizerPath ? { tokenizer: req.tokenizerPath } : {}),
           // This coordinator's limits, checked before anything is stored.
@@ -241,33 +263,36 @@ export function createJobService(options: JobServiceOptions): JobService {
             }
           },
         });
+        // The same job id again is idempotent, for the job's own tenant (and admins).
+        if (!maySee(who, job.tenant)) {
+          throw new RpcError(Code.ALREADY_EXISTS, `job_id: ${JSON.stringify(job.id)} is taken`);
+        }
         return jobMessage(job);
       }),
 
-    listJobs: (req) =>
+    listJobs: (req, call) =>
       guard("ListJobs", async () => {
-        const jobs = await (await store()).list(req.tenant ? { tenant: req.tenant } : {});
+        const who = options.identify(call.metadata);
+        // A tenant lists its own jobs whatever it asks for; an admin, all or one tenant's.
+        const tenant = who.admin ? req.tenant : who.tenant;
+        if (!who.admin && (who.tenant === undefined || (req.tenant && req.tenant !== who.tenant))) return { jobs: [] };
+        const jobs = await (await store()).list(tenant ? { tenant } : {});
         return { jobs: jobs.map(jobMessage) };
       }),
 
-    getJob: (req) =>
-      guard("GetJob", async () => {
-        const s = await store();
-        const state = await s.get(jobId(req.id));
-        if (!state) throw new RpcError(Code.NOT_FOUND, `job ${JSON.stringify(req.id)} not found`);
-        return jobMessage(state);
-      }),
+    getJob: (req, call) => guard("GetJob", async () => jobMessage(await visible(await store(), req.id, call.metadata))),
 
-    cancelJob: (req) =>
+    cancelJob: (req, call) =>
       guard("CancelJob", async () => {
         const s = await store();
-        return jobMessage(await s.cancel(jobId(req.id)));
+        const state = await visible(s, req.id, call.metadata);
+        return jobMessage(await s.cancel(state.id));
       }),
 
     getResults: (call) =>
       guard("GetResults", async () => {
         const s = await store();
-        const id = jobId(call.request.id);
+        const { id } = await visible(s, call.request.id, call.metadata);
         const signal = callSignal(call);
         for await (const line of s.results(id, { follow: call.request.follow, signal })) {
           if (signal.aborted) break;
@@ -279,7 +304,7 @@ export function createJobService(options: JobServiceOptions): JobService {
     watchJob: (call) =>
       guard("WatchJob", async () => {
         const s = await store();
-        const id = jobId(call.request.id);
+        const { id } = await visible(s, call.request.id, call.metadata);
         const signal = callSignal(call);
         for await (const state of s.watch(id, { signal })) {
           if (signal.aborted) break;

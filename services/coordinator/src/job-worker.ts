@@ -14,16 +14,20 @@ import {
   Coordinator,
   RpcError,
   createClient,
+  selfChannelOptions,
   type Client,
   type GenerateEvent,
   type Result,
 } from "@tessera/proto";
-import { formatBatchResult, generateRequest } from "@tessera/core";
+import { ConfigError, formatBatchResult, generateRequest } from "@tessera/core";
 import {
+  JOB_PRIORITIES,
   JobOwnershipLostError,
   JobStore,
   connectNats,
+  isNatsOutage,
   type JobDelivery,
+  type JobPriority,
   type JobState,
   type StoredResult,
 } from "@tessera/nats";
@@ -34,8 +38,13 @@ export interface JobWorkerOptions {
   nats: string;
   /** @default "tessera" */
   natsPrefix?: string;
-  /** The coordinator's own host:port (Generate is called there). */
+  /**
+   * The coordinator's own host:port (Generate is called there; a wildcard
+   * host, 0.0.0.0 or ::, is called on 127.0.0.1).
+   */
   coordinatorAddress: string;
+  /** Bearer token for the coordinator's Generate (its `internalToken` when it requires tokens). */
+  token?: string;
   /** Model name reported for jobs that name none (OpenAI output's `model`). @default "default" */
   defaultModel?: string;
   /**
@@ -48,6 +57,12 @@ export interface JobWorkerOptions {
   chunkResults?: number;
   /** Longest a finished result waits before its chunk is stored, in ms. @default 500 */
   flushMs?: number;
+  /**
+   * Jobs run at once; one more may start whose priority is above every
+   * running job's (its sequences then join the running batch first).
+   * @default 1
+   */
+  concurrency?: number;
   /** Claims a job gets before it fails for a retriable error (UNAVAILABLE, ...). @default 3 */
   maxAttempts?: number;
   /** @default stderr */
@@ -66,6 +81,13 @@ export interface JobWorker {
   close(): Promise<void>;
 }
 
+/**
+ * A job stopped by NATS being out of reach is handed back without failing,
+ * up to this many times its maxAttempts claims (a job that itself makes
+ * NATS time out, e.g. with a huge chunk, still fails in the end).
+ */
+const OUTAGE_ATTEMPTS = 3;
+
 /** Errors a retry cannot fix: the job fails at once. */
 const PERMANENT = new Set<number>([
   Code.INVALID_ARGUMENT,
@@ -83,6 +105,10 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
   const chunkResults = o.chunkResults ?? 16;
   const flushMs = o.flushMs ?? 500;
   const maxAttempts = o.maxAttempts ?? 3;
+  const concurrency = o.concurrency ?? 1;
+  if (!Number.isInteger(concurrency) || concurrency < 1) {
+    throw new ConfigError("concurrency", `must be an integer >= 1, got ${o.concurrency}`);
+  }
   const workerName = `${hostname()}-${process.pid}`.replace(/[^A-Za-z0-9_-]/g, "_");
   const stop = new AbortController();
   let nc: Awaited<ReturnType<typeof connectNats>> | undefined;
@@ -90,30 +116,59 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
   let loop: Promise<void> | undefined;
   let closed: Promise<void> | undefined;
 
+  /**
+   * Pulls and runs jobs: up to `concurrency` at once, and beyond that one
+   * more of a priority above every running job's, so that its sequences
+   * join the coordinator's running batch ahead of the running jobs' queued
+   * ones (see batch-slots.ts).
+   */
   async function run(store: JobStore): Promise<void> {
+    const running = new Map<Promise<void>, JobPriority>();
+    // Aborted when a running job ends: a pull waiting for a job of a
+    // higher priority only is then redone with every priority allowed.
+    let pulling: AbortController | undefined;
     while (!stop.signal.aborted) {
+      const top = Math.min(...[...running.values()].map((p) => JOB_PRIORITIES.indexOf(p)));
+      // Below the concurrency any job; at it, one more of a higher priority; then none.
+      const allowed =
+        running.size < concurrency
+          ? JOB_PRIORITIES
+          : running.size === concurrency
+            ? JOB_PRIORITIES.filter((p) => JOB_PRIORITIES.indexOf(p) < top)
+            : [];
+      if (allowed.length === 0) {
+        await Promise.race(running.keys());
+        continue;
+      }
+      pulling = new AbortController();
       let d: JobDelivery | undefined;
       try {
-        d = await store.nextJob(stop.signal);
+        d = await store.nextJob(AbortSignal.any([stop.signal, pulling.signal]), 1000, allowed);
       } catch (err) {
-        if (stop.signal.aborted) return;
+        if (stop.signal.aborted) break;
         log(`jobs: pulling failed: ${(err as Error).message}; retrying`);
         await new Promise((r) => setTimeout(r, 1000));
         continue;
       }
-      if (!d) return;
+      if (!d) continue;
       if (stop.signal.aborted) {
         // Pulled while stopping: hand it straight back.
         d.nak();
-        return;
+        break;
       }
-      try {
-        await runJob(store, d);
-      } catch (err) {
-        // The job stays unacked: JetStream redelivers it after the ack wait.
-        log(`jobs: job ${d.jobId}: ${(err as Error).message}`);
-      }
+      const delivery = d;
+      const job: Promise<void> = runJob(store, delivery)
+        .catch((err: unknown) => {
+          // The job stays unacked: JetStream redelivers it after the ack wait.
+          log(`jobs: job ${delivery.jobId}: ${(err as Error).message}`);
+        })
+        .finally(() => {
+          running.delete(job);
+          pulling?.abort();
+        });
+      running.set(job, delivery.priority);
     }
+    await Promise.allSettled(running.keys());
   }
 
   async function runJob(store: JobStore, d: JobDelivery): Promise<void> {
@@ -162,6 +217,7 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
         const stream = client!.generate(
           generateRequest(remaining, job.sampling, {
             jobId: job.id,
+            priority: job.priority,
             modelPath: job.model ?? "",
             tokenizerPath: job.tokenizer ?? "",
           }),
@@ -194,7 +250,12 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
       } else {
         const e = RpcError.from(err);
         const message = `${RpcError.codeName(e.code)}: ${e.message}`;
-        if (PERMANENT.has(e.code) || job.attempts >= maxAttempts) {
+        if (isNatsOutage(err) && job.attempts < OUTAGE_ATTEMPTS * maxAttempts) {
+          // NATS was out of reach (a restart): not the job's fault, so it
+          // never fails for it; JetStream redelivers it once NATS is back.
+          d.nak(1000);
+          log(`jobs: job ${job.id} attempt ${job.attempts} stopped: NATS out of reach (${e.message}); handed back`);
+        } else if (PERMANENT.has(e.code) || job.attempts >= maxAttempts) {
           await store.finish(job.id, owner, "failed", message);
           await d.ack();
           log(`jobs: job ${job.id} failed: ${message}`);
@@ -216,7 +277,10 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
       nc = await connectNats({ servers: o.nats, name: `tessera-coordinator-jobs-${workerName}` });
       const store = await JobStore.open(nc, { prefix: o.natsPrefix });
       await store.ensureConsumers(ackWaitMs);
-      client = createClient(Coordinator, o.coordinatorAddress);
+      const address = o.coordinatorAddress.replace(/^(0\.0\.0\.0|\[::\]|::):/, "127.0.0.1:");
+      // Its own server, on loopback: checked against its own certificate's name.
+      const channel = address === o.coordinatorAddress ? {} : selfChannelOptions();
+      client = createClient(Coordinator, address, channel, o.token === undefined ? {} : { token: o.token });
       loop = run(store);
       log(`jobs: pulling from ${store.names.stream} on ${o.nats}`);
     },

@@ -21,6 +21,8 @@ export function runCoordinator(options: CoordinatorOptions): Promise<void> {
           nats,
           natsPrefix: coordinator.options.natsPrefix,
           coordinatorAddress: coordinator.address,
+          token: coordinator.internalToken,
+          concurrency: coordinator.options.jobConcurrency,
           defaultModel: coordinator.options.modelPath?.split("/").at(-1) ?? "default",
           log: coordinator.options.log,
         });

@@ -29,8 +29,10 @@ export interface CoordinatorOptions {
   /** Most prompt tokens prefilled in one step (longer batches are split into several prefill steps). @default 4096 */
   maxPrefillTokens?: number;
   /**
-   * Most sequences in the running batch of a job; the others join as
-   * running ones finish (continuous batching). @default 64
+   * Most sequences in the running batch, over every job the coordinator
+   * runs; the others join as running ones finish (continuous batching),
+   * the waiting sequences of higher-priority (then older) jobs first.
+   * @default 64
    */
   maxBatchSequences?: number;
   /** How long a step is retried while a node is unavailable, in ms. @default 30000 */
@@ -71,6 +73,12 @@ export interface CoordinatorOptions {
    * optional, and it pulls jobs. @default undefined (no NATS)
    */
   nats?: string;
+  /**
+   * Batch jobs (from NATS) this coordinator runs at once; one more may
+   * start whose priority is above every running job's, so its sequences
+   * join the running batch ahead of theirs. @default 1
+   */
+  jobConcurrency?: number;
   /** Prefix of every NATS name (buckets, streams, subjects). @default "tessera" */
   natsPrefix?: string;
   /** The nodes' registry heartbeat period, in ms (with `nats`). @default 1000 */
@@ -81,6 +89,14 @@ export interface CoordinatorOptions {
    * @default 3 × nodeHeartbeatMs
    */
   nodeLostAfterMs?: number;
+  /**
+   * Tokens file (YAML or JSON, see auth.ts): callers must send a bearer
+   * token from it, each token is a tenant, and tenants see only their own
+   * jobs. With TLS the port then asks no client certificate (the token is
+   * the credential). @default undefined: no tokens; with TLS, clients need
+   * a certificate the CA signed, and every caller is an admin
+   */
+  tokensFile?: string;
   /** What one job may ask for (prompts, prompt bytes, max_tokens, request bytes), checked at Generate. @default {@link defaultGenerateLimits} */
   limits?: GenerateLimitsOptions;
   /** Log sink. @default stderr */
@@ -89,12 +105,13 @@ export interface CoordinatorOptions {
 
 /** Validated, defaulted, frozen coordinator options. */
 export type CompiledCoordinatorOptions = Readonly<
-  Required<Omit<CoordinatorOptions, "modelPath" | "tokenizerPath" | "nats" | "limits">>
+  Required<Omit<CoordinatorOptions, "modelPath" | "tokenizerPath" | "nats" | "limits" | "tokensFile">>
 > & {
   readonly limits: GenerateLimits;
   readonly modelPath: string | undefined;
   readonly tokenizerPath: string | undefined;
   readonly nats: string | undefined;
+  readonly tokensFile: string | undefined;
 };
 
 /**
@@ -166,7 +183,9 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     kvPlacement: kvPlacementOf(o.kvPlacement),
     limits: compileGenerateLimits(o.limits),
     nats,
+    tokensFile: o.tokensFile,
     natsPrefix,
+    jobConcurrency: positive("jobConcurrency", o.jobConcurrency, 1),
     nodeHeartbeatMs: positive("nodeHeartbeatMs", o.nodeHeartbeatMs, 1000),
     nodeLostAfterMs: positive("nodeLostAfterMs", o.nodeLostAfterMs, 3 * (o.nodeHeartbeatMs ?? 1000)),
     log: o.log ?? ((line: string) => process.stderr.write(line + "\n")),

@@ -1,20 +1,28 @@
 /**
  * Batch job commands (issue 5): `tessera submit | jobs | status | results |
- * cancel | watch`. They talk to NATS JetStream directly (the job queue of
- * @tessera/nats); the Coordinator gRPC service offers the same operations
- * (SubmitJob, ListJobs, GetJob, GetResults, CancelJob, WatchJob) to clients
- * without NATS access.
+ * cancel | watch`. With `--cluster` they call a coordinator's job RPCs
+ * (SubmitJob, ListJobs, GetJob, GetResults, CancelJob, WatchJob): the way
+ * tenants use it, with a bearer token that limits them to their own jobs.
+ * Without it they talk to NATS JetStream directly (the job queue of
+ * @tessera/nats): the operators' way, with NATS credentials.
  */
 import { readFile } from "node:fs/promises";
 import { resolve } from "node:path";
-import { connectNats, JobStore, type JobPriority, type JobState } from "@tessera/nats";
+import { connectNats, JobStore, type JobPriority, type JobSampling } from "@tessera/nats";
+import { Code, Coordinator, RpcError, createClient, type Job } from "@tessera/proto";
 import { checkBatchLimits, defaultGenerateLimits } from "@tessera/coordinator";
+import { applyNatsAuth, applyTransport, type TransportFlags } from "../security.js";
+import type { NatsAuthFlags, NatsTlsFlags } from "@tessera/nats";
 
-/** NATS flags every job command takes. */
-export interface NatsFlags {
+/** Where every job command goes: a coordinator's gRPC job RPCs (`cluster`), else NATS directly. */
+export interface NatsFlags extends NatsAuthFlags, NatsTlsFlags, TransportFlags {
   /** Comma-separated servers. */
   nats: string;
   natsPrefix: string;
+  /** A coordinator's host:port: the job RPCs there (as a tenant, with `token`), not NATS. */
+  cluster?: string;
+  /** Bearer token for a coordinator started with --tokens. */
+  token?: string;
 }
 
 /** Flags of `tessera submit`. */
@@ -31,17 +39,172 @@ export interface SubmitFlags extends NatsFlags {
   seed?: number;
 }
 
-async function withStore<T>(flags: NatsFlags, fn: (store: JobStore) => Promise<T>): Promise<T> {
+/** What the commands print of a job, whichever way it was read. */
+interface JobView {
+  id: string;
+  tenant?: string | undefined;
+  priority: string;
+  format: string;
+  status: string;
+  promptsTotal: number;
+  promptsDone: number;
+  promptsFailed: number;
+  completionTokens: number;
+  cancelRequested?: boolean | undefined;
+  error?: string | undefined;
+  attempts: number;
+  fileName: string;
+  inputBytes: number;
+  submittedAt: string;
+  startedAt?: string | undefined;
+  finishedAt?: string | undefined;
+}
+
+/** The job operations, over NATS or over the Coordinator service. */
+interface Jobs {
+  submit(r: {
+    input: Uint8Array;
+    fileName: string;
+    flags: SubmitFlags;
+    sampling: JobSampling;
+  }): Promise<{ job: JobView; created: boolean | undefined }>;
+  list(tenant: string | undefined): Promise<JobView[]>;
+  get(id: string): Promise<JobView | undefined>;
+  results(id: string, follow: boolean, signal: AbortSignal): AsyncIterable<string>;
+  cancel(id: string): Promise<JobView>;
+  watch(id: string, signal: AbortSignal): AsyncIterable<JobView>;
+}
+
+/** The job store on NATS, for operators (NATS credentials see every tenant's jobs). */
+function natsJobs(store: JobStore): Jobs {
+  return {
+    async submit({ input, fileName, flags, sampling }) {
+      return store.submit({
+        input,
+        fileName,
+        // The coordinator's default limits, checked before anything is stored.
+        check: (parsed, bytes) => {
+          try {
+            checkBatchLimits(parsed, flags.maxTokens, defaultGenerateLimits, bytes);
+          } catch (err) {
+            throw new Error(`${fileName}: ${(err as Error).message}`, { cause: err });
+          }
+        },
+        format: flags.format,
+        priority: flags.priority,
+        sampling,
+        ...(flags.jobId !== undefined ? { jobId: flags.jobId } : {}),
+        ...(flags.tenant !== undefined ? { tenant: flags.tenant } : {}),
+        ...(flags.model !== undefined ? { model: resolve(flags.model) } : {}),
+        ...(flags.tokenizer !== undefined ? { tokenizer: resolve(flags.tokenizer) } : {}),
+      });
+    },
+    list: (tenant) => store.list(tenant !== undefined ? { tenant } : {}),
+    get: (id) => store.get(id),
+    results: (id, follow, signal) => store.results(id, { follow, signal }),
+    cancel: (id) => store.cancel(id),
+    watch: (id, signal) => store.watch(id, { signal }),
+  };
+}
+
+/** A Job message as the commands print it (bigints as numbers: JSON has no bigint). */
+const viewOf = (j: Job): JobView => ({
+  id: j.id,
+  tenant: j.tenant || undefined,
+  priority: j.priority,
+  format: j.format,
+  status: j.status,
+  promptsTotal: j.promptsTotal,
+  promptsDone: j.promptsDone,
+  promptsFailed: j.promptsFailed,
+  completionTokens: Number(j.completionTokens),
+  cancelRequested: j.cancelRequested,
+  error: j.error || undefined,
+  attempts: j.attempts,
+  fileName: j.fileName,
+  inputBytes: Number(j.inputBytes),
+  submittedAt: j.submittedAt,
+  startedAt: j.startedAt || undefined,
+  finishedAt: j.finishedAt || undefined,
+});
+
+/** A coordinator's job RPCs, for tenants: the coordinator checks the token and the limits. */
+function grpcJobs(client: ReturnType<typeof createClient<typeof Coordinator>>): Jobs {
+  return {
+    async submit({ input, fileName, flags, sampling }) {
+      const job = await client.submitJob({
+        input,
+        fileName,
+        format: flags.format,
+        priority: flags.priority,
+        jobId: flags.jobId ?? "",
+        tenant: flags.tenant ?? "",
+        // Paths on the cluster's filesystem, as given.
+        modelPath: flags.model ?? "",
+        tokenizerPath: flags.tokenizer ?? "",
+        sampling: {
+          maxTokens: sampling.maxTokens ?? 0,
+          temperature: sampling.temperature ?? 0,
+          topP: sampling.topP ?? 0,
+          seed: BigInt(sampling.seed ?? 0),
+        },
+      });
+      return { job: viewOf(job), created: undefined };
+    },
+    list: async (tenant) => (await client.listJobs({ tenant: tenant ?? "" })).jobs.map(viewOf),
+    async get(id) {
+      try {
+        return viewOf(await client.getJob({ id }));
+      } catch (err) {
+        if (err instanceof RpcError && err.code === Code.NOT_FOUND) return undefined;
+        throw err;
+      }
+    },
+    async *results(id, follow, signal) {
+      for await (const r of client.getResults({ id, follow }, { signal })) yield (r as { line: string }).line;
+    },
+    cancel: async (id) => viewOf(await client.cancelJob({ id })),
+    async *watch(id, signal) {
+      for await (const j of client.watchJob({ id }, { signal })) yield viewOf(j as Job);
+    },
+  };
+}
+
+/**
+ * Runs `fn` with the job operations `flags` ask for: a coordinator's job
+ * RPCs with `cluster` (TLS or --plaintext, and a token), else NATS.
+ * @throws Error naming the coordinator and the gRPC status of a refusal.
+ */
+async function withJobs<T>(flags: NatsFlags, fn: (jobs: Jobs) => Promise<T>): Promise<T> {
+  if (flags.cluster !== undefined) {
+    applyTransport(flags, `tessera jobs --cluster ${flags.cluster}`, false);
+    const client = createClient(
+      Coordinator,
+      flags.cluster,
+      {},
+      flags.token === undefined ? {} : { token: flags.token },
+    );
+    try {
+      return await fn(grpcJobs(client));
+    } catch (err) {
+      if (!(err instanceof RpcError) && (err as { code?: unknown }).code === undefined) throw err;
+      const e = RpcError.from(err);
+      throw new Error(`coordinator ${flags.cluster}: ${RpcError.codeName(e.code)}: ${e.message}`, { cause: err });
+    } finally {
+      client.close();
+    }
+  }
+  applyNatsAuth(flags);
   const nc = await connectNats({ servers: flags.nats, name: "tessera-cli" });
   try {
-    return await fn(await JobStore.open(nc, { prefix: flags.natsPrefix }));
+    return await fn(natsJobs(await JobStore.open(nc, { prefix: flags.natsPrefix })));
   } finally {
     await nc.close();
   }
 }
 
 /** "12/16 prompts, 1 failed, 1,024 tokens" */
-function progressOf(s: JobState): string {
+function progressOf(s: JobView): string {
   const failed = s.promptsFailed > 0 ? `, ${s.promptsFailed} failed` : "";
   return `${s.promptsDone}/${s.promptsTotal} prompts${failed}, ${s.completionTokens} tokens`;
 }
@@ -56,37 +219,22 @@ export async function submitCommand(file: string, flags: SubmitFlags): Promise<n
   const input = await readFile(file).catch((err: Error) => {
     throw new Error(`${file}: cannot read: ${err.message}`);
   });
-  return withStore(flags, async (store) => {
+  return withJobs(flags, async (jobs) => {
     const sampling = {
       ...(flags.maxTokens !== undefined ? { maxTokens: flags.maxTokens } : {}),
       ...(flags.temperature !== undefined ? { temperature: flags.temperature } : {}),
       ...(flags.topP !== undefined ? { topP: flags.topP } : {}),
       ...(flags.seed !== undefined ? { seed: flags.seed } : {}),
     };
-    const { job, created } = await store.submit({
-      input,
-      fileName: file,
-      // The coordinator's default limits, checked before anything is stored.
-      check: (parsed, bytes) => {
-        try {
-          checkBatchLimits(parsed, flags.maxTokens, defaultGenerateLimits, bytes);
-        } catch (err) {
-          throw new Error(`${file}: ${(err as Error).message}`, { cause: err });
-        }
-      },
-      format: flags.format,
-      priority: flags.priority,
-      sampling,
-      ...(flags.jobId !== undefined ? { jobId: flags.jobId } : {}),
-      ...(flags.tenant !== undefined ? { tenant: flags.tenant } : {}),
-      ...(flags.model !== undefined ? { model: resolve(flags.model) } : {}),
-      ...(flags.tokenizer !== undefined ? { tokenizer: resolve(flags.tokenizer) } : {}),
-    });
+    const { job, created } = await jobs.submit({ input, fileName: file, flags, sampling });
     process.stdout.write(job.id + "\n");
     process.stderr.write(
-      created
+      created === true
         ? `submitted ${job.id}: ${job.promptsTotal} prompts (${job.format} format, ${job.priority} priority)\n`
-        : `job ${job.id} exists already (${job.status}, ${progressOf(job)}); nothing submitted\n`,
+        : created === false
+          ? `job ${job.id} exists already (${job.status}, ${progressOf(job)}); nothing submitted\n`
+          : // The coordinator's SubmitJob does not say whether it was new.
+            `job ${job.id}: ${job.status}, ${progressOf(job)} (${job.format} format, ${job.priority} priority)\n`,
     );
     return 0;
   });
@@ -94,9 +242,8 @@ export async function submitCommand(file: string, flags: SubmitFlags): Promise<n
 
 /** `tessera jobs`: one line per job, oldest first. */
 export async function jobsCommand(flags: NatsFlags & { tenant?: string; json: boolean }): Promise<number> {
-  return withStore(flags, async (store) => {
-    const jobs = await store.list(flags.tenant !== undefined ? { tenant: flags.tenant } : {});
-    for (const j of jobs) {
+  return withJobs(flags, async (ops) => {
+    for (const j of await ops.list(flags.tenant)) {
       process.stdout.write(
         flags.json
           ? JSON.stringify(j) + "\n"
@@ -112,8 +259,8 @@ export async function jobsCommand(flags: NatsFlags & { tenant?: string; json: bo
  * Exit code 0 when it exists.
  */
 export async function statusCommand(id: string, flags: NatsFlags & { json: boolean }): Promise<number> {
-  return withStore(flags, async (store) => {
-    const s = await store.get(id);
+  return withJobs(flags, async (jobs) => {
+    const s = await jobs.get(id);
     if (!s) throw new Error(`job "${id}" not found`);
     if (flags.json) {
       process.stdout.write(JSON.stringify(s) + "\n");
@@ -137,16 +284,16 @@ export async function resultsCommand(
   flags: NatsFlags & { follow: boolean },
   signal: AbortSignal,
 ): Promise<number> {
-  return withStore(flags, async (store) => {
-    for await (const line of store.results(id, { follow: flags.follow, signal })) process.stdout.write(line + "\n");
+  return withJobs(flags, async (jobs) => {
+    for await (const line of jobs.results(id, flags.follow, signal)) process.stdout.write(line + "\n");
     return 0;
   });
 }
 
 /** `tessera cancel ID`: cancels a queued job at once, a running one through its coordinator. */
 export async function cancelCommand(id: string, flags: NatsFlags): Promise<number> {
-  return withStore(flags, async (store) => {
-    const s = await store.cancel(id);
+  return withJobs(flags, async (jobs) => {
+    const s = await jobs.cancel(id);
     process.stderr.write(
       s.status === "running" ? `job ${id}: cancel requested; its coordinator stops it\n` : `job ${id}: ${s.status}\n`,
     );
@@ -159,9 +306,9 @@ export async function cancelCommand(id: string, flags: NatsFlags): Promise<numbe
  * Exit code 0 completed, 3 failed or cancelled.
  */
 export async function watchCommand(id: string, flags: NatsFlags, signal: AbortSignal): Promise<number> {
-  return withStore(flags, async (store) => {
-    let last: JobState | undefined;
-    for await (const s of store.watch(id, { signal })) {
+  return withJobs(flags, async (jobs) => {
+    let last: JobView | undefined;
+    for await (const s of jobs.watch(id, signal)) {
       last = s;
       process.stdout.write(
         `${new Date().toISOString()} ${s.id} ${s.status}${s.cancelRequested && s.status === "running" ? " (cancelling)" : ""}: ${progressOf(s)}${s.error ? `: ${s.error}` : ""}\n`,

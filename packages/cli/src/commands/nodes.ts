@@ -1,8 +1,10 @@
 import { Coordinator, RpcError, createClient } from "@tessera/proto";
 
-/** `tessera nodes`: prints each node's role, address and health. Resolves exit code 0, or 1 when any is not SERVING. */
-export async function nodesCommand(cluster: string): Promise<number> {
-  const client = createClient(Coordinator, cluster);
+/**
+ * `tessera nodes`: with `token`, a bearer token for a coordinator started
+ * with --tokens (adding and removing nodes needs an admin's). Prints each node's role, address and health. Resolves exit code 0, or 1 when any is not SERVING. */
+export async function nodesCommand(cluster: string, token?: string): Promise<number> {
+  const client = createClient(Coordinator, cluster, {}, token === undefined ? {} : { token });
   try {
     const { nodes } = await client.listNodes({}, { deadline: 10_000 });
     for (const n of nodes) process.stdout.write(`${n.role.padEnd(8)} ${n.address.padEnd(22)} ${n.health}\n`);
@@ -19,8 +21,8 @@ export async function nodesCommand(cluster: string): Promise<number> {
  * (Coordinator.AddNode). Resolves exit code 0.
  * @throws Error naming the coordinator and the refusal (bad role or address, node not answering).
  */
-export async function addNodeCommand(cluster: string, role: string, address: string): Promise<number> {
-  const client = createClient(Coordinator, cluster);
+export async function addNodeCommand(cluster: string, role: string, address: string, token?: string): Promise<number> {
+  const client = createClient(Coordinator, cluster, {}, token === undefined ? {} : { token });
   try {
     await client.addNode({ role, address }, { deadline: 30_000 });
     process.stdout.write(`${role}-node ${address} added to ${cluster}\n`);
@@ -37,8 +39,8 @@ export async function addNodeCommand(cluster: string, role: string, address: str
  * (Coordinator.RemoveNode); its sequences move. Resolves exit code 0.
  * @throws Error naming the coordinator and the refusal (unknown node, last of its kind).
  */
-export async function removeNodeCommand(cluster: string, address: string): Promise<number> {
-  const client = createClient(Coordinator, cluster);
+export async function removeNodeCommand(cluster: string, address: string, token?: string): Promise<number> {
+  const client = createClient(Coordinator, cluster, {}, token === undefined ? {} : { token });
   try {
     await client.removeNode({ address }, { deadline: 30_000 });
     process.stdout.write(`node ${address} removed from ${cluster}\n`);

@@ -27,6 +27,8 @@ export interface RunFlags {
   seed?: number;
   kv: "memory" | "storage" | "auto";
   cluster?: string;
+  /** Bearer token for a --cluster coordinator started with --tokens. */
+  token?: string;
   storageThreshold?: number;
   memoryCapacity?: string;
   storageBuffer?: string;
@@ -95,7 +97,7 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
       });
       address = cluster.address;
     }
-    const client = createClient(Coordinator, address);
+    const client = createClient(Coordinator, address, {}, flags.token === undefined ? {} : { token: flags.token });
     try {
       const stream = client.generate(
         generateRequest(

@@ -1,0 +1,76 @@
+/**
+ * The CLI's side of transport security (issue 5): every command that
+ * serves or calls gRPC must be told TLS files (`--tls-ca`, `--tls-cert`,
+ * `--tls-key`; `tessera certs` makes them) or `--plaintext`, which then
+ * works on loopback only. Nothing is plaintext by default.
+ */
+import { PLAINTEXT, loadTls, setTransportSecurity, type TransportSecurity } from "@tessera/proto";
+import {
+  natsAuthFromFlags,
+  natsTlsFromFlags,
+  setNatsAuth,
+  setNatsTls,
+  type NatsAuthFlags,
+  type NatsTlsFlags,
+} from "@tessera/nats";
+
+/** The transport flags of a command. */
+export interface TransportFlags {
+  tlsCa?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  plaintext?: boolean;
+}
+
+/**
+ * The transport security the flags ask for.
+ * @param who what needs it, for messages ("a memory-node", "this client").
+ * @param identity whether a certificate and key are required (a server,
+ *   or any node: nodes ask each other for client certificates).
+ * @throws Error naming the flags: neither TLS nor --plaintext, both, or a
+ *   certificate missing where one is required; TransportSecurityError
+ *   naming the file when a TLS file is unreadable or does not match.
+ */
+export function transportOf(flags: TransportFlags, who: string, identity: boolean): TransportSecurity {
+  const tls = flags.tlsCa !== undefined || flags.tlsCert !== undefined || flags.tlsKey !== undefined;
+  if (flags.plaintext && tls) throw new Error(`${who}: give TLS files or --plaintext, not both`);
+  if (flags.plaintext) return PLAINTEXT;
+  if (!tls) {
+    throw new Error(
+      `${who}: no transport security: give --tls-ca, --tls-cert and --tls-key (TESSERA_TLS_CA, ` +
+        "TESSERA_TLS_CERT, TESSERA_TLS_KEY; `tessera certs` makes them for development), or --plaintext " +
+        "(loopback addresses only)",
+    );
+  }
+  if (flags.tlsCa === undefined) throw new Error(`${who}: --tls-ca is needed with --tls-cert/--tls-key`);
+  if (identity && (flags.tlsCert === undefined || flags.tlsKey === undefined)) {
+    throw new Error(`${who}: --tls-cert and --tls-key are needed (its certificate and key)`);
+  }
+  return loadTls({
+    ca: flags.tlsCa,
+    ...(flags.tlsCert !== undefined ? { cert: flags.tlsCert } : {}),
+    ...(flags.tlsKey !== undefined ? { key: flags.tlsKey } : {}),
+  });
+}
+
+/**
+ * Sets this process's transport security from its flags (every server and
+ * client it opens uses it). Throws as {@link transportOf}.
+ */
+export function applyTransport(flags: TransportFlags, who: string, identity: boolean): TransportSecurity {
+  const security = transportOf(flags, who, identity);
+  setTransportSecurity(security);
+  return security;
+}
+
+/**
+ * Sets how this process authenticates to NATS (user and password, token,
+ * NKEY seed or .creds file) and its NATS TLS, from its flags; every NATS
+ * connection it opens uses them.
+ * @throws ConfigError naming the flag: conflicting kinds, a user without
+ *   a password, an unreadable or malformed file.
+ */
+export function applyNatsAuth(flags: NatsAuthFlags & NatsTlsFlags): void {
+  setNatsAuth(natsAuthFromFlags(flags));
+  setNatsTls(natsTlsFromFlags(flags));
+}
