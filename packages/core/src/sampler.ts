@@ -121,7 +121,8 @@ function sampleMult(probs: Float32Array, coin: number): number {
 /**
  * run.c `sample_topp`. Candidates below (1 - topp) / (n - 1) are dropped
  * first (they cannot be in the nucleus), the rest sorted by probability
- * descending. The sort here is stable (ties keep index order); run.c uses
+ * descending (all of them when none reaches the cutoff, where run.c
+ * would index out of bounds). The sort here is stable (ties keep index order); run.c uses
  * glibc `qsort`, which may order exactly equal probabilities differently, so
  * a tie straddling the cut or the coin can pick a different token.
  */
@@ -132,6 +133,10 @@ function sampleTopP(probs: Float32Array, topp: number, coin: number, index: Int3
   for (let i = 0; i < n; i++) {
     if (probs[i]! >= cutoff) index[n0++] = i;
   }
+  // Nothing reaches the cutoff: near-uniform probabilities with top_p
+  // below 1/n (e.g. a huge temperature and a tiny top_p). run.c would read
+  // index[-1] here; every token is a candidate instead.
+  if (n0 === 0) for (; n0 < n; n0++) index[n0] = n0;
   const candidates = index.subarray(0, n0);
   // TypedArray#sort is stable (ES2019+); ties keep ascending index order.
   candidates.sort((a, b) => probs[b]! - probs[a]!);

@@ -151,3 +151,16 @@ test("a temperature so small that logits / temperature overflow samples the argm
   reference.sample(new Float32Array(4));
   assert.equal(tiny.rng.nextF32(), reference.rng.nextF32());
 });
+
+test("top-p below 1/n over near-uniform probabilities samples a token (run.c would index out of bounds)", () => {
+  // A huge temperature flattens any logits to uniform: every probability
+  // (1/512) is below run.c's cutoff (1 - top_p) / (n - 1) ≈ 1/511.
+  const s = createSampler({ vocabSize: 512, temperature: 3.4e38, topP: 1.4e-45, seed: 4n });
+  const logits = Float32Array.from({ length: 512 }, (_, i) => (i % 7) - 3);
+  for (let k = 0; k < 20; k++) {
+    const token = s.sample(logits.slice());
+    assert.ok(Number.isInteger(token) && token >= 0 && token < 512, `token ${token}`);
+  }
+  // Uniform with a tiny top_p: the nucleus is the first candidate in index order.
+  assert.equal(createSampler({ vocabSize: 8, temperature: 1, topP: 1e-9, seed: 3n }).sample(new Float32Array(8)), 0);
+});
