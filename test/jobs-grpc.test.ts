@@ -15,8 +15,8 @@ import { randomBytes } from "node:crypto";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { generateRequest, parseBatchInput } from "@tessera/core";
 import { JobStore, connectNats, registryBucket } from "@tessera/nats";
-import { Code, Coordinator, RpcError, createClient, type Client, type Job } from "@tessera/proto";
-import { generate, openAiJobFile, startInProcessCluster, tesseraJobFile } from "@tessera/testing";
+import { Code, Coordinator, createClient, type Client, type Job } from "@tessera/proto";
+import { generate, openAiJobFile, startInProcessCluster, tesseraJobFile, collect, failure } from "@tessera/testing";
 import { createJobWorker } from "@tessera/coordinator";
 
 const SERVERS = process.env["TESSERA_NATS"] ?? "127.0.0.1:4222";
@@ -44,24 +44,6 @@ async function natsCluster(t: TestContext, limits?: { maxTokens: number }) {
   const client = createClient(Coordinator, cluster.address);
   t.after(async () => client.close());
   return { prefix, store, cluster, client };
-}
-
-/** Everything a server stream sends until it ends. */
-async function collect<T>(stream: AsyncIterable<T>): Promise<T[]> {
-  const out: T[] = [];
-  for await (const m of stream) out.push(m);
-  return out;
-}
-
-/** The gRPC status code a call fails with, and its message. */
-async function failure(p: Promise<unknown>): Promise<{ code: Code; message: string }> {
-  try {
-    await p;
-  } catch (err) {
-    const e = RpcError.from(err);
-    return { code: e.code, message: e.message };
-  }
-  assert.fail("the call succeeded");
 }
 
 test("a job submitted over gRPC is watched to completion; its results (also followed) have a direct Generate's tokens; the same job_id twice is one job", async (t) => {

@@ -22,17 +22,9 @@ import { join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { generateRequest, type PromptSpec } from "@tessera/core";
 import { JobStore, connectNats, registryBucket, type JobState } from "@tessera/nats";
-import {
-  Code,
-  Coordinator,
-  RpcError,
-  createClient,
-  type Client,
-  type GenerateEvent,
-  type Result,
-} from "@tessera/proto";
+import { Code, Coordinator, createClient, type Client, type GenerateEvent, type Result } from "@tessera/proto";
 import type { LocalCluster, RoleProcess } from "@tessera/cli";
-import { STORY_OPENINGS, startTestCluster, tempDir } from "@tessera/testing";
+import { STORY_OPENINGS, startTestCluster, tempDir, collect, failure } from "@tessera/testing";
 
 const SERVERS = process.env["TESSERA_NATS"] ?? "127.0.0.1:4222";
 const enc = new TextEncoder();
@@ -101,24 +93,6 @@ function inputFile(s: JobSpec): string {
 
 /** `s` as a regular expression that matches it literally. */
 const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-
-/** Everything a server stream sends until it ends. */
-async function collect<T>(stream: AsyncIterable<T>): Promise<T[]> {
-  const out: T[] = [];
-  for await (const m of stream) out.push(m);
-  return out;
-}
-
-/** The gRPC status code a call fails with. */
-async function failure(p: Promise<unknown>): Promise<{ code: Code; message: string }> {
-  try {
-    await p;
-  } catch (err) {
-    const e = RpcError.from(err);
-    return { code: e.code, message: e.message };
-  }
-  assert.fail("the call succeeded");
-}
 
 /**
  * Every line the coordinator process writes to stderr, across restarts

@@ -16,27 +16,17 @@ import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { writeFile } from "node:fs/promises";
-import { createServer } from "node:net";
 import { join } from "node:path";
 import { generateRequest, parseBatchInput } from "@tessera/core";
 import { JobStore, NatsError, connectNats, type JobState } from "@tessera/nats";
 import type { Result } from "@tessera/proto";
-import { generate, startInProcessCluster, tempDir, tesseraJobFile } from "@tessera/testing";
+import { generate, startInProcessCluster, tempDir, tesseraJobFile, freePort } from "@tessera/testing";
 import { createJobWorker } from "@tessera/coordinator";
 import { runCli } from "./helpers.js";
 
 const NATS_SERVER = "/usr/sbin/nats-server";
 const enc = new TextEncoder();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** A loopback port nothing listens on (bound, then released). */
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
-  const { port } = srv.address() as { port: number };
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 /**
  * A private nats-server with JetStream storing in `storeDir`; `start()`

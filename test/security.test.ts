@@ -38,7 +38,7 @@ import {
   type TransportSecurity,
 } from "@tessera/proto";
 import { repoRoot, type LocalCluster } from "@tessera/cli";
-import { bundled, startTestCluster, tempDir, tesseraJobFile } from "@tessera/testing";
+import { bundled, startTestCluster, tempDir, tesseraJobFile, failure } from "@tessera/testing";
 import { referenceText, runCli, type CliRun } from "./helpers.js";
 
 const SERVERS = process.env["TESSERA_NATS"] ?? "127.0.0.1:4222";
@@ -161,17 +161,6 @@ function sharedCluster(): Promise<TlsCluster> {
     cleanups.push(() => cluster.stop());
     return { ...creds, cluster };
   })());
-}
-
-/** The gRPC status code a call fails with, and its message. */
-async function failure(p: Promise<unknown>): Promise<{ code: Code; message: string }> {
-  try {
-    await p;
-  } catch (err) {
-    const e = RpcError.from(err);
-    return { code: e.code, message: e.message };
-  }
-  assert.fail("the call succeeded");
 }
 
 /** Everything a server stream sends until it ends. */

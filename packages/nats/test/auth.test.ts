@@ -16,7 +16,7 @@ import { spawn, execFileSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { connect as tcpConnect, createServer } from "node:net";
+import { connect as tcpConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Kvm } from "@nats-io/kv";
@@ -36,17 +36,9 @@ import {
   setNatsTls,
   type NodeRecord,
 } from "@tessera/nats";
+import { freePort } from "@tessera/testing";
 
 const FLAGS = "--nats-user/--nats-password/--nats-token/--nats-nkey/--nats-creds";
-
-/** A loopback port nothing listens on (bound, then released). */
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
-  const { port } = srv.address() as { port: number };
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 /** Resolves once something on 127.0.0.1:port sends a NATS INFO line. */
 async function waitForInfo(port: number): Promise<boolean> {

@@ -11,7 +11,6 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
@@ -27,6 +26,7 @@ import {
   type NodeRecord,
   type RegistryEvent,
 } from "@tessera/nats";
+import { freePort } from "@tessera/testing";
 
 const SERVERS = process.env.TESSERA_NATS ?? "127.0.0.1:4222";
 
@@ -317,15 +317,6 @@ test("a NATS server restart: nobody is reported lost while it is down, and heart
   await reg.deregister();
   await log.next("left", "127.0.0.1:50021");
 });
-
-/** A loopback port nothing listens on (bound, then released). */
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
-  const { port } = srv.address() as { port: number };
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 test("a node whose clock runs behind joins: the watcher judges records by the NATS server's time, not the node's", async (t) => {
   const prefix = await prefixFor(t);

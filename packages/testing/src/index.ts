@@ -71,3 +71,4 @@ export {
   type StartedNodes,
 } from "./in-process-cluster.js";
 export * from "./batch-files.js";
+export { collect, failure, freePort } from "./rpc.js";
