@@ -20,6 +20,11 @@
  * - price (only with `--only price`): two memory-nodes of different price,
  *   capacity and speed; sequences per node against the plan, measured $ per
  *   million tokens of each placement (bench/price-placement.ts).
+ * - tracing (only with `--only tracing`): decode tok/s with OpenTelemetry
+ *   tracing off, on at TESSERA_TRACE_STEP_EVERY=16 and 1 (OTLP/HTTP to a
+ *   span-counting sink in the bench), and with the Prometheus metrics
+ *   endpoint on and scraped; interleaved rounds, one worker process per
+ *   mode (bench/tracing.ts).
  * - load (only with `--only load`, `npm run bench:load`): 1,000 queued batch
  *   jobs through NATS; jobs/s, queue wait, the coordinator's memory
  *   (bench/load.ts).
@@ -55,7 +60,17 @@ import {
   type InProcessResult,
 } from "./split.js";
 
-const BENCHES = ["split", "dense", "beyond-ram", "pipelining", "attention", "plan", "price", "load"] as const;
+const BENCHES = [
+  "split",
+  "dense",
+  "beyond-ram",
+  "pipelining",
+  "attention",
+  "plan",
+  "price",
+  "load",
+  "tracing",
+] as const;
 type Bench = (typeof BENCHES)[number];
 /** What runs without --only: issue 3's benches (issue 4's plan and price run with --only plan / --only price). */
 const DEFAULT_BENCHES: readonly Bench[] = ["split", "dense", "beyond-ram", "pipelining", "attention"];
@@ -299,6 +314,11 @@ async function main(): Promise<void> {
   if (benches.has("load")) {
     const { runLoad, printLoad } = await import("./load.js");
     printLoad(await runLoad(o));
+  }
+
+  if (benches.has("tracing")) {
+    const { runTracingBench, printTracingBench } = await import("./tracing.js");
+    printTracingBench(await runTracingBench(16, 256, repsGiven ? reps : 9));
   }
 
   if (benches.has("attention")) {

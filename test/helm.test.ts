@@ -145,6 +145,8 @@ interface PodSpec {
   volumes?: { name: string; secret?: { secretName: string }; persistentVolumeClaim?: { claimName: string } }[];
   nodeSelector?: Record<string, string>;
   tolerations?: { key?: string }[];
+  serviceAccountName?: string;
+  automountServiceAccountToken?: boolean;
 }
 interface Manifest {
   apiVersion: string;
@@ -569,4 +571,47 @@ test("the rendered nats.conf passes `nats-server -t` (single server, 3-server cl
     assert.equal(run.code, 0, `${values}: ${run.stdout}${run.stderr}`);
     assert.equal(run.stdout + run.stderr, `nats-server: configuration file ${file} is valid\n`, values);
   }
+});
+
+test("the Dockerfile copies every workspace's package.json before npm ci (npm links the workspaces from them)", async () => {
+  const root = JSON.parse(await readFile(join(repoRoot, "package.json"), "utf8")) as { workspaces: string[] };
+  const dockerfile = await readFile(join(repoRoot, "Dockerfile"), "utf8");
+  const copied = [...dockerfile.matchAll(/^COPY (\S+)\/package\.json \1\/$/gm)].map((m) => m[1]);
+  assert.deepEqual([...copied].sort(), [...root.workspaces].sort());
+  assert.ok(dockerfile.indexOf("npm ci --") > dockerfile.lastIndexOf("/package.json"), "manifests come before npm ci");
+});
+
+test("coordinator.kubernetesDiscovery: a ServiceAccount that may list and watch pods, and --kubernetes on the release's node pods", async () => {
+  const docs = await render("gpu-pools");
+  const [role] = byKind(docs, "Role") as unknown as {
+    rules: { apiGroups: string[]; resources: string[]; verbs: string[] }[];
+  }[];
+  assert.deepEqual(role!.rules, [{ apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch"] }]);
+  const [binding] = byKind(docs, "RoleBinding") as unknown as {
+    roleRef: { name: string };
+    subjects: { kind: string; name: string }[];
+  }[];
+  assert.equal(binding!.roleRef.name, `${PREFIX}-coordinator`);
+  assert.deepEqual(
+    binding!.subjects.map((s) => [s.kind, s.name]),
+    [["ServiceAccount", `${PREFIX}-coordinator`]],
+  );
+  const [coordinator] = byKind(docs, "Deployment").filter((d) => d.metadata.name === `${PREFIX}-coordinator`);
+  const pod = coordinator!.spec!.template!.spec;
+  assert.equal(pod.serviceAccountName, `${PREFIX}-coordinator`);
+  assert.equal(pod.automountServiceAccountToken, true);
+  assert.ok(
+    pod.containers[0]!.args!.includes(
+      "--kubernetes=app.kubernetes.io/instance=t,tessera.io/role in (gpu,memory,storage)",
+    ),
+    pod.containers[0]!.args!.join(" "),
+  );
+  // Off by default: no identity, no token in the pod.
+  const minimal = await render("minimal");
+  assert.deepEqual(byKind(minimal, "Role"), []);
+  assert.equal(
+    byKind(minimal, "Deployment").find((d) => d.metadata.name === `${PREFIX}-coordinator`)!.spec!.template!.spec
+      .automountServiceAccountToken,
+    false,
+  );
 });

@@ -15,6 +15,7 @@ const commands = {
   nodes: () => import("./commands/nodes.js"),
   profile: () => import("./commands/profile.js"),
   plan: () => import("./commands/plan.js"),
+  planApply: () => import("./commands/plan-apply.js"),
   jobs: () => import("./commands/jobs.js"),
   certs: () => import("./commands/certs.js"),
   coordinator: () => import("@tessera/coordinator"),
@@ -73,6 +74,14 @@ const coordinatorClient = (c: Command) =>
     new Option("--token <token>", "bearer token, for a coordinator started with --tokens").env("TESSERA_TOKEN"),
   );
 const security = () => import("./security.js");
+// A Prometheus scrape endpoint (issue 6) on every service.
+const metricsPort = () =>
+  new Option(
+    "--metrics-port <port>",
+    "serve Prometheus metrics at http://<host>:<port>/metrics (0 = a free port; off when unset)",
+  )
+    .argParser(int("--metrics-port"))
+    .env("TESSERA_METRICS_PORT");
 // NATS credentials and TLS (issue 5), for every command with --nats. Secrets are best given by env or file.
 const natsAuthFlags = (c: Command) =>
   c
@@ -187,6 +196,7 @@ coordinatorClient(program.commands.at(-1)!).action((opts) =>
 );
 
 natsAuthFlags(transport(program.command("coordinator"), "service"))
+  .addOption(metricsPort())
   .description("Start a coordinator that drives the given nodes.")
   .addOption(new Option("--host <host>", "address to listen on").default("127.0.0.1").env("TESSERA_HOST"))
   .addOption(
@@ -293,6 +303,16 @@ natsAuthFlags(transport(program.command("coordinator"), "service"))
   )
   .addOption(
     new Option(
+      "--kubernetes [selector]",
+      "discover node pods on Kubernetes by label (list + watch; in-cluster or KUBECONFIG); default selector " +
+        "app.kubernetes.io/part-of=tessera",
+    ).env("TESSERA_KUBERNETES"),
+  )
+  .addOption(
+    new Option("--kubernetes-namespace <ns>", "namespace of the node pods (with --kubernetes)").env("POD_NAMESPACE"),
+  )
+  .addOption(
+    new Option(
       "--tokens <file>",
       "bearer tokens (YAML: tokens: [{tenant, sha256 | token, admin}]; `tessera token` makes one): callers must " +
         "send one, and each tenant sees only its own jobs",
@@ -319,33 +339,38 @@ natsAuthFlags(transport(program.command("coordinator"), "service"))
   .action(async (o) => {
     (await security()).applyTransport(o, "the coordinator", true);
     if (o.nats) (await security()).applyNatsAuth(o);
-    return (await commands.coordinator()).runCoordinator({
-      host: o.host,
-      port: o.port,
-      gpuNodes: o.gpuNode ?? [],
-      memoryNodes: o.memoryNode ?? [],
-      storageNodes: o.storageNode ?? [],
-      modelPath: o.model,
-      tokenizerPath: o.tokenizer,
-      storageThresholdTokens: o.storageThreshold,
-      retryTimeoutMs: o.retryTimeout,
-      maxBatchSequences: o.maxBatch,
-      maxPrefillTokens: o.maxPrefillTokens,
-      kvHeadGroups: o.kvHeadGroups,
-      failoverMs: o.failover,
-      kvPlacement: o.kvPlacement,
-      nats: o.nats,
-      natsPrefix: o.natsPrefix,
-      nodeLostAfterMs: o.nodeLostAfter,
-      jobConcurrency: o.jobConcurrency,
-      tokensFile: o.tokens,
-      limits: {
-        maxPrompts: o.limitPrompts,
-        maxPromptBytes: o.limitPromptBytes,
-        maxTokens: o.limitMaxTokens,
-        maxRequestBytes: o.limitRequestBytes,
+    return (await commands.coordinator()).runCoordinator(
+      {
+        host: o.host,
+        port: o.port,
+        gpuNodes: o.gpuNode ?? [],
+        memoryNodes: o.memoryNode ?? [],
+        storageNodes: o.storageNode ?? [],
+        modelPath: o.model,
+        tokenizerPath: o.tokenizer,
+        storageThresholdTokens: o.storageThreshold,
+        retryTimeoutMs: o.retryTimeout,
+        maxBatchSequences: o.maxBatch,
+        maxPrefillTokens: o.maxPrefillTokens,
+        kvHeadGroups: o.kvHeadGroups,
+        failoverMs: o.failover,
+        kvPlacement: o.kvPlacement,
+        nats: o.nats,
+        natsPrefix: o.natsPrefix,
+        nodeLostAfterMs: o.nodeLostAfter,
+        jobConcurrency: o.jobConcurrency,
+        kubernetes: o.kubernetes,
+        kubernetesNamespace: o.kubernetesNamespace,
+        tokensFile: o.tokens,
+        limits: {
+          maxPrompts: o.limitPrompts,
+          maxPromptBytes: o.limitPromptBytes,
+          maxTokens: o.limitMaxTokens,
+          maxRequestBytes: o.limitRequestBytes,
+        },
       },
-    });
+      { port: o.metricsPort },
+    );
   });
 
 const node = program.command("node").description("Start one node of a role.");
@@ -360,6 +385,7 @@ const price = () =>
 // Where a node listens, and (with --nats) where it registers and the address it advertises there.
 const hostPort = (c: Command, port: number) =>
   natsAuthFlags(transport(c, "service"))
+    .addOption(metricsPort())
     .addOption(new Option("--host <host>", "address to listen on").default("127.0.0.1").env("TESSERA_HOST"))
     .addOption(
       new Option("--port <port>", "port (0 = free port)").argParser(int("--port")).default(port).env("TESSERA_PORT"),
@@ -461,7 +487,7 @@ profiled(hostPort(node.command("gpu").description("Dense compute of a layer rang
       return (await commands.profile()).printProfile(() => m.profileGpuNode(m.compileGpuNodeOptions(options)));
     (await security()).applyTransport(o, "the gpu-node", true);
     if (o.nats) (await security()).applyNatsAuth(o);
-    return m.runGpuNode(options, registryOf(o));
+    return m.runGpuNode(options, registryOf(o), { port: o.metricsPort });
   });
 
 profiled(hostPort(node.command("memory").description("Attention over a KV cache held in RAM."), 7302))
@@ -491,7 +517,7 @@ profiled(hostPort(node.command("memory").description("Attention over a KV cache 
       return (await commands.profile()).printProfile(() => m.profileMemoryNode(m.compileMemoryNodeOptions(options)));
     (await security()).applyTransport(o, "the memory-node", true);
     if (o.nats) (await security()).applyNatsAuth(o);
-    return m.runMemoryNode(options, registryOf(o));
+    return m.runMemoryNode(options, registryOf(o), { port: o.metricsPort });
   });
 
 profiled(hostPort(node.command("storage").description("Attention streamed from a KV cache in files."), 7303))
@@ -545,7 +571,7 @@ profiled(hostPort(node.command("storage").description("Attention streamed from a
       return (await commands.profile()).printProfile(() => m.profileStorageNode(m.compileStorageNodeOptions(options)));
     (await security()).applyTransport(o, "the storage-node", true);
     if (o.nats) (await security()).applyNatsAuth(o);
-    return m.runStorageNode(options, registryOf(o));
+    return m.runStorageNode(options, registryOf(o), { port: o.metricsPort });
   });
 
 const nodes = program.command("nodes").description("List, add or remove a cluster's nodes (default: list).");
@@ -609,9 +635,19 @@ program
       .default("job"),
   )
   .option("--json", "machine-readable output", false)
+  .option("--apply", "scale the node pools' StatefulSets on Kubernetes to the plan", false)
+  .option("--dry-run", "with --apply: print what would change; change nothing", false)
+  .option("--kubeconfig <file>", "kubeconfig for --apply (default: KUBECONFIG, ~/.kube/config, in-cluster)")
+  .option("--namespace <ns>", "namespace of the StatefulSets (default: the kubeconfig context's)")
+  .option("--release <name>", "Helm release (StatefulSets <release>-tessera-<role>-<pool>)", "tessera")
+  .option(
+    "--statefulset-pattern <p>",
+    "StatefulSet name with {release} {fullname} {role} {pool}",
+    "{fullname}-{role}-{pool}",
+  )
   .action((o) =>
-    withSignals(async () =>
-      (await commands.plan()).planCommand({
+    withSignals(async () => {
+      const flags = {
         cluster: o.cluster,
         model: o.model,
         batch: o.batch,
@@ -620,8 +656,17 @@ program
         latencyMs: o.latencyMs,
         objective: o.objective,
         json: o.json,
-      }),
-    ),
+      };
+      if (!o.apply) return (await commands.plan()).planCommand(flags);
+      return (await commands.planApply()).planApplyCommand({
+        ...flags,
+        kubeconfig: o.kubeconfig,
+        namespace: o.namespace,
+        release: o.release,
+        statefulSetPattern: o.statefulsetPattern,
+        dryRun: o.dryRun,
+      });
+    }),
   );
 
 // Batch jobs (issue 5): through a coordinator (--cluster, tenants) or straight to NATS JetStream (operators).

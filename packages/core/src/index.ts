@@ -21,3 +21,4 @@ export * from "./wasm-attention.js";
 export * from "./attention-wasm.js";
 export * from "./attention-threads.js";
 export { bestOf, dropFilePages, measureReadBandwidth } from "./measure.js";
+export * from "./attention-trace.js";

@@ -14,7 +14,8 @@
  * resumes the job.
  */
 import { randomBytes } from "node:crypto";
-import { nanos, type NatsConnection, type Subscription } from "@nats-io/transport-node";
+import { headers, nanos, type MsgHdrs, type NatsConnection, type Subscription } from "@nats-io/transport-node";
+import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context } from "@opentelemetry/api";
 import {
   AckPolicy,
   JetStreamApiCodes,
@@ -242,6 +243,13 @@ export interface JobDelivery {
   ack(): Promise<void>;
   /** Hands the job back for redelivery after `delayMs`. */
   nak(delayMs?: number): void;
+  /**
+   * Trace context to run the job under: a "tessera.job.queue" span (from
+   * the publish to this delivery) under the submitter's span, whose context
+   * the job message carried in its headers (W3C traceparent). ROOT when the
+   * message carried none or tracing is off.
+   */
+  traceContext: Context;
 }
 
 /** A claim on a job ({@link JobStore.claim}): run it, or skip it (and ack) with the reason. */
@@ -320,6 +328,28 @@ export class JobStore {
    * @throws InputFileError naming the file, line and field of every bad line; JobError for a bad id.
    */
   async submit(req: SubmitJobRequest): Promise<SubmitJobResult> {
+    return tracer.startActiveSpan("tessera.job.submit", { kind: SpanKind.PRODUCER }, async (span) => {
+      try {
+        const r = await this.submitUntraced(req);
+        span.setAttributes({
+          "tessera.job_id": r.job.id,
+          "tessera.job.priority": r.job.priority,
+          "tessera.job.prompts": r.job.promptsTotal,
+          "tessera.job.input_bytes": r.job.inputBytes,
+          "tessera.job.created": r.created,
+        });
+        return r;
+      } catch (err) {
+        span.recordException(err as Error);
+        span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+        throw err;
+      } finally {
+        span.end();
+      }
+    });
+  }
+
+  private async submitUntraced(req: SubmitJobRequest): Promise<SubmitJobResult> {
     const fileName = req.fileName ?? "input";
     const id = checkJobId(req.jobId ?? `job_${nonce(8)}`);
     const priority = req.priority ?? "normal";
@@ -379,6 +409,7 @@ export class JobStore {
     // msgID: JetStream drops a second publish of the same id within its duplicate window.
     const ack = await this.js.publish(this.names.subject(s.priority), enc.encode(JSON.stringify({ id: s.id })), {
       msgID: s.id,
+      ...traceHeaders(),
     });
     return (
       (await this.update(s.id, (cur) => (cur.streamSeq === undefined ? { ...cur, streamSeq: ack.seq } : undefined))) ??
@@ -669,11 +700,56 @@ export class JobStore {
   }
 }
 
+const tracer = trace.getTracer("@tessera/nats");
+
+/** The active trace context as NATS headers (`traceparent`, ...); none when no span is active. */
+function traceHeaders(): { headers?: MsgHdrs } {
+  const ctx = context.active();
+  if (!trace.getSpan(ctx)) return {};
+  const h = headers();
+  propagation.inject(ctx, h, { set: (carrier, key, value) => carrier.set(key, value) });
+  return { headers: h };
+}
+
+/**
+ * The context a job message carried, with a "tessera.job.queue" span from
+ * its publish time to now under it (the time the job waited in the queue).
+ */
+function deliveryContext(m: JsMsg, jobId: string, priority: JobPriority): Context {
+  const h = m.headers;
+  if (!h || !h.has("traceparent")) return ROOT_CONTEXT;
+  const parent = propagation.extract(ROOT_CONTEXT, h, {
+    keys: (c) => c.keys(),
+    get: (c, key) => (c.has(key) ? c.get(key) : undefined),
+  });
+  if (!trace.getSpan(parent)) return parent;
+  const published = Math.floor(Number(m.info.timestampNanos) / 1e6);
+  const span = tracer.startSpan(
+    "tessera.job.queue",
+    {
+      kind: SpanKind.CONSUMER,
+      startTime: published,
+      attributes: {
+        "messaging.system": "nats",
+        "messaging.destination.name": m.subject,
+        "tessera.job_id": jobId,
+        "tessera.job.priority": priority,
+        "tessera.job.delivery_count": m.info.deliveryCount,
+        "tessera.job.queue_ms": Math.max(0, Date.now() - published),
+      },
+    },
+    parent,
+  );
+  span.end();
+  return trace.setSpan(parent, span);
+}
+
 function delivery(m: JsMsg, priority: JobPriority): JobDelivery {
   const { id } = JSON.parse(dec.decode(m.data)) as { id: string };
   return {
     jobId: id,
     priority,
+    traceContext: deliveryContext(m, id, priority),
     deliveryCount: m.info.deliveryCount,
     working: () => m.working(),
     ack: async () => {

@@ -16,6 +16,17 @@ import {
   type MessageShape,
 } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
+import {
+  context,
+  propagation,
+  ROOT_CONTEXT,
+  SpanKind,
+  SpanStatusCode,
+  TraceFlags,
+  trace,
+  type Context,
+  type TextMapGetter,
+} from "@opentelemetry/api";
 import { Code, RpcError } from "./rpc-error.js";
 import { channelCredentials, transportSecurity, type TransportSecurity } from "./transport.js";
 
@@ -66,6 +77,87 @@ function methodDefinition(
 function serialize(schema: DescMessage, msg: unknown): Buffer {
   const bytes = toBinary(schema, create(schema, msg as MessageInitShape<DescMessage>));
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+// ---- Trace context -------------------------------------------------------
+//
+// Unary and server-streaming calls carry the caller's trace context (W3C
+// `traceparent`, `tracestate`: whatever the registered propagator writes)
+// in the call's metadata, and the server runs its handler under it, in a
+// SERVER span named after the method. The Forward and Attend streams are
+// long-lived (one per peer, shared by every step of every job), so their
+// metadata says nothing about a given step: their request messages declare
+// a `trace_context` map, which the client fills from the span active where
+// each message is written (only a sampled one: an unsampled step carries
+// nothing and costs nothing), and {@link messageContext} reads back. With
+// no OpenTelemetry SDK registered no span is ever active, so none of this
+// runs.
+
+const tracer = trace.getTracer("@tessera/proto");
+
+const metadataGetter: TextMapGetter<grpc.Metadata> = {
+  keys: (md) => Object.keys(md.getMap()),
+  get: (md, key) => {
+    const v = md.get(key)[0];
+    return typeof v === "string" ? v : undefined;
+  },
+};
+
+/**
+ * The propagator's fields for the active context, or undefined when no span
+ * is active (or, with `sampledOnly`, none that is sampled).
+ */
+function activeCarrier(sampledOnly = false): Record<string, string> | undefined {
+  const ctx = context.active();
+  const span = trace.getSpan(ctx);
+  if (!span) return undefined;
+  if (sampledOnly && !(span.spanContext().traceFlags & TraceFlags.SAMPLED)) return undefined;
+  const carrier: Record<string, string> = {};
+  propagation.inject(ctx, carrier);
+  return Object.keys(carrier).length > 0 ? carrier : undefined;
+}
+
+/**
+ * The trace context a streamed request message (ForwardRequest,
+ * AttendRequest) carries in its `trace_context` field, from its sender's
+ * sampled span; undefined when it carries none (tracing off, or a step the
+ * coordinator does not sample: trace nothing). Run the work for that
+ * message under it (`context.with`) so its spans join the sender's trace.
+ */
+export function messageContext(message: { traceContext?: Record<string, string> }): Context | undefined {
+  const fields = message.traceContext;
+  if (!fields || Object.keys(fields).length === 0) return undefined;
+  return propagation.extract(ROOT_CONTEXT, fields);
+}
+
+/** The caller's trace context from a call's metadata; the active context when it has none. */
+function metadataContext(md: grpc.Metadata): Context {
+  if (md.get("traceparent").length === 0) return context.active();
+  return propagation.extract(ROOT_CONTEXT, md, metadataGetter);
+}
+
+/**
+ * Runs `fn` in a SERVER span named after the method, under the caller's
+ * context. A call that carries no trace context gets a span (a new trace's
+ * root) only when `root` is set: Generate starts a job's trace, while the
+ * Info polls and health checks of a cluster would only add noise.
+ */
+function serverSpan<T>(name: string, md: grpc.Metadata, root: boolean, fn: () => Promise<T>): Promise<T> {
+  const parent = metadataContext(md);
+  if (!root && !trace.getSpan(parent)) return context.with(parent, fn);
+  return tracer.startActiveSpan(name, { kind: SpanKind.SERVER, attributes: { "rpc.system": "grpc" } }, parent, (span) =>
+    fn().then(
+      (v) => {
+        span.end();
+        return v;
+      },
+      (err: unknown) => {
+        span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+        span.end();
+        throw err;
+      },
+    ),
+  );
 }
 
 /**
@@ -132,10 +224,11 @@ export function addService<S extends AnyGen>(server: grpc.Server, service: S, im
   for (const method of service.methods) {
     const fn = methods[method.localName];
     if (!fn) throw new Error(`no implementation for ${service.typeName}.${method.name}`);
+    const spanName = `${service.typeName}/${method.name}`;
     if (method.methodKind === "unary") {
       handlers[method.localName] = (call: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<unknown>) => {
         if (call.request instanceof MalformedRequest) return cb(toServiceError(call.request.toRpcError()));
-        fn(call.request, call).then(
+        serverSpan(spanName, call.metadata, false, () => fn(call.request, call)).then(
           (res) => cb(null, res),
           (err: unknown) => cb(toServiceError(err)),
         );
@@ -149,7 +242,12 @@ export function addService<S extends AnyGen>(server: grpc.Server, service: S, im
         };
         if (call.request instanceof MalformedRequest) return fail(call.request.toRpcError());
         const malformed = method.methodKind === "server_streaming" ? undefined : endOnMalformed(call);
-        fn(call).then(
+        // A long-lived stream gets no span of its own; its messages carry theirs.
+        const run =
+          method.methodKind === "server_streaming"
+            ? serverSpan(spanName, call.metadata, true, () => fn(call))
+            : context.with(metadataContext(call.metadata), () => fn(call));
+        run.then(
           () => {
             if (malformed?.error) fail(malformed.error);
             else if (!call.writableEnded) call.end();
@@ -288,10 +386,12 @@ export function createClient<S extends AnyGen>(
   }
   const raw = new Ctor(address, credentials, { ...defaultChannelOptions, ...channelOptions });
   const metadata = (opts: CallOptions): grpc.Metadata => {
-    if (auth.token === undefined) return opts.metadata ?? new grpc.Metadata();
+    const carrier = activeCarrier();
+    if (auth.token === undefined && carrier === undefined) return opts.metadata ?? new grpc.Metadata();
     // A copy: the caller's metadata object is left as it was.
     const md = opts.metadata?.clone() ?? new grpc.Metadata();
-    if (!md.get("authorization").length) md.set("authorization", `Bearer ${auth.token}`);
+    if (auth.token !== undefined && !md.get("authorization").length) md.set("authorization", `Bearer ${auth.token}`);
+    for (const [k, v] of Object.entries(carrier ?? {})) md.set(k, v);
     return md;
   };
   const out: Record<string, unknown> = {
@@ -322,9 +422,18 @@ export function createClient<S extends AnyGen>(
         return c;
       };
     } else {
+      const carriesTraceContext = method.input.fields.some((f) => f.localName === "traceContext");
       out[method.localName] = (opts: CallOptions = {}) => {
-        const c = call(metadata(opts), callOptions(opts));
+        const c = call(metadata(opts), callOptions(opts)) as grpc.ClientWritableStream<unknown>;
         bindSignal(c, opts.signal);
+        // Requests that declare a trace_context carry the sampled span active where each is written.
+        if (carriesTraceContext) {
+          const write = c.write.bind(c) as (...args: unknown[]) => boolean;
+          c.write = ((chunk: unknown, ...rest: unknown[]) => {
+            const carrier = typeof chunk === "object" && chunk !== null ? activeCarrier(true) : undefined;
+            return write(carrier ? { ...(chunk as object), traceContext: carrier } : chunk, ...rest);
+          }) as typeof c.write;
+        }
         return c;
       };
     }

@@ -17,6 +17,7 @@ export {
   requests,
   serviceDefinition,
   defaultChannelOptions,
+  messageContext,
   type CallOptions,
   type Client,
   type ClientAuth,

@@ -72,3 +72,4 @@ export {
 } from "./in-process-cluster.js";
 export * from "./batch-files.js";
 export { collect, failure, freePort } from "./rpc.js";
+export * from "./fake-kube-api.js";

@@ -39,6 +39,7 @@
  * each placement wave. A node that does not answer at all at job start is
  * marked lost at once.
  */
+import { context, SpanStatusCode, TraceFlags, trace, type Span } from "@opentelemetry/api";
 import {
   Attention,
   Code,
@@ -74,6 +75,7 @@ import {
   type JobWorkload,
 } from "./job-plan.js";
 import type { LayerRange } from "./pipeline.js";
+import { recordJobCost, recordStep, recordTokens, watchSlots } from "./metrics.js";
 import {
   kvRole,
   placeSequences,
@@ -235,7 +237,68 @@ const sleep = (ms: number, signal: AbortSignal) =>
  * it returns, however it ends.
  * @throws RpcError CANCELLED when `ctx.signal` aborts.
  */
-export async function runBatch(request: GenerateRequest, ctx: BatchContext): Promise<void> {
+export function runBatch(request: GenerateRequest, ctx: BatchContext): Promise<void> {
+  const parent = trace.getSpan(context.active());
+  // Tracing off (no SDK) or this job not sampled: no spans at all.
+  if (!parent?.isRecording()) return runBatchTraced(request, ctx, undefined);
+  const attributes = {
+    "tessera.job_id": request.jobId,
+    "tessera.batch.prompts": request.prompts.length,
+    "tessera.batch.max_sequences": ctx.options.maxBatchSequences,
+    "tessera.kv_head_groups": ctx.options.kvHeadGroups,
+    "tessera.stages": ctx.stages.map((s) => `${s.address}[${s.range.start},${s.range.end})`),
+  };
+  return tracer.startActiveSpan("tessera.batch", { attributes }, async (span) => {
+    const emit = ctx.emit;
+    const traced: BatchContext = {
+      ...ctx,
+      emit: (event) => {
+        if (event.event?.case === "summary") {
+          const v = event.event.value;
+          span.setAttributes({
+            "tessera.batch.prompt_tokens": Number(v.promptTokens ?? 0),
+            "tessera.batch.completion_tokens": Number(v.completionTokens ?? 0),
+            "tessera.batch.errors": v.errors ?? 0,
+            "tessera.decode.tokens_per_second": v.decodeTokensPerSecond ?? 0,
+            "tessera.decode.steps": v.decodeBreakdown?.steps ?? 0,
+          });
+        }
+        emit(event);
+      },
+    };
+    try {
+      await runBatchTraced(request, traced, span);
+    } catch (err) {
+      span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+      throw err;
+    } finally {
+      span.end();
+    }
+  });
+}
+
+const tracer = trace.getTracer("@tessera/coordinator");
+
+/**
+ * Every how many decode steps of a job one is traced
+ * (TESSERA_TRACE_STEP_EVERY, a positive integer; @default 64: every 16th
+ * step cost 6-11% of decode tokens/s on stories260K, docs/performance.md). Prefill
+ * steps are always traced. The others run under the job's span context
+ * marked not sampled, so no node records them either: per-token spans at
+ * every step would cost more than the 5% of decode throughput tracing may.
+ * @throws ConfigError-like Error naming the variable when it is not a positive integer.
+ */
+export function traceStepEvery(env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env.TESSERA_TRACE_STEP_EVERY?.trim();
+  if (!raw) return 64;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1) {
+    throw new Error(`TESSERA_TRACE_STEP_EVERY: must be a positive integer, got ${JSON.stringify(raw)}`);
+  }
+  return n;
+}
+
+async function runBatchTraced(request: GenerateRequest, ctx: BatchContext, batchSpan: Span | undefined): Promise<void> {
   const { model, options, signal, membership } = ctx;
   const { shape } = model.header;
   const t0 = performance.now();
@@ -524,6 +587,7 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
 
   // This job's place in the coordinator's running batch.
   const place = ctx.slots.join(request.priority);
+  const unwatchSlots = watchSlots(ctx.slots);
   try {
     await replan("job start", 0);
     // 2. Admission (continuous batching): sequences join the running batch
@@ -894,6 +958,7 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
         }
         const failure = res.error;
         if (!failure) {
+          recordStep(isDecode, (performance.now() - ts) / 1000);
           gpuFailingSince = undefined;
           gpuDelay = 100;
           const logits = tensorF32(res.logits, "logits");
@@ -903,6 +968,14 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
             return rows;
           }
           alive.forEach((p, i) => rows.set(p.s, logits.subarray(i * vocab, (i + 1) * vocab)));
+          if (res.timings) {
+            trace.getActiveSpan()?.setAttributes({
+              "tessera.gpu.dense_seconds": res.timings.denseSeconds,
+              "tessera.gpu.attention_wait_seconds": res.timings.attentionWaitSeconds,
+              "tessera.gpu.attention_compute_seconds": res.timings.attentionComputeSeconds,
+              "tessera.gpu.total_seconds": res.timings.totalSeconds,
+            });
+          }
           if (isDecode && res.timings) {
             const t = res.timings;
             breakdown.steps++;
@@ -965,12 +1038,53 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
       return true;
     };
 
+    // One span per prefill step and per `stepEvery`-th decode step (see traceStepEvery).
+    const stepEvery = batchSpan ? traceStepEvery() : 1;
+    let decodeSteps = 0;
+    const tracedStep = (parts: readonly Part[], isDecode: boolean): Promise<Map<Sequence, Float32Array>> => {
+      if (!batchSpan) return step(parts, isDecode);
+      const n = isDecode ? decodeSteps++ : 0;
+      if (isDecode && n % stepEvery !== 0) {
+        const unsampled = { ...batchSpan.spanContext(), traceFlags: TraceFlags.NONE };
+        return context.with(trace.setSpanContext(context.active(), unsampled), () => step(parts, isDecode));
+      }
+      const tokens = parts.reduce((t, p) => t + p.tokens.length, 0);
+      const attributes = {
+        "tessera.step.kind": isDecode ? "decode" : "prefill",
+        "tessera.step.decode_index": n,
+        "tessera.batch.size": parts.length,
+        "tessera.batch.tokens": tokens,
+        "tessera.positions.max": Math.max(...parts.map((p) => p.startPos + p.tokens.length)),
+        "tessera.gpu.address": ctx.gpu.address,
+      };
+      return tracer.startActiveSpan(isDecode ? "tessera.decode_step" : "tessera.prefill_step", { attributes }, (span) =>
+        step(parts, isDecode).then(
+          (rows) => {
+            span.setAttributes({
+              "tessera.step_id": Number(stepId),
+              "tessera.step.sequences_done": rows.size,
+              "tessera.wire.bytes_sent": tokens * 4,
+              "tessera.wire.bytes_received": rows.size * shape.vocabSize * 4,
+            });
+            span.end();
+            return rows;
+          },
+          (err: unknown) => {
+            span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+            span.end();
+            throw err;
+          },
+        ),
+      );
+    };
+
     const accept = (s: Sequence, logits: Float32Array) => {
       const token = s.sampler!.sample(logits);
       s.firstTokenAt ??= performance.now();
       if (token === model.tokenizer.bos || token === model.tokenizer.eos) return finish(s, "stop");
       s.generated.push(token);
       generatedTotal++;
+      recordTokens(1);
       s.completion += s.decoder!.push(token);
       if (s.generated.length >= s.maxTokens) finish(s, "length");
     };
@@ -1006,7 +1120,7 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
       }
       const isDecode = parts.every((p) => p.s.fed >= prefillEnd(p.s));
       if (isDecode) decodeStart ??= performance.now();
-      const rows = await step(parts, isDecode);
+      const rows = await tracedStep(parts, isDecode);
       for (const p of parts) {
         const row = rows.get(p.s);
         if (!row || p.s.finished || p.s.seqId !== p.seqId) continue;
@@ -1020,6 +1134,7 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
     }
   } finally {
     place.leave();
+    unwatchSlots();
     for (const c of cleanups) c();
     await planning.catch(() => undefined);
     // However the job ends, free every KV cache it opened, and wait for the
@@ -1029,6 +1144,8 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
   }
 
   const decodeSeconds = decodeStart === undefined ? 0 : (performance.now() - decodeStart) / 1000;
+  const wallSeconds = (performance.now() - t0) / 1000;
+  recordJobCost(lastPlan?.pricePerHour ?? 0, wallSeconds, generatedTotal);
   ctx.emit({
     event: {
       case: "summary",
@@ -1037,7 +1154,7 @@ export async function runBatch(request: GenerateRequest, ctx: BatchContext): Pro
         errors: seqs.filter((s) => s.finished === "error").length,
         promptTokens: BigInt(promptTokens),
         completionTokens: BigInt(generatedTotal),
-        wallSeconds: (performance.now() - t0) / 1000,
+        wallSeconds,
         decodeTokensPerSecond: decodeSeconds > 0 ? decodeTokens / decodeSeconds : 0,
         ...(lastPlan ? { plan: lastPlan } : {}),
         decodeBreakdown: {

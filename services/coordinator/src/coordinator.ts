@@ -23,6 +23,7 @@ import {
 } from "@tessera/proto";
 import { createGrpcService, type Service } from "@tessera/core";
 import { watchRegistry, type RegistryEvent, type RegistryWatcher } from "@tessera/nats";
+import { watchKubernetes, type KubernetesWatcher } from "./k8s-discovery.js";
 import { runBatch } from "./batch-run.js";
 import { ForwardChannel } from "./forward-channel.js";
 import { ForwardPipeline } from "./pipeline.js";
@@ -76,6 +77,8 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
   });
   membership.subscribe((c) => options.log(`cluster: ${c.role}-node ${c.address} ${c.kind} (${c.reason})`));
   let registry: RegistryWatcher | undefined;
+  // Node pods on Kubernetes drive the membership as the registry does.
+  let kube: KubernetesWatcher | undefined;
   // Bearer tokens → tenants (every caller an admin without a tokens file).
   const auth = new Authenticator(options.tokensFile === undefined ? undefined : loadTokens(options.tokensFile));
   // SubmitJob .. WatchJob: the NATS job queue under natsPrefix (FAILED_PRECONDITION without nats).
@@ -83,7 +86,7 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
 
   // The node registry drives the membership as AddNode / RemoveNode and
   // failing calls do; nodes given in the options stay members.
-  const onRegistry = (e: RegistryEvent) => {
+  const onRegistry = (e: Pick<RegistryEvent, "kind" | "role" | "address" | "reason">) => {
     const why = `registry: ${e.reason}`;
     try {
       switch (e.kind) {
@@ -353,6 +356,14 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
           log: options.log,
         });
       }
+      if (options.kubernetes !== undefined) {
+        kube = await watchKubernetes({
+          labelSelector: options.kubernetes,
+          ...(options.kubernetesNamespace ? { namespace: options.kubernetesNamespace } : {}),
+          onEvent: onRegistry,
+          log: options.log,
+        });
+      }
     },
     onDrain() {
       // Running jobs are cancelled: their sequences are closed on the way out
@@ -366,6 +377,8 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
     async onClose() {
       await registry?.stop();
       registry = undefined;
+      await kube?.stop();
+      kube = undefined;
       await jobService.close();
       membership.close();
       for (const c of [...attentionClients.values(), ...gpuClients.values()]) c.close();

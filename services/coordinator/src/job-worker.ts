@@ -8,7 +8,9 @@
  * is answered twice. One job at a time.
  */
 import { basename } from "node:path";
+import { SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { hostname } from "node:os";
+import { watchJobQueue } from "./metrics.js";
 import {
   Code,
   Coordinator,
@@ -88,6 +90,8 @@ export interface JobWorker {
  */
 const OUTAGE_ATTEMPTS = 3;
 
+const tracer = trace.getTracer("@tessera/coordinator");
+
 /** Errors a retry cannot fix: the job fails at once. */
 const PERMANENT = new Set<number>([
   Code.INVALID_ARGUMENT,
@@ -115,6 +119,9 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
   let client: Client<typeof Coordinator> | undefined;
   let loop: Promise<void> | undefined;
   let closed: Promise<void> | undefined;
+  // For the job gauges (metrics.ts): the running jobs' priorities, and the unregistering.
+  let runningJobs: ReadonlyMap<Promise<void>, JobPriority> = new Map();
+  let unwatchQueue: (() => void) | undefined;
 
   /**
    * Pulls and runs jobs: up to `concurrency` at once, and beyond that one
@@ -124,6 +131,7 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
    */
   async function run(store: JobStore): Promise<void> {
     const running = new Map<Promise<void>, JobPriority>();
+    runningJobs = running;
     // Aborted when a running job ends: a pull waiting for a job of a
     // higher priority only is then redone with every priority allowed.
     let pulling: AbortController | undefined;
@@ -157,7 +165,7 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
         break;
       }
       const delivery = d;
-      const job: Promise<void> = runJob(store, delivery)
+      const job: Promise<void> = tracedRunJob(store, delivery)
         .catch((err: unknown) => {
           // The job stays unacked: JetStream redelivers it after the ack wait.
           log(`jobs: job ${delivery.jobId}: ${(err as Error).message}`);
@@ -169,6 +177,30 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
       running.set(job, delivery.priority);
     }
     await Promise.allSettled(running.keys());
+  }
+
+  /**
+   * runJob in a "tessera.job.run" span under the job message's trace
+   * context (submit -> queue -> run), so the Generate call it makes, and
+   * everything under it, joins the submitter's trace.
+   */
+  function tracedRunJob(store: JobStore, d: JobDelivery): Promise<void> {
+    const attributes = {
+      "tessera.job_id": d.jobId,
+      "tessera.job.priority": d.priority,
+      "tessera.job.delivery_count": d.deliveryCount,
+      "tessera.worker": workerName,
+    };
+    return tracer.startActiveSpan("tessera.job.run", { kind: SpanKind.CONSUMER, attributes }, d.traceContext, (span) =>
+      runJob(store, d).then(
+        () => span.end(),
+        (err: unknown) => {
+          span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+          span.end();
+          throw err;
+        },
+      ),
+    );
   }
 
   async function runJob(store: JobStore, d: JobDelivery): Promise<void> {
@@ -282,11 +314,27 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
       const channel = address === o.coordinatorAddress ? {} : selfChannelOptions();
       client = createClient(Coordinator, address, channel, o.token === undefined ? {} : { token: o.token });
       loop = run(store);
+      const conn = nc;
+      unwatchQueue = watchJobQueue(
+        JOB_PRIORITIES,
+        // JetStream's consumer info API, asked at each scrape: jobs not yet delivered.
+        async (p) => {
+          const reply = await conn.request(
+            `$JS.API.CONSUMER.INFO.${store.names.stream}.${store.names.consumer(p as JobPriority)}`,
+            undefined,
+            { timeout: 1000 },
+          );
+          const n = (reply.json() as { num_pending?: unknown }).num_pending;
+          return typeof n === "number" ? n : undefined;
+        },
+        () => runningJobs.values(),
+      );
       log(`jobs: pulling from ${store.names.stream} on ${o.nats}`);
     },
     close() {
       closed ??= (async () => {
         stop.abort();
+        unwatchQueue?.();
         await loop;
         client?.close();
         await nc?.close();

@@ -90,6 +90,14 @@ export interface CoordinatorOptions {
    */
   nodeLostAfterMs?: number;
   /**
+   * Discover node pods on Kubernetes (k8s-discovery.ts): a label selector,
+   * or true for "app.kubernetes.io/part-of=tessera". Ready pods are
+   * members, as registered nodes are with `nats`. @default undefined (off)
+   */
+  kubernetes?: string | boolean;
+  /** Namespace of the node pods (with `kubernetes`). @default the kubeconfig's (in-cluster: the pod's) */
+  kubernetesNamespace?: string;
+  /**
    * Tokens file (YAML or JSON, see auth.ts): callers must send a bearer
    * token from it, each token is a tenant, and tenants see only their own
    * jobs. With TLS the port then asks no client certificate (the token is
@@ -105,13 +113,21 @@ export interface CoordinatorOptions {
 
 /** Validated, defaulted, frozen coordinator options. */
 export type CompiledCoordinatorOptions = Readonly<
-  Required<Omit<CoordinatorOptions, "modelPath" | "tokenizerPath" | "nats" | "limits" | "tokensFile">>
+  Required<
+    Omit<
+      CoordinatorOptions,
+      "modelPath" | "tokenizerPath" | "nats" | "limits" | "tokensFile" | "kubernetes" | "kubernetesNamespace"
+    >
+  >
 > & {
   readonly limits: GenerateLimits;
   readonly modelPath: string | undefined;
   readonly tokenizerPath: string | undefined;
   readonly nats: string | undefined;
   readonly tokensFile: string | undefined;
+  /** Label selector of the node pods; undefined: no Kubernetes discovery. */
+  readonly kubernetes: string | undefined;
+  readonly kubernetesNamespace: string | undefined;
 };
 
 /**
@@ -145,21 +161,31 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     return n;
   };
   const nats = o.nats === undefined || o.nats.trim() === "" ? undefined : o.nats.trim();
+  const kubernetes =
+    o.kubernetes === true || o.kubernetes === "true"
+      ? "app.kubernetes.io/part-of=tessera"
+      : o.kubernetes === false || o.kubernetes === ""
+        ? undefined
+        : o.kubernetes;
+  // Nodes come from a discovery service: the address lists may be empty.
+  const discovered = nats !== undefined || kubernetes !== undefined;
   const natsPrefix = o.natsPrefix ?? "tessera";
   if (!/^[A-Za-z0-9_-]+$/.test(natsPrefix)) {
     throw new ConfigError("natsPrefix", `must be letters, digits, "_" or "-", got ${JSON.stringify(natsPrefix)}`);
   }
-  // With NATS, nodes come from the registry: the lists may be empty.
   const gpuNodes = addresses("gpuNodes", o.gpuNodes);
-  if (gpuNodes.length === 0 && nats === undefined) {
-    throw new ConfigError("gpuNodes", "at least one gpu-node address is needed (or give nats for the node registry)");
+  if (gpuNodes.length === 0 && !discovered) {
+    throw new ConfigError(
+      "gpuNodes",
+      "at least one gpu-node address is needed (or give nats for the node registry, or kubernetes)",
+    );
   }
   const memoryNodes = addresses("memoryNodes", o.memoryNodes);
   const storageNodes = addresses("storageNodes", o.storageNodes);
-  if (memoryNodes.length + storageNodes.length === 0 && nats === undefined) {
+  if (memoryNodes.length + storageNodes.length === 0 && !discovered) {
     throw new ConfigError(
       "memoryNodes",
-      "at least one memory-node or storage-node address is needed (or give nats for the node registry)",
+      "at least one memory-node or storage-node address is needed (or give nats for the node registry, or kubernetes)",
     );
   }
   const port = o.port ?? 0;
@@ -184,6 +210,8 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     limits: compileGenerateLimits(o.limits),
     nats,
     tokensFile: o.tokensFile,
+    kubernetes,
+    kubernetesNamespace: o.kubernetesNamespace,
     natsPrefix,
     jobConcurrency: positive("jobConcurrency", o.jobConcurrency, 1),
     nodeHeartbeatMs: positive("nodeHeartbeatMs", o.nodeHeartbeatMs, 1000),

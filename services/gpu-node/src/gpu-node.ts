@@ -9,6 +9,8 @@
  * stream of its own (downstream.ts).
  */
 import { performance } from "node:perf_hooks";
+import { context, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import { LATENCY_BUCKETS_SECONDS, lazyInstruments } from "@tessera/telemetry";
 import {
   CheckpointError,
   type ModelSource,
@@ -28,6 +30,7 @@ import {
   GpuNode as GpuNodeService,
   RpcError,
   addService,
+  messageContext,
   type AttendResponse,
   type ForwardRequest,
   type ForwardResponse,
@@ -372,7 +375,7 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
         chain = chain
           .then(async () => {
             if (call.cancelled) return;
-            const res = await runner.step(req);
+            const res = await tracedStep(runner, req);
             if (!call.cancelled && !call.writableEnded) call.write(res);
           })
           .catch(() => undefined); // step() answers its own errors; a dead call just drops the reply
@@ -381,6 +384,46 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
       call.on("cancelled", () => void chain.then(finish));
       call.on("error", () => void chain.then(finish));
     });
+  }
+
+  /**
+   * runner.step under a "tessera.gpu.forward" span when the request carried
+   * a (sampled) trace context; the step's micro-batches and layers are its
+   * children, and its Attend and downstream Forward messages carry it on.
+   */
+  function tracedStep(
+    runner: StepRunner,
+    req: ForwardRequest,
+  ): Promise<MessageInitShape<typeof ForwardResponseSchema>> {
+    const parent = messageContext(req);
+    if (!parent) return runner.step(req);
+    const attributes = {
+      "tessera.step_id": Number(req.stepId),
+      "tessera.batch.size": req.sequences.length,
+      "tessera.batch.tokens": req.sequences.reduce((t, q) => t + q.nTokens, 0),
+      "tessera.positions.max": Math.max(0, ...req.sequences.map((q) => q.startPos + q.nTokens)),
+      "tessera.layer_start": current?.model.layerStart ?? 0,
+      "tessera.layer_end": current?.model.layerEnd ?? 0,
+      "tessera.micro_batches": opts.microBatches,
+      "tessera.next_stages": req.nextStages.length,
+      "tessera.wire.bytes_received": req.hidden?.data.byteLength ?? req.tokens.length * 4,
+    };
+    return tracer.startActiveSpan("tessera.gpu.forward", { kind: SpanKind.SERVER, attributes }, parent, (span) =>
+      runner.step(req).then((res) => {
+        const out = res.logits ?? res.hidden;
+        span.setAttribute("tessera.wire.bytes_sent", out?.data?.byteLength ?? 0);
+        if (res.timings) {
+          span.setAttributes({
+            "tessera.gpu.dense_seconds": res.timings.denseSeconds ?? 0,
+            "tessera.gpu.attention_wait_seconds": res.timings.attentionWaitSeconds ?? 0,
+            "tessera.gpu.attention_compute_seconds": res.timings.attentionComputeSeconds ?? 0,
+          });
+        }
+        if (res.error) span.setStatus({ code: SpanStatusCode.ERROR, message: res.error.message });
+        span.end();
+        return res;
+      }),
+    );
   }
 
   /**
@@ -420,6 +463,7 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
         timings.denseSeconds = clock.busySeconds;
         timings.attentionWaitSeconds = clock.idleSeconds;
         timings.totalSeconds = (performance.now() - t0) / 1000;
+        recordStageTimings(timings);
       }
       if (own.error || req.nextStages.length === 0) return { ...own, stageTimings: [timings] };
       return this.passDown(req, own.hidden, timings, t0);
@@ -501,17 +545,33 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
       const errors: unknown[] = [];
       const state = { failed: false };
       let next = 0;
+      const tracing = trace.getActiveSpan()?.isRecording() === true;
       const worker = async (ws: Workspace) => {
         while (!state.failed && next < batches.length) {
           const i = next++;
+          const mb = batches[i]!;
+          const span = tracing
+            ? tracer.startSpan("tessera.gpu.micro_batch", {
+                attributes: {
+                  "tessera.micro_batch": i,
+                  "tessera.micro_batches": batches.length,
+                  "tessera.batch.size": mb.sequences.length,
+                  "tessera.batch.tokens": mb.rows,
+                  "tessera.attention.nodes": mb.nodes.length,
+                },
+              })
+            : undefined;
           clock.start();
           try {
-            await this.runMicroBatch(req, model, batches[i]!, input, out, ws, clock, timings, state);
+            const go = () => this.runMicroBatch(req, model, mb, input, out, ws, clock, timings, state);
+            await (span ? context.with(trace.setSpan(context.active(), span), go) : go());
           } catch (err) {
             state.failed = true;
             errors[i] = err;
+            span?.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
           } finally {
             clock.end();
+            span?.end();
           }
         }
       };
@@ -554,8 +614,13 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
         for (let j = 0; j < s.nTokens; j++) positions[s.row0 + j] = BigInt(s.startPos + j);
       }
 
+      // Per-layer spans only under a recorded (sampled) micro-batch span.
+      const tracing = trace.getActiveSpan()?.isRecording() === true;
       for (let layer = model.layerStart; layer < model.layerEnd; layer++) {
         if (state.failed) throw new Stopped();
+        const layerSpan = tracing
+          ? tracer.startSpan("tessera.gpu.layer", { attributes: { "tessera.layer": layer, "tessera.rows": T } })
+          : undefined;
         const qkv: Qkv = await model.pre(layer, x, positions, {
           q: ws.buf("q", T * qDim),
           k: ws.buf("k", T * kvD),
@@ -601,9 +666,24 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
         clock.wait();
         let settled: PromiseSettledResult<AttendResponse>[];
         try {
-          settled = await Promise.allSettled(mb.nodes.map((node, i) => streams.attend(node.address, requests[i]!)));
+          // Under the layer span: each AttendRequest carries it to its node.
+          const attend = () =>
+            Promise.allSettled(mb.nodes.map((node, i) => streams.attend(node.address, requests[i]!)));
+          settled = await (layerSpan ? context.with(trace.setSpan(context.active(), layerSpan), attend) : attend());
         } finally {
           clock.resume();
+        }
+        if (layerSpan) {
+          const bytes = (t: { data?: Uint8Array } | undefined) => t?.data?.byteLength ?? 0;
+          layerSpan.setAttributes({
+            "tessera.attention.nodes": mb.nodes.length,
+            "tessera.wire.bytes_sent": requests.reduce((b, r) => b + bytes(r.q) + bytes(r.k) + bytes(r.v), 0),
+            "tessera.wire.bytes_received": settled.reduce(
+              (b, r) => b + (r.status === "fulfilled" ? bytes(r.value.o) : 0),
+              0,
+            ),
+          });
+          layerSpan.end();
         }
         // f16 replies decode into this slot's buffers; f32 ones are views.
         const responses = settled.map((r, i) => {
@@ -757,6 +837,28 @@ function checkNextStages(req: ForwardRequest, model: DenseModel, self: string): 
  */
 function isAddress(address: string): boolean {
   return /^[\x21-\x7e]+$/.test(address);
+}
+
+const tracer = trace.getTracer("@tessera/gpu-node");
+
+const instruments = lazyInstruments("@tessera/gpu-node", (meter) => ({
+  stage: meter.createHistogram("tessera.gpu.step_seconds", {
+    description:
+      "This gpu-node's own part of each step (its layer range): dense compute, waiting on attention nodes, and in total",
+    unit: "s",
+    advice: { explicitBucketBoundaries: [...LATENCY_BUCKETS_SECONDS] },
+  }),
+}));
+
+/**
+ * Records a step's own timings in `tessera_gpu_step_seconds`, label
+ * `tessera_stage` = "dense", "attention_wait" or "total" (seconds).
+ */
+function recordStageTimings(t: OwnTimings): void {
+  const h = instruments().stage;
+  h.record(t.denseSeconds, { "tessera.stage": "dense" });
+  h.record(t.attentionWaitSeconds, { "tessera.stage": "attention_wait" });
+  h.record(t.totalSeconds, { "tessera.stage": "total" });
 }
 
 /** A micro-batch stopped before its next layer because another one failed. */

@@ -1,3 +1,4 @@
+import { defaultNodeId, withTelemetry, type ServeMetricsOptions } from "@tessera/telemetry";
 import { readNodeAdvert, runUntilSignal } from "@tessera/core";
 import { withRegistration, type NodeRegistryOptions } from "@tessera/nats";
 import { createMemoryNode, type MemoryNodeOptions } from "./memory-node.js";
@@ -10,9 +11,20 @@ import { createMemoryNode, type MemoryNodeOptions } from "./memory-node.js";
  * deregisters on SIGINT/SIGTERM before the server stops.
  * @throws ConfigError naming the option when `options` are invalid;
  *   NatsError naming the servers when registering fails.
+ * Serves metrics first when `metrics.port` or TESSERA_METRICS_PORT says so
+ * ({@link serveMetrics}: Prometheus text at http://<host>:<port>/metrics).
+ * Then starts OpenTelemetry tracing ({@link startTelemetry}: OTEL_* variables,
+ * service name "tessera-memory-node") and flushes it once the service has stopped.
  */
-export function runMemoryNode(options: MemoryNodeOptions, registry: NodeRegistryOptions = {}): Promise<void> {
-  return runUntilSignal(
-    withRegistration(createMemoryNode(options), "memory", registry, (address) => readNodeAdvert("memory", address)),
+export async function runMemoryNode(
+  options: MemoryNodeOptions,
+  registry: NodeRegistryOptions = {},
+  metrics: Pick<ServeMetricsOptions, "port"> = {},
+): Promise<void> {
+  const who = { serviceName: "tessera-memory-node", role: "memory", nodeId: defaultNodeId(options.port) };
+  return withTelemetry(who, { host: options.host, metricsPort: metrics.port }, () =>
+    runUntilSignal(
+      withRegistration(createMemoryNode(options), "memory", registry, (address) => readNodeAdvert("memory", address)),
+    ),
   );
 }

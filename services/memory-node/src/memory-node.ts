@@ -34,8 +34,11 @@
  * of a step the first layers are one position ahead; the minimum is the
  * number of positions every layer holds, the one a caller can resume from.
  */
+import { watchKvBytes } from "@tessera/telemetry";
 import { availableParallelism } from "node:os";
 import {
+  attendKvBytesPerPosition,
+  traceAttend,
   answerAttend,
   CapacityError,
   ConfigError,
@@ -444,6 +447,17 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
     });
   }
 
+  /** attend() in a span when the request carries a trace context; KV bytes read: positions [0, start_pos + n_tokens) of each item's cache, from RAM. */
+  const tracedAttend = (req: AttendRequest) => {
+    const row = attendKvBytesPerPosition(req);
+    return traceAttend(
+      "memory",
+      req,
+      req.items.reduce((b, it) => b + (it.startPos + it.nTokens) * row, 0),
+      attend,
+    );
+  };
+
   const impl: ServiceImpl<typeof Attention> = {
     /** Reserves and allocates; RESOURCE_EXHAUSTED past capacity, INVALID_ARGUMENT for another layout. */
     async openSequence(req) {
@@ -461,7 +475,7 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
      * are not answered.
      */
     attend(call) {
-      return attendLoops.serve(call, attend);
+      return attendLoops.serve(call, tracedAttend);
     },
     /**
      * Capacity and reserved bytes (sum of open sequences' reservations),
@@ -480,6 +494,8 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
     },
   };
 
+  // The KV gauges (tessera_kv_*_bytes) read this node from start to close.
+  let unwatchKv = () => {};
   const service = createGrpcService({
     role: "memory",
     name: "memory-node",
@@ -491,6 +507,7 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
     // The profile, measured before the port is bound so no request competes
     // with it; the read bandwidth Info advertises, unless configured (tens of ms).
     onStart: async () => {
+      unwatchKv = watchKvBytes(() => ({ address: address(), usedBytes, capacityBytes: opts.capacityBytes }));
       if (opts.profile === "measure") {
         profile = await profileMemoryNode(opts);
         if (profile.figures.case === "memory") readBytesPerSecond ??= profile.figures.value.readBytesPerSecond;
@@ -503,6 +520,7 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
     onDrain: () => attendLoops.stop(opts.drainGraceMs),
     beforeShutdown: () => attendLoops.stop(),
     async onClose() {
+      unwatchKv();
       sequences.clear();
       const closing = [...pools.values()];
       heaps = [];

@@ -1,3 +1,4 @@
+import { defaultNodeId, withTelemetry, type ServeMetricsOptions } from "@tessera/telemetry";
 import { readNodeAdvert, runUntilSignal } from "@tessera/core";
 import { withRegistration, type NodeRegistryOptions } from "@tessera/nats";
 import { createStorageNode, type StorageNodeOptions } from "./storage-node.js";
@@ -10,9 +11,22 @@ import { createStorageNode, type StorageNodeOptions } from "./storage-node.js";
  * deregisters on SIGINT/SIGTERM before the server stops.
  * @throws ConfigError naming the option when `options` are invalid;
  *   NatsError naming the servers when registering fails.
+ * Serves metrics first when `metrics.port` or TESSERA_METRICS_PORT says so
+ * ({@link serveMetrics}: Prometheus text at http://<host>:<port>/metrics).
+ * Then starts OpenTelemetry tracing ({@link startTelemetry}: OTEL_* variables,
+ * service name "tessera-storage-node") and flushes it once the service has stopped.
  */
-export function runStorageNode(options: StorageNodeOptions, registry: NodeRegistryOptions = {}): Promise<void> {
-  return runUntilSignal(
-    withRegistration(createStorageNode(options), "storage", registry, (address) => readNodeAdvert("storage", address)),
+export async function runStorageNode(
+  options: StorageNodeOptions,
+  registry: NodeRegistryOptions = {},
+  metrics: Pick<ServeMetricsOptions, "port"> = {},
+): Promise<void> {
+  const who = { serviceName: "tessera-storage-node", role: "storage", nodeId: defaultNodeId(options.port) };
+  return withTelemetry(who, { host: options.host, metricsPort: metrics.port }, () =>
+    runUntilSignal(
+      withRegistration(createStorageNode(options), "storage", registry, (address) =>
+        readNodeAdvert("storage", address),
+      ),
+    ),
   );
 }

@@ -20,9 +20,12 @@
  * the request. Positions below a layer's length are overwritten, so a
  * retried step (after a restart, say) is idempotent.
  */
+import { watchKvBytes } from "@tessera/telemetry";
 import { join, resolve } from "node:path";
 import { rm } from "node:fs/promises";
 import {
+  attendKvBytesPerPosition,
+  traceAttend,
   answerAttend,
   CapacityError,
   ConfigError,
@@ -580,6 +583,17 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
         }
       : undefined;
 
+  /** attend() in a span when the request carries a trace context; KV bytes read: positions [0, start_pos) of each item's layer file, from disk (the new rows come with the request). */
+  const tracedAttend = (req: AttendRequest) => {
+    const row = attendKvBytesPerPosition(req);
+    return traceAttend(
+      "storage",
+      req,
+      req.items.reduce((b, it) => b + it.startPos * row, 0),
+      attend,
+    );
+  };
+
   const impl: ServiceImpl<typeof Attention> = {
     /**
      * Creates the sequence's files, or finds them (its persisted length):
@@ -602,7 +616,7 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
      * the step once the node is back).
      */
     attend(call) {
-      return attendLoops.serve(call, attend);
+      return attendLoops.serve(call, tracedAttend);
     },
     /**
      * Capacity and reserved disk bytes (sum of usable sequences'
@@ -622,6 +636,8 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
     },
   };
 
+  // The KV gauges (tessera_kv_*_bytes) read this node from start to close.
+  let unwatchKv = () => {};
   const service = createGrpcService({
     role: "storage",
     name: "storage-node",
@@ -636,6 +652,11 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
     onDrain: () => attendLoops.stop(opts.drainGraceMs),
     beforeShutdown: () => attendLoops.stop(),
     async onStart() {
+      unwatchKv = watchKvBytes(() => ({
+        address: address(),
+        usedBytes: usedBytes(),
+        capacityBytes: opts.capacityBytes,
+      }));
       // Before the port is bound (no request competes) and before the scan
       // (the data directory exists after it).
       if (opts.profile === "measure") profile = await profileStorageNode(opts);
@@ -644,6 +665,7 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
       for (const [name, err] of found.broken) broken.set(name, err);
     },
     async onClose() {
+      unwatchKv();
       // Let running requests finish their writes before the files close.
       await Promise.allSettled([...inFlight]);
       await admin(async () => {

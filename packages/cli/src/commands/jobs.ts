@@ -13,6 +13,7 @@ import { Code, Coordinator, RpcError, createClient, type Job } from "@tessera/pr
 import { checkBatchLimits, defaultGenerateLimits } from "@tessera/coordinator";
 import { applyNatsAuth, applyTransport, type TransportFlags } from "../security.js";
 import type { NatsAuthFlags, NatsTlsFlags } from "@tessera/nats";
+import { defaultNodeId, startTelemetry } from "@tessera/telemetry";
 
 /** Where every job command goes: a coordinator's gRPC job RPCs (`cluster`), else NATS directly. */
 export interface NatsFlags extends NatsAuthFlags, NatsTlsFlags, TransportFlags {
@@ -216,6 +217,16 @@ function progressOf(s: JobView): string {
  * @throws InputFileError naming the file, line and field; NatsError.
  */
 export async function submitCommand(file: string, flags: SubmitFlags): Promise<number> {
+  // With OTEL_* set, the job's trace starts here (tessera.job.submit, then the queue, then its coordinator).
+  const telemetry = await startTelemetry({ serviceName: "tessera-cli", role: "cli", nodeId: defaultNodeId() });
+  try {
+    return await submit(file, flags);
+  } finally {
+    await telemetry.shutdown();
+  }
+}
+
+async function submit(file: string, flags: SubmitFlags): Promise<number> {
   const input = await readFile(file).catch((err: Error) => {
     throw new Error(`${file}: cannot read: ${err.message}`);
   });

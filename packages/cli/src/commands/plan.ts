@@ -18,7 +18,7 @@ export interface PlanFlags {
  * the path of a llama2.c checkpoint / Hugging Face folder, whose header is read.
  * @throws CheckpointError naming the file when a path is not a readable model.
  */
-async function modelShape(model: string): Promise<{ name: string; shape: ModelShape }> {
+export async function modelShape(model: string): Promise<{ name: string; shape: ModelShape }> {
   const named = namedShape(model);
   if (named) return { name: model, shape: named.shape };
   try {
