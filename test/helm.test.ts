@@ -156,7 +156,7 @@ interface Manifest {
   spec?: {
     replicas?: number;
     selector?: { matchLabels?: Record<string, string> } | Record<string, string>;
-    template?: { metadata?: { labels?: Record<string, string> }; spec: PodSpec };
+    template?: { metadata?: { labels?: Record<string, string>; annotations?: Record<string, string> }; spec: PodSpec };
     volumeClaimTemplates?: {
       metadata: { name: string };
       spec: { storageClassName?: string; resources: { requests: { storage: string } } };
@@ -243,7 +243,16 @@ function checkCommon(docs: Manifest[], secretName: string): void {
         `${where}: readiness = gRPC health over mTLS`,
       );
       assert.deepEqual(c!.livenessProbe?.tcpSocket, { port: "grpc" }, `${where}: liveness`);
-      assert.deepEqual(c!.ports, [{ name: "grpc", containerPort: port, protocol: "TCP" }]);
+      assert.deepEqual(c!.ports, [
+        { name: "grpc", containerPort: port, protocol: "TCP" },
+        { name: "metrics", containerPort: 9464, protocol: "TCP" },
+      ]);
+      assert.equal(env(c!, "TESSERA_METRICS_PORT")?.value, "9464");
+      assert.equal(
+        w.spec!.template!.metadata!.annotations?.["prometheus.io/port"],
+        "9464",
+        `${where}: scrape annotations`,
+      );
       assert.equal(env(c!, "TESSERA_PORT")?.value, String(port));
       assert.equal(env(c!, "TESSERA_HOST")?.value, "0.0.0.0");
       assert.equal(env(c!, "TESSERA_NATS")?.value, `${PREFIX}-nats.${SVC}:4222`);

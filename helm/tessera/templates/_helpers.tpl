@@ -83,6 +83,10 @@ Environment shared by every Tessera container: call with
   value: {{ include "tessera.natsUrl" $root | quote }}
 - name: TESSERA_NATS_PREFIX
   value: {{ $root.Values.natsPrefix | quote }}
+{{- if $root.Values.metrics.port }}
+- name: TESSERA_METRICS_PORT
+  value: {{ $root.Values.metrics.port | quote }}
+{{- end }}
 - name: TESSERA_TLS_CA
   value: /etc/tessera/tls/ca.pem
 - name: TESSERA_TLS_CERT
@@ -156,4 +160,22 @@ livenessProbe:
   periodSeconds: {{ $p.liveness.periodSeconds }}
   timeoutSeconds: {{ $p.liveness.timeoutSeconds }}
   failureThreshold: {{ $p.liveness.failureThreshold }}
+{{- end }}
+
+{{/* The metrics container port of a Tessera container (none when metrics.port is 0). */}}
+{{- define "tessera.metricsPort" -}}
+{{- if .Values.metrics.port }}
+- name: metrics
+  containerPort: {{ .Values.metrics.port }}
+  protocol: TCP
+{{- end }}
+{{- end }}
+
+{{/* Prometheus scrape annotations of a Tessera pod. */}}
+{{- define "tessera.metricsAnnotations" -}}
+{{- if .Values.metrics.port }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .Values.metrics.port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
 {{- end }}
