@@ -396,8 +396,11 @@ test("gpu-pools: one StatefulSet per pool with its GPUs, node selector and price
     assert.equal(s.metadata.labels?.["tessera.io/pool"], pool);
     assert.equal(
       env(c, "OTEL_RESOURCE_ATTRIBUTES")?.value,
-      `tessera.role=gpu-node,k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE),tessera.pool=${pool}`,
+      `tessera.role=gpu,k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE),tessera.pool=${pool}`,
     );
+    // Metrics labels come from these (the code's role names; the pool; the pod as node id).
+    assert.equal(env(c, "TESSERA_POOL")?.value, pool);
+    assert.equal(env(c, "TESSERA_NODE_ID")?.value, "$(POD_NAME)");
   }
   const storage = one(docs, "StatefulSet", `${PREFIX}-storage-nvme`);
   assert.deepEqual(storage.spec!.volumeClaimTemplates![0]!.spec, {

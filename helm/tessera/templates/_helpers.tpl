@@ -99,9 +99,17 @@ Environment shared by every Tessera container: call with
 - name: TESSERA_NATS_PASSWORD
   valueFrom: { secretKeyRef: { name: {{ . }}, key: {{ $root.Values.nats.auth.passwordKey }} } }
 {{- end }}
+- name: TESSERA_NODE_ID
+  value: $(POD_NAME)
+- name: TESSERA_CLUSTER_DOMAIN
+  value: {{ $root.Values.clusterDomain | quote }}
+{{- with .pool }}
+- name: TESSERA_POOL
+  value: {{ . | quote }}
+{{- end }}
 - name: OTEL_SERVICE_NAME
   value: tessera-{{ .role }}
-{{- $attrs := printf "tessera.role=%s,k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)" .role }}
+{{- $attrs := printf "tessera.role=%s,k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)" (trimSuffix "-node" .role) }}
 {{- if .pool }}{{ $attrs = printf "%s,tessera.pool=%s" $attrs .pool }}{{ end }}
 {{- with $root.Values.otel.resourceAttributes }}{{ $attrs = printf "%s,%s" $attrs . }}{{ end }}
 - name: OTEL_RESOURCE_ATTRIBUTES

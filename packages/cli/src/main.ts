@@ -312,6 +312,11 @@ natsAuthFlags(transport(program.command("coordinator"), "service"))
     new Option("--kubernetes-namespace <ns>", "namespace of the node pods (with --kubernetes)").env("POD_NAMESPACE"),
   )
   .addOption(
+    new Option("--kubernetes-cluster-domain <domain>", "DNS suffix of the node pods' names (with --kubernetes)")
+      .default("cluster.local")
+      .env("TESSERA_CLUSTER_DOMAIN"),
+  )
+  .addOption(
     new Option(
       "--tokens <file>",
       "bearer tokens (YAML: tokens: [{tenant, sha256 | token, admin}]; `tessera token` makes one): callers must " +
@@ -361,6 +366,7 @@ natsAuthFlags(transport(program.command("coordinator"), "service"))
         jobConcurrency: o.jobConcurrency,
         kubernetes: o.kubernetes,
         kubernetesNamespace: o.kubernetesNamespace,
+        kubernetesClusterDomain: o.kubernetesClusterDomain,
         tokensFile: o.tokens,
         limits: {
           maxPrompts: o.limitPrompts,

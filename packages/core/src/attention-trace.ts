@@ -4,7 +4,7 @@
  * gpu-node's layer span; see messageContext in @tessera/proto): one span
  * per layer call, with the attributes that say why attention was slow.
  */
-import { SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, context, trace } from "@opentelemetry/api";
 import { messageContext, type AttendRequest, type AttendResponseSchema, type MessageInitShape } from "@tessera/proto";
 
 type AttendResponse = MessageInitShape<typeof AttendResponseSchema>;
@@ -15,16 +15,18 @@ const tracer = trace.getTracer("@tessera/attention");
  * context; without one, `attend` runs alone (nothing recorded).
  * @param role "memory" or "storage" (the `tessera.node.role` attribute).
  * @param kvBytesRead bytes of K and V this call reads from its store for
- *   `req` (RAM for a memory-node, disk for a storage-node).
+ *   `req` (RAM for a memory-node, disk for a storage-node); called only
+ *   when the call is traced.
  */
 export function traceAttend(
   role: "memory" | "storage",
   req: AttendRequest,
-  kvBytesRead: number,
+  kvBytesRead: () => number,
   attend: (req: AttendRequest) => Promise<AttendResponse>,
 ): Promise<AttendResponse> {
   const parent = messageContext(req);
-  if (!parent) return attend(req);
+  // Untraced calls run under no context, and compute no attributes.
+  if (!parent) return context.with(ROOT_CONTEXT, () => attend(req));
   const bytes = (t: { data: Uint8Array } | undefined) => t?.data.byteLength ?? 0;
   const attributes = {
     "tessera.node.role": role,
@@ -33,7 +35,7 @@ export function traceAttend(
     "tessera.batch.size": req.items.length,
     "tessera.batch.tokens": req.items.reduce((t, it) => t + it.nTokens, 0),
     "tessera.positions.max": Math.max(0, ...req.items.map((it) => it.startPos + it.nTokens)),
-    "tessera.kv.bytes_read": kvBytesRead,
+    "tessera.kv.bytes_read": kvBytesRead(),
     "tessera.wire.bytes_received": bytes(req.q) + bytes(req.k) + bytes(req.v),
   };
   return tracer.startActiveSpan("tessera.attention.attend", { kind: SpanKind.SERVER, attributes }, parent, (span) =>

@@ -242,11 +242,11 @@ export function addService<S extends AnyGen>(server: grpc.Server, service: S, im
         };
         if (call.request instanceof MalformedRequest) return fail(call.request.toRpcError());
         const malformed = method.methodKind === "server_streaming" ? undefined : endOnMalformed(call);
-        // A long-lived stream gets no span of its own; its messages carry theirs.
         const run =
           method.methodKind === "server_streaming"
             ? serverSpan(spanName, call.metadata, true, () => fn(call))
-            : context.with(metadataContext(call.metadata), () => fn(call));
+            : // A shared stream: its handler runs under no trace; each message brings its own (messageContext).
+              context.with(ROOT_CONTEXT, () => fn(call));
         run.then(
           () => {
             if (malformed?.error) fail(malformed.error);
@@ -385,8 +385,11 @@ export function createClient<S extends AnyGen>(
     throw new RpcError(Code.FAILED_PRECONDITION, (err as Error).message, { cause: err });
   }
   const raw = new Ctor(address, credentials, { ...defaultChannelOptions, ...channelOptions });
-  const metadata = (opts: CallOptions): grpc.Metadata => {
-    const carrier = activeCarrier();
+  // A client-streaming or bidi call carries no trace context of its own: it
+  // is opened by whichever step first needs it and then shared by every
+  // later step of every job; its messages carry theirs.
+  const metadata = (opts: CallOptions, traced = true): grpc.Metadata => {
+    const carrier = traced ? activeCarrier() : undefined;
     if (auth.token === undefined && carrier === undefined) return opts.metadata ?? new grpc.Metadata();
     // A copy: the caller's metadata object is left as it was.
     const md = opts.metadata?.clone() ?? new grpc.Metadata();
@@ -424,7 +427,7 @@ export function createClient<S extends AnyGen>(
     } else {
       const carriesTraceContext = method.input.fields.some((f) => f.localName === "traceContext");
       out[method.localName] = (opts: CallOptions = {}) => {
-        const c = call(metadata(opts), callOptions(opts)) as grpc.ClientWritableStream<unknown>;
+        const c = call(metadata(opts, false), callOptions(opts)) as grpc.ClientWritableStream<unknown>;
         bindSignal(c, opts.signal);
         // Requests that declare a trace_context carry the sampled span active where each is written.
         if (carriesTraceContext) {

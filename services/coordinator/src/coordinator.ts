@@ -360,6 +360,7 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
         kube = await watchKubernetes({
           labelSelector: options.kubernetes,
           ...(options.kubernetesNamespace ? { namespace: options.kubernetesNamespace } : {}),
+          ...(options.kubernetesClusterDomain ? { clusterDomain: options.kubernetesClusterDomain } : {}),
           onEvent: onRegistry,
           log: options.log,
         });

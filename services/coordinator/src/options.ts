@@ -97,6 +97,8 @@ export interface CoordinatorOptions {
   kubernetes?: string | boolean;
   /** Namespace of the node pods (with `kubernetes`). @default the kubeconfig's (in-cluster: the pod's) */
   kubernetesNamespace?: string;
+  /** DNS suffix of the node pods' stable names (with `kubernetes`). @default "cluster.local" */
+  kubernetesClusterDomain?: string;
   /**
    * Tokens file (YAML or JSON, see auth.ts): callers must send a bearer
    * token from it, each token is a tenant, and tenants see only their own
@@ -116,7 +118,14 @@ export type CompiledCoordinatorOptions = Readonly<
   Required<
     Omit<
       CoordinatorOptions,
-      "modelPath" | "tokenizerPath" | "nats" | "limits" | "tokensFile" | "kubernetes" | "kubernetesNamespace"
+      | "modelPath"
+      | "tokenizerPath"
+      | "nats"
+      | "limits"
+      | "tokensFile"
+      | "kubernetes"
+      | "kubernetesNamespace"
+      | "kubernetesClusterDomain"
     >
   >
 > & {
@@ -128,6 +137,7 @@ export type CompiledCoordinatorOptions = Readonly<
   /** Label selector of the node pods; undefined: no Kubernetes discovery. */
   readonly kubernetes: string | undefined;
   readonly kubernetesNamespace: string | undefined;
+  readonly kubernetesClusterDomain: string | undefined;
 };
 
 /**
@@ -212,6 +222,7 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     tokensFile: o.tokensFile,
     kubernetes,
     kubernetesNamespace: o.kubernetesNamespace,
+    kubernetesClusterDomain: o.kubernetesClusterDomain,
     natsPrefix,
     jobConcurrency: positive("jobConcurrency", o.jobConcurrency, 1),
     nodeHeartbeatMs: positive("nodeHeartbeatMs", o.nodeHeartbeatMs, 1000),

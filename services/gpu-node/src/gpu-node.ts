@@ -9,7 +9,7 @@
  * stream of its own (downstream.ts).
  */
 import { performance } from "node:perf_hooks";
-import { context, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import { ROOT_CONTEXT, context, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { LATENCY_BUCKETS_SECONDS, lazyInstruments } from "@tessera/telemetry";
 import {
   CheckpointError,
@@ -396,7 +396,8 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
     req: ForwardRequest,
   ): Promise<MessageInitShape<typeof ForwardResponseSchema>> {
     const parent = messageContext(req);
-    if (!parent) return runner.step(req);
+    // Untraced steps run under no context: nothing from another job's step leaks into them.
+    if (!parent) return context.with(ROOT_CONTEXT, () => runner.step(req));
     const attributes = {
       "tessera.step_id": Number(req.stepId),
       "tessera.batch.size": req.sequences.length,
@@ -409,20 +410,27 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
       "tessera.wire.bytes_received": req.hidden?.data.byteLength ?? req.tokens.length * 4,
     };
     return tracer.startActiveSpan("tessera.gpu.forward", { kind: SpanKind.SERVER, attributes }, parent, (span) =>
-      runner.step(req).then((res) => {
-        const out = res.logits ?? res.hidden;
-        span.setAttribute("tessera.wire.bytes_sent", out?.data?.byteLength ?? 0);
-        if (res.timings) {
-          span.setAttributes({
-            "tessera.gpu.dense_seconds": res.timings.denseSeconds ?? 0,
-            "tessera.gpu.attention_wait_seconds": res.timings.attentionWaitSeconds ?? 0,
-            "tessera.gpu.attention_compute_seconds": res.timings.attentionComputeSeconds ?? 0,
-          });
-        }
-        if (res.error) span.setStatus({ code: SpanStatusCode.ERROR, message: res.error.message });
-        span.end();
-        return res;
-      }),
+      runner.step(req).then(
+        (res) => {
+          const out = res.logits ?? res.hidden;
+          span.setAttribute("tessera.wire.bytes_sent", out?.data?.byteLength ?? 0);
+          if (res.timings) {
+            span.setAttributes({
+              "tessera.gpu.dense_seconds": res.timings.denseSeconds ?? 0,
+              "tessera.gpu.attention_wait_seconds": res.timings.attentionWaitSeconds ?? 0,
+              "tessera.gpu.attention_compute_seconds": res.timings.attentionComputeSeconds ?? 0,
+            });
+          }
+          if (res.error) span.setStatus({ code: SpanStatusCode.ERROR, message: res.error.message });
+          span.end();
+          return res;
+        },
+        (err: unknown) => {
+          span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+          span.end();
+          throw err;
+        },
+      ),
     );
   }
 
@@ -621,47 +629,62 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
         const layerSpan = tracing
           ? tracer.startSpan("tessera.gpu.layer", { attributes: { "tessera.layer": layer, "tessera.rows": T } })
           : undefined;
-        const qkv: Qkv = await model.pre(layer, x, positions, {
-          q: ws.buf("q", T * qDim),
-          k: ws.buf("k", T * kvD),
-          v: ws.buf("v", T * kvD),
-        });
+        // A layer that throws (a failed graph, a bad reply) still ends its span.
+        const failLayer = (err: unknown): never => {
+          layerSpan?.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+          layerSpan?.end();
+          throw err;
+        };
+        const qkv: Qkv = await model
+          .pre(layer, x, positions, {
+            q: ws.buf("q", T * qDim),
+            k: ws.buf("k", T * kvD),
+            v: ws.buf("v", T * kvD),
+          })
+          .catch(failLayer);
         // One AttendRequest per (node, KV-head group): its sequences' rows
         // and its heads' columns of q/k/v, encoded once straight into wire
         // bytes (f32 rows of a whole, contiguous call are views: no copy).
         const dtype = opts.wireDtype;
-        const requests = mb.nodes.map((node, i) => {
-          const heads = node.kvHeadEnd - node.kvHeadStart;
-          const qBlock: StridedBlock = {
-            width: qDim,
-            rowRanges: node.rowRanges,
-            col0: node.kvHeadStart * group * headDim,
-            cols: heads * group * headDim,
-          };
-          const kvBlock: StridedBlock = {
-            width: kvD,
-            rowRanges: node.rowRanges,
-            col0: node.kvHeadStart * headDim,
-            cols: heads * headDim,
-          };
-          const pick = (a: Float32Array, block: StridedBlock, shape: number[], name: string) => {
-            const whole = node.contiguous && block.cols === block.width;
-            const row0 = node.rowRanges[0]![0];
-            const rows = whole ? a.subarray(row0 * block.width, (row0 + node.rows) * block.width) : a;
-            if (whole && dtype === "f32") return wireTensor(rows, shape, dtype);
-            // Safe to reuse: this slot waits for the reply, so grpc-js has serialised the request by then.
-            const bytes = ws.bytes(`${name}${i}`, node.rows * block.cols * (dtype === "f16" ? 2 : 4));
-            return whole ? wireTensor(rows, shape, dtype, bytes) : stridedWireTensor(a, block, shape, dtype, bytes);
-          };
-          return {
-            stepId: req.stepId,
-            layer,
-            items: node.items,
-            q: pick(qkv.q, qBlock, [node.rows, heads * group, headDim], "q"),
-            k: pick(qkv.k, kvBlock, [node.rows, heads, headDim], "k"),
-            v: pick(qkv.v, kvBlock, [node.rows, heads, headDim], "v"),
-          };
-        });
+        const buildRequests = () =>
+          mb.nodes.map((node, i) => {
+            const heads = node.kvHeadEnd - node.kvHeadStart;
+            const qBlock: StridedBlock = {
+              width: qDim,
+              rowRanges: node.rowRanges,
+              col0: node.kvHeadStart * group * headDim,
+              cols: heads * group * headDim,
+            };
+            const kvBlock: StridedBlock = {
+              width: kvD,
+              rowRanges: node.rowRanges,
+              col0: node.kvHeadStart * headDim,
+              cols: heads * headDim,
+            };
+            const pick = (a: Float32Array, block: StridedBlock, shape: number[], name: string) => {
+              const whole = node.contiguous && block.cols === block.width;
+              const row0 = node.rowRanges[0]![0];
+              const rows = whole ? a.subarray(row0 * block.width, (row0 + node.rows) * block.width) : a;
+              if (whole && dtype === "f32") return wireTensor(rows, shape, dtype);
+              // Safe to reuse: this slot waits for the reply, so grpc-js has serialised the request by then.
+              const bytes = ws.bytes(`${name}${i}`, node.rows * block.cols * (dtype === "f16" ? 2 : 4));
+              return whole ? wireTensor(rows, shape, dtype, bytes) : stridedWireTensor(a, block, shape, dtype, bytes);
+            };
+            return {
+              stepId: req.stepId,
+              layer,
+              items: node.items,
+              q: pick(qkv.q, qBlock, [node.rows, heads * group, headDim], "q"),
+              k: pick(qkv.k, kvBlock, [node.rows, heads, headDim], "k"),
+              v: pick(qkv.v, kvBlock, [node.rows, heads, headDim], "v"),
+            };
+          });
+        let requests: ReturnType<typeof buildRequests>;
+        try {
+          requests = buildRequests();
+        } catch (err) {
+          return failLayer(err);
+        }
 
         clock.wait();
         let settled: PromiseSettledResult<AttendResponse>[];

@@ -448,15 +448,16 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
   }
 
   /** attend() in a span when the request carries a trace context; KV bytes read: positions [0, start_pos + n_tokens) of each item's cache, from RAM. */
-  const tracedAttend = (req: AttendRequest) => {
-    const row = attendKvBytesPerPosition(req);
-    return traceAttend(
+  const tracedAttend = (req: AttendRequest) =>
+    traceAttend(
       "memory",
       req,
-      req.items.reduce((b, it) => b + (it.startPos + it.nTokens) * row, 0),
+      () => {
+        const row = attendKvBytesPerPosition(req);
+        return req.items.reduce((b, it) => b + (it.startPos + it.nTokens) * row, 0);
+      },
       attend,
     );
-  };
 
   const impl: ServiceImpl<typeof Attention> = {
     /** Reserves and allocates; RESOURCE_EXHAUSTED past capacity, INVALID_ARGUMENT for another layout. */

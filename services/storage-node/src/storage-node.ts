@@ -584,15 +584,16 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
       : undefined;
 
   /** attend() in a span when the request carries a trace context; KV bytes read: positions [0, start_pos) of each item's layer file, from disk (the new rows come with the request). */
-  const tracedAttend = (req: AttendRequest) => {
-    const row = attendKvBytesPerPosition(req);
-    return traceAttend(
+  const tracedAttend = (req: AttendRequest) =>
+    traceAttend(
       "storage",
       req,
-      req.items.reduce((b, it) => b + it.startPos * row, 0),
+      () => {
+        const row = attendKvBytesPerPosition(req);
+        return req.items.reduce((b, it) => b + it.startPos * row, 0);
+      },
       attend,
     );
-  };
 
   const impl: ServiceImpl<typeof Attention> = {
     /**
