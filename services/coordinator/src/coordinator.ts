@@ -23,7 +23,7 @@ import {
 } from "@tessera/proto";
 import { createGrpcService, type Service } from "@tessera/core";
 import { watchRegistry, type RegistryEvent, type RegistryWatcher } from "@tessera/nats";
-import { watchKubernetes, type KubernetesWatcher } from "./k8s-discovery.js";
+import type { KubernetesWatcher } from "./k8s-discovery.js";
 import { runBatch } from "./batch-run.js";
 import { ForwardChannel } from "./forward-channel.js";
 import { ForwardPipeline } from "./pipeline.js";
@@ -357,6 +357,8 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
         });
       }
       if (options.kubernetes !== undefined) {
+        // Loaded only when asked for: @kubernetes/client-node is large.
+        const { watchKubernetes } = await import("./k8s-discovery.js");
         kube = await watchKubernetes({
           labelSelector: options.kubernetes,
           ...(options.kubernetesNamespace ? { namespace: options.kubernetesNamespace } : {}),
