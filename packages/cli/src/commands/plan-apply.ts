@@ -5,8 +5,8 @@
  * subresource with `@kubernetes/client-node`.
  */
 import { AppsV1Api, KubeConfig } from "@kubernetes/client-node";
-import { loadCluster, plan, type ClusterSpec, type Plan } from "@tessera/scheduler";
-import { formatPlan, modelShape, type PlanFlags } from "./plan.js";
+import type { ClusterSpec, Plan } from "@tessera/scheduler";
+import { formatPlan, planFromFlags, type PlanFlags } from "./plan.js";
 
 /** Nodes of one pool a plan asks for. */
 export interface PoolReplicas {
@@ -230,15 +230,7 @@ export function formatChanges(changes: ScaleChange[], dryRun: boolean): string {
  *   ClusterFileError naming the cluster file and field.
  */
 export async function planApplyCommand(flags: PlanApplyFlags): Promise<number> {
-  const cluster = await loadCluster(flags.cluster);
-  const { name, shape } = await modelShape(flags.model);
-  const r = plan(shape, cluster, {
-    maxBatch: flags.batch,
-    promptTokens: flags.promptTokens,
-    outputTokens: flags.outputTokens,
-    objective: flags.objective,
-    ...(flags.latencyMs === undefined ? {} : { latencyS: flags.latencyMs / 1e3 }),
-  });
+  const { name, cluster, result: r } = await planFromFlags(flags);
   if (!flags.json) process.stdout.write(formatPlan(name, flags, r));
   if (!r.best) {
     if (flags.json) process.stdout.write(JSON.stringify({ plan: null, infeasible: r.infeasible ?? null }) + "\n");

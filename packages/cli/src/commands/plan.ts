@@ -1,5 +1,14 @@
 import { readModelHeader, type ModelShape } from "@tessera/core";
-import { SHAPES, loadCluster, namedShape, plan, type Baseline, type Plan, type PlanResult } from "@tessera/scheduler";
+import {
+  SHAPES,
+  loadCluster,
+  namedShape,
+  plan,
+  type Baseline,
+  type ClusterSpec,
+  type Plan,
+  type PlanResult,
+} from "@tessera/scheduler";
 
 /** Flags of `tessera plan`. */
 export interface PlanFlags {
@@ -123,21 +132,33 @@ function planJson(p: Plan) {
 }
 
 /**
- * `tessera plan`: plans a model on a described cluster and prints the plan,
- * its prediction and the baselines (table, or JSON with --json).
- * @throws ClusterFileError naming the file and field of a bad cluster file;
- *   Error for a model that is neither a named shape nor a readable checkpoint.
+ * Loads the cluster file and the model's shape and plans the workload the
+ * flags describe (what `tessera plan` and `tessera plan --apply` share).
+ * @throws as {@link planCommand}.
  */
-export async function planCommand(flags: PlanFlags): Promise<number> {
+export async function planFromFlags(
+  flags: PlanFlags,
+): Promise<{ name: string; shape: ModelShape; cluster: ClusterSpec; result: PlanResult }> {
   const cluster = await loadCluster(flags.cluster);
   const { name, shape } = await modelShape(flags.model);
-  const r = plan(shape, cluster, {
+  const result = plan(shape, cluster, {
     maxBatch: flags.batch,
     promptTokens: flags.promptTokens,
     outputTokens: flags.outputTokens,
     objective: flags.objective,
     ...(flags.latencyMs === undefined ? {} : { latencyS: flags.latencyMs / 1e3 }),
   });
+  return { name, shape, cluster, result };
+}
+
+/**
+ * `tessera plan`: plans a model on a described cluster and prints the plan,
+ * its prediction and the baselines (table, or JSON with --json).
+ * @throws ClusterFileError naming the file and field of a bad cluster file;
+ *   Error for a model that is neither a named shape nor a readable checkpoint.
+ */
+export async function planCommand(flags: PlanFlags): Promise<number> {
+  const { name, shape, result: r } = await planFromFlags(flags);
   if (flags.json) {
     const json = {
       model: name,
