@@ -82,6 +82,11 @@ const metricsPort = () =>
   )
     .argParser(int("--metrics-port"))
     .env("TESSERA_METRICS_PORT");
+// The prefix of every NATS name (buckets, streams), on every command with --nats.
+const natsPrefix = () =>
+  new Option("--nats-prefix <prefix>", "prefix of the NATS buckets and streams")
+    .default("tessera")
+    .env("TESSERA_NATS_PREFIX");
 // NATS credentials and TLS (issue 5), for every command with --nats. Secrets are best given by env or file.
 const natsAuthFlags = (c: Command) =>
   c
@@ -280,11 +285,7 @@ natsAuthFlags(transport(program.command("coordinator"), "service"))
       "NATS servers (comma-separated host:port): take nodes from the node registry (node addresses become optional)",
     ).env("TESSERA_NATS"),
   )
-  .addOption(
-    new Option("--nats-prefix <prefix>", "prefix of the NATS buckets and streams")
-      .default("tessera")
-      .env("TESSERA_NATS_PREFIX"),
-  )
+  .addOption(natsPrefix())
   .addOption(
     new Option(
       "--job-concurrency <n>",
@@ -401,11 +402,7 @@ const hostPort = (c: Command, port: number) =>
         "TESSERA_NATS",
       ),
     )
-    .addOption(
-      new Option("--nats-prefix <prefix>", "prefix of the NATS buckets and streams")
-        .default("tessera")
-        .env("TESSERA_NATS_PREFIX"),
-    )
+    .addOption(natsPrefix())
     .addOption(
       new Option(
         "--advertise <host:port>",
@@ -689,11 +686,7 @@ const natsFlags = (c: Command) =>
         .default("127.0.0.1:4222")
         .env("TESSERA_NATS"),
     )
-    .addOption(
-      new Option("--nats-prefix <prefix>", "prefix of the NATS buckets and streams")
-        .default("tessera")
-        .env("TESSERA_NATS_PREFIX"),
-    );
+    .addOption(natsPrefix());
 natsFlags(
   program
     .command("submit")

@@ -5,7 +5,13 @@
  * per layer call, with the attributes that say why attention was slow.
  */
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, context, trace } from "@opentelemetry/api";
-import { messageContext, type AttendRequest, type AttendResponseSchema, type MessageInitShape } from "@tessera/proto";
+import {
+  endSpanWhen,
+  messageContext,
+  type AttendRequest,
+  type AttendResponseSchema,
+  type MessageInitShape,
+} from "@tessera/proto";
 
 type AttendResponse = MessageInitShape<typeof AttendResponseSchema>;
 const tracer = trace.getTracer("@tessera/attention");
@@ -39,23 +45,14 @@ export function traceAttend(
     "tessera.wire.bytes_received": bytes(req.q) + bytes(req.k) + bytes(req.v),
   };
   return tracer.startActiveSpan("tessera.attention.attend", { kind: SpanKind.SERVER, attributes }, parent, (span) =>
-    attend(req).then(
-      (res) => {
-        const o = res.o as { data?: Uint8Array } | undefined;
-        span.setAttributes({
-          "tessera.wire.bytes_sent": o?.data?.byteLength ?? 0,
-          "tessera.attention.compute_seconds": res.computeSeconds ?? 0,
-        });
-        if (res.error) span.setStatus({ code: SpanStatusCode.ERROR, message: res.error.message });
-        span.end();
-        return res;
-      },
-      (err: unknown) => {
-        span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
-        span.end();
-        throw err;
-      },
-    ),
+    endSpanWhen(span, attend(req), (res) => {
+      const o = res.o as { data?: Uint8Array } | undefined;
+      span.setAttributes({
+        "tessera.wire.bytes_sent": o?.data?.byteLength ?? 0,
+        "tessera.attention.compute_seconds": res.computeSeconds ?? 0,
+      });
+      if (res.error) span.setStatus({ code: SpanStatusCode.ERROR, message: res.error.message });
+    }),
   );
 }
 

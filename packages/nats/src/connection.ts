@@ -206,6 +206,16 @@ export interface NatsTlsFlags {
   natsKey?: string;
 }
 
+/** The files of a NATS TLS setting, each with the flag that names it. */
+function tlsFiles(tls: NatsTls): [flag: string, file: string][] {
+  const files: [string, string | undefined][] = [
+    ["--nats-ca", tls.caFile],
+    ["--nats-cert", tls.certFile],
+    ["--nats-key", tls.keyFile],
+  ];
+  return files.filter((f): f is [string, string] => f[1] !== undefined);
+}
+
 /**
  * Builds {@link NatsTls} from CLI-style flags: none given → undefined.
  * @throws ConfigError naming the flag when --nats-cert/--nats-key come without
@@ -219,12 +229,7 @@ export function natsTlsFromFlags(f: NatsTlsFlags): NatsTls | undefined {
   if (f.natsCert !== undefined) tls.certFile = f.natsCert;
   if (f.natsKey !== undefined) tls.keyFile = f.natsKey;
   checkTls(tls);
-  for (const [flag, file] of [
-    ["--nats-ca", tls.caFile],
-    ["--nats-cert", tls.certFile],
-    ["--nats-key", tls.keyFile],
-  ] as const) {
-    if (file === undefined) continue;
+  for (const [flag, file] of tlsFiles(tls)) {
     const r = readOrWhy(file);
     if (typeof r === "string") throw new ConfigError(flag, r);
   }
@@ -379,12 +384,7 @@ export async function connectNats(o: ConnectNatsOptions): Promise<NatsConnection
   if (authenticator) defaults.authenticator = authenticator;
   if (processTls && !("tls" in extra)) {
     const tls = processTls;
-    for (const [flag, file] of [
-      ["--nats-ca", tls.caFile],
-      ["--nats-cert", tls.certFile],
-      ["--nats-key", tls.keyFile],
-    ] as const) {
-      if (file === undefined) continue;
+    for (const [flag, file] of tlsFiles(tls)) {
       const r = await readAtConnect(file);
       if (typeof r === "string") throw new NatsError(where, `${flag}: ${r}`);
     }

@@ -15,7 +15,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { headers, nanos, type MsgHdrs, type NatsConnection, type Subscription } from "@nats-io/transport-node";
-import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context } from "@opentelemetry/api";
+import { context, propagation, ROOT_CONTEXT, SpanKind, trace, type Context } from "@opentelemetry/api";
 import {
   AckPolicy,
   JetStreamApiCodes,
@@ -33,6 +33,7 @@ import {
 import { Kvm, type KV } from "@nats-io/kv";
 import { Objm, type ObjectStore } from "@nats-io/obj";
 import { TesseraError, parseBatchInput, type BatchFormat, type BatchInput } from "@tessera/core";
+import { endSpanWhen } from "@tessera/proto";
 
 /** Whether `err` (or its cause) is JetStream refusing a write because the key changed since the revision read. */
 function isCasMismatch(err: unknown): boolean {
@@ -328,25 +329,17 @@ export class JobStore {
    * @throws InputFileError naming the file, line and field of every bad line; JobError for a bad id.
    */
   async submit(req: SubmitJobRequest): Promise<SubmitJobResult> {
-    return tracer.startActiveSpan("tessera.job.submit", { kind: SpanKind.PRODUCER }, async (span) => {
-      try {
-        const r = await this.submitUntraced(req);
+    return tracer.startActiveSpan("tessera.job.submit", { kind: SpanKind.PRODUCER }, (span) =>
+      endSpanWhen(span, this.submitUntraced(req), (r) =>
         span.setAttributes({
           "tessera.job_id": r.job.id,
           "tessera.job.priority": r.job.priority,
           "tessera.job.prompts": r.job.promptsTotal,
           "tessera.job.input_bytes": r.job.inputBytes,
           "tessera.job.created": r.created,
-        });
-        return r;
-      } catch (err) {
-        span.recordException(err as Error);
-        span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
-        throw err;
-      } finally {
-        span.end();
-      }
-    });
+        }),
+      ),
+    );
   }
 
   private async submitUntraced(req: SubmitJobRequest): Promise<SubmitJobResult> {

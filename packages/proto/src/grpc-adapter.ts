@@ -21,13 +21,13 @@ import {
   propagation,
   ROOT_CONTEXT,
   SpanKind,
-  SpanStatusCode,
   TraceFlags,
   trace,
   type Context,
   type TextMapGetter,
 } from "@opentelemetry/api";
 import { Code, RpcError } from "./rpc-error.js";
+import { endSpanWhen } from "./span-outcome.js";
 import { channelCredentials, transportSecurity, type TransportSecurity } from "./transport.js";
 
 type AnyGen = GenService<GenServiceMethods>;
@@ -146,17 +146,7 @@ function serverSpan<T>(name: string, md: grpc.Metadata, root: boolean, fn: () =>
   const parent = metadataContext(md);
   if (!root && !trace.getSpan(parent)) return context.with(parent, fn);
   return tracer.startActiveSpan(name, { kind: SpanKind.SERVER, attributes: { "rpc.system": "grpc" } }, parent, (span) =>
-    fn().then(
-      (v) => {
-        span.end();
-        return v;
-      },
-      (err: unknown) => {
-        span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
-        span.end();
-        throw err;
-      },
-    ),
+    endSpanWhen(span, fn()),
   );
 }
 

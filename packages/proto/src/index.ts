@@ -41,3 +41,4 @@ export {
 } from "./transport.js";
 export { addHealth, setHealth, checkHealth, type ServingStatus } from "./health.js";
 export { Server, ServerCredentials, Metadata, type ServerDuplexStream, type ClientDuplexStream } from "@grpc/grpc-js";
+export { endSpanWhen, failSpan } from "./span-outcome.js";

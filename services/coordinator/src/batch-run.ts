@@ -39,8 +39,9 @@
  * each placement wave. A node that does not answer at all at job start is
  * marked lost at once.
  */
-import { context, SpanStatusCode, TraceFlags, trace, type Span } from "@opentelemetry/api";
+import { context, TraceFlags, trace, type Span } from "@opentelemetry/api";
 import {
+  endSpanWhen,
   Attention,
   Code,
   RpcError,
@@ -266,14 +267,7 @@ export function runBatch(request: GenerateRequest, ctx: BatchContext): Promise<v
         emit(event);
       },
     };
-    try {
-      await runBatchTraced(request, traced, span);
-    } catch (err) {
-      span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
-      throw err;
-    } finally {
-      span.end();
-    }
+    await endSpanWhen(span, runBatchTraced(request, traced, span));
   });
 }
 
@@ -1058,22 +1052,13 @@ async function runBatchTraced(request: GenerateRequest, ctx: BatchContext, batch
         "tessera.gpu.address": ctx.gpu.address,
       };
       return tracer.startActiveSpan(isDecode ? "tessera.decode_step" : "tessera.prefill_step", { attributes }, (span) =>
-        step(parts, isDecode).then(
-          (rows) => {
-            span.setAttributes({
-              "tessera.step_id": Number(stepId),
-              "tessera.step.sequences_done": rows.size,
-              "tessera.wire.bytes_sent": tokens * 4,
-              "tessera.wire.bytes_received": rows.size * shape.vocabSize * 4,
-            });
-            span.end();
-            return rows;
-          },
-          (err: unknown) => {
-            span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
-            span.end();
-            throw err;
-          },
+        endSpanWhen(span, step(parts, isDecode), (rows) =>
+          span.setAttributes({
+            "tessera.step_id": Number(stepId),
+            "tessera.step.sequences_done": rows.size,
+            "tessera.wire.bytes_sent": tokens * 4,
+            "tessera.wire.bytes_received": rows.size * shape.vocabSize * 4,
+          }),
         ),
       );
     };

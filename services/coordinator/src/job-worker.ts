@@ -8,10 +8,11 @@
  * is answered twice. One job at a time.
  */
 import { basename } from "node:path";
-import { SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import { SpanKind, trace } from "@opentelemetry/api";
 import { hostname } from "node:os";
 import { watchJobQueue } from "./metrics.js";
 import {
+  endSpanWhen,
   Code,
   Coordinator,
   RpcError,
@@ -192,14 +193,7 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
       "tessera.worker": workerName,
     };
     return tracer.startActiveSpan("tessera.job.run", { kind: SpanKind.CONSUMER, attributes }, d.traceContext, (span) =>
-      runJob(store, d).then(
-        () => span.end(),
-        (err: unknown) => {
-          span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
-          span.end();
-          throw err;
-        },
-      ),
+      endSpanWhen(span, runJob(store, d)),
     );
   }
 

@@ -26,6 +26,8 @@ import {
   type WireDtype,
 } from "@tessera/core";
 import {
+  endSpanWhen,
+  failSpan,
   Code,
   GpuNode as GpuNodeService,
   RpcError,
@@ -410,27 +412,18 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
       "tessera.wire.bytes_received": req.hidden?.data.byteLength ?? req.tokens.length * 4,
     };
     return tracer.startActiveSpan("tessera.gpu.forward", { kind: SpanKind.SERVER, attributes }, parent, (span) =>
-      runner.step(req).then(
-        (res) => {
-          const out = res.logits ?? res.hidden;
-          span.setAttribute("tessera.wire.bytes_sent", out?.data?.byteLength ?? 0);
-          if (res.timings) {
-            span.setAttributes({
-              "tessera.gpu.dense_seconds": res.timings.denseSeconds ?? 0,
-              "tessera.gpu.attention_wait_seconds": res.timings.attentionWaitSeconds ?? 0,
-              "tessera.gpu.attention_compute_seconds": res.timings.attentionComputeSeconds ?? 0,
-            });
-          }
-          if (res.error) span.setStatus({ code: SpanStatusCode.ERROR, message: res.error.message });
-          span.end();
-          return res;
-        },
-        (err: unknown) => {
-          span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
-          span.end();
-          throw err;
-        },
-      ),
+      endSpanWhen(span, runner.step(req), (res) => {
+        const out = res.logits ?? res.hidden;
+        span.setAttribute("tessera.wire.bytes_sent", out?.data?.byteLength ?? 0);
+        if (res.timings) {
+          span.setAttributes({
+            "tessera.gpu.dense_seconds": res.timings.denseSeconds ?? 0,
+            "tessera.gpu.attention_wait_seconds": res.timings.attentionWaitSeconds ?? 0,
+            "tessera.gpu.attention_compute_seconds": res.timings.attentionComputeSeconds ?? 0,
+          });
+        }
+        if (res.error) span.setStatus({ code: SpanStatusCode.ERROR, message: res.error.message });
+      }),
     );
   }
 
@@ -576,7 +569,7 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
           } catch (err) {
             state.failed = true;
             errors[i] = err;
-            span?.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+            failSpan(span, err);
           } finally {
             clock.end();
             span?.end();
@@ -631,7 +624,7 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
           : undefined;
         // A layer that throws (a failed graph, a bad reply) still ends its span.
         const failLayer = (err: unknown): never => {
-          layerSpan?.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+          failSpan(layerSpan, err);
           layerSpan?.end();
           throw err;
         };
