@@ -22,3 +22,17 @@ export * from "./attention-wasm.js";
 export * from "./attention-threads.js";
 export { bestOf, dropFilePages, measureReadBandwidth } from "./measure.js";
 export * from "./attention-trace.js";
+export {
+  ROLES,
+  ALL_ROLES,
+  NODE_ROLES,
+  ATTENTION_ROLES,
+  isRole,
+  isNodeRole,
+  isAttentionRole,
+  nodeName,
+  type Role,
+  type RoleSpec,
+  type NodeRole,
+  type AttentionRole,
+} from "./roles.js";

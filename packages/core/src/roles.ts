@@ -1,0 +1,76 @@
+/**
+ * The roles of a Tessera cluster, declared once. Every other place that
+ * needs a role's name, gRPC service, default port or CLI word reads it from
+ * {@link ROLES}; adding a role is one entry here plus the role's own folder
+ * (`services/<role>`).
+ */
+
+/** What one role is: its wire service, default port and how the CLI names it. */
+export interface RoleSpec {
+  /** Fully qualified gRPC service the role serves, e.g. "tessera.v1.GpuNode". */
+  readonly service: string;
+  /** Default gRPC port (also helm/tessera's container port). */
+  readonly defaultPort: number;
+  /** The word after `tessera` (coordinator) or `tessera node` (nodes) that starts it. */
+  readonly cli: string;
+  /** Human name used in logs and errors, e.g. "memory-node". */
+  readonly label: string;
+  /** Holds KV caches and answers Attend (the Attention service). */
+  readonly attention: boolean;
+}
+
+/** Every role, in pipeline order: coordinator, gpu-node, memory-node, storage-node. */
+export const ROLES = {
+  coordinator: {
+    service: "tessera.v1.Coordinator",
+    defaultPort: 7300,
+    cli: "coordinator",
+    label: "coordinator",
+    attention: false,
+  },
+  gpu: { service: "tessera.v1.GpuNode", defaultPort: 7301, cli: "gpu", label: "gpu-node", attention: false },
+  memory: { service: "tessera.v1.Attention", defaultPort: 7302, cli: "memory", label: "memory-node", attention: true },
+  storage: {
+    service: "tessera.v1.Attention",
+    defaultPort: 7303,
+    cli: "storage",
+    label: "storage-node",
+    attention: true,
+  },
+} as const satisfies Record<string, RoleSpec>;
+
+/** Any role of a cluster. */
+export type Role = keyof typeof ROLES;
+/** A node the coordinator drives: every role but the coordinator. */
+export type NodeRole = Exclude<Role, "coordinator">;
+/** A node that holds KV caches and serves the Attention service. */
+export type AttentionRole = {
+  [R in Role]: (typeof ROLES)[R]["attention"] extends true ? R : never;
+}[Role];
+
+/** Every role name, in {@link ROLES} order. */
+export const ALL_ROLES = Object.keys(ROLES) as Role[];
+/** Every node role, in {@link ROLES} order. */
+export const NODE_ROLES = ALL_ROLES.filter((r): r is NodeRole => r !== "coordinator");
+/** The attention roles, in {@link ROLES} order. */
+export const ATTENTION_ROLES = ALL_ROLES.filter((r): r is AttentionRole => ROLES[r].attention);
+
+/** True when `value` names a role. */
+export function isRole(value: string): value is Role {
+  return Object.hasOwn(ROLES, value);
+}
+
+/** True when `value` names a node role (not the coordinator). */
+export function isNodeRole(value: string): value is NodeRole {
+  return isRole(value) && value !== "coordinator";
+}
+
+/** True when `value` names an attention role (memory or storage). */
+export function isAttentionRole(value: string): value is AttentionRole {
+  return isRole(value) && ROLES[value].attention;
+}
+
+/** "memory-node 127.0.0.1:7302": how logs and errors name a node. */
+export function nodeName(role: Role, address: string): string {
+  return `${ROLES[role].label} ${address}`;
+}
