@@ -411,15 +411,8 @@ export function unitKvBytes(s: ModelShape, ctx: number, kvBytes: number, headGro
 
 const GB = (n: number) => `${(n / 1e9).toFixed(1)} GB`;
 
-/**
- * Predicts prefill time, decode step time, memory use, tokens/s and $/Mtok of
- * `placement` running `w` on model `s` (formulas in the module doc).
- * Capacity overruns are reported in `violations`, not thrown.
- * @throws RangeError when the placement does not cover layers 0..n_layers-1
- *   contiguously, the batch or micro-batch count is not a positive integer,
- *   or KV shares do not add up to batch × headGroups.
- */
-export function predict(s: ModelShape, w: Workload, placement: Placement): Prediction {
+/** Throws RangeError when `placement` cannot run `w` on `s` (see {@link predict}). */
+function checkPlacement(s: ModelShape, w: Workload, placement: Placement): void {
   const B = w.batch;
   const m = placement.microBatches;
   if (!Number.isInteger(B) || B < 1) throw new RangeError(`batch must be a positive integer, got ${B}`);
@@ -443,124 +436,202 @@ export function predict(s: ModelShape, w: Workload, placement: Placement): Predi
     if (s.nKvHeads % kv.headGroups !== 0)
       throw new RangeError(`headGroups ${kv.headGroups} does not divide n_kv_heads ${s.nKvHeads}`);
   }
+}
 
-  const P = w.promptTokens;
-  const O = w.outputTokens;
-  const ctxMean = P + O / 2;
-  const ctxMax = P + O;
-  const b = B / m; // sequences per micro-batch
-  const qDim = s.nHeads * s.headDim;
-  const kvDim = s.nKvHeads * s.headDim;
-  const kvPos = kvBytesPerPosition(s, w.kvBytes);
-  const last = placement.stages.length - 1;
+/** What every part of one prediction shares: the inputs, derived sizes, and the figures gathered so far. */
+interface PredictState {
+  s: ModelShape;
+  w: Workload;
+  placement: Placement;
+  /** Micro-batches. */
+  m: number;
+  /** Sequences per micro-batch. */
+  b: number;
+  ctxMean: number;
+  ctxMax: number;
+  /** KV bytes per position (all KV heads, one layer). */
+  kvPos: number;
+  /** q + k + v bytes sent to the attention nodes per layer per micro-batch. */
+  sendBytesLayer: number;
+  /** Attention output bytes received per layer per micro-batch. */
+  recvBytesLayer: number;
+  stations: StationLoad[];
+  perStage: Prediction["perStage"];
+  perAttentionNode: Prediction["perAttentionNode"];
+  memory: NodeMemory[];
+  violations: string[];
+  /** Latency of one decode step through every stage (and the slowest attention node), seconds. */
+  cycle: number;
+}
 
-  const stations: StationLoad[] = [];
-  const perStage: Prediction["perStage"] = [];
-  const perAttentionNode: Prediction["perAttentionNode"] = [];
-  const memory: NodeMemory[] = [];
-  const violations: string[] = [];
-  let cycle = 0;
-
-  // Attention-node side, per layer per micro-batch (nodes mode).
-  let attnChainLayer = 0; // latency of send + slowest attention node + receive + RTT, one layer
+/**
+ * The attention nodes' side of a decode step (KV on nodes): their stations,
+ * KV memory and the per-layer latency of send + slowest node + receive +
+ * RTT, which each gpu stage waits for per layer; adds the slowest node's
+ * once-per-step manifest syncs to the cycle.
+ * @returns that per-layer latency, seconds (0 unless KV is on nodes).
+ */
+function attentionNodeSide(st: PredictState): number {
+  const { s, w, placement, m, ctxMean, ctxMax, kvPos } = st;
+  const kv = placement.kv;
+  if (kv.mode !== "nodes") return 0;
+  const B = w.batch;
   let slowestStepSync = 0; // manifest syncs of the slowest node, once per step
   let slowestWire = 0; // request overhead + per-unit wire cost of the slowest node, one layer
-  const sendBytesLayer = b * (qDim + 2 * kvDim) * w.wireBytes;
-  const recvBytesLayer = b * qDim * w.wireBytes;
-  if (kv.mode === "nodes") {
-    const totalUnits = B * kv.headGroups;
-    let slowest = 0;
-    let rtt = 0;
-    for (const sh of kv.shares) {
-      const a = sh.node;
-      const unitsPerMb = sh.units / m;
-      const bytes = (unitsPerMb * ctxMean * kvPos) / kv.headGroups;
-      const flops = (4 * unitsPerMb * s.nHeads * s.headDim * ctxMean) / kv.headGroups;
-      const sync = a.appendSyncS ?? 0;
-      const layerS =
-        Math.max(
-          roofline(flops, bytes, a.flops, a.flopsEfficiency, a.readBandwidth, a.bandwidthEfficiency) +
-            unitsPerMb * (a.unitOverheadS ?? 0),
-          unitsPerMb * sync,
-        ) +
-        (a.requestComputeS ?? 0) +
-        (bytes >= (a.splitMinBytes ?? Infinity) ? (a.splitOverheadS ?? 0) : 0) +
-        (a.readBuffer ? Math.min(a.readBuffer.chunkBytes, bytes) / a.readBuffer.fillBytesPerS : 0);
-      slowestWire = Math.max(slowestWire, (a.requestOverheadS ?? 0) + unitsPerMb * (a.unitWireS ?? 0));
-      const stepSync = unitsPerMb * MANIFEST_SYNCS * sync;
-      slowest = Math.max(slowest, layerS);
-      slowestStepSync = Math.max(slowestStepSync, stepSync);
-      rtt = Math.max(rtt, a.link.rttS);
-      perAttentionNode.push({ id: a.id, attentionS: layerS * s.nLayers + stepSync, units: sh.units });
-      stations.push({ station: `${a.id} attention`, busyS: layerS * s.nLayers + stepSync });
-      const frac = sh.units / totalUnits;
-      stations.push({
-        station: `${a.id} link`,
-        busyS: (s.nLayers * linkTime(Math.max(sendBytesLayer, recvBytesLayer) * frac, a.link)) / 1,
-      });
-      const kvUsed = sh.units * unitKvBytes(s, ctxMax, w.kvBytes, kv.headGroups);
-      memory.push({
-        id: a.id,
-        kind: a.kind,
-        weightsBytes: 0,
-        kvBytes: kvUsed,
-        activationBytes: 0,
-        usedBytes: kvUsed,
-        capacityBytes: a.capacityBytes,
-      });
-      if (kvUsed > a.capacityBytes) violations.push(`${a.id} ${a.kind} KV: ${GB(kvUsed)} > ${GB(a.capacityBytes)}`);
-    }
-    attnChainLayer = slowest + rtt + slowestWire;
-    cycle += slowestStepSync;
+  const totalUnits = B * kv.headGroups;
+  let slowest = 0;
+  let rtt = 0;
+  for (const sh of kv.shares) {
+    const a = sh.node;
+    const unitsPerMb = sh.units / m;
+    const bytes = (unitsPerMb * ctxMean * kvPos) / kv.headGroups;
+    const flops = (4 * unitsPerMb * s.nHeads * s.headDim * ctxMean) / kv.headGroups;
+    const sync = a.appendSyncS ?? 0;
+    const layerS =
+      Math.max(
+        roofline(flops, bytes, a.flops, a.flopsEfficiency, a.readBandwidth, a.bandwidthEfficiency) +
+          unitsPerMb * (a.unitOverheadS ?? 0),
+        unitsPerMb * sync,
+      ) +
+      (a.requestComputeS ?? 0) +
+      (bytes >= (a.splitMinBytes ?? Infinity) ? (a.splitOverheadS ?? 0) : 0) +
+      (a.readBuffer ? Math.min(a.readBuffer.chunkBytes, bytes) / a.readBuffer.fillBytesPerS : 0);
+    slowestWire = Math.max(slowestWire, (a.requestOverheadS ?? 0) + unitsPerMb * (a.unitWireS ?? 0));
+    const stepSync = unitsPerMb * MANIFEST_SYNCS * sync;
+    slowest = Math.max(slowest, layerS);
+    slowestStepSync = Math.max(slowestStepSync, stepSync);
+    rtt = Math.max(rtt, a.link.rttS);
+    st.perAttentionNode.push({ id: a.id, attentionS: layerS * s.nLayers + stepSync, units: sh.units });
+    st.stations.push({ station: `${a.id} attention`, busyS: layerS * s.nLayers + stepSync });
+    const frac = sh.units / totalUnits;
+    st.stations.push({
+      station: `${a.id} link`,
+      busyS: (s.nLayers * linkTime(Math.max(st.sendBytesLayer, st.recvBytesLayer) * frac, a.link)) / 1,
+    });
+    const kvUsed = sh.units * unitKvBytes(s, ctxMax, w.kvBytes, kv.headGroups);
+    st.memory.push({
+      id: a.id,
+      kind: a.kind,
+      weightsBytes: 0,
+      kvBytes: kvUsed,
+      activationBytes: 0,
+      usedBytes: kvUsed,
+      capacityBytes: a.capacityBytes,
+    });
+    if (kvUsed > a.capacityBytes) st.violations.push(`${a.id} ${a.kind} KV: ${GB(kvUsed)} > ${GB(a.capacityBytes)}`);
   }
+  st.cycle += slowestStepSync;
+  return slowest + rtt + slowestWire;
+}
 
-  // GPU stages.
+/**
+ * Decode step of gpu stage `i` (dense, attention where KV is on the GPU or
+ * host, transfers, waiting for attention nodes `attnChainLayer` per layer):
+ * adds its chain to the cycle, its stations, per-stage figures and memory.
+ */
+function gpuStageDecode(st: PredictState, i: number, attnChainLayer: number): void {
+  const { s, w, placement, b, ctxMean, ctxMax, kvPos } = st;
+  const kv = placement.kv;
+  const stage = placement.stages[i]!;
+  const last = placement.stages.length - 1;
+  const g = stage.node;
+  const n = stage.layerEnd - stage.layerStart;
+  const dense = n * denseLayerS(s, g, b, w.weightBytes) + (i === last ? classifierS(s, g, b, w.weightBytes) : 0);
+  let attention = 0;
+  let transfer = 0;
+  let chain = dense;
+  if (kv.mode === "gpu" || kv.mode === "host") {
+    attention = n * gpuAttentionLayerS(s, g, b, ctxMean, w.kvBytes);
+    chain += attention;
+    if (kv.mode === "host") {
+      const pcie = (n * b * ctxMean * kvPos) / (g.pcieBandwidth * PCIE_EFFICIENCY);
+      st.stations.push({ station: `${g.id} pcie`, busyS: pcie });
+      chain += pcie;
+    }
+  } else {
+    const sendS = linkTime(st.sendBytesLayer, g.link);
+    const recvS = linkTime(st.recvBytesLayer, g.link);
+    transfer = n * (sendS + recvS);
+    chain += n * (sendS + recvS + attnChainLayer);
+  }
+  // Activations to the next stage, or logits (f32) to the coordinator after the last.
+  const handoff = i === last ? b * s.vocabSize * 4 : b * s.dim * w.wireBytes;
+  const handoffS = linkTime(handoff, g.link) + g.link.rttS + (i === last ? b * s.vocabSize * (g.sampleLogitS ?? 0) : 0);
+  transfer += handoffS;
+  chain += handoffS;
+  st.cycle += chain;
+  st.stations.push({ station: `${g.id} compute`, busyS: dense + attention });
+  const linkBusy =
+    kv.mode === "nodes"
+      ? n * linkTime(Math.max(st.sendBytesLayer, st.recvBytesLayer), g.link) + linkTime(handoff, g.link)
+      : linkTime(handoff, g.link);
+  st.stations.push({ station: `${g.id} link`, busyS: linkBusy });
+  st.perStage.push({
+    id: g.id,
+    layers: [stage.layerStart, stage.layerEnd],
+    denseS: dense,
+    attentionS: attention,
+    transferS: transfer,
+  });
+  gpuStageMemory(st, i, n, n * w.batch * ctxMax * kvPos);
+}
+
+/** Memory of gpu stage `i` (weights, KV on the GPU, activations; host KV when offloaded) and its violations. */
+function gpuStageMemory(st: PredictState, i: number, n: number, kvBytes: number): void {
+  const { s, w, placement } = st;
+  const kv = placement.kv;
+  const g = placement.stages[i]!.node;
+  const last = placement.stages.length - 1;
+  const B = w.batch;
+  const prefillTokens = Math.max(B, Math.min(B * w.promptTokens, PREFILL_CHUNK_TOKENS));
+  const weights =
+    (n * layerParams(s) + (i === 0 ? s.vocabSize * s.dim : 0) + (i === last ? s.vocabSize * s.dim + s.dim : 0)) *
+    w.weightBytes;
+  const activations = prefillTokens * (4 * s.dim + 2 * s.hiddenDim) * w.wireBytes + B * s.vocabSize * 4;
+  const gpuKv = kv.mode === "gpu" ? kvBytes : 0;
+  const used = weights + gpuKv + activations;
+  const cap = g.memoryBytes * GPU_MEMORY_USABLE;
+  st.memory.push({
+    id: g.id,
+    kind: "gpu",
+    weightsBytes: weights,
+    kvBytes: gpuKv,
+    activationBytes: activations,
+    usedBytes: used,
+    capacityBytes: cap,
+  });
+  if (used > cap) st.violations.push(`${g.id} gpu memory: ${GB(used)} > ${GB(cap)}`);
+  if (kv.mode === "host") {
+    st.memory.push({
+      id: g.id,
+      kind: "host",
+      weightsBytes: 0,
+      kvBytes,
+      activationBytes: 0,
+      usedBytes: kvBytes,
+      capacityBytes: g.hostMemoryBytes,
+    });
+    if (kvBytes > g.hostMemoryBytes)
+      st.violations.push(`${g.id} host memory (KV offload): ${GB(kvBytes)} > ${GB(g.hostMemoryBytes)}`);
+  }
+}
+
+/**
+ * Prefill of the whole batch: each stage's time, pipelined over prefill
+ * chunks (GPipe, Huang et al. 2019: c chunks, stage i takes s_i/c per chunk,
+ * total Σ s_i/c + (c − 1)·max s_i/c), plus shipping the prompt's KV to where
+ * it lives (the slowest link or write), seconds.
+ */
+function prefillS(st: PredictState): number {
+  const { s, w, placement, kvPos } = st;
+  const kv = placement.kv;
+  const B = w.batch;
+  const P = w.promptTokens;
   const prefillStage: number[] = [];
   let prefillKvShip = 0;
-  const prefillTokens = Math.max(B, Math.min(B * P, PREFILL_CHUNK_TOKENS));
-  for (const [i, st] of placement.stages.entries()) {
-    const g = st.node;
-    const n = st.layerEnd - st.layerStart;
-    const dense = n * denseLayerS(s, g, b, w.weightBytes) + (i === last ? classifierS(s, g, b, w.weightBytes) : 0);
-    let attention = 0;
-    let transfer = 0;
-    let chain = dense;
-    if (kv.mode === "gpu" || kv.mode === "host") {
-      attention = n * gpuAttentionLayerS(s, g, b, ctxMean, w.kvBytes);
-      chain += attention;
-      if (kv.mode === "host") {
-        const pcie = (n * b * ctxMean * kvPos) / (g.pcieBandwidth * PCIE_EFFICIENCY);
-        stations.push({ station: `${g.id} pcie`, busyS: pcie });
-        chain += pcie;
-      }
-    } else {
-      const sendS = linkTime(sendBytesLayer, g.link);
-      const recvS = linkTime(recvBytesLayer, g.link);
-      transfer = n * (sendS + recvS);
-      chain += n * (sendS + recvS + attnChainLayer);
-    }
-    // Activations to the next stage, or logits (f32) to the coordinator after the last.
-    const handoff = i === last ? b * s.vocabSize * 4 : b * s.dim * w.wireBytes;
-    const handoffS =
-      linkTime(handoff, g.link) + g.link.rttS + (i === last ? b * s.vocabSize * (g.sampleLogitS ?? 0) : 0);
-    transfer += handoffS;
-    chain += handoffS;
-    cycle += chain;
-    stations.push({ station: `${g.id} compute`, busyS: dense + attention });
-    const linkBusy =
-      kv.mode === "nodes"
-        ? n * linkTime(Math.max(sendBytesLayer, recvBytesLayer), g.link) + linkTime(handoff, g.link)
-        : linkTime(handoff, g.link);
-    stations.push({ station: `${g.id} link`, busyS: linkBusy });
-    perStage.push({
-      id: g.id,
-      layers: [st.layerStart, st.layerEnd],
-      denseS: dense,
-      attentionS: attention,
-      transferS: transfer,
-    });
-
-    // Prefill of the whole batch on this stage.
+  for (const stage of placement.stages) {
+    const g = stage.node;
+    const n = stage.layerEnd - stage.layerStart;
     const pl = layerParams(s);
     const denseFlops = 2 * B * P * pl * n;
     const attnFlops = 4 * B * s.nHeads * s.headDim * ((P * P) / 2) * n;
@@ -578,39 +649,6 @@ export function predict(s: ModelShape, w: Workload, placement: Placement): Predi
     const stageKv = n * B * P * kvPos;
     if (kv.mode === "nodes") prefillKvShip = Math.max(prefillKvShip, linkTime(stageKv, g.link));
     if (kv.mode === "host") prefillKvShip = Math.max(prefillKvShip, stageKv / (g.pcieBandwidth * PCIE_EFFICIENCY));
-
-    // Memory.
-    const weights =
-      (n * layerParams(s) + (i === 0 ? s.vocabSize * s.dim : 0) + (i === last ? s.vocabSize * s.dim + s.dim : 0)) *
-      w.weightBytes;
-    const kvBytes = n * B * ctxMax * kvPos;
-    const activations = prefillTokens * (4 * s.dim + 2 * s.hiddenDim) * w.wireBytes + B * s.vocabSize * 4;
-    const gpuKv = kv.mode === "gpu" ? kvBytes : 0;
-    const used = weights + gpuKv + activations;
-    const cap = g.memoryBytes * GPU_MEMORY_USABLE;
-    memory.push({
-      id: g.id,
-      kind: "gpu",
-      weightsBytes: weights,
-      kvBytes: gpuKv,
-      activationBytes: activations,
-      usedBytes: used,
-      capacityBytes: cap,
-    });
-    if (used > cap) violations.push(`${g.id} gpu memory: ${GB(used)} > ${GB(cap)}`);
-    if (kv.mode === "host") {
-      memory.push({
-        id: g.id,
-        kind: "host",
-        weightsBytes: 0,
-        kvBytes,
-        activationBytes: 0,
-        usedBytes: kvBytes,
-        capacityBytes: g.hostMemoryBytes,
-      });
-      if (kvBytes > g.hostMemoryBytes)
-        violations.push(`${g.id} host memory (KV offload): ${GB(kvBytes)} > ${GB(g.hostMemoryBytes)}`);
-    }
   }
   if (kv.mode === "nodes") {
     for (const sh of kv.shares) {
@@ -620,14 +658,53 @@ export function predict(s: ModelShape, w: Workload, placement: Placement): Predi
       prefillKvShip = Math.max(prefillKvShip, bytes / rate);
     }
   }
-  // Stages pipeline over prefill chunks (GPipe, Huang et al. 2019): c chunks, stage i takes s_i/c per chunk,
-  // total Σ s_i/c + (c − 1)·max s_i/c.
   const chunks = Math.max(1, Math.ceil((B * P) / PREFILL_CHUNK_TOKENS));
   const prefillSum = prefillStage.reduce((a, v) => a + v, 0);
-  const prefill = prefillSum / chunks + ((chunks - 1) * Math.max(...prefillStage)) / chunks + prefillKvShip;
+  return prefillSum / chunks + ((chunks - 1) * Math.max(...prefillStage)) / chunks + prefillKvShip;
+}
+
+/**
+ * Predicts prefill time, decode step time, memory use, tokens/s and $/Mtok of
+ * `placement` running `w` on model `s` (formulas in the module doc).
+ * Capacity overruns are reported in `violations`, not thrown.
+ * @throws RangeError when the placement does not cover layers 0..n_layers-1
+ *   contiguously, the batch or micro-batch count is not a positive integer,
+ *   or KV shares do not add up to batch × headGroups.
+ */
+export function predict(s: ModelShape, w: Workload, placement: Placement): Prediction {
+  checkPlacement(s, w, placement);
+  const B = w.batch;
+  const m = placement.microBatches;
+  const b = B / m; // sequences per micro-batch
+  const qDim = s.nHeads * s.headDim;
+  const kvDim = s.nKvHeads * s.headDim;
+  const st: PredictState = {
+    s,
+    w,
+    placement,
+    m,
+    b,
+    ctxMean: w.promptTokens + w.outputTokens / 2,
+    ctxMax: w.promptTokens + w.outputTokens,
+    kvPos: kvBytesPerPosition(s, w.kvBytes),
+    sendBytesLayer: b * (qDim + 2 * kvDim) * w.wireBytes,
+    recvBytesLayer: b * qDim * w.wireBytes,
+    stations: [],
+    perStage: [],
+    perAttentionNode: [],
+    memory: [],
+    violations: [],
+    cycle: 0,
+  };
+  // Attention-node side first (its stations and memory come first), then the gpu stages.
+  const attnChainLayer = attentionNodeSide(st);
+  for (let i = 0; i < placement.stages.length; i++) gpuStageDecode(st, i, attnChainLayer);
+  const prefill = prefillS(st);
+  const O = w.outputTokens;
+  const { cycle, stations } = st;
 
   let busiest: StationLoad = { station: "", busyS: 0 };
-  for (const st of stations) if (st.busyS > busiest.busyS) busiest = st;
+  for (const station of stations) if (station.busyS > busiest.busyS) busiest = station;
   const step = Math.max(cycle, m * busiest.busyS);
   const bottleneck = cycle >= m * busiest.busyS ? "cycle latency" : busiest.station;
   const tokensPerSecond = (B * O) / (prefill + O * step);
@@ -638,10 +715,10 @@ export function predict(s: ModelShape, w: Workload, placement: Placement): Predi
     cycleS: cycle,
     stations,
     bottleneck,
-    perStage,
-    perAttentionNode,
-    memory,
-    violations,
+    perStage: st.perStage,
+    perAttentionNode: st.perAttentionNode,
+    memory: st.memory,
+    violations: st.violations,
     tokensPerSecond,
     decodeTokensPerSecond: B / step,
     perTokenLatencyS: step,
