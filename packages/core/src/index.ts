@@ -36,3 +36,16 @@ export {
   type NodeRole,
   type AttentionRole,
 } from "./roles.js";
+export {
+  DEFAULT_SHUTDOWN_GRACE_MS,
+  DEFAULT_HOST,
+  positiveInt,
+  nonNegativeInt,
+  nonNegativeNumber,
+  positiveMs,
+  portOption,
+  hostOption,
+  oneOf,
+  describeChoices,
+  isHostPort,
+} from "./option-checks.js";
