@@ -19,9 +19,12 @@ WORKDIR /app
 COPY package.json package-lock.json .npmrc ./
 COPY packages/proto/package.json packages/proto/
 COPY packages/core/package.json packages/core/
+COPY packages/model/package.json packages/model/
+COPY packages/rpc/package.json packages/rpc/
 COPY packages/nats/package.json packages/nats/
 COPY packages/telemetry/package.json packages/telemetry/
 COPY packages/scheduler/package.json packages/scheduler/
+COPY packages/profiling/package.json packages/profiling/
 COPY packages/cli/package.json packages/cli/
 COPY packages/testing/package.json packages/testing/
 COPY services/memory-node/package.json services/memory-node/

@@ -31,8 +31,6 @@ import { join } from "node:path";
 import {
   attendKvCache,
   attendKvCacheInHeap,
-  bestOf,
-  dropFilePages,
   createAttentionScratch,
   createAttentionWorkers,
   createWasmAttention,
@@ -43,6 +41,7 @@ import {
   type AttentionScratch,
   type CausalQueries,
 } from "@tessera/core";
+import { bestOf, dropFilePages, measureDiskRead } from "@tessera/profiling";
 import { Attention, createClient } from "@tessera/proto";
 import {
   createStorageNode,
@@ -53,7 +52,6 @@ import {
   MANIFEST_VERSION,
   type Manifest,
 } from "@tessera/storage-node";
-import { measureDiskRead } from "@tessera/scheduler";
 import { openAttend } from "@tessera/testing";
 import { measureReadBandwidth, type ReadBandwidth } from "./bandwidth.js";
 

@@ -6,7 +6,7 @@
  */
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
-import { bestOf, measureReadBandwidth as memcmpReadBandwidth } from "@tessera/core";
+import { bestOf, measureReadBandwidth as memcmpReadBandwidth } from "@tessera/profiling";
 
 /** Read bandwidth figures, in bytes per second. */
 export interface ReadBandwidth {

@@ -8,15 +8,8 @@ import { existsSync } from "node:fs";
 import { rename, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import {
-  loadTokenizer,
-  parameterCount,
-  readModelHeader,
-  synthesizeWeights,
-  writeHfModel,
-  type ModelShape,
-  type Tokenizer,
-} from "@tessera/core";
+import { parameterCount, type ModelShape } from "@tessera/core";
+import { loadTokenizer, readModelHeader, synthesizeWeights, writeHfModel, type Tokenizer } from "@tessera/model";
 import type { Summary } from "@tessera/proto";
 import { bundled } from "@tessera/cli";
 import { startTestCluster } from "@tessera/testing";

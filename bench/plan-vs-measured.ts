@@ -35,14 +35,15 @@
  * instead of dim 2048 for the short contexts).
  */
 import { availableParallelism, tmpdir, totalmem } from "node:os";
+import { SPLIT_MIN_BYTES, tensorF32, wireTensor, type ModelShape } from "@tessera/core";
+import { createSampler } from "@tessera/model";
 import {
-  SPLIT_MIN_BYTES,
-  createSampler,
   measureReadBandwidth,
-  tensorF32,
-  wireTensor,
-  type ModelShape,
-} from "@tessera/core";
+  measureAttentionKernel,
+  measureDiskRead,
+  measureRpcLoopback,
+  profileDense,
+} from "@tessera/profiling";
 import { LAYER_GAP_MS, createOrtMatMulTimer, timeOrtLayerOverhead } from "@tessera/gpu-node";
 import {
   Attention,
@@ -57,11 +58,7 @@ import {
 import {
   fitAttendProbe,
   localNodeSpecs,
-  measureAttentionKernel,
-  measureDiskRead,
-  measureRpcLoopback,
   predict,
-  profileDense,
   type AttendProbe,
   type AttentionSpec,
   type LocalNodeSpecs,

@@ -6,7 +6,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { readCheckpointHeader, synthesizeWeights, writeCheckpoint } from "@tessera/core";
+import { readCheckpointHeader, synthesizeWeights, writeCheckpoint } from "@tessera/model";
 import { Code, RpcError } from "@tessera/proto";
 import { bundled, generate, startInProcessCluster, tempDir } from "@tessera/testing";
 

@@ -38,7 +38,7 @@ import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { ScalarType, type DescMessage, type DescMethod, type MessageInitShape } from "@bufbuild/protobuf";
-import { loadCheckpoint } from "@tessera/core";
+import { loadCheckpoint } from "@tessera/model";
 import {
   Attention,
   AttendRequestSchema,

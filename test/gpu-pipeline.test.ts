@@ -11,7 +11,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer, connect, type Server, type Socket } from "node:net";
 import { readFile } from "node:fs/promises";
-import { loadCheckpoint, parsePromptsJsonl } from "@tessera/core";
+import { parsePromptsJsonl } from "@tessera/core";
+import { loadCheckpoint } from "@tessera/model";
 import {
   Attention,
   Code,

@@ -9,14 +9,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { Attention, GpuNode, KvPlacement, createClient, type ForwardResponse } from "@tessera/proto";
-import {
-  ReferenceModel,
-  kvBytesPerPosition,
-  loadCheckpoint,
-  loadTokenizer,
-  parsePromptsJsonl,
-  tensorF32,
-} from "@tessera/core";
+import { kvBytesPerPosition, parsePromptsJsonl, tensorF32 } from "@tessera/core";
+import { ReferenceModel, loadCheckpoint, loadTokenizer } from "@tessera/model";
 import { createCoordinator } from "@tessera/coordinator";
 import { bundled, generate, startInProcessCluster, startTestCluster } from "@tessera/testing";
 

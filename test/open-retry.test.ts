@@ -11,7 +11,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Attention, Code, RpcError, addService } from "@tessera/proto";
-import { startGrpcServer } from "@tessera/core";
+import { startGrpcServer } from "@tessera/rpc";
 import { generate, startInProcessCluster, STORY_OPENINGS } from "@tessera/testing";
 
 test("sequences whose node fails OpenSequence are placed again and finish with undisturbed tokens", async (t) => {

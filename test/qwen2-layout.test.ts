@@ -10,7 +10,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { ReferenceModel, loadModel, loadTokenizer, type Tokenizer } from "@tessera/core";
+import { ReferenceModel, loadModel, loadTokenizer, type Tokenizer } from "@tessera/model";
 import { bundled, generate, startInProcessCluster, tempDir } from "@tessera/testing";
 import { runCli } from "./helpers.js";
 

@@ -1,29 +1,70 @@
-/** Shared core of every Tessera role: model formats, tensors, errors, lifecycle. */
-export * from "./errors.js";
-export * from "./model-shape.js";
-export * from "./tensor.js";
-export * from "./checkpoint.js";
-export * from "./server.js";
-export * from "./lifecycle.js";
-export * from "./units.js";
-export * from "./tokenizer.js";
-export * from "./sampler.js";
-export * from "./reference-model.js";
-export * from "./synth.js";
-export * from "./prompts.js";
-export * from "./batch-format.js";
-export * from "./attention.js";
-export * from "./grpc-service.js";
-export * from "./safetensors.js";
-export * from "./hf-model.js";
-export * from "./hf-tokenizer.js";
-export * from "./wasm-attention.js";
-export * from "./attention-wasm.js";
-export * from "./attention-threads.js";
-export { bestOf, dropFilePages, measureReadBandwidth } from "./measure.js";
-export * from "./attention-trace.js";
+/**
+ * Shared core of every Tessera role: errors, lifecycle, the tensor codec,
+ * units, model shape, prompt and batch files, the roles table, and (until
+ * they move to @tessera/attention) the attention kernels.
+ */
 export {
+  TesseraError,
+  CheckpointError,
+  type BadLine,
+  InputFileError,
+  NodeUnreachableError,
+  CapacityError,
+  ConfigError,
+} from "./errors.js";
+export {
+  type ServiceState,
+  type Service,
+  type ReadyMessage,
+  runUntilSignal,
+  type CompanionHooks,
+  withCompanion,
+} from "./lifecycle.js";
+export { type ModelShape, kvDim, kvBytesPerPosition, parameterCount } from "./model-shape.js";
+export {
+  type WireDtype,
+  f16ToF32,
+  f32BitsToF16Bits,
+  encodeF16,
+  decodeF16,
+  f32Tensor,
+  wireTensor,
+  type StridedBlock,
+  stridedWireTensor,
+  tensorF32,
+  tensorWireDtype,
+  checkFiniteValues,
+  QK_MAX_ABS,
+} from "./tensor.js";
+export { parseByteSize, formatBytes } from "./units.js";
+export {
+  type KvPlacement,
+  type PromptSpec,
+  type PromptLimits,
+  parsePromptsJsonl,
+  type GenerateSampling,
+  wireKvPlacement,
+  generateRequest,
+} from "./prompts.js";
+export {
+  type BatchFormat,
+  type BatchInput,
+  detectBatchFormat,
+  parseOpenAiBatchJsonl,
+  parseBatchInput,
+  type TesseraResultLine,
+  type OpenAiBatchResultLine,
+  type BatchResultContext,
+  tesseraResultLine,
+  openAiResultLine,
+  formatBatchResult,
+} from "./batch-format.js";
+export {
+  type RoleSpec,
   ROLES,
+  type Role,
+  type NodeRole,
+  type AttentionRole,
   ALL_ROLES,
   NODE_ROLES,
   ATTENTION_ROLES,
@@ -31,10 +72,6 @@ export {
   isNodeRole,
   isAttentionRole,
   nodeName,
-  type Role,
-  type RoleSpec,
-  type NodeRole,
-  type AttentionRole,
 } from "./roles.js";
 export {
   DEFAULT_SHUTDOWN_GRACE_MS,
@@ -49,3 +86,49 @@ export {
   describeChoices,
   isHostPort,
 } from "./option-checks.js";
+export {
+  type AttentionDims,
+  attentionDimsKey,
+  type KvLayoutDims,
+  type CausalQueries,
+  type AttentionScratch,
+  createAttentionScratch,
+  type AttentionKernel,
+  checkAttentionDims,
+  attendKvCache,
+  attendKvCacheInHeap,
+  type OnlineAttention,
+  type OnlineAttentionOptions,
+  createOnlineAttention,
+  AttentionRequestError,
+  type AttendTarget,
+  type AttendPlanItem,
+  type AttendPlan,
+  answerAttend,
+  planAttendRequest,
+  kvSequenceBytes,
+  sameKvLayout,
+  describeKvLayout,
+  checkOpenSequence,
+} from "./attention.js";
+export { type WasmKernels, WASM_HEAP_MAX_BYTES, type WasmHeap, createWasmHeap } from "./wasm-attention.js";
+export {
+  WASM_ATTENTION_BLOCK,
+  ATTENTION_QUERY_CHUNK,
+  wasmAttentionBytes,
+  checkKvRows,
+  type WasmAttentionLayout,
+  type WasmAttention,
+  foldBlocks,
+  createWasmAttention,
+  writeOutputs,
+} from "./attention-wasm.js";
+export {
+  SPLIT_MIN_BYTES,
+  attendKvBytes,
+  type HeapAttendItem,
+  type AttentionWorkers,
+  type AttentionWorkersOptions,
+  createAttentionWorkers,
+} from "./attention-threads.js";
+export { traceAttend, attendKvBytesPerPosition } from "./attention-trace.js";

@@ -1,9 +1,78 @@
 /**
  * @tessera/scheduler: hardware catalogue, roofline cost model, planner and
- * cluster descriptions for throughput-per-dollar placement (issue 4).
+ * cluster descriptions for throughput-per-dollar placement (issue 4), and the
+ * machine-profile figures they read (pure: measuring is @tessera/profiling).
  */
-export * from "./catalogue.js";
-export * from "./cost-model.js";
-export * from "./planner.js";
-export * from "./cluster.js";
-export * from "./profile.js";
+export {
+  type Source,
+  type LinkPart,
+  type GpuPart,
+  type MemoryPart,
+  type StoragePart,
+  type NodePart,
+  PARTS,
+  LINKS,
+  type NamedShape,
+  SHAPES,
+  namedShape,
+} from "./catalogue.js";
+export {
+  type LinkSpec,
+  type GpuSpec,
+  type AttentionSpec,
+  MANIFEST_SYNCS,
+  type NodeSpec,
+  type Workload,
+  DEFAULT_ELEMENT_BYTES,
+  type Stage,
+  type KvShare,
+  type KvPlacement,
+  type Placement,
+  type NodeMemory,
+  type StationLoad,
+  type Prediction,
+  GPU_MEMORY_USABLE,
+  PCIE_EFFICIENCY,
+  PREFILL_CHUNK_TOKENS,
+  layerParams,
+  outerParams,
+  kvBytesPerPosition,
+  roofline,
+  denseCurveS,
+  denseLayerS,
+  classifierS,
+  gpuAttentionLayerS,
+  placementPrice,
+  unitKvBytes,
+  predict,
+} from "./cost-model.js";
+export {
+  type PoolSpec,
+  type ClusterSpec,
+  type PlanRequest,
+  type Plan,
+  type Baseline,
+  type PlanResult,
+  splitLayers,
+  assignKv,
+  stageLayers,
+  plan,
+} from "./planner.js";
+export { ClusterFileError, parseQuantity, resolveCluster, loadCluster } from "./cluster.js";
+export {
+  type DenseSample,
+  type AttentionKernelRate,
+  type DiskRead,
+  type RpcLink,
+  type AttendProbeSample,
+  type AttendProbe,
+  type AttendCosts,
+  fitAttendProbe,
+  type MachineProfile,
+  type DenseFigures,
+  denseFigures,
+  type StorageMedium,
+  type LocalNodeOptions,
+  type LocalNodeSpecs,
+  localNodeSpecs,
+} from "./profile.js";

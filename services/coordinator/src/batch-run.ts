@@ -54,15 +54,15 @@ import {
   type ForwardRequestSchema,
   type KvLayoutSchema,
 } from "@tessera/proto";
+import { tensorF32 } from "@tessera/core";
 import {
   createDecoder,
   createSampler,
-  tensorF32,
   type CheckpointHeader,
   type Sampler,
   type StreamingDecoder,
   type Tokenizer,
-} from "@tessera/core";
+} from "@tessera/model";
 import type { ForwardPipeline } from "./pipeline.js";
 import type { BatchSlots } from "./batch-slots.js";
 import type { Membership, MembershipChange } from "./membership.js";

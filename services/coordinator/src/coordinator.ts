@@ -21,7 +21,8 @@ import {
   type Client,
   type ServiceImpl,
 } from "@tessera/proto";
-import { createGrpcService, type Service } from "@tessera/core";
+import type { Service } from "@tessera/core";
+import { createGrpcService } from "@tessera/rpc";
 import { watchRegistry, type RegistryEvent, type RegistryWatcher } from "@tessera/nats";
 import type { KubernetesWatcher } from "./k8s-discovery.js";
 import { runBatch } from "./batch-run.js";

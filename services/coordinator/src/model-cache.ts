@@ -1,4 +1,4 @@
-import { loadModelTokenizer, readModelHeader } from "@tessera/core";
+import { loadModelTokenizer, readModelHeader } from "@tessera/model";
 import type { LoadedModel } from "./batch-run.js";
 
 /**

@@ -4,17 +4,16 @@
  * the same way.
  */
 import * as ort from "onnxruntime-node";
+import { ConfigError, type ModelShape } from "@tessera/core";
 import {
-  ConfigError,
   checkpointSource,
   decodeTensor,
   encodeTensor,
   type Checkpoint,
-  type ModelShape,
   type ModelSource,
   type SafetensorsDtype,
   type WeightName,
-} from "@tessera/core";
+} from "@tessera/model";
 import { Code } from "@tessera/proto";
 import {
   HEAD,

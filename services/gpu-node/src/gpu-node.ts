@@ -13,11 +13,8 @@ import { ROOT_CONTEXT, context, SpanKind, SpanStatusCode, trace } from "@opentel
 import { LATENCY_BUCKETS_SECONDS, lazyInstruments } from "@tessera/telemetry";
 import {
   CheckpointError,
-  type ModelSource,
   ConfigError,
-  createGrpcService,
   f32Tensor,
-  openModel,
   stridedWireTensor,
   tensorF32,
   wireTensor,
@@ -25,6 +22,8 @@ import {
   type StridedBlock,
   type WireDtype,
 } from "@tessera/core";
+import { type ModelSource, openModel } from "@tessera/model";
+import { createGrpcService } from "@tessera/rpc";
 import {
   endSpanWhen,
   failSpan,

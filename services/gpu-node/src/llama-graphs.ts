@@ -11,7 +11,8 @@
  * plain `MatMul(x [T, in], W [in, out])`; projections that read the same input
  * (Wq|Wk|Wv, W1|W3) are fused into one MatMul and split after.
  */
-import { encodeTensor, type LayerWeights, type ModelShape } from "@tessera/core";
+import type { ModelShape } from "@tessera/core";
+import { encodeTensor, type LayerWeights } from "@tessera/model";
 import { OnnxGraphBuilder, onnxDataType } from "./onnx-builder.js";
 
 /**

@@ -1,6 +1,7 @@
 /** Process entry of a gpu-node: serves until SIGINT/SIGTERM. */
 import { defaultNodeId, withTelemetry, type ServeMetricsOptions } from "@tessera/telemetry";
-import { readNodeAdvert, runUntilSignal } from "@tessera/core";
+import { runUntilSignal } from "@tessera/core";
+import { readNodeAdvert } from "@tessera/rpc";
 import { withRegistration, type NodeRegistryOptions } from "@tessera/nats";
 import { createGpuNode, type GpuNodeOptions } from "./gpu-node.js";
 

@@ -15,9 +15,11 @@ import { spawnSync } from "node:child_process";
 import { availableParallelism, totalmem } from "node:os";
 import { performance } from "node:perf_hooks";
 import * as ort from "onnxruntime-node";
-import { ConfigError, synthesizeWeights, type ModelShape } from "@tessera/core";
+import { ConfigError, type ModelShape } from "@tessera/core";
+import { synthesizeWeights } from "@tessera/model";
 import { NodeProfileSchema, create, type NodeProfile } from "@tessera/proto";
-import { denseFigures, profileDense } from "@tessera/scheduler";
+import { denseFigures } from "@tessera/scheduler";
+import { profileDense } from "@tessera/profiling";
 import type { ExecutionProvider } from "./dense-model.js";
 import {
   POST,
@@ -83,7 +85,7 @@ export interface OrtMatMulTimerOptions {
   readonly rounds?: number;
 }
 
-/** A MatMul timer for `profileDense` of @tessera/scheduler, holding the sessions of each weight shape. */
+/** A MatMul timer for `profileDense` of @tessera/profiling, holding the sessions of each weight shape. */
 export interface OrtMatMulTimer {
   /**
    * Seconds of one run of x [batch, k] (f32) × W [k, n] (W an initializer of

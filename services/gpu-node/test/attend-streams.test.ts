@@ -6,7 +6,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startGrpcServer } from "@tessera/core";
+import { startGrpcServer } from "@tessera/rpc";
 import { Attention, Code, addService } from "@tessera/proto";
 import { AttendStreams, AttentionNodeError } from "../src/attend-streams.js";
 

@@ -8,7 +8,8 @@ import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { loadModel, openModel, synthReader, synthesizeWeights, writeHfModel, type ModelShape } from "@tessera/core";
+import type { ModelShape } from "@tessera/core";
+import { loadModel, openModel, synthReader, synthesizeWeights, writeHfModel } from "@tessera/model";
 import { DenseModel } from "../src/index.js";
 
 const dir = await mkdtemp(join(tmpdir(), "tessera-dense-"));

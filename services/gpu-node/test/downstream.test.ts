@@ -10,7 +10,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { EventEmitter, once } from "node:events";
 import { createServer } from "node:net";
-import { startGrpcServer, type GrpcServer } from "@tessera/core";
+import { startGrpcServer, type GrpcServer } from "@tessera/rpc";
 import {
   Code,
   DType,

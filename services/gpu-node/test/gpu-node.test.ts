@@ -13,17 +13,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createRequire } from "node:module";
-import {
-  ConfigError,
-  ReferenceModel,
-  parameterCount,
-  f32Tensor,
-  loadCheckpoint,
-  startGrpcServer,
-  tensorF32 as coreTensorF32,
-  type Checkpoint,
-  type GrpcServer,
-} from "@tessera/core";
+import { ConfigError, parameterCount, f32Tensor, tensorF32 as coreTensorF32 } from "@tessera/core";
+import { ReferenceModel, loadCheckpoint, type Checkpoint } from "@tessera/model";
+import { startGrpcServer, type GrpcServer } from "@tessera/rpc";
 import {
   Attention,
   Code,

@@ -5,7 +5,7 @@
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { loadCheckpoint, type Checkpoint, type LayerWeights } from "@tessera/core";
+import { loadCheckpoint, type Checkpoint, type LayerWeights } from "@tessera/model";
 import { DenseModel } from "../src/index.js";
 
 const MODEL = fileURLToPath(new URL("../../../../shared/models/stories260K.bin", import.meta.url));

@@ -8,6 +8,6 @@ export {
   type CompiledMemoryNodeOptions,
 } from "./memory-node.js";
 export { runMemoryNode } from "./main.js";
-/** The start-up read-bandwidth measure a memory-node advertises (from @tessera/core). */
-export { measureReadBandwidth } from "@tessera/core";
+/** The start-up read-bandwidth measure a memory-node advertises (from @tessera/profiling). */
+export { measureReadBandwidth } from "@tessera/profiling";
 export { profileMemoryNode, checkMemoryProfile, MEMORY_PROFILE_SIZES, type MemoryProfileOptions } from "./profile.js";

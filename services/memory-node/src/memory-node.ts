@@ -50,8 +50,6 @@ import {
   WASM_HEAP_MAX_BYTES,
   wasmAttentionBytes,
   createAttentionScratch,
-  createGrpcService,
-  createRequestLoops,
   describeKvLayout,
   f32Tensor,
   tensorWireDtype,
@@ -64,8 +62,9 @@ import {
   type KvLayoutDims,
   type Service,
   type WasmHeap,
-  measureReadBandwidth,
 } from "@tessera/core";
+import { createGrpcService, createRequestLoops } from "@tessera/rpc";
+import { measureReadBandwidth } from "@tessera/profiling";
 import {
   Attention,
   addService,

@@ -2,14 +2,14 @@
  * A memory-node's self-profile (issue 4, item 1): RAM read bandwidth, the
  * decode attention kernel's KV bytes/s and FLOP/s on the node's attention
  * threads, and its KV capacity, as a tessera.v1.NodeProfile. The
- * measurements are those of @tessera/core (`measureReadBandwidth`) and
- * @tessera/scheduler (`measureAttentionKernel`), shared with the bench.
+ * measurements are those of @tessera/profiling (`measureReadBandwidth`,
+ * `measureAttentionKernel`), shared with the bench.
  */
 import { availableParallelism, totalmem } from "node:os";
 import { performance } from "node:perf_hooks";
-import { ConfigError, measureReadBandwidth } from "@tessera/core";
+import { ConfigError } from "@tessera/core";
+import { measureReadBandwidth, measureAttentionKernel } from "@tessera/profiling";
 import { NodeProfileSchema, create, type NodeProfile } from "@tessera/proto";
-import { measureAttentionKernel } from "@tessera/scheduler";
 
 /** What {@link profileMemoryNode} needs; the memory-node's compiled options fit. */
 export interface MemoryProfileOptions {
@@ -25,7 +25,7 @@ export interface MemoryProfileOptions {
 
 /**
  * Sizes of the attention kernel measurement {@link profileMemoryNode} makes
- * (`measureAttentionKernel` of @tessera/scheduler), its defaults as the
+ * (`measureAttentionKernel` of @tessera/profiling), its defaults as the
  * bench uses them: 8 sequences × 2048 positions, 64 MiB of f32 KV per layer
  * shape (above most last-level caches), best of 3; about a second on two
  * CPU cores.
@@ -34,7 +34,7 @@ export const MEMORY_PROFILE_SIZES = { sequences: 8, positions: 2048, reps: 3 } a
 
 /**
  * Measures this machine as a memory-node (about a second on two CPU cores):
- * RAM read bandwidth (`measureReadBandwidth` of @tessera/core, one thread,
+ * RAM read bandwidth (`measureReadBandwidth` of @tessera/profiling, one thread,
  * unless configured) and the decode attention kernel's roofline on
  * `attentionThreads` threads (`measureAttentionKernel`, sizes
  * {@link MEMORY_PROFILE_SIZES}), plus the configured KV capacity.

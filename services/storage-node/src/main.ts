@@ -1,5 +1,6 @@
 import { defaultNodeId, withTelemetry, type ServeMetricsOptions } from "@tessera/telemetry";
-import { readNodeAdvert, runUntilSignal } from "@tessera/core";
+import { runUntilSignal } from "@tessera/core";
+import { readNodeAdvert } from "@tessera/rpc";
 import { withRegistration, type NodeRegistryOptions } from "@tessera/nats";
 import { createStorageNode, type StorageNodeOptions } from "./storage-node.js";
 

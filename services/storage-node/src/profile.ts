@@ -4,7 +4,7 @@
  * (write + fdatasync), capacity and free bytes, its streaming buffer, and
  * the attention kernel on one thread (the storage-node folds on one), as a
  * tessera.v1.NodeProfile. Read bandwidth, append cost and the kernel come
- * from @tessera/scheduler (`measureDiskRead`, `measureAttentionKernel`),
+ * from @tessera/profiling (`measureDiskRead`, `measureAttentionKernel`),
  * shared with the bench; write bandwidth is measured here
  * ({@link measureDiskWrite}).
  */
@@ -14,7 +14,7 @@ import { join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { ConfigError } from "@tessera/core";
 import { NodeProfileSchema, create, type NodeProfile } from "@tessera/proto";
-import { measureAttentionKernel, measureDiskRead } from "@tessera/scheduler";
+import { measureAttentionKernel, measureDiskRead } from "@tessera/profiling";
 
 /** What {@link profileStorageNode} needs; the storage-node's compiled options fit. */
 export interface StorageProfileOptions {

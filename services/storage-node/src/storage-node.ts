@@ -30,10 +30,8 @@ import {
   CapacityError,
   ConfigError,
   checkOpenSequence,
-  createGrpcService,
   attentionDimsKey,
   createOnlineAttention,
-  createRequestLoops,
   createWasmHeap,
   describeKvLayout,
   f32Tensor,
@@ -47,6 +45,7 @@ import {
   type Service,
   type WasmHeap,
 } from "@tessera/core";
+import { createGrpcService, createRequestLoops } from "@tessera/rpc";
 import {
   Attention,
   Code,

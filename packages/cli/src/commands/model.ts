@@ -1,8 +1,8 @@
 import { copyFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import cliProgress from "cli-progress";
+import { formatBytes, parameterCount, type ModelShape } from "@tessera/core";
 import {
-  formatBytes,
   llama2cToHfTokenizer,
   loadModelTokenizer,
   openModel,
@@ -10,11 +10,9 @@ import {
   writeHfModel,
   type HfDtype,
   llamaHiddenDim,
-  parameterCount,
   synthReader,
   writeCheckpoint,
-  type ModelShape,
-} from "@tessera/core";
+} from "@tessera/model";
 
 /** Flags of `tessera model synth`. */
 export interface SynthFlags {

@@ -1,4 +1,5 @@
-import { readModelHeader, type ModelShape } from "@tessera/core";
+import type { ModelShape } from "@tessera/core";
+import { readModelHeader } from "@tessera/model";
 import {
   SHAPES,
   loadCluster,

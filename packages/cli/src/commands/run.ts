@@ -1,13 +1,7 @@
 import { readFile } from "node:fs/promises";
 import { Coordinator, RpcError, createClient, type GenerateEvent, type Summary } from "@tessera/proto";
-import {
-  generateRequest,
-  loadModelTokenizer,
-  parsePromptsJsonl,
-  readModelHeader,
-  wireKvPlacement,
-  type PromptSpec,
-} from "@tessera/core";
+import { generateRequest, parsePromptsJsonl, wireKvPlacement, type PromptSpec } from "@tessera/core";
+import { loadModelTokenizer, readModelHeader } from "@tessera/model";
 import { startLocalCluster, type LocalCluster } from "../local-cluster.js";
 import { bundled, defaultTokenizerFor } from "../paths.js";
 import { RunProgress } from "../progress.js";

@@ -4,7 +4,8 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { CheckpointError, loadCheckpoint } from "../src/index.js";
+import { CheckpointError } from "@tessera/core";
+import { loadCheckpoint } from "../src/index.js";
 
 /** The shared test models, beside the repository (../shared/models). */
 const MODELS = fileURLToPath(new URL("../../../../shared/models/", import.meta.url));

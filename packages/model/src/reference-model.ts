@@ -10,11 +10,11 @@
  * softmax and RoPE angles are computed in JS numbers (f64) and rounded to f32
  * when stored, where run.c computes in f32 (powf/cosf/sinf, f32 sums). On
  * stories260K the logits stay within 2e-5 of run.c's and greedy and seeded
- * generations give its tokens (packages/core/test/reference-model.test.ts).
+ * generations give its tokens (packages/model/test/reference-model.test.ts).
  * Layers with q/k/v biases (Qwen2 layout) add them to the projections before RoPE.
  */
 import type { Checkpoint, LlamaWeights } from "./checkpoint.js";
-import type { ModelShape } from "./model-shape.js";
+import type { ModelShape } from "@tessera/core";
 
 /**
  * Per-sequence state: the KV cache of every layer and scratch buffers.

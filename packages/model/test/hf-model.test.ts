@@ -3,14 +3,12 @@ import assert from "node:assert/strict";
 import { mkdtemp, readFile, rm, truncate, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { CheckpointError, f16ToF32, f32BitsToF16Bits } from "@tessera/core";
 import {
-  CheckpointError,
   bf16ToF32,
   createHfTokenizer,
   decodeTensor,
   encodeTensor,
-  f16ToF32,
-  f32BitsToF16Bits,
   f32ToBf16,
   llama2cToHfTokenizer,
   loadCheckpoint,

@@ -10,7 +10,7 @@
  * text is turned into UTF-8 only at the edges.
  */
 import { readFile } from "node:fs/promises";
-import { CheckpointError } from "./errors.js";
+import { CheckpointError } from "@tessera/core";
 
 /** Token id of BOS in llama2.c / sentencepiece vocabularies. */
 export const BOS_TOKEN = 1;

@@ -21,8 +21,7 @@
  */
 import { readFile, stat, writeFile, mkdir } from "node:fs/promises";
 import { join } from "node:path";
-import { CheckpointError } from "./errors.js";
-import type { ModelShape } from "./model-shape.js";
+import { CheckpointError, type ModelShape } from "@tessera/core";
 import {
   openCheckpoint,
   readAllWeights,

@@ -23,7 +23,7 @@
 import { readFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
-import { CheckpointError } from "./errors.js";
+import { CheckpointError } from "@tessera/core";
 import { loadTokenizer, type EncodeOptions, type StreamingDecoder, type Tokenizer } from "./tokenizer.js";
 
 /** A converted tokenizer: the contents of `tokenizer.json` and `tokenizer_config.json`. */

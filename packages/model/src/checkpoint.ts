@@ -7,8 +7,7 @@
  * order. Matrices are stored [out_features, in_features] row-major.
  */
 import { open, stat } from "node:fs/promises";
-import { CheckpointError } from "./errors.js";
-import type { ModelShape } from "./model-shape.js";
+import { CheckpointError, type ModelShape } from "@tessera/core";
 import { readFully, type SafetensorsDtype } from "./safetensors.js";
 
 /** Magic of the version-1 header ("ak42" little-endian). */

@@ -14,8 +14,7 @@ import {
   type Server,
   type ServerDuplexStream,
 } from "@tessera/proto";
-import { TesseraError } from "./errors.js";
-import type { Service, ServiceState } from "./lifecycle.js";
+import { TesseraError, type Service, type ServiceState } from "@tessera/core";
 import { startGrpcServer, type GrpcServer, type ServerSecurity } from "./server.js";
 
 /** What a role gives {@link createGrpcService}. Hooks may be sync or async. */

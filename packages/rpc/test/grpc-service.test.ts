@@ -5,7 +5,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { createRequestLoops, startGrpcServer } from "@tessera/core";
+import { createRequestLoops, startGrpcServer } from "../src/index.js";
 import { Attention, Code, addService, createClient, type AttendRequest, type AttendResponse } from "@tessera/proto";
 
 /** An Attention server whose Attend is served by `loops`, answering each request when `gate` lets it. */

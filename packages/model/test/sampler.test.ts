@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { ConfigError, argmax, createRng, createSampler } from "../src/index.js";
+import { ConfigError } from "@tessera/core";
+import { argmax, createRng, createSampler } from "../src/index.js";
 
 /**
  * An independent xorshift* on two uint32 halves (no BigInt), to check

@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { ModelShape } from "@tessera/core";
 import {
   LAYER_WEIGHT_NAMES,
   ReferenceModel,
@@ -20,7 +21,6 @@ import {
   writeHfModel,
   type CheckpointFormat,
   type LlamaWeights,
-  type ModelShape,
 } from "../src/index.js";
 
 const dir = await mkdtemp(join(tmpdir(), "tessera-synth-"));

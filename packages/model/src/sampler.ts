@@ -13,7 +13,7 @@
  * a temperature so small that logits / temperature overflow (run.c goes on
  * with inf and NaN) samples the argmax.
  */
-import { ConfigError } from "./errors.js";
+import { ConfigError } from "@tessera/core";
 
 const f = Math.fround;
 const MASK64 = (1n << 64n) - 1n;

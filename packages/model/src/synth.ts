@@ -13,7 +13,7 @@ import {
   type WeightName,
   type WeightReader,
 } from "./checkpoint.js";
-import type { ModelShape } from "./model-shape.js";
+import type { ModelShape } from "@tessera/core";
 
 /**
  * FFN hidden size of a Llama model of width `dim`, as Meta's reference

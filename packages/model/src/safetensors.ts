@@ -17,8 +17,7 @@
 import { open, readFile, stat, writeFile } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { basename, join } from "node:path";
-import { CheckpointError } from "./errors.js";
-import { decodeF16, encodeF16 } from "./tensor.js";
+import { CheckpointError, decodeF16, encodeF16 } from "@tessera/core";
 
 /** Element types Tessera reads and writes. */
 export type SafetensorsDtype = "F32" | "F16" | "BF16";
