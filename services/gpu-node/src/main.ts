@@ -2,7 +2,8 @@
 import { defaultNodeId, withTelemetry, type ServeMetricsOptions } from "@tessera/telemetry";
 import { readNodeAdvert, runUntilSignal } from "@tessera/core";
 import { withRegistration, type NodeRegistryOptions } from "@tessera/nats";
-import { createGpuNode, type GpuNodeOptions } from "./gpu-node.js";
+import { createGpuNode } from "./gpu-node.js";
+import type { GpuNodeOptions } from "./options.js";
 
 /**
  * Runs a gpu-node as this process's main service until a signal stops it.
