@@ -13,6 +13,7 @@
  */
 import {
   Attention,
+  NodeErrorReason,
   RpcError,
   createClient,
   type AttendRequest,
@@ -21,20 +22,26 @@ import {
   type MessageInitShape,
 } from "@tessera/proto";
 import { PairedStreams, type StreamFailure } from "./paired-streams.js";
+import { reasonOfCode } from "./step-error.js";
 
 /**
- * An attention node failed a request: gRPC `code`, the node's `address`.
- * The message reads "attention node <address>: <CODE>: <detail>".
+ * An attention node failed a request: gRPC `code`, the node's `address`,
+ * and `reason` (NodeErrorReason: by default from the code, e.g. UNREACHABLE
+ * for UNAVAILABLE or DEADLINE_EXCEEDED; CANCELLED when this gpu-node is
+ * closing). The message reads "attention node <address>: <CODE>: <detail>".
  */
 export class AttentionNodeError extends Error {
   override name = "AttentionNodeError";
+  /** What the caller should do about it. */
+  readonly reason: NodeErrorReason;
   constructor(
     readonly code: number,
     readonly address: string,
     detail: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; reason?: NodeErrorReason },
   ) {
     super(`attention node ${address}: ${RpcError.codeName(code)}: ${detail}`, options);
+    this.reason = options?.reason ?? reasonOfCode(code);
   }
 }
 
@@ -47,7 +54,10 @@ interface AttendId {
   layer: number;
 }
 
+/** The error a request to `address` fails with: CANCELLED when this gpu-node is closing, else by its code. */
 function attentionNodeError(address: string, f: StreamFailure): AttentionNodeError {
+  if (f.kind === "closing")
+    return new AttentionNodeError(f.code, address, f.detail, { reason: NodeErrorReason.CANCELLED });
   return new AttentionNodeError(f.code, address, f.detail, f.kind === "rpc" ? { cause: f.cause } : undefined);
 }
 

@@ -3,14 +3,27 @@
  * tessera.v1.GpuNode service), and the ONNX graphs and sessions it runs, for
  * reuse by an in-process baseline.
  */
+export { createGpuNode, GPU_NODE_SERVICE, type GpuNode } from "./gpu-node.js";
 export {
-  createGpuNode,
   compileGpuNodeOptions,
-  GPU_NODE_SERVICE,
-  type GpuNode,
+  GPU_NODE_DEFAULTS,
   type GpuNodeOptions,
   type CompiledGpuNodeOptions,
-} from "./gpu-node.js";
+} from "./options.js";
+export {
+  planStep,
+  planShards,
+  splitMicroBatches,
+  planMicroBatch,
+  checkNextStages,
+  type StepModel,
+  type StepPlan,
+  type PlannedSequence,
+  type PlannedShard,
+  type PlannedNode,
+  type MicroBatch,
+} from "./step-plan.js";
+export { StepError, reasonOfCode, toNodeError, type StepNodeError } from "./step-error.js";
 export { runGpuNode } from "./main.js";
 export {
   DenseModel,

@@ -3,7 +3,8 @@ import { defaultNodeId, withTelemetry, type ServeMetricsOptions } from "@tessera
 import { runUntilSignal } from "@tessera/core";
 import { readNodeAdvert } from "@tessera/rpc";
 import { withRegistration, type NodeRegistryOptions } from "@tessera/nats";
-import { createGpuNode, type GpuNodeOptions } from "./gpu-node.js";
+import { createGpuNode } from "./gpu-node.js";
+import type { GpuNodeOptions } from "./options.js";
 
 /**
  * Runs a gpu-node as this process's main service until a signal stops it.
