@@ -21,6 +21,7 @@ COPY packages/proto/package.json packages/proto/
 COPY packages/core/package.json packages/core/
 COPY packages/nats/package.json packages/nats/
 COPY packages/telemetry/package.json packages/telemetry/
+COPY packages/attention/package.json packages/attention/
 COPY packages/scheduler/package.json packages/scheduler/
 COPY packages/cli/package.json packages/cli/
 COPY packages/testing/package.json packages/testing/

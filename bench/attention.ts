@@ -28,21 +28,18 @@ import { spawnSync } from "node:child_process";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
+import { bestOf, dropFilePages, f32Tensor, tensorF32 } from "@tessera/core";
 import {
   attendKvCache,
   attendKvCacheInHeap,
-  bestOf,
-  dropFilePages,
   createAttentionScratch,
   createAttentionWorkers,
   createWasmAttention,
   createWasmHeap,
-  f32Tensor,
-  tensorF32,
   type AttentionDims,
   type AttentionScratch,
   type CausalQueries,
-} from "@tessera/core";
+} from "@tessera/attention";
 import { Attention, createClient } from "@tessera/proto";
 import {
   createStorageNode,

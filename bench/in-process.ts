@@ -6,7 +6,8 @@
  * from the local cluster is the split: processes, gRPC, serialisation and
  * the coordinator.
  */
-import { attendKvCache, createAttentionScratch, openModel, type ModelShape } from "@tessera/core";
+import { attendKvCache, createAttentionScratch } from "@tessera/attention";
+import { openModel, type ModelShape } from "@tessera/core";
 import { DenseModel } from "@tessera/gpu-node";
 
 /** Seconds spent in each part of the timed steps. */

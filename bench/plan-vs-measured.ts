@@ -35,14 +35,8 @@
  * instead of dim 2048 for the short contexts).
  */
 import { availableParallelism, tmpdir, totalmem } from "node:os";
-import {
-  SPLIT_MIN_BYTES,
-  createSampler,
-  measureReadBandwidth,
-  tensorF32,
-  wireTensor,
-  type ModelShape,
-} from "@tessera/core";
+import { SPLIT_MIN_BYTES } from "@tessera/attention";
+import { createSampler, measureReadBandwidth, tensorF32, wireTensor, type ModelShape } from "@tessera/core";
 import { LAYER_GAP_MS, createOrtMatMulTimer, timeOrtLayerOverhead } from "@tessera/gpu-node";
 import {
   Attention,

@@ -1,4 +1,4 @@
-/** Shared core of every Tessera role: model formats, tensors, errors, lifecycle. */
+/** Shared core of every Tessera role: model formats, tensors, errors, lifecycle (attention: @tessera/attention). */
 export * from "./errors.js";
 export * from "./model-shape.js";
 export * from "./tensor.js";
@@ -12,16 +12,11 @@ export * from "./reference-model.js";
 export * from "./synth.js";
 export * from "./prompts.js";
 export * from "./batch-format.js";
-export * from "./attention.js";
 export * from "./grpc-service.js";
 export * from "./safetensors.js";
 export * from "./hf-model.js";
 export * from "./hf-tokenizer.js";
-export * from "./wasm-attention.js";
-export * from "./attention-wasm.js";
-export * from "./attention-threads.js";
 export { bestOf, dropFilePages, measureReadBandwidth } from "./measure.js";
-export * from "./attention-trace.js";
 export {
   ROLES,
   ALL_ROLES,

@@ -1,7 +1,8 @@
 import { defaultNodeId, withTelemetry, type ServeMetricsOptions } from "@tessera/telemetry";
 import { readNodeAdvert, runUntilSignal } from "@tessera/core";
 import { withRegistration, type NodeRegistryOptions } from "@tessera/nats";
-import { createMemoryNode, type MemoryNodeOptions } from "./memory-node.js";
+import { createMemoryNode } from "./memory-node.js";
+import type { MemoryNodeOptions } from "./options.js";
 
 /**
  * Runs a memory-node as this process's main component: serves until

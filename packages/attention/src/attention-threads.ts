@@ -25,7 +25,7 @@
  */
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
-import { attentionDimsKey, type AttentionDims, type CausalQueries } from "./attention.js";
+import { attentionDimsKey, type AttentionDims, type CausalQueries } from "./dims.js";
 import {
   ATTENTION_QUERY_CHUNK,
   WASM_ATTENTION_BLOCK,
