@@ -35,6 +35,7 @@ import {
   planAttendRequest,
   type AttendPlan,
   type AttentionDims,
+  type AttentionKernel,
   type AttentionKvStore,
   type AttentionNodeContext,
   type KvLayoutDims,
@@ -58,6 +59,7 @@ import {
   sequenceLength,
   syncDir,
   writeFully,
+  type FsyncPolicy,
   type Manifest,
   type StoredSequence,
 } from "./kv-store.js";
@@ -144,19 +146,55 @@ function createMutex(): <T>(task: () => Promise<T>) => Promise<T> {
 }
 
 /**
- * The storage-node's KV store (see the file comment): sequences' K/V in
- * files under `opts.dataDir`, attended with the kernel `opts.attentionKernel`
- * names.
+ * Writes the new K/V rows of every item (one positional write per item:
+ * K and V interleaved by position, as the files hold them), makes them
+ * durable, and records the step in the manifest on the last layer.
  */
-function createDiskKvStore(opts: CompiledStorageNodeOptions, node: AttentionNodeContext): AttentionKvStore {
-  const kernel = attentionKernel(opts.attentionKernel);
-  const sequences = new Map<string, StoredSequence>();
-  /** Sequences whose files are damaged, by directory name. */
-  const broken = new Map<string, KvStoreError>();
-  /** In-flight Attend work per sequence, so CloseSequence and close() wait for it. */
-  const busy = new Map<StoredSequence, Set<Promise<unknown>>>();
-  const inFlight = new Set<Promise<unknown>>();
-  const admin = createMutex(); // OpenSequence / CloseSequence, one at a time
+async function persist(plan: AttendPlan<StoredSequence>, fsync: FsyncPolicy): Promise<void> {
+  const { layer, dims } = plan;
+  const kvRow = dims.nKvHeads * dims.headDim;
+  // [total_tokens, 2, n_kv_heads, head_dim]: each token's K row then its V row.
+  const staged = new Float32Array(plan.totalTokens * 2 * kvRow);
+  for (let r = 0; r < plan.totalTokens; r++) {
+    staged.set(plan.k.subarray(r * kvRow, (r + 1) * kvRow), 2 * r * kvRow);
+    staged.set(plan.v.subarray(r * kvRow, (r + 1) * kvRow), (2 * r + 1) * kvRow);
+  }
+  const bytes = new Uint8Array(staged.buffer);
+  const positionBytes = 2 * kvRow * 4;
+  await settleAll(
+    plan.items.map(async (it) => {
+      const seq = it.seq;
+      const fh = seq.files[layer]!;
+      const path = join(seq.dir, layerFileName(layer));
+      const src = bytes.subarray(it.row * positionBytes, (it.row + it.nTokens) * positionBytes);
+      await writeFully(fh, path, src, positionOffset(seq.geometry, it.startPos));
+      if (fsync === "always") await datasyncFile(fh, path);
+      const end = it.startPos + it.nTokens;
+      if (end > seq.lengths[layer]!) seq.lengths[layer] = end;
+      // Once per step: when the last layer is written (see kv-store.ts).
+      if (layer === seq.layout.nLayers - 1 && manifestBehind(seq)) await commitManifest(seq, fsync);
+    }),
+  );
+}
+
+/** Streams stored K/V blocks through one double read buffer into the kernel's accumulators. */
+interface KvStreamer {
+  /**
+   * Attends every item of `plan` into `out` ([total_tokens, n_heads *
+   * head_dim] f32): positions [0, start_pos) streamed from its layer file,
+   * then its own new rows from the request.
+   */
+  attendAll(plan: AttendPlan<StoredSequence>, out: Float32Array): Promise<void>;
+  /** Drops the buffer and the accumulators (the node closed). */
+  reset(): void;
+}
+
+/**
+ * The storage-node's streaming attention with `kernel`: a read buffer of 2 x
+ * `halfBytes` (in a heap when the kernel reads heaps) and one accumulator
+ * per layer shape, held by one request at a time.
+ */
+function createKvStreamer(kernel: AttentionKernel, halfBytes: number): KvStreamer {
   const streaming = createMutex(); // holders of the read buffer and the accumulators
   let accumulators = new Map<string, OnlineAttention>();
   /**
@@ -165,120 +203,6 @@ function createDiskKvStore(opts: CompiledStorageNodeOptions, node: AttentionNode
    * where WebAssembly SIMD is missing. Made on first use, under `streaming`.
    */
   let readBuffer: { heap: WasmHeap | undefined; memory: () => ArrayBufferLike; ptr: number } | undefined;
-
-  const where = node.where;
-  const reservedBytesOf = (m: Pick<Manifest, "layout" | "maxPositions">) =>
-    m.maxPositions * m.layout.nLayers * 2 * m.layout.nKvHeads * m.layout.headDim * 4;
-  const usedBytes = () => [...sequences.values()].reduce((a, s) => a + s.reservedBytes, 0);
-  /** Half of the buffer, rounded down to whole f32 values. */
-  const halfBytes = Math.floor(opts.bufferBytes / 2 / 4) * 4;
-
-  function damaged(seqId: string): KvStoreError | undefined {
-    const err = broken.get(sequenceDirName(seqId));
-    if (!err) return undefined;
-    return new KvStoreError(err.path, `${err.detail} (CloseSequence deletes the sequence)`, {
-      cause: err,
-      context: `${where()}: sequence "${seqId}" cannot be used`,
-    });
-  }
-
-  function lookup(seqId: string): StoredSequence | undefined {
-    const seq = sequences.get(seqId);
-    if (seq) return seq;
-    const err = damaged(seqId);
-    if (err) throw err;
-    return undefined;
-  }
-
-  function track<T>(seqs: readonly StoredSequence[], p: Promise<T>): Promise<T> {
-    inFlight.add(p);
-    for (const s of seqs) {
-      let set = busy.get(s);
-      if (!set) busy.set(s, (set = new Set()));
-      set.add(p);
-    }
-    const done = () => {
-      inFlight.delete(p);
-      for (const s of seqs) busy.get(s)?.delete(p);
-    };
-    p.then(done, done);
-    return p;
-  }
-
-  async function openSequence(seqId: string, layout: KvLayoutDims | undefined, maxPositions: number) {
-    const existing = sequences.get(seqId);
-    const { layout: lay, bytes } = checkOpenSequence(seqId, layout, maxPositions, existing, where(), "stored");
-    if (existing) return { length: sequenceLength(existing), reservedBytes: BigInt(existing.reservedBytes) };
-    const err = damaged(seqId);
-    if (err) throw err;
-    const positionBytes = 2 * lay.nKvHeads * lay.headDim * 4;
-    if (halfBytes < positionBytes) {
-      throw new RpcError(
-        Code.FAILED_PRECONDITION,
-        `${where()}: bufferBytes ${opts.bufferBytes} cannot stream sequence "${seqId}": each half of it must hold one position's K and V rows, ${positionBytes} bytes`,
-      );
-    }
-    const available = opts.capacityBytes - usedBytes();
-    if (bytes > available) {
-      throw new CapacityError(
-        `${where()}: cannot open sequence "${seqId}" (max_positions ${maxPositions}, ${describeKvLayout(lay)})`,
-        bytes,
-        available,
-      );
-    }
-    const seq = await createSequence(opts.dataDir, seqId, lay, maxPositions, opts.blockPositions, bytes, opts.fsync);
-    sequences.set(seqId, seq);
-    return { length: 0, reservedBytes: BigInt(bytes) };
-  }
-
-  async function closeSequence(seqId: string): Promise<void> {
-    const seq = sequences.get(seqId);
-    if (seq) {
-      sequences.delete(seqId); // new requests now see an unknown sequence
-      await Promise.allSettled([...(busy.get(seq) ?? [])]);
-      busy.delete(seq);
-      await closeSequenceFiles(seq);
-      await rm(seq.dir, { recursive: true, force: true });
-    } else {
-      const name = sequenceDirName(seqId);
-      if (!broken.has(name)) return;
-      broken.delete(name);
-      await rm(join(opts.dataDir, name), { recursive: true, force: true });
-    }
-    if (opts.fsync === "always") await syncDir(opts.dataDir);
-  }
-
-  /**
-   * Writes the new K/V rows of every item (one positional write per item:
-   * K and V interleaved by position, as the files hold them), makes them
-   * durable, and records the step in the manifest on the last layer.
-   */
-  async function persist(plan: AttendPlan<StoredSequence>): Promise<void> {
-    const { layer, dims } = plan;
-    const kvRow = dims.nKvHeads * dims.headDim;
-    // [total_tokens, 2, n_kv_heads, head_dim]: each token's K row then its V row.
-    const staged = new Float32Array(plan.totalTokens * 2 * kvRow);
-    for (let r = 0; r < plan.totalTokens; r++) {
-      staged.set(plan.k.subarray(r * kvRow, (r + 1) * kvRow), 2 * r * kvRow);
-      staged.set(plan.v.subarray(r * kvRow, (r + 1) * kvRow), (2 * r + 1) * kvRow);
-    }
-    const bytes = new Uint8Array(staged.buffer);
-    const positionBytes = 2 * kvRow * 4;
-    await settleAll(
-      plan.items.map(async (it) => {
-        const seq = it.seq;
-        const fh = seq.files[layer]!;
-        const path = join(seq.dir, layerFileName(layer));
-        const src = bytes.subarray(it.row * positionBytes, (it.row + it.nTokens) * positionBytes);
-        await writeFully(fh, path, src, positionOffset(seq.geometry, it.startPos));
-        if (opts.fsync === "always") await datasyncFile(fh, path);
-        const end = it.startPos + it.nTokens;
-        if (end > seq.lengths[layer]!) seq.lengths[layer] = end;
-        // Once per step: when the last layer is written (see kv-store.ts).
-        if (layer === seq.layout.nLayers - 1 && manifestBehind(seq)) await commitManifest(seq, opts.fsync);
-      }),
-    );
-  }
 
   /** The read buffer (made on first use); call under `streaming`. */
   function buffer(): NonNullable<typeof readBuffer> {
@@ -387,6 +311,112 @@ function createDiskKvStore(opts: CompiledStorageNodeOptions, node: AttentionNode
     });
   }
 
+  return {
+    attendAll,
+    reset() {
+      readBuffer = undefined;
+      accumulators = new Map();
+    },
+  };
+}
+
+/**
+ * The storage-node's KV store (see the file comment): sequences' K/V in
+ * files under `opts.dataDir`, attended with the kernel `opts.attentionKernel`
+ * names.
+ */
+function createDiskKvStore(opts: CompiledStorageNodeOptions, node: AttentionNodeContext): AttentionKvStore {
+  const sequences = new Map<string, StoredSequence>();
+  /** Sequences whose files are damaged, by directory name. */
+  const broken = new Map<string, KvStoreError>();
+  /** In-flight Attend work per sequence, so CloseSequence and close() wait for it. */
+  const busy = new Map<StoredSequence, Set<Promise<unknown>>>();
+  const inFlight = new Set<Promise<unknown>>();
+  const admin = createMutex(); // OpenSequence / CloseSequence, one at a time
+
+  const where = node.where;
+  const reservedBytesOf = (m: Pick<Manifest, "layout" | "maxPositions">) =>
+    m.maxPositions * m.layout.nLayers * 2 * m.layout.nKvHeads * m.layout.headDim * 4;
+  const usedBytes = () => [...sequences.values()].reduce((a, s) => a + s.reservedBytes, 0);
+  /** Half of the buffer, rounded down to whole f32 values. */
+  const halfBytes = Math.floor(opts.bufferBytes / 2 / 4) * 4;
+  const streamer = createKvStreamer(attentionKernel(opts.attentionKernel), halfBytes);
+
+  function damaged(seqId: string): KvStoreError | undefined {
+    const err = broken.get(sequenceDirName(seqId));
+    if (!err) return undefined;
+    return new KvStoreError(err.path, `${err.detail} (CloseSequence deletes the sequence)`, {
+      cause: err,
+      context: `${where()}: sequence "${seqId}" cannot be used`,
+    });
+  }
+
+  function lookup(seqId: string): StoredSequence | undefined {
+    const seq = sequences.get(seqId);
+    if (seq) return seq;
+    const err = damaged(seqId);
+    if (err) throw err;
+    return undefined;
+  }
+
+  function track<T>(seqs: readonly StoredSequence[], p: Promise<T>): Promise<T> {
+    inFlight.add(p);
+    for (const s of seqs) {
+      let set = busy.get(s);
+      if (!set) busy.set(s, (set = new Set()));
+      set.add(p);
+    }
+    const done = () => {
+      inFlight.delete(p);
+      for (const s of seqs) busy.get(s)?.delete(p);
+    };
+    p.then(done, done);
+    return p;
+  }
+
+  async function openSequence(seqId: string, layout: KvLayoutDims | undefined, maxPositions: number) {
+    const existing = sequences.get(seqId);
+    const { layout: lay, bytes } = checkOpenSequence(seqId, layout, maxPositions, existing, where(), "stored");
+    if (existing) return { length: sequenceLength(existing), reservedBytes: BigInt(existing.reservedBytes) };
+    const err = damaged(seqId);
+    if (err) throw err;
+    const positionBytes = 2 * lay.nKvHeads * lay.headDim * 4;
+    if (halfBytes < positionBytes) {
+      throw new RpcError(
+        Code.FAILED_PRECONDITION,
+        `${where()}: bufferBytes ${opts.bufferBytes} cannot stream sequence "${seqId}": each half of it must hold one position's K and V rows, ${positionBytes} bytes`,
+      );
+    }
+    const available = opts.capacityBytes - usedBytes();
+    if (bytes > available) {
+      throw new CapacityError(
+        `${where()}: cannot open sequence "${seqId}" (max_positions ${maxPositions}, ${describeKvLayout(lay)})`,
+        bytes,
+        available,
+      );
+    }
+    const seq = await createSequence(opts.dataDir, seqId, lay, maxPositions, opts.blockPositions, bytes, opts.fsync);
+    sequences.set(seqId, seq);
+    return { length: 0, reservedBytes: BigInt(bytes) };
+  }
+
+  async function closeSequence(seqId: string): Promise<void> {
+    const seq = sequences.get(seqId);
+    if (seq) {
+      sequences.delete(seqId); // new requests now see an unknown sequence
+      await Promise.allSettled([...(busy.get(seq) ?? [])]);
+      busy.delete(seq);
+      await closeSequenceFiles(seq);
+      await rm(seq.dir, { recursive: true, force: true });
+    } else {
+      const name = sequenceDirName(seqId);
+      if (!broken.has(name)) return;
+      broken.delete(name);
+      await rm(join(opts.dataDir, name), { recursive: true, force: true });
+    }
+    if (opts.fsync === "always") await syncDir(opts.dataDir);
+  }
+
   /**
    * Validates, then writes the new rows (durably) and attends over the
    * stored ones plus the new ones, concurrently.
@@ -397,7 +427,7 @@ function createDiskKvStore(opts: CompiledStorageNodeOptions, node: AttentionNode
     const out = new Float32Array(plan.totalTokens * oRow);
     // Settled, not Promise.all: the request ends (and CloseSequence or
     // close() may close its files) only when both are done.
-    const work = settleAll([persist(plan), attendAll(plan, out)]);
+    const work = settleAll([persist(plan, opts.fsync), streamer.attendAll(plan, out)]);
     await track(
       plan.items.map((i) => i.seq),
       work,
@@ -443,8 +473,7 @@ function createDiskKvStore(opts: CompiledStorageNodeOptions, node: AttentionNode
         sequences.clear();
         broken.clear();
       });
-      readBuffer = undefined;
-      accumulators = new Map();
+      streamer.reset();
     },
   };
 }
