@@ -17,13 +17,14 @@ export {
   attentionKernelNames,
   registerAttentionKernel,
   compileAttentionKernelOption,
-  DEFAULT_ATTENTION_KERNEL,
   type AttentionKernel,
   type AttentionScratch,
+  type OnlineAttention,
 } from "./kernels/registry.js";
+export { DEFAULT_ATTENTION_KERNEL } from "./kernels/built-in.js";
 export { jsKernel, createAttentionScratch } from "./kernels/js.js";
 export { wasmKernel, attendKvCacheInHeap } from "./kernels/wasm.js";
-export { attendKvCache, createOnlineAttention, type OnlineAttention, type OnlineAttentionOptions } from "./online.js";
+export { attendKvCache, createOnlineAttention, type OnlineAttentionOptions } from "./online.js";
 export {
   AttentionRequestError,
   answerAttend,

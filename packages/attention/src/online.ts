@@ -3,11 +3,12 @@
  * the entry points for callers that name a kernel (the bench, tests) rather
  * than hold one ({@link AttentionKernel}, kernels/registry.ts).
  */
+import { DEFAULT_ATTENTION_KERNEL } from "./kernels/built-in.js";
 import {
   attentionKernel,
-  DEFAULT_ATTENTION_KERNEL,
   type AttentionKernel,
   type AttentionScratch,
+  type OnlineAttention,
 } from "./kernels/registry.js";
 import { createAttentionScratch } from "./kernels/js.js";
 import type { AttentionDims, CausalQueries } from "./dims.js";
@@ -36,58 +37,6 @@ export function attendKvCache(
   kernel: string = DEFAULT_ATTENTION_KERNEL,
 ): void {
   attentionKernel(kernel).attendKvCache(dims, queries, k, v, out, outRow, scratch);
-}
-
-/**
- * Blocked causal attention with an online softmax, for a cache that is
- * never whole in memory (the storage-node): `begin` takes the queries,
- * `fold` consumes K/V of any range of positions in any order, `finish`
- * writes the outputs. Per query head it keeps a running max m, a running sum
- * l of exp(s - m) and an output accumulator rescaled by exp(m_old - m_new)
- * whenever a block raises the max: the "online normalizer calculation for
- * softmax" (Milakov & Gimelshein 2018) as FlashAttention (Dao et al. 2022)
- * applies it per block, so rescaling costs once per block, not per position.
- * State is O(queries x n_heads x head_dim) f64; K/V are only read.
- */
-export interface OnlineAttention {
-  /**
-   * Makes room for the state of `nQueries` queries now, so that `begin`
-   * allocates nothing. The wasm kernel's state lives in its heap, and
-   * growing the heap's (shared) memory does not detach views of it: they
-   * stay valid but do not see the new pages, and their `buffer` is no
-   * longer the heap's current one. `fold` still reads them in place
-   * (WasmHeap.ownsBuffer knows the memory's earlier buffers).
-   */
-  reserve(nQueries: number): void;
-  /** Resets the state for `queries` (a view is kept; do not change q until finish). */
-  begin(queries: CausalQueries): void;
-  /**
-   * Folds positions [firstPos, firstPos + nPositions). Position firstPos + t
-   * has its K row ([n_kv_heads, head_dim] f32) at element kOffset + t x
-   * stride of `k`, its V row at vOffset + t x stride of `v`. The default
-   * stride, n_kv_heads x head_dim, reads rows packed one after another
-   * (a [positions, n_kv_heads, head_dim] tensor); 2 x that reads K and V
-   * interleaved by position, as the storage-node's files hold them.
-   * Positions after a query's own are masked out for it. With the wasm
-   * kernel, rows that are views of its heap are read in place; others are
-   * copied in a block at a time.
-   * @throws RangeError when the rows asked lie outside `k` or `v`.
-   */
-  fold(
-    firstPos: number,
-    nPositions: number,
-    k: Float32Array,
-    kOffset: number,
-    v: Float32Array,
-    vOffset: number,
-    stride?: number,
-  ): void;
-  /**
-   * Writes the outputs ([nQueries, n_heads * head_dim] f32) at row `outRow`.
-   * @throws RangeError when some query saw none of its positions [0, p]
-   *   (a caller's bug: its own position must always be folded).
-   */
-  finish(out: Float32Array, outRow: number): void;
 }
 
 /** Options of {@link createOnlineAttention}. */

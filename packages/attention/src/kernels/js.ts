@@ -11,9 +11,8 @@
 import { checkKvRows } from "../attention-wasm.js";
 import type { AttentionWorkers } from "../attention-threads.js";
 import { checkAttentionDims, checkKvCacheCall, type AttentionDims, type CausalQueries } from "../dims.js";
-import type { OnlineAttention } from "../online.js";
 import type { WasmHeap } from "../wasm-attention.js";
-import type { AttentionKernel, AttentionScratch } from "./registry.js";
+import type { AttentionKernel, AttentionScratch, OnlineAttention } from "./registry.js";
 
 /** Empty scratch; grown on demand by the kernels. */
 export function createAttentionScratch(): AttentionScratch {

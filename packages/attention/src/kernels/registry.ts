@@ -1,10 +1,11 @@
 /**
- * The attention kernels by name: the interface every kernel implements, and
- * the one table of kernels the nodes' `--attention-kernel` option picks
- * from. A kernel is one file in this folder exporting an
- * {@link AttentionKernel}; adding one is that file plus its import and its
- * entry in {@link BUILT_IN_KERNELS} below (or, from outside the package, one
- * {@link registerAttentionKernel} call).
+ * The attention kernels by name: the interface every kernel implements
+ * ({@link AttentionKernel}, with {@link OnlineAttention}), and the table of
+ * kernels the nodes' `--attention-kernel` option picks from. A kernel is one
+ * file in this folder exporting an {@link AttentionKernel}; adding one is
+ * that file plus one {@link registerAttentionKernel} line (and its import)
+ * in built-in.ts, or, from outside the package, one
+ * {@link registerAttentionKernel} call.
  *
  * Shapes and dtypes every kernel sees (the wire's; see dims.ts):
  * - queries q: [rows, n_heads, head_dim] f32, a call reads rows
@@ -21,10 +22,7 @@
 import { ConfigError } from "@tessera/core";
 import type { AttentionWorkers, AttentionWorkersOptions } from "../attention-threads.js";
 import type { AttentionDims, CausalQueries } from "../dims.js";
-import type { OnlineAttention } from "../online.js";
 import type { WasmHeap } from "../wasm-attention.js";
-import { jsKernel } from "./js.js";
-import { wasmKernel } from "./wasm.js";
 
 /** Reusable scratch of {@link AttentionKernel.attendKvCache}, so decode steps do not allocate (the JS kernel's). */
 export interface AttentionScratch {
@@ -34,6 +32,58 @@ export interface AttentionScratch {
   qGroup: Float64Array;
   /** [n_heads, head_dim] output accumulator. */
   acc: Float64Array;
+}
+
+/**
+ * Blocked causal attention with an online softmax, for a cache that is
+ * never whole in memory (the storage-node): `begin` takes the queries,
+ * `fold` consumes K/V of any range of positions in any order, `finish`
+ * writes the outputs. Per query head it keeps a running max m, a running sum
+ * l of exp(s - m) and an output accumulator rescaled by exp(m_old - m_new)
+ * whenever a block raises the max: the "online normalizer calculation for
+ * softmax" (Milakov & Gimelshein 2018) as FlashAttention (Dao et al. 2022)
+ * applies it per block, so rescaling costs once per block, not per position.
+ * State is O(queries x n_heads x head_dim) f64; K/V are only read.
+ */
+export interface OnlineAttention {
+  /**
+   * Makes room for the state of `nQueries` queries now, so that `begin`
+   * allocates nothing. The wasm kernel's state lives in its heap, and
+   * growing the heap's (shared) memory does not detach views of it: they
+   * stay valid but do not see the new pages, and their `buffer` is no
+   * longer the heap's current one. `fold` still reads them in place
+   * (WasmHeap.ownsBuffer knows the memory's earlier buffers).
+   */
+  reserve(nQueries: number): void;
+  /** Resets the state for `queries` (a view is kept; do not change q until finish). */
+  begin(queries: CausalQueries): void;
+  /**
+   * Folds positions [firstPos, firstPos + nPositions). Position firstPos + t
+   * has its K row ([n_kv_heads, head_dim] f32) at element kOffset + t x
+   * stride of `k`, its V row at vOffset + t x stride of `v`. The default
+   * stride, n_kv_heads x head_dim, reads rows packed one after another
+   * (a [positions, n_kv_heads, head_dim] tensor); 2 x that reads K and V
+   * interleaved by position, as the storage-node's files hold them.
+   * Positions after a query's own are masked out for it. With the wasm
+   * kernel, rows that are views of its heap are read in place; others are
+   * copied in a block at a time.
+   * @throws RangeError when the rows asked lie outside `k` or `v`.
+   */
+  fold(
+    firstPos: number,
+    nPositions: number,
+    k: Float32Array,
+    kOffset: number,
+    v: Float32Array,
+    vOffset: number,
+    stride?: number,
+  ): void;
+  /**
+   * Writes the outputs ([nQueries, n_heads * head_dim] f32) at row `outRow`.
+   * @throws RangeError when some query saw none of its positions [0, p]
+   *   (a caller's bug: its own position must always be folded).
+   */
+  finish(out: Float32Array, outRow: number): void;
 }
 
 /**
@@ -89,13 +139,8 @@ export interface AttentionKernel {
   createOnlineAttention(dims: AttentionDims, heap?: WasmHeap): OnlineAttention;
 }
 
-/** The kernels this package ships, in the order messages list them. */
-const BUILT_IN_KERNELS: readonly AttentionKernel[] = [wasmKernel, jsKernel];
-
-/** The kernel both attention nodes and the by-name entry points (online.ts) use unless told otherwise. */
-export const DEFAULT_ATTENTION_KERNEL = wasmKernel.name;
-
-const kernels = new Map<string, AttentionKernel>(BUILT_IN_KERNELS.map((k) => [k.name, k]));
+/** The registered kernels by name, in registration order (the built-in ones first: built-in.ts). */
+const kernels = new Map<string, AttentionKernel>();
 
 /**
  * Registers `kernel` under `kernel.name`, so that `--attention-kernel` (and

@@ -16,10 +16,9 @@ import {
   type AttentionDims,
   type CausalQueries,
 } from "../dims.js";
-import type { OnlineAttention } from "../online.js";
 import { createWasmHeap, type WasmHeap } from "../wasm-attention.js";
 import { jsKernel } from "./js.js";
-import type { AttentionKernel, AttentionScratch } from "./registry.js";
+import type { AttentionKernel, AttentionScratch, OnlineAttention } from "./registry.js";
 
 let defaultHeap: WasmHeap | null | undefined;
 /** States of {@link attendKvCache} only (it is synchronous: begin, fold, finish in one call). */
