@@ -95,7 +95,8 @@ export interface OnlineAttention {
  * - the storage-node streams blocks of K/V from disk through a read buffer
  *   (in a heap when {@link readsHeap}() says so) into an online-softmax
  *   accumulator ({@link createOnlineAttention}).
- * Every method is synchronous and allocates only on first use of a shape.
+ * Every attention call (attendKvCache, AttentionWorkers.attend, the
+ * OnlineAttention methods) is synchronous.
  */
 export interface AttentionKernel {
   /** Name it is registered under: the value of `--attention-kernel` / `attentionKernel`. */
