@@ -23,6 +23,7 @@ COPY packages/model/package.json packages/model/
 COPY packages/rpc/package.json packages/rpc/
 COPY packages/nats/package.json packages/nats/
 COPY packages/telemetry/package.json packages/telemetry/
+COPY packages/attention/package.json packages/attention/
 COPY packages/scheduler/package.json packages/scheduler/
 COPY packages/profiling/package.json packages/profiling/
 COPY packages/cli/package.json packages/cli/

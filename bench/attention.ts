@@ -28,6 +28,8 @@ import { spawnSync } from "node:child_process";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
+import { f32Tensor, tensorF32 } from "@tessera/core";
+import { bestOf, dropFilePages, measureDiskRead } from "@tessera/profiling";
 import {
   attendKvCache,
   attendKvCacheInHeap,
@@ -35,13 +37,10 @@ import {
   createAttentionWorkers,
   createWasmAttention,
   createWasmHeap,
-  f32Tensor,
-  tensorF32,
   type AttentionDims,
   type AttentionScratch,
   type CausalQueries,
-} from "@tessera/core";
-import { bestOf, dropFilePages, measureDiskRead } from "@tessera/profiling";
+} from "@tessera/attention";
 import { Attention, createClient } from "@tessera/proto";
 import {
   createStorageNode,

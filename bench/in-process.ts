@@ -6,7 +6,8 @@
  * from the local cluster is the split: processes, gRPC, serialisation and
  * the coordinator.
  */
-import { attendKvCache, createAttentionScratch, type ModelShape } from "@tessera/core";
+import { attendKvCache, createAttentionScratch } from "@tessera/attention";
+import type { ModelShape } from "@tessera/core";
 import { openModel } from "@tessera/model";
 import { DenseModel } from "@tessera/gpu-node";
 

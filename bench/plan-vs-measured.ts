@@ -35,7 +35,8 @@
  * instead of dim 2048 for the short contexts).
  */
 import { availableParallelism, tmpdir, totalmem } from "node:os";
-import { SPLIT_MIN_BYTES, tensorF32, wireTensor, type ModelShape } from "@tessera/core";
+import { SPLIT_MIN_BYTES } from "@tessera/attention";
+import { tensorF32, wireTensor, type ModelShape } from "@tessera/core";
 import { createSampler } from "@tessera/model";
 import {
   measureReadBandwidth,

@@ -559,7 +559,7 @@ test("malformed and mutated messages to every RPC end with a documented status a
         // a storage-node whose read buffer cannot hold one position of the
         // layout (both documented on the node).
         codes: [Code.INVALID_ARGUMENT, Code.RESOURCE_EXHAUSTED, Code.FAILED_PRECONDITION],
-        // Attend answers a bad request in-band (attention.ts's
+        // Attend answers a bad request in-band (@tessera/attention's
         // AttentionRequestError): INVALID_ARGUMENT for bad shapes, dtypes and
         // fields, NOT_FOUND for an unknown sequence, OUT_OF_RANGE for
         // positions outside the sequence.

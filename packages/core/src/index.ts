@@ -1,7 +1,7 @@
 /**
  * Shared core of every Tessera role: errors, lifecycle, the tensor codec,
- * units, model shape, prompt and batch files, the roles table, and (until
- * they move to @tessera/attention) the attention kernels.
+ * units, model shape, option checks, prompt and batch files and the roles
+ * table (model formats: @tessera/model; attention: @tessera/attention).
  */
 export {
   TesseraError,
@@ -86,49 +86,3 @@ export {
   describeChoices,
   isHostPort,
 } from "./option-checks.js";
-export {
-  type AttentionDims,
-  attentionDimsKey,
-  type KvLayoutDims,
-  type CausalQueries,
-  type AttentionScratch,
-  createAttentionScratch,
-  type AttentionKernel,
-  checkAttentionDims,
-  attendKvCache,
-  attendKvCacheInHeap,
-  type OnlineAttention,
-  type OnlineAttentionOptions,
-  createOnlineAttention,
-  AttentionRequestError,
-  type AttendTarget,
-  type AttendPlanItem,
-  type AttendPlan,
-  answerAttend,
-  planAttendRequest,
-  kvSequenceBytes,
-  sameKvLayout,
-  describeKvLayout,
-  checkOpenSequence,
-} from "./attention.js";
-export { type WasmKernels, WASM_HEAP_MAX_BYTES, type WasmHeap, createWasmHeap } from "./wasm-attention.js";
-export {
-  WASM_ATTENTION_BLOCK,
-  ATTENTION_QUERY_CHUNK,
-  wasmAttentionBytes,
-  checkKvRows,
-  type WasmAttentionLayout,
-  type WasmAttention,
-  foldBlocks,
-  createWasmAttention,
-  writeOutputs,
-} from "./attention-wasm.js";
-export {
-  SPLIT_MIN_BYTES,
-  attendKvBytes,
-  type HeapAttendItem,
-  type AttentionWorkers,
-  type AttentionWorkersOptions,
-  createAttentionWorkers,
-} from "./attention-threads.js";
-export { traceAttend, attendKvBytesPerPosition } from "./attention-trace.js";

@@ -3,7 +3,13 @@
  * and FLOP/s of the memory-node's attention kernel.
  */
 import { availableParallelism } from "node:os";
-import { createAttentionWorkers, createWasmHeap, type AttentionDims } from "@tessera/core";
+import {
+  attentionKernel,
+  createWasmHeap,
+  DEFAULT_ATTENTION_KERNEL,
+  type AttentionDims,
+  type AttentionKernel,
+} from "@tessera/attention";
 import type { AttentionKernelRate } from "@tessera/scheduler";
 import { bestOf } from "./measure.js";
 
@@ -23,6 +29,7 @@ async function kernelRun(
   positions: number,
   threads: number,
   reps: number,
+  kernel: AttentionKernel,
 ): Promise<KernelRun> {
   const heap = createWasmHeap();
   if (!heap) throw new Error("measureAttentionKernel: WebAssembly SIMD with shared memory is unavailable");
@@ -58,7 +65,7 @@ async function kernelRun(
   }));
   const kvBytes = sequences * positions * kvRow * 4 * 2;
   const time = async (n: number, what: typeof work, r: number) => {
-    const pool = createAttentionWorkers(heap, n, { log: () => {} });
+    const pool = kernel.createHeapAttention(heap, n, { log: () => {} });
     try {
       pool.prepare(dims);
       pool.attend(dims, what, out); // warm-up (starts the workers)
@@ -80,8 +87,9 @@ async function kernelRun(
 }
 
 /**
- * Roofline of decode attention as the memory-node runs it (core's wasm
- * kernel through its attention workers, KV f32 in a wasm heap, one query
+ * Roofline of decode attention as the memory-node runs it (`kernel`, by
+ * default @tessera/attention's wasm kernel through its attention workers:
+ * {@link AttentionKernel.createHeapAttention}; KV f32 in a wasm heap, one query
  * per sequence over `positions` positions of `sequences` sequences), fitted
  * from two layer shapes of different arithmetic intensity: 8 heads over 8
  * KV heads (0.5 FLOP per KV byte) and 32 heads over 8 KV heads (GQA 4: 2
@@ -99,9 +107,10 @@ export async function measureAttentionKernel(
   positions = 2048,
   threads = availableParallelism(),
   reps = 3,
+  kernel: AttentionKernel = attentionKernel(DEFAULT_ATTENTION_KERNEL),
 ): Promise<AttentionKernelRate> {
-  const low = await kernelRun({ nHeads: 8, nKvHeads: 8, headDim: 64 }, sequences, positions, threads, reps);
-  const high = await kernelRun({ nHeads: 32, nKvHeads: 8, headDim: 64 }, sequences, positions, threads, reps);
+  const low = await kernelRun({ nHeads: 8, nKvHeads: 8, headDim: 64 }, sequences, positions, threads, reps, kernel);
+  const high = await kernelRun({ nHeads: 32, nKvHeads: 8, headDim: 64 }, sequences, positions, threads, reps, kernel);
   return {
     kvBytesPerS: Math.max(low.bytesAll, high.bytesAll),
     flopsPerS: Math.max(low.bytesAll * low.intensity, high.bytesAll * high.intensity),

@@ -6,7 +6,8 @@
  * code under test: nothing here uses the nodes' code or core's kernels.
  */
 import assert from "node:assert/strict";
-import { f32Tensor, tensorF32, type AttentionDims } from "@tessera/core";
+import { f32Tensor, tensorF32 } from "@tessera/core";
+import type { AttentionDims } from "@tessera/attention";
 import {
   Attention,
   create,

@@ -2,7 +2,8 @@ import { defaultNodeId, withTelemetry, type ServeMetricsOptions } from "@tessera
 import { runUntilSignal } from "@tessera/core";
 import { readNodeAdvert } from "@tessera/rpc";
 import { withRegistration, type NodeRegistryOptions } from "@tessera/nats";
-import { createMemoryNode, type MemoryNodeOptions } from "./memory-node.js";
+import { createMemoryNode } from "./memory-node.js";
+import type { MemoryNodeOptions } from "./options.js";
 
 /**
  * Runs a memory-node as this process's main component: serves until

@@ -1,19 +1,21 @@
 /**
- * The memory-node: the `tessera.v1.Attention` service with each sequence's
- * KV cache in RAM. Per sequence and layer it holds one K and one V buffer,
+ * The memory-node: the `tessera.v1.Attention` service (the attention-node
+ * shell of @tessera/attention) with each sequence's KV cache in RAM: this
+ * file is its KV store. Per sequence and layer it holds one K and one V buffer,
  * [max_positions, n_kv_heads, head_dim] f32 each, allocated (and counted
  * against `capacityBytes`) in full at OpenSequence, so a sequence that was
  * admitted never runs the node out of memory later. The buffers live in
  * WebAssembly memories ({@link WasmHeap}s of up to 4 GiB, the wasm32 limit;
  * a layer's K and V go into the first heap with room, a new heap is made
- * when none has), so attention reads them in place with core's WebAssembly
+ * when none has), so attention reads them in place with the WebAssembly
  * SIMD kernels ({@link attendKvCacheInHeap}); no per-step copies. Freed
  * buffers are reused by later sequences; a heap's memory is not returned to
- * the OS until the node closes. Where WebAssembly SIMD is missing (or
- * head_dim is not a multiple of 4) the buffers are plain Float32Arrays and
- * attention runs core's JS kernel ({@link attendKvCache}). Attention runs on
+ * the OS until the node closes. With a kernel that reads no heap
+ * (`--attention-kernel js`), or where WebAssembly SIMD is missing (or
+ * head_dim is not a multiple of 4), the buffers are plain Float32Arrays and
+ * attention runs the kernel's `attendKvCache`. Attention runs on
  * the event-loop thread and, for items with enough K/V to be worth it
- * (core's SPLIT_MIN_BYTES), on `attentionThreads - 1` worker threads too
+ * (SPLIT_MIN_BYTES), on `attentionThreads - 1` worker threads too
  * ({@link createAttentionWorkers}: each sequence's positions split between
  * the threads, partial softmax states combined), so one step uses every
  * core; the call stays synchronous. A failing worker does not fail the
@@ -21,7 +23,7 @@
  *
  * Besides the KV buffers (counted against `capacityBytes`), each heap holds
  * the kernels' scratch: per layer shape and thread, block buffers and state
- * for core's ATTENTION_QUERY_CHUNK queries ({@link wasmAttentionBytes};
+ * for ATTENTION_QUERY_CHUNK queries ({@link wasmAttentionBytes};
  * prefills go in chunks of that many queries), so it is bounded
  * whatever the prompt length. It shares the KV's heap because the kernels
  * address one memory (a wasm module of Node 20 imports one). The event-loop
@@ -34,162 +36,32 @@
  * of a step the first layers are one position ahead; the minimum is the
  * number of positions every layer holds, the one a caller can resume from.
  */
-import { watchKvBytes } from "@tessera/telemetry";
-import { availableParallelism } from "node:os";
 import {
   attendKvBytesPerPosition,
-  traceAttend,
-  answerAttend,
-  CapacityError,
-  ConfigError,
-  attendKvCache,
+  attentionKernel,
   checkOpenSequence,
-  createAttentionWorkers,
+  createAttentionNode,
+  createAttentionScratch,
   createWasmHeap,
+  describeKvLayout,
+  planAttendRequest,
   ATTENTION_QUERY_CHUNK,
   WASM_HEAP_MAX_BYTES,
   wasmAttentionBytes,
-  createAttentionScratch,
-  describeKvLayout,
-  f32Tensor,
-  tensorWireDtype,
-  parseByteSize,
-  planAttendRequest,
   type AttendTarget,
   type AttentionDims,
+  type AttentionKvStore,
+  type AttentionNodeContext,
   type AttentionWorkers,
   type HeapAttendItem,
   type KvLayoutDims,
-  type Service,
   type WasmHeap,
-} from "@tessera/core";
-import { createGrpcService, createRequestLoops } from "@tessera/rpc";
+} from "@tessera/attention";
+import { CapacityError, f32Tensor, tensorWireDtype, type Service } from "@tessera/core";
 import { measureReadBandwidth } from "@tessera/profiling";
-import {
-  Attention,
-  addService,
-  type AttendRequest,
-  type AttendResponseSchema,
-  type MessageInitShape,
-  type ServiceImpl,
-  type NodeProfile,
-} from "@tessera/proto";
-import { checkMemoryProfile, profileMemoryNode } from "./profile.js";
-
-/** gRPC service name the health service reports on. */
-export const ATTENTION_SERVICE_NAME = "tessera.v1.Attention";
-
-/** Options of a memory-node as a user gives them; see {@link compileMemoryNodeOptions}. */
-export interface MemoryNodeOptions {
-  /** Address to listen on. @default "127.0.0.1" */
-  host?: string;
-  /** Port to listen on; 0 picks a free one. @default 0 */
-  port?: number | string;
-  /** KV cache bytes this node may hold, as bytes or a size ("512MiB"). @default 1 GiB */
-  capacityBytes?: number | string;
-  /** How long drain() lets open calls (Attend streams) finish before forcing, in ms. @default 5000 */
-  drainGraceMs?: number;
-  /**
-   * Threads that run attention, the event-loop thread included (1: no
-   * worker threads). @default os.availableParallelism()
-   */
-  attentionThreads?: number;
-  /**
-   * What this node costs, in US dollars per hour; advertised by Info so the
-   * coordinator can place KV caches where a token is cheapest. 0 = unknown.
-   * @default 0
-   */
-  pricePerHour?: number;
-  /**
-   * RAM read bandwidth in bytes/s advertised by Info. When not given the
-   * node measures it at start ({@link measureReadBandwidth}, under 0.5 s).
-   */
-  readBytesPerSecond?: number;
-  /**
-   * The node's profile, advertised by Info: "measure" measures it in
-   * `start()` before the port is bound ({@link profileMemoryNode}, about a
-   * second on two CPU cores; its read bandwidth is then the one Info
-   * advertises), "off" advertises none, a NodeProfile (of role "memory",
-   * e.g. read from a file `--profile-only` wrote) is advertised as given,
-   * with profile_seconds 0, this node's price and capacity. @default "off"
-   */
-  profile?: "measure" | "off" | NodeProfile;
-  /** Where the node logs (a failed attention worker's error text). @default lines on stderr */
-  log?: (line: string) => void;
-}
-
-/** Validated, defaulted, frozen memory-node options (sizes in bytes, times in ms). */
-export interface CompiledMemoryNodeOptions {
-  readonly host: string;
-  readonly port: number;
-  readonly capacityBytes: number;
-  readonly drainGraceMs: number;
-  readonly attentionThreads: number;
-  /** $/h; 0 = unknown. */
-  readonly pricePerHour: number;
-  /** bytes/s as configured; undefined = measured at start. */
-  readonly readBytesPerSecond: number | undefined;
-  /** "measure", "off" or the profile to advertise (role "memory"). */
-  readonly profile: "measure" | "off" | NodeProfile;
-}
-
-/**
- * Applies defaults and validates once (Temporal's `compileWorkerOptions`
- * pattern).
- * @throws ConfigError naming the option when a value is invalid.
- */
-export function compileMemoryNodeOptions(options: MemoryNodeOptions = {}): CompiledMemoryNodeOptions {
-  const host = options.host ?? "127.0.0.1";
-  if (typeof host !== "string" || host.length === 0)
-    throw new ConfigError("host", `must be a host name or address, got ${String(host)}`);
-  const profile = options.profile ?? "off";
-  if (typeof profile === "object") checkMemoryProfile(profile);
-  else if (profile !== "measure" && profile !== "off")
-    throw new ConfigError("profile", `must be "measure", "off" or a NodeProfile, got ${JSON.stringify(profile)}`);
-  return Object.freeze({
-    host,
-    profile,
-    port: compilePort(options.port),
-    capacityBytes: parseByteSize("capacityBytes", options.capacityBytes ?? 1024 ** 3),
-    drainGraceMs: nonNegativeInt("drainGraceMs", options.drainGraceMs, 5000),
-    attentionThreads: positiveInt("attentionThreads", options.attentionThreads, availableParallelism()),
-    pricePerHour: nonNegative(
-      "pricePerHour",
-      options.pricePerHour,
-      typeof profile === "object" ? profile.pricePerHour : 0,
-    ),
-    readBytesPerSecond:
-      options.readBytesPerSecond === undefined
-        ? undefined
-        : nonNegative("readBytesPerSecond", options.readBytesPerSecond, 0),
-  });
-}
-
-function nonNegative(name: string, v: number | undefined, dflt: number): number {
-  const n = v ?? dflt;
-  if (typeof n !== "number" || !Number.isFinite(n) || n < 0)
-    throw new ConfigError(name, `must be a finite number >= 0, got ${String(v)}`);
-  return n;
-}
-
-function compilePort(port: number | string | undefined): number {
-  const n = typeof port === "string" ? Number(port) : (port ?? 0);
-  if (!Number.isInteger(n) || n < 0 || n > 65535)
-    throw new ConfigError("port", `must be an integer 0..65535, got ${String(port)}`);
-  return n;
-}
-
-function positiveInt(name: string, v: number | undefined, dflt: number): number {
-  const n = v ?? dflt;
-  if (!Number.isInteger(n) || n < 1) throw new ConfigError(name, `must be a positive integer, got ${String(v)}`);
-  return n;
-}
-
-function nonNegativeInt(name: string, v: number | undefined, dflt: number): number {
-  const n = v ?? dflt;
-  if (!Number.isInteger(n) || n < 0) throw new ConfigError(name, `must be a non-negative integer, got ${String(v)}`);
-  return n;
-}
+import type { AttendRequest, NodeProfile } from "@tessera/proto";
+import { compileMemoryNodeOptions, type CompiledMemoryNodeOptions, type MemoryNodeOptions } from "./options.js";
+import { profileMemoryNode } from "./profile.js";
 
 /** A running (or not yet started) memory-node. */
 export interface MemoryNode extends Service {
@@ -262,12 +134,15 @@ function sequenceLength(seq: Sequence): number {
 }
 
 /**
- * Creates a memory-node. Nothing is bound until `start()`.
- * @throws ConfigError naming the option when `options` are invalid.
+ * The memory-node's KV store (see the file comment): sequences' K/V in RAM,
+ * attended with the kernel `opts.attentionKernel` names.
  */
-export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
-  const opts = compileMemoryNodeOptions(options);
-  const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
+function createRamKvStore(
+  opts: CompiledMemoryNodeOptions,
+  log: (line: string) => void,
+  node: AttentionNodeContext,
+): AttentionKvStore {
+  const kernel = attentionKernel(opts.attentionKernel);
   const sequences = new Map<string, Sequence>();
   const scratch = createAttentionScratch();
   /**
@@ -283,7 +158,6 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
     if (!b || b.length < n) buffers.set(name, (b = new Float32Array(n)));
     return b.length === n ? b : b.subarray(0, n);
   };
-  const attendLoops = createRequestLoops();
   /** WebAssembly memories holding the KV buffers. */
   let heaps: WasmHeap[] = [];
   /**
@@ -294,28 +168,13 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
   let usedBytes = 0;
   /** Advertised read bandwidth (bytes/s): configured, else from the profile, else measured in start(). */
   let readBytesPerSecond = opts.readBytesPerSecond;
-  /**
-   * The advertised profile: measured in start() ("measure"), none ("off"),
-   * or the given one with profile_seconds 0 (not measured here) and this
-   * node's price and capacity.
-   */
-  let profile: NodeProfile | undefined;
-  if (typeof opts.profile === "object" && opts.profile.figures.case === "memory") {
-    profile = {
-      ...opts.profile,
-      pricePerHour: opts.pricePerHour,
-      profileSeconds: 0,
-      figures: {
-        case: "memory",
-        value: { ...opts.profile.figures.value, capacityBytes: BigInt(opts.capacityBytes) },
-      },
-    };
+  if (typeof opts.profile === "object" && opts.profile.figures.case === "memory")
     readBytesPerSecond ??= opts.profile.figures.value.readBytesPerSecond || undefined;
-  }
+  const where = node.where;
 
   function poolFor(heap: WasmHeap): AttentionWorkers {
     let pool = pools.get(heap);
-    if (!pool) pools.set(heap, (pool = createAttentionWorkers(heap, opts.attentionThreads, { log })));
+    if (!pool) pools.set(heap, (pool = kernel.createHeapAttention(heap, opts.attentionThreads, { log })));
     return pool;
   }
 
@@ -337,10 +196,8 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
     }
   }
 
-  const address = () => service.address;
-  const where = () => `memory-node ${address()}`;
-
-  function openSequence(seqId: string, layout: KvLayoutDims | undefined, maxPositions: number) {
+  /** Reserves and allocates; RESOURCE_EXHAUSTED past capacity, INVALID_ARGUMENT for another layout. */
+  async function openSequence(seqId: string, layout: KvLayoutDims | undefined, maxPositions: number) {
     const existing = sequences.get(seqId);
     const { layout: lay, bytes } = checkOpenSequence(seqId, layout, maxPositions, existing, where(), "open");
     if (existing) return { length: sequenceLength(existing), reservedBytes: BigInt(existing.reservedBytes) };
@@ -355,7 +212,7 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
     const rowFloats = maxPositions * lay.nKvHeads * lay.headDim;
     const slots: KvSlot[] = [];
     try {
-      for (let l = 0; l < lay.nLayers; l++) slots.push(allocSlot(heaps, rowFloats, lay.headDim % 4 === 0));
+      for (let l = 0; l < lay.nLayers; l++) slots.push(allocSlot(heaps, rowFloats, kernel.readsHeap(lay)));
     } catch (err) {
       slots.forEach(freeSlot);
       // The capacity option promised more than the process can allocate.
@@ -394,7 +251,8 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
     return { length: 0, reservedBytes: BigInt(bytes) };
   }
 
-  function closeSequence(seqId: string): void {
+  /** Frees the buffers at once; unknown ids succeed. */
+  async function closeSequence(seqId: string): Promise<void> {
     const seq = sequences.get(seqId);
     if (!seq) return;
     sequences.delete(seqId);
@@ -406,121 +264,63 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
    * Appends then attends, synchronously: a request is applied whole or, when
    * validation fails, not at all.
    */
-  function attend(req: AttendRequest): Promise<MessageInitShape<typeof AttendResponseSchema>> {
-    return answerAttend(req, { role: "memory", address: address() }, () => {
-      const plan = planAttendRequest(req, (id) => sequences.get(id), where(), reusable);
-      const { dims, layer } = plan;
-      const kvRow = dims.nKvHeads * dims.headDim;
-      const oRow = dims.nHeads * dims.headDim;
-      // An f16 request's o is encoded to fresh wire bytes before this
-      // returns (answerAttend), so its f32 output can be reused; an f32
-      // request's goes out as it is.
-      const n = plan.totalTokens * oRow;
-      const out = tensorWireDtype(req.q) === "f16" ? reusable("o", n) : new Float32Array(n);
-      /** The items whose cache is in a heap, per heap. */
-      const inHeap = new Map<WasmHeap, HeapAttendItem[]>();
-      for (const it of plan.items) {
-        const slot = it.seq.slots[layer]!;
-        const kc = slot.k();
-        const vc = slot.v();
-        // Write first: each query attends over its own K/V too. Rows at
-        // positions < the current length are overwritten (a retried step).
-        kc.set(plan.k.subarray(it.row * kvRow, (it.row + it.nTokens) * kvRow), it.startPos * kvRow);
-        vc.set(plan.v.subarray(it.row * kvRow, (it.row + it.nTokens) * kvRow), it.startPos * kvRow);
-        const lengths = it.seq.lengths;
-        lengths[layer] = Math.max(lengths[layer]!, it.startPos + it.nTokens);
-        const queries = { q: plan.q, qRow: it.row, nQueries: it.nTokens, startPos: it.startPos };
-        if (slot.heap) {
-          const items = inHeap.get(slot.heap) ?? [];
-          items.push({ queries, kPtr: slot.kPtr, vPtr: slot.vPtr, outRow: it.row });
-          inHeap.set(slot.heap, items);
-        } else attendKvCache(dims, queries, kc, vc, out, it.row, scratch);
-      }
-      for (const [heap, items] of inHeap) {
-        // Made at OpenSequence already; this only finds it.
-        prepareAttention(heap, dims, `(n_heads ${dims.nHeads}, n_kv_heads ${dims.nKvHeads}, head_dim ${dims.headDim})`);
-        // The workers when the items have enough K/V to split (SPLIT_MIN_BYTES), else this thread.
-        poolFor(heap).attend(dims, items, out);
-      }
-      return f32Tensor(out, [plan.totalTokens, oRow]);
-    });
+  function attend(req: AttendRequest) {
+    const plan = planAttendRequest(req, (id) => sequences.get(id), where(), reusable);
+    const { dims, layer } = plan;
+    const kvRow = dims.nKvHeads * dims.headDim;
+    const oRow = dims.nHeads * dims.headDim;
+    // An f16 request's o is encoded to fresh wire bytes before this
+    // returns (answerAttend), so its f32 output can be reused; an f32
+    // request's goes out as it is.
+    const n = plan.totalTokens * oRow;
+    const out = tensorWireDtype(req.q) === "f16" ? reusable("o", n) : new Float32Array(n);
+    /** The items whose cache is in a heap, per heap. */
+    const inHeap = new Map<WasmHeap, HeapAttendItem[]>();
+    for (const it of plan.items) {
+      const slot = it.seq.slots[layer]!;
+      const kc = slot.k();
+      const vc = slot.v();
+      // Write first: each query attends over its own K/V too. Rows at
+      // positions < the current length are overwritten (a retried step).
+      kc.set(plan.k.subarray(it.row * kvRow, (it.row + it.nTokens) * kvRow), it.startPos * kvRow);
+      vc.set(plan.v.subarray(it.row * kvRow, (it.row + it.nTokens) * kvRow), it.startPos * kvRow);
+      const lengths = it.seq.lengths;
+      lengths[layer] = Math.max(lengths[layer]!, it.startPos + it.nTokens);
+      const queries = { q: plan.q, qRow: it.row, nQueries: it.nTokens, startPos: it.startPos };
+      if (slot.heap) {
+        const items = inHeap.get(slot.heap) ?? [];
+        items.push({ queries, kPtr: slot.kPtr, vPtr: slot.vPtr, outRow: it.row });
+        inHeap.set(slot.heap, items);
+      } else kernel.attendKvCache(dims, queries, kc, vc, out, it.row, scratch);
+    }
+    for (const [heap, items] of inHeap) {
+      // Made at OpenSequence already; this only finds it.
+      prepareAttention(heap, dims, `(n_heads ${dims.nHeads}, n_kv_heads ${dims.nKvHeads}, head_dim ${dims.headDim})`);
+      // The workers when the items have enough K/V to split (SPLIT_MIN_BYTES), else this thread.
+      poolFor(heap).attend(dims, items, out);
+    }
+    return f32Tensor(out, [plan.totalTokens, oRow]);
   }
 
-  /** attend() in a span when the request carries a trace context; KV bytes read: positions [0, start_pos + n_tokens) of each item's cache, from RAM. */
-  const tracedAttend = (req: AttendRequest) =>
-    traceAttend(
-      "memory",
-      req,
-      () => {
-        const row = attendKvBytesPerPosition(req);
-        return req.items.reduce((b, it) => b + (it.startPos + it.nTokens) * row, 0);
-      },
-      attend,
-    );
-
-  const impl: ServiceImpl<typeof Attention> = {
-    /** Reserves and allocates; RESOURCE_EXHAUSTED past capacity, INVALID_ARGUMENT for another layout. */
-    async openSequence(req) {
-      return openSequence(req.seqId, req.layout, req.maxPositions);
+  return {
+    openSequence,
+    closeSequence,
+    attend,
+    /** Positions [0, start_pos + n_tokens) of each item's cache, from RAM. */
+    kvBytesRead(req) {
+      const row = attendKvBytesPerPosition(req);
+      return req.items.reduce((b, it) => b + (it.startPos + it.nTokens) * row, 0);
     },
-    /** Frees the buffers at once; unknown ids succeed. */
-    async closeSequence(req) {
-      closeSequence(req.seqId);
-      return {};
-    },
-    /**
-     * One response per request, in order; a bad request gets an `error`
-     * response and the stream goes on. A drain ends the stream with OK
-     * (the client retries elsewhere or later); requests it had not read yet
-     * are not answered.
-     */
-    attend(call) {
-      return attendLoops.serve(call, tracedAttend);
-    },
-    /**
-     * Capacity and reserved bytes (sum of open sequences' reservations),
-     * price ($/h), read bandwidth (bytes/s) and the profile (unset when off).
-     */
-    async info() {
-      return {
-        profile,
-        role: "memory",
-        capacityBytes: BigInt(opts.capacityBytes),
-        usedBytes: BigInt(usedBytes),
-        sequences: sequences.size,
-        pricePerHour: opts.pricePerHour,
-        readBytesPerSecond: readBytesPerSecond ?? 0,
-      };
-    },
-  };
-
-  // The KV gauges (tessera_kv_*_bytes) read this node from start to close.
-  let unwatchKv = () => {};
-  const service = createGrpcService({
-    role: "memory",
-    name: "memory-node",
-    host: opts.host,
-    port: opts.port,
-    serviceNames: [ATTENTION_SERVICE_NAME],
-    register: (s) => addService(s, Attention, impl),
-    graceMs: opts.drainGraceMs,
-    // The profile, measured before the port is bound so no request competes
-    // with it; the read bandwidth Info advertises, unless configured (tens of ms).
-    onStart: async () => {
-      unwatchKv = watchKvBytes(() => ({ address: address(), usedBytes, capacityBytes: opts.capacityBytes }));
-      if (opts.profile === "measure") {
-        profile = await profileMemoryNode(opts);
-        if (profile.figures.case === "memory") readBytesPerSecond ??= profile.figures.value.readBytesPerSecond;
-      }
+    usedBytes: () => usedBytes,
+    sequenceCount: () => sequences.size,
+    readBytesPerSecond: () => readBytesPerSecond ?? 0,
+    // The read bandwidth Info advertises, unless configured: the measured
+    // profile's, else measured now (tens of ms).
+    async start(measured: NodeProfile | undefined) {
+      if (measured?.figures.case === "memory") readBytesPerSecond ??= measured.figures.value.readBytesPerSecond;
       readBytesPerSecond ??= measureReadBandwidth();
     },
-    // Attend streams never end by themselves: end them (with OK, after the
-    // request in flight) so that shutdown does not wait out the grace period
-    // and then cancel them.
-    onDrain: () => attendLoops.stop(opts.drainGraceMs),
-    beforeShutdown: () => attendLoops.stop(),
-    async onClose() {
-      unwatchKv();
+    async close() {
       sequences.clear();
       const closing = [...pools.values()];
       heaps = [];
@@ -528,6 +328,46 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
       usedBytes = 0;
       await Promise.all(closing.map((p) => p.close()));
     },
+  };
+}
+
+/**
+ * The advertised profile of a given one: profile_seconds 0 (not measured
+ * here) and this node's price and capacity; undefined for "measure" (made
+ * in start()) and "off".
+ */
+function givenProfile(opts: CompiledMemoryNodeOptions): NodeProfile | undefined {
+  if (typeof opts.profile !== "object" || opts.profile.figures.case !== "memory") return undefined;
+  return {
+    ...opts.profile,
+    pricePerHour: opts.pricePerHour,
+    profileSeconds: 0,
+    figures: {
+      case: "memory",
+      value: { ...opts.profile.figures.value, capacityBytes: BigInt(opts.capacityBytes) },
+    },
+  };
+}
+
+/**
+ * Creates a memory-node: its RAM KV store behind the attention-node shell.
+ * Nothing is bound until `start()`, which measures the profile first when
+ * asked ({@link profileMemoryNode}, the chosen kernel included).
+ * @throws ConfigError naming the option when `options` are invalid.
+ */
+export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
+  const opts = compileMemoryNodeOptions(options);
+  const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
+  const service = createAttentionNode({
+    role: "memory",
+    host: opts.host,
+    port: opts.port,
+    drainGraceMs: opts.drainGraceMs,
+    capacityBytes: opts.capacityBytes,
+    pricePerHour: opts.pricePerHour,
+    profile: givenProfile(opts),
+    measureProfile: opts.profile === "measure" ? () => profileMemoryNode(opts) : undefined,
+    createStore: (node) => createRamKvStore(opts, log, node),
   });
   return Object.assign(service, { options: opts });
 }

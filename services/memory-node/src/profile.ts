@@ -2,11 +2,12 @@
  * A memory-node's self-profile (issue 4, item 1): RAM read bandwidth, the
  * decode attention kernel's KV bytes/s and FLOP/s on the node's attention
  * threads, and its KV capacity, as a tessera.v1.NodeProfile. The
- * measurements are those of @tessera/profiling (`measureReadBandwidth`,
- * `measureAttentionKernel`), shared with the bench.
+ * measurements are those of @tessera/core (`measureReadBandwidth`) and
+ * @tessera/profiling (`measureAttentionKernel`), shared with the bench.
  */
 import { availableParallelism, totalmem } from "node:os";
 import { performance } from "node:perf_hooks";
+import { attentionKernel, DEFAULT_ATTENTION_KERNEL } from "@tessera/attention";
 import { ConfigError } from "@tessera/core";
 import { measureReadBandwidth, measureAttentionKernel } from "@tessera/profiling";
 import { NodeProfileSchema, create, type NodeProfile } from "@tessera/proto";
@@ -21,6 +22,8 @@ export interface MemoryProfileOptions {
   readonly pricePerHour?: number;
   /** RAM read bandwidth, bytes/s, as configured; undefined = measured. */
   readonly readBytesPerSecond?: number | undefined;
+  /** Name of the attention kernel measured (a registered one). @default "wasm" */
+  readonly attentionKernel?: string;
 }
 
 /**
@@ -34,21 +37,23 @@ export const MEMORY_PROFILE_SIZES = { sequences: 8, positions: 2048, reps: 3 } a
 
 /**
  * Measures this machine as a memory-node (about a second on two CPU cores):
- * RAM read bandwidth (`measureReadBandwidth` of @tessera/profiling, one thread,
- * unless configured) and the decode attention kernel's roofline on
- * `attentionThreads` threads (`measureAttentionKernel`, sizes
+ * RAM read bandwidth (`measureReadBandwidth` of @tessera/core, one thread,
+ * unless configured) and the decode attention kernel's roofline (the
+ * node's `attentionKernel`) on `attentionThreads` threads (`measureAttentionKernel`, sizes
  * {@link MEMORY_PROFILE_SIZES}), plus the configured KV capacity.
  * read_bytes_per_second is the same figure Info's read_bytes_per_second
  * advertises.
  * @returns a NodeProfile of role "memory" (figures case "memory") with the options' price.
- * @throws Error when WebAssembly SIMD with shared memory is unavailable.
+ * @throws Error when WebAssembly SIMD with shared memory is unavailable;
+ *   RangeError when no kernel has the name given.
  */
 export async function profileMemoryNode(o: MemoryProfileOptions = {}): Promise<NodeProfile> {
   const t0 = performance.now();
   const threads = o.attentionThreads ?? availableParallelism();
   const readBytesPerSecond = o.readBytesPerSecond ?? measureReadBandwidth();
   const { sequences, positions, reps } = MEMORY_PROFILE_SIZES;
-  const k = await measureAttentionKernel(sequences, positions, threads, reps);
+  const kernel = attentionKernel(o.attentionKernel ?? DEFAULT_ATTENTION_KERNEL);
+  const k = await measureAttentionKernel(sequences, positions, threads, reps, kernel);
   return create(NodeProfileSchema, {
     role: "memory",
     pricePerHour: o.pricePerHour ?? 0,

@@ -251,6 +251,7 @@ test("options are compiled once: defaults, sizes as strings, bad values name the
     capacityBytes: 1024 ** 3,
     drainGraceMs: 5000,
     attentionThreads: availableParallelism(),
+    attentionKernel: "wasm",
     pricePerHour: 0,
     readBytesPerSecond: undefined,
     profile: "off",

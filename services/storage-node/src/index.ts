@@ -1,17 +1,14 @@
 /** The storage-node role: the Attention service with the KV cache in files, streamed through a bounded buffer. */
+export { createStorageNode, planChunks, packLoads, type StorageNode, type Chunk, type Load } from "./storage-node.js";
 export {
-  createStorageNode,
   compileStorageNodeOptions,
-  planChunks,
-  packLoads,
-  ATTENTION_SERVICE_NAME,
   MIN_BUFFER_BYTES,
-  type StorageNode,
+  STORAGE_NODE_DEFAULTS,
   type StorageNodeOptions,
   type CompiledStorageNodeOptions,
-  type Chunk,
-  type Load,
-} from "./storage-node.js";
+} from "./options.js";
+/** gRPC service name the health service reports on (the attention-node shell's). */
+export { ATTENTION_SERVICE_NAME } from "@tessera/attention";
 export {
   KvStoreError,
   sequenceDirName,

@@ -56,7 +56,8 @@ import { constants } from "node:fs";
 import { mkdir, open, readFile, readdir, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { Code } from "@tessera/proto";
-import { TesseraError, type AttendTarget, type KvLayoutDims } from "@tessera/core";
+import type { AttendTarget, KvLayoutDims } from "@tessera/attention";
+import { TesseraError } from "@tessera/core";
 
 /** Name of the index file in a sequence directory. */
 export const MANIFEST_FILE = "manifest.json";

@@ -2,7 +2,8 @@ import { defaultNodeId, withTelemetry, type ServeMetricsOptions } from "@tessera
 import { runUntilSignal } from "@tessera/core";
 import { readNodeAdvert } from "@tessera/rpc";
 import { withRegistration, type NodeRegistryOptions } from "@tessera/nats";
-import { createStorageNode, type StorageNodeOptions } from "./storage-node.js";
+import { createStorageNode } from "./storage-node.js";
+import type { StorageNodeOptions } from "./options.js";
 
 /**
  * Runs a storage-node as this process's main component: finds the sequences

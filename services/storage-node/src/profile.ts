@@ -12,6 +12,7 @@ import { mkdir, open, rm, statfs } from "node:fs/promises";
 import { availableParallelism, totalmem } from "node:os";
 import { join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
+import { attentionKernel, DEFAULT_ATTENTION_KERNEL } from "@tessera/attention";
 import { ConfigError } from "@tessera/core";
 import { NodeProfileSchema, create, type NodeProfile } from "@tessera/proto";
 import { measureAttentionKernel, measureDiskRead } from "@tessera/profiling";
@@ -26,6 +27,8 @@ export interface StorageProfileOptions {
   readonly bufferBytes?: number;
   /** $/h advertised with the profile. @default 0 */
   readonly pricePerHour?: number;
+  /** Name of the attention kernel measured (a registered one). @default "wasm" */
+  readonly attentionKernel?: string;
 }
 
 /**
@@ -73,13 +76,14 @@ export async function measureDiskWrite(dir: string, bytes = 64 * 2 ** 20, chunk 
  * the disk's): write bandwidth ({@link measureDiskWrite}), read bandwidth
  * with pages dropped and the cost of one durable 4 KiB append when 16 run
  * at once (`measureDiskRead`), free bytes of the data directory's
- * filesystem (statfs), and the attention kernel's one-thread roofline
- * (`measureAttentionKernel`); sizes {@link STORAGE_PROFILE_SIZES}. Where
+ * filesystem (statfs), and the one-thread roofline of the node's attention
+ * kernel (`attentionKernel`, measured by `measureAttentionKernel`); sizes {@link STORAGE_PROFILE_SIZES}. Where
  * pages cannot be dropped (no `dd iflag=nocache`), read_bytes_per_second
  * is a page-cache figure.
  * @returns a NodeProfile of role "storage" (figures case "storage") with the options' price.
  * @throws Error (Node's fs errors) when the data directory cannot be created or written;
- *   Error when WebAssembly SIMD with shared memory is unavailable.
+ *   Error when WebAssembly SIMD with shared memory is unavailable;
+ *   RangeError when no kernel has the name given.
  */
 export async function profileStorageNode(o: StorageProfileOptions): Promise<NodeProfile> {
   const t0 = performance.now();
@@ -91,7 +95,8 @@ export async function profileStorageNode(o: StorageProfileOptions): Promise<Node
   const writeBytesPerSecond = await measureDiskWrite(dir, S.fileBytes, chunk);
   const disk = await measureDiskRead(dir, S.fileBytes, chunk, S.reps);
   const fs = await statfs(dir);
-  const k = await measureAttentionKernel(S.sequences, S.positions, 1, S.reps);
+  const kernel = attentionKernel(o.attentionKernel ?? DEFAULT_ATTENTION_KERNEL);
+  const k = await measureAttentionKernel(S.sequences, S.positions, 1, S.reps, kernel);
   return create(NodeProfileSchema, {
     role: "storage",
     pricePerHour: o.pricePerHour ?? 0,

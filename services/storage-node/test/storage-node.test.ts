@@ -17,7 +17,8 @@ import {
 import { setTimeout as delay } from "node:timers/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { attendKvCache, tensorF32 } from "@tessera/core";
+import { attendKvCache } from "@tessera/attention";
+import { tensorF32 } from "@tessera/core";
 import { Attention, Code, RpcError, checkHealth, createClient, type AttendResponse } from "@tessera/proto";
 import {
   compileStorageNodeOptions,

@@ -5,17 +5,8 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import {
-  answerAttend,
-  f16ToF32,
-  f32BitsToF16Bits,
-  f32Tensor,
-  planAttendRequest,
-  tensorF32,
-  wireTensor,
-  type AttendTarget,
-  type WireDtype,
-} from "@tessera/core";
+import { f16ToF32, f32BitsToF16Bits, f32Tensor, tensorF32, wireTensor, type WireDtype } from "@tessera/core";
+import { answerAttend, planAttendRequest, type AttendTarget } from "@tessera/attention";
 import { AttendRequestSchema, Code, DType, create } from "@tessera/proto";
 
 const seq: AttendTarget = {

@@ -25,7 +25,7 @@
  */
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
-import { attentionDimsKey, type AttentionDims, type CausalQueries } from "./attention.js";
+import { attentionDimsKey, type AttentionDims, type CausalQueries } from "./dims.js";
 import {
   ATTENTION_QUERY_CHUNK,
   WASM_ATTENTION_BLOCK,
@@ -33,6 +33,7 @@ import {
   foldBlocks,
   writeOutputs,
   type WasmAttention,
+  type WasmAttentionLayout,
 } from "./attention-wasm.js";
 import type { WasmHeap } from "./wasm-attention.js";
 
@@ -177,6 +178,145 @@ export interface AttentionWorkersOptions {
   fault?: "setup" | "job";
 }
 
+/**
+ * The states of `dims` in `heap` (kept in `states` by layer shape): [0] the
+ * calling thread's (created, or RangeError), then up to `n - 1` workers'
+ * (as many as fit), each with {@link ATTENTION_QUERY_CHUNK} query slots.
+ */
+function statesOf(
+  heap: WasmHeap,
+  states: Map<string, WasmAttention[]>,
+  dims: AttentionDims,
+  n: number,
+): WasmAttention[] {
+  const key = attentionDimsKey(dims);
+  let sts = states.get(key);
+  if (!sts) {
+    const st = createWasmAttention(heap, dims);
+    try {
+      st.reserve(ATTENTION_QUERY_CHUNK);
+    } catch (err) {
+      st.dispose();
+      throw err;
+    }
+    states.set(key, (sts = [st]));
+  }
+  while (sts.length < n) {
+    let st: WasmAttention | undefined;
+    try {
+      st = createWasmAttention(heap, dims);
+      st.reserve(ATTENTION_QUERY_CHUNK);
+    } catch {
+      st?.dispose();
+      break; // the heap is full: fewer threads
+    }
+    sts.push(st);
+  }
+  return sts;
+}
+
+/** One item of a batch: its query slots (from `slot0`, in every state) and its parts, by thread. */
+interface BatchItem {
+  readonly it: HeapAttendItem;
+  readonly slot0: number;
+  readonly parts: readonly { thread: number; first: number; count: number }[];
+}
+
+/**
+ * Splits a batch between `nThreads` threads. Slots: item i's queries at
+ * slot0 = queries of the items before it, in every state. Parts: big items
+ * (>= SPLIT_MIN_BYTES) are split evenly between the threads by position;
+ * small ones go whole to the thread with the least work so far.
+ */
+function planBatch(dims: AttentionDims, items: readonly HeapAttendItem[], nThreads: number): BatchItem[] {
+  const load = new Array<number>(nThreads).fill(0);
+  let slots = 0;
+  return items.map((it) => {
+    const n = it.queries.startPos + it.queries.nQueries;
+    const bytes = attendKvBytes(dims, it.queries.nQueries, it.queries.startPos);
+    const slot0 = slots;
+    slots += it.queries.nQueries;
+    const parts: { thread: number; first: number; count: number }[] = [];
+    if (nThreads > 1 && bytes >= SPLIT_MIN_BYTES) {
+      for (let t = 0; t < nThreads; t++) {
+        const first = Math.round((t * n) / nThreads);
+        parts.push({ thread: t, first, count: Math.round(((t + 1) * n) / nThreads) - first });
+        load[t]! += bytes / nThreads;
+      }
+    } else {
+      const t = load.indexOf(Math.min(...load));
+      parts.push({ thread: t, first: 0, count: n });
+      load[t]! += bytes;
+    }
+    return { it, slot0, parts };
+  });
+}
+
+/**
+ * Writes thread `thread`'s jobs of `plan` ({@link JOB} f64 fields each, in
+ * the order the worker source reads them) into the job table at byte
+ * `jobs` of the heap (`f64` its view), for the state laid out as `L`.
+ * @returns the number of jobs written.
+ */
+function writeJobs(
+  f64: Float64Array,
+  jobs: number,
+  plan: readonly BatchItem[],
+  thread: number,
+  L: WasmAttentionLayout,
+  dims: AttentionDims,
+): number {
+  const kvRowB = 4 * dims.nKvHeads * dims.headDim;
+  const qStride = dims.nHeads * dims.headDim;
+  let nJobs = 0;
+  for (const p of plan) {
+    for (const part of p.parts) {
+      if (part.thread !== thread) continue;
+      const { nQueries, startPos } = p.it.queries;
+      const job = [
+        L.s,
+        L.c,
+        L.lsum,
+        L.a,
+        L.nhp,
+        dims.nHeads,
+        dims.nKvHeads,
+        dims.headDim,
+        L.q + 4 * p.slot0 * qStride,
+        L.m + 4 * p.slot0 * L.nhp,
+        L.l + 8 * p.slot0 * L.nhp,
+        L.acc + 8 * p.slot0 * qStride,
+        nQueries,
+        startPos,
+        part.first,
+        part.count,
+        p.it.kPtr + part.first * kvRowB,
+        p.it.vPtr + part.first * kvRowB,
+        kvRowB,
+      ];
+      f64.set(job, jobs / 8 + nJobs * JOB);
+      nJobs++;
+    }
+  }
+  return nJobs;
+}
+
+/**
+ * Waits (Atomics.wait, up to WORKER_TIMEOUT_MS) until a worker handed a
+ * job (control state READY) leaves READY.
+ * @returns the state it ended in: DONE, READY (timed out) or DEAD.
+ */
+function awaitWorker(c: Int32Array): number {
+  const t0 = Date.now();
+  let state = Atomics.load(c, 0);
+  while (state === READY) {
+    Atomics.wait(c, 0, READY, WORKER_TIMEOUT_MS);
+    state = Atomics.load(c, 0);
+    if (state === READY && Date.now() - t0 >= WORKER_TIMEOUT_MS) break;
+  }
+  return state;
+}
+
 interface WorkerSlot {
   readonly worker: Worker;
   /** [state, job count, job table address, error text length] */
@@ -257,33 +397,7 @@ export function createAttentionWorkers(
     if (workers.length === 0) broken = true;
   };
 
-  /** The states of `dims`: [0] the calling thread's (created, or RangeError), then up to `n - 1` workers' (as many as fit). */
-  const statesFor = (dims: AttentionDims, n: number): WasmAttention[] => {
-    const key = attentionDimsKey(dims);
-    let sts = states.get(key);
-    if (!sts) {
-      const st = createWasmAttention(heap, dims);
-      try {
-        st.reserve(ATTENTION_QUERY_CHUNK);
-      } catch (err) {
-        st.dispose();
-        throw err;
-      }
-      states.set(key, (sts = [st]));
-    }
-    while (sts.length < n) {
-      let st: WasmAttention | undefined;
-      try {
-        st = createWasmAttention(heap, dims);
-        st.reserve(ATTENTION_QUERY_CHUNK);
-      } catch {
-        st?.dispose();
-        break; // the heap is full: fewer threads
-      }
-      sts.push(st);
-    }
-    return sts;
-  };
+  const statesFor = (dims: AttentionDims, n: number) => statesOf(heap, states, dims, n);
 
   const errorTextOf = (w: WorkerSlot) => {
     const n = Math.min(Math.max(w.control[3]!, 0), ERROR_TEXT_BYTES);
@@ -305,68 +419,14 @@ export function createAttentionWorkers(
     T = Math.min(T, workers.length + 1);
     const sts = statesFor(dims, T);
     const nThreads = Math.min(T, sts.length);
-    // Slots: item i's queries at slot0 = queries of the items before it, in every state.
-    // Parts: big items are split evenly between the threads by position;
-    // small ones go whole to the thread with the least work so far.
-    const load = new Array<number>(nThreads).fill(0);
-    let slots = 0;
-    const plan = items.map((it) => {
-      const n = it.queries.startPos + it.queries.nQueries;
-      const bytes = bytesOf(it.queries);
-      const slot0 = slots;
-      slots += it.queries.nQueries;
-      const parts: { thread: number; first: number; count: number }[] = [];
-      if (nThreads > 1 && bytes >= SPLIT_MIN_BYTES) {
-        for (let t = 0; t < nThreads; t++) {
-          const first = Math.round((t * n) / nThreads);
-          parts.push({ thread: t, first, count: Math.round(((t + 1) * n) / nThreads) - first });
-          load[t]! += bytes / nThreads;
-        }
-      } else {
-        const t = load.indexOf(Math.min(...load));
-        parts.push({ thread: t, first: 0, count: n });
-        load[t]! += bytes;
-      }
-      return { it, slot0, parts };
-    });
+    const plan = planBatch(dims, items, nThreads);
     // Queries and empty state in each state that folds them (reserved: no allocation), then the job tables.
     for (const p of plan) for (const part of p.parts) sts[part.thread]!.begin(p.it.queries, p.slot0);
     const f64 = heap.f64();
-    const qStride = dims.nHeads * dims.headDim;
     const failures: string[] = [];
     const handedOut: boolean[] = [];
     for (let w = 0; w + 1 < nThreads; w++) {
-      const L = sts[w + 1]!.layout();
-      let nJobs = 0;
-      for (const p of plan) {
-        for (const part of p.parts) {
-          if (part.thread !== w + 1) continue;
-          const { nQueries, startPos } = p.it.queries;
-          const job = [
-            L.s,
-            L.c,
-            L.lsum,
-            L.a,
-            L.nhp,
-            dims.nHeads,
-            dims.nKvHeads,
-            dims.headDim,
-            L.q + 4 * p.slot0 * qStride,
-            L.m + 4 * p.slot0 * L.nhp,
-            L.l + 8 * p.slot0 * L.nhp,
-            L.acc + 8 * p.slot0 * qStride,
-            nQueries,
-            startPos,
-            part.first,
-            part.count,
-            p.it.kPtr + part.first * kvRowB,
-            p.it.vPtr + part.first * kvRowB,
-            kvRowB,
-          ];
-          f64.set(job, workers[w]!.jobs / 8 + nJobs * JOB);
-          nJobs++;
-        }
-      }
+      const nJobs = writeJobs(f64, workers[w]!.jobs, plan, w + 1, sts[w + 1]!.layout(), dims);
       const c = workers[w]!.control;
       c[1] = nJobs;
       c[2] = workers[w]!.jobs | 0;
@@ -389,13 +449,7 @@ export function createAttentionWorkers(
     for (let w = 0; w + 1 < nThreads; w++) {
       if (!handedOut[w]) continue;
       const c = workers[w]!.control;
-      const t0 = Date.now();
-      let state = Atomics.load(c, 0);
-      while (state === READY) {
-        Atomics.wait(c, 0, READY, WORKER_TIMEOUT_MS);
-        state = Atomics.load(c, 0);
-        if (state === READY && Date.now() - t0 >= WORKER_TIMEOUT_MS) break;
-      }
+      const state = awaitWorker(c);
       if (state === DONE) Atomics.compareExchange(c, 0, DONE, IDLE);
       else if (state === READY) failures.push(`worker ${w + 1} did not answer in ${WORKER_TIMEOUT_MS / 1000} s`);
       else failures.push(`worker ${w + 1} failed: ${errorTextOf(workers[w]!)}`);

@@ -4,6 +4,7 @@
  * gpu-node's layer span; see messageContext in @tessera/proto): one span
  * per layer call, with the attributes that say why attention was slow.
  */
+import type { AttentionRole } from "@tessera/core";
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, context, trace } from "@opentelemetry/api";
 import {
   endSpanWhen,
@@ -25,7 +26,7 @@ const tracer = trace.getTracer("@tessera/attention");
  *   when the call is traced.
  */
 export function traceAttend(
-  role: "memory" | "storage",
+  role: AttentionRole,
   req: AttendRequest,
   kvBytesRead: () => number,
   attend: (req: AttendRequest) => Promise<AttendResponse>,

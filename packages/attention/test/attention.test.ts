@@ -1,5 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { f32Tensor } from "@tessera/core";
 import {
   attendKvCache,
   attendKvCacheInHeap,
@@ -10,13 +11,12 @@ import {
   createWasmHeap,
   planAttendRequest,
   kvSequenceBytes,
-  f32Tensor,
   wasmAttentionBytes,
   ATTENTION_QUERY_CHUNK,
   type AttentionDims,
   type AttendTarget,
   type WasmHeap,
-} from "@tessera/core";
+} from "@tessera/attention";
 import { Code, create, AttendRequestSchema } from "@tessera/proto";
 import { naiveAttention, random } from "@tessera/testing";
 

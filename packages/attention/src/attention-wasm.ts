@@ -11,7 +11,7 @@
  * output accumulator are f64 across blocks; outputs agree with an f64
  * reference to ~1e-6 (relative to max(1, |value|)).
  */
-import type { AttentionDims, CausalQueries } from "./attention.js";
+import type { AttentionDims, CausalQueries } from "./dims.js";
 import type { WasmHeap, WasmKernels } from "./wasm-attention.js";
 
 /** Positions per block: a K (then V) block of [128, n_kv_heads, head_dim] f32 (256 KiB at 8 x 64) stays in L2. */
