@@ -24,7 +24,7 @@ import {
 import { createGrpcService, type Service } from "@tessera/core";
 import { watchRegistry, type RegistryEvent, type RegistryWatcher } from "@tessera/nats";
 import type { KubernetesWatcher } from "./k8s-discovery.js";
-import { runBatch } from "./batch-run.js";
+import { runBatch } from "./engine/index.js";
 import { ForwardChannel } from "./forward-channel.js";
 import { ForwardPipeline } from "./pipeline.js";
 import { checkGenerateLimits } from "./limits.js";

@@ -1,7 +1,12 @@
 /** The coordinator role: plans batches onto nodes, drives prefill and decode, samples. */
 export { createCoordinator, type CoordinatorService } from "./coordinator.js";
 export { Authenticator, loadTokens, tokenDigest, type Identity, type TokenEntry } from "./auth.js";
-export { compileCoordinatorOptions, type CoordinatorOptions, type CompiledCoordinatorOptions } from "./options.js";
+export {
+  COORDINATOR_DEFAULTS,
+  compileCoordinatorOptions,
+  type CoordinatorOptions,
+  type CompiledCoordinatorOptions,
+} from "./options.js";
 export {
   attentionDollarsPerToken,
   placeSequences,

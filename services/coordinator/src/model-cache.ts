@@ -1,5 +1,5 @@
 import { loadModelTokenizer, readModelHeader } from "@tessera/core";
-import type { LoadedModel } from "./batch-run.js";
+import type { LoadedModel } from "./engine/index.js";
 
 /**
  * Loads a model's header and tokenizer once per (model, tokenizer) path
