@@ -1,6 +1,6 @@
 /** The coordinator role: plans batches onto nodes, drives prefill and decode, samples. */
 export { createCoordinator, type CoordinatorService } from "./coordinator.js";
-export { Authenticator, loadTokens, tokenDigest, type Identity, type TokenEntry } from "./auth.js";
+export { Authenticator, loadTokens, tokenDigest, type Identity, type TokenEntry } from "./api/auth.js";
 export {
   COORDINATOR_DEFAULTS,
   compileCoordinatorOptions,
@@ -34,7 +34,7 @@ export {
   type KvPlan,
 } from "./job-plan.js";
 export { runCoordinator } from "./main.js";
-export { createJobWorker, type JobWorker, type JobWorkerOptions } from "./job-worker.js";
+export { createJobWorker, type JobRunner, type JobWorker, type JobWorkerOptions } from "./api/job-worker.js";
 export {
   checkBatchLimits,
   checkGenerateLimits,
@@ -42,4 +42,4 @@ export {
   defaultGenerateLimits,
   type GenerateLimits,
   type GenerateLimitsOptions,
-} from "./limits.js";
+} from "./api/limits.js";

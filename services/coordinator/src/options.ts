@@ -1,5 +1,5 @@
 import { ConfigError } from "@tessera/core";
-import { compileGenerateLimits, type GenerateLimits, type GenerateLimitsOptions } from "./limits.js";
+import { compileGenerateLimits, type GenerateLimits, type GenerateLimitsOptions } from "./api/limits.js";
 
 /**
  * Every default of a coordinator, written once: compileCoordinatorOptions
@@ -118,7 +118,7 @@ export interface CoordinatorOptions {
    */
   nodeLostAfterMs?: number;
   /**
-   * Discover node pods on Kubernetes (k8s-discovery.ts): a label selector,
+   * Discover node pods on Kubernetes (discovery/k8s-discovery.ts): a label selector,
    * or true for "app.kubernetes.io/part-of=tessera". Ready pods are
    * members, as registered nodes are with `nats`. @default undefined (off)
    */
