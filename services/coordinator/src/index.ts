@@ -34,7 +34,24 @@ export {
   type KvPlan,
 } from "./job-plan.js";
 export { runCoordinator } from "./main.js";
-export { createJobWorker, type JobRunner, type JobWorker, type JobWorkerOptions } from "./api/job-worker.js";
+export {
+  SequenceState,
+  runBatch,
+  splitLogitRows,
+  traceStepEvery,
+  type BatchContext,
+  type LoadedModel,
+  type StepOutcome,
+  type StepPart,
+  type StepPlan,
+} from "./engine/index.js";
+export {
+  JOB_WORKER_DEFAULTS,
+  createJobWorker,
+  type JobRunner,
+  type JobWorker,
+  type JobWorkerOptions,
+} from "./api/job-worker.js";
 export {
   checkBatchLimits,
   checkGenerateLimits,

@@ -4,7 +4,8 @@
  * batch-job RPCs (SubmitJob .. WatchJob, job-service.ts).
  */
 import { Code, Coordinator, RpcError, checkHealth, type ServiceImpl } from "@tessera/proto";
-import type { Membership, NodeRole } from "../membership.js";
+import { NODE_ROLES, ROLES, isNodeRole, nodeName } from "@tessera/core";
+import type { Membership } from "../membership.js";
 import { isHostPort, type CompiledCoordinatorOptions } from "../options.js";
 import { requireAdmin, type Authenticator } from "./auth.js";
 import type { Generate } from "./generate.js";
@@ -44,22 +45,21 @@ export function coordinatorRpcs(deps: CoordinatorRpcDeps): ServiceImpl<typeof Co
 
     async addNode(req, call) {
       requireAdmin(auth.identify(call.metadata), "AddNode");
-      if (!["gpu", "memory", "storage"].includes(req.role)) {
+      const role = req.role;
+      if (!isNodeRole(role)) {
         throw new RpcError(
           Code.INVALID_ARGUMENT,
-          `role: must be gpu, memory or storage, got ${JSON.stringify(req.role)}`,
+          `role: must be ${NODE_ROLES.slice(0, -1).join(", ")} or ${NODE_ROLES.at(-1)}, got ${JSON.stringify(role)}`,
         );
       }
       if (!isHostPort(req.address)) {
         throw new RpcError(Code.INVALID_ARGUMENT, `address: ${JSON.stringify(req.address)} is not host:port`);
       }
-      const role = req.role as NodeRole;
-      const service = role === "gpu" ? "tessera.v1.GpuNode" : "tessera.v1.Attention";
-      const health = await checkHealth(req.address, service, options.connectTimeoutMs);
+      const health = await checkHealth(req.address, ROLES[role].service, options.connectTimeoutMs);
       if (health !== "SERVING") {
         throw new RpcError(
           Code.UNAVAILABLE,
-          `${role}-node ${req.address} does not answer its health check (${health})`,
+          `${nodeName(role, req.address)} does not answer its health check (${health})`,
         );
       }
       try {
@@ -84,11 +84,9 @@ export function coordinatorRpcs(deps: CoordinatorRpcDeps): ServiceImpl<typeof Co
     },
 
     async listNodes() {
-      const all = [
-        ...membership.all("gpu").map((address) => ({ role: "gpu", address, service: "tessera.v1.GpuNode" })),
-        ...membership.all("memory").map((address) => ({ role: "memory", address, service: "tessera.v1.Attention" })),
-        ...membership.all("storage").map((address) => ({ role: "storage", address, service: "tessera.v1.Attention" })),
-      ];
+      const all = NODE_ROLES.flatMap((role) =>
+        membership.all(role).map((address) => ({ role, address, service: ROLES[role].service })),
+      );
       const nodes = await Promise.all(
         all.map(async (n) => ({
           role: n.role,

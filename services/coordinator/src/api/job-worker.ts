@@ -12,6 +12,7 @@ import { basename } from "node:path";
 import { SpanKind, trace } from "@opentelemetry/api";
 import { hostname } from "node:os";
 import { watchJobQueue } from "../metrics.js";
+import { COORDINATOR_DEFAULTS } from "../options.js";
 import {
   endSpanWhen,
   Code,
@@ -35,6 +36,16 @@ import {
   type JobState,
   type StoredResult,
 } from "@tessera/nats";
+
+/** The job worker's defaults, written once (see {@link JobWorkerOptions}; times in ms). */
+export const JOB_WORKER_DEFAULTS = Object.freeze({
+  defaultModel: "default",
+  ackWaitMs: 10_000,
+  chunkResults: 16,
+  flushMs: 500,
+  concurrency: COORDINATOR_DEFAULTS.jobConcurrency,
+  maxAttempts: 3,
+});
 
 /**
  * What runs a job's Generate request: the coordinator, in-process (see
@@ -117,11 +128,11 @@ const PERMANENT = new Set<number>([
 /** Creates a job worker; nothing happens until `start()`. */
 export function createJobWorker(o: JobWorkerOptions): JobWorker {
   const log = o.log ?? ((line: string) => process.stderr.write(line + "\n"));
-  const ackWaitMs = o.ackWaitMs ?? 10_000;
-  const chunkResults = o.chunkResults ?? 16;
-  const flushMs = o.flushMs ?? 500;
-  const maxAttempts = o.maxAttempts ?? 3;
-  const concurrency = o.concurrency ?? 1;
+  const ackWaitMs = o.ackWaitMs ?? JOB_WORKER_DEFAULTS.ackWaitMs;
+  const chunkResults = o.chunkResults ?? JOB_WORKER_DEFAULTS.chunkResults;
+  const flushMs = o.flushMs ?? JOB_WORKER_DEFAULTS.flushMs;
+  const maxAttempts = o.maxAttempts ?? JOB_WORKER_DEFAULTS.maxAttempts;
+  const concurrency = o.concurrency ?? JOB_WORKER_DEFAULTS.concurrency;
   if (!Number.isInteger(concurrency) || concurrency < 1) {
     throw new ConfigError("concurrency", `must be an integer >= 1, got ${o.concurrency}`);
   }
@@ -310,7 +321,14 @@ async function runJob(w: WorkerContext, store: JobStore, d: JobDelivery): Promis
       else if (s.owner !== owner) halt("lost");
     }
   })().catch(() => undefined);
-  const chunks = new ChunkWriter(store, job, owner, chunkResults, flushMs, o.defaultModel ?? "default");
+  const chunks = new ChunkWriter(
+    store,
+    job,
+    owner,
+    chunkResults,
+    flushMs,
+    o.defaultModel ?? JOB_WORKER_DEFAULTS.defaultModel,
+  );
   try {
     const input = await store.readInput(job);
     const done = new Set(job.doneIds);

@@ -11,7 +11,7 @@ import type {
   KvLayoutSchema,
   MessageInitShape,
 } from "@tessera/proto";
-import type { CheckpointHeader, Tokenizer } from "@tessera/core";
+import { nodeName as roleNodeName, type CheckpointHeader, type Tokenizer } from "@tessera/core";
 import type { ForwardPipeline, LayerRange } from "../pipeline.js";
 import type { BatchSlots } from "../batch-slots.js";
 import type { Membership } from "../membership.js";
@@ -92,9 +92,9 @@ export function kvOf(job: BatchJob, s: Sequence): PlacementRequest["kv"] {
   return job.request.prompts[s.index]!.kv ?? job.request.kv;
 }
 
-/** "memory-node host:port". */
+/** "memory-node host:port" (@tessera/core's nodeName). */
 export function nodeName(n: AttentionNodeRef): string {
-  return `${n.role}-node ${n.address}`;
+  return roleNodeName(n.role, n.address);
 }
 
 /** Resolves after `ms`, or at once when `signal` aborts. */
