@@ -3,11 +3,15 @@
  * cache is (shards), and an explicit state with every transition in this
  * file (as vLLM v1's `RequestStatus`, vllm/v1/request.py):
  *
- *     waiting ──admit──▶ opening ──opened──▶ running ◀──revived── waiting-for-node
- *        ▲                  │                  │  └──node fails──▶      │
- *        └──retry/refused───┘                  │                        │
- *     moving ◀───────────────move──────────────┴────────────────────────┘
- *        └──admit──▶ opening                    (any) ──finish──▶ finished
+ * | from             | to               | by                                        |
+ * | ---------------- | ---------------- | ----------------------------------------- |
+ * | waiting, moving  | opening          | {@link startOpening} (admitted)           |
+ * | opening          | running          | {@link opened}                            |
+ * | opening          | waiting          | {@link backToWaiting} (no answer, no room) |
+ * | running          | waiting-for-node | {@link waitForNode} (its node failed)     |
+ * | waiting-for-node | running          | {@link revived}                           |
+ * | any but finished | moving           | {@link startMoving} (node or KV lost)     |
+ * | any but finished | finished         | {@link finished}                          |
  *
  * A transition from a state it does not leave throws (a bug in the engine,
  * not a node's failure).
