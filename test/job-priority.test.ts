@@ -46,7 +46,7 @@ async function run(t: { after(fn: () => Promise<void>): void }, priority: JobPri
   const worker = createJobWorker({
     nats: SERVERS,
     natsPrefix: prefix,
-    coordinatorAddress: cluster.address,
+    coordinator: cluster.coordinator,
     ackWaitMs: 5000,
     chunkResults: 1,
     log: () => {},

@@ -89,7 +89,7 @@ test("a job submitted over gRPC is watched to completion; its results (also foll
   const worker = createJobWorker({
     nats: SERVERS,
     natsPrefix: prefix,
-    coordinatorAddress: cluster.address,
+    coordinator: cluster.coordinator,
     ackWaitMs: 3000,
     log: () => {},
   });

@@ -103,7 +103,7 @@ test("jobs in both formats run through the coordinator, high priority first, wit
   const worker = createJobWorker({
     nats: SERVERS,
     natsPrefix: prefix,
-    coordinatorAddress: cluster.address,
+    coordinator: cluster.coordinator,
     defaultModel: "stories260K.bin",
     ackWaitMs: 3000,
     log: () => {},
@@ -154,7 +154,7 @@ test("cancel stops a running job; its stored results stay readable", async (t) =
   const worker = createJobWorker({
     nats: SERVERS,
     natsPrefix: prefix,
-    coordinatorAddress: cluster.address,
+    coordinator: cluster.coordinator,
     ackWaitMs: 3000,
     flushMs: 50,
     log: () => {},

@@ -140,7 +140,7 @@ test("NATS killed and restarted mid-run: the worker reconnects, no acknowledged 
   const worker = createJobWorker({
     nats: servers,
     natsPrefix: "restart",
-    coordinatorAddress: cluster.address,
+    coordinator: cluster.coordinator,
     ackWaitMs: 3000,
     chunkResults: 2,
     flushMs: 50,

@@ -1,7 +1,12 @@
 /** The coordinator role: plans batches onto nodes, drives prefill and decode, samples. */
 export { createCoordinator, type CoordinatorService } from "./coordinator.js";
-export { Authenticator, loadTokens, tokenDigest, type Identity, type TokenEntry } from "./auth.js";
-export { compileCoordinatorOptions, type CoordinatorOptions, type CompiledCoordinatorOptions } from "./options.js";
+export { Authenticator, loadTokens, tokenDigest, type Identity, type TokenEntry } from "./api/auth.js";
+export {
+  COORDINATOR_DEFAULTS,
+  compileCoordinatorOptions,
+  type CoordinatorOptions,
+  type CompiledCoordinatorOptions,
+} from "./options.js";
 export {
   attentionDollarsPerToken,
   placeSequences,
@@ -29,7 +34,24 @@ export {
   type KvPlan,
 } from "./job-plan.js";
 export { runCoordinator } from "./main.js";
-export { createJobWorker, type JobWorker, type JobWorkerOptions } from "./job-worker.js";
+export {
+  SequenceState,
+  runBatch,
+  splitLogitRows,
+  traceStepEvery,
+  type BatchContext,
+  type LoadedModel,
+  type StepOutcome,
+  type StepPart,
+  type StepPlan,
+} from "./engine/index.js";
+export {
+  JOB_WORKER_DEFAULTS,
+  createJobWorker,
+  type JobRunner,
+  type JobWorker,
+  type JobWorkerOptions,
+} from "./api/job-worker.js";
 export {
   checkBatchLimits,
   checkGenerateLimits,
@@ -37,4 +59,4 @@ export {
   defaultGenerateLimits,
   type GenerateLimits,
   type GenerateLimitsOptions,
-} from "./limits.js";
+} from "./api/limits.js";

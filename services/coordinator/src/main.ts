@@ -1,7 +1,7 @@
 import { defaultNodeId, withTelemetry, type ServeMetricsOptions } from "@tessera/telemetry";
 import { runUntilSignal, withCompanion } from "@tessera/core";
 import { createCoordinator } from "./coordinator.js";
-import { createJobWorker, type JobWorker } from "./job-worker.js";
+import { createJobWorker, type JobWorker } from "./api/job-worker.js";
 import type { CoordinatorOptions } from "./options.js";
 
 /**
@@ -34,8 +34,7 @@ function serveCoordinator(options: CoordinatorOptions): Promise<void> {
         worker = createJobWorker({
           nats,
           natsPrefix: coordinator.options.natsPrefix,
-          coordinatorAddress: coordinator.address,
-          token: coordinator.internalToken,
+          coordinator,
           concurrency: coordinator.options.jobConcurrency,
           defaultModel: coordinator.options.modelPath?.split("/").at(-1) ?? "default",
           log: coordinator.options.log,

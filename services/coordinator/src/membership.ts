@@ -8,9 +8,10 @@
  * listeners (running jobs), which re-plan.
  */
 import { checkHealth } from "@tessera/proto";
+import { ROLES, type NodeRole } from "@tessera/core";
 
-/** Role of a node in the cluster. */
-export type NodeRole = "gpu" | "memory" | "storage";
+/** Role of a node in the cluster (@tessera/core's roles table). */
+export type { NodeRole };
 
 /** A change of the cluster, as running jobs are told of it. */
 export interface MembershipChange {
@@ -26,12 +27,6 @@ export interface MembershipChange {
   /** Why, for logs: "AddNode", "RemoveNode", "registry: ...", the failing call's message. */
   reason: string;
 }
-
-const SERVICE: Record<NodeRole, string> = {
-  gpu: "tessera.v1.GpuNode",
-  memory: "tessera.v1.Attention",
-  storage: "tessera.v1.Attention",
-};
 
 /**
  * The live node set. Lists keep the order nodes were given or added in
@@ -155,7 +150,7 @@ export class Membership {
         [...this.down.keys()].map(async (address) => {
           const role = this.roleOf(address);
           if (!role) return;
-          const health = await checkHealth(address, SERVICE[role], Math.min(1000, this.probeIntervalMs));
+          const health = await checkHealth(address, ROLES[role].service, Math.min(1000, this.probeIntervalMs));
           if (health !== "SERVING" || !this.down.has(address)) return;
           this.down.delete(address);
           this.emit({ kind: "back", role, address, reason: "health check answers SERVING" });

@@ -1,5 +1,5 @@
 import { loadModelTokenizer, readModelHeader } from "@tessera/model";
-import type { LoadedModel } from "./batch-run.js";
+import type { LoadedModel } from "./engine/index.js";
 
 /**
  * Loads a model's header and tokenizer once per (model, tokenizer) path

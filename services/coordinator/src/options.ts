@@ -1,5 +1,33 @@
 import { ConfigError } from "@tessera/core";
-import { compileGenerateLimits, type GenerateLimits, type GenerateLimitsOptions } from "./limits.js";
+import { compileGenerateLimits, type GenerateLimits, type GenerateLimitsOptions } from "./api/limits.js";
+
+/**
+ * Every default of a coordinator, written once: compileCoordinatorOptions
+ * applies them, the CLI shows them, and `maxTokens` / `topP` are the
+ * defaults of a request's `max_tokens` / `top_p` when neither the prompt nor
+ * the request sets them (0 = unset). Times in ms.
+ */
+export const COORDINATOR_DEFAULTS = Object.freeze({
+  host: "127.0.0.1",
+  port: 0,
+  storageThresholdTokens: 4096,
+  maxPrefillTokens: 4096,
+  maxBatchSequences: 64,
+  retryTimeoutMs: 30_000,
+  failoverMs: 3000,
+  connectTimeoutMs: 5000,
+  shutdownGraceMs: 5000,
+  kvHeadGroups: 1,
+  kvPlacement: "plan",
+  natsPrefix: "tessera",
+  jobConcurrency: 1,
+  nodeHeartbeatMs: 1000,
+  /** nodeLostAfterMs is this many nodeHeartbeatMs. */
+  nodeLostAfterHeartbeats: 3,
+  kubernetesLabelSelector: "app.kubernetes.io/part-of=tessera",
+  maxTokens: 256,
+  topP: 0.9,
+} as const);
 
 /** Options of a coordinator as a user gives them; see {@link compileCoordinatorOptions} for defaults. */
 export interface CoordinatorOptions {
@@ -90,7 +118,7 @@ export interface CoordinatorOptions {
    */
   nodeLostAfterMs?: number;
   /**
-   * Discover node pods on Kubernetes (k8s-discovery.ts): a label selector,
+   * Discover node pods on Kubernetes (discovery/k8s-discovery.ts): a label selector,
    * or true for "app.kubernetes.io/part-of=tessera". Ready pods are
    * members, as registered nodes are with `nats`. @default undefined (off)
    */
@@ -151,7 +179,7 @@ export function isHostPort(a: string): boolean {
 }
 
 function kvPlacementOf(v: string | undefined): "plan" | "cheapest-first" {
-  if (v === undefined || v === "plan" || v === "cheapest-first") return v ?? "plan";
+  if (v === undefined || v === "plan" || v === "cheapest-first") return v ?? COORDINATOR_DEFAULTS.kvPlacement;
   throw new ConfigError("kvPlacement", `must be "plan" or "cheapest-first", got ${JSON.stringify(v)}`);
 }
 
@@ -173,13 +201,13 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
   const nats = o.nats === undefined || o.nats.trim() === "" ? undefined : o.nats.trim();
   const kubernetes =
     o.kubernetes === true || o.kubernetes === "true"
-      ? "app.kubernetes.io/part-of=tessera"
+      ? COORDINATOR_DEFAULTS.kubernetesLabelSelector
       : o.kubernetes === false || o.kubernetes === ""
         ? undefined
         : o.kubernetes;
   // Nodes come from a discovery service: the address lists may be empty.
   const discovered = nats !== undefined || kubernetes !== undefined;
-  const natsPrefix = o.natsPrefix ?? "tessera";
+  const natsPrefix = o.natsPrefix ?? COORDINATOR_DEFAULTS.natsPrefix;
   if (!/^[A-Za-z0-9_-]+$/.test(natsPrefix)) {
     throw new ConfigError("natsPrefix", `must be letters, digits, "_" or "-", got ${JSON.stringify(natsPrefix)}`);
   }
@@ -198,24 +226,28 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
       "at least one memory-node or storage-node address is needed (or give nats for the node registry, or kubernetes)",
     );
   }
-  const port = o.port ?? 0;
+  const port = o.port ?? COORDINATOR_DEFAULTS.port;
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError("port", `not a port: ${o.port}`);
   return Object.freeze({
-    host: o.host ?? "127.0.0.1",
+    host: o.host ?? COORDINATOR_DEFAULTS.host,
     port,
     gpuNodes,
     memoryNodes,
     storageNodes,
     modelPath: o.modelPath,
     tokenizerPath: o.tokenizerPath,
-    storageThresholdTokens: positive("storageThresholdTokens", o.storageThresholdTokens, 4096),
-    maxPrefillTokens: positive("maxPrefillTokens", o.maxPrefillTokens, 4096),
-    maxBatchSequences: positive("maxBatchSequences", o.maxBatchSequences, 64),
-    retryTimeoutMs: positive("retryTimeoutMs", o.retryTimeoutMs, 30_000),
-    failoverMs: positive("failoverMs", o.failoverMs, 3000),
-    connectTimeoutMs: positive("connectTimeoutMs", o.connectTimeoutMs, 5000),
-    shutdownGraceMs: positive("shutdownGraceMs", o.shutdownGraceMs, 5000),
-    kvHeadGroups: positive("kvHeadGroups", o.kvHeadGroups, 1),
+    storageThresholdTokens: positive(
+      "storageThresholdTokens",
+      o.storageThresholdTokens,
+      COORDINATOR_DEFAULTS.storageThresholdTokens,
+    ),
+    maxPrefillTokens: positive("maxPrefillTokens", o.maxPrefillTokens, COORDINATOR_DEFAULTS.maxPrefillTokens),
+    maxBatchSequences: positive("maxBatchSequences", o.maxBatchSequences, COORDINATOR_DEFAULTS.maxBatchSequences),
+    retryTimeoutMs: positive("retryTimeoutMs", o.retryTimeoutMs, COORDINATOR_DEFAULTS.retryTimeoutMs),
+    failoverMs: positive("failoverMs", o.failoverMs, COORDINATOR_DEFAULTS.failoverMs),
+    connectTimeoutMs: positive("connectTimeoutMs", o.connectTimeoutMs, COORDINATOR_DEFAULTS.connectTimeoutMs),
+    shutdownGraceMs: positive("shutdownGraceMs", o.shutdownGraceMs, COORDINATOR_DEFAULTS.shutdownGraceMs),
+    kvHeadGroups: positive("kvHeadGroups", o.kvHeadGroups, COORDINATOR_DEFAULTS.kvHeadGroups),
     kvPlacement: kvPlacementOf(o.kvPlacement),
     limits: compileGenerateLimits(o.limits),
     nats,
@@ -224,9 +256,13 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     kubernetesNamespace: o.kubernetesNamespace,
     kubernetesClusterDomain: o.kubernetesClusterDomain,
     natsPrefix,
-    jobConcurrency: positive("jobConcurrency", o.jobConcurrency, 1),
-    nodeHeartbeatMs: positive("nodeHeartbeatMs", o.nodeHeartbeatMs, 1000),
-    nodeLostAfterMs: positive("nodeLostAfterMs", o.nodeLostAfterMs, 3 * (o.nodeHeartbeatMs ?? 1000)),
+    jobConcurrency: positive("jobConcurrency", o.jobConcurrency, COORDINATOR_DEFAULTS.jobConcurrency),
+    nodeHeartbeatMs: positive("nodeHeartbeatMs", o.nodeHeartbeatMs, COORDINATOR_DEFAULTS.nodeHeartbeatMs),
+    nodeLostAfterMs: positive(
+      "nodeLostAfterMs",
+      o.nodeLostAfterMs,
+      COORDINATOR_DEFAULTS.nodeLostAfterHeartbeats * (o.nodeHeartbeatMs ?? COORDINATOR_DEFAULTS.nodeHeartbeatMs),
+    ),
     log: o.log ?? ((line: string) => process.stderr.write(line + "\n")),
   });
 }

@@ -9,7 +9,7 @@ import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Code, Metadata, RpcError } from "@tessera/proto";
 import { tempDir } from "@tessera/testing";
-import { Authenticator, loadTokens, maySee, requireAdmin, submitTenant, tokenDigest } from "../src/auth.js";
+import { Authenticator, loadTokens, maySee, requireAdmin, submitTenant, tokenDigest } from "../src/api/auth.js";
 
 const A = "token-of-tenant-a-0123456789";
 const OPS = "token-of-the-admin-0123456789";

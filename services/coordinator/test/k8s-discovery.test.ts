@@ -12,7 +12,7 @@ import {
   watchKubernetes,
   type KubernetesNodeEvent,
   type KubernetesWatcher,
-} from "../src/k8s-discovery.js";
+} from "../src/discovery/k8s-discovery.js";
 
 const NS = "tessera";
 const SELECTOR = "app.kubernetes.io/part-of=tessera";

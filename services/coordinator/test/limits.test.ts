@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { ConfigError } from "@tessera/core";
 import { Code, GenerateRequestSchema, RpcError, create, toBinary, type MessageInitShape } from "@tessera/proto";
-import { checkGenerateLimits, compileGenerateLimits, defaultGenerateLimits } from "../src/limits.js";
+import { checkGenerateLimits, compileGenerateLimits, defaultGenerateLimits } from "../src/api/limits.js";
 
 const request = (init: MessageInitShape<typeof GenerateRequestSchema>) => create(GenerateRequestSchema, init);
 const prompts = (n: number, over: object = {}) =>

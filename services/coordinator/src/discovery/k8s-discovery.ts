@@ -235,25 +235,12 @@ export async function watchKubernetes(o: WatchKubernetesOptions): Promise<Kubern
   let started = false;
   let delay = retryMs;
   let retry: NodeJS.Timeout | undefined;
-  const describe = (e: unknown) => {
-    const err = e as { code?: unknown; statusCode?: unknown; body?: unknown; message?: string };
-    const code =
-      typeof err.code === "number" ? err.code : typeof err.statusCode === "number" ? err.statusCode : undefined;
-    let message = err.message ?? String(e);
-    // client-node's ApiException puts the whole response in the message; the Status' message says it.
-    const body = typeof err.body === "string" ? safeJson(err.body) : err.body;
-    if (body && typeof body === "object" && typeof (body as { message?: unknown }).message === "string") {
-      message = (body as { message: string }).message;
-    }
-    const cause = (e as { cause?: { message?: string } }).cause?.message;
-    return `${code === undefined ? "" : `HTTP ${code}: `}${message.split("\n")[0]}${cause ? ` (${cause})` : ""}`;
-  };
   let errors = 0;
   informer.on("error", (e: unknown) => {
     errors++;
     // A first list that fails is thrown by watchKubernetes itself.
     if (stopped || (!started && !listed)) return;
-    log(`kubernetes: watching pods in ${where}: ${describe(e)}; retrying in ${delay} ms`);
+    log(`kubernetes: watching pods in ${where}: ${describeApiError(e)}; retrying in ${delay} ms`);
     clearTimeout(retry);
     retry = setTimeout(() => {
       if (stopped) return;
@@ -264,7 +251,7 @@ export async function watchKubernetes(o: WatchKubernetesOptions): Promise<Kubern
           // Listed (when it had to) and watching again: the next failure waits retryMs again.
           if (errors === before) delay = retryMs;
         })
-        .catch((err: unknown) => log(`kubernetes: restarting the watch in ${where}: ${describe(err)}`));
+        .catch((err: unknown) => log(`kubernetes: restarting the watch in ${where}: ${describeApiError(err)}`));
     }, delay);
     retry.unref();
     delay = Math.min(delay * 2, 30_000);
@@ -273,7 +260,9 @@ export async function watchKubernetes(o: WatchKubernetesOptions): Promise<Kubern
   await informer.start();
   if (listError !== undefined && !listed) {
     await informer.stop();
-    throw new KubernetesDiscoveryError(`${where}: cannot list pods: ${describe(listError)}`, { cause: listError });
+    throw new KubernetesDiscoveryError(`${where}: cannot list pods: ${describeApiError(listError)}`, {
+      cause: listError,
+    });
   }
   started = true;
   log(`kubernetes: watching node pods in ${where} (${known.size} ready)`);
@@ -291,6 +280,21 @@ export async function watchKubernetes(o: WatchKubernetesOptions): Promise<Kubern
       await informer.stop();
     },
   };
+}
+
+/** "HTTP 403: <the Status' message>" (first line, with its cause) of a Kubernetes API client error. */
+function describeApiError(e: unknown): string {
+  const err = e as { code?: unknown; statusCode?: unknown; body?: unknown; message?: string };
+  const code =
+    typeof err.code === "number" ? err.code : typeof err.statusCode === "number" ? err.statusCode : undefined;
+  let message = err.message ?? String(e);
+  // client-node's ApiException puts the whole response in the message; the Status' message says it.
+  const body = typeof err.body === "string" ? safeJson(err.body) : err.body;
+  if (body && typeof body === "object" && typeof (body as { message?: unknown }).message === "string") {
+    message = (body as { message: string }).message;
+  }
+  const cause = (e as { cause?: { message?: string } }).cause?.message;
+  return `${code === undefined ? "" : `HTTP ${code}: `}${message.split("\n")[0]}${cause ? ` (${cause})` : ""}`;
 }
 
 function safeJson(text: string): unknown {

@@ -1,7 +1,8 @@
 /**
  * The coordinator's job worker (issue 5): pulls batch jobs from the NATS
- * work queue (high priority first), runs each through this coordinator's own
- * Generate RPC (so a job takes exactly the path of a Generate call), stores
+ * work queue (high priority first), runs each through its coordinator's
+ * Generate, called in-process (`JobRunner.generate`: the checks, limits and
+ * engine of a Generate call, as an admin, with no loopback RPC), stores
  * results in chunks as prompts finish and checkpoints them in the job state,
  * and acks the job only once every result is stored. A redelivered job (its
  * coordinator died) skips the prompts whose results are stored, so no prompt
@@ -10,16 +11,17 @@
 import { basename } from "node:path";
 import { SpanKind, trace } from "@opentelemetry/api";
 import { hostname } from "node:os";
-import { watchJobQueue } from "./metrics.js";
+import { watchJobQueue } from "../metrics.js";
+import { COORDINATOR_DEFAULTS } from "../options.js";
 import {
   endSpanWhen,
   Code,
-  Coordinator,
+  GenerateEventSchema,
+  GenerateRequestSchema,
   RpcError,
-  createClient,
-  selfChannelOptions,
-  type Client,
-  type GenerateEvent,
+  create,
+  type GenerateRequest,
+  type MessageInitShape,
   type Result,
 } from "@tessera/proto";
 import { ConfigError, formatBatchResult, generateRequest } from "@tessera/core";
@@ -35,19 +37,39 @@ import {
   type StoredResult,
 } from "@tessera/nats";
 
+/** The job worker's defaults, written once (see {@link JobWorkerOptions}; times in ms). */
+export const JOB_WORKER_DEFAULTS = Object.freeze({
+  defaultModel: "default",
+  ackWaitMs: 10_000,
+  chunkResults: 16,
+  flushMs: 500,
+  concurrency: COORDINATOR_DEFAULTS.jobConcurrency,
+  maxAttempts: 3,
+});
+
+/**
+ * What runs a job's Generate request: the coordinator, in-process (see
+ * CoordinatorService.generate).
+ */
+export interface JobRunner {
+  /**
+   * Runs `request` as an admin until it ends; every event goes to `emit`.
+   * @throws RpcError as the Generate RPC would (CANCELLED when `signal` aborts).
+   */
+  generate(
+    request: GenerateRequest,
+    run: { signal: AbortSignal; emit(event: MessageInitShape<typeof GenerateEventSchema>): void },
+  ): Promise<void>;
+}
+
 /** Options of {@link createJobWorker}. */
 export interface JobWorkerOptions {
   /** NATS servers, e.g. "127.0.0.1:4222". */
   nats: string;
   /** @default "tessera" */
   natsPrefix?: string;
-  /**
-   * The coordinator's own host:port (Generate is called there; a wildcard
-   * host, 0.0.0.0 or ::, is called on 127.0.0.1).
-   */
-  coordinatorAddress: string;
-  /** Bearer token for the coordinator's Generate (its `internalToken` when it requires tokens). */
-  token?: string;
+  /** The coordinator whose engine runs the jobs (in-process). */
+  coordinator: JobRunner;
   /** Model name reported for jobs that name none (OpenAI output's `model`). @default "default" */
   defaultModel?: string;
   /**
@@ -77,7 +99,7 @@ export interface JobWorker {
   /** Connects, declares the queue and starts pulling. @throws NatsError when NATS does not answer. */
   start(): Promise<void>;
   /**
-   * Stops pulling; a running job's Generate call is cancelled, the results
+   * Stops pulling; a running job's Generate is cancelled, the results
    * it has are stored and the job is handed back (nak) for another
    * coordinator to resume. Idempotent.
    */
@@ -106,23 +128,32 @@ const PERMANENT = new Set<number>([
 /** Creates a job worker; nothing happens until `start()`. */
 export function createJobWorker(o: JobWorkerOptions): JobWorker {
   const log = o.log ?? ((line: string) => process.stderr.write(line + "\n"));
-  const ackWaitMs = o.ackWaitMs ?? 10_000;
-  const chunkResults = o.chunkResults ?? 16;
-  const flushMs = o.flushMs ?? 500;
-  const maxAttempts = o.maxAttempts ?? 3;
-  const concurrency = o.concurrency ?? 1;
+  const ackWaitMs = o.ackWaitMs ?? JOB_WORKER_DEFAULTS.ackWaitMs;
+  const chunkResults = o.chunkResults ?? JOB_WORKER_DEFAULTS.chunkResults;
+  const flushMs = o.flushMs ?? JOB_WORKER_DEFAULTS.flushMs;
+  const maxAttempts = o.maxAttempts ?? JOB_WORKER_DEFAULTS.maxAttempts;
+  const concurrency = o.concurrency ?? JOB_WORKER_DEFAULTS.concurrency;
   if (!Number.isInteger(concurrency) || concurrency < 1) {
     throw new ConfigError("concurrency", `must be an integer >= 1, got ${o.concurrency}`);
   }
   const workerName = `${hostname()}-${process.pid}`.replace(/[^A-Za-z0-9_-]/g, "_");
   const stop = new AbortController();
   let nc: Awaited<ReturnType<typeof connectNats>> | undefined;
-  let client: Client<typeof Coordinator> | undefined;
   let loop: Promise<void> | undefined;
   let closed: Promise<void> | undefined;
   // For the job gauges (metrics.ts): the running jobs' priorities, and the unregistering.
   let runningJobs: ReadonlyMap<Promise<void>, JobPriority> = new Map();
   let unwatchQueue: (() => void) | undefined;
+  const settings: WorkerContext = {
+    o,
+    log,
+    ackWaitMs,
+    chunkResults,
+    flushMs,
+    maxAttempts,
+    workerName,
+    stop: stop.signal,
+  };
 
   /**
    * Pulls and runs jobs: up to `concurrency` at once, and beyond that one
@@ -182,7 +213,7 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
 
   /**
    * runJob in a "tessera.job.run" span under the job message's trace
-   * context (submit -> queue -> run), so the Generate call it makes, and
+   * context (submit -> queue -> run), so the Generate it runs, and
    * everything under it, joins the submitter's trace.
    */
   function tracedRunJob(store: JobStore, d: JobDelivery): Promise<void> {
@@ -193,109 +224,8 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
       "tessera.worker": workerName,
     };
     return tracer.startActiveSpan("tessera.job.run", { kind: SpanKind.CONSUMER, attributes }, d.traceContext, (span) =>
-      endSpanWhen(span, runJob(store, d)),
+      endSpanWhen(span, runJob(settings, store, d)),
     );
-  }
-
-  async function runJob(store: JobStore, d: JobDelivery): Promise<void> {
-    let claim;
-    try {
-      claim = await store.claim(d.jobId, workerName);
-    } catch (err) {
-      if ((err as Error).name === "JobNotFoundError") {
-        log(`jobs: job ${d.jobId} has no state; dropping its message`);
-        return d.ack();
-      }
-      throw err;
-    }
-    if (claim.kind === "skip") {
-      log(`jobs: job ${d.jobId} skipped: ${claim.reason}`);
-      return d.ack();
-    }
-    const { owner } = claim;
-    const job = claim.state;
-    log(
-      `jobs: job ${job.id} (${job.priority}) attempt ${job.attempts}: ${job.promptsDone}/${job.promptsTotal} prompts already stored`,
-    );
-    const abort = new AbortController();
-    let why: "cancelled" | "lost" | "stopping" | undefined;
-    const halt = (reason: "cancelled" | "lost" | "stopping") => {
-      why ??= reason;
-      abort.abort(new Error(reason));
-    };
-    const onStop = () => halt("stopping");
-    stop.signal.addEventListener("abort", onStop, { once: true });
-    if (stop.signal.aborted) onStop();
-    const heartbeat = setInterval(() => d.working(), Math.max(250, ackWaitMs / 4));
-    // Cancel and loss of the claim arrive as changes of the job's state.
-    const watching = (async () => {
-      for await (const s of store.watch(job.id, { signal: abort.signal })) {
-        if (s.cancelRequested) halt("cancelled");
-        else if (s.owner !== owner) halt("lost");
-      }
-    })().catch(() => undefined);
-    const chunks = new ChunkWriter(store, job, owner, chunkResults, flushMs, o.defaultModel ?? "default");
-    try {
-      const input = await store.readInput(job);
-      const done = new Set(job.doneIds);
-      const remaining = input.prompts.filter((p) => !done.has(p.id));
-      if (remaining.length > 0 && !abort.signal.aborted) {
-        const stream = client!.generate(
-          generateRequest(remaining, job.sampling, {
-            jobId: job.id,
-            priority: job.priority,
-            modelPath: job.model ?? "",
-            tokenizerPath: job.tokenizer ?? "",
-          }),
-          { signal: abort.signal },
-        );
-        for await (const ev of stream as AsyncIterable<GenerateEvent>) {
-          if (ev.event.case === "result") chunks.add(ev.event.value);
-        }
-      }
-      await chunks.close();
-      if (why) throw new Error(why);
-      const end = await store.finish(job.id, owner, "completed");
-      await d.ack();
-      log(`jobs: job ${job.id} completed: ${end.promptsDone} prompts, ${end.completionTokens} tokens`);
-    } catch (err) {
-      // Keep what finished: a resumed run then skips those prompts.
-      await chunks.close().catch((e: unknown) => {
-        if (e instanceof JobOwnershipLostError) why ??= "lost";
-      });
-      if (err instanceof JobOwnershipLostError) why ??= "lost";
-      if (why === "lost") {
-        log(`jobs: job ${job.id}: another coordinator took it over; stopped here`);
-      } else if (why === "cancelled") {
-        await store.finish(job.id, owner, "cancelled");
-        await d.ack();
-        log(`jobs: job ${job.id} cancelled`);
-      } else if (why === "stopping") {
-        d.nak();
-        log(`jobs: job ${job.id} handed back (coordinator stopping)`);
-      } else {
-        const e = RpcError.from(err);
-        const message = `${RpcError.codeName(e.code)}: ${e.message}`;
-        if (isNatsOutage(err) && job.attempts < OUTAGE_ATTEMPTS * maxAttempts) {
-          // NATS was out of reach (a restart): not the job's fault, so it
-          // never fails for it; JetStream redelivers it once NATS is back.
-          d.nak(1000);
-          log(`jobs: job ${job.id} attempt ${job.attempts} stopped: NATS out of reach (${e.message}); handed back`);
-        } else if (PERMANENT.has(e.code) || job.attempts >= maxAttempts) {
-          await store.finish(job.id, owner, "failed", message);
-          await d.ack();
-          log(`jobs: job ${job.id} failed: ${message}`);
-        } else {
-          d.nak(1000);
-          log(`jobs: job ${job.id} attempt ${job.attempts} failed (${message}); retrying`);
-        }
-      }
-    } finally {
-      clearInterval(heartbeat);
-      stop.signal.removeEventListener("abort", onStop);
-      abort.abort();
-      await watching;
-    }
   }
 
   return {
@@ -303,10 +233,6 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
       nc = await connectNats({ servers: o.nats, name: `tessera-coordinator-jobs-${workerName}` });
       const store = await JobStore.open(nc, { prefix: o.natsPrefix });
       await store.ensureConsumers(ackWaitMs);
-      const address = o.coordinatorAddress.replace(/^(0\.0\.0\.0|\[::\]|::):/, "127.0.0.1:");
-      // Its own server, on loopback: checked against its own certificate's name.
-      const channel = address === o.coordinatorAddress ? {} : selfChannelOptions();
-      client = createClient(Coordinator, address, channel, o.token === undefined ? {} : { token: o.token });
       loop = run(store);
       const conn = nc;
       unwatchQueue = watchJobQueue(
@@ -330,12 +256,145 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
         stop.abort();
         unwatchQueue?.();
         await loop;
-        client?.close();
         await nc?.close();
       })();
       return closed;
     },
   };
+}
+
+/** What running one job needs from its worker. */
+interface WorkerContext {
+  o: JobWorkerOptions;
+  log: (line: string) => void;
+  ackWaitMs: number;
+  chunkResults: number;
+  flushMs: number;
+  maxAttempts: number;
+  workerName: string;
+  /** Aborts when the worker stops (a running job is handed back). */
+  stop: AbortSignal;
+}
+
+/**
+ * Runs one delivered job: claims it, runs its prompts not yet stored
+ * through the coordinator's Generate (in-process), stores the results in
+ * chunks, and acks it, fails it, or hands it back (see the file comment).
+ * @throws the claim's or the store's errors (the job then stays unacked).
+ */
+async function runJob(w: WorkerContext, store: JobStore, d: JobDelivery): Promise<void> {
+  const { o, log, ackWaitMs, chunkResults, flushMs, maxAttempts, workerName } = w;
+  const stopSignal = w.stop;
+  let claim;
+  try {
+    claim = await store.claim(d.jobId, workerName);
+  } catch (err) {
+    if ((err as Error).name === "JobNotFoundError") {
+      log(`jobs: job ${d.jobId} has no state; dropping its message`);
+      return d.ack();
+    }
+    throw err;
+  }
+  if (claim.kind === "skip") {
+    log(`jobs: job ${d.jobId} skipped: ${claim.reason}`);
+    return d.ack();
+  }
+  const { owner } = claim;
+  const job = claim.state;
+  log(
+    `jobs: job ${job.id} (${job.priority}) attempt ${job.attempts}: ${job.promptsDone}/${job.promptsTotal} prompts already stored`,
+  );
+  const abort = new AbortController();
+  let why: "cancelled" | "lost" | "stopping" | undefined;
+  const halt = (reason: "cancelled" | "lost" | "stopping") => {
+    why ??= reason;
+    abort.abort(new Error(reason));
+  };
+  const onStop = () => halt("stopping");
+  stopSignal.addEventListener("abort", onStop, { once: true });
+  if (stopSignal.aborted) onStop();
+  const heartbeat = setInterval(() => d.working(), Math.max(250, ackWaitMs / 4));
+  // Cancel and loss of the claim arrive as changes of the job's state.
+  const watching = (async () => {
+    for await (const s of store.watch(job.id, { signal: abort.signal })) {
+      if (s.cancelRequested) halt("cancelled");
+      else if (s.owner !== owner) halt("lost");
+    }
+  })().catch(() => undefined);
+  const chunks = new ChunkWriter(
+    store,
+    job,
+    owner,
+    chunkResults,
+    flushMs,
+    o.defaultModel ?? JOB_WORKER_DEFAULTS.defaultModel,
+  );
+  try {
+    const input = await store.readInput(job);
+    const done = new Set(job.doneIds);
+    const remaining = input.prompts.filter((p) => !done.has(p.id));
+    if (remaining.length > 0 && !abort.signal.aborted) {
+      const request = create(
+        GenerateRequestSchema,
+        generateRequest(remaining, job.sampling, {
+          jobId: job.id,
+          priority: job.priority,
+          modelPath: job.model ?? "",
+          tokenizerPath: job.tokenizer ?? "",
+        }),
+      );
+      await o.coordinator.generate(request, {
+        signal: abort.signal,
+        emit(init) {
+          // As a Generate client receives it: a whole message, defaults filled.
+          const ev = create(GenerateEventSchema, init);
+          if (ev.event.case === "result") chunks.add(ev.event.value);
+        },
+      });
+    }
+    await chunks.close();
+    if (why) throw new Error(why);
+    const end = await store.finish(job.id, owner, "completed");
+    await d.ack();
+    log(`jobs: job ${job.id} completed: ${end.promptsDone} prompts, ${end.completionTokens} tokens`);
+  } catch (err) {
+    // Keep what finished: a resumed run then skips those prompts.
+    await chunks.close().catch((e: unknown) => {
+      if (e instanceof JobOwnershipLostError) why ??= "lost";
+    });
+    if (err instanceof JobOwnershipLostError) why ??= "lost";
+    if (why === "lost") {
+      log(`jobs: job ${job.id}: another coordinator took it over; stopped here`);
+    } else if (why === "cancelled") {
+      await store.finish(job.id, owner, "cancelled");
+      await d.ack();
+      log(`jobs: job ${job.id} cancelled`);
+    } else if (why === "stopping") {
+      d.nak();
+      log(`jobs: job ${job.id} handed back (coordinator stopping)`);
+    } else {
+      const e = RpcError.from(err);
+      const message = `${RpcError.codeName(e.code)}: ${e.message}`;
+      if (isNatsOutage(err) && job.attempts < OUTAGE_ATTEMPTS * maxAttempts) {
+        // NATS was out of reach (a restart): not the job's fault, so it
+        // never fails for it; JetStream redelivers it once NATS is back.
+        d.nak(1000);
+        log(`jobs: job ${job.id} attempt ${job.attempts} stopped: NATS out of reach (${e.message}); handed back`);
+      } else if (PERMANENT.has(e.code) || job.attempts >= maxAttempts) {
+        await store.finish(job.id, owner, "failed", message);
+        await d.ack();
+        log(`jobs: job ${job.id} failed: ${message}`);
+      } else {
+        d.nak(1000);
+        log(`jobs: job ${job.id} attempt ${job.attempts} failed (${message}); retrying`);
+      }
+    }
+  } finally {
+    clearInterval(heartbeat);
+    stopSignal.removeEventListener("abort", onStop);
+    abort.abort();
+    await watching;
+  }
 }
 
 /**

@@ -139,6 +139,39 @@ async function write<T>(call: WritableCall<T>, message: T, signal: AbortSignal):
   }
 }
 
+/** A streaming call's cancellation, as grpc-js shows it. */
+interface CancellableCall {
+  on(event: "cancelled", fn: () => void): unknown;
+  cancelled: boolean;
+}
+
+/**
+ * A signal aborted when the client cancels `call` or `shutdown` aborts
+ * (the coordinator stops); `stopping()` tells the two apart.
+ */
+function cancelSignal(call: CancellableCall, shutdown: AbortSignal): AbortSignal {
+  const cancelled = new AbortController();
+  call.on("cancelled", () => cancelled.abort());
+  if (call.cancelled) cancelled.abort();
+  return AbortSignal.any([cancelled.signal, shutdown]);
+}
+
+/**
+ * Runs a job RPC's body: errors that carry a gRPC code (RpcError,
+ * JobError, InputFileError, NatsError) keep it; any other (a NATS
+ * timeout, a lost connection) becomes UNAVAILABLE naming the servers.
+ */
+async function guardJobRpc<T>(what: string, nats: string | undefined, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof RpcError || typeof (err as { rpcCode?: unknown }).rpcCode === "number") throw err;
+    throw new RpcError(Code.UNAVAILABLE, `${what}: job queue at NATS ${nats}: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+}
+
 /** Creates the job RPCs for a coordinator with `options`. */
 export function createJobService(options: JobServiceOptions): JobService {
   const shutdown = new AbortController();
@@ -181,31 +214,8 @@ export function createJobService(options: JobServiceOptions): JobService {
     return opening;
   };
 
-  /**
-   * A signal aborted when the client cancels `call` or the coordinator stops.
-   * `stopped()` tells the two apart.
-   */
-  const callSignal = (call: { on(event: "cancelled", fn: () => void): unknown; cancelled: boolean }) => {
-    const cancelled = new AbortController();
-    call.on("cancelled", () => cancelled.abort());
-    if (call.cancelled) cancelled.abort();
-    return AbortSignal.any([cancelled.signal, shutdown.signal]);
-  };
-  /**
-   * Runs a job RPC's body: errors that carry a gRPC code (RpcError,
-   * JobError, InputFileError, NatsError) keep it; any other (a NATS
-   * timeout, a lost connection) becomes UNAVAILABLE naming the servers.
-   */
-  const guard = async <T>(what: string, fn: () => Promise<T>): Promise<T> => {
-    try {
-      return await fn();
-    } catch (err) {
-      if (err instanceof RpcError || typeof (err as { rpcCode?: unknown }).rpcCode === "number") throw err;
-      throw new RpcError(Code.UNAVAILABLE, `${what}: job queue at NATS ${options.nats}: ${(err as Error).message}`, {
-        cause: err,
-      });
-    }
-  };
+  const callSignal = (call: CancellableCall) => cancelSignal(call, shutdown.signal);
+  const guard = <T>(what: string, fn: () => Promise<T>): Promise<T> => guardJobRpc(what, options.nats, fn);
   /** @throws RpcError INVALID_ARGUMENT naming `field` unless `id` is a job id. */
   const jobId = (id: string, field = "id") => {
     try {

@@ -91,12 +91,13 @@ const ADMIN: Identity = Object.freeze({ tenant: undefined, admin: true });
 
 /**
  * Turns a call's metadata into an {@link Identity}. It also holds a
- * random internal token (an admin) for the coordinator's own job worker,
- * which calls Generate like any client.
+ * random internal token (an admin), never written anywhere, for a part of
+ * this process that must call its own coordinator over gRPC (the job worker
+ * no longer does: it runs Generate in-process).
  */
 export class Authenticator {
   private readonly byDigest: Map<string, Identity> | undefined;
-  /** The job worker's token: an admin, never written anywhere. */
+  /** The process's own token: an admin, never written anywhere. */
   readonly internalToken = randomBytes(32).toString("base64url");
 
   /** `entries` undefined: no tokens, every caller is an admin. */

@@ -1,0 +1,241 @@
+/**
+ * Generate, as the gRPC method and the in-process job worker both run it:
+ * checks the request against the caller (tenancy, priority, limits), loads
+ * the model's layers on the gpu-nodes as pipeline stages (layers split by
+ * the planner in proportion to the nodes' measured speed), and runs the
+ * batch with the engine ({@link runBatch}).
+ */
+import { setMaxListeners } from "node:events";
+import {
+  Attention,
+  Code,
+  GpuNode,
+  RpcError,
+  type Client,
+  type GenerateEventSchema,
+  type GenerateRequest,
+  type MessageInitShape,
+} from "@tessera/proto";
+import { runBatch, type LoadedModel } from "../engine/index.js";
+import { ForwardChannel } from "../forward-channel.js";
+import { ForwardPipeline, type LayerRange } from "../pipeline.js";
+import { priorityRank, type BatchSlots } from "../batch-slots.js";
+import { planStages, surveyGpuNodes, type GpuSurvey } from "../job-plan.js";
+import type { ModelCache } from "../model-cache.js";
+import { ModelLease } from "../model-lease.js";
+import type { Membership } from "../membership.js";
+import type { CompiledCoordinatorOptions } from "../options.js";
+import type { Identity } from "./auth.js";
+import { checkGenerateLimits } from "./limits.js";
+
+/** What Generate needs from its coordinator. */
+export interface GenerateDeps {
+  options: CompiledCoordinatorOptions;
+  models: ModelCache;
+  membership: Membership;
+  slots: BatchSlots;
+  attentionClient(address: string): Client<typeof Attention>;
+  gpuClient(address: string): Client<typeof GpuNode>;
+}
+
+/** Who calls and where the job's events go. */
+export interface GenerateCaller {
+  who: Identity;
+  /** Aborts when the caller cancels (the job's sequences are then closed). */
+  signal: AbortSignal;
+  emit(event: MessageInitShape<typeof GenerateEventSchema>): void;
+}
+
+/** A coordinator's Generate: runs one request; see {@link createGenerate}. */
+export interface Generate {
+  /**
+   * Runs `req` for `caller` until every prompt is answered.
+   * @throws RpcError INVALID_ARGUMENT (bad request or model), PERMISSION_DENIED
+   * (a tenant asking priority "high"), ALREADY_EXISTS (its job id is running),
+   * UNAVAILABLE (no gpu-node), CANCELLED.
+   */
+  run(req: GenerateRequest, caller: GenerateCaller): Promise<void>;
+  /** Cancels every running job (the coordinator drains). */
+  cancelAll(): void;
+}
+
+/** One pipeline stage: a gpu-node and its layer range; `i` its place. */
+interface Stage {
+  address: string;
+  range: LayerRange;
+  i: number;
+}
+
+/** Creates a coordinator's Generate (see the file comment). */
+export function createGenerate(deps: GenerateDeps): Generate {
+  const { options } = deps;
+  const jobs = new Set<AbortController>();
+  const runningJobIds = new Set<string>();
+  const gpuLeases = new Map<string, ModelLease>();
+
+  async function run(req: GenerateRequest, caller: GenerateCaller): Promise<void> {
+    const { who } = caller;
+    const runKey = checkRequest(req, who, options);
+    const modelPath = req.modelPath || options.modelPath;
+    const tokenizerPath = req.tokenizerPath || options.tokenizerPath;
+    if (!modelPath || !tokenizerPath) {
+      throw new RpcError(
+        Code.INVALID_ARGUMENT,
+        "model_path/tokenizer_path: none given and the coordinator has no default",
+      );
+    }
+    if (runKey && runningJobIds.has(runKey)) {
+      throw new RpcError(Code.ALREADY_EXISTS, `job_id: a job "${req.jobId}" is already running`);
+    }
+    const abort = new AbortController();
+    // Every in-flight call of the job listens on this signal.
+    setMaxListeners(0, abort.signal);
+    const onCancel = () => abort.abort(new RpcError(Code.CANCELLED, "job cancelled"));
+    caller.signal.addEventListener("abort", onCancel, { once: true });
+    if (caller.signal.aborted) return;
+    jobs.add(abort);
+    if (runKey) runningJobIds.add(runKey);
+    const releases: (() => void)[] = [];
+    try {
+      const model = await deps.models.get(modelPath, tokenizerPath).catch((err: unknown) => {
+        throw new RpcError(Code.INVALID_ARGUMENT, (err as Error).message, { cause: err });
+      });
+      const { stages, gpuSurvey } = await planPipeline(req, model, abort.signal);
+      // Leases are taken in a fixed order, so two jobs cannot each hold one
+      // stage the other waits for.
+      // A lease per (model, layer range, embed, head): the node runs
+      // whatever it loaded last, so jobs that split the layers otherwise
+      // (another batch size or gpu set) wait their turn.
+      for (const { address, range, i } of stages) {
+        let lease = gpuLeases.get(address);
+        if (!lease) gpuLeases.set(address, (lease = new ModelLease()));
+        const key = JSON.stringify([modelPath, range.start, range.end, i === 0, i === stages.length - 1]);
+        releases.push(await lease.acquire(key, abort.signal));
+      }
+      // Loads a stage's layer range; again when a restarted gpu-node
+      // answers a step with "no model is loaded".
+      const loadStage = (stage: Stage) => loadLayers(stage, stages.length, modelPath);
+      await Promise.all(stages.map(loadStage));
+      const channel = new ForwardPipeline(stages.map(({ address }) => new ForwardChannel(deps.gpuClient(address))));
+      try {
+        await runBatch(req, {
+          options,
+          model,
+          gpu: channel,
+          stages,
+          gpuSurvey,
+          async reloadStage(address: string) {
+            const stage = stages.find((st) => st.address === address);
+            if (!stage) throw new RpcError(Code.NOT_FOUND, `gpu-node ${address} is not a stage of this job`);
+            options.log(
+              `gpu-node ${address}: no model loaded (restarted?); loading layers [${stage.range.start}, ${stage.range.end}) again`,
+            );
+            await loadStage(stage);
+          },
+          membership: deps.membership,
+          attentionClient: deps.attentionClient,
+          slots: deps.slots,
+          signal: abort.signal,
+          emit: caller.emit,
+        });
+      } finally {
+        channel.close();
+      }
+    } finally {
+      caller.signal.removeEventListener("abort", onCancel);
+      for (const release of releases) release();
+      jobs.delete(abort);
+      if (runKey) runningJobIds.delete(runKey);
+    }
+  }
+
+  /**
+   * The pipeline: every gpu-node up a stage, in the order given (the first
+   * embeds, the last applies the head), layers split by the planner in
+   * proportion to the nodes' measured speed (evenly when one is unprofiled).
+   * @throws RpcError UNAVAILABLE when no gpu-node is up or one is unreachable.
+   */
+  async function planPipeline(
+    req: GenerateRequest,
+    model: LoadedModel,
+    signal: AbortSignal,
+  ): Promise<{ stages: Stage[]; gpuSurvey: GpuSurvey[] }> {
+    const { membership } = deps;
+    const gpuNodes = membership.up("gpu");
+    if (gpuNodes.length === 0) {
+      throw new RpcError(
+        Code.UNAVAILABLE,
+        membership.all("gpu").length === 0
+          ? `no gpu-node${options.nats ? ` has registered in "${options.natsPrefix}-nodes" at ${options.nats}` : ""}`
+          : `every gpu-node is down (${membership.all("gpu").join(", ")})`,
+      );
+    }
+    await Promise.all(
+      gpuNodes.map(async (address) => {
+        try {
+          await deps.gpuClient(address).waitForReady(options.connectTimeoutMs);
+        } catch (err) {
+          throw new RpcError(Code.UNAVAILABLE, `gpu-node at ${address} is unreachable: ${(err as Error).message}`);
+        }
+      }),
+    );
+    const gpuSurvey = await surveyGpuNodes(gpuNodes, deps.gpuClient, options.connectTimeoutMs, signal);
+    const batch = Math.min(options.maxBatchSequences, req.prompts.length);
+    const ranges = planStages(model.header.shape, gpuSurvey, {
+      batch,
+      // Rows of a prefill chunk (the activations a stage must hold).
+      promptTokens: Math.ceil(options.maxPrefillTokens / batch),
+      outputTokens: 1,
+    });
+    return { stages: ranges.map((range, i) => ({ range, address: gpuNodes[i]!, i })), gpuSurvey };
+  }
+
+  /** Load of a stage's layers on its gpu-node. @throws RpcError naming the node when the Load fails. */
+  function loadLayers({ range, address, i }: Stage, nStages: number, modelPath: string): Promise<void> {
+    return deps
+      .gpuClient(address)
+      .load({ modelPath, layerStart: range.start, layerEnd: range.end, embed: i === 0, head: i === nStages - 1 })
+      .then(
+        () => undefined,
+        (err: unknown) => {
+          const e = RpcError.from(err);
+          throw new RpcError(e.code, `gpu-node ${address}: Load failed: ${e.message}`, { cause: err });
+        },
+      );
+  }
+
+  return {
+    run,
+    cancelAll() {
+      for (const j of jobs) j.abort();
+    },
+  };
+}
+
+/**
+ * Checks a Generate request against its caller: a tenant may not jump the
+ * batch jobs' queue, and its job ids are its own (they cannot block a
+ * stored job's run). Returns the key its job id runs under ("" for none).
+ * @throws RpcError PERMISSION_DENIED or INVALID_ARGUMENT naming the field.
+ */
+function checkRequest(req: GenerateRequest, who: Identity, options: CompiledCoordinatorOptions): string {
+  if (!who.admin && req.priority === "high") {
+    throw new RpcError(Code.PERMISSION_DENIED, `priority: "high" needs an admin token (tenant ${who.tenant})`);
+  }
+  const runKey = req.jobId ? (who.admin ? req.jobId : `${who.tenant}/${req.jobId}`) : "";
+  if (req.prompts.length === 0) throw new RpcError(Code.INVALID_ARGUMENT, "prompts: the batch is empty");
+  const ids = new Set<string>();
+  for (const p of req.prompts) {
+    if (!p.id) throw new RpcError(Code.INVALID_ARGUMENT, "prompts: every prompt needs an id");
+    if (ids.has(p.id)) throw new RpcError(Code.INVALID_ARGUMENT, `prompts: duplicate id "${p.id}"`);
+    ids.add(p.id);
+  }
+  checkGenerateLimits(req, options.limits);
+  if (req.priority && priorityRank(req.priority) === undefined) {
+    throw new RpcError(
+      Code.INVALID_ARGUMENT,
+      `priority: must be high, normal or low (or empty), got ${JSON.stringify(req.priority)}`,
+    );
+  }
+  return runKey;
+}

@@ -1,0 +1,174 @@
+/**
+ * The execute phase (vLLM v1's `execute_model()`): builds the
+ * `ForwardRequest` of a step plan, sends it through the gpu-node pipeline
+ * and returns a typed {@link StepOutcome}: each part's logit rows, or which
+ * node failed and what to do about it. A gpu-node failure is classified by
+ * `NodeError.reason`: MODEL_NOT_LOADED (a restarted gpu-node) loads the
+ * stage again and re-sends; a transient one (UNAVAILABLE, DEADLINE_EXCEEDED,
+ * CANCELLED, NOT_FOUND) re-sends after a backoff (100 ms doubling to 2 s)
+ * while the pipeline has been failing for less than `retryTimeoutMs`.
+ */
+import { trace } from "@opentelemetry/api";
+import {
+  Code,
+  NodeErrorReason,
+  RpcError,
+  type ForwardRequestSchema,
+  type ForwardResponse,
+  type MessageInitShape,
+  type NodeError,
+  type StepTimings,
+} from "@tessera/proto";
+import { tensorF32 } from "@tessera/core";
+import { recordStep } from "../metrics.js";
+import type { AttentionNodeRef } from "../placement.js";
+import { sleep, type BatchJob } from "./context.js";
+import { splitLogitRows, type StepPart } from "./step-plan.js";
+
+/** Codes after which a node's sequences wait for it (a gpu-node: the step is re-sent) instead of failing. */
+export const TRANSIENT = new Set<number>([Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.CANCELLED, Code.NOT_FOUND]);
+
+/** What one send of a step gave. */
+export type StepOutcome =
+  /** The step ran: `rows[i]` are parts[i]'s logit rows, each [vocab_size]. */
+  | { kind: "ok"; rows: Float32Array[][]; timings: StepTimings | undefined; seconds: number }
+  /** Send the step again (re-planned: a gpu-node came back or was reloaded, or the failing node holds none of it now). */
+  | { kind: "resend" }
+  /** An attention node failed: `parts` are those with a shard on `node`. */
+  | { kind: "attention-failed"; node: AttentionNodeRef; error: NodeError; parts: StepPart[] }
+  /** The step cannot run: every part fails with `message`. */
+  | { kind: "failed"; message: string };
+
+/** Sends one job's steps (see the file comment). */
+export class StepExecutor {
+  /** The id of the last step sent (one per send). */
+  stepId = 0n;
+  private gpuFailingSince: number | undefined;
+  private gpuDelay = 100;
+
+  constructor(private readonly job: BatchJob) {}
+
+  /** The ForwardRequest of `parts`: every part's tokens and its KV shards, n_logit_rows when above 1. */
+  buildRequest(parts: readonly StepPart[]): MessageInitShape<typeof ForwardRequestSchema> & { stepId: bigint } {
+    const groups = this.job.groups;
+    return {
+      stepId: this.stepId,
+      sequences: parts.map((p) => {
+        const s = p.seq;
+        const common = {
+          seqId: s.seqId,
+          startPos: p.startPos,
+          nTokens: p.tokens.length,
+          ...(p.nLogitRows > 1 ? { nLogitRows: p.nLogitRows } : {}),
+        };
+        return s.shards.length === 1 && groups === 1
+          ? { ...common, attentionAddress: s.shards[0]!.node.address }
+          : {
+              ...common,
+              shards: s.shards.map((sh) => ({
+                address: sh.node.address,
+                seqId: sh.seqId,
+                kvHeadStart: sh.kvHeadStart,
+                kvHeadEnd: sh.kvHeadEnd,
+              })),
+            };
+      }),
+      tokens: parts.flatMap((p) => p.tokens),
+    };
+  }
+
+  /**
+   * Sends `parts` as one step (a new step id).
+   * @throws RpcError CANCELLED when the job's signal has aborted.
+   */
+  async execute(parts: readonly StepPart[], isDecode: boolean): Promise<StepOutcome> {
+    const { ctx } = this.job;
+    if (ctx.signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
+    this.stepId++;
+    const req = this.buildRequest(parts);
+    const ts = performance.now();
+    let res: ForwardResponse;
+    try {
+      res = await ctx.gpu.step(req);
+    } catch (err) {
+      const e = RpcError.from(err);
+      if (await this.gpuRetry(e.message)) return { kind: "resend" };
+      return { kind: "failed", message: e.message };
+    }
+    if (!res.error) return this.answered(res, parts, isDecode, ts);
+    return this.failed(res.error, parts);
+  }
+
+  private answered(res: ForwardResponse, parts: readonly StepPart[], isDecode: boolean, ts: number): StepOutcome {
+    const { ctx } = this.job;
+    const seconds = (performance.now() - ts) / 1000;
+    recordStep(isDecode, seconds);
+    this.gpuFailingSince = undefined;
+    this.gpuDelay = 100;
+    const rows = splitLogitRows(tensorF32(res.logits, "logits"), parts, ctx.model.header.shape.vocabSize);
+    if (!rows) return { kind: "failed", message: `gpu-node ${ctx.gpu.address}: logits of the wrong shape` };
+    if (res.timings) {
+      trace.getActiveSpan()?.setAttributes({
+        "tessera.gpu.dense_seconds": res.timings.denseSeconds,
+        "tessera.gpu.attention_wait_seconds": res.timings.attentionWaitSeconds,
+        "tessera.gpu.attention_compute_seconds": res.timings.attentionComputeSeconds,
+        "tessera.gpu.total_seconds": res.timings.totalSeconds,
+      });
+    }
+    return { kind: "ok", rows, timings: res.timings, seconds: (performance.now() - ts) / 1000 };
+  }
+
+  private async failed(failure: NodeError, parts: readonly StepPart[]): Promise<StepOutcome> {
+    const { ctx } = this.job;
+    const onNode = failure.address
+      ? parts.filter((p) => p.seq.shards.some((sh) => sh.node.address === failure.address))
+      : [];
+    if (failure.role !== "gpu" && failure.address && onNode.length === 0) {
+      // An attention node no sequence of the step is on any more (they
+      // moved while the step was in flight): send the step again.
+      ctx.options.log(`step ${this.stepId}: ${failure.message}; no sequence is there now, re-sending`);
+      return { kind: "resend" };
+    }
+    if (onNode.length > 0) {
+      // One attention node failed: only the sequences with a shard on it are affected.
+      const node = onNode[0]!.seq.shards.find((sh) => sh.node.address === failure.address)!.node;
+      return { kind: "attention-failed", node, error: failure, parts: onNode };
+    }
+    // The pipeline has put the failing gpu-node's address in front.
+    const message = failure.message;
+    if (isModelNotLoaded(failure) && (await this.gpuRetry(message))) {
+      await ctx.reloadStage(failure.address).catch((err: unknown) => ctx.options.log((err as Error).message));
+      return { kind: "resend" };
+    }
+    if (TRANSIENT.has(failure.code) && (await this.gpuRetry(message))) return { kind: "resend" };
+    return { kind: "failed", message };
+  }
+
+  /**
+   * Waits before re-sending a step the gpu-node could not run; false when
+   * it has been failing for longer than retryTimeoutMs.
+   */
+  private async gpuRetry(message: string): Promise<boolean> {
+    const { options, signal } = this.job.ctx;
+    this.gpuFailingSince ??= Date.now();
+    if (Date.now() + this.gpuDelay - this.gpuFailingSince > options.retryTimeoutMs) return false;
+    options.log(`step ${this.stepId}: ${message}; retrying in ${this.gpuDelay} ms`);
+    await sleep(this.gpuDelay, signal);
+    this.gpuDelay = Math.min(this.gpuDelay * 2, 2000);
+    return true;
+  }
+}
+
+/**
+ * Whether a gpu-node's step failed because it holds no model (it restarted):
+ * NodeError.reason MODEL_NOT_LOADED; from a gpu-node that sets no reason
+ * yet, FAILED_PRECONDITION from role "gpu" (its only step precondition).
+ */
+export function isModelNotLoaded(failure: Pick<NodeError, "reason" | "role" | "code">): boolean {
+  if (failure.reason === NodeErrorReason.MODEL_NOT_LOADED) return true;
+  return (
+    failure.reason === NodeErrorReason.UNSPECIFIED &&
+    failure.role === "gpu" &&
+    failure.code === Code.FAILED_PRECONDITION
+  );
+}

@@ -1,0 +1,15 @@
+/** The coordinator's batch engine in phases: schedule -> execute -> output (see engine.ts). */
+export { runBatch, traceStepEvery } from "./engine.js";
+export type { BatchContext, BatchJob, LoadedModel } from "./context.js";
+export {
+  SequenceState,
+  movedSequenceId,
+  retriedSequenceId,
+  sequenceId,
+  shardSequenceId,
+  type FinishReason,
+  type Sequence,
+  type Shard,
+} from "./sequence.js";
+export { logitRowsOf, splitLogitRows, type StepPart, type StepPlan } from "./step-plan.js";
+export { StepExecutor, isModelNotLoaded, type StepOutcome } from "./executor.js";

@@ -1,0 +1,54 @@
+/**
+ * The sequences of a request: each prompt tokenised, checked against the
+ * model's context, and given its sampler and streaming decoder. Proto3
+ * scalars cannot be absent, so 0 in the request's sampling means unset.
+ */
+import { createDecoder, createSampler } from "@tessera/model";
+import { COORDINATOR_DEFAULTS } from "../options.js";
+import type { BatchJob } from "./context.js";
+import type { Output } from "./output.js";
+import { createSequence, sequenceId, type Sequence } from "./sequence.js";
+
+/**
+ * Creates the sequence of every prompt of `job.request` into `job.seqs`;
+ * a prompt that is too long or cannot be tokenised is finished at once
+ * with an error Result (through `output`), one asking 0 tokens with "length".
+ */
+export function createSequences(job: BatchJob, output: Output): void {
+  const { request, ctx, jobId, nonce } = job;
+  const { shape } = ctx.model.header;
+  const { tokenizer } = ctx.model;
+  const sampling = request.sampling;
+  request.prompts.forEach((p, index) => {
+    const s: Sequence = createSequence(index, p.id, p.prompt, sequenceId(jobId, nonce, index));
+    job.seqs.push(s);
+    try {
+      s.promptIds = tokenizer.encode(p.prompt, { bos: true, eos: false });
+      output.promptTokens += s.promptIds.length;
+      const wanted = p.maxTokens ?? (sampling?.maxTokens || COORDINATOR_DEFAULTS.maxTokens);
+      // As run.c, the last sampled token is never fed back, so a sequence
+      // can generate up to seq_len - prompt + 1 tokens.
+      s.maxTokens = Math.min(wanted, shape.seqLen - s.promptIds.length + 1);
+      s.decoder = createDecoder(tokenizer, s.promptIds[s.promptIds.length - 1]);
+      if (s.promptIds.length >= shape.seqLen) {
+        output.finish(
+          s,
+          "error",
+          `prompt is ${s.promptIds.length} tokens; the model's context is ${shape.seqLen} positions`,
+        );
+      } else if (wanted <= 0) {
+        output.finish(s, "length");
+      } else {
+        s.sampler = createSampler({
+          vocabSize: shape.vocabSize,
+          temperature: p.temperature ?? sampling?.temperature ?? 0,
+          topP: p.topP ?? (sampling?.topP || COORDINATOR_DEFAULTS.topP),
+          // As run.c, a seed of 0 (unset) becomes the clock: xorshift would stay 0.
+          seed: p.seed || sampling?.seed || BigInt(Date.now()),
+        });
+      }
+    } catch (err) {
+      output.finish(s, "error", `prompt "${p.id}": ${(err as Error).message}`);
+    }
+  });
+}
