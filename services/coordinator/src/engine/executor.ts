@@ -161,14 +161,9 @@ export class StepExecutor {
 
 /**
  * Whether a gpu-node's step failed because it holds no model (it restarted):
- * NodeError.reason MODEL_NOT_LOADED; from a gpu-node that sets no reason
- * yet, FAILED_PRECONDITION from role "gpu" (its only step precondition).
+ * NodeError.reason MODEL_NOT_LOADED, which the gpu-node sets on that error
+ * and on nothing else (the coordinator then Loads the stage again).
  */
-export function isModelNotLoaded(failure: Pick<NodeError, "reason" | "role" | "code">): boolean {
-  if (failure.reason === NodeErrorReason.MODEL_NOT_LOADED) return true;
-  return (
-    failure.reason === NodeErrorReason.UNSPECIFIED &&
-    failure.role === "gpu" &&
-    failure.code === Code.FAILED_PRECONDITION
-  );
+export function isModelNotLoaded(failure: Pick<NodeError, "reason">): boolean {
+  return failure.reason === NodeErrorReason.MODEL_NOT_LOADED;
 }
