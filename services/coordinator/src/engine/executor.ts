@@ -162,8 +162,9 @@ export class StepExecutor {
 /**
  * Whether a gpu-node's step failed because it holds no model (it restarted):
  * NodeError.reason MODEL_NOT_LOADED, which the gpu-node sets on that error
- * and on nothing else (the coordinator then Loads the stage again).
+ * and on nothing else (the coordinator then Loads the stage again); the
+ * failure's code, role and message are not consulted.
  */
-export function isModelNotLoaded(failure: Pick<NodeError, "reason">): boolean {
+export function isModelNotLoaded(failure: Pick<NodeError, "reason" | "role" | "code">): boolean {
   return failure.reason === NodeErrorReason.MODEL_NOT_LOADED;
 }
