@@ -18,8 +18,7 @@ import {
   type Tokenizer,
 } from "@tessera/core";
 import type { Summary } from "@tessera/proto";
-import { bundled } from "@tessera/cli";
-import { startTestCluster } from "@tessera/testing";
+import { bundled, startLocalCluster } from "@tessera/cli";
 
 /** llama2.c's 32000-token Llama 2 tokenizer, beside the bundled model. */
 export const LLAMA_TOKENIZER = join(bundled.model, "../tokenizer.bin");
@@ -176,7 +175,7 @@ export function startBenchCluster(
   flags: { gpu?: string[]; memory?: string[]; storage?: string[]; coordinator?: string[] },
   o: BenchOptions,
 ) {
-  return startTestCluster({
+  return startLocalCluster({
     model,
     tokenizer: LLAMA_TOKENIZER,
     flags,

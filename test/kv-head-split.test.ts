@@ -18,7 +18,8 @@ import {
   tensorF32,
 } from "@tessera/core";
 import { createCoordinator } from "@tessera/coordinator";
-import { bundled, generate, startInProcessCluster, startTestCluster } from "@tessera/testing";
+import { bundled, generate, startInProcessCluster } from "@tessera/testing";
+import { startTestCluster } from "./helpers.js";
 
 const MAX_TOKENS = 48;
 
