@@ -92,9 +92,30 @@ export const natsAuthFlags = (c: Command) =>
     )
     .addOption(new Option("--nats-key <file>", "its private key (PEM)").env("TESSERA_NATS_KEY"));
 
+/** Commands running under {@link withSignals}, stopped when stdout's reader goes away. */
+const running = new Set<AbortController>();
+let stdoutClosed = false;
+
 /**
- * Runs `fn` with an AbortSignal that SIGINT/SIGTERM abort; a second signal
- * exits at once. Exits with fn's code, or 130 when interrupted.
+ * Makes a closed stdout (EPIPE: `tessera jobs | head -1`) end the command
+ * quietly: a command running under {@link withSignals} is stopped as by
+ * SIGTERM (an embedded cluster still stops in order) and exits 0, with no
+ * message, as ripgrep does: the reader had all it wanted. Other commands
+ * (the roles' servers) drop what they would still write. Any other error
+ * on stdout is thrown, as before.
+ */
+export function endQuietlyWhenStdoutCloses(): void {
+  process.stdout.on("error", (err: NodeJS.ErrnoException) => {
+    if (err.code !== "EPIPE" && err.code !== "ERR_STREAM_DESTROYED") throw err;
+    stdoutClosed = true;
+    for (const abort of running) abort.abort();
+  });
+}
+
+/**
+ * Runs `fn` with an AbortSignal that SIGINT/SIGTERM (and a closed stdout,
+ * see {@link endQuietlyWhenStdoutCloses}) abort; a second signal exits at
+ * once. Exits with fn's code, 130 when interrupted, 0 when stdout closed.
  */
 export async function withSignals(fn: (signal: AbortSignal) => Promise<number>): Promise<void> {
   const abort = new AbortController();
@@ -105,10 +126,14 @@ export async function withSignals(fn: (signal: AbortSignal) => Promise<number>):
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
+  running.add(abort);
   try {
     process.exitCode = await fn(abort.signal);
   } catch (err) {
-    process.stderr.write(`tessera: ${(err as Error).message}\n`);
+    if (!stdoutClosed) process.stderr.write(`tessera: ${(err as Error).message}\n`);
     process.exitCode = abort.signal.aborted ? 130 : 1;
+  } finally {
+    running.delete(abort);
   }
+  if (stdoutClosed) process.exitCode = 0;
 }

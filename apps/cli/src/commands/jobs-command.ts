@@ -72,7 +72,10 @@ export function addJobCommands(program: Command): void {
   natsFlags(
     program
       .command("watch")
-      .description("Print a progress line at every change of a batch job until it ends (exit 3 unless completed).")
+      .description(
+        "Print a progress line at every change of a batch job until it ends (exit 1 failed, 3 cancelled or " +
+          "prompts failed, 0 completed).",
+      )
       .argument("<id>", "job id"),
   ).action((id: string, o) => withSignals(async (signal) => (await impl()).watchCommand(id, o, signal)));
 }

@@ -1,17 +1,21 @@
 /**
  * `tessera nodes list|add|remove`: a running cluster's nodes, through its coordinator.
  */
-import type { Command } from "commander";
+import { Option, type Command } from "commander";
 import { coordinatorClient, security, withSignals } from "../flags.js";
 
 const impl = () => import("./nodes.js");
+
+/** The coordinator to ask (required; TESSERA_CLUSTER as for every command with --cluster). */
+const clusterOption = () =>
+  new Option("--cluster <host:port>", "coordinator address").makeOptionMandatory().env("TESSERA_CLUSTER");
 
 /** Adds `tessera nodes` and its subcommands to `program`. */
 export function addNodesCommand(program: Command): void {
   const nodes = program.command("nodes").description("List, add or remove a cluster's nodes (default: list).");
   coordinatorClient(nodes.command("list", { isDefault: true }))
     .description("List a cluster's nodes and their health; exit code 1 when any is not SERVING.")
-    .requiredOption("--cluster <host:port>", "coordinator address")
+    .addOption(clusterOption())
     .action((o) =>
       withSignals(async () => {
         (await security()).applyTransport(o, "tessera nodes", false);
@@ -24,7 +28,7 @@ export function addNodesCommand(program: Command): void {
     )
     .argument("<role>", "gpu, memory or storage")
     .argument("<address>", "the node's host:port")
-    .requiredOption("--cluster <host:port>", "coordinator address")
+    .addOption(clusterOption())
     .action((role: string, address: string, o) =>
       withSignals(async () => {
         (await security()).applyTransport(o, "tessera nodes add", false);
@@ -36,7 +40,7 @@ export function addNodesCommand(program: Command): void {
       "Remove a node from a running cluster: running jobs re-plan and move its sequences (KV rebuilt on other nodes).",
     )
     .argument("<address>", "the node's host:port")
-    .requiredOption("--cluster <host:port>", "coordinator address")
+    .addOption(clusterOption())
     .action((address: string, o) =>
       withSignals(async () => {
         (await security()).applyTransport(o, "tessera nodes remove", false);

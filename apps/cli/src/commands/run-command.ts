@@ -44,7 +44,11 @@ export function addRunCommand(program: Command): void {
         .choices(["memory", "storage", "auto"])
         .default("auto"),
     )
-    .option("--cluster <host:port>", "a running coordinator instead of an embedded cluster")
+    .addOption(
+      new Option("--cluster <host:port>", "a running coordinator instead of an embedded cluster").env(
+        "TESSERA_CLUSTER",
+      ),
+    )
     .option(
       "--storage-threshold <tokens>",
       "embedded cluster: with --kv auto, prompt + max tokens above this goes to the storage-node",
