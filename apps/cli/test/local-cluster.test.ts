@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -54,9 +54,21 @@ test("a child that fails to start fails the run promptly with its error", async 
 
 test("one SIGTERM while the local cluster starts stops `tessera run` and removes its temp directory", async (t) => {
   const tmp = await ownTmp(t);
+  // The gpu-node's process blocks for two minutes before it runs anything:
+  // the cluster is still starting when the signal comes.
+  const preload = join(await ownTmp(t), "stall-gpu-node.cjs");
+  await writeFile(
+    preload,
+    'if (process.argv[2] === "node" && process.argv[3] === "gpu") ' +
+      "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 120000);\n",
+  );
   const r = await new Promise<CliOutcome>((resolve, reject) => {
     const child = spawn(process.execPath, [builtEntry, "run", "--prompt", "", "--max-tokens", "4"], {
-      env: cleanEnv({ TESSERA_METRICS_PORT: "0", TMPDIR: tmp }),
+      env: cleanEnv({
+        TESSERA_METRICS_PORT: "9464",
+        TMPDIR: tmp,
+        NODE_OPTIONS: `${process.env["NODE_OPTIONS"] ?? ""} --require ${preload}`.trim(),
+      }),
       stdio: ["ignore", "pipe", "pipe"],
     });
     let stdout = "";
@@ -67,17 +79,18 @@ test("one SIGTERM while the local cluster starts stops `tessera run` and removes
       stderr += c;
       if (!signalled && stderr.includes("starting local cluster")) {
         signalled = true;
-        child.kill("SIGTERM");
+        setTimeout(() => child.kill("SIGTERM"), 500);
       }
     });
-    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    const timer = setTimeout(() => child.kill("SIGKILL"), 45_000);
     child.on("error", reject);
     child.on("close", (code, signal) => {
       clearTimeout(timer);
       resolve({ code, signal, stdout, stderr });
     });
   });
-  assert.equal(r.signal, null, `stopped by itself, not killed: ${r.stderr}`);
+  assert.equal(r.signal, null, `stopped by itself after one SIGTERM, not killed: ${r.stderr}`);
   assert.equal(r.code, 130, r.stderr);
+  assert.match(r.stderr, /interrupted while the local cluster started/);
   assert.deepEqual(await readdir(tmp), [], "no temp directory left behind");
 });
