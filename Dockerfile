@@ -26,12 +26,12 @@ COPY packages/telemetry/package.json packages/telemetry/
 COPY packages/attention/package.json packages/attention/
 COPY packages/scheduler/package.json packages/scheduler/
 COPY packages/profiling/package.json packages/profiling/
-COPY packages/cli/package.json packages/cli/
 COPY packages/testing/package.json packages/testing/
 COPY services/memory-node/package.json services/memory-node/
 COPY services/storage-node/package.json services/storage-node/
 COPY services/gpu-node/package.json services/gpu-node/
 COPY services/coordinator/package.json services/coordinator/
+COPY apps/cli/package.json apps/cli/
 RUN --mount=type=cache,target=/root/.npm \
     ONNXRUNTIME_NODE_INSTALL=${ONNXRUNTIME_NODE_INSTALL} npm ci --no-audit --no-fund
 # Sources, then `buf generate` + `tsc -b`, then drop what only building needed.
@@ -39,9 +39,11 @@ COPY tsconfig.base.json tsconfig.json buf.yaml buf.gen.yaml ./
 COPY proto proto
 COPY packages packages
 COPY services services
+COPY apps apps
 RUN npm run build \
     && npm prune --omit=dev --no-audit --no-fund \
-    && rm -rf packages/*/src packages/*/test services/*/src services/*/test packages/*/*.tsbuildinfo services/*/*.tsbuildinfo
+    && rm -rf packages/*/src packages/*/test services/*/src services/*/test apps/*/src apps/*/test \
+       packages/*/*.tsbuildinfo services/*/*.tsbuildinfo apps/*/*.tsbuildinfo
 
 FROM ${NODE_IMAGE} AS runtime
 ENV NODE_ENV=production
@@ -53,5 +55,5 @@ COPY --from=build --chown=root:root /app /app
 USER 10001:10001
 # gRPC ports of the coordinator and of the gpu-, memory- and storage-node.
 EXPOSE 7300 7301 7302 7303
-ENTRYPOINT ["node", "/app/packages/cli/dist/main.js"]
+ENTRYPOINT ["node", "/app/apps/cli/dist/main.js"]
 CMD ["--help"]

@@ -8,15 +8,22 @@ export default tseslint.config(
     files: [
       "packages/*/src/**/*.ts",
       "services/*/src/**/*.ts",
+      "apps/*/src/**/*.ts",
       "packages/*/test/**/*.ts",
       "services/*/test/**/*.ts",
+      "apps/*/test/**/*.ts",
       "test/**/*.ts",
       "bench/**/*.ts",
     ],
     languageOptions: {
       parser: tseslint.parser,
       parserOptions: {
-        project: ["./packages/*/tsconfig.json", "./services/*/tsconfig.json", "./tsconfig.test.json"],
+        project: [
+          "./packages/*/tsconfig.json",
+          "./services/*/tsconfig.json",
+          "./apps/*/tsconfig.json",
+          "./tsconfig.test.json",
+        ],
         tsconfigRootDir: import.meta.dirname,
       },
     },
@@ -33,6 +40,20 @@ export default tseslint.config(
       ],
       "@typescript-eslint/no-misused-promises": ["error", { checksVoidReturn: false }],
       "@typescript-eslint/await-thenable": "error",
+    },
+  },
+  {
+    // The CLI is a deployable (apps/cli): no package or service imports it.
+    files: ["packages/*/src/**/*.ts", "services/*/src/**/*.ts"],
+    rules: {
+      "no-restricted-imports": [
+        "error",
+        {
+          patterns: [
+            { group: ["@tessera/cli", "@tessera/cli/*"], message: "packages and services never import the CLI" },
+          ],
+        },
+      ],
     },
   },
 );

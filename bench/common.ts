@@ -11,8 +11,7 @@ import { join, resolve } from "node:path";
 import { parameterCount, type ModelShape } from "@tessera/core";
 import { loadTokenizer, readModelHeader, synthesizeWeights, writeHfModel, type Tokenizer } from "@tessera/model";
 import type { Summary } from "@tessera/proto";
-import { bundled } from "@tessera/cli";
-import { startTestCluster } from "@tessera/testing";
+import { bundled, startLocalCluster } from "@tessera/cli";
 
 /** llama2.c's 32000-token Llama 2 tokenizer, beside the bundled model. */
 export const LLAMA_TOKENIZER = join(bundled.model, "../tokenizer.bin");
@@ -169,7 +168,7 @@ export function startBenchCluster(
   flags: { gpu?: string[]; memory?: string[]; storage?: string[]; coordinator?: string[] },
   o: BenchOptions,
 ) {
-  return startTestCluster({
+  return startLocalCluster({
     model,
     tokenizer: LLAMA_TOKENIZER,
     flags,

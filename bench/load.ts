@@ -37,7 +37,8 @@ import { join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { JobStore, connectNats, isTerminal, registryBucket, type JobState } from "@tessera/nats";
-import { STORY_OPENINGS, startTestCluster } from "@tessera/testing";
+import { STORY_OPENINGS } from "@tessera/testing";
+import { bundled, startLocalCluster, type LocalCluster } from "@tessera/cli";
 import { progress, type BenchOptions } from "./common.js";
 
 /** Jobs submitted (--quick: {@link QUICK_JOBS}). */
@@ -141,7 +142,7 @@ export async function runLoad(o: BenchOptions, jobs = o.quick ? QUICK_JOBS : JOB
   const nc = await connectNats({ servers, name: "bench-load" });
   const t0 = performance.now();
   let store: JobStore | undefined;
-  let cluster: Awaited<ReturnType<typeof startTestCluster>> | undefined;
+  let cluster: LocalCluster | undefined;
   let sampler: NodeJS.Timeout | undefined;
   try {
     store = await JobStore.open(nc, { prefix });
@@ -152,7 +153,13 @@ export async function runLoad(o: BenchOptions, jobs = o.quick ? QUICK_JOBS : JOB
     process.env["NODE_OPTIONS"] = `${savedOptions ?? ""} --require ${preload}`.trim();
     process.env["TESSERA_LOAD_MEM_DIR"] = memDir;
     try {
-      cluster = await startTestCluster({ nats: { servers, prefix }, verbose: o.verbose, readyTimeoutMs: 120_000 });
+      cluster = await startLocalCluster({
+        model: bundled.model,
+        tokenizer: bundled.tokenizer,
+        nats: { servers, prefix },
+        verbose: o.verbose,
+        readyTimeoutMs: 120_000,
+      });
     } finally {
       if (savedOptions === undefined) delete process.env["NODE_OPTIONS"];
       else process.env["NODE_OPTIONS"] = savedOptions;

@@ -13,7 +13,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import { KvPlacement } from "@tessera/proto";
-import { generate, startTestCluster } from "@tessera/testing";
+import { generate } from "@tessera/testing";
+import { startTestCluster } from "./helpers.js";
 
 const request = (id: string) => ({
   prompts: [{ id, prompt: "" }],

@@ -8,8 +8,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { generate, startTestCluster, tempDir } from "@tessera/testing";
-import { parseJsonl, runCli } from "./helpers.js";
+import { generate, tempDir } from "@tessera/testing";
+import { startTestCluster, parseJsonl, runCli } from "./helpers.js";
 
 test("a malformed prompts file is rejected before anything runs, listing every bad line", async (t) => {
   const dir = await tempDir();

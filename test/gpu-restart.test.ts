@@ -9,7 +9,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { KvPlacement } from "@tessera/proto";
-import { generate, startTestCluster } from "@tessera/testing";
+import { generate } from "@tessera/testing";
+import { startTestCluster } from "./helpers.js";
 
 const request = (id: string, kv: KvPlacement) => ({
   prompts: [{ id, prompt: "" }],

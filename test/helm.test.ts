@@ -27,8 +27,8 @@ import { dirname, join } from "node:path";
 import AdmZip from "adm-zip";
 import { parseAllDocuments } from "yaml";
 import { repoRoot, type LocalCluster } from "@tessera/cli";
-import { startTestCluster, tempDir } from "@tessera/testing";
-import { runCli } from "./helpers.js";
+import { tempDir } from "@tessera/testing";
+import { startTestCluster, runCli } from "./helpers.js";
 
 const chart = join(repoRoot, "helm/tessera");
 const probeScript = join(chart, "files/grpc-health-probe.cjs");

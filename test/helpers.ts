@@ -1,7 +1,17 @@
 /** Small helpers shared by the integration tests. */
 import { spawn } from "node:child_process";
 import { readFile } from "node:fs/promises";
-import { cliEntry } from "@tessera/cli";
+import { bundled, cliEntry, startLocalCluster, type LocalCluster, type LocalClusterOptions } from "@tessera/cli";
+
+/** Starts a local cluster (child processes) on the bundled stories260K unless told otherwise. */
+export function startTestCluster(options: Partial<LocalClusterOptions> = {}): Promise<LocalCluster> {
+  return startLocalCluster({
+    model: bundled.model,
+    tokenizer: bundled.tokenizer,
+    verbose: process.env["TESSERA_TEST_VERBOSE"] === "1",
+    ...options,
+  });
+}
 
 /** The reference text of ../shared/models/README.md: run.c, greedy, BOS only, 256 positions. */
 export async function referenceText(readme: string): Promise<string> {

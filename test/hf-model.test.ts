@@ -9,8 +9,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readdir } from "node:fs/promises";
 import { join } from "node:path";
-import { bundled, generate, startTestCluster, tempDir } from "@tessera/testing";
-import { runCli } from "./helpers.js";
+import { bundled, generate, tempDir } from "@tessera/testing";
+import { startTestCluster, runCli } from "./helpers.js";
 
 const PROMPTS = ["Once upon a time", "Sam found a shiny stone", "The little girl wanted", "One sunny morning, Max"];
 

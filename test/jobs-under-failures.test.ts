@@ -24,7 +24,8 @@ import { generateRequest, type PromptSpec } from "@tessera/core";
 import { JobStore, connectNats, registryBucket, type JobState } from "@tessera/nats";
 import { Code, Coordinator, createClient, type Client, type GenerateEvent, type Result } from "@tessera/proto";
 import type { LocalCluster, RoleProcess } from "@tessera/cli";
-import { STORY_OPENINGS, startTestCluster, tempDir, collect, failure } from "@tessera/testing";
+import { STORY_OPENINGS, tempDir, collect, failure } from "@tessera/testing";
+import { startTestCluster } from "./helpers.js";
 
 const SERVERS = process.env["TESSERA_NATS"] ?? "127.0.0.1:4222";
 const enc = new TextEncoder();

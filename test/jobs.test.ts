@@ -14,16 +14,9 @@ import { join } from "node:path";
 import { generateRequest, parseBatchInput } from "@tessera/core";
 import { JobStore, connectNats, type JobState } from "@tessera/nats";
 import type { Result } from "@tessera/proto";
-import {
-  generate,
-  openAiJobFile,
-  startInProcessCluster,
-  startTestCluster,
-  tempDir,
-  tesseraJobFile,
-} from "@tessera/testing";
+import { generate, openAiJobFile, startInProcessCluster, tempDir, tesseraJobFile } from "@tessera/testing";
 import { createJobWorker } from "@tessera/coordinator";
-import { runCli } from "./helpers.js";
+import { startTestCluster, runCli } from "./helpers.js";
 
 const SERVERS = process.env["TESSERA_NATS"] ?? "127.0.0.1:4222";
 const enc = new TextEncoder();

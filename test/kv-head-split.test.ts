@@ -12,7 +12,8 @@ import { Attention, GpuNode, KvPlacement, createClient, type ForwardResponse } f
 import { kvBytesPerPosition, parsePromptsJsonl, tensorF32 } from "@tessera/core";
 import { ReferenceModel, loadCheckpoint, loadTokenizer } from "@tessera/model";
 import { createCoordinator } from "@tessera/coordinator";
-import { bundled, generate, startInProcessCluster, startTestCluster } from "@tessera/testing";
+import { bundled, generate, startInProcessCluster } from "@tessera/testing";
+import { startTestCluster } from "./helpers.js";
 
 const MAX_TOKENS = 48;
 

@@ -16,7 +16,8 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { JobStore, connectNats } from "@tessera/nats";
 import { KvPlacement } from "@tessera/proto";
-import { generate, startTestCluster, STORY_OPENINGS } from "@tessera/testing";
+import { generate, STORY_OPENINGS } from "@tessera/testing";
+import { startTestCluster } from "./helpers.js";
 
 const SERVERS = process.env["TESSERA_NATS"] ?? "127.0.0.1:4222";
 const MEMORY_CAPACITY = 64 * 1024 ** 2;

@@ -1,5 +1,5 @@
 // Node profiles (issue 4, item 1) end to end through the built CLI
-// (npx tsc -b packages/cli): `tessera node <role> --profile-only` prints a
+// (npx tsc -b apps/cli): `tessera node <role> --profile-only` prints a
 // NodeProfile as proto JSON; a node started with the default --profile
 // (measure) advertises one in Info; a file written by --profile-only
 // round-trips through `--profile FILE` into Info; bad files fail naming the file.

@@ -1,4 +1,4 @@
-// `tessera plan` end to end: the built CLI (npx tsc -b packages/cli) on an
+// `tessera plan` end to end: the built CLI (npx tsc -b apps/cli) on an
 // example cluster, JSON and table output, a checkpoint as --model, and a bad
 // cluster file.
 import assert from "node:assert/strict";

@@ -29,8 +29,8 @@ import {
   type RegistryEvent,
 } from "@tessera/nats";
 import { Coordinator, KvPlacement, createClient } from "@tessera/proto";
-import { bundled, generate, startTestCluster } from "@tessera/testing";
-import { runCli } from "./helpers.js";
+import { bundled, generate } from "@tessera/testing";
+import { startTestCluster, runCli } from "./helpers.js";
 
 const SERVERS = process.env["TESSERA_NATS"] ?? "127.0.0.1:4222";
 const MAX_TOKENS = 160;

@@ -13,8 +13,8 @@ import { readFile } from "node:fs/promises";
 import { Code, Coordinator, KvPlacement, RpcError, createClient } from "@tessera/proto";
 import { parsePromptsJsonl } from "@tessera/core";
 import { createMemoryNode } from "@tessera/memory-node";
-import { bundled, generate, startInProcessCluster, startTestCluster } from "@tessera/testing";
-import { runCli } from "./helpers.js";
+import { bundled, generate, startInProcessCluster } from "@tessera/testing";
+import { startTestCluster, runCli } from "./helpers.js";
 
 const MAX_TOKENS = 160;
 

@@ -38,8 +38,8 @@ import {
   type TransportSecurity,
 } from "@tessera/proto";
 import { repoRoot, type LocalCluster } from "@tessera/cli";
-import { bundled, startTestCluster, tempDir, tesseraJobFile, failure } from "@tessera/testing";
-import { referenceText, runCli, type CliRun } from "./helpers.js";
+import { bundled, tempDir, tesseraJobFile, failure } from "@tessera/testing";
+import { startTestCluster, referenceText, runCli, type CliRun } from "./helpers.js";
 
 const SERVERS = process.env["TESSERA_NATS"] ?? "127.0.0.1:4222";
 const readme = join(repoRoot, "../shared/models/README.md");

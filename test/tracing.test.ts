@@ -16,7 +16,8 @@ import { randomBytes } from "node:crypto";
 import type { AddressInfo } from "node:net";
 import protobuf from "protobufjs";
 import { JobStore, connectNats, type JobState } from "@tessera/nats";
-import { startTestCluster, tesseraJobFile } from "@tessera/testing";
+import { tesseraJobFile } from "@tessera/testing";
+import { startTestCluster } from "./helpers.js";
 import { startTelemetry } from "@tessera/telemetry";
 
 const SERVERS = process.env["TESSERA_NATS"] ?? "127.0.0.1:4222";

@@ -41,6 +41,7 @@ import {
   type SafetensorsStore,
   type SafetensorsTensor,
 } from "./safetensors.js";
+import { checkHfArchitecture, checkHfTensors } from "./hf-architecture.js";
 
 /** Name of the config file in a Hugging Face folder. */
 export const HF_CONFIG_FILE = "config.json";
@@ -150,6 +151,7 @@ async function readConfig(dir: string): Promise<HfLlamaConfig> {
       cause: err,
     });
   }
+  checkHfArchitecture(path, c);
   const required = [
     "hidden_size",
     "intermediate_size",
@@ -300,6 +302,7 @@ async function openHf(dir: string): Promise<{ header: HfModelHeader; store: Safe
       );
     }
   }
+  checkHfTensors(dir, store.weightMap.keys(), new Set(tensorShapes(shape, tied, qkvBias).map(([n]) => n)), tied);
   for (const [name, dims] of tensorShapes(shape, tied, qkvBias)) {
     const info = store.info(name);
     if (!info)

@@ -14,20 +14,9 @@ import {
   type Result,
   type Summary,
 } from "@tessera/proto";
-import { bundled, startLocalCluster, type LocalCluster, type LocalClusterOptions } from "@tessera/cli";
 
-export { bundled };
+export { bundled } from "./bundled.js";
 export * from "./attention-harness.js";
-
-/** Starts a local cluster (child processes) on the bundled stories260K unless told otherwise. */
-export function startTestCluster(options: Partial<LocalClusterOptions> = {}): Promise<LocalCluster> {
-  return startLocalCluster({
-    model: bundled.model,
-    tokenizer: bundled.tokenizer,
-    verbose: process.env["TESSERA_TEST_VERBOSE"] === "1",
-    ...options,
-  });
-}
 
 /** What one Generate call streamed. */
 export interface GenerateOutcome {

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { test, type TestContext } from "node:test";
 import { KubeConfig } from "@kubernetes/client-node";
 import { SHAPES, loadCluster, plan, type ClusterSpec, type Plan } from "@tessera/scheduler";
-import { FakeKubeApi } from "../../testing/src/fake-kube-api.js";
+import { FakeKubeApi } from "../../../packages/testing/src/fake-kube-api.js";
 import {
   StatefulSetNotFoundError,
   chartFullname,

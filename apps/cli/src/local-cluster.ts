@@ -35,6 +35,11 @@ export interface LocalClusterOptions {
    * processes listen on loopback only
    */
   transport?: string[];
+  /**
+   * Aborts the start (SIGTERM to `tessera run` while its cluster starts):
+   * everything already started is stopped and startLocalCluster rejects.
+   */
+  signal?: AbortSignal;
 }
 
 /** A running child process of one role. */
@@ -69,6 +74,7 @@ function spawnRole(
   verbose: boolean,
   readyTimeoutMs: number,
   tmp: string,
+  spawned: Set<ChildProcess>,
 ): Promise<RoleProcess> {
   // execArgv: [] so children run the built JS directly, not under a test
   // runner's loaders. TMPDIR: onnxruntime leaves a file per process in the
@@ -81,6 +87,9 @@ function spawnRole(
     // which then stops its children in order (SIGTERM, drain, exit).
     detached: true,
   });
+  // Known to stop() from now on, not only once ready: a start that fails
+  // or is interrupted must stop the siblings still starting too.
+  spawned.add(child);
   let tail = "";
   child.stderr!.setEncoding("utf8");
   child.stderr!.on("data", (chunk: string) => {
@@ -120,14 +129,31 @@ function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
  * This process's environment without the TESSERA_* security and NATS
  * settings: the cluster's processes take theirs from their flags (a user's
  * TESSERA_TLS_* for `tessera run --cluster` must not reach an embedded
- * cluster started with --plaintext).
+ * cluster started with --plaintext). A TESSERA_METRICS_PORT becomes 0: one
+ * fixed port would have every child bind the same one (the second fails to
+ * start); each takes a free port of its own instead.
  */
 function childEnv(): NodeJS.ProcessEnv {
   const env = { ...process.env };
   for (const k of Object.keys(env)) {
     if (/^TESSERA_(TLS_|PLAINTEXT$|TOKENS_FILE$|TOKEN$|NATS)/.test(k)) delete env[k];
   }
+  if (env["TESSERA_METRICS_PORT"] !== undefined) env["TESSERA_METRICS_PORT"] = "0";
   return env;
+}
+
+/** A promise that rejects when `signal` aborts, and its listener's removal. */
+function abortion(signal: AbortSignal | undefined): { promise: Promise<never>; dispose(): void } {
+  let dispose = () => {};
+  const promise = new Promise<never>((_, reject) => {
+    if (!signal) return;
+    const onAbort = () => reject(new Error("interrupted while the local cluster started"));
+    if (signal.aborted) return onAbort();
+    signal.addEventListener("abort", onAbort, { once: true });
+    dispose = () => signal.removeEventListener("abort", onAbort);
+  });
+  promise.catch(() => {});
+  return { promise, dispose };
 }
 
 /** Node flags that skip the self-profile at start (see `tessera node --profile`). */
@@ -135,8 +161,10 @@ const NO_PROFILE = ["--profile", "off"] as const;
 
 /**
  * Starts memory-, storage- and gpu-node processes, then a coordinator that
- * knows their addresses. On failure, everything already started is stopped.
- * @throws Error with the failing child's log tail.
+ * knows their addresses. When a child fails to start (or `signal` aborts),
+ * every child, started or still starting, is stopped and the directory
+ * removed before this rejects.
+ * @throws Error with the failing child's log tail, or "interrupted ..." on abort.
  */
 export async function startLocalCluster(options: LocalClusterOptions): Promise<LocalCluster> {
   const dir = await mkdtemp(join(tmpdir(), "tessera-"));
@@ -150,9 +178,13 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
   const flags = (r: Role) => [...(r === "coordinator" ? [] : nats), ...transport, ...(options.flags?.[r] ?? [])];
   const procs = new Map<Role, RoleProcess>();
   const args = new Map<Role, string[]>();
+  // Every child ever forked, ready or not: what stop() stops.
+  const spawned = new Set<ChildProcess>();
   const start = async (role: Role, a: string[]) => {
+    // Nothing starts once stop() began (an interrupted or failed start).
+    if (stopped) throw new Error(`local cluster stopped before the ${role} started`);
     args.set(role, a);
-    procs.set(role, await spawnRole(role, a, verbose, timeout, tmp));
+    procs.set(role, await spawnRole(role, a, verbose, timeout, tmp, spawned));
   };
   let stopped: Promise<void> | undefined;
   const cluster: LocalCluster = {
@@ -178,11 +210,11 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
         "--port",
         port,
       ];
-      procs.set(role, await spawnRole(role, a, verbose, timeout, tmp));
+      procs.set(role, await spawnRole(role, a, verbose, timeout, tmp, spawned));
     },
     stop(graceMs = 5000) {
       stopped ??= (async () => {
-        const children = [...procs.values()].map((p) => p.child);
+        const children = [...spawned];
         for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGTERM");
         await Promise.all(
           children.map(async (c) => {
@@ -197,7 +229,18 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
       return stopped;
     },
   };
+  const aborted = abortion(options.signal);
   try {
+    await Promise.race([startAll(), aborted.promise]);
+  } catch (err) {
+    await cluster.stop(1000);
+    throw err;
+  } finally {
+    aborted.dispose();
+  }
+  return cluster;
+
+  async function startAll(): Promise<void> {
     await Promise.all([
       // No self-profile (a second or so per node, on the cores the other
       // nodes are starting on): nothing here plans from it. `flags` may
@@ -235,9 +278,5 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
       options.tokenizer,
       ...flags("coordinator"),
     ]);
-  } catch (err) {
-    await cluster.stop(1000);
-    throw err;
   }
-  return cluster;
 }

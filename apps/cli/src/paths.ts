@@ -2,7 +2,7 @@ import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
-/** Root of the repository this CLI was built in (packages/cli/dist/.. /..). */
+/** Root of the repository this CLI was built in (apps/cli/dist/../../..). */
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
 
 /** The bundled test model and prompts, in ../shared beside the repository. */

@@ -76,6 +76,7 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
         model,
         tokenizer,
         verbose: flags.verbose,
+        signal,
         flags: {
           coordinator: [
             ...nodeFlags("--storage-threshold", flags.storageThreshold),

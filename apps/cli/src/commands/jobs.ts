@@ -8,7 +8,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { resolve } from "node:path";
-import { connectNats, JobStore, type JobPriority, type JobSampling } from "@tessera/nats";
+import { connectNats, isTerminal, JobStore, type JobPriority, type JobSampling, type JobStatus } from "@tessera/nats";
 import { Code, Coordinator, RpcError, createClient, type Job } from "@tessera/proto";
 import { checkBatchLimits, defaultGenerateLimits } from "@tessera/coordinator";
 import { applyNatsAuth, applyTransport, type TransportFlags } from "../security.js";
@@ -204,6 +204,18 @@ async function withJobs<T>(flags: NatsFlags, fn: (jobs: Jobs) => Promise<T>): Pr
   }
 }
 
+/**
+ * The exit code of `status`, `results` and `watch` for a job in state `s`:
+ * 1 when it failed as a whole, 3 when it was cancelled or ended with failed
+ * prompts (as `tessera run` for failed prompts), 0 otherwise (queued,
+ * running, or completed with every prompt done).
+ */
+export function jobExitCode(s: { status: string; promptsFailed: number }): number {
+  if (s.status === "failed") return 1;
+  if (s.status === "cancelled") return 3;
+  return s.status === "completed" && s.promptsFailed > 0 ? 3 : 0;
+}
+
 /** "12/16 prompts, 1 failed, 1,024 tokens" */
 function progressOf(s: JobView): string {
   const failed = s.promptsFailed > 0 ? `, ${s.promptsFailed} failed` : "";
@@ -267,7 +279,8 @@ export async function jobsCommand(flags: NatsFlags & { tenant?: string; json: bo
 
 /**
  * `tessera status ID`: the job's status and progress (JSON with --json).
- * Exit code 0 when it exists.
+ * Exit code: see {@link jobExitCode}.
+ * @throws Error when there is no such job.
  */
 export async function statusCommand(id: string, flags: NatsFlags & { json: boolean }): Promise<number> {
   return withJobs(flags, async (jobs) => {
@@ -275,7 +288,7 @@ export async function statusCommand(id: string, flags: NatsFlags & { json: boole
     if (!s) throw new Error(`job "${id}" not found`);
     if (flags.json) {
       process.stdout.write(JSON.stringify(s) + "\n");
-      return 0;
+      return jobExitCode(s);
     }
     const lines = [
       `job ${s.id}: ${s.status}${s.cancelRequested && s.status === "running" ? " (cancel requested)" : ""}`,
@@ -285,11 +298,15 @@ export async function statusCommand(id: string, flags: NatsFlags & { json: boole
       ...(s.error ? [`error: ${s.error}`] : []),
     ];
     process.stdout.write(lines.join("\n") + "\n");
-    return 0;
+    return jobExitCode(s);
   });
 }
 
-/** `tessera results ID [--follow]`: the result lines (JSONL) on stdout; --follow until the job ends. */
+/**
+ * `tessera results ID [--follow]`: the result lines (JSONL) on stdout;
+ * --follow until the job ends. Exit code: the job's state's after the last
+ * line (see {@link jobExitCode}).
+ */
 export async function resultsCommand(
   id: string,
   flags: NatsFlags & { follow: boolean },
@@ -297,7 +314,8 @@ export async function resultsCommand(
 ): Promise<number> {
   return withJobs(flags, async (jobs) => {
     for await (const line of jobs.results(id, flags.follow, signal)) process.stdout.write(line + "\n");
-    return 0;
+    const s = await jobs.get(id);
+    return s ? jobExitCode(s) : 0;
   });
 }
 
@@ -314,7 +332,8 @@ export async function cancelCommand(id: string, flags: NatsFlags): Promise<numbe
 
 /**
  * `tessera watch ID`: a progress line per change until the job ends.
- * Exit code 0 completed, 3 failed or cancelled.
+ * Exit code: the ended job's (see {@link jobExitCode}); 3 when it did not
+ * end (interrupted).
  */
 export async function watchCommand(id: string, flags: NatsFlags, signal: AbortSignal): Promise<number> {
   return withJobs(flags, async (jobs) => {
@@ -325,6 +344,6 @@ export async function watchCommand(id: string, flags: NatsFlags, signal: AbortSi
         `${new Date().toISOString()} ${s.id} ${s.status}${s.cancelRequested && s.status === "running" ? " (cancelling)" : ""}: ${progressOf(s)}${s.error ? `: ${s.error}` : ""}\n`,
       );
     }
-    return last?.status === "completed" ? 0 : 3;
+    return last && isTerminal(last.status as JobStatus) ? jobExitCode(last) : 3;
   });
 }

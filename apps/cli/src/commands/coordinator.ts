@@ -1,0 +1,232 @@
+/**
+ * `tessera coordinator`: the coordinator's flags (every one with its
+ * TESSERA_* variable) and their mapping onto runCoordinator's options.
+ */
+import { Option, type Command, type OptionValues } from "commander";
+import { ROLES, parseByteSize } from "@tessera/core";
+import { int, list, metricsPort, natsAuthFlags, natsPrefix, security, size, transport } from "../flags.js";
+
+/**
+ * The coordinator flags' defaults, in one place (the services' own
+ * options modules will own them; this object then points there).
+ * Times in ms, sizes as byte-size strings.
+ */
+export const COORDINATOR_FLAG_DEFAULTS = Object.freeze({
+  host: "127.0.0.1",
+  port: ROLES.coordinator.defaultPort,
+  storageThresholdTokens: 4096,
+  maxBatch: 64,
+  maxPrefillTokens: 4096,
+  retryTimeoutMs: 30000,
+  kvHeadGroups: 1,
+  kvPlacement: "plan",
+  failoverMs: 3000,
+  jobConcurrency: 1,
+  nodeLostAfterMs: 3000,
+  kubernetesClusterDomain: "cluster.local",
+  limitPrompts: 10000,
+  limitPromptBytes: "64KiB",
+  limitMaxTokens: 4096,
+  limitRequestBytes: "64MiB",
+});
+const D = COORDINATOR_FLAG_DEFAULTS;
+
+/** Adds `tessera coordinator` to `program`. */
+export function addCoordinatorCommand(program: Command): void {
+  const c = natsAuthFlags(transport(program.command(ROLES.coordinator.cli), "service"));
+  serviceFlags(c);
+  discoveryAndLimitFlags(c);
+  c.action(coordinatorAction);
+}
+
+/** Where the coordinator listens, its nodes and model, batching, KV placement and failover. */
+function serviceFlags(c: Command): void {
+  c.addOption(metricsPort())
+    .description("Start a coordinator that drives the given nodes.")
+    .addOption(new Option("--host <host>", "address to listen on").default(D.host).env("TESSERA_HOST"))
+    .addOption(
+      new Option("--port <port>", "port (0 = free port)").argParser(int("--port")).default(D.port).env("TESSERA_PORT"),
+    )
+    .addOption(
+      new Option("--gpu-node <host:port>", "gpu-node address (repeatable or comma-separated)")
+        .argParser(list)
+        .env("TESSERA_GPU_NODES"),
+    )
+    .addOption(
+      new Option("--memory-node <host:port>", "memory-node address (repeatable)")
+        .argParser(list)
+        .env("TESSERA_MEMORY_NODES"),
+    )
+    .addOption(
+      new Option("--storage-node <host:port>", "storage-node address (repeatable)")
+        .argParser(list)
+        .env("TESSERA_STORAGE_NODES"),
+    )
+    .addOption(new Option("--model <path>", "default checkpoint for jobs that name none").env("TESSERA_MODEL"))
+    .addOption(new Option("--tokenizer <path>", "default tokenizer.bin").env("TESSERA_TOKENIZER"))
+    .addOption(
+      new Option("--storage-threshold <tokens>", "KV to a storage-node above this many positions (kv auto)")
+        .argParser(int("--storage-threshold", 1))
+        .default(D.storageThresholdTokens)
+        .env("TESSERA_STORAGE_THRESHOLD"),
+    )
+    .addOption(
+      new Option(
+        "--max-batch <n>",
+        "most sequences in the running batch, over all jobs (others join as they finish, higher-priority jobs first)",
+      )
+        .argParser(int("--max-batch", 1))
+        .default(D.maxBatch)
+        .env("TESSERA_MAX_BATCH"),
+    )
+    .addOption(
+      new Option("--max-prefill-tokens <n>", "most prompt tokens prefilled in one step")
+        .argParser(int("--max-prefill-tokens", 1))
+        .default(D.maxPrefillTokens)
+        .env("TESSERA_MAX_PREFILL_TOKENS"),
+    )
+    .addOption(
+      new Option("--retry-timeout <ms>", "how long a step is retried while a node is down")
+        .argParser(int("--retry-timeout", 1))
+        .default(D.retryTimeoutMs)
+        .env("TESSERA_RETRY_TIMEOUT"),
+    )
+    .addOption(
+      new Option(
+        "--kv-head-groups <n>",
+        "split each sequence's KV heads into this many groups on distinct attention nodes (HeadInfer; must divide n_kv_heads)",
+      )
+        .argParser(int("--kv-head-groups", 1))
+        .default(D.kvHeadGroups)
+        .env("TESSERA_KV_HEAD_GROUPS"),
+    )
+    .addOption(
+      new Option(
+        "--kv-placement <rule>",
+        "plan: sequences follow the job plan's KV shares (most tokens/s per $/h); cheapest-first: each where its " +
+          "attention costs least per token, filling the cheapest node first",
+      )
+        .choices(["plan", "cheapest-first"])
+        .default(D.kvPlacement)
+        .env("TESSERA_KV_PLACEMENT"),
+    )
+    .addOption(
+      new Option(
+        "--failover <ms>",
+        "how long a memory-node may fail before its sequences move to other attention nodes (KV rebuilt there)",
+      )
+        .argParser(int("--failover", 1))
+        .default(D.failoverMs)
+        .env("TESSERA_FAILOVER"),
+    );
+}
+
+/** NATS, Kubernetes discovery, bearer tokens and the request limits. */
+function discoveryAndLimitFlags(c: Command): void {
+  c.addOption(
+    new Option(
+      "--nats <servers>",
+      "NATS servers (comma-separated host:port): take nodes from the node registry (node addresses become optional)",
+    ).env("TESSERA_NATS"),
+  )
+    .addOption(natsPrefix())
+    .addOption(
+      new Option(
+        "--job-concurrency <n>",
+        "batch jobs run at once (with --nats); one more may start whose priority is above every running job's: " +
+          "its sequences join the running batch first",
+      )
+        .argParser(int("--job-concurrency", 1))
+        .default(D.jobConcurrency)
+        .env("TESSERA_JOB_CONCURRENCY"),
+    )
+    .addOption(
+      new Option("--node-lost-after <ms>", "a registered node with no heartbeat for this long is lost (with --nats)")
+        .argParser(int("--node-lost-after", 1))
+        .default(D.nodeLostAfterMs)
+        .env("TESSERA_NODE_LOST_AFTER"),
+    )
+    .addOption(
+      new Option(
+        "--kubernetes [selector]",
+        "discover node pods on Kubernetes by label (list + watch; in-cluster or KUBECONFIG); default selector " +
+          "app.kubernetes.io/part-of=tessera",
+      ).env("TESSERA_KUBERNETES"),
+    )
+    .addOption(
+      new Option("--kubernetes-namespace <ns>", "namespace of the node pods (with --kubernetes)").env("POD_NAMESPACE"),
+    )
+    .addOption(
+      new Option("--kubernetes-cluster-domain <domain>", "DNS suffix of the node pods' names (with --kubernetes)")
+        .default(D.kubernetesClusterDomain)
+        .env("TESSERA_CLUSTER_DOMAIN"),
+    )
+    .addOption(
+      new Option(
+        "--tokens <file>",
+        "bearer tokens (YAML: tokens: [{tenant, sha256 | token, admin}]; `tessera token` makes one): callers must " +
+          "send one, and each tenant sees only its own jobs",
+      ).env("TESSERA_TOKENS_FILE"),
+    )
+    .addOption(
+      new Option("--limit-prompts <n>", "most prompts in one job")
+        .argParser(int("--limit-prompts", 1))
+        .default(D.limitPrompts),
+    )
+    .addOption(
+      new Option("--limit-prompt-bytes <bytes>", "most bytes of one prompt's text, e.g. 64KiB")
+        .argParser(size("--limit-prompt-bytes"))
+        .default(parseByteSize("--limit-prompt-bytes", D.limitPromptBytes), D.limitPromptBytes),
+    )
+    .addOption(
+      new Option("--limit-max-tokens <n>", "largest max_tokens a job may ask for")
+        .argParser(int("--limit-max-tokens", 1))
+        .default(D.limitMaxTokens),
+    )
+    .addOption(
+      new Option("--limit-request-bytes <bytes>", "most bytes of one Generate request, e.g. 64MiB")
+        .argParser(size("--limit-request-bytes"))
+        .default(parseByteSize("--limit-request-bytes", D.limitRequestBytes), D.limitRequestBytes),
+    );
+}
+
+/** Maps the parsed flags onto runCoordinator's options and runs it until stopped. */
+async function coordinatorAction(o: OptionValues): Promise<void> {
+  (await security()).applyTransport(o, "the coordinator", true);
+  if (o.nats) (await security()).applyNatsAuth(o);
+  await (
+    await import("@tessera/coordinator")
+  ).runCoordinator(
+    {
+      host: o.host,
+      port: o.port,
+      gpuNodes: o.gpuNode ?? [],
+      memoryNodes: o.memoryNode ?? [],
+      storageNodes: o.storageNode ?? [],
+      modelPath: o.model,
+      tokenizerPath: o.tokenizer,
+      storageThresholdTokens: o.storageThreshold,
+      retryTimeoutMs: o.retryTimeout,
+      maxBatchSequences: o.maxBatch,
+      maxPrefillTokens: o.maxPrefillTokens,
+      kvHeadGroups: o.kvHeadGroups,
+      failoverMs: o.failover,
+      kvPlacement: o.kvPlacement,
+      nats: o.nats,
+      natsPrefix: o.natsPrefix,
+      nodeLostAfterMs: o.nodeLostAfter,
+      jobConcurrency: o.jobConcurrency,
+      kubernetes: o.kubernetes,
+      kubernetesNamespace: o.kubernetesNamespace,
+      kubernetesClusterDomain: o.kubernetesClusterDomain,
+      tokensFile: o.tokens,
+      limits: {
+        maxPrompts: o.limitPrompts,
+        maxPromptBytes: o.limitPromptBytes,
+        maxTokens: o.limitMaxTokens,
+        maxRequestBytes: o.limitRequestBytes,
+      },
+    },
+    { port: o.metricsPort },
+  );
+}

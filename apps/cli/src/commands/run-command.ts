@@ -1,0 +1,85 @@
+/**
+ * `tessera run`: a batch of prompts on an embedded local cluster or a running one (--cluster).
+ */
+import { Option, type Command } from "commander";
+import { bundled } from "../paths.js";
+import { coordinatorClient, int, num, security, withSignals } from "../flags.js";
+
+const impl = () => import("./run.js");
+
+/** Adds `tessera run` to `program`. */
+export function addRunCommand(program: Command): void {
+  program
+    .command("run")
+    .description(
+      "Run a batch of prompts and write one JSON object per prompt. Without --cluster, starts an embedded local " +
+        "cluster (coordinator + one node of each role as child processes on free loopback ports) and stops it after.",
+    )
+    .option(
+      "--model <path>",
+      `llama2.c checkpoint or Hugging Face folder (default: ${bundled.model}; with --cluster, the coordinator's own)`,
+    )
+    .option(
+      "--tokenizer <path>",
+      "tokenizer.bin or tokenizer.json (default: tok512.bin for the bundled model, tokenizer.json in a Hugging Face folder, else tokenizer.bin beside --model)",
+    )
+    .option(
+      "--prompts <path>",
+      'prompts JSONL: {"id", "prompt", optional max_tokens, temperature, top_p, seed, kv} per line',
+      bundled.prompts,
+    )
+    .option("--prompt <text>", 'run this single prompt instead of a file ("" = BOS only)')
+    .option("--out <path>", 'results JSONL ("-" = stdout)', "-")
+    .option("--max-tokens <n>", "most tokens to generate per prompt", int("--max-tokens", 1), 256)
+    .option("--temperature <t>", "0 = greedy (argmax); > 0 samples as llama2.c run.c", num("--temperature", 0, 100), 0)
+    .option(
+      "--top-p <p>",
+      "nucleus sampling threshold (used when temperature > 0; 0 or 1 = off)",
+      num("--top-p", 0, 1),
+      0.9,
+    )
+    .option("--seed <n>", "sampling seed (default: from the clock, printed)", int("--seed", 1))
+    .addOption(
+      new Option("--kv <where>", "where each sequence's KV cache lives")
+        .choices(["memory", "storage", "auto"])
+        .default("auto"),
+    )
+    .addOption(
+      new Option("--cluster <host:port>", "a running coordinator instead of an embedded cluster").env(
+        "TESSERA_CLUSTER",
+      ),
+    )
+    .option(
+      "--storage-threshold <tokens>",
+      "embedded cluster: with --kv auto, prompt + max tokens above this goes to the storage-node",
+      int("--storage-threshold", 1),
+    )
+    .option("--memory-capacity <bytes>", "embedded cluster: KV capacity of the memory-node, e.g. 512MiB")
+    .option("--storage-buffer <bytes>", "embedded cluster: storage-node streaming buffer, e.g. 64MiB")
+    .addOption(
+      new Option(
+        "--execution-provider <ep>",
+        "embedded cluster: onnxruntime execution provider of the gpu-node",
+      ).choices(["cpu", "cuda"]),
+    )
+    .addOption(
+      new Option(
+        "--wire-dtype <dtype>",
+        "embedded cluster: dtype of activations between nodes (logits stay f32)",
+      ).choices(["f16", "f32"]),
+    )
+    .option(
+      "--kv-head-groups <n>",
+      "embedded cluster: split each sequence's KV heads into this many groups (must divide n_kv_heads)",
+      int("--kv-head-groups", 1),
+    )
+    .option("-v, --verbose", "show the nodes' logs", false)
+    .option("-q, --quiet", "no progress or summary on stderr", false);
+  coordinatorClient(program.commands.at(-1)!).action((opts) =>
+    withSignals(async (signal) => {
+      // The embedded cluster is plaintext on loopback; a --cluster must be told.
+      if (opts.cluster) (await security()).applyTransport(opts, "tessera run --cluster", false);
+      return (await impl()).runCommand(opts, signal);
+    }),
+  );
+}
