@@ -156,9 +156,11 @@ class BatchEngine {
       groups: ctx.options.kvHeadGroups,
       seqs: [],
     };
+    // The scheduler first: a prompt finished while it is read (too long,
+    // no tokens wanted) is released through it like any other.
+    this.scheduler = new Scheduler(this.job);
     this.output = new Output(this.job, (s) => this.scheduler.kv.release(s));
     createSequences(this.job, this.output);
-    this.scheduler = new Scheduler(this.job);
     this.executor = new StepExecutor(this.job);
     this.stepEvery = batchSpan ? traceStepEvery() : 1;
   }

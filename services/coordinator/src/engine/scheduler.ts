@@ -55,7 +55,7 @@ export class Scheduler {
   readonly kv: KvCaches;
   readonly planner: JobPlanner;
   /** Sequences to admit (Waiting or Moving), in input order. */
-  private readonly pending: Sequence[];
+  private readonly pending: Sequence[] = [];
   /** Attention nodes whose calls failed in a step and have not answered since. */
   private readonly failingNodes = new Set<string>();
   /** A sequence was refused for KV capacity: none is admitted until capacity frees. */
@@ -70,12 +70,15 @@ export class Scheduler {
   constructor(private readonly job: BatchJob) {
     this.kv = new KvCaches(job, () => (this.blocked = false));
     this.planner = new JobPlanner(job, () => (this.blocked = false));
-    this.pending = job.seqs.filter((s) => !s.finished);
   }
 
-  /** Takes the job's place in the running batch (finishing through `output`). */
+  /**
+   * Takes the job's place in the running batch (finishing through
+   * `output`) and queues every sequence its prompts did not finish already.
+   */
   start(output: Output): void {
     this.output = output;
+    this.pending.push(...this.job.seqs.filter((s) => !s.finished));
     this.place = this.job.ctx.slots.join(this.job.request.priority);
     this.unwatchSlots = watchSlots(this.job.ctx.slots);
   }
