@@ -16,6 +16,7 @@
  */
 import { CoreV1Api, KubeConfig, makeInformer, type V1Pod } from "@kubernetes/client-node";
 import type { RegistryRole } from "@tessera/nats";
+import { COORDINATOR_DEFAULTS } from "../options.js";
 
 /** A change of the node set seen on Kubernetes; the fields a NATS RegistryEvent has, but its record. */
 export interface KubernetesNodeEvent {
@@ -89,7 +90,11 @@ export function podRole(pod: V1Pod): RegistryRole | undefined {
  * The host:port a node pod is reached at (see the module comment), or
  * undefined while it has neither a DNS name nor an IP.
  */
-export function podAddress(pod: V1Pod, role: RegistryRole, clusterDomain = "cluster.local"): string | undefined {
+export function podAddress(
+  pod: V1Pod,
+  role: RegistryRole,
+  clusterDomain: string = COORDINATOR_DEFAULTS.kubernetesClusterDomain,
+): string | undefined {
   const ports = (pod.spec?.containers ?? []).flatMap((c) => c.ports ?? []);
   const port = ports.find((p) => p.name === "grpc")?.containerPort ?? ROLE_PORTS[role];
   const { hostname, subdomain } = pod.spec ?? {};
@@ -141,7 +146,7 @@ export async function watchKubernetes(o: WatchKubernetesOptions): Promise<Kubern
   const server = kc.getCurrentCluster()?.server;
   const namespace = o.namespace ?? kc.getContextObject(kc.getCurrentContext())?.namespace ?? "default";
   const labelSelector = o.labelSelector ?? "app.kubernetes.io/part-of=tessera";
-  const clusterDomain = o.clusterDomain ?? "cluster.local";
+  const clusterDomain = o.clusterDomain ?? COORDINATOR_DEFAULTS.kubernetesClusterDomain;
   const source = `${namespace} (${labelSelector})`;
   const where = `Kubernetes API ${server ?? "(no cluster in the kubeconfig)"}, namespace ${source}`;
   if (!server) throw new KubernetesDiscoveryError(`${where}: the kubeconfig names no current cluster`);
