@@ -11,11 +11,11 @@
 import { randomUUID } from "node:crypto";
 import { Kvm, type KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { withCompanion, type Service } from "@tessera/core";
+import { withCompanion, type Service, type NodeRole } from "@tessera/core";
 import { connectNats, NatsError } from "./connection.js";
 
 /** Role of a node in the registry. */
-export type RegistryRole = "gpu" | "memory" | "storage";
+export type RegistryRole = NodeRole;
 
 const ROLES: readonly RegistryRole[] = ["gpu", "memory", "storage"];
 
