@@ -18,7 +18,7 @@ import { JobStore, connectNats } from "@tessera/nats";
 import { KvPlacement } from "@tessera/proto";
 import { generate, STORY_OPENINGS } from "@tessera/testing";
 import { startTestCluster } from "./helpers.js";
-import type { AttentionRole } from "@tessera/core";
+import { ALL_ROLES, type AttentionRole } from "@tessera/core";
 
 const SERVERS = process.env["TESSERA_NATS"] ?? "127.0.0.1:4222";
 const MEMORY_CAPACITY = 64 * 1024 ** 2;
@@ -84,7 +84,7 @@ test("every service serves Prometheus metrics that match a Generate's tokens, st
     else process.env.TESSERA_METRICS_PORT = saved;
   });
   t.after(() => cluster.stop());
-  const roles = ["coordinator", "gpu", "memory", "storage"] as const;
+  const roles = ALL_ROLES;
   const urls = Object.fromEntries(
     roles.map((role) => {
       const m = /metrics at (http:\/\/127\.0\.0\.1:\d+\/metrics)/.exec(cluster.node(role).logTail());

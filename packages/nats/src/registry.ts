@@ -11,13 +11,11 @@
 import { randomUUID } from "node:crypto";
 import { Kvm, type KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { withCompanion, type Service, type NodeRole } from "@tessera/core";
+import { NODE_ROLES, withCompanion, type Service, type NodeRole } from "@tessera/core";
 import { connectNats, NatsError } from "./connection.js";
 
 /** Role of a node in the registry. */
 export type RegistryRole = NodeRole;
-
-const ROLES: readonly RegistryRole[] = ["gpu", "memory", "storage"];
 
 /** One node's record in the registry bucket (stored as JSON). */
 export interface NodeRecord {
@@ -136,7 +134,7 @@ export interface NodeRegistration {
  *   the role, address or heartbeatMs is invalid.
  */
 export async function registerNode(o: RegisterNodeOptions): Promise<NodeRegistration> {
-  if (!ROLES.includes(o.role))
+  if (!NODE_ROLES.includes(o.role))
     throw new RangeError(`role: must be gpu, memory or storage, got ${JSON.stringify(o.role)}`);
   const key = registryKey(o.role, o.address);
   const heartbeatMs = o.heartbeatMs ?? 1000;
@@ -360,7 +358,7 @@ export async function watchRegistry(o: WatchRegistryOptions): Promise<RegistryWa
   const parse = (key: string, value: Uint8Array): NodeRecord | undefined => {
     try {
       const r = JSON.parse(new TextDecoder().decode(value)) as NodeRecord;
-      if (!ROLES.includes(r.role) || typeof r.address !== "string" || registryKey(r.role, r.address) !== key) {
+      if (!NODE_ROLES.includes(r.role) || typeof r.address !== "string" || registryKey(r.role, r.address) !== key) {
         throw new Error("role/address do not match the key");
       }
       return r;
