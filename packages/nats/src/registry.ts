@@ -12,7 +12,7 @@ import { randomUUID } from "node:crypto";
 import { Kvm, type KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { NODE_ROLES, withCompanion, type Service, type NodeRole } from "@tessera/core";
-import { connectNats, NatsError } from "./connection.js";
+import { DEFAULT_NATS_PREFIX, connectNats, NatsError } from "./connection.js";
 
 /** Role of a node in the registry. */
 export type RegistryRole = NodeRole;
@@ -35,7 +35,7 @@ export interface NodeRecord {
 }
 
 /** Name of the registry bucket for `prefix`: `${prefix}-nodes`. */
-export function registryBucket(prefix = "tessera"): string {
+export function registryBucket(prefix = DEFAULT_NATS_PREFIX): string {
   return `${prefix}-nodes`;
 }
 
@@ -64,7 +64,7 @@ function serversOf(nats: string | NatsConnection): string {
  *   answering or a stream `KV_${bucket}` exists that is not a key-value
  *   bucket (a name clash).
  */
-export async function openRegistryBucket(nc: NatsConnection, prefix = "tessera"): Promise<KV> {
+export async function openRegistryBucket(nc: NatsConnection, prefix = DEFAULT_NATS_PREFIX): Promise<KV> {
   const bucket = registryBucket(prefix);
   const servers = nc.getServer();
   let kv: KV;
@@ -142,7 +142,7 @@ export async function registerNode(o: RegisterNodeOptions): Promise<NodeRegistra
     throw new RangeError(`heartbeatMs: must be a positive number of ms, got ${heartbeatMs}`);
   }
   const log = o.log ?? ((line: string) => process.stderr.write(line + "\n"));
-  const prefix = o.prefix ?? "tessera";
+  const prefix = o.prefix ?? DEFAULT_NATS_PREFIX;
   const bucket = registryBucket(prefix);
   const owned = typeof o.nats === "string";
   const nc =
@@ -325,7 +325,7 @@ export async function watchRegistry(o: WatchRegistryOptions): Promise<RegistryWa
     if (!Number.isFinite(v) || v <= 0) throw new RangeError(`${name}: must be a positive number of ms, got ${v}`);
   }
   const log = o.log ?? ((line: string) => process.stderr.write(line + "\n"));
-  const prefix = o.prefix ?? "tessera";
+  const prefix = o.prefix ?? DEFAULT_NATS_PREFIX;
   const bucket = registryBucket(prefix);
   const owned = typeof o.nats === "string";
   const nc =

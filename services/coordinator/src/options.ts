@@ -8,6 +8,7 @@ import {
   portOption,
   positiveInt,
 } from "@tessera/core";
+import { DEFAULT_NATS_PREFIX } from "@tessera/nats";
 import { compileGenerateLimits, type GenerateLimits, type GenerateLimitsOptions } from "./api/limits.js";
 
 /**
@@ -28,7 +29,7 @@ export const COORDINATOR_DEFAULTS = Object.freeze({
   shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS,
   kvHeadGroups: 1,
   kvPlacement: "plan" as KvPlacementRule,
-  natsPrefix: "tessera",
+  natsPrefix: DEFAULT_NATS_PREFIX,
   jobConcurrency: 1,
   nodeHeartbeatMs: 1000,
   /** nodeLostAfterMs is this many nodeHeartbeatMs. */
@@ -183,9 +184,6 @@ export type CompiledCoordinatorOptions = Readonly<
   readonly kubernetesNamespace: string | undefined;
   readonly kubernetesClusterDomain: string | undefined;
 };
-
-/** host:port (see `isHostPort` of @tessera/core), re-exported for the Coordinator RPCs. */
-export { isHostPort };
 
 /**
  * Applies defaults and validates once, at construction (Temporal's
