@@ -36,7 +36,7 @@
  */
 import { availableParallelism, tmpdir, totalmem } from "node:os";
 import { SPLIT_MIN_BYTES } from "@tessera/attention";
-import { tensorF32, wireTensor, type ModelShape } from "@tessera/core";
+import { tensorF32, wireTensor, type ModelShape, type AttentionRole } from "@tessera/core";
 import { createSampler } from "@tessera/model";
 import {
   measureReadBandwidth,
@@ -306,7 +306,7 @@ export interface PlanWorkload {
   batch: number;
   /** Approximate prompt tokens (the measured mean is used for the prediction). */
   promptTokens: number;
-  kv: "memory" | "storage";
+  kv: AttentionRole;
 }
 
 /** Predicted and measured figures of one workload, seconds per decode step. */

@@ -88,6 +88,7 @@ import {
   type BenchOptions,
 } from "./common.js";
 import { LOCAL_ELEMENT_BYTES, profileMachine } from "./plan-vs-measured.js";
+import type { NodeRole } from "@tessera/core";
 
 /** Assumed price of the gpu-node, $/h (a CPU server running the dense layers). */
 export const GPU_PRICE_PER_HOUR = 0.5;
@@ -196,7 +197,7 @@ process.on("disconnect", stop);
 
 /** Starts a gpu- or memory-node with `options` and `profile` in a child process (run from the repository root). */
 function startNode(
-  role: "gpu" | "memory",
+  role: Exclude<NodeRole, "storage">,
   name: string,
   options: Record<string, unknown>,
   profile: NodeProfile,

@@ -75,6 +75,7 @@ import { createCoordinator } from "@tessera/coordinator";
 import { repoRoot } from "@tessera/cli";
 import { bundled, generate, tempDir } from "@tessera/testing";
 import { referenceText } from "./helpers.js";
+import type { Role } from "@tessera/core";
 
 /**
  * Milliseconds of fuzzing per service (its RPCs take turns).
@@ -84,8 +85,7 @@ import { referenceText } from "./helpers.js";
  */
 const SCALE = Number(process.env["TESSERA_FUZZ_SCALE"] ?? 1);
 const ONLY = process.env["TESSERA_FUZZ_ONLY"]?.split(",");
-const budget = (service: "memory" | "storage" | "gpu" | "coordinator", ms: number) =>
-  ONLY && !ONLY.includes(service) ? 0 : ms * SCALE;
+const budget = (service: Role, ms: number) => (ONLY && !ONLY.includes(service) ? 0 : ms * SCALE);
 const BUDGET_MS = {
   attentionMemory: budget("memory", 3000),
   attentionStorage: budget("storage", 3000),

@@ -20,7 +20,7 @@ import { randomBytes } from "node:crypto";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { generateRequest, type PromptSpec } from "@tessera/core";
+import { generateRequest, type PromptSpec, type Role } from "@tessera/core";
 import { JobStore, connectNats, registryBucket, type JobState } from "@tessera/nats";
 import { Code, Coordinator, createClient, type Client, type GenerateEvent, type Result } from "@tessera/proto";
 import type { LocalCluster, RoleProcess } from "@tessera/cli";
@@ -261,7 +261,7 @@ test("50 jobs of 3 tenants complete with undisturbed tokens while a memory-, a s
   const eventRe = /^job (job\d\d): placed \d+ sequence\(s\)|^jobs: job (job\d\d) completed/;
   const kills: { role: string; job: string; at: string }[] = [];
   let from = log.lines.length;
-  const killDuring = async (role: "memory" | "storage" | "gpu" | "coordinator", action: () => Promise<void>) => {
+  const killDuring = async (role: Role, action: () => Promise<void>) => {
     const placedAt = new Map<string, number>();
     const durations: number[] = [];
     for (;;) {

@@ -18,6 +18,7 @@ import { JobStore, connectNats } from "@tessera/nats";
 import { KvPlacement } from "@tessera/proto";
 import { generate, STORY_OPENINGS } from "@tessera/testing";
 import { startTestCluster } from "./helpers.js";
+import { ALL_ROLES, type AttentionRole } from "@tessera/core";
 
 const SERVERS = process.env["TESSERA_NATS"] ?? "127.0.0.1:4222";
 const MEMORY_CAPACITY = 64 * 1024 ** 2;
@@ -83,7 +84,7 @@ test("every service serves Prometheus metrics that match a Generate's tokens, st
     else process.env.TESSERA_METRICS_PORT = saved;
   });
   t.after(() => cluster.stop());
-  const roles = ["coordinator", "gpu", "memory", "storage"] as const;
+  const roles = ALL_ROLES;
   const urls = Object.fromEntries(
     roles.map((role) => {
       const m = /metrics at (http:\/\/127\.0\.0\.1:\d+\/metrics)/.exec(cluster.node(role).logTail());
@@ -127,7 +128,7 @@ test("every service serves Prometheus metrics that match a Generate's tokens, st
   }
   const plan = summary.plan!;
   // The plan's price: the gpu-node and the attention nodes it put KV shares on.
-  const kvRoles = new Set(plan.kvShares.map((k) => k.role as "memory" | "storage"));
+  const kvRoles = new Set(plan.kvShares.map((k) => k.role as AttentionRole));
   const planPrice = PRICES.gpu + [...kvRoles].reduce((p, r) => p + PRICES[r], 0);
   assert.ok(Math.abs(plan.pricePerHour - planPrice) < 1e-12, `plan price ${plan.pricePerHour} != ${planPrice}`);
   assert.equal(one(c, "tessera_job_dollars_per_million_tokens_count", scope).value, 1);

@@ -20,8 +20,9 @@ import {
   type NodeProfile,
 } from "@tessera/proto";
 import { runCli } from "./helpers.js";
+import type { NodeRole } from "@tessera/core";
 
-type Role = "gpu" | "memory" | "storage";
+type Role = NodeRole;
 
 async function tempDir(t: TestContext): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), "tessera-profile-"));

@@ -8,10 +8,11 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { repoRoot } from "@tessera/cli";
 import { parseJsonl, referenceText, runCli } from "./helpers.js";
+import { ATTENTION_ROLES } from "@tessera/core";
 
 const readme = join(repoRoot, "../shared/models/README.md");
 
-for (const kv of ["memory", "storage"] as const) {
+for (const kv of ATTENTION_ROLES) {
   test(`tessera run reproduces run.c's reference text with the KV cache on the ${kv}-node`, async () => {
     const expected = await referenceText(readme);
     const run = await runCli([

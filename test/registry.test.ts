@@ -15,7 +15,7 @@ import { randomBytes } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
-import { ConfigError, parsePromptsJsonl } from "@tessera/core";
+import { ConfigError, parsePromptsJsonl, type NodeRole } from "@tessera/core";
 import { Membership, compileCoordinatorOptions, createCoordinator, type MembershipChange } from "@tessera/coordinator";
 import { createMemoryNode } from "@tessera/memory-node";
 import {
@@ -83,7 +83,7 @@ test("nodes register and heartbeat; a coordinator with only --nats runs jobs lik
   const storage = cluster.node("storage").address;
 
   // The records: one per node, under role.address, with price and profile.
-  const record = async (role: "gpu" | "memory" | "storage", address: string) => {
+  const record = async (role: NodeRole, address: string) => {
     const e = await kv.get(registryKey(role, address));
     assert.equal(e?.operation, "PUT", `${role}-node ${address} is registered`);
     return e.json<NodeRecord>();

@@ -40,6 +40,7 @@ import {
 import { repoRoot, type LocalCluster } from "@tessera/cli";
 import { bundled, tempDir, tesseraJobFile, failure } from "@tessera/testing";
 import { startTestCluster, referenceText, runCli, type CliRun } from "./helpers.js";
+import { NODE_ROLES } from "@tessera/core";
 
 const SERVERS = process.env["TESSERA_NATS"] ?? "127.0.0.1:4222";
 const readme = join(repoRoot, "../shared/models/README.md");
@@ -280,7 +281,7 @@ test("a coordinator with --tokens refuses calls without a known token (UNAUTHENT
     const { nodes } = await clientOf({ security: ca, token: tokens.admin }).listNodes({});
     assert.deepEqual(
       nodes.map((n) => ({ role: n.role, address: n.address, health: n.health })),
-      (["gpu", "memory", "storage"] as const).map((role) => ({
+      NODE_ROLES.map((role) => ({
         role,
         address: cluster.node(role).address,
         health: "SERVING",

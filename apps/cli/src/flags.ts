@@ -5,6 +5,7 @@
  */
 import { Command, InvalidArgumentError, Option } from "commander";
 import { parseByteSize } from "@tessera/core";
+import { COORDINATOR_DEFAULTS } from "@tessera/coordinator";
 
 /** Parser of an integer flag >= `min`. @throws InvalidArgumentError otherwise (a usage error, exit 2). */
 export const int =
@@ -72,7 +73,7 @@ export const metricsPort = () =>
 /** The prefix of every NATS name (buckets, streams), on every command with --nats. */
 export const natsPrefix = () =>
   new Option("--nats-prefix <prefix>", "prefix of the NATS buckets and streams")
-    .default("tessera")
+    .default(COORDINATOR_DEFAULTS.natsPrefix)
     .env("TESSERA_NATS_PREFIX");
 /** NATS credentials and TLS (issue 5), for every command with --nats. Secrets are best given by env or file. */
 export const natsAuthFlags = (c: Command) =>

@@ -7,11 +7,11 @@ import { fork, type ChildProcess } from "node:child_process";
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { ReadyMessage } from "@tessera/core";
+import { DEFAULT_SHUTDOWN_GRACE_MS, NODE_ROLES, ROLES, type ReadyMessage, type Role } from "@tessera/core";
 import { cliEntry } from "./paths.js";
 
-/** The roles a local cluster runs. */
-export type Role = "coordinator" | "gpu" | "memory" | "storage";
+/** The roles a local cluster runs: every role of @tessera/core's roles table. */
+export type { Role };
 
 /** Options of {@link startLocalCluster}. */
 export interface LocalClusterOptions {
@@ -62,11 +62,16 @@ export interface LocalCluster {
   kill(role: Role): Promise<void>;
   /** Starts a killed role again on the same port with the same flags and data. */
   restart(role: Role): Promise<void>;
-  /** SIGTERM to every process, SIGKILL after `graceMs`, then removes `dir`. Idempotent. */
-  stop(graceMs?: number): Promise<void>;
+  /**
+   * SIGTERM to every process, SIGKILL after `shutdownGraceMs` (default
+   * DEFAULT_SHUTDOWN_GRACE_MS of @tessera/core), then removes `dir`. Idempotent.
+   */
+  stop(shutdownGraceMs?: number): Promise<void>;
 }
 
 const TAIL_BYTES = 8192;
+/** How long a child SIGKILLed at stop() may take to exit, in ms. */
+const KILLED_EXIT_MS = 5000;
 
 function spawnRole(
   role: Role,
@@ -212,15 +217,15 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
       ];
       procs.set(role, await spawnRole(role, a, verbose, timeout, tmp, spawned));
     },
-    stop(graceMs = 5000) {
+    stop(shutdownGraceMs = DEFAULT_SHUTDOWN_GRACE_MS) {
       stopped ??= (async () => {
         const children = [...spawned];
         for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGTERM");
         await Promise.all(
           children.map(async (c) => {
-            if (!(await waitExit(c, graceMs))) {
+            if (!(await waitExit(c, shutdownGraceMs))) {
               c.kill("SIGKILL");
-              await waitExit(c, 5000);
+              await waitExit(c, KILLED_EXIT_MS);
             }
           }),
         );
@@ -241,37 +246,18 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
   return cluster;
 
   async function startAll(): Promise<void> {
-    await Promise.all([
-      // No self-profile (a second or so per node, on the cores the other
-      // nodes are starting on): nothing here plans from it. `flags` may
-      // turn it back on (a later --profile wins).
-      start("memory", ["node", "memory", "--port", "0", ...NO_PROFILE, ...flags("memory")]),
-      start("storage", [
-        "node",
-        "storage",
-        "--port",
-        "0",
-        "--data-dir",
-        join(dir, "storage"),
-        ...NO_PROFILE,
-        ...flags("storage"),
-      ]),
-      start("gpu", ["node", "gpu", "--port", "0", ...NO_PROFILE, ...flags("gpu")]),
-    ]);
+    // No self-profile (a second or so per node, on the cores the other
+    // nodes are starting on): nothing here plans from it. `flags` may turn
+    // it back on (a later --profile wins).
+    const dataDir = (r: Role) => (r === "storage" ? ["--data-dir", join(dir, "storage")] : []);
+    await Promise.all(
+      NODE_ROLES.map((r) => start(r, ["node", ROLES[r].cli, "--port", "0", ...dataDir(r), ...NO_PROFILE, ...flags(r)])),
+    );
     await start("coordinator", [
-      "coordinator",
+      ROLES.coordinator.cli,
       "--port",
       "0",
-      ...(options.nats
-        ? nats
-        : [
-            "--gpu-node",
-            procs.get("gpu")!.address,
-            "--memory-node",
-            procs.get("memory")!.address,
-            "--storage-node",
-            procs.get("storage")!.address,
-          ]),
+      ...(options.nats ? nats : NODE_ROLES.flatMap((r) => [`--${ROLES[r].cli}-node`, procs.get(r)!.address])),
       "--model",
       options.model,
       "--tokenizer",

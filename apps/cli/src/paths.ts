@@ -1,16 +1,13 @@
 import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { bundled } from "@tessera/model";
 
-/** Root of the repository this CLI was built in (apps/cli/dist/../../..). */
-export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
-
-/** The bundled test model and prompts, in ../shared beside the repository. */
-export const bundled = {
-  model: join(repoRoot, "../shared/models/stories260K.bin"),
-  tokenizer: join(repoRoot, "../shared/models/tok512.bin"),
-  prompts: join(repoRoot, "../shared/prompts/stories.jsonl"),
-};
+/**
+ * The repository root and the bundled test model, tokenizer and prompts
+ * (in ../shared beside the repository): @tessera/model's, written once there.
+ */
+export { bundled, repoRoot } from "@tessera/model";
 
 /** This CLI's entry point, used to start role processes. */
 export const cliEntry = join(dirname(fileURLToPath(import.meta.url)), "main.js");

@@ -85,7 +85,7 @@ export interface AttentionNodeSpec<R extends AttentionRole> {
   readonly host: string;
   readonly port: number;
   /** How long drain() lets the Attend streams finish, ms. */
-  readonly drainGraceMs: number;
+  readonly shutdownGraceMs: number;
   /** KV bytes this node may hold (Info and the gauges). */
   readonly capacityBytes: number;
   /** $/h Info advertises; 0 = unknown. */
@@ -155,7 +155,7 @@ export function createAttentionNode<R extends AttentionRole>(
     port: spec.port,
     serviceNames: [ATTENTION_SERVICE_NAME],
     register: (s) => addService(s, Attention, impl),
-    graceMs: spec.drainGraceMs,
+    shutdownGraceMs: spec.shutdownGraceMs,
     async onStart() {
       unwatchKv = watchKvBytes(() => ({
         address: address(),
@@ -170,7 +170,7 @@ export function createAttentionNode<R extends AttentionRole>(
     // Attend streams never end by themselves: end them (with OK, after the
     // request in flight) so that shutdown does not wait out the grace period
     // and then cancel them.
-    onDrain: () => attendLoops.stop(spec.drainGraceMs),
+    onDrain: () => attendLoops.stop(spec.shutdownGraceMs),
     beforeShutdown: () => attendLoops.stop(),
     async onClose() {
       unwatchKv();

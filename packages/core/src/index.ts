@@ -36,7 +36,7 @@ export {
   checkFiniteValues,
   QK_MAX_ABS,
 } from "./tensor.js";
-export { parseByteSize, formatBytes } from "./units.js";
+export { parseByteSize, formatBytes, formatByteSize } from "./units.js";
 export {
   type KvPlacement,
   type PromptSpec,
@@ -80,6 +80,7 @@ export {
   nonNegativeInt,
   nonNegativeNumber,
   positiveMs,
+  byteSizeOption,
   portOption,
   hostOption,
   oneOf,

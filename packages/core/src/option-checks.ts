@@ -7,6 +7,7 @@
  * object out).
  */
 import { ConfigError } from "./errors.js";
+import { parseByteSize } from "./units.js";
 
 /**
  * Milliseconds a service waits at shutdown for its running calls before it
@@ -64,23 +65,40 @@ export function positiveMs(name: string, value: number | undefined, dflt: number
 
 /**
  * A TCP port (a number or its decimal string), 0 meaning "pick a free one".
- * @default 0
- * @throws ConfigError("port") "must be an integer in [0, 65535], got ..."
+ * `range` is how the message writes [0, 65535] (the memory-node's tests pin
+ * its older "0..65535").
+ * @default `dflt` (0)
+ * @throws ConfigError(name) "must be an integer in [0, 65535], got ..."
  */
-export function portOption(value: number | string | undefined, name = "port"): number {
-  const n = typeof value === "string" ? Number(value) : (value ?? 0);
+export function portOption(
+  value: number | string | undefined,
+  name = "port",
+  dflt = 0,
+  range = "in [0, 65535]",
+): number {
+  const n = typeof value === "string" ? Number(value) : (value ?? dflt);
   if (!Number.isInteger(n) || n < 0 || n > 65535)
-    throw new ConfigError(name, `must be an integer in [0, 65535], got ${show(value)}`);
+    throw new ConfigError(name, `must be an integer ${range}, got ${show(value)}`);
   return n;
 }
 
 /**
- * A host name or address to listen on.
- * @default {@link DEFAULT_HOST}
- * @throws ConfigError("host") when empty or not a string.
+ * `value ?? dflt` as bytes: a number of bytes or a size string ("64MiB",
+ * parsed by {@link parseByteSize}), at least `min`.
+ * @throws ConfigError(name) `"lots" is not a size ...` or "must be at least N bytes, got M"
  */
-export function hostOption(value: string | undefined, name = "host"): string {
-  const host = value ?? DEFAULT_HOST;
+export function byteSizeOption(name: string, value: number | string | undefined, dflt: number, min = 0): number {
+  const n = parseByteSize(name, value ?? dflt);
+  if (n < min) throw new ConfigError(name, `must be at least ${min} bytes, got ${n}`);
+  return n;
+}
+
+/**
+ * `value ?? dflt`: a host name or address to listen on.
+ * @throws ConfigError(name) when empty or not a string.
+ */
+export function hostOption(value: string | undefined, name = "host", dflt: string = DEFAULT_HOST): string {
+  const host = value ?? dflt;
   if (typeof host !== "string" || host.length === 0)
     throw new ConfigError(name, `must be a host name or address, got ${show(value)}`);
   return host;

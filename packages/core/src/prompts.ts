@@ -9,9 +9,10 @@
 import { z } from "zod";
 import { KvPlacement as WireKvPlacement, type GenerateRequestSchema, type MessageInitShape } from "@tessera/proto";
 import { parsePromptLines, promptSpecOf } from "./prompt-lines.js";
+import type { AttentionRole } from "./roles.js";
 
 /** Where a sequence's KV cache goes: RAM of a memory-node, disk of a storage-node, or the planner's choice. */
-export type KvPlacement = "memory" | "storage" | "auto";
+export type KvPlacement = AttentionRole | "auto";
 
 /** One validated prompt of a prompts file. */
 export interface PromptSpec {

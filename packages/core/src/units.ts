@@ -18,3 +18,19 @@ export function parseByteSize(option: string, value: string | number): number {
 export function formatBytes(n: number): string {
   return bytes.format(n, { unitSeparator: " " }) ?? `${n} B`;
 }
+
+/**
+ * Writes bytes in the largest binary unit that holds them exactly, as a
+ * size option is written: 1073741824 -> "1GiB", 65536 -> "64KiB", 1000 -> "1000".
+ * {@link parseByteSize} reads it back to the same number.
+ */
+export function formatByteSize(n: number): string {
+  for (const [unit, size] of [
+    ["TiB", 1024 ** 4],
+    ["GiB", 1024 ** 3],
+    ["MiB", 1024 ** 2],
+    ["KiB", 1024],
+  ] as const)
+    if (n >= size && n % size === 0) return `${n / size}${unit}`;
+  return String(n);
+}

@@ -94,3 +94,4 @@ export {
   softmaxF32InPlace,
   createSampler,
 } from "./sampler.js";
+export { bundled, repoRoot } from "./bundled.js";

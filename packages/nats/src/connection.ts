@@ -27,6 +27,9 @@ import {
 } from "@nats-io/transport-node";
 import { ConfigError, TesseraError } from "@tessera/core";
 
+/** Prefix of every NATS name Tessera uses (buckets, streams, subjects) unless told otherwise. */
+export const DEFAULT_NATS_PREFIX = "tessera";
+
 /** A NATS operation failed; names the servers (and the bucket or stream when there is one). */
 export class NatsError extends TesseraError {
   override name = "NatsError";

@@ -34,6 +34,7 @@ import { Kvm, type KV } from "@nats-io/kv";
 import { Objm, type ObjectStore } from "@nats-io/obj";
 import { TesseraError, parseBatchInput, type BatchFormat, type BatchInput } from "@tessera/core";
 import { endSpanWhen } from "@tessera/proto";
+import { DEFAULT_NATS_PREFIX } from "./connection.js";
 
 /** Whether `err` (or its cause) is JetStream refusing a write because the key changed since the revision read. */
 function isCasMismatch(err: unknown): boolean {
@@ -137,7 +138,7 @@ export interface JobNames {
  * The names of the job queue under `prefix`.
  * @throws JobError when the prefix is not letters, digits, "_" or "-".
  */
-export function jobNames(prefix = "tessera"): JobNames {
+export function jobNames(prefix = DEFAULT_NATS_PREFIX): JobNames {
   if (!/^[A-Za-z0-9_-]+$/.test(prefix)) {
     throw new JobError(`prefix: must be letters, digits, "_" or "-", got ${JSON.stringify(prefix)}`);
   }

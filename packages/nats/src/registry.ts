@@ -11,13 +11,11 @@
 import { randomUUID } from "node:crypto";
 import { Kvm, type KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { withCompanion, type Service } from "@tessera/core";
-import { connectNats, NatsError } from "./connection.js";
+import { NODE_ROLES, withCompanion, type Service, type NodeRole } from "@tessera/core";
+import { DEFAULT_NATS_PREFIX, connectNats, NatsError } from "./connection.js";
 
 /** Role of a node in the registry. */
-export type RegistryRole = "gpu" | "memory" | "storage";
-
-const ROLES: readonly RegistryRole[] = ["gpu", "memory", "storage"];
+export type RegistryRole = NodeRole;
 
 /** One node's record in the registry bucket (stored as JSON). */
 export interface NodeRecord {
@@ -37,7 +35,7 @@ export interface NodeRecord {
 }
 
 /** Name of the registry bucket for `prefix`: `${prefix}-nodes`. */
-export function registryBucket(prefix = "tessera"): string {
+export function registryBucket(prefix = DEFAULT_NATS_PREFIX): string {
   return `${prefix}-nodes`;
 }
 
@@ -66,7 +64,7 @@ function serversOf(nats: string | NatsConnection): string {
  *   answering or a stream `KV_${bucket}` exists that is not a key-value
  *   bucket (a name clash).
  */
-export async function openRegistryBucket(nc: NatsConnection, prefix = "tessera"): Promise<KV> {
+export async function openRegistryBucket(nc: NatsConnection, prefix = DEFAULT_NATS_PREFIX): Promise<KV> {
   const bucket = registryBucket(prefix);
   const servers = nc.getServer();
   let kv: KV;
@@ -136,7 +134,7 @@ export interface NodeRegistration {
  *   the role, address or heartbeatMs is invalid.
  */
 export async function registerNode(o: RegisterNodeOptions): Promise<NodeRegistration> {
-  if (!ROLES.includes(o.role))
+  if (!NODE_ROLES.includes(o.role))
     throw new RangeError(`role: must be gpu, memory or storage, got ${JSON.stringify(o.role)}`);
   const key = registryKey(o.role, o.address);
   const heartbeatMs = o.heartbeatMs ?? 1000;
@@ -144,7 +142,7 @@ export async function registerNode(o: RegisterNodeOptions): Promise<NodeRegistra
     throw new RangeError(`heartbeatMs: must be a positive number of ms, got ${heartbeatMs}`);
   }
   const log = o.log ?? ((line: string) => process.stderr.write(line + "\n"));
-  const prefix = o.prefix ?? "tessera";
+  const prefix = o.prefix ?? DEFAULT_NATS_PREFIX;
   const bucket = registryBucket(prefix);
   const owned = typeof o.nats === "string";
   const nc =
@@ -327,7 +325,7 @@ export async function watchRegistry(o: WatchRegistryOptions): Promise<RegistryWa
     if (!Number.isFinite(v) || v <= 0) throw new RangeError(`${name}: must be a positive number of ms, got ${v}`);
   }
   const log = o.log ?? ((line: string) => process.stderr.write(line + "\n"));
-  const prefix = o.prefix ?? "tessera";
+  const prefix = o.prefix ?? DEFAULT_NATS_PREFIX;
   const bucket = registryBucket(prefix);
   const owned = typeof o.nats === "string";
   const nc =
@@ -360,7 +358,7 @@ export async function watchRegistry(o: WatchRegistryOptions): Promise<RegistryWa
   const parse = (key: string, value: Uint8Array): NodeRecord | undefined => {
     try {
       const r = JSON.parse(new TextDecoder().decode(value)) as NodeRecord;
-      if (!ROLES.includes(r.role) || typeof r.address !== "string" || registryKey(r.role, r.address) !== key) {
+      if (!NODE_ROLES.includes(r.role) || typeof r.address !== "string" || registryKey(r.role, r.address) !== key) {
         throw new Error("role/address do not match the key");
       }
       return r;

@@ -14,7 +14,7 @@ import {
   type Server,
   type ServerDuplexStream,
 } from "@tessera/proto";
-import { TesseraError, type Service, type ServiceState } from "@tessera/core";
+import { TesseraError, type Service, type ServiceState, type NodeRole } from "@tessera/core";
 import { startGrpcServer, type GrpcServer, type ServerSecurity } from "./server.js";
 
 /** What a role gives {@link createGrpcService}. Hooks may be sync or async. */
@@ -32,7 +32,7 @@ export interface GrpcServiceSpec<R extends string> {
   /** Adds the role's services to the server (called once, in `start()`). */
   register(server: Server): void;
   /** How long `drain()` lets open calls finish before forcing them closed, in ms. */
-  graceMs: number;
+  shutdownGraceMs: number;
   /** In `start()`, before binding: work the role must finish before it serves (e.g. scanning its data). */
   onStart?(): void | Promise<void>;
   /** In `drain()`, after the state becomes "draining" and before the server stops taking calls: wind down the role's own work. */
@@ -64,7 +64,7 @@ export interface GrpcServiceSpec<R extends string> {
  *   rejects with a TesseraError naming the state.
  * - `drain()`: running → draining; a no-op in any other state. Runs
  *   `onDrain`, then marks health NOT_SERVING and stops taking calls, lets
- *   open calls finish for up to `graceMs`, and then forces the rest closed.
+ *   open calls finish for up to `shutdownGraceMs`, and then forces the rest closed.
  * - `close()`: any state → closed; idempotent (later calls return the same
  *   promise). With `drainOnClose` a running service drains first. Then runs
  *   `beforeShutdown`, cancels every open call at once (no grace: a drain
@@ -96,7 +96,7 @@ export function createGrpcService<R extends string>(spec: GrpcServiceSpec<R>): S
     if (state !== "running") return;
     state = "draining";
     await spec.onDrain?.();
-    await server?.shutdown(spec.graceMs);
+    await server?.shutdown(spec.shutdownGraceMs);
   }
 
   function close(): Promise<void> {
@@ -234,7 +234,7 @@ export function createRequestLoops(): RequestLoops {
  *   or fails.
  */
 export async function readNodeAdvert(
-  role: "gpu" | "memory" | "storage",
+  role: NodeRole,
   address: string,
 ): Promise<{ pricePerHour: number; profile: unknown }> {
   // A wildcard bind is dialled on loopback, checked against its own certificate's name.

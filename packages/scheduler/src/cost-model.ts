@@ -91,7 +91,7 @@
  *   default --max-prefill-tokens); usable fraction 0.9 of GPU memory
  *   (assumption: CUDA context and allocator slack).
  */
-import type { ModelShape } from "@tessera/core";
+import type { ModelShape, AttentionRole } from "@tessera/core";
 
 /** A network link of a node as the cost model sees it. */
 export interface LinkSpec {
@@ -141,7 +141,7 @@ export interface GpuSpec {
 
 /** A memory- or storage-node: attention over the KV cache it holds. */
 export interface AttentionSpec {
-  kind: "memory" | "storage";
+  kind: AttentionRole;
   id: string;
   pool: string;
   pricePerHour: number;

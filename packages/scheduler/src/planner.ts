@@ -8,7 +8,7 @@
  * KV-head groups dividing n_kv_heads), with layer ranges and KV shares set
  * greedily — see {@link splitLayers} and {@link assignKv}.
  */
-import type { ModelShape } from "@tessera/core";
+import type { ModelShape, NodeRole } from "@tessera/core";
 import {
   DEFAULT_ELEMENT_BYTES,
   GPU_MEMORY_USABLE,
@@ -31,7 +31,7 @@ import {
 /** A pool of identical nodes as the planner sees it: `nodes` are its members. */
 export interface PoolSpec {
   name: string;
-  kind: "gpu" | "memory" | "storage";
+  kind: NodeRole;
   nodes: GpuSpec[] | AttentionSpec[];
 }
 

@@ -25,6 +25,7 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import type { NodeRole } from "@tessera/core";
 
 /** A pod as the fake stores and serves it (the JSON of a core/v1 Pod; only the fields used are typed). */
 export interface FakePod {
@@ -480,7 +481,7 @@ export interface TesseraNodePodOptions {
   /** The pod's name, e.g. "t-tessera-memory-default-0". */
   name: string;
   namespace: string;
-  role: "gpu" | "memory" | "storage";
+  role: NodeRole;
   /** @default "default" */
   pool?: string;
   /** Helm release. @default "t" */

@@ -9,7 +9,7 @@ import { createCoordinator, type CoordinatorOptions, type CoordinatorService } f
 import { createGpuNode, type GpuNode, type GpuNodeOptions } from "@tessera/gpu-node";
 import { createMemoryNode, type MemoryNode } from "@tessera/memory-node";
 import { createStorageNode, type StorageNode } from "@tessera/storage-node";
-import { bundled } from "./bundled.js";
+import { bundled } from "@tessera/model";
 import { tempDir } from "./temp-dir.js";
 
 /** What {@link startInProcessCluster} starts. */

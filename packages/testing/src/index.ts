@@ -15,7 +15,7 @@ import {
   type Summary,
 } from "@tessera/proto";
 
-export { bundled } from "./bundled.js";
+export { bundled } from "@tessera/model";
 export * from "./attention-harness.js";
 
 /** What one Generate call streamed. */

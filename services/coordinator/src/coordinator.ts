@@ -114,7 +114,7 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
     register: (server) => addService(server, Coordinator, authenticated(impl, auth)),
     // With tokens the token is the credential: clients need the CA, not a certificate.
     secure: { requireClientCert: !auth.requiresToken },
-    graceMs: options.shutdownGraceMs,
+    shutdownGraceMs: options.shutdownGraceMs,
     // Requests just over the limit get limits.ts's INVALID_ARGUMENT naming
     // it; far larger ones grpc-js refuses before decoding.
     maxReceiveBytes: options.limits.maxRequestBytes + 2 ** 20,

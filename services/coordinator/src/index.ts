@@ -3,6 +3,8 @@ export { createCoordinator, type CoordinatorService } from "./coordinator.js";
 export { Authenticator, loadTokens, tokenDigest, type Identity, type TokenEntry } from "./api/auth.js";
 export {
   COORDINATOR_DEFAULTS,
+  KV_PLACEMENT_RULES,
+  type KvPlacementRule,
   compileCoordinatorOptions,
   type CoordinatorOptions,
   type CompiledCoordinatorOptions,

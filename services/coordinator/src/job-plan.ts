@@ -32,7 +32,7 @@ import {
   type JobPlan,
   type NodeProfile,
 } from "@tessera/proto";
-import type { ModelShape } from "@tessera/core";
+import type { ModelShape, AttentionRole } from "@tessera/core";
 import {
   plan,
   stageLayers,
@@ -55,7 +55,7 @@ export interface GpuSurvey {
 
 /** What the coordinator learnt of an attention node from its Info. */
 export interface AttentionSurvey {
-  role: "memory" | "storage";
+  role: AttentionRole;
   address: string;
   info: InfoResponse;
   rttS: number;
@@ -108,11 +108,11 @@ export async function surveyGpuNodes(
  * not answer (and it is left out).
  */
 export async function surveyAttentionNodes(
-  nodes: readonly { role: "memory" | "storage"; address: string }[],
+  nodes: readonly { role: AttentionRole; address: string }[],
   client: (address: string) => Client<typeof Attention>,
   timeoutMs: number,
   signal: AbortSignal,
-  onMissing: (node: { role: "memory" | "storage"; address: string }, err: RpcError) => void,
+  onMissing: (node: { role: AttentionRole; address: string }, err: RpcError) => void,
 ): Promise<AttentionSurvey[]> {
   const out = await Promise.all(
     nodes.map(async (n) => {

@@ -1,4 +1,14 @@
-import { ConfigError } from "@tessera/core";
+import {
+  ConfigError,
+  DEFAULT_HOST,
+  DEFAULT_SHUTDOWN_GRACE_MS,
+  hostOption,
+  isHostPort,
+  oneOf,
+  portOption,
+  positiveInt,
+} from "@tessera/core";
+import { DEFAULT_NATS_PREFIX } from "@tessera/nats";
 import { compileGenerateLimits, type GenerateLimits, type GenerateLimitsOptions } from "./api/limits.js";
 
 /**
@@ -8,7 +18,7 @@ import { compileGenerateLimits, type GenerateLimits, type GenerateLimitsOptions 
  * the request sets them (0 = unset). Times in ms.
  */
 export const COORDINATOR_DEFAULTS = Object.freeze({
-  host: "127.0.0.1",
+  host: DEFAULT_HOST,
   port: 0,
   storageThresholdTokens: 4096,
   maxPrefillTokens: 4096,
@@ -16,18 +26,25 @@ export const COORDINATOR_DEFAULTS = Object.freeze({
   retryTimeoutMs: 30_000,
   failoverMs: 3000,
   connectTimeoutMs: 5000,
-  shutdownGraceMs: 5000,
+  shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS,
   kvHeadGroups: 1,
-  kvPlacement: "plan",
-  natsPrefix: "tessera",
+  kvPlacement: "plan" as KvPlacementRule,
+  natsPrefix: DEFAULT_NATS_PREFIX,
   jobConcurrency: 1,
   nodeHeartbeatMs: 1000,
   /** nodeLostAfterMs is this many nodeHeartbeatMs. */
   nodeLostAfterHeartbeats: 3,
   kubernetesLabelSelector: "app.kubernetes.io/part-of=tessera",
+  /** DNS suffix of the node pods' names (with `kubernetes`). */
+  kubernetesClusterDomain: "cluster.local",
   maxTokens: 256,
   topP: 0.9,
 } as const);
+
+/** The rules of {@link CoordinatorOptions.kvPlacement} (the `--kv-placement` flag's choices). */
+export const KV_PLACEMENT_RULES = Object.freeze(["plan", "cheapest-first"] as const);
+/** How sequences are spread over attention nodes; see {@link CoordinatorOptions.kvPlacement}. */
+export type KvPlacementRule = (typeof KV_PLACEMENT_RULES)[number];
 
 /** Options of a coordinator as a user gives them; see {@link compileCoordinatorOptions} for defaults. */
 export interface CoordinatorOptions {
@@ -93,7 +110,7 @@ export interface CoordinatorOptions {
    * the cheapest first (placeSequences without shares; the plan is still
    * made and reported). @default "plan"
    */
-  kvPlacement?: "plan" | "cheapest-first";
+  kvPlacement?: KvPlacementRule;
   /**
    * NATS servers (comma-separated host:port, e.g. "127.0.0.1:4222"). When
    * set, the coordinator watches the node registry (KV bucket
@@ -169,21 +186,6 @@ export type CompiledCoordinatorOptions = Readonly<
 };
 
 /**
- * Whether `a` is host:port with a host of letters, digits, dots, dashes and
- * underscores and a port up to 65535 (no IPv6 literals, no unix: addresses;
- * control characters in a host make grpc-js resolve something else).
- */
-export function isHostPort(a: string): boolean {
-  const m = /^[A-Za-z0-9._-]+:(\d{1,5})$/.exec(a);
-  return m !== null && Number(m[1]) <= 65535;
-}
-
-function kvPlacementOf(v: string | undefined): "plan" | "cheapest-first" {
-  if (v === undefined || v === "plan" || v === "cheapest-first") return v ?? COORDINATOR_DEFAULTS.kvPlacement;
-  throw new ConfigError("kvPlacement", `must be "plan" or "cheapest-first", got ${JSON.stringify(v)}`);
-}
-
-/**
  * Applies defaults and validates once, at construction (Temporal's
  * `compileWorkerOptions` pattern).
  * @throws ConfigError naming the option when a value is invalid.
@@ -192,11 +194,6 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
   const addresses = (name: string, list: readonly string[] | undefined) => {
     for (const a of list ?? []) if (!isHostPort(a)) throw new ConfigError(name, `"${a}" is not host:port`);
     return Object.freeze([...(list ?? [])]);
-  };
-  const positive = (name: string, v: number | undefined, dflt: number) => {
-    const n = v ?? dflt;
-    if (!Number.isInteger(n) || n <= 0) throw new ConfigError(name, `must be a positive integer, got ${v}`);
-    return n;
   };
   const nats = o.nats === undefined || o.nats.trim() === "" ? undefined : o.nats.trim();
   const kubernetes =
@@ -226,29 +223,27 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
       "at least one memory-node or storage-node address is needed (or give nats for the node registry, or kubernetes)",
     );
   }
-  const port = o.port ?? COORDINATOR_DEFAULTS.port;
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError("port", `not a port: ${o.port}`);
   return Object.freeze({
-    host: o.host ?? COORDINATOR_DEFAULTS.host,
-    port,
+    host: hostOption(o.host, "host", COORDINATOR_DEFAULTS.host),
+    port: portOption(o.port, "port", COORDINATOR_DEFAULTS.port),
     gpuNodes,
     memoryNodes,
     storageNodes,
     modelPath: o.modelPath,
     tokenizerPath: o.tokenizerPath,
-    storageThresholdTokens: positive(
+    storageThresholdTokens: positiveInt(
       "storageThresholdTokens",
       o.storageThresholdTokens,
       COORDINATOR_DEFAULTS.storageThresholdTokens,
     ),
-    maxPrefillTokens: positive("maxPrefillTokens", o.maxPrefillTokens, COORDINATOR_DEFAULTS.maxPrefillTokens),
-    maxBatchSequences: positive("maxBatchSequences", o.maxBatchSequences, COORDINATOR_DEFAULTS.maxBatchSequences),
-    retryTimeoutMs: positive("retryTimeoutMs", o.retryTimeoutMs, COORDINATOR_DEFAULTS.retryTimeoutMs),
-    failoverMs: positive("failoverMs", o.failoverMs, COORDINATOR_DEFAULTS.failoverMs),
-    connectTimeoutMs: positive("connectTimeoutMs", o.connectTimeoutMs, COORDINATOR_DEFAULTS.connectTimeoutMs),
-    shutdownGraceMs: positive("shutdownGraceMs", o.shutdownGraceMs, COORDINATOR_DEFAULTS.shutdownGraceMs),
-    kvHeadGroups: positive("kvHeadGroups", o.kvHeadGroups, COORDINATOR_DEFAULTS.kvHeadGroups),
-    kvPlacement: kvPlacementOf(o.kvPlacement),
+    maxPrefillTokens: positiveInt("maxPrefillTokens", o.maxPrefillTokens, COORDINATOR_DEFAULTS.maxPrefillTokens),
+    maxBatchSequences: positiveInt("maxBatchSequences", o.maxBatchSequences, COORDINATOR_DEFAULTS.maxBatchSequences),
+    retryTimeoutMs: positiveInt("retryTimeoutMs", o.retryTimeoutMs, COORDINATOR_DEFAULTS.retryTimeoutMs),
+    failoverMs: positiveInt("failoverMs", o.failoverMs, COORDINATOR_DEFAULTS.failoverMs),
+    connectTimeoutMs: positiveInt("connectTimeoutMs", o.connectTimeoutMs, COORDINATOR_DEFAULTS.connectTimeoutMs),
+    shutdownGraceMs: positiveInt("shutdownGraceMs", o.shutdownGraceMs, COORDINATOR_DEFAULTS.shutdownGraceMs),
+    kvHeadGroups: positiveInt("kvHeadGroups", o.kvHeadGroups, COORDINATOR_DEFAULTS.kvHeadGroups),
+    kvPlacement: oneOf("kvPlacement", o.kvPlacement, KV_PLACEMENT_RULES, COORDINATOR_DEFAULTS.kvPlacement),
     limits: compileGenerateLimits(o.limits),
     nats,
     tokensFile: o.tokensFile,
@@ -256,9 +251,9 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     kubernetesNamespace: o.kubernetesNamespace,
     kubernetesClusterDomain: o.kubernetesClusterDomain,
     natsPrefix,
-    jobConcurrency: positive("jobConcurrency", o.jobConcurrency, COORDINATOR_DEFAULTS.jobConcurrency),
-    nodeHeartbeatMs: positive("nodeHeartbeatMs", o.nodeHeartbeatMs, COORDINATOR_DEFAULTS.nodeHeartbeatMs),
-    nodeLostAfterMs: positive(
+    jobConcurrency: positiveInt("jobConcurrency", o.jobConcurrency, COORDINATOR_DEFAULTS.jobConcurrency),
+    nodeHeartbeatMs: positiveInt("nodeHeartbeatMs", o.nodeHeartbeatMs, COORDINATOR_DEFAULTS.nodeHeartbeatMs),
+    nodeLostAfterMs: positiveInt(
       "nodeLostAfterMs",
       o.nodeLostAfterMs,
       COORDINATOR_DEFAULTS.nodeLostAfterHeartbeats * (o.nodeHeartbeatMs ?? COORDINATOR_DEFAULTS.nodeHeartbeatMs),

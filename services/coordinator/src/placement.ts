@@ -1,8 +1,9 @@
 import { KvPlacement } from "@tessera/proto";
+import type { AttentionRole } from "@tessera/core";
 
 /** An attention node the coordinator can place KV caches on. */
 export interface AttentionNodeRef {
-  role: "memory" | "storage";
+  role: AttentionRole;
   address: string;
 }
 
@@ -104,7 +105,7 @@ export function kvRole(
   r: PlacementRequest,
   nodes: { memory: readonly string[]; storage: readonly string[] },
   storageThresholdTokens: number,
-): "memory" | "storage" {
+): AttentionRole {
   if (r.kv === KvPlacement.MEMORY) return "memory";
   if (r.kv === KvPlacement.STORAGE) return "storage";
   const role = r.positions > storageThresholdTokens ? "storage" : "memory";
@@ -164,9 +165,9 @@ export function placeSequences(
   };
   // Price per byte read ($/h per byte/s): the only node-dependent factor of the cost.
   const rate = (a: string) => attentionDollarsPerToken(info(a), 1);
-  const priced = (role: "memory" | "storage") => nodes[role].every((a) => rate(a) !== undefined);
+  const priced = (role: AttentionRole) => nodes[role].every((a) => rate(a) !== undefined);
   const share = (a: string) => economics?.shares?.get(a) ?? 0;
-  const pick = (role: "memory" | "storage", taken: ReadonlySet<string>, bytes: number): string | undefined => {
+  const pick = (role: AttentionRole, taken: ReadonlySet<string>, bytes: number): string | undefined => {
     const planned = nodes[role].filter((a) => share(a) > 0);
     for (const fresh of [true, false]) {
       let best: string | undefined;

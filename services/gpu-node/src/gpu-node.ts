@@ -105,7 +105,7 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
         forward: (call) => serveForward(call, new StepRunner(host), forwards),
         info,
       }),
-    graceMs: opts.shutdownGraceMs,
+    shutdownGraceMs: opts.shutdownGraceMs,
     // Measured before the port is bound, so no step competes with it.
     async onStart() {
       if (opts.profile === "measure") profile = await profileGpuNode(opts);

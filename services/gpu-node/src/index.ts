@@ -7,6 +7,9 @@ export { createGpuNode, GPU_NODE_SERVICE, type GpuNode } from "./gpu-node.js";
 export {
   compileGpuNodeOptions,
   GPU_NODE_DEFAULTS,
+  EXECUTION_PROVIDERS,
+  WEIGHT_DTYPES,
+  WIRE_DTYPES,
   type GpuNodeOptions,
   type CompiledGpuNodeOptions,
 } from "./options.js";

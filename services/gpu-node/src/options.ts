@@ -4,7 +4,18 @@
  * by the CLI's flags), and the compiled, validated, frozen form the node runs
  * with ({@link compileGpuNodeOptions}).
  */
-import { ConfigError, type WireDtype } from "@tessera/core";
+import {
+  ConfigError,
+  DEFAULT_HOST,
+  DEFAULT_SHUTDOWN_GRACE_MS,
+  hostOption,
+  nonNegativeNumber,
+  oneOf,
+  portOption,
+  positiveInt,
+  positiveMs,
+  type WireDtype,
+} from "@tessera/core";
 import type { NodeProfile } from "@tessera/proto";
 import { defaultWeightDtype, type ExecutionProvider } from "./dense-model.js";
 import type { WeightDtype } from "./llama-graphs.js";
@@ -16,20 +27,27 @@ import { checkGpuProfile } from "./profile.js";
  * applies when no profile gives one.
  */
 export const GPU_NODE_DEFAULTS = Object.freeze({
-  host: "127.0.0.1",
+  host: DEFAULT_HOST,
   port: 0,
-  executionProvider: "cpu",
+  executionProvider: "cpu" as ExecutionProvider,
   intraOpThreads: undefined,
   attentionTimeoutMs: 120_000,
-  shutdownGraceMs: 5_000,
+  shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS,
   microBatches: 1,
   maxInFlight: 2,
   downstreamTimeoutMs: 300_000,
-  wireDtype: "f16",
-  weightDtype: "auto",
+  wireDtype: "f16" as WireDtype,
+  weightDtype: "auto" as "auto" | WeightDtype,
   pricePerHour: 0,
   profile: "off",
 } as const);
+
+/** The accepted `executionProvider` values (the `--execution-provider` flag's choices). */
+export const EXECUTION_PROVIDERS = Object.freeze(["cpu", "cuda"] as const satisfies readonly ExecutionProvider[]);
+/** The accepted `wireDtype` values. */
+export const WIRE_DTYPES = Object.freeze(["f16", "f32"] as const satisfies readonly WireDtype[]);
+/** The accepted `weightDtype` values ("auto" picks by execution provider). */
+export const WEIGHT_DTYPES = Object.freeze(["auto", "f16", "f32"] as const satisfies readonly ("auto" | WeightDtype)[]);
 
 /** Options of a gpu-node, as a user gives them. */
 export interface GpuNodeOptions {
@@ -124,59 +142,37 @@ export interface CompiledGpuNodeOptions {
  */
 export function compileGpuNodeOptions(options: GpuNodeOptions = {}): CompiledGpuNodeOptions {
   const D = GPU_NODE_DEFAULTS;
-  const host = options.host ?? D.host;
-  if (typeof host !== "string" || host === "")
-    throw new ConfigError("host", `must be a host name or address, got ${JSON.stringify(host)}`);
-  const port = options.port ?? D.port;
-  if (!Number.isInteger(port) || port < 0 || port > 65535)
-    throw new ConfigError("port", `must be an integer in [0, 65535], got ${port}`);
-  const executionProvider = options.executionProvider ?? D.executionProvider;
-  if (executionProvider !== "cpu" && executionProvider !== "cuda") {
-    throw new ConfigError("executionProvider", `must be "cpu" or "cuda", got ${JSON.stringify(executionProvider)}`);
-  }
-  const intraOpThreads = options.intraOpThreads ?? D.intraOpThreads;
-  if (intraOpThreads !== undefined && !(Number.isInteger(intraOpThreads) && intraOpThreads >= 1)) {
-    throw new ConfigError("intraOpThreads", `must be a positive integer, got ${intraOpThreads}`);
-  }
-  const wireDtype = options.wireDtype ?? D.wireDtype;
-  if (wireDtype !== "f16" && wireDtype !== "f32")
-    throw new ConfigError("wireDtype", `must be "f16" or "f32", got ${JSON.stringify(wireDtype)}`);
-  const weightDtype = options.weightDtype ?? D.weightDtype;
-  if (weightDtype !== "auto" && weightDtype !== "f16" && weightDtype !== "f32")
-    throw new ConfigError("weightDtype", `must be "auto", "f16" or "f32", got ${JSON.stringify(weightDtype)}`);
+  const executionProvider = oneOf(
+    "executionProvider",
+    options.executionProvider,
+    EXECUTION_PROVIDERS,
+    D.executionProvider,
+  );
+  const weightDtype = oneOf("weightDtype", options.weightDtype, WEIGHT_DTYPES, D.weightDtype);
   const profile = options.profile ?? D.profile;
   if (typeof profile === "object") checkGpuProfile(profile);
   else if (profile !== "measure" && profile !== "off")
     throw new ConfigError("profile", `must be "measure", "off" or a NodeProfile, got ${JSON.stringify(profile)}`);
-  const pricePerHour = options.pricePerHour ?? (typeof profile === "object" ? profile.pricePerHour : D.pricePerHour);
-  if (!(typeof pricePerHour === "number" && Number.isFinite(pricePerHour) && pricePerHour >= 0))
-    throw new ConfigError("pricePerHour", `must be a finite number >= 0, got ${String(pricePerHour)}`);
   return Object.freeze({
-    pricePerHour,
+    pricePerHour: nonNegativeNumber(
+      "pricePerHour",
+      options.pricePerHour,
+      typeof profile === "object" ? profile.pricePerHour : D.pricePerHour,
+    ),
     profile,
-    host,
-    port,
+    host: hostOption(options.host, "host", D.host),
+    port: portOption(options.port, "port", D.port),
     executionProvider,
-    wireDtype,
+    wireDtype: oneOf("wireDtype", options.wireDtype, WIRE_DTYPES, D.wireDtype),
     weightDtype: weightDtype === "auto" ? defaultWeightDtype(executionProvider) : weightDtype,
-    intraOpThreads,
-    attentionTimeoutMs: positiveMs("attentionTimeoutMs", options.attentionTimeoutMs ?? D.attentionTimeoutMs),
-    shutdownGraceMs: positiveMs("shutdownGraceMs", options.shutdownGraceMs ?? D.shutdownGraceMs),
-    microBatches: positiveInt("microBatches", options.microBatches ?? D.microBatches),
-    maxInFlight: positiveInt("maxInFlight", options.maxInFlight ?? D.maxInFlight),
-    downstreamTimeoutMs: positiveMs("downstreamTimeoutMs", options.downstreamTimeoutMs ?? D.downstreamTimeoutMs),
+    intraOpThreads:
+      options.intraOpThreads === undefined
+        ? D.intraOpThreads
+        : positiveInt("intraOpThreads", options.intraOpThreads, 1),
+    attentionTimeoutMs: positiveMs("attentionTimeoutMs", options.attentionTimeoutMs, D.attentionTimeoutMs),
+    shutdownGraceMs: positiveMs("shutdownGraceMs", options.shutdownGraceMs, D.shutdownGraceMs),
+    microBatches: positiveInt("microBatches", options.microBatches, D.microBatches),
+    maxInFlight: positiveInt("maxInFlight", options.maxInFlight, D.maxInFlight),
+    downstreamTimeoutMs: positiveMs("downstreamTimeoutMs", options.downstreamTimeoutMs, D.downstreamTimeoutMs),
   });
-}
-
-/** `v` when it is a positive, finite number of milliseconds. @throws ConfigError naming `name`. */
-function positiveMs(name: string, v: number): number {
-  if (!(Number.isFinite(v) && v > 0))
-    throw new ConfigError(name, `must be a positive number of milliseconds, got ${v}`);
-  return v;
-}
-
-/** `v` when it is a positive integer. @throws ConfigError naming `name`. */
-function positiveInt(name: string, v: number): number {
-  if (!(Number.isInteger(v) && v >= 1)) throw new ConfigError(name, `must be a positive integer, got ${v}`);
-  return v;
 }

@@ -362,7 +362,7 @@ export function createMemoryNode(options: MemoryNodeOptions = {}): MemoryNode {
     role: "memory",
     host: opts.host,
     port: opts.port,
-    drainGraceMs: opts.drainGraceMs,
+    shutdownGraceMs: opts.shutdownGraceMs,
     capacityBytes: opts.capacityBytes,
     pricePerHour: opts.pricePerHour,
     profile: givenProfile(opts),

@@ -5,7 +5,17 @@
  */
 import { availableParallelism } from "node:os";
 import { compileAttentionKernelOption, DEFAULT_ATTENTION_KERNEL } from "@tessera/attention";
-import { ConfigError, parseByteSize } from "@tessera/core";
+import {
+  ConfigError,
+  DEFAULT_HOST,
+  DEFAULT_SHUTDOWN_GRACE_MS,
+  byteSizeOption,
+  hostOption,
+  nonNegativeInt,
+  nonNegativeNumber,
+  portOption,
+  positiveInt,
+} from "@tessera/core";
 import type { NodeProfile } from "@tessera/proto";
 import { checkMemoryProfile } from "./profile.js";
 
@@ -14,11 +24,11 @@ import { checkMemoryProfile } from "./profile.js";
  * frozen; the options compiler and the CLI read them from here.
  */
 export const MEMORY_NODE_DEFAULTS = Object.freeze({
-  host: "127.0.0.1",
+  host: DEFAULT_HOST,
   port: 0,
   /** 1 GiB of KV cache. */
   capacityBytes: 1024 ** 3,
-  drainGraceMs: 5000,
+  shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS,
   /** Every core of this machine. */
   attentionThreads: availableParallelism(),
   attentionKernel: DEFAULT_ATTENTION_KERNEL,
@@ -35,7 +45,7 @@ export interface MemoryNodeOptions {
   /** KV cache bytes this node may hold, as bytes or a size ("512MiB"). @default 1 GiB */
   capacityBytes?: number | string;
   /** How long drain() lets open calls (Attend streams) finish before forcing, in ms. @default 5000 */
-  drainGraceMs?: number;
+  shutdownGraceMs?: number;
   /**
    * Threads that run attention, the event-loop thread included (1: no
    * worker threads). @default os.availableParallelism()
@@ -78,7 +88,7 @@ export interface CompiledMemoryNodeOptions {
   readonly host: string;
   readonly port: number;
   readonly capacityBytes: number;
-  readonly drainGraceMs: number;
+  readonly shutdownGraceMs: number;
   readonly attentionThreads: number;
   /** A registered kernel's name. */
   readonly attentionKernel: string;
@@ -97,9 +107,7 @@ export interface CompiledMemoryNodeOptions {
  */
 export function compileMemoryNodeOptions(options: MemoryNodeOptions = {}): CompiledMemoryNodeOptions {
   const D = MEMORY_NODE_DEFAULTS;
-  const host = options.host ?? D.host;
-  if (typeof host !== "string" || host.length === 0)
-    throw new ConfigError("host", `must be a host name or address, got ${String(host)}`);
+  const host = hostOption(options.host, "host", D.host);
   const profile = options.profile ?? D.profile;
   if (typeof profile === "object") checkMemoryProfile(profile);
   else if (profile !== "measure" && profile !== "off")
@@ -107,12 +115,12 @@ export function compileMemoryNodeOptions(options: MemoryNodeOptions = {}): Compi
   return Object.freeze({
     host,
     profile,
-    port: compilePort(options.port),
-    capacityBytes: parseByteSize("capacityBytes", options.capacityBytes ?? D.capacityBytes),
-    drainGraceMs: nonNegativeInt("drainGraceMs", options.drainGraceMs, D.drainGraceMs),
+    port: portOption(options.port, "port", D.port, "0..65535"),
+    capacityBytes: byteSizeOption("capacityBytes", options.capacityBytes, D.capacityBytes),
+    shutdownGraceMs: nonNegativeInt("shutdownGraceMs", options.shutdownGraceMs, D.shutdownGraceMs),
     attentionThreads: positiveInt("attentionThreads", options.attentionThreads, D.attentionThreads),
     attentionKernel: compileAttentionKernelOption(options.attentionKernel, D.attentionKernel),
-    pricePerHour: nonNegative(
+    pricePerHour: nonNegativeNumber(
       "pricePerHour",
       options.pricePerHour,
       typeof profile === "object" ? profile.pricePerHour : D.pricePerHour,
@@ -120,32 +128,6 @@ export function compileMemoryNodeOptions(options: MemoryNodeOptions = {}): Compi
     readBytesPerSecond:
       options.readBytesPerSecond === undefined
         ? undefined
-        : nonNegative("readBytesPerSecond", options.readBytesPerSecond, 0),
+        : nonNegativeNumber("readBytesPerSecond", options.readBytesPerSecond, 0),
   });
-}
-
-function nonNegative(name: string, v: number | undefined, dflt: number): number {
-  const n = v ?? dflt;
-  if (typeof n !== "number" || !Number.isFinite(n) || n < 0)
-    throw new ConfigError(name, `must be a finite number >= 0, got ${String(v)}`);
-  return n;
-}
-
-function compilePort(port: number | string | undefined): number {
-  const n = typeof port === "string" ? Number(port) : (port ?? MEMORY_NODE_DEFAULTS.port);
-  if (!Number.isInteger(n) || n < 0 || n > 65535)
-    throw new ConfigError("port", `must be an integer 0..65535, got ${String(port)}`);
-  return n;
-}
-
-function positiveInt(name: string, v: number | undefined, dflt: number): number {
-  const n = v ?? dflt;
-  if (!Number.isInteger(n) || n < 1) throw new ConfigError(name, `must be a positive integer, got ${String(v)}`);
-  return n;
-}
-
-function nonNegativeInt(name: string, v: number | undefined, dflt: number): number {
-  const n = v ?? dflt;
-  if (!Number.isInteger(n) || n < 0) throw new ConfigError(name, `must be a non-negative integer, got ${String(v)}`);
-  return n;
 }

@@ -223,7 +223,7 @@ test(
   "drain() ends an open Attend stream with OK at once rather than after its grace period",
   { timeout: 30_000 },
   async (t) => {
-    const node = createMemoryNode({ port: 0, drainGraceMs: 3_600_000 });
+    const node = createMemoryNode({ port: 0, shutdownGraceMs: 3_600_000 });
     await node.start();
     t.after(() => node.close());
     const client = createClient(Attention, node.address);
@@ -249,7 +249,7 @@ test("options are compiled once: defaults, sizes as strings, bad values name the
     host: "127.0.0.1",
     port: 0,
     capacityBytes: 1024 ** 3,
-    drainGraceMs: 5000,
+    shutdownGraceMs: 5000,
     attentionThreads: availableParallelism(),
     attentionKernel: "wasm",
     pricePerHour: 0,

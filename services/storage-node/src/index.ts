@@ -4,6 +4,7 @@ export {
   compileStorageNodeOptions,
   MIN_BUFFER_BYTES,
   STORAGE_NODE_DEFAULTS,
+  FSYNC_POLICIES,
   type StorageNodeOptions,
   type CompiledStorageNodeOptions,
 } from "./options.js";

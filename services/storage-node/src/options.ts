@@ -5,7 +5,18 @@
  */
 import { resolve } from "node:path";
 import { compileAttentionKernelOption, DEFAULT_ATTENTION_KERNEL } from "@tessera/attention";
-import { ConfigError, parseByteSize } from "@tessera/core";
+import {
+  ConfigError,
+  DEFAULT_HOST,
+  DEFAULT_SHUTDOWN_GRACE_MS,
+  byteSizeOption,
+  hostOption,
+  nonNegativeInt,
+  nonNegativeNumber,
+  oneOf,
+  portOption,
+  positiveInt,
+} from "@tessera/core";
 import type { NodeProfile } from "@tessera/proto";
 import type { FsyncPolicy } from "./kv-store.js";
 import { checkStorageProfile } from "./profile.js";
@@ -16,15 +27,15 @@ import { checkStorageProfile } from "./profile.js";
  * from here.
  */
 export const STORAGE_NODE_DEFAULTS = Object.freeze({
-  host: "127.0.0.1",
+  host: DEFAULT_HOST,
   port: 0,
   /** 64 MiB streaming buffer. */
   bufferBytes: 64 * 1024 * 1024,
   blockPositions: 256,
   /** 64 GiB of KV cache on disk. */
   capacityBytes: 64 * 1024 ** 3,
-  fsync: "always",
-  drainGraceMs: 5000,
+  fsync: "always" as FsyncPolicy,
+  shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS,
   attentionKernel: DEFAULT_ATTENTION_KERNEL,
   pricePerHour: 0,
   readBytesPerSecond: 0,
@@ -53,7 +64,7 @@ export interface StorageNodeOptions {
   /** When writes reach the disk; see kv-store.ts. @default "always" */
   fsync?: FsyncPolicy;
   /** How long drain() lets open calls finish before forcing, in ms. @default 5000 */
-  drainGraceMs?: number;
+  shutdownGraceMs?: number;
   /**
    * Name of the attention kernel (a registered one: `attentionKernelNames()`
    * of @tessera/attention), the `--attention-kernel` option; the profile
@@ -94,7 +105,7 @@ export interface CompiledStorageNodeOptions {
   readonly blockPositions: number;
   readonly capacityBytes: number;
   readonly fsync: FsyncPolicy;
-  readonly drainGraceMs: number;
+  readonly shutdownGraceMs: number;
   /** A registered kernel's name. */
   readonly attentionKernel: string;
   /** $/h; 0 = unknown. */
@@ -104,6 +115,9 @@ export interface CompiledStorageNodeOptions {
   /** "measure", "off" or the profile to advertise (role "storage"). */
   readonly profile: "measure" | "off" | NodeProfile;
 }
+
+/** The accepted `fsync` policies (the `--fsync` flag's choices). */
+export const FSYNC_POLICIES = Object.freeze(["always", "never"] as const satisfies readonly FsyncPolicy[]);
 
 /** Smallest accepted bufferBytes; a layout may need more (checked at OpenSequence). */
 export const MIN_BUFFER_BYTES = 1024;
@@ -118,53 +132,26 @@ export function compileStorageNodeOptions(options: StorageNodeOptions): Compiled
     throw new ConfigError("dataDir", "a directory for the KV cache files is required");
   }
   const D = STORAGE_NODE_DEFAULTS;
-  const host = options.host ?? D.host;
-  if (typeof host !== "string" || host.length === 0)
-    throw new ConfigError("host", `must be a host name or address, got ${String(host)}`);
-  const port = typeof options.port === "string" ? Number(options.port) : (options.port ?? D.port);
-  if (!Number.isInteger(port) || port < 0 || port > 65535)
-    throw new ConfigError("port", `must be an integer 0..65535, got ${String(options.port)}`);
-  const bufferBytes = parseByteSize("bufferBytes", options.bufferBytes ?? D.bufferBytes);
-  if (bufferBytes < MIN_BUFFER_BYTES)
-    throw new ConfigError("bufferBytes", `must be at least ${MIN_BUFFER_BYTES} bytes, got ${bufferBytes}`);
-  const blockPositions = options.blockPositions ?? D.blockPositions;
-  if (!Number.isInteger(blockPositions) || blockPositions < 1) {
-    throw new ConfigError("blockPositions", `must be a positive integer, got ${String(options.blockPositions)}`);
-  }
-  const fsync = options.fsync ?? D.fsync;
-  if (fsync !== "always" && fsync !== "never")
-    throw new ConfigError("fsync", `must be "always" or "never", got ${JSON.stringify(fsync)}`);
-  const drainGraceMs = options.drainGraceMs ?? D.drainGraceMs;
-  if (!Number.isInteger(drainGraceMs) || drainGraceMs < 0) {
-    throw new ConfigError("drainGraceMs", `must be a non-negative integer, got ${String(options.drainGraceMs)}`);
-  }
-  const attentionKernel = compileAttentionKernelOption(options.attentionKernel, D.attentionKernel);
   const profile = options.profile ?? D.profile;
   if (typeof profile === "object") checkStorageProfile(profile);
   else if (profile !== "measure" && profile !== "off")
     throw new ConfigError("profile", `must be "measure", "off" or a NodeProfile, got ${JSON.stringify(profile)}`);
-  const nonNegative = (name: string, v: number | undefined, dflt: number) => {
-    const n = v ?? dflt;
-    if (typeof n !== "number" || !Number.isFinite(n) || n < 0)
-      throw new ConfigError(name, `must be a finite number >= 0, got ${String(v)}`);
-    return n;
-  };
   return Object.freeze({
     dataDir: resolve(options.dataDir),
-    host,
-    port,
-    bufferBytes,
-    blockPositions,
-    capacityBytes: parseByteSize("capacityBytes", options.capacityBytes ?? D.capacityBytes),
-    fsync,
-    drainGraceMs,
-    attentionKernel,
-    pricePerHour: nonNegative(
+    host: hostOption(options.host, "host", D.host),
+    port: portOption(options.port, "port", D.port),
+    bufferBytes: byteSizeOption("bufferBytes", options.bufferBytes, D.bufferBytes, MIN_BUFFER_BYTES),
+    blockPositions: positiveInt("blockPositions", options.blockPositions, D.blockPositions),
+    capacityBytes: byteSizeOption("capacityBytes", options.capacityBytes, D.capacityBytes),
+    fsync: oneOf("fsync", options.fsync, FSYNC_POLICIES, D.fsync),
+    shutdownGraceMs: nonNegativeInt("shutdownGraceMs", options.shutdownGraceMs, D.shutdownGraceMs),
+    attentionKernel: compileAttentionKernelOption(options.attentionKernel, D.attentionKernel),
+    pricePerHour: nonNegativeNumber(
       "pricePerHour",
       options.pricePerHour,
       typeof profile === "object" ? profile.pricePerHour : D.pricePerHour,
     ),
-    readBytesPerSecond: nonNegative("readBytesPerSecond", options.readBytesPerSecond, D.readBytesPerSecond),
+    readBytesPerSecond: nonNegativeNumber("readBytesPerSecond", options.readBytesPerSecond, D.readBytesPerSecond),
     profile,
   });
 }

@@ -514,7 +514,7 @@ export function createStorageNode(options: StorageNodeOptions): StorageNode {
     role: "storage",
     host: opts.host,
     port: opts.port,
-    drainGraceMs: opts.drainGraceMs,
+    shutdownGraceMs: opts.shutdownGraceMs,
     capacityBytes: opts.capacityBytes,
     pricePerHour: opts.pricePerHour,
     profile: givenProfile(opts),

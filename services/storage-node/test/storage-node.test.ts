@@ -177,7 +177,7 @@ test(
   { timeout: 30_000 },
   async (t) => {
     const dataDir = await tempDataDir(t);
-    const node = createStorageNode({ port: 0, dataDir, drainGraceMs: 3_600_000 });
+    const node = createStorageNode({ port: 0, dataDir, shutdownGraceMs: 3_600_000 });
     await node.start();
     t.after(() => node.close());
     const client = createClient(Attention, node.address);
@@ -627,7 +627,7 @@ test("options are compiled once: defaults, sizes as strings, bad values name the
       blockPositions: 256,
       capacityBytes: 64 * 1024 ** 3,
       fsync: "always",
-      drainGraceMs: 5000,
+      shutdownGraceMs: 5000,
       attentionKernel: "wasm",
       pricePerHour: 0,
       readBytesPerSecond: 0,

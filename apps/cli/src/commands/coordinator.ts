@@ -3,33 +3,14 @@
  * TESSERA_* variable) and their mapping onto runCoordinator's options.
  */
 import { Option, type Command, type OptionValues } from "commander";
-import { ROLES, parseByteSize } from "@tessera/core";
+import { ROLES, formatByteSize } from "@tessera/core";
+import { COORDINATOR_DEFAULTS, KV_PLACEMENT_RULES, defaultGenerateLimits } from "@tessera/coordinator";
 import { int, list, metricsPort, natsAuthFlags, natsPrefix, security, size, transport } from "../flags.js";
 
-/**
- * The coordinator flags' defaults, in one place (the services' own
- * options modules will own them; this object then points there).
- * Times in ms, sizes as byte-size strings.
- */
-export const COORDINATOR_FLAG_DEFAULTS = Object.freeze({
-  host: "127.0.0.1",
-  port: ROLES.coordinator.defaultPort,
-  storageThresholdTokens: 4096,
-  maxBatch: 64,
-  maxPrefillTokens: 4096,
-  retryTimeoutMs: 30000,
-  kvHeadGroups: 1,
-  kvPlacement: "plan",
-  failoverMs: 3000,
-  jobConcurrency: 1,
-  nodeLostAfterMs: 3000,
-  kubernetesClusterDomain: "cluster.local",
-  limitPrompts: 10000,
-  limitPromptBytes: "64KiB",
-  limitMaxTokens: 4096,
-  limitRequestBytes: "64MiB",
-});
-const D = COORDINATOR_FLAG_DEFAULTS;
+/** The coordinator's defaults (its options module's, written once there). */
+const D = COORDINATOR_DEFAULTS;
+/** The request limits' defaults (api/limits.ts), sizes in bytes. */
+const L = defaultGenerateLimits;
 
 /** Adds `tessera coordinator` to `program`. */
 export function addCoordinatorCommand(program: Command): void {
@@ -45,7 +26,10 @@ function serviceFlags(c: Command): void {
     .description("Start a coordinator that drives the given nodes.")
     .addOption(new Option("--host <host>", "address to listen on").default(D.host).env("TESSERA_HOST"))
     .addOption(
-      new Option("--port <port>", "port (0 = free port)").argParser(int("--port")).default(D.port).env("TESSERA_PORT"),
+      new Option("--port <port>", "port (0 = free port)")
+        .argParser(int("--port"))
+        .default(ROLES.coordinator.defaultPort)
+        .env("TESSERA_PORT"),
     )
     .addOption(
       new Option("--gpu-node <host:port>", "gpu-node address (repeatable or comma-separated)")
@@ -76,7 +60,7 @@ function serviceFlags(c: Command): void {
         "most sequences in the running batch, over all jobs (others join as they finish, higher-priority jobs first)",
       )
         .argParser(int("--max-batch", 1))
-        .default(D.maxBatch)
+        .default(D.maxBatchSequences)
         .env("TESSERA_MAX_BATCH"),
     )
     .addOption(
@@ -106,7 +90,7 @@ function serviceFlags(c: Command): void {
         "plan: sequences follow the job plan's KV shares (most tokens/s per $/h); cheapest-first: each where its " +
           "attention costs least per token, filling the cheapest node first",
       )
-        .choices(["plan", "cheapest-first"])
+        .choices(KV_PLACEMENT_RULES)
         .default(D.kvPlacement)
         .env("TESSERA_KV_PLACEMENT"),
     )
@@ -143,14 +127,14 @@ function discoveryAndLimitFlags(c: Command): void {
     .addOption(
       new Option("--node-lost-after <ms>", "a registered node with no heartbeat for this long is lost (with --nats)")
         .argParser(int("--node-lost-after", 1))
-        .default(D.nodeLostAfterMs)
+        .default(D.nodeLostAfterHeartbeats * D.nodeHeartbeatMs)
         .env("TESSERA_NODE_LOST_AFTER"),
     )
     .addOption(
       new Option(
         "--kubernetes [selector]",
         "discover node pods on Kubernetes by label (list + watch; in-cluster or KUBECONFIG); default selector " +
-          "app.kubernetes.io/part-of=tessera",
+          D.kubernetesLabelSelector,
       ).env("TESSERA_KUBERNETES"),
     )
     .addOption(
@@ -171,22 +155,22 @@ function discoveryAndLimitFlags(c: Command): void {
     .addOption(
       new Option("--limit-prompts <n>", "most prompts in one job")
         .argParser(int("--limit-prompts", 1))
-        .default(D.limitPrompts),
+        .default(L.maxPrompts),
     )
     .addOption(
       new Option("--limit-prompt-bytes <bytes>", "most bytes of one prompt's text, e.g. 64KiB")
         .argParser(size("--limit-prompt-bytes"))
-        .default(parseByteSize("--limit-prompt-bytes", D.limitPromptBytes), D.limitPromptBytes),
+        .default(L.maxPromptBytes, formatByteSize(L.maxPromptBytes)),
     )
     .addOption(
       new Option("--limit-max-tokens <n>", "largest max_tokens a job may ask for")
         .argParser(int("--limit-max-tokens", 1))
-        .default(D.limitMaxTokens),
+        .default(L.maxTokens),
     )
     .addOption(
       new Option("--limit-request-bytes <bytes>", "most bytes of one Generate request, e.g. 64MiB")
         .argParser(size("--limit-request-bytes"))
-        .default(parseByteSize("--limit-request-bytes", D.limitRequestBytes), D.limitRequestBytes),
+        .default(L.maxRequestBytes, formatByteSize(L.maxRequestBytes)),
     );
 }
 

@@ -3,6 +3,7 @@
  * (--cluster, tenants) or straight to NATS JetStream (operators).
  */
 import { Option, type Command } from "commander";
+import { COORDINATOR_DEFAULTS } from "@tessera/coordinator";
 import { coordinatorClient, int, natsAuthFlags, natsPrefix, num, withSignals } from "../flags.js";
 
 const impl = () => import("./jobs.js");
@@ -37,9 +38,13 @@ export function addJobCommands(program: Command): void {
       .option("--model <path>", "checkpoint on the cluster's filesystem (default: the coordinator's)")
       .option("--tokenizer <path>", "tokenizer on the cluster's filesystem (default: the coordinator's)")
       .addOption(new Option("--format <f>", "input format").choices(["auto", "tessera", "openai"]).default("auto"))
-      .option("--max-tokens <n>", "most tokens to generate per prompt (default 256)", int("--max-tokens", 1))
+      .option(
+        "--max-tokens <n>",
+        `most tokens to generate per prompt (default ${COORDINATOR_DEFAULTS.maxTokens})`,
+        int("--max-tokens", 1),
+      )
       .option("--temperature <t>", "0 = greedy (default)", num("--temperature", 0, 100))
-      .option("--top-p <p>", "nucleus sampling threshold (default 0.9)", num("--top-p", 0, 1))
+      .option("--top-p <p>", `nucleus sampling threshold (default ${COORDINATOR_DEFAULTS.topP})`, num("--top-p", 0, 1))
       .option("--seed <n>", "sampling seed (default: drawn at submit and kept with the job)", int("--seed", 1)),
   ).action((file: string, o) => withSignals(async () => (await impl()).submitCommand(file, o)));
   natsFlags(

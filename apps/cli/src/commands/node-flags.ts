@@ -3,6 +3,8 @@
  * registry, price and the self-profile.
  */
 import { Option, type Command } from "commander";
+import { ROLES, type NodeRole } from "@tessera/core";
+import { attentionKernelNames } from "@tessera/attention";
 import { int, metricsPort, natsAuthFlags, natsPrefix, num, transport } from "../flags.js";
 
 /** A node's price, advertised by Info (and in its profile) for the coordinator's planner. */
@@ -14,15 +16,19 @@ export const price = () =>
     .argParser(num("--price", 0, 1e6))
     .env("TESSERA_PRICE");
 /**
- * Where a node listens (default host 127.0.0.1, the role's default port), and
- * (with --nats) where it registers and the address it advertises there.
+ * Where a node of `role` listens (default: its service's default host, the
+ * role's default port from ROLES), and (with --nats) where it registers and
+ * the address it advertises there.
  */
-export const hostPort = (c: Command, port: number) =>
+export const hostPort = (c: Command, role: NodeRole, defaults: { readonly host: string }) =>
   natsAuthFlags(transport(c, "service"))
     .addOption(metricsPort())
-    .addOption(new Option("--host <host>", "address to listen on").default("127.0.0.1").env("TESSERA_HOST"))
+    .addOption(new Option("--host <host>", "address to listen on").default(defaults.host).env("TESSERA_HOST"))
     .addOption(
-      new Option("--port <port>", "port (0 = free port)").argParser(int("--port")).default(port).env("TESSERA_PORT"),
+      new Option("--port <port>", "port (0 = free port)")
+        .argParser(int("--port"))
+        .default(ROLES[role].defaultPort)
+        .env("TESSERA_PORT"),
     )
     .addOption(
       new Option("--nats <servers>", "NATS servers (comma-separated host:port): register in the node registry").env(
@@ -61,3 +67,12 @@ export const profiled = (c: Command) =>
           "stderr) and exit without serving",
       ).default(false),
     );
+/**
+ * `--attention-kernel NAME` of an attention node: a kernel registered in
+ * @tessera/attention (the choices), default the role's own.
+ */
+export const attentionKernel = (dflt: string) =>
+  new Option("--attention-kernel <name>", "attention kernel (a registered one; the profile measures it)")
+    .choices(attentionKernelNames())
+    .default(dflt)
+    .env("TESSERA_ATTENTION_KERNEL");

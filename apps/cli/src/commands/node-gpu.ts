@@ -3,33 +3,24 @@
  */
 import { Option, type Command } from "commander";
 import { ROLES } from "@tessera/core";
+import { EXECUTION_PROVIDERS, GPU_NODE_DEFAULTS, WEIGHT_DTYPES, WIRE_DTYPES } from "@tessera/gpu-node";
 import { int, security } from "../flags.js";
 import { hostPort, price, profiled, registryOf } from "./node-flags.js";
 
 const profileCommands = () => import("./profile.js");
 
-/**
- * The gpu-node flags' defaults, in one place (the service's own options
- * module will own them; this object then points there). Sizes as
- * byte-size strings.
- */
-export const GPU_FLAG_DEFAULTS = Object.freeze({
-  port: ROLES.gpu.defaultPort,
-  executionProvider: "cpu",
-  microBatches: 1,
-  maxInFlight: 2,
-  wireDtype: "f16",
-  weightDtype: "auto",
-});
-const D = GPU_FLAG_DEFAULTS;
+/** The gpu-node's defaults (its options module's, written once there). */
+const D = GPU_NODE_DEFAULTS;
 
 /** Adds `tessera node gpu` to `node` (the `tessera node` command). */
 export function addGpuNodeCommand(node: Command): void {
-  profiled(hostPort(node.command(ROLES.gpu.cli).description("Dense compute of a layer range on onnxruntime."), D.port))
+  profiled(
+    hostPort(node.command(ROLES.gpu.cli).description("Dense compute of a layer range on onnxruntime."), "gpu", D),
+  )
     .addOption(price())
     .addOption(
       new Option("--execution-provider <ep>", "onnxruntime execution provider")
-        .choices(["cpu", "cuda"])
+        .choices(EXECUTION_PROVIDERS)
         .default(D.executionProvider)
         .env("TESSERA_EXECUTION_PROVIDER"),
     )
@@ -52,13 +43,13 @@ export function addGpuNodeCommand(node: Command): void {
     )
     .addOption(
       new Option("--wire-dtype <dtype>", "dtype of q/k/v and hidden states sent to other nodes (logits stay f32)")
-        .choices(["f16", "f32"])
+        .choices(WIRE_DTYPES)
         .default(D.wireDtype)
         .env("TESSERA_WIRE_DTYPE"),
     )
     .addOption(
       new Option("--weight-dtype <dtype>", "dtype of the projection weights held (auto: f16 on cuda, f32 on cpu)")
-        .choices(["auto", "f32", "f16"])
+        .choices(WEIGHT_DTYPES)
         .default(D.weightDtype)
         .env("TESSERA_WEIGHT_DTYPE"),
     )

@@ -2,31 +2,20 @@
  * `tessera node storage`: attention streamed from a KV cache in files; its flags and their mapping onto runStorageNode's options.
  */
 import { Option, type Command } from "commander";
-import { ROLES, parseByteSize } from "@tessera/core";
+import { ROLES, formatByteSize } from "@tessera/core";
+import { FSYNC_POLICIES, STORAGE_NODE_DEFAULTS } from "@tessera/storage-node";
 import { int, num, security, size } from "../flags.js";
-import { hostPort, price, profiled, registryOf } from "./node-flags.js";
+import { attentionKernel, hostPort, price, profiled, registryOf } from "./node-flags.js";
 
 const profileCommands = () => import("./profile.js");
 
-/**
- * The storage-node flags' defaults, in one place (the service's own options
- * module will own them; this object then points there). Sizes as
- * byte-size strings.
- */
-export const STORAGE_FLAG_DEFAULTS = Object.freeze({
-  port: ROLES.storage.defaultPort,
-  buffer: "64MiB",
-  blockPositions: 256,
-  capacity: "64GiB",
-  fsync: "always",
-  readBandwidth: 0,
-});
-const D = STORAGE_FLAG_DEFAULTS;
+/** The storage-node's defaults (its options module's, written once there). */
+const D = STORAGE_NODE_DEFAULTS;
 
 /** Adds `tessera node storage` to `node` (the `tessera node` command). */
 export function addStorageNodeCommand(node: Command): void {
   profiled(
-    hostPort(node.command(ROLES.storage.cli).description("Attention streamed from a KV cache in files."), D.port),
+    hostPort(node.command(ROLES.storage.cli).description("Attention streamed from a KV cache in files."), "storage", D),
   )
     .addOption(
       new Option("--data-dir <dir>", "where KV cache files live").makeOptionMandatory().env("TESSERA_DATA_DIR"),
@@ -34,7 +23,7 @@ export function addStorageNodeCommand(node: Command): void {
     .addOption(
       new Option("--buffer <bytes>", "RAM used to stream KV blocks")
         .argParser(size("--buffer"))
-        .default(parseByteSize("buffer", D.buffer), D.buffer)
+        .default(D.bufferBytes, formatByteSize(D.bufferBytes))
         .env("TESSERA_BUFFER"),
     )
     .addOption(
@@ -46,20 +35,21 @@ export function addStorageNodeCommand(node: Command): void {
     .addOption(
       new Option("--capacity <bytes>", "disk bytes this node may use")
         .argParser(size("--capacity"))
-        .default(parseByteSize("capacity", D.capacity), D.capacity)
+        .default(D.capacityBytes, formatByteSize(D.capacityBytes))
         .env("TESSERA_CAPACITY"),
     )
     .addOption(
       new Option("--fsync <policy>", "always: KV is on disk before Attend answers; never: left to the OS")
-        .choices(["always", "never"])
+        .choices(FSYNC_POLICIES)
         .default(D.fsync)
         .env("TESSERA_FSYNC"),
     )
     .addOption(price())
+    .addOption(attentionKernel(D.attentionKernel))
     .addOption(
       new Option("--read-bandwidth <bytes/s>", "KV read bandwidth to advertise (0 = unknown)")
         .argParser(num("--read-bandwidth", 0, Number.MAX_VALUE))
-        .default(D.readBandwidth)
+        .default(D.readBytesPerSecond)
         .env("TESSERA_READ_BANDWIDTH"),
     )
     .action(async (o) => {
@@ -74,10 +64,16 @@ export function addStorageNodeCommand(node: Command): void {
         fsync: o.fsync,
         pricePerHour: o.price,
         readBytesPerSecond: o.readBandwidth,
+        attentionKernel: o.attentionKernel,
         profile: await (await profileCommands()).profileOption("storage", o.profile),
       };
-      if (o.profileOnly)
-        return (await profileCommands()).printProfile(() => m.profileStorageNode(m.compileStorageNodeOptions(options)));
+      if (o.profileOnly) {
+        const compiled = m.compileStorageNodeOptions(options);
+        return (await profileCommands()).printProfile(
+          () => m.profileStorageNode(compiled),
+          [["attention kernel", compiled.attentionKernel]],
+        );
+      }
       (await security()).applyTransport(o, "the storage-node", true);
       if (o.nats) (await security()).applyNatsAuth(o);
       return m.runStorageNode(options, registryOf(o), { port: o.metricsPort });

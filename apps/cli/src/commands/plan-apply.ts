@@ -7,10 +7,11 @@
 import { AppsV1Api, KubeConfig } from "@kubernetes/client-node";
 import type { ClusterSpec, Plan } from "@tessera/scheduler";
 import { formatPlan, planFromFlags, type PlanFlags } from "./plan.js";
+import type { NodeRole } from "@tessera/core";
 
 /** Nodes of one pool a plan asks for. */
 export interface PoolReplicas {
-  role: "gpu" | "memory" | "storage";
+  role: NodeRole;
   pool: string;
   replicas: number;
   /** Whether the plan uses the pool (replicas > 0). */

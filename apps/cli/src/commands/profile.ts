@@ -4,10 +4,8 @@
  * stdout, a table on stderr).
  */
 import { readFile } from "node:fs/promises";
+import type { NodeRole } from "@tessera/core";
 import { NodeProfileSchema, fromJson, toJson, type NodeProfile } from "@tessera/proto";
-
-/** The roles that profile themselves. */
-export type NodeRole = "gpu" | "memory" | "storage";
 
 /**
  * The node option `profile` from --profile: "measure", "off", or the
@@ -55,8 +53,8 @@ const gib = (b: bigint | number) =>
 const secs = (s: number) =>
   s >= 1 ? `${s.toFixed(2)} s` : s >= 1e-3 ? `${(s * 1e3).toFixed(3)} ms` : `${(s * 1e6).toFixed(1)} µs`;
 
-/** A short human-readable table of a profile, for stderr. */
-export function profileTable(p: NodeProfile): string {
+/** A short human-readable table of a profile (and `extra` rows, e.g. the node's options), for stderr. */
+export function profileTable(p: NodeProfile, extra: readonly [string, string][] = []): string {
   const rows: [string, string][] = [
     ["role", p.role],
     ["price", `$${p.pricePerHour}/h`],
@@ -101,13 +99,17 @@ export function profileTable(p: NodeProfile): string {
       ["item overhead", secs(s.itemOverheadSeconds)],
     );
   }
+  rows.push(...extra);
   const w = Math.max(...rows.map(([k]) => k.length));
   return rows.map(([k, v]) => `${k.padEnd(w)}  ${v}`).join("\n") + "\n";
 }
 
-/** --profile-only: measures, prints the proto JSON on stdout and a table on stderr; exit code 0. */
-export async function printProfile(measure: () => Promise<NodeProfile>) {
+/**
+ * --profile-only: measures, prints the proto JSON on stdout and a table
+ * (with `extra` rows) on stderr; exit code 0.
+ */
+export async function printProfile(measure: () => Promise<NodeProfile>, extra: readonly [string, string][] = []) {
   const p = await measure();
   process.stdout.write(JSON.stringify(toJson(NodeProfileSchema, p), null, 2) + "\n");
-  process.stderr.write(profileTable(p));
+  process.stderr.write(profileTable(p, extra));
 }

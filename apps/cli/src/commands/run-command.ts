@@ -2,6 +2,8 @@
  * `tessera run`: a batch of prompts on an embedded local cluster or a running one (--cluster).
  */
 import { Option, type Command } from "commander";
+import { ATTENTION_ROLES } from "@tessera/core";
+import { COORDINATOR_DEFAULTS } from "@tessera/coordinator";
 import { bundled } from "../paths.js";
 import { coordinatorClient, int, num, security, withSignals } from "../flags.js";
 
@@ -30,18 +32,23 @@ export function addRunCommand(program: Command): void {
     )
     .option("--prompt <text>", 'run this single prompt instead of a file ("" = BOS only)')
     .option("--out <path>", 'results JSONL ("-" = stdout)', "-")
-    .option("--max-tokens <n>", "most tokens to generate per prompt", int("--max-tokens", 1), 256)
+    .option(
+      "--max-tokens <n>",
+      "most tokens to generate per prompt",
+      int("--max-tokens", 1),
+      COORDINATOR_DEFAULTS.maxTokens,
+    )
     .option("--temperature <t>", "0 = greedy (argmax); > 0 samples as llama2.c run.c", num("--temperature", 0, 100), 0)
     .option(
       "--top-p <p>",
       "nucleus sampling threshold (used when temperature > 0; 0 or 1 = off)",
       num("--top-p", 0, 1),
-      0.9,
+      COORDINATOR_DEFAULTS.topP,
     )
     .option("--seed <n>", "sampling seed (default: from the clock, printed)", int("--seed", 1))
     .addOption(
       new Option("--kv <where>", "where each sequence's KV cache lives")
-        .choices(["memory", "storage", "auto"])
+        .choices([...ATTENTION_ROLES, "auto"])
         .default("auto"),
     )
     .addOption(

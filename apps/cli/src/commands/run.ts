@@ -1,6 +1,6 @@
 import { readFile } from "node:fs/promises";
 import { Coordinator, RpcError, createClient, type GenerateEvent, type Summary } from "@tessera/proto";
-import { generateRequest, parsePromptsJsonl, wireKvPlacement, type PromptSpec } from "@tessera/core";
+import { generateRequest, parsePromptsJsonl, wireKvPlacement, type PromptSpec, type KvPlacement } from "@tessera/core";
 import { loadModelTokenizer, readModelHeader } from "@tessera/model";
 import { startLocalCluster, type LocalCluster } from "../local-cluster.js";
 import { bundled, defaultTokenizerFor } from "../paths.js";
@@ -19,7 +19,7 @@ export interface RunFlags {
   temperature: number;
   topP: number;
   seed?: number;
-  kv: "memory" | "storage" | "auto";
+  kv: KvPlacement;
   cluster?: string;
   /** Bearer token for a --cluster coordinator started with --tokens. */
   token?: string;

@@ -4,9 +4,9 @@
  * batch-job RPCs (SubmitJob .. WatchJob, job-service.ts).
  */
 import { Code, Coordinator, RpcError, checkHealth, type ServiceImpl } from "@tessera/proto";
-import { NODE_ROLES, ROLES, isNodeRole, nodeName } from "@tessera/core";
+import { NODE_ROLES, ROLES, isHostPort, isNodeRole, nodeName } from "@tessera/core";
 import type { Membership } from "../membership.js";
-import { isHostPort, type CompiledCoordinatorOptions } from "../options.js";
+import type { CompiledCoordinatorOptions } from "../options.js";
 import { requireAdmin, type Authenticator } from "./auth.js";
 import type { Generate } from "./generate.js";
 import type { JobService } from "./job-service.js";

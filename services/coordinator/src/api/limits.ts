@@ -5,7 +5,7 @@
  * the field, its value and the limit, instead of running out of memory or
  * context halfway through (issue 5, "Limits and bad input").
  */
-import { ConfigError, parseByteSize, type BatchInput } from "@tessera/core";
+import { byteSizeOption, positiveInt, type BatchInput } from "@tessera/core";
 import { Code, GenerateRequestSchema, RpcError, create, toBinary, type GenerateRequest } from "@tessera/proto";
 
 /** Limits of one job as a user gives them (sizes as bytes or "64MiB"). */
@@ -46,22 +46,12 @@ export const defaultGenerateLimits: GenerateLimits = Object.freeze({
  * @throws ConfigError naming the bad option.
  */
 export function compileGenerateLimits(options: GenerateLimitsOptions = {}): GenerateLimits {
-  const positive = (name: keyof GenerateLimitsOptions, v: number) => {
-    if (!Number.isSafeInteger(v) || v < 1) throw new ConfigError(name, `must be a positive integer, got ${v}`);
-    return v;
-  };
   const d = defaultGenerateLimits;
   return Object.freeze({
-    maxPrompts: positive("maxPrompts", options.maxPrompts ?? d.maxPrompts),
-    maxPromptBytes: positive(
-      "maxPromptBytes",
-      parseByteSize("maxPromptBytes", options.maxPromptBytes ?? d.maxPromptBytes),
-    ),
-    maxTokens: positive("maxTokens", options.maxTokens ?? d.maxTokens),
-    maxRequestBytes: positive(
-      "maxRequestBytes",
-      parseByteSize("maxRequestBytes", options.maxRequestBytes ?? d.maxRequestBytes),
-    ),
+    maxPrompts: positiveInt("maxPrompts", options.maxPrompts, d.maxPrompts),
+    maxPromptBytes: byteSizeOption("maxPromptBytes", options.maxPromptBytes, d.maxPromptBytes, 1),
+    maxTokens: positiveInt("maxTokens", options.maxTokens, d.maxTokens),
+    maxRequestBytes: byteSizeOption("maxRequestBytes", options.maxRequestBytes, d.maxRequestBytes, 1),
   });
 }
 

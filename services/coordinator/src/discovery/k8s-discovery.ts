@@ -11,11 +11,13 @@
  * `<hostname>.<subdomain>.<namespace>.svc.<clusterDomain>` when it has a
  * hostname and subdomain (StatefulSet pods do; that is the name their TLS
  * certificates and their NATS registry records carry), else its pod IP; the
- * port is the container port named `grpc`, else the role's default (gpu 7301,
- * memory 7302, storage 7303, as helm/tessera's values).
+ * port is the container port named `grpc`, else the role's default
+ * (`ROLES[role].defaultPort` of @tessera/core, as helm/tessera's values).
  */
 import { CoreV1Api, KubeConfig, makeInformer, type V1Pod } from "@kubernetes/client-node";
 import type { RegistryRole } from "@tessera/nats";
+import { NODE_ROLES, ROLES, isNodeRole } from "@tessera/core";
+import { COORDINATOR_DEFAULTS } from "../options.js";
 
 /** A change of the node set seen on Kubernetes; the fields a NATS RegistryEvent has, but its record. */
 export interface KubernetesNodeEvent {
@@ -72,26 +74,26 @@ export class KubernetesDiscoveryError extends Error {
   }
 }
 
-const ROLE_PORTS: Record<RegistryRole, number> = { gpu: 7301, memory: 7302, storage: 7303 };
-const ROLES = Object.keys(ROLE_PORTS) as RegistryRole[];
-
 /** The role of a pod from its labels, or undefined when it has none Tessera knows. */
 export function podRole(pod: V1Pod): RegistryRole | undefined {
   const labels = pod.metadata?.labels ?? {};
   const role = labels["tessera.io/role"];
-  if (role !== undefined && (ROLES as string[]).includes(role)) return role as RegistryRole;
+  if (role !== undefined && isNodeRole(role)) return role;
   const component = labels["app.kubernetes.io/component"];
-  const m = component === undefined ? null : /^(gpu|memory|storage)-node$/.exec(component);
-  return m ? (m[1] as RegistryRole) : undefined;
+  return NODE_ROLES.find((r) => ROLES[r].label === component);
 }
 
 /**
  * The host:port a node pod is reached at (see the module comment), or
  * undefined while it has neither a DNS name nor an IP.
  */
-export function podAddress(pod: V1Pod, role: RegistryRole, clusterDomain = "cluster.local"): string | undefined {
+export function podAddress(
+  pod: V1Pod,
+  role: RegistryRole,
+  clusterDomain: string = COORDINATOR_DEFAULTS.kubernetesClusterDomain,
+): string | undefined {
   const ports = (pod.spec?.containers ?? []).flatMap((c) => c.ports ?? []);
-  const port = ports.find((p) => p.name === "grpc")?.containerPort ?? ROLE_PORTS[role];
+  const port = ports.find((p) => p.name === "grpc")?.containerPort ?? ROLES[role].defaultPort;
   const { hostname, subdomain } = pod.spec ?? {};
   let host: string | undefined;
   if (hostname && subdomain) {
@@ -141,7 +143,7 @@ export async function watchKubernetes(o: WatchKubernetesOptions): Promise<Kubern
   const server = kc.getCurrentCluster()?.server;
   const namespace = o.namespace ?? kc.getContextObject(kc.getCurrentContext())?.namespace ?? "default";
   const labelSelector = o.labelSelector ?? "app.kubernetes.io/part-of=tessera";
-  const clusterDomain = o.clusterDomain ?? "cluster.local";
+  const clusterDomain = o.clusterDomain ?? COORDINATOR_DEFAULTS.kubernetesClusterDomain;
   const source = `${namespace} (${labelSelector})`;
   const where = `Kubernetes API ${server ?? "(no cluster in the kubeconfig)"}, namespace ${source}`;
   if (!server) throw new KubernetesDiscoveryError(`${where}: the kubeconfig names no current cluster`);

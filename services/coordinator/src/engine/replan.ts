@@ -12,6 +12,7 @@ import { describeJobPlan, jobPlanMessage, planKv, surveyAttentionNodes, type Job
 import { kvRole, type AttentionNodeInfo, type PlacementEconomics } from "../placement.js";
 import { kvOf, type BatchJob } from "./context.js";
 import { maxPositions, type Sequence } from "./sequence.js";
+import type { AttentionRole } from "@tessera/core";
 
 const MiB = 1024 ** 2;
 
@@ -145,7 +146,7 @@ export class JobPlanner {
   }
 
   /** The role most unfinished sequences need, and those sequences. */
-  private majorityRole(): { role: "memory" | "storage"; mine: Sequence[] } {
+  private majorityRole(): { role: AttentionRole; mine: Sequence[] } {
     const { membership, options } = this.job.ctx;
     const lists = { memory: membership.up("memory"), storage: membership.up("storage") };
     const byRole = { memory: [] as Sequence[], storage: [] as Sequence[] };
