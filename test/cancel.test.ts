@@ -5,7 +5,17 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
-import { Attention, Code, Coordinator, KvPlacement, RpcError, createClient, type GenerateEvent } from "@tessera/proto";
+import { create } from "@bufbuild/protobuf";
+import {
+  Attention,
+  Code,
+  Coordinator,
+  GenerateRequestSchema,
+  KvPlacement,
+  RpcError,
+  createClient,
+  type GenerateEvent,
+} from "@tessera/proto";
 import { startInProcessCluster } from "@tessera/testing";
 
 test("a cancelled job frees every KV cache it opened", async (t) => {
@@ -47,4 +57,30 @@ test("a cancelled job frees every KV cache it opened", async (t) => {
   }
   assert.equal(after.usedBytes, 0n);
   assert.equal(after.sequences, 0);
+});
+
+test("an in-process job aborted mid-batch emits no error Result for the prompts it never ran", async (t) => {
+  const cluster = await startInProcessCluster(t, { coordinator: { maxBatchSequences: 4 } });
+  const abort = new AbortController();
+  const afterAbort: string[] = [];
+  const request = create(GenerateRequestSchema, {
+    prompts: Array.from({ length: 24 }, (_, i) => ({ id: `p${i}`, prompt: "Once upon a time", maxTokens: 2 + i })),
+    sampling: { temperature: 0 },
+    kv: KvPlacement.MEMORY,
+  });
+  await assert.rejects(
+    cluster.coordinator.generate(request, {
+      signal: abort.signal,
+      emit(ev) {
+        if (ev.event?.case !== "result") return;
+        // The first result aborts the job (as the job worker does when it is stopped).
+        if (abort.signal.aborted) {
+          if (ev.event.value.finishReason === "error") afterAbort.push(`${ev.event.value.id}: ${ev.event.value.error}`);
+        } else abort.abort();
+      },
+    }),
+    (err: unknown) => RpcError.from(err).code === Code.CANCELLED,
+  );
+  // The engine stops admitting: no sequence is opened only to fail with "Cancelled".
+  assert.deepEqual(afterAbort, []);
 });

@@ -193,6 +193,49 @@ test("a coordinator killed mid-job and started again resumes: every prompt answe
   assertTesseraResults(await lines(store, "k"), await direct(cluster.address, end, input));
 });
 
+test("a worker stopped mid-job hands it back and another finishes it: every prompt once, none failed, same tokens", async (t) => {
+  const cluster = await startInProcessCluster(t, { coordinator: { maxBatchSequences: 4 } });
+  const { store, prefix } = await openStore(t);
+  const input = tesseraJobFile(24);
+  await store.submit({ jobId: "h", input: enc.encode(input), sampling: { maxTokens: 64 } });
+  const workerOptions = {
+    nats: SERVERS,
+    natsPrefix: prefix,
+    coordinator: cluster.coordinator,
+    ackWaitMs: 3000,
+    flushMs: 20,
+    log: () => {},
+  };
+  const first = createJobWorker(workerOptions);
+  await first.start();
+  let stoppedAt: number | undefined;
+  let second: ReturnType<typeof createJobWorker> | undefined;
+  t.after(async () => {
+    await first.close();
+    await second?.close();
+  });
+  const end = await waitEnd(store, "h", async (s) => {
+    if (stoppedAt === undefined && s.status === "running" && s.promptsDone >= 2) {
+      stoppedAt = s.promptsDone;
+      // A graceful stop (SIGTERM): the job is handed back, not failed, and
+      // the sequences the engine ends while stopping are no results.
+      await first.close();
+      second = createJobWorker(workerOptions);
+      await second.start();
+    }
+  });
+  assert.ok(stoppedAt !== undefined && stoppedAt < 24, `stopped at ${stoppedAt} of 24 prompts`);
+  assert.equal(end.status, "completed", end.error);
+  assert.equal(end.attempts, 2);
+  const got = await lines(store, "h");
+  assert.deepEqual(
+    got.filter((l) => l["finish_reason"] === "error").map((l) => `${l["id"]}: ${l["error"]}`),
+    [],
+    "no prompt failed because its worker stopped",
+  );
+  assertTesseraResults(got, await direct(cluster.address, end, input));
+});
+
 test("the CLI: a bad file or one over a limit is refused naming its line or field; the same --job-id twice is one job", async (t) => {
   const { prefix } = await openStore(t);
   const dir = await tempDir();

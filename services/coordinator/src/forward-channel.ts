@@ -20,6 +20,7 @@ import { NodeUnreachableError } from "@tessera/core";
  */
 export class ForwardChannel {
   private stream: ClientDuplexStream<MessageInitShape<typeof ForwardRequestSchema>, ForwardResponse> | undefined;
+  /** Steps sent and not answered yet, in request order (an abandoned one's answer is dropped). */
   private readonly pending: { resolve: (r: ForwardResponse) => void; reject: (e: Error) => void }[] = [];
 
   constructor(readonly client: Client<typeof GpuNode>) {}
@@ -28,13 +29,34 @@ export class ForwardChannel {
     return this.client.address;
   }
 
-  /** Sends one step; resolves with its response (which may carry a per-step `error`). */
+  /**
+   * Sends one step; resolves with its response (which may carry a per-step
+   * `error`). When `signal` aborts first the step is abandoned: the promise
+   * rejects at once with RpcError CANCELLED and the step's answer, when it
+   * comes, is dropped (answers arrive in order, so its place in the queue
+   * stays).
+   * @throws NodeUnreachableError when the stream breaks; RpcError CANCELLED
+   *   when `signal` aborts or the channel is closed.
+   */
   step(
     request: MessageInitShape<typeof ForwardRequestSchema> & Pick<ForwardRequest, "stepId">,
+    signal?: AbortSignal,
   ): Promise<ForwardResponse> {
+    if (signal?.aborted) return Promise.reject(new RpcError(Code.CANCELLED, "step cancelled"));
     const stream = this.open();
     return new Promise((resolve, reject) => {
-      this.pending.push({ resolve, reject });
+      const onAbort = () => {
+        entry.resolve = () => undefined;
+        entry.reject = () => undefined;
+        reject(new RpcError(Code.CANCELLED, "step cancelled"));
+      };
+      const done = () => signal?.removeEventListener("abort", onAbort);
+      const entry = {
+        resolve: (r: ForwardResponse) => (done(), resolve(r)),
+        reject: (e: Error) => (done(), reject(e)),
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.pending.push(entry);
       stream.write(request);
     });
   }

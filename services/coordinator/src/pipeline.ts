@@ -64,13 +64,15 @@ export class ForwardPipeline {
    * starts with it.
    * @throws NodeUnreachableError("gpu", address) of the first stage when its
    *   stream broke (a later stage that breaks comes back as `error`,
-   *   UNAVAILABLE, naming it).
+   *   UNAVAILABLE, naming it); RpcError CANCELLED when `signal` aborts (the
+   *   step's answer is then dropped).
    */
   async step(
     request: MessageInitShape<typeof ForwardRequestSchema> & Pick<ForwardRequest, "stepId">,
+    signal?: AbortSignal,
   ): Promise<ForwardResponse> {
     const [first, ...rest] = this.stages as [ForwardChannel, ...ForwardChannel[]];
-    const res = await first.step({ ...request, nextStages: rest.map((s) => s.address) });
+    const res = await first.step({ ...request, nextStages: rest.map((s) => s.address) }, signal);
     const e = res.error;
     if (e && e.role !== "attention") {
       const address = e.address || first.address;

@@ -343,14 +343,32 @@ async function runJob(w: WorkerContext, store: JobStore, d: JobDelivery): Promis
           tokenizerPath: job.tokenizer ?? "",
         }),
       );
-      await o.coordinator.generate(request, {
-        signal: abort.signal,
-        emit(init) {
-          // As a Generate client receives it: a whole message, defaults filled.
-          const ev = create(GenerateEventSchema, init);
-          if (ev.event.case === "result") chunks.add(ev.event.value);
-        },
-      });
+      // Results are taken as a Generate client over gRPC received them:
+      // whole messages, defaults filled, and nothing once the job is aborted
+      // (the sequences the engine finishes while it stops are no results: a
+      // resumed run must still do them). A store that fails stops the job
+      // through the abort instead of throwing inside the engine, and its
+      // error is the job's.
+      let storeError: unknown;
+      try {
+        await o.coordinator.generate(request, {
+          signal: abort.signal,
+          emit(init) {
+            if (abort.signal.aborted) return;
+            const ev = create(GenerateEventSchema, init);
+            if (ev.event.case !== "result") return;
+            try {
+              chunks.add(ev.event.value);
+            } catch (err) {
+              storeError = err;
+              abort.abort(err);
+            }
+          },
+        });
+      } catch (err) {
+        throw storeError ?? err;
+      }
+      if (storeError !== undefined) throw storeError;
     }
     await chunks.close();
     if (why) throw new Error(why);

@@ -89,8 +89,9 @@ export class StepExecutor {
     const ts = performance.now();
     let res: ForwardResponse;
     try {
-      res = await ctx.gpu.step(req);
+      res = await ctx.gpu.step(req, ctx.signal);
     } catch (err) {
+      if (ctx.signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
       const e = RpcError.from(err);
       if (await this.gpuRetry(e.message)) return { kind: "resend" };
       return { kind: "failed", message: e.message };

@@ -137,11 +137,19 @@ export class Scheduler {
     );
   }
 
-  /** Admits waiting sequences into the running batch as places and KV capacity allow (see the file comment). */
+  /**
+   * Admits waiting sequences into the running batch as places and KV capacity allow (see the file comment).
+   * @throws RpcError CANCELLED when the job is cancelled.
+   */
   async admit(): Promise<void> {
     const { ctx } = this.job;
     const { options, membership } = ctx;
     for (;;) {
+      // A cancelled job opens nothing more (each open would only be
+      // cancelled and finish its sequence with an error).
+      if (ctx.signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
+      // A sequence finished while it waited here (given up, failed) is not admitted.
+      for (const s of this.pending.filter((p) => p.finished)) this.pending.splice(this.pending.indexOf(s), 1);
       // A moved sequence with no node of its role up waits for one (a
       // node back or added) until retryTimeoutMs after it lost its node,
       // without holding up the sequences behind it.
