@@ -4,9 +4,11 @@
  * `--tls-key`; `tessera certs` makes them) or `--plaintext`, which then
  * works on loopback only. Nothing is plaintext by default.
  */
+import { ConfigError } from "@tessera/core";
 import { PLAINTEXT, loadTls, setTransportSecurity, type TransportSecurity } from "@tessera/proto";
 import {
   natsAuthFromFlags,
+  natsServerCredentials,
   natsTlsFromFlags,
   setNatsAuth,
   setNatsTls,
@@ -66,11 +68,31 @@ export function applyTransport(flags: TransportFlags, who: string, identity: boo
 /**
  * Sets how this process authenticates to NATS (user and password, token,
  * NKEY seed or .creds file) and its NATS TLS, from its flags; every NATS
- * connection it opens uses them.
- * @throws ConfigError naming the flag: conflicting kinds, a user without
- *   a password, an unreadable or malformed file.
+ * connection it opens uses them. Credentials in the `--nats` URLs
+ * ("nats://user:password@host:4222", "nats://token@host:4222") are taken
+ * out of `flags.nats` (which is rewritten without them, so that no message
+ * or log line that names the servers shows them) and used as the process's
+ * credentials.
+ * @throws ConfigError naming the flag, never a secret: conflicting kinds
+ *   (the URL's credentials and a --nats-* one included), a user without a
+ *   password, an unreadable or malformed file.
  */
-export function applyNatsAuth(flags: NatsAuthFlags & NatsTlsFlags): void {
-  setNatsAuth(natsAuthFromFlags(flags));
+export function applyNatsAuth(flags: NatsAuthFlags & NatsTlsFlags & { nats?: string }): void {
+  let auth = natsAuthFromFlags(flags);
+  if (flags.nats !== undefined) {
+    const fromUrl = natsServerCredentials(flags.nats, "--nats");
+    if (fromUrl.auth.kind !== "none") {
+      if (auth.kind !== "none") {
+        throw new ConfigError(
+          "--nats",
+          "credentials in a server URL cannot be combined with --nats-user/--nats-password/--nats-token/" +
+            "--nats-nkey/--nats-creds (give one)",
+        );
+      }
+      auth = fromUrl.auth;
+    }
+    flags.nats = fromUrl.servers.join(",");
+  }
+  setNatsAuth(auth);
   setNatsTls(natsTlsFromFlags(flags));
 }

@@ -26,21 +26,24 @@ import {
   type NodeConnectionOptions,
 } from "@nats-io/transport-node";
 import { ConfigError, TesseraError } from "@tessera/core";
+import { natsServerCredentials, redactNatsServers } from "./server-urls.js";
 
 /** Prefix of every NATS name Tessera uses (buckets, streams, subjects) unless told otherwise. */
 export const DEFAULT_NATS_PREFIX = "tessera";
 
-/** A NATS operation failed; names the servers (and the bucket or stream when there is one). */
+/**
+ * A NATS operation failed; names the servers (and the bucket or stream when
+ * there is one), with any credentials in their URLs redacted.
+ */
 export class NatsError extends TesseraError {
   override name = "NatsError";
-  constructor(
-    /** The servers as given, e.g. "127.0.0.1:4222". */
-    readonly servers: string,
-    message: string,
-    options?: { cause?: unknown },
-  ) {
+  /** The servers as given, e.g. "127.0.0.1:4222", userinfo replaced by "***" ({@link redactNatsServers}). */
+  readonly servers: string;
+  constructor(servers: string, message: string, options?: { cause?: unknown }) {
+    const shown = redactNatsServers(servers);
     const why = options?.cause instanceof Error ? `: ${options.cause.message}` : "";
-    super(`NATS at ${servers}: ${message}${why}`, options);
+    super(`NATS at ${shown}: ${message}${why}`, options);
+    this.servers = shown;
     this.rpcCode = 14; // gRPC UNAVAILABLE
   }
 }
@@ -325,7 +328,11 @@ async function authenticatorOf(auth: NatsAuth, servers: string): Promise<Authent
 
 /** Options of {@link connectNats}. */
 export interface ConnectNatsOptions {
-  /** Comma-separated NATS servers, e.g. "127.0.0.1:4222" or "nats://a:4222,nats://b:4222". */
+  /**
+   * Comma-separated NATS servers, e.g. "127.0.0.1:4222" or
+   * "nats://a:4222,nats://b:4222"; "nats://user:password@a:4222" or
+   * "nats://token@a:4222" carry the credentials ({@link natsServerCredentials}).
+   */
   servers: string;
   /** Connection name shown by the server (e.g. "tessera-coordinator"). */
   name: string;
@@ -342,12 +349,13 @@ export interface ConnectNatsOptions {
   extra?: Omit<NodeConnectionOptions, "servers" | "name">;
 }
 
-/** Splits "a:4222, b:4222" into ["a:4222", "b:4222"]. @throws NatsError when there is none. */
+/**
+ * Splits "a:4222, b:4222" into ["a:4222", "b:4222"], userinfo taken out of
+ * each ({@link natsServerCredentials}).
+ * @throws NatsError when there is none; ConfigError naming --nats as natsServerCredentials.
+ */
 export function natsServerList(servers: string): string[] {
-  const list = servers
-    .split(",")
-    .map((s) => s.trim())
-    .filter((s) => s !== "");
+  const list = natsServerCredentials(servers).servers;
   if (list.length === 0) throw new NatsError(JSON.stringify(servers), "no NATS server given");
   return list;
 }
@@ -363,25 +371,37 @@ function isAuthRefusal(e: unknown): boolean {
 
 /**
  * Connects to NATS with the process-wide credentials ({@link setNatsAuth})
- * and TLS ({@link setNatsTls}), `o.extra` winning over both. Seed, creds and
+ * and TLS ({@link setNatsTls}), `o.extra` winning over both; credentials in
+ * the server URLs ({@link natsServerCredentials}) are used when neither
+ * gives any. Seed, creds and
  * TLS files are read now. Once connected, the client reconnects forever
  * (maxReconnectAttempts -1, `reconnectTimeWaitMs` between attempts), so a
  * NATS restart does not end the connection; the first connection must
  * succeed within `timeoutMs`, and a refusal of the credentials fails at once
  * (each server is tried once on the first connection).
  * @returns the open connection; close it with `await nc.close()`.
- * @throws NatsAuthError naming the servers when the server refuses the credentials;
+ * @throws ConfigError naming --nats (never the credentials) when the URLs
+ *   carry credentials as well as {@link setNatsAuth} or `extra`, or bad ones;
+ *   NatsAuthError naming the servers when the server refuses the credentials;
  *   NatsError naming the servers when none answers, or naming the file when a
  *   seed, creds or TLS file cannot be read.
  */
 export async function connectNats(o: ConnectNatsOptions): Promise<NatsConnection> {
-  const servers = natsServerList(o.servers);
+  const { servers, auth: urlAuth } = natsServerCredentials(o.servers);
+  if (servers.length === 0) throw new NatsError(JSON.stringify(o.servers), "no NATS server given");
   const where = servers.join(",");
   const extra = o.extra ?? {};
   const extraHasAuth = ["authenticator", "user", "pass", "token"].some(
     (k) => (extra as Record<string, unknown>)[k] !== undefined,
   );
-  const auth: NatsAuth = extraHasAuth ? { kind: "none" } : processAuth;
+  let auth: NatsAuth = extraHasAuth ? { kind: "none" } : processAuth;
+  if (urlAuth.kind !== "none") {
+    if (extraHasAuth || processAuth.kind !== "none") {
+      const other = extraHasAuth ? "credentials in extra" : AUTH_FLAGS;
+      throw new ConfigError("--nats", `credentials in a server URL cannot be combined with ${other} (give one)`);
+    }
+    auth = urlAuth;
+  }
   const defaults: Omit<NodeConnectionOptions, "servers" | "name"> = {};
   const authenticator = await authenticatorOf(auth, where);
   if (authenticator) defaults.authenticator = authenticator;
@@ -409,7 +429,9 @@ export async function connectNats(o: ConnectNatsOptions): Promise<NatsConnection
     });
   } catch (e) {
     if (isAuthRefusal(e)) {
-      const who = extraHasAuth ? "the credentials given in extra" : describeAuth(auth);
+      const who = extraHasAuth
+        ? "the credentials given in extra"
+        : `${describeAuth(auth)}${urlAuth.kind !== "none" ? " from the server URL" : ""}`;
       throw new NatsAuthError(
         where,
         `authorization violation: check ${AUTH_FLAGS} (connecting as ${o.name} with ${who})`,

@@ -5,3 +5,9 @@
 export * from "./connection.js";
 export * from "./registry.js";
 export * from "./jobs.js";
+export {
+  natsServerCredentials,
+  redactNatsServers,
+  type NatsServerCredentials,
+  type NatsUrlAuth,
+} from "./server-urls.js";

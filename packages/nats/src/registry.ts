@@ -13,6 +13,7 @@ import { Kvm, type KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { NODE_ROLES, withCompanion, type Service, type NodeRole } from "@tessera/core";
 import { DEFAULT_NATS_PREFIX, connectNats, NatsError } from "./connection.js";
+import { redactNatsServers } from "./server-urls.js";
 
 /** Role of a node in the registry. */
 export type RegistryRole = NodeRole;
@@ -52,9 +53,9 @@ export function registryKey(role: RegistryRole, address: string): string {
   return `${role}.${address.replace(/:/g, "_")}`;
 }
 
-/** What a connection option names: the servers string, or the server an open connection is on. */
+/** What a connection option names, for messages: the servers string (credentials redacted), or the server an open connection is on. */
 function serversOf(nats: string | NatsConnection): string {
-  return typeof nats === "string" ? nats : nats.getServer();
+  return typeof nats === "string" ? redactNatsServers(nats) : nats.getServer();
 }
 
 /**
@@ -550,7 +551,7 @@ export function withRegistration<S extends Service>(
         heartbeatMs: o.heartbeatMs,
         log,
       });
-      log(`${role}: registered ${registration.key} in bucket "${registration.bucket}" at ${nats}`);
+      log(`${role}: registered ${registration.key} in bucket "${registration.bucket}" at ${redactNatsServers(nats)}`);
     },
     beforeStop: deregister,
   });

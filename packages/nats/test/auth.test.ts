@@ -29,7 +29,9 @@ import {
   natsAuth,
   natsAuthFromFlags,
   natsTls,
+  natsServerCredentials,
   natsTlsFromFlags,
+  redactNatsServers,
   registerNode,
   registryBucket,
   setNatsAuth,
@@ -460,4 +462,99 @@ test("creds file (decentralised auth: operator, account and user JWTs): connects
     servers,
     `NATS at ${servers}: authorization violation: check ${FLAGS} (connecting as creds-stranger with the creds file ${stranger}): Authorization Violation`,
   );
+});
+
+test("credentials in the server URL (issue 13): used for the connection, never shown in an error or log line", async (t) => {
+  resetAfter(t);
+  const odd = "p@ss:w/rd%";
+  const { servers } = await startServer(
+    t,
+    () =>
+      `authorization { users = [ {user: tessera, password: s3cret}, {user: odd, password: ${JSON.stringify(odd)}} ] }`,
+  );
+  // user:password and a percent-encoded password connect, with and without the scheme.
+  for (const url of [
+    `nats://tessera:s3cret@${servers}`,
+    `tessera:s3cret@${servers}`,
+    `odd:${encodeURIComponent(odd)}@${servers}`,
+  ]) {
+    const nc = await connectNats({ servers: url, name: "url-creds" });
+    const kv = await new Kvm(nc).create("url-creds");
+    await kv.put("k", "v");
+    assert.equal((await kv.get("k"))!.string(), "v", url);
+    await nc.close();
+  }
+  // registerNode takes the servers string: its log lines show the servers redacted.
+  const lines: string[] = [];
+  const reg = await registerNode({
+    nats: `nats://tessera:s3cret@${servers}`,
+    role: "memory",
+    address: "127.0.0.1:50098",
+    heartbeatMs: 100,
+    log: (l) => lines.push(l),
+  });
+  await reg.deregister();
+  assert.ok(!lines.join("\n").includes("s3cret"), lines.join("\n"));
+
+  // A wrong password: refused, the error names the servers without the password.
+  await assert.rejects(
+    connectNats({ servers: `nats://tessera:wr0ng-pw@${servers}`, name: "url-wrong", timeoutMs: 3000 }),
+    (e: unknown) => {
+      assert.ok(e instanceof NatsAuthError, String(e));
+      assert.equal(e.servers, `nats://${servers}`);
+      assert.match(e.message, /with user "tessera" from the server URL/);
+      assert.ok(!e.message.includes("wr0ng-pw") && !String(e.stack).includes("wr0ng-pw"), e.message);
+      return true;
+    },
+  );
+  // An unknown host: the error shows the URL redacted.
+  await assert.rejects(
+    connectNats({ servers: `nats://tessera:s3cret@no-such-host.invalid:4222`, name: "url-unknown", timeoutMs: 3000 }),
+    (e: unknown) => {
+      assert.ok(e instanceof NatsError, String(e));
+      assert.ok(!e.message.includes("s3cret") && !String(e.stack).includes("s3cret"), e.message);
+      return true;
+    },
+  );
+  assert.equal(
+    new NatsError("nats://tessera:s3cret@h:4222,t0k@h2:4222,h3:4222", "x").message,
+    "NATS at nats://***@h:4222,***@h2:4222,h3:4222: x",
+  );
+  // URL credentials and process-wide ones together: refused naming --nats, not the secrets.
+  setNatsAuth({ kind: "token", token: "t0ken-abc" });
+  await assert.rejects(
+    connectNats({ servers: `nats://tessera:s3cret@${servers}`, name: "url-and-flags" }),
+    (e: unknown) => {
+      assert.ok(e instanceof ConfigError && e.option === "--nats", String(e));
+      assert.ok(!e.message.includes("s3cret") && !e.message.includes("t0ken-abc"), e.message);
+      return true;
+    },
+  );
+});
+
+test("natsServerCredentials and redactNatsServers: the forms, and errors naming --nats without the secret", () => {
+  assert.deepEqual(natsServerCredentials("nats://u:p%40w@a:4222, b:4222 ,u:p%40w@c:4222"), {
+    servers: ["nats://a:4222", "b:4222", "c:4222"],
+    auth: { kind: "user", user: "u", password: "p@w" },
+  });
+  assert.deepEqual(natsServerCredentials("tls://t0k@a:4222"), {
+    servers: ["tls://a:4222"],
+    auth: { kind: "token", token: "t0k" },
+  });
+  assert.deepEqual(natsServerCredentials("127.0.0.1:4222"), { servers: ["127.0.0.1:4222"], auth: { kind: "none" } });
+  assert.equal(redactNatsServers("nats://u:pw@a:4222,b:4222"), "nats://***@a:4222,b:4222");
+  const refused: [string, RegExp][] = [
+    ["u:pw-one@a:4222,u:pw-two@b:4222", /different credentials/],
+    [":pw-one@a:4222", /no user/],
+    ["u:@a:4222", /no password/],
+    ["@a:4222", /empty token/],
+    ["u:pw-one%zz@a:4222", /percent-encoding/],
+  ];
+  for (const [servers, want] of refused) {
+    throwsConfig(() => natsServerCredentials(servers), "--nats", want);
+    assert.throws(
+      () => natsServerCredentials(servers),
+      (e: unknown) => !(e as Error).message.includes("pw-"),
+    );
+  }
 });

@@ -22,6 +22,7 @@ import { hostname } from "node:os";
 import { resourceAttributesOf, serveMetrics } from "./metrics.js";
 
 export * from "./metrics.js";
+export { REDACTED, isSecretFlag, redactArgv, redactUserinfo } from "./redact.js";
 
 /** Who this process is, for the resource of its spans. */
 export interface TelemetryOptions {
@@ -94,7 +95,9 @@ const off: Telemetry = Object.freeze({
  * which registers the global MeterProvider first) and logs are exported only when
  * OTEL_METRICS_EXPORTER / OTEL_LOGS_EXPORTER name an exporter. When
  * tracing is not requested ({@link tracingRequested}) nothing is loaded and
- * the returned handle's `shutdown()` does nothing. Call once per process,
+ * the returned handle's `shutdown()` does nothing. The resource's
+ * `process.command_args` has secret flags' values and URL credentials
+ * replaced ({@link redactArgv}). Call once per process,
  * before any span is started; call `shutdown()` last on the way out.
  * SDK diagnostics: warnings and errors, or OTEL_LOG_LEVEL's level.
  */
@@ -106,8 +109,11 @@ export async function startTelemetry(options: TelemetryOptions): Promise<Telemet
   // Loaded only when tracing is on: the SDK and its exporters are large.
   const { startNodeSdk } = await import("@opentelemetry/sdk-node");
   const { trace } = await import("@opentelemetry/api");
+  const { resourceDetectorsOf } = await import("./resource-detectors.js");
   const sdk = startNodeSdk({
     resourceAttributes,
+    // The SDK's own detectors, the process one with secret flags and URL credentials redacted.
+    resourceDetectors: resourceDetectorsOf(env),
     // The SDK's diagnostics (a collector out of reach, ...): warnings and errors unless OTEL_LOG_LEVEL says more.
     logLevel: env.OTEL_LOG_LEVEL?.trim() || "warn",
     // Metrics and logs only when asked for by name (the SDK's default would export them too).

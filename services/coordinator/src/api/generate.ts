@@ -16,6 +16,7 @@ import {
   type GenerateRequest,
   type MessageInitShape,
 } from "@tessera/proto";
+import { redactNatsServers } from "@tessera/nats";
 import { runBatch, type LoadedModel } from "../engine/index.js";
 import { ForwardChannel } from "../forward-channel.js";
 import { ForwardPipeline, type LayerRange } from "../pipeline.js";
@@ -166,7 +167,7 @@ export function createGenerate(deps: GenerateDeps): Generate {
       throw new RpcError(
         Code.UNAVAILABLE,
         membership.all("gpu").length === 0
-          ? `no gpu-node${options.nats ? ` has registered in "${options.natsPrefix}-nodes" at ${options.nats}` : ""}`
+          ? `no gpu-node${options.nats ? ` has registered in "${options.natsPrefix}-nodes" at ${redactNatsServers(options.nats)}` : ""}`
           : `every gpu-node is down (${membership.all("gpu").join(", ")})`,
       );
     }
