@@ -81,6 +81,20 @@ test("a bad tokens file is refused naming the file, the entry and the field", as
   assert.throws(() => loadTokens("/nonexistent/tokens.yaml"), /\/nonexistent\/tokens\.yaml: cannot read/);
 });
 
+test("a tokens file that is not YAML is refused by line and column, without echoing the line's token (issue 13)", async (t) => {
+  const f = await tokensFile(`tokens:\n  - { tenant: a, token: ${A} }}\n  - { tenant: b, token: "${OPS}\n`);
+  t.after(f.remove);
+  assert.throws(
+    () => loadTokens(f.file),
+    (e: unknown) => {
+      const m = (e as Error).message;
+      assert.match(m, /not YAML or JSON: [A-Z_]+ at line \d+, column \d+/);
+      assert.ok(!m.includes(A) && !m.includes(OPS), `no token in: ${m}`);
+      return true;
+    },
+  );
+});
+
 test("tenant rules: a tenant sees and submits as itself only; admins see all and add nodes", () => {
   const a = { tenant: "a", admin: false };
   const admin = { tenant: "ops", admin: true };

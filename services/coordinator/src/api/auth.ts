@@ -14,7 +14,7 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { parse as parseYaml } from "yaml";
+import { YAMLError, parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { ConfigError } from "@tessera/core";
 import { Code, RpcError, type Metadata } from "@tessera/proto";
@@ -69,7 +69,8 @@ export function loadTokens(file: string): TokenEntry[] {
   try {
     doc = parseYaml(text);
   } catch (err) {
-    throw new ConfigError("tokensFile", `${file}: not YAML or JSON: ${(err as Error).message}`);
+    // Where, not what: the yaml library's message quotes the line, and that line may hold a token.
+    throw new ConfigError("tokensFile", `${file}: not YAML or JSON: ${yamlErrorWhere(err)}`);
   }
   const parsed = fileSchema.safeParse(doc);
   if (!parsed.success) {
@@ -85,6 +86,13 @@ export function loadTokens(file: string): TokenEntry[] {
     seen.add(sha256);
     return { tenant: e.tenant, admin: e.admin, sha256 };
   });
+}
+
+/** A YAML parse error as its code and position ("BAD_INDENT at line 3, column 5"), never the text it quotes. */
+function yamlErrorWhere(err: unknown): string {
+  if (!(err instanceof YAMLError)) return "cannot be parsed";
+  const at = err.linePos?.[0];
+  return at === undefined ? err.code : `${err.code} at line ${at.line}, column ${at.col}`;
 }
 
 const ADMIN: Identity = Object.freeze({ tenant: undefined, admin: true });
