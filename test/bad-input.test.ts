@@ -36,6 +36,26 @@ test("a malformed prompts file is rejected before anything runs, listing every b
   assert.deepEqual(await readdir(dir.path), ["prompts.jsonl"]);
 });
 
+test("issue 13: a prompts line that is not UTF-8 or over the line limit is refused naming it, before anything runs", async (t) => {
+  const dir = await tempDir();
+  t.after(() => dir.remove());
+  const file = join(dir.path, "prompts.jsonl");
+  await writeFile(
+    file,
+    Buffer.concat([
+      Buffer.from(`{"id": "a", "prompt": "fine"}\n{"id": "b", "prompt": "caf`),
+      Buffer.from([0xc3]),
+      Buffer.from(` private"}\n{"id": "c", "prompt": "${"y".repeat(1024 * 1024)}"}\n`),
+    ]),
+  );
+  const run = await runCli(["run", "--prompts", file, "--out", join(dir.path, "results.jsonl")]);
+  assert.equal(run.code, 1);
+  assert.match(run.stderr, /prompts\.jsonl: 2 bad line\(s\):\n {2}line 2: not valid UTF-8 \(byte 27 of the line\)\n/);
+  assert.match(run.stderr, /line 3: 1048601 bytes is over the limit of 1048576 bytes per line/);
+  assert.doesNotMatch(run.stderr, /private|yyyy|starting local cluster/);
+  assert.deepEqual(await readdir(dir.path), ["prompts.jsonl"]);
+});
+
 test("a missing model file is named in the error", async () => {
   const run = await runCli([
     "run",

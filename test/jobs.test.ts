@@ -279,3 +279,47 @@ test("the CLI: a bad file or one over a limit is refused naming its line or fiel
   assert.match(watched.stdout, / same cancelled: 0\/3 prompts, 0 tokens\n$/);
   assert.equal((await runCli(["results", "same", ...nats])).stdout, "");
 });
+
+test("issue 13: a line not UTF-8 or over the line limit is refused at submit naming its line; nothing is stored or sent", async (t) => {
+  const { store, prefix } = await openStore(t);
+  const notUtf8 = Buffer.concat([
+    enc.encode('{"id": "a", "prompt": "fine"}\n{"id": "b", "prompt": "'),
+    Buffer.from([0xff]),
+    enc.encode('"}\n'),
+  ]);
+  await assert.rejects(
+    store.submit({ jobId: "u", input: notUtf8, fileName: "u.jsonl" }),
+    (err: Error) =>
+      err.name === "InputFileError" &&
+      err.message === "u.jsonl: 1 bad line(s):\n  line 2: not valid UTF-8 (byte 24 of the line)",
+  );
+  await assert.rejects(
+    store.submit({
+      jobId: "s",
+      input: enc.encode('{"id": "a", "prompt": "0123456789"}'),
+      fileName: "s.jsonl",
+      maxLineBytes: 16,
+    }),
+    /s\.jsonl: 1 bad line\(s\):\n {2}line 1: 35 bytes is over the limit of 16 bytes per line/,
+  );
+  assert.equal(await store.get("u"), undefined);
+  assert.equal(await store.get("s"), undefined);
+
+  // The CLI checks the file before it connects (a 2 MiB line once failed at the gRPC message size).
+  const dir = await tempDir();
+  t.after(() => dir.remove());
+  const huge = join(dir.path, "huge.jsonl");
+  await writeFile(huge, `{"id": "a", "prompt": "fine"}\n{"id": "b", "prompt": "${"x".repeat(2 * 1024 * 1024)}"}\n`);
+  for (const where of [
+    ["--cluster", "127.0.0.1:9", "--plaintext"],
+    ["--nats", SERVERS, "--nats-prefix", prefix],
+  ]) {
+    const refused = await runCli(["submit", huge, ...where]);
+    assert.equal(refused.code, 1, refused.stderr);
+    assert.match(
+      refused.stderr,
+      /huge\.jsonl: 1 bad line\(s\):\n {2}line 2: 2097177 bytes is over the limit of 1048576 bytes per line/,
+    );
+    assert.doesNotMatch(refused.stderr, /127\.0\.0\.1:9|xxxx/);
+  }
+});

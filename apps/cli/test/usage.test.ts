@@ -51,3 +51,17 @@ test("TESSERA_CLUSTER is read by `tessera run` and `tessera nodes` as --cluster"
   assert.notEqual(run.code, 0);
   assert.match(run.stderr, /127\.0\.0\.1:1/);
 });
+
+test("issue 13: a size flag that is not a size (10XB, 1e400, 8G B) is a usage error naming the flag", async () => {
+  const env = cleanEnv();
+  for (const [args, flag] of [
+    [["node", "memory", "--plaintext", "--capacity", "10XB"], "--capacity"],
+    [["node", "storage", "--plaintext", "--data-dir", "/nonexistent", "--buffer", "1e400"], "--buffer"],
+    [["coordinator", "--plaintext", "--limit-prompt-bytes", "8G B"], "--limit-prompt-bytes"],
+    [["coordinator", "--plaintext", "--limit-request-bytes=-1"], "--limit-request-bytes"],
+  ] as const) {
+    const r = await tessera([...args], { env });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, new RegExp(`${flag}: "[^"]+" is not a size: .*powers of 1024`), r.stderr);
+  }
+});

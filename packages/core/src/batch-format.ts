@@ -14,7 +14,7 @@
 import { createHash } from "node:crypto";
 import { z } from "zod";
 import type { Result } from "@tessera/proto";
-import { parsePromptLines, promptSpecOf } from "./prompt-lines.js";
+import { PROMPT_FILE_DEFAULTS, parsePromptLines, promptFileLines, promptSpecOf } from "./prompt-lines.js";
 import { parsePromptsJsonl, type PromptLimits, type PromptSpec } from "./prompts.js";
 
 /** The two batch file formats: Tessera's prompts JSONL, or the OpenAI Batch API's. */
@@ -62,13 +62,18 @@ function describeIssues(error: z.ZodError): string {
 /**
  * Which format a batch file is in, from its first non-blank line: an object
  * with `custom_id` is the OpenAI Batch API format, anything else Tessera's
- * (whose parser then reports what is wrong with it).
+ * (whose parser then reports what is wrong with it). Only that line is
+ * read: a first line over `maxLineBytes` or not UTF-8 is Tessera's too.
+ * @param data the file's bytes or its text.
  */
-export function detectBatchFormat(text: string): BatchFormat {
-  for (const raw of text.replace(/^\uFEFF/, "").split("\n")) {
-    if (raw.trim() === "") continue;
+export function detectBatchFormat(
+  data: string | Uint8Array,
+  maxLineBytes: number = PROMPT_FILE_DEFAULTS.maxLineBytes,
+): BatchFormat {
+  for (const first of promptFileLines(data, maxLineBytes)) {
+    if ("fault" in first) return "tessera";
     try {
-      const v: unknown = JSON.parse(raw);
+      const v: unknown = JSON.parse(first.source);
       return typeof v === "object" && v !== null && "custom_id" in v ? "openai" : "tessera";
     } catch {
       return "tessera";
@@ -81,12 +86,17 @@ export function detectBatchFormat(text: string): BatchFormat {
  * Parses an OpenAI Batch API input file (`/v1/completions` requests only).
  * Blank lines are skipped; a UTF-8 BOM and CRLF line ends are accepted.
  * @param path the file's name, for the error only.
+ * @param data the file's bytes (a line that is not UTF-8 is reported), or its text.
  * @throws InputFileError listing every bad line with its 1-based number and
  *   the field (`body.max_tokens`, `url`, ...), a duplicate `custom_id`, a
  *   limit exceeded, or line 0 when the file holds no request.
  */
-export function parseOpenAiBatchJsonl(path: string, text: string, limits: PromptLimits = {}): PromptSpec[] {
-  return parsePromptLines(path, text, limits, {
+export function parseOpenAiBatchJsonl(
+  path: string,
+  data: string | Uint8Array,
+  limits: PromptLimits = {},
+): PromptSpec[] {
+  return parsePromptLines(path, data, limits, {
     schema: openAiLineSchema,
     describeIssues,
     toSpec: ({ custom_id: id, body }, line) => promptSpecOf(id, line, body),
@@ -98,19 +108,20 @@ export function parseOpenAiBatchJsonl(path: string, text: string, limits: Prompt
 
 /**
  * Parses a batch input file in either format.
+ * @param data the file's bytes (a line that is not UTF-8 is reported), or its text.
  * @param format "auto" (default) detects it with {@link detectBatchFormat}.
  * @throws InputFileError naming the file, every bad line and its field.
  */
 export function parseBatchInput(
   path: string,
-  text: string,
+  data: string | Uint8Array,
   format: BatchFormat | "auto" = "auto",
   limits: PromptLimits = {},
 ): BatchInput {
-  const f = format === "auto" ? detectBatchFormat(text) : format;
+  const f = format === "auto" ? detectBatchFormat(data, limits.maxLineBytes) : format;
   return {
     format: f,
-    prompts: f === "openai" ? parseOpenAiBatchJsonl(path, text, limits) : parsePromptsJsonl(path, text, limits),
+    prompts: f === "openai" ? parseOpenAiBatchJsonl(path, data, limits) : parsePromptsJsonl(path, data, limits),
   };
 }
 

@@ -46,6 +46,7 @@ export {
   wireKvPlacement,
   generateRequest,
 } from "./prompts.js";
+export { PROMPT_FILE_DEFAULTS, type PromptFileLine, promptFileLines } from "./prompt-lines.js";
 export {
   type BatchFormat,
   type BatchInput,

@@ -84,7 +84,8 @@ export function portOption(
 
 /**
  * `value ?? dflt` as bytes: a number of bytes or a size string ("64MiB",
- * parsed by {@link parseByteSize}), at least `min`.
+ * "8G", parsed strictly by {@link parseByteSize}: no unknown unit, exponent
+ * or fraction of a byte), at least `min`.
  * @throws ConfigError(name) `"lots" is not a size ...` or "must be at least N bytes, got M"
  */
 export function byteSizeOption(name: string, value: number | string | undefined, dflt: number, min = 0): number {

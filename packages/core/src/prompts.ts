@@ -38,6 +38,8 @@ export interface PromptLimits {
   maxPrompts?: number;
   /** Largest `max_tokens` accepted (e.g. the model's context length). */
   maxTokens?: number;
+  /** Most bytes of one line, line end excluded. @default PROMPT_FILE_DEFAULTS.maxLineBytes (1 MiB) */
+  maxLineBytes?: number;
 }
 
 const promptLineSchema = z.strictObject({
@@ -69,17 +71,19 @@ function describeIssues(error: z.ZodError, value: unknown): string {
 }
 
 /**
- * Parses and validates a prompts JSONL file's text. Blank lines are skipped;
- * a UTF-8 BOM and CRLF line ends are accepted.
+ * Parses and validates a prompts JSONL file. Blank lines are skipped; a
+ * UTF-8 BOM and CRLF line ends are accepted.
  * @param path the file's path, for the error only.
+ * @param data the file's bytes (a line that is not UTF-8 is reported), or its text.
  * @returns the prompts in file order.
- * @throws InputFileError listing every bad line (invalid JSON, a field that
- *   fails validation, a duplicate id, a limit exceeded) with its 1-based
+ * @throws InputFileError listing every bad line (over `limits.maxLineBytes`,
+ *   not UTF-8, invalid JSON, a field that fails validation, a duplicate id,
+ *   a limit exceeded) with its 1-based
  *   number, or line 0 when the file holds no prompt at all. Meant to be shown
  *   to the user before anything runs.
  */
-export function parsePromptsJsonl(path: string, text: string, limits: PromptLimits = {}): PromptSpec[] {
-  return parsePromptLines(path, text, limits, {
+export function parsePromptsJsonl(path: string, data: string | Uint8Array, limits: PromptLimits = {}): PromptSpec[] {
+  return parsePromptLines(path, data, limits, {
     schema: promptLineSchema,
     describeIssues,
     toSpec: (p, line) => promptSpecOf(p.id, line, p),

@@ -2,16 +2,67 @@ import bytes from "bytes";
 import { ConfigError } from "./errors.js";
 
 /**
- * Parses a size option ("64MiB", "2GB", "1048576") into bytes. Binary and
- * decimal suffixes are both read as binary (1 KB = 1024 B), as the `bytes`
- * package does.
- * @throws ConfigError naming `option` when the value is not a size.
+ * What a size is multiplied by, per unit, lower-cased: decimal units are
+ * powers of 1000 and binary ones powers of 1024, as in Kubernetes quantities
+ * ("8G" = 8e9 B, "512Mi" = 512·2^20 B).
+ */
+const SIZE_UNITS: Readonly<Record<string, bigint>> = Object.freeze({
+  "": 1n,
+  b: 1n,
+  k: 1000n,
+  kb: 1000n,
+  m: 1000n ** 2n,
+  mb: 1000n ** 2n,
+  g: 1000n ** 3n,
+  gb: 1000n ** 3n,
+  t: 1000n ** 4n,
+  tb: 1000n ** 4n,
+  ki: 1024n,
+  kib: 1024n,
+  mi: 1024n ** 2n,
+  mib: 1024n ** 2n,
+  gi: 1024n ** 3n,
+  gib: 1024n ** 3n,
+  ti: 1024n ** 4n,
+  tib: 1024n ** 4n,
+});
+
+/** The forms a size option takes, as its error message lists them. */
+const SIZE_FORMS =
+  "a whole number of bytes, or a number with a unit: B, K/KB, M/MB, G/GB, T/TB (powers of 1000) " +
+  "or Ki/KiB, Mi/MiB, Gi/GiB, Ti/TiB (powers of 1024), e.g. 64MiB, 8G, 1.5GiB";
+
+/**
+ * Parses a size option into bytes, strictly: a non-negative integer (bytes),
+ * or an integer or decimal number (digits on both sides of the point) with a
+ * unit of {@link SIZE_UNITS}, case-insensitive, optionally spaced ("64MiB",
+ * "8G", "1.5 GiB"). The arithmetic is exact, so "1.5K" is 1500. Refused:
+ * unknown units ("10XB", "10PB"), exponents ("1e400"), signs, hex, a
+ * fraction of a byte ("0.5B", "1.5"), and more than
+ * `Number.MAX_SAFE_INTEGER` bytes. (The `bytes` package read these as
+ * 1 or 10 bytes, or parseInt of the text: issue 13.)
+ * @param value a string as above, or a number of bytes (a safe non-negative integer).
+ * @throws ConfigError naming `option`, the value and the accepted forms.
  */
 export function parseByteSize(option: string, value: string | number): number {
-  const n = typeof value === "number" ? value : bytes.parse(value.replace(/iB$/i, "B"));
-  if (n === null || !Number.isFinite(n) || n < 0)
-    throw new ConfigError(option, `"${value}" is not a size (e.g. 64MiB, 2GB)`);
-  return Math.floor(n);
+  const refuse = () => {
+    const shown = typeof value === "string" && value.length > 40 ? `${value.slice(0, 40)}…` : String(value);
+    return new ConfigError(option, `${JSON.stringify(shown)} is not a size: use ${SIZE_FORMS}`);
+  };
+  if (typeof value === "number") {
+    if (!Number.isSafeInteger(value) || value < 0) throw refuse();
+    return value;
+  }
+  const m = /^\s*([0-9]+)(?:\.([0-9]+))?\s*([a-z]*)\s*$/i.exec(value);
+  const unit = m ? SIZE_UNITS[m[3]!.toLowerCase()] : undefined;
+  if (!m || unit === undefined) throw refuse();
+  const fraction = m[2] ?? "";
+  const scale = 10n ** BigInt(fraction.length);
+  const scaled = BigInt(m[1]! + fraction) * unit;
+  if (scaled % scale !== 0n) throw refuse(); // a fraction of a byte
+  const n = scaled / scale;
+  if (n > BigInt(Number.MAX_SAFE_INTEGER)) throw refuse();
+  return Number(n);
 }
 
 /** Formats bytes for humans, e.g. "64MB". */

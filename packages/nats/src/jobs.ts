@@ -225,6 +225,8 @@ export interface SubmitJobRequest {
    * what it throws fails the submit.
    */
   check?: (input: BatchInput, bytes: number) => void;
+  /** Most bytes of one line of the input. @default PROMPT_FILE_DEFAULTS.maxLineBytes (1 MiB) */
+  maxLineBytes?: number;
 }
 
 /** What {@link JobStore.submit} returns. */
@@ -327,7 +329,8 @@ export class JobStore {
    * priority's subject with msgID = job id. An id that exists already
    * returns that job (`created: false`) and stores nothing; a job whose
    * message was never published (the submitter died) is published again.
-   * @throws InputFileError naming the file, line and field of every bad line; JobError for a bad id.
+   * @throws InputFileError naming the file, line and field of every bad line
+   *   (a line over `maxLineBytes` or not UTF-8 included); JobError for a bad id.
    */
   async submit(req: SubmitJobRequest): Promise<SubmitJobResult> {
     return tracer.startActiveSpan("tessera.job.submit", { kind: SpanKind.PRODUCER }, (span) =>
@@ -349,13 +352,10 @@ export class JobStore {
     const priority = req.priority ?? "normal";
     if (!JOB_PRIORITIES.includes(priority))
       throw new JobError(`priority: must be high, normal or low, got ${priority}`);
-    let text: string;
-    try {
-      text = new TextDecoder("utf-8", { fatal: true }).decode(req.input);
-    } catch (err) {
-      throw new JobError(`${fileName}: not UTF-8 text`, { cause: err });
-    }
-    const input = parseBatchInput(fileName, text, req.format ?? "auto");
+    // Bytes: a line over the line limit or not UTF-8 is refused naming its line (issue 13).
+    const input = parseBatchInput(fileName, req.input, req.format ?? "auto", {
+      ...(req.maxLineBytes !== undefined ? { maxLineBytes: req.maxLineBytes } : {}),
+    });
     req.check?.(input, req.input.byteLength);
     const existing = await this.get(id);
     if (existing) return { job: await this.publishIfNeeded(existing), created: false };
@@ -637,7 +637,8 @@ export class JobStore {
   async readInput(s: JobState): Promise<BatchInput> {
     const data = await this.obj.getBlob(s.inputObject);
     if (!data) throw new JobError(`job "${s.id}": input ${s.inputObject} is missing from ${this.names.dataBucket}`);
-    return parseBatchInput(s.fileName, dec.decode(data), s.format);
+    // Checked when it was submitted: no line limit again (it may have been submitted under a larger one).
+    return parseBatchInput(s.fileName, data, s.format, { maxLineBytes: Number.MAX_SAFE_INTEGER });
   }
 
   /**

@@ -48,7 +48,7 @@ const UNITS: Record<string, number> = {
 /**
  * Parses "80GB", "768GiB", "3.35TB/s", "989T", "25Gb/s" (bits: divided by 8)
  * or a number into a plain number.
- * @throws Error describing the expected form.
+ * @throws Error describing the expected form, or when the value is not finite ("1e400").
  */
 export function parseQuantity(v: string | number): number {
   if (typeof v === "number") return v;
@@ -56,7 +56,10 @@ export function parseQuantity(v: string | number): number {
   if (!m) throw new Error(`"${v}" is not a quantity (e.g. 80GB, 768GiB, 3.35TB/s, 989T)`);
   const scale = UNITS[(m[2] ?? "").toLowerCase()] ?? 1;
   const bits = m[3] === "b";
-  return (Number(m[1]) * scale) / (bits ? 8 : 1);
+  const n = (Number(m[1]) * scale) / (bits ? 8 : 1);
+  // "1e400" reads as Infinity: refused, as the size options refuse it (issue 13).
+  if (!Number.isFinite(n)) throw new Error(`"${v}" is not a finite quantity (e.g. 80GB, 768GiB, 3.35TB/s, 989T)`);
+  return n;
 }
 
 const quantity = z.union([z.number().positive(), z.string()]).transform((v, ctx) => {

@@ -26,6 +26,8 @@ test("parseQuantity: SI and binary suffixes, bits, per second", () => {
   assert.equal(parseQuantity("25Gb/s"), 25e9 / 8);
   assert.equal(parseQuantity(1234), 1234);
   assert.throws(() => parseQuantity("fast"), /not a quantity/);
+  assert.throws(() => parseQuantity("1e400"), /not a finite quantity/);
+  assert.throws(() => parseQuantity("1e400GB"), /not a finite quantity/);
 });
 
 test("resolveCluster: parts, overrides, per-drive storage figures, links", () => {

@@ -59,6 +59,7 @@ export {
   checkGenerateLimits,
   compileGenerateLimits,
   defaultGenerateLimits,
+  maxLineBytesOf,
   type GenerateLimits,
   type GenerateLimitsOptions,
 } from "./api/limits.js";

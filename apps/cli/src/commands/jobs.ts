@@ -8,6 +8,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { resolve } from "node:path";
+import { parseBatchInput } from "@tessera/core";
 import { connectNats, isTerminal, JobStore, type JobPriority, type JobSampling, type JobStatus } from "@tessera/nats";
 import { Code, Coordinator, RpcError, createClient, type Job } from "@tessera/proto";
 import { checkBatchLimits, defaultGenerateLimits } from "@tessera/coordinator";
@@ -242,6 +243,8 @@ async function submit(file: string, flags: SubmitFlags): Promise<number> {
   const input = await readFile(file).catch((err: Error) => {
     throw new Error(`${file}: cannot read: ${err.message}`);
   });
+  // Every bad line (over the line limit, not UTF-8, ...) is refused here, before anything is sent (issue 13).
+  parseBatchInput(file, input, flags.format);
   return withJobs(flags, async (jobs) => {
     const sampling = {
       ...(flags.maxTokens !== undefined ? { maxTokens: flags.maxTokens } : {}),

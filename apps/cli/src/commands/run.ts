@@ -50,7 +50,8 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
     const path = flags.prompts ?? bundled.prompts;
     prompts = parsePromptsJsonl(
       path,
-      await readFile(path, "utf8").catch((err: Error) => {
+      // Bytes, so that a line that is not UTF-8 is refused naming it (not replaced by U+FFFD).
+      await readFile(path).catch((err: Error) => {
         throw new Error(`${path}: cannot read prompts file: ${err.message}`);
       }),
     );

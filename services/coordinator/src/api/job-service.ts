@@ -27,7 +27,7 @@ import {
   type JobSampling,
   type JobState,
 } from "@tessera/nats";
-import { checkBatchLimits, type GenerateLimits } from "./limits.js";
+import { checkBatchLimits, maxLineBytesOf, type GenerateLimits } from "./limits.js";
 import { maySee, submitTenant, type Identity } from "./auth.js";
 
 /** The job RPCs' part of the Coordinator service implementation. */
@@ -265,6 +265,7 @@ export function createJobService(options: JobServiceOptions): JobService {
           ...(req.modelPath ? { model: req.modelPath } : {}),
           ...(req.tokenizerPath ? { tokenizer: req.tokenizerPath } : {}),
           // This coordinator's limits, checked before anything is stored.
+          maxLineBytes: maxLineBytesOf(options.limits),
           check: (parsed, bytes) => {
             try {
               checkBatchLimits(parsed, sampling.maxTokens, options.limits, bytes);

@@ -5,7 +5,7 @@
  * the field, its value and the limit, instead of running out of memory or
  * context halfway through (issue 5, "Limits and bad input").
  */
-import { byteSizeOption, positiveInt, type BatchInput } from "@tessera/core";
+import { PROMPT_FILE_DEFAULTS, byteSizeOption, positiveInt, type BatchInput } from "@tessera/core";
 import { Code, GenerateRequestSchema, RpcError, create, toBinary, type GenerateRequest } from "@tessera/proto";
 
 /** Limits of one job as a user gives them (sizes as bytes or "64MiB"). */
@@ -53,6 +53,16 @@ export function compileGenerateLimits(options: GenerateLimitsOptions = {}): Gene
     maxTokens: positiveInt("maxTokens", options.maxTokens, d.maxTokens),
     maxRequestBytes: byteSizeOption("maxRequestBytes", options.maxRequestBytes, d.maxRequestBytes, 1),
   });
+}
+
+/**
+ * Most bytes of one line of a submitted batch file under `limits`: 16 times
+ * `maxPromptBytes` (room for the prompt JSON-escaped and its other fields),
+ * and never under PROMPT_FILE_DEFAULTS.maxLineBytes (1 MiB). A longer line
+ * is refused naming its line before it is decoded.
+ */
+export function maxLineBytesOf(limits: GenerateLimits): number {
+  return Math.max(PROMPT_FILE_DEFAULTS.maxLineBytes, 16 * limits.maxPromptBytes);
 }
 
 /**
