@@ -8,6 +8,7 @@
  */
 import { open, stat } from "node:fs/promises";
 import { CheckpointError, type ModelShape } from "@tessera/core";
+import { MODEL_LIMITS } from "./model-limits.js";
 import { readFully, type SafetensorsDtype } from "./safetensors.js";
 
 /** Magic of the version-1 header ("ak42" little-endian). */
@@ -238,15 +239,20 @@ function parseHeader(path: string, buf: Buffer, fileBytes: number): CheckpointHe
   ];
   const names = ["dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"];
   ints.forEach((v, i) => {
-    if (!(v > 0 && v < 1 << 24))
+    if (!(v > 0 && v <= MODEL_LIMITS.maxDimension))
       throw new CheckpointError(
         path,
         `header field ${names[i]} = ${v} is not a plausible size; not a llama2.c checkpoint?`,
       );
   });
+  if (seqLen > MODEL_LIMITS.maxSeqLen) {
+    throw new CheckpointError(path, `header field seq_len = ${seqLen} exceeds the maximum ${MODEL_LIMITS.maxSeqLen}`);
+  }
   if (dim % nHeads !== 0) throw new CheckpointError(path, `dim ${dim} is not a multiple of n_heads ${nHeads}`);
   if (nHeads % nKvHeads !== 0)
     throw new CheckpointError(path, `n_heads ${nHeads} is not a multiple of n_kv_heads ${nKvHeads}`);
+  if ((dim / nHeads) % 2 !== 0)
+    throw new CheckpointError(path, `head_dim ${dim / nHeads} (dim / n_heads) is odd; rotary needs pairs`);
   const shape: ModelShape = {
     dim,
     hiddenDim,
@@ -260,14 +266,30 @@ function parseHeader(path: string, buf: Buffer, fileBytes: number): CheckpointHe
     normEps: LLAMA2C_NORM_EPS,
   };
   const partial = { path, format, shape, sharedClassifier, headerBytes };
-  const expectedBytes = headerBytes + 4 * weightLayout(partial).reduce((a, t) => a + t.size, 0);
+  const expectedBytes = headerBytes + 4 * weightValues(partial);
+  if (expectedBytes !== fileBytes) {
+    // Before any per-layer table is built: the fields are bounded by the file's own size.
+    throw new CheckpointError(path, `size does not match its ${format} header`, expectedBytes, fileBytes);
+  }
   return { ...partial, expectedBytes };
+}
+
+/** Number of f32 values the tensors of {@link weightLayout} hold, computed without listing them. */
+function weightValues(h: Omit<CheckpointHeader, "expectedBytes">): number {
+  const { dim, hiddenDim, nLayers, nHeads, nKvHeads, headDim, vocabSize, seqLen } = h.shape;
+  const perLayer = 2 * dim + 2 * nHeads * headDim * dim + 2 * nKvHeads * headDim * dim + 3 * hiddenDim * dim;
+  const freqCis = h.format === "llama2c-legacy" ? seqLen * headDim : 0;
+  return vocabSize * dim * (h.sharedClassifier ? 1 : 2) + nLayers * perLayer + dim + freqCis;
 }
 
 /**
  * Reads and validates a checkpoint's header without loading weights.
+ * Every header field is bounded (positive, at most `MODEL_LIMITS.maxDimension`,
+ * seq_len at most `MODEL_LIMITS.maxSeqLen`) and the tensors it implies must
+ * fill the file exactly, before anything is allocated from it.
  * @throws CheckpointError naming the file when it is missing, not a llama2.c
- *   checkpoint, or its size does not match the header (expected vs found).
+ *   checkpoint, a field is out of bounds (naming the field), or its size does
+ *   not match the header (expected vs found).
  */
 export async function readCheckpointHeader(path: string): Promise<CheckpointHeader> {
   let fileBytes: number;
@@ -282,16 +304,7 @@ export async function readCheckpointHeader(path: string): Promise<CheckpointHead
   try {
     const buf = Buffer.alloc(LLAMA2C_V1_HEADER_BYTES);
     await fh.read(buf, 0, buf.length, 0);
-    const header = parseHeader(path, buf, fileBytes);
-    if (fileBytes !== header.expectedBytes) {
-      throw new CheckpointError(
-        path,
-        `size does not match its ${header.format} header`,
-        header.expectedBytes,
-        fileBytes,
-      );
-    }
-    return header;
+    return parseHeader(path, buf, fileBytes);
   } finally {
     await fh.close();
   }

@@ -42,6 +42,7 @@ import {
   type SafetensorsTensor,
 } from "./safetensors.js";
 import { checkHfArchitecture, checkHfTensors } from "./hf-architecture.js";
+import { MODEL_LIMITS, checkModelSize, checkPositiveNumber, shown } from "./model-limits.js";
 
 /** Name of the config file in a Hugging Face folder. */
 export const HF_CONFIG_FILE = "config.json";
@@ -166,9 +167,10 @@ async function readConfig(dir: string): Promise<HfLlamaConfig> {
       if (required.includes(k)) throw new CheckpointError(path, `has no ${k}`);
       continue;
     }
-    if (!(typeof v === "number" && Number.isInteger(v) && v > 0)) {
-      throw new CheckpointError(path, `${k} = ${JSON.stringify(v)} is not a positive integer`);
-    }
+    checkModelSize(path, k, v, k === "max_position_embeddings" ? MODEL_LIMITS.maxSeqLen : MODEL_LIMITS.maxDimension);
+  }
+  for (const k of ["rope_theta", "rms_norm_eps"]) {
+    if (c[k] !== undefined && c[k] !== null) checkPositiveNumber(path, k, c[k]);
   }
   if (c["hidden_act"] !== undefined && c["hidden_act"] !== "silu") {
     throw new CheckpointError(path, `hidden_act ${JSON.stringify(c["hidden_act"])} is not supported (only silu)`);
@@ -182,7 +184,7 @@ async function readConfig(dir: string): Promise<HfLlamaConfig> {
     window !== null &&
     !(typeof window === "number" && Number.isInteger(window) && window > 0)
   ) {
-    throw new CheckpointError(path, `sliding_window = ${JSON.stringify(window)} is not a positive integer or null`);
+    throw new CheckpointError(path, `sliding_window = ${shown(window)} is not a positive integer or null`);
   }
   return c as unknown as HfLlamaConfig;
 }
@@ -286,6 +288,26 @@ function tensorShapes(shape: ModelShape, tied: boolean, qkvBias = false): [strin
   return out;
 }
 
+/**
+ * Refuses a config.json whose num_hidden_layers disagrees with the layers the
+ * safetensors hold (`model.layers.{l}.*`), before a per-layer list is built
+ * from it (so a huge num_hidden_layers allocates nothing).
+ * @throws CheckpointError naming config.json and num_hidden_layers.
+ */
+function checkHfLayers(dir: string, names: Iterable<string>, nLayers: number): void {
+  let held = 0;
+  for (const name of names) {
+    const m = /^model\.layers\.(\d+)\./.exec(name);
+    if (m) held = Math.max(held, Number(m[1]) + 1);
+  }
+  if (held !== nLayers) {
+    throw new CheckpointError(
+      join(dir, HF_CONFIG_FILE),
+      `num_hidden_layers = ${nLayers}, but the safetensors hold ${held} layers (model.layers.{l} tensors)`,
+    );
+  }
+}
+
 async function openHf(dir: string): Promise<{ header: HfModelHeader; store: SafetensorsStore }> {
   const config = await readConfig(dir);
   const shape = shapeOf(dir, config);
@@ -302,6 +324,7 @@ async function openHf(dir: string): Promise<{ header: HfModelHeader; store: Safe
       );
     }
   }
+  checkHfLayers(dir, store.weightMap.keys(), shape.nLayers);
   checkHfTensors(dir, store.weightMap.keys(), new Set(tensorShapes(shape, tied, qkvBias).map(([n]) => n)), tied);
   for (const [name, dims] of tensorShapes(shape, tied, qkvBias)) {
     const info = store.info(name);

@@ -24,6 +24,7 @@ import { readFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { CheckpointError } from "@tessera/core";
+import { MODEL_LIMITS } from "./model-limits.js";
 import { loadTokenizer, type EncodeOptions, type StreamingDecoder, type Tokenizer } from "./tokenizer.js";
 
 /** A converted tokenizer: the contents of `tokenizer.json` and `tokenizer_config.json`. */
@@ -148,14 +149,16 @@ export function llama2cToHfTokenizer(tok: Tokenizer): HfTokenizerFiles {
  * Builds a {@link Tokenizer} over a parsed `tokenizer.json` (and optional
  * `tokenizer_config.json`). BOS/EOS are the config's `bos_token`/`eos_token`
  * (default `<s>`/`</s>`). `vocabSize` is the model's, which may exceed the
- * tokenizer's (padded embeddings); ids without a piece decode to "".
+ * tokenizer's (padded embeddings) by `MODEL_LIMITS.maxVocabPaddingFraction`
+ * of it (at least `MODEL_LIMITS.minVocabPadding` ids); ids without a piece decode to "".
  * Streaming decode follows text-generation-inference's `decode_token`:
  * decode a small window of recent tokens and emit only what extends the
  * previous window's text, holding back a trailing U+FFFD (an incomplete
  * UTF-8 character), so any decoder pipeline (sentencepiece, byte-level) works.
  * `piece()` is the token's string in the vocabulary; `score()` is 0 (BPE keeps ranks, not scores).
  * @throws CheckpointError naming `path` when the JSON is not a tokenizer the library reads,
- *   its vocabulary exceeds `vocabSize`, or BOS/EOS are not in it.
+ *   its vocabulary exceeds `vocabSize` or falls short of it by more than the padding allowed,
+ *   or BOS/EOS are not in it.
  */
 export function createHfTokenizer(
   path: string,
@@ -178,6 +181,13 @@ export function createHfTokenizer(
     throw new CheckpointError(
       path,
       `tokenizer has ids up to ${size - 1}, more than the model's vocab_size ${vocabSize}`,
+    );
+  }
+  const padding = Math.max(MODEL_LIMITS.minVocabPadding, Math.floor(vocabSize * MODEL_LIMITS.maxVocabPaddingFraction));
+  if (vocabSize - size > padding) {
+    throw new CheckpointError(
+      path,
+      `tokenizer has ${size} ids, fewer than the model's vocab_size ${vocabSize} by more than the ${padding} padding allowed (a tokenizer of another model?)`,
     );
   }
   const tokenName = (v: unknown, fallback: string): string =>

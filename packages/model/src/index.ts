@@ -28,6 +28,7 @@ export {
   type WriteCheckpointOptions,
   writeCheckpoint,
 } from "./checkpoint.js";
+export { MODEL_LIMITS } from "./model-limits.js";
 export {
   type SafetensorsDtype,
   SAFETENSORS_DTYPE_BYTES,

@@ -194,6 +194,9 @@ function parseHeaderJson(
     }
     const [begin, end] = offsets as [number, number];
     const elements = (shape as number[]).reduce((a, d) => a * d, 1);
+    if (!Number.isSafeInteger(elements * SAFETENSORS_DTYPE_BYTES[e.dtype])) {
+      throw new CheckpointError(path, `tensor ${name} has a shape too large to be in a file`);
+    }
     if (end - begin !== elements * SAFETENSORS_DTYPE_BYTES[e.dtype]) {
       throw new CheckpointError(
         path,
@@ -205,7 +208,29 @@ function parseHeaderJson(
     }
     tensors.set(name, { dtype: e.dtype, shape: shape as number[], dataOffsets: [begin, end] });
   }
+  checkNoOverlap(path, tensors);
   return { path, metadata, tensors };
+}
+
+/**
+ * Refuses tensors whose data_offsets overlap (two tensors sharing bytes read
+ * as each other's weights); empty tensors overlap nothing.
+ * @throws CheckpointError naming the file, both tensors and data_offsets.
+ */
+function checkNoOverlap(path: string, tensors: ReadonlyMap<string, SafetensorsTensorInfo>): void {
+  const spans = [...tensors]
+    .filter(([, t]) => t.dataOffsets[1] > t.dataOffsets[0])
+    .sort(([, a], [, b]) => a.dataOffsets[0] - b.dataOffsets[0]);
+  let last: [string, SafetensorsTensorInfo] | undefined; // the span reaching furthest so far
+  for (const [name, b] of spans) {
+    if (last && b.dataOffsets[0] < last[1].dataOffsets[1]) {
+      throw new CheckpointError(
+        path,
+        `tensor ${name} data_offsets [${b.dataOffsets.join(", ")}] overlap tensor ${last[0]}'s [${last[1].dataOffsets.join(", ")}]`,
+      );
+    }
+    if (!last || b.dataOffsets[1] > last[1].dataOffsets[1]) last = [name, b];
+  }
 }
 
 async function openOrThrow(path: string): Promise<FileHandle> {
