@@ -291,7 +291,7 @@ test("with tokens: a tenant's SubmitJob at priority high is PERMISSION_DENIED as
   assert.equal(high.code, Code.PERMISSION_DENIED, high.message);
   assert.equal(high.message, 'priority: "high" needs an admin token (tenant acme)');
   const generateHigh = await failure(
-    collect(acme.generate(generateRequest([{ id: "p0", prompt: "Once" }], {}, { priority: "high" }))),
+    collect(acme.generate(generateRequest([{ id: "p0", prompt: "Once", line: 1 }], {}, { priority: "high" }))),
   );
   assert.deepEqual(generateHigh, high);
   assert.deepEqual(await store.list(), [], "nothing was stored");
