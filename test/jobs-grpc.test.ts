@@ -7,16 +7,30 @@
  * watched to completion and its results (also followed while it runs) carry
  * the tokens of a direct Generate; the same job_id twice is one job; errors
  * are NOT_FOUND, INVALID_ARGUMENT naming the line or limit, and
- * FAILED_PRECONDITION on a coordinator without NATS.
+ * FAILED_PRECONDITION on a coordinator without NATS. With bearer tokens
+ * (issue 13): a tenant's SubmitJob at priority high is PERMISSION_DENIED as
+ * its Generate is, and job ids are the tenant's own: two tenants' jobs of
+ * one id are two jobs, each reached only by its owner, and another's id
+ * answers as an id nobody uses.
  */
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { generateRequest, parseBatchInput } from "@tessera/core";
 import { JobStore, connectNats, registryBucket } from "@tessera/nats";
 import { Code, Coordinator, createClient, type Client, type Job } from "@tessera/proto";
-import { generate, openAiJobFile, startInProcessCluster, tesseraJobFile, collect, failure } from "@tessera/testing";
+import {
+  generate,
+  openAiJobFile,
+  startInProcessCluster,
+  tesseraJobFile,
+  collect,
+  failure,
+  tempDir,
+} from "@tessera/testing";
 import { createJobWorker } from "@tessera/coordinator";
 
 const SERVERS = process.env["TESSERA_NATS"] ?? "127.0.0.1:4222";
@@ -28,7 +42,7 @@ const enc = new TextEncoder();
  * prefix's job stream and buckets and its node-registry bucket are deleted
  * after the test.
  */
-async function natsCluster(t: TestContext, limits?: { maxTokens: number }) {
+async function natsCluster(t: TestContext, limits?: { maxTokens: number }, tokensFile?: string) {
   const prefix = `t${randomBytes(4).toString("hex")}`;
   const nc = await connectNats({ servers: SERVERS, name: "jobs-grpc-test" });
   const store = await JobStore.open(nc, { prefix });
@@ -39,7 +53,12 @@ async function natsCluster(t: TestContext, limits?: { maxTokens: number }) {
     await nc.close();
   });
   const cluster = await startInProcessCluster(t, {
-    coordinator: { nats: SERVERS, natsPrefix: prefix, ...(limits ? { limits } : {}) },
+    coordinator: {
+      nats: SERVERS,
+      natsPrefix: prefix,
+      ...(limits ? { limits } : {}),
+      ...(tokensFile ? { tokensFile } : {}),
+    },
   });
   const client = createClient(Coordinator, cluster.address);
   t.after(async () => client.close());
@@ -243,4 +262,97 @@ test("open WatchJob and GetResults streams end with UNAVAILABLE when the coordin
     assert.equal(f.code, Code.UNAVAILABLE, f.message);
     assert.match(f.message, /the coordinator is stopping/);
   }
+});
+
+test("with tokens: a tenant's SubmitJob at priority high is PERMISSION_DENIED as its Generate; job ids are each tenant's own, another's answers as an unused one", async (t) => {
+  const dir = await tempDir();
+  t.after(() => dir.remove());
+  const token = { acme: randomBytes(16).toString("hex"), globex: randomBytes(16).toString("hex") };
+  const admin = randomBytes(16).toString("hex");
+  const tokensFile = join(dir.path, "tokens.yaml");
+  await writeFile(
+    tokensFile,
+    `tokens:\n  - { tenant: acme, token: "${token.acme}" }\n  - { tenant: globex, token: "${token.globex}" }\n` +
+      `  - { tenant: ops, token: "${admin}", admin: true }\n`,
+  );
+  // No job worker: submitted jobs stay queued.
+  const { store, cluster } = await natsCluster(t, undefined, tokensFile);
+  const as = (tok: string) => {
+    const c = createClient(Coordinator, cluster.address, {}, { token: tok });
+    t.after(() => c.close());
+    return c;
+  };
+  const acme = as(token.acme);
+  const globex = as(token.globex);
+  const ops = as(admin);
+
+  // Priority high: refused to a tenant exactly as Generate refuses it; an admin may.
+  const high = await failure(acme.submitJob({ jobId: "h", priority: "high", input: enc.encode(tesseraJobFile(1)) }));
+  assert.equal(high.code, Code.PERMISSION_DENIED, high.message);
+  assert.equal(high.message, 'priority: "high" needs an admin token (tenant acme)');
+  const generateHigh = await failure(
+    collect(acme.generate(generateRequest([{ id: "p0", prompt: "Once", line: 1 }], {}, { priority: "high" }))),
+  );
+  assert.deepEqual(generateHigh, high);
+  assert.deepEqual(await store.list(), [], "nothing was stored");
+  assert.equal(
+    (await ops.submitJob({ jobId: "h", priority: "high", input: enc.encode(tesseraJobFile(1)) })).priority,
+    "high",
+  );
+
+  // The same id for two tenants: two jobs, neither told of the other.
+  const mine = await acme.submitJob({ jobId: "same", input: enc.encode(tesseraJobFile(2)) });
+  const theirs = await globex.submitJob({ jobId: "same", input: enc.encode(tesseraJobFile(3)) });
+  assert.deepEqual([mine.id, mine.tenant, mine.promptsTotal], ["same", "acme", 2]);
+  assert.deepEqual([theirs.id, theirs.tenant, theirs.promptsTotal], ["same", "globex", 3]);
+  // Again: each its own job (idempotent), whoever submits it first.
+  assert.deepEqual(await globex.submitJob({ jobId: "same", input: enc.encode(tesseraJobFile(1)) }), theirs);
+  assert.deepEqual(await acme.submitJob({ jobId: "same", input: enc.encode(tesseraJobFile(1)) }), mine);
+  for (const [client, job] of [
+    [acme, mine],
+    [globex, theirs],
+  ] as const) {
+    assert.deepEqual(await client.getJob({ id: "same" }), job);
+    assert.deepEqual((await client.listJobs({})).jobs, [job]);
+    assert.deepEqual(await collect(client.getResults({ id: "same" })), []);
+  }
+  // globex cancels its own "same": acme's stays queued; its watch shows its own job.
+  const cancelled = await globex.cancelJob({ id: "same" });
+  assert.deepEqual([cancelled.id, cancelled.tenant, cancelled.status], ["same", "globex", "cancelled"]);
+  assert.deepEqual(
+    (await collect<Job>(globex.watchJob({ id: "same" }))).map((j) => [j.id, j.tenant, j.status]),
+    [["same", "globex", "cancelled"]],
+  );
+  assert.equal((await acme.getJob({ id: "same" })).status, "queued");
+
+  // Another's id answers as an id nobody uses: NOT_FOUND, the same message.
+  await acme.submitJob({ jobId: "acme-only", input: enc.encode(tesseraJobFile(1)) });
+  for (const id of ["acme-only", "nobody"]) {
+    for (const call of [
+      globex.getJob({ id }),
+      globex.cancelJob({ id }),
+      collect(globex.watchJob({ id })),
+      collect(globex.getResults({ id })),
+    ]) {
+      assert.deepEqual(await failure(call), { code: Code.NOT_FOUND, message: `job "${id}" not found` });
+    }
+  }
+  assert.equal((await acme.getJob({ id: "acme-only" })).status, "queued", "globex's cancel changed nothing");
+
+  // The admin (and the NATS-direct CLI) address globex's job by its key; acme's kept its id.
+  assert.deepEqual((await ops.listJobs({})).jobs.map((j) => [j.id, j.tenant]).sort(), [
+    ["acme-only", "acme"],
+    ["globex/same", "globex"],
+    ["h", "ops"],
+    ["same", "acme"],
+  ]);
+  assert.equal((await ops.getJob({ id: "globex/same" })).status, "cancelled");
+  assert.equal((await store.get("globex/same"))?.promptsTotal, 3);
+  assert.equal((await store.get("same"))?.tenant, "acme");
+  const badKey = await failure(ops.getJob({ id: "globex/a.b" }));
+  assert.equal(badKey.code, Code.INVALID_ARGUMENT);
+  assert.match(badKey.message, /^id: must be 1-128 letters/);
+  // A tenant's id is an id, never a key.
+  const keyAsId = await failure(globex.getJob({ id: "globex/same" }));
+  assert.equal(keyAsId.code, Code.INVALID_ARGUMENT);
 });

@@ -72,8 +72,14 @@ export interface JobSampling {
   seed?: number;
 }
 
-/** The job-state entry (JSON in the `${prefix}-job-state` bucket, key = job id). */
+/** The job-state entry (JSON in the `${prefix}-job-state` bucket, key = `id`). */
 export interface JobState {
+  /**
+   * The job's key: its job id, or `<tenant>/<job id>` ({@link tenantJobKey})
+   * for a tenant's job whose id another job held when it was submitted. What
+   * workers, operators and admins address the job by; a tenant knows it by
+   * {@link ownJobId}.
+   */
   id: string;
   tenant?: string;
   priority: JobPriority;
@@ -197,6 +203,38 @@ export function checkJobId(id: string): string {
   return id;
 }
 
+/**
+ * The key of tenant `tenant`'s job `id` when a job of another already holds
+ * `id`: `<tenant>/<id>`, each "." of the tenant written "=" (so that no
+ * token of the key's NATS subject is empty). No job id holds "/" or "=", so
+ * the key never meets a job id, nor another tenant's key.
+ */
+export function tenantJobKey(tenant: string, id: string): string {
+  return `${tenant.replaceAll(".", "=")}/${id}`;
+}
+
+/** The id job `s`'s tenant knows it by: its key less the `<tenant>/` of {@link tenantJobKey}. */
+export function ownJobId(s: Pick<JobState, "id" | "tenant">): string {
+  if (s.tenant === undefined) return s.id;
+  const scope = tenantJobKey(s.tenant, "");
+  return s.id.startsWith(scope) ? s.id.slice(scope.length) : s.id;
+}
+
+const JOB_KEY = /^(?:[A-Za-z0-9_=-]{1,64}\/)?[A-Za-z0-9_-]{1,128}$/;
+
+/**
+ * What operators and admins address a job by ({@link JobState.id}): a job id,
+ * or a tenant's `<tenant>/<id>` ({@link tenantJobKey}).
+ * @throws JobError otherwise.
+ */
+export function checkJobKey(key: string): string {
+  if (!JOB_KEY.test(key))
+    throw new JobError(
+      `job id: must be 1-128 letters, digits, "_" or "-" (or TENANT/ID, a tenant's job), got ${JSON.stringify(key)}`,
+    );
+  return key;
+}
+
 const nonce = (bytes = 6) => randomBytes(bytes).toString("hex");
 const now = () => new Date().toISOString();
 const enc = new TextEncoder();
@@ -208,6 +246,14 @@ export interface SubmitJobRequest {
   /** Job id; a new one ("job_" + 16 hex digits) when unset. Submitting an existing id returns that job. */
   jobId?: string;
   tenant?: string;
+  /**
+   * A tenant's own submit (through the coordinator): `jobId` names a job of
+   * `tenant` only. The job is stored under its id when no job holds it, else
+   * under {@link tenantJobKey}; the same id again returns the tenant's own
+   * job ({@link JobStore.find}), never another's, so a tenant can neither
+   * probe nor take another's ids. Needs `tenant`.
+   */
+  scopeToTenant?: boolean;
   /** @default "normal" */
   priority?: JobPriority;
   /** The input file's bytes (UTF-8 JSONL). */
@@ -349,6 +395,8 @@ export class JobStore {
   private async submitUntraced(req: SubmitJobRequest): Promise<SubmitJobResult> {
     const fileName = req.fileName ?? "input";
     const id = checkJobId(req.jobId ?? `job_${nonce(8)}`);
+    const scope = req.scopeToTenant ? req.tenant : undefined;
+    if (req.scopeToTenant && scope === undefined) throw new JobError("scopeToTenant: the job needs a tenant");
     const priority = req.priority ?? "normal";
     if (!JOB_PRIORITIES.includes(priority))
       throw new JobError(`priority: must be high, normal or low, got ${priority}`);
@@ -357,9 +405,9 @@ export class JobStore {
       ...(req.maxLineBytes !== undefined ? { maxLineBytes: req.maxLineBytes } : {}),
     });
     req.check?.(input, req.input.byteLength);
-    const existing = await this.get(id);
+    const existing = scope === undefined ? await this.get(id) : await this.find(scope, id);
     if (existing) return { job: await this.publishIfNeeded(existing), created: false };
-    const inputObject = `${id}/input-${nonce()}.jsonl`;
+    const inputObject = `${scope === undefined ? id : tenantJobKey(scope, id)}/input-${nonce()}.jsonl`;
     await this.obj.putBlob({ name: inputObject }, req.input);
     const t = now();
     const state: JobState = {
@@ -386,16 +434,29 @@ export class JobStore {
       submittedAt: t,
       updatedAt: t,
     };
-    try {
-      await this.kv.create(id, encodeState(state));
-    } catch (err) {
-      // Lost a race with a submit of the same id: theirs is the job.
-      await this.obj.delete(inputObject).catch(() => undefined);
-      const other = await this.get(id);
-      if (other) return { job: await this.publishIfNeeded(other), created: false };
-      throw err;
+    const dropInput = () => this.obj.delete(inputObject).catch(() => undefined);
+    // The id itself when free; a tenant's job whose id another's job holds goes under its tenant's key.
+    for (const key of scope === undefined ? [id] : [id, tenantJobKey(scope, id)]) {
+      const mine = { ...state, id: key };
+      try {
+        await this.kv.create(key, encodeState(mine));
+        return { job: await this.publishIfNeeded(mine), created: true };
+      } catch (err) {
+        const other = await this.get(key);
+        if (!other) {
+          await dropInput();
+          throw err;
+        }
+        if (scope === undefined || other.tenant === scope) {
+          // Lost a race with a submit of the same id: theirs is the job.
+          await dropInput();
+          return { job: await this.publishIfNeeded(other), created: false };
+        }
+      }
     }
-    return { job: await this.publishIfNeeded(state), created: true };
+    // Not reached: the tenant's key is its own.
+    await dropInput();
+    throw new JobError(`job "${id}": its key is held by another tenant's job`, { rpcCode: 10 }); // ABORTED
   }
 
   private async publishIfNeeded(s: JobState): Promise<JobState> {
@@ -414,6 +475,18 @@ export class JobStore {
   /** The job's state, or undefined when there is none. */
   async get(id: string): Promise<JobState | undefined> {
     return (await this.getEntry(id))?.state;
+  }
+
+  /**
+   * Tenant `tenant`'s job `id` (see {@link SubmitJobRequest.scopeToTenant}):
+   * the one under {@link tenantJobKey}, else the one under `id` when it is
+   * the tenant's; another tenant's job of that id is not found.
+   */
+  async find(tenant: string, id: string): Promise<JobState | undefined> {
+    const scoped = await this.get(tenantJobKey(tenant, id));
+    if (scoped) return scoped;
+    const plain = await this.get(id);
+    return plain?.tenant === tenant ? plain : undefined;
   }
 
   private async getEntry(id: string): Promise<{ state: JobState; revision: number } | undefined> {

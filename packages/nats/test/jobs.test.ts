@@ -6,7 +6,15 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { InputFileError } from "@tessera/core";
-import { JobOwnershipLostError, JobStore, connectNats, type JobState } from "../src/index.js";
+import {
+  JobOwnershipLostError,
+  JobStore,
+  checkJobKey,
+  connectNats,
+  ownJobId,
+  tenantJobKey,
+  type JobState,
+} from "../src/index.js";
 
 const SERVERS = process.env["TESSERA_NATS"] ?? "127.0.0.1:4222";
 const enc = new TextEncoder();
@@ -54,6 +62,50 @@ test("submit stores a queued job; the same id again is the same job", async (t) 
   assert.equal(d?.jobId, "j1");
   setTimeout(() => abort.abort(), 1500);
   assert.equal(await store.nextJob(abort.signal), undefined);
+});
+
+test("scopeToTenant: a tenant's job ids are its own; the first holder keeps the plain id, another's job goes under <tenant>/<id>", async (t) => {
+  const store = await openStore(t);
+  const acme = await store.submit({ jobId: "x", tenant: "acme", scopeToTenant: true, input: tessera(1) });
+  const dotted = await store.submit({ jobId: "x", tenant: "a.b", scopeToTenant: true, input: tessera(2) });
+  const admin = await store.submit({ jobId: "x", input: tessera(3) });
+  assert.deepEqual(
+    [acme, dotted, admin].map((r) => [r.job.id, r.job.tenant, r.job.promptsTotal, r.created]),
+    [
+      ["x", "acme", 1, true],
+      ["a=b/x", "a.b", 2, true],
+      // Not scoped (operators, admins): the id's job, whoever's.
+      ["x", "acme", 1, false],
+    ],
+  );
+  assert.equal(tenantJobKey("a.b", "x"), "a=b/x");
+  assert.deepEqual([ownJobId(acme.job), ownJobId(dotted.job)], ["x", "x"]);
+  // The same id again: each tenant's own job, never another's.
+  const again = await store.submit({ jobId: "x", tenant: "a.b", scopeToTenant: true, input: tessera(4) });
+  assert.deepEqual([again.job.id, again.created], ["a=b/x", false]);
+  assert.equal((await store.find("acme", "x"))?.id, "x");
+  assert.equal((await store.find("a.b", "x"))?.id, "a=b/x");
+  assert.equal(await store.find("globex", "x"), undefined, "another tenant finds nothing");
+  // A job without a tenant under the id: a tenant's job of that id goes under its key.
+  await store.submit({ jobId: "y", input: tessera(1) });
+  const globex = await store.submit({ jobId: "y", tenant: "globex", scopeToTenant: true, input: tessera(2) });
+  assert.deepEqual([globex.job.id, globex.created], ["globex/y", true]);
+  assert.equal(checkJobKey("globex/y"), "globex/y");
+  assert.throws(() => checkJobKey("globex/a.b"), {
+    name: "JobError",
+    message: /^job id: must be 1-128 letters/,
+  });
+  // Each job once in the work queue, under its key.
+  await store.ensureConsumers(5000);
+  const abort = new AbortController();
+  const pulled: string[] = [];
+  for (let i = 0; i < 4; i++) {
+    const d = (await store.nextJob(abort.signal))!;
+    pulled.push(d.jobId);
+    await d.ack();
+  }
+  assert.deepEqual(pulled.sort(), ["a=b/x", "globex/y", "x", "y"]);
+  await assert.rejects(store.submit({ jobId: "z", scopeToTenant: true, input: tessera(1) }), /needs a tenant/);
 });
 
 test("a bad input file is refused at submit, naming the file, line and field", async (t) => {

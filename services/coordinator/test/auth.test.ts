@@ -9,7 +9,15 @@ import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Code, Metadata, RpcError } from "@tessera/proto";
 import { tempDir } from "@tessera/testing";
-import { Authenticator, loadTokens, maySee, requireAdmin, submitTenant, tokenDigest } from "../src/api/auth.js";
+import {
+  Authenticator,
+  checkPriorityAllowed,
+  loadTokens,
+  maySee,
+  requireAdmin,
+  submitTenant,
+  tokenDigest,
+} from "../src/api/auth.js";
 
 const A = "token-of-tenant-a-0123456789";
 const OPS = "token-of-the-admin-0123456789";
@@ -112,4 +120,13 @@ test("tenant rules: a tenant sees and submits as itself only; admins see all and
   assert.equal(submitTenant(admin, ""), "ops");
   assert.throws(() => requireAdmin(a, "AddNode"), /AddNode: tenant a may not/);
   requireAdmin(admin, "AddNode");
+  // Priority high (Generate and SubmitJob): admins only, the field named.
+  assert.throws(
+    () => checkPriorityAllowed(a, "high"),
+    (e: unknown) =>
+      (e as RpcError).code === Code.PERMISSION_DENIED &&
+      (e as RpcError).message === 'priority: "high" needs an admin token (tenant a)',
+  );
+  for (const p of ["normal", "low", ""]) checkPriorityAllowed(a, p);
+  checkPriorityAllowed(admin, "high");
 });

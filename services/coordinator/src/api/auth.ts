@@ -152,6 +152,17 @@ export function requireAdmin(who: Identity, what: string): void {
 }
 
 /**
+ * Refuses priority "high" (the `priority` field of Generate and SubmitJob)
+ * to a tenant: only admins may put work ahead of every tenant's.
+ * @throws RpcError PERMISSION_DENIED naming the field.
+ */
+export function checkPriorityAllowed(who: Identity, priority: string): void {
+  if (!who.admin && priority === "high") {
+    throw new RpcError(Code.PERMISSION_DENIED, `priority: "high" needs an admin token (tenant ${who.tenant})`);
+  }
+}
+
+/**
  * Whether `who` may see a job owned by `tenant`: admins see all, a tenant
  * only its own (a job of another tenant is answered NOT_FOUND, so its
  * existence does not leak).

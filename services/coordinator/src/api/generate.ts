@@ -26,7 +26,7 @@ import type { ModelCache } from "../model-cache.js";
 import { ModelLease } from "../model-lease.js";
 import type { Membership } from "../membership.js";
 import type { CompiledCoordinatorOptions } from "../options.js";
-import type { Identity } from "./auth.js";
+import { checkPriorityAllowed, type Identity } from "./auth.js";
 import { checkGenerateLimits } from "./limits.js";
 
 /** What Generate needs from its coordinator. */
@@ -220,9 +220,7 @@ export function createGenerate(deps: GenerateDeps): Generate {
  * @throws RpcError PERMISSION_DENIED or INVALID_ARGUMENT naming the field.
  */
 function checkRequest(req: GenerateRequest, who: Identity, options: CompiledCoordinatorOptions): string {
-  if (!who.admin && req.priority === "high") {
-    throw new RpcError(Code.PERMISSION_DENIED, `priority: "high" needs an admin token (tenant ${who.tenant})`);
-  }
+  checkPriorityAllowed(who, req.priority);
   const runKey = req.jobId ? (who.admin ? req.jobId : `${who.tenant}/${req.jobId}`) : "";
   if (req.prompts.length === 0) throw new RpcError(Code.INVALID_ARGUMENT, "prompts: the batch is empty");
   const ids = new Set<string>();

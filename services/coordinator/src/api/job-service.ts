@@ -22,13 +22,16 @@ import {
   JOB_PRIORITIES,
   JobStore,
   checkJobId,
+  checkJobKey,
   connectNats,
+  ownJobId,
+  redactNatsServers,
   type JobPriority,
   type JobSampling,
   type JobState,
 } from "@tessera/nats";
 import { checkBatchLimits, maxLineBytesOf, type GenerateLimits } from "./limits.js";
-import { maySee, submitTenant, type Identity } from "./auth.js";
+import { checkPriorityAllowed, maySee, submitTenant, type Identity } from "./auth.js";
 
 /** The job RPCs' part of the Coordinator service implementation. */
 export type JobRpcs = Pick<
@@ -46,8 +49,9 @@ export interface JobServiceOptions {
   log: (line: string) => void;
   /**
    * The caller of a call (its bearer token's tenant; see auth.ts). A tenant
-   * submits, lists, reads, watches and cancels only its own jobs; another
-   * tenant's job is NOT_FOUND.
+   * submits, lists, reads, watches and cancels only its own jobs, by its own
+   * job ids (another tenant may use the same ids); another tenant's job is
+   * NOT_FOUND, as an id nobody uses.
    * @throws RpcError UNAUTHENTICATED
    */
   identify: (metadata: Metadata) => Identity;
@@ -69,10 +73,14 @@ export interface JobService {
   close(): Promise<void>;
 }
 
-/** A job's state as the wire's `tessera.v1.Job` (unset times and strings empty, unset sampling 0). */
-export function jobMessage(s: JobState): MessageInitShape<typeof JobSchema> {
+/**
+ * A job's state as the wire's `tessera.v1.Job` (unset times and strings
+ * empty, unset sampling 0). `forTenant`: the id is the tenant's own
+ * ({@link ownJobId}), else the job's key (what admins address it by).
+ */
+export function jobMessage(s: JobState, forTenant = false): MessageInitShape<typeof JobSchema> {
   return {
-    id: s.id,
+    id: forTenant ? ownJobId(s) : s.id,
     tenant: s.tenant ?? "",
     priority: s.priority,
     format: s.format,
@@ -202,7 +210,7 @@ export function createJobService(options: JobServiceOptions): JobService {
         await conn.close().catch(() => undefined);
         throw new RpcError(
           Code.UNAVAILABLE,
-          `NATS at ${servers}: cannot open the job queue: ${(err as Error).message}`,
+          `NATS at ${redactNatsServers(servers)}: cannot open the job queue: ${(err as Error).message}`,
           {
             cause: err,
           },
@@ -216,22 +224,29 @@ export function createJobService(options: JobServiceOptions): JobService {
 
   const callSignal = (call: CancellableCall) => cancelSignal(call, shutdown.signal);
   const guard = <T>(what: string, fn: () => Promise<T>): Promise<T> => guardJobRpc(what, options.nats, fn);
-  /** @throws RpcError INVALID_ARGUMENT naming `field` unless `id` is a job id. */
-  const jobId = (id: string, field = "id") => {
+  /**
+   * `id` checked with `check` (checkJobId, or checkJobKey for an admin's).
+   * @throws RpcError INVALID_ARGUMENT naming `field` when it is malformed.
+   */
+  const jobId = (id: string, field = "id", check = checkJobId) => {
     try {
-      return checkJobId(id);
+      return check(id);
     } catch (err) {
       throw invalid((err as Error).message.replace(/^job id:/, `${field}:`));
     }
   };
   /**
-   * Job `id`'s state, when the caller may see it.
+   * Job `id`'s state, when the caller may see it: an admin names a job by
+   * its key (as ListJobs shows it), a tenant by its own id (JobStore.find).
    * @throws RpcError INVALID_ARGUMENT for a malformed id; NOT_FOUND when
    *   there is no such job or it is another tenant's (not told apart).
    */
-  const visible = async (s: JobStore, id: string, metadata: Metadata): Promise<JobState> => {
-    const who = options.identify(metadata);
-    const state = await s.get(jobId(id));
+  const visible = async (s: JobStore, id: string, who: Identity): Promise<JobState> => {
+    const state = who.admin
+      ? await s.get(jobId(id, "id", checkJobKey))
+      : who.tenant === undefined
+        ? undefined
+        : await s.find(who.tenant, jobId(id));
     if (!state || !maySee(who, state.tenant)) throw new RpcError(Code.NOT_FOUND, `job ${JSON.stringify(id)} not found`);
     return state;
   };
@@ -249,6 +264,7 @@ export function createJobService(options: JobServiceOptions): JobService {
         const priority = (req.priority || "normal") as JobPriority;
         if (!JOB_PRIORITIES.includes(priority))
           throw invalid(`priority: must be high, normal or low, got ${JSON.stringify(req.priority)}`);
+        checkPriorityAllowed(who, priority);
         const format = req.format || "auto";
         if (format !== "auto" && format !== "tessera" && format !== "openai")
           throw invalid(`format: must be auto, tessera or openai, got ${JSON.stringify(req.format)}`);
@@ -262,6 +278,8 @@ export function createJobService(options: JobServiceOptions): JobService {
           sampling,
           ...(req.jobId ? { jobId: req.jobId } : {}),
           ...(tenant ? { tenant } : {}),
+          // A tenant's job ids are its own: another's job of the same id is neither found nor told.
+          ...(!who.admin ? { scopeToTenant: true } : {}),
           ...(req.modelPath ? { model: req.modelPath } : {}),
           ...(req.tokenizerPath ? { tokenizer: req.tokenizerPath } : {}),
           // This coordinator's limits, checked before anything is stored.
@@ -274,11 +292,8 @@ export function createJobService(options: JobServiceOptions): JobService {
             }
           },
         });
-        // The same job id again is idempotent, for the job's own tenant (and admins).
-        if (!maySee(who, job.tenant)) {
-          throw new RpcError(Code.ALREADY_EXISTS, `job_id: ${JSON.stringify(job.id)} is taken`);
-        }
-        return jobMessage(job);
+        // The same job id again is idempotent: the caller's own job (an admin's: any).
+        return jobMessage(job, !who.admin);
       }),
 
     listJobs: (req, call) =>
@@ -288,22 +303,27 @@ export function createJobService(options: JobServiceOptions): JobService {
         const tenant = who.admin ? req.tenant : who.tenant;
         if (!who.admin && (who.tenant === undefined || (req.tenant && req.tenant !== who.tenant))) return { jobs: [] };
         const jobs = await (await store()).list(tenant ? { tenant } : {});
-        return { jobs: jobs.map(jobMessage) };
+        return { jobs: jobs.map((j) => jobMessage(j, !who.admin)) };
       }),
 
-    getJob: (req, call) => guard("GetJob", async () => jobMessage(await visible(await store(), req.id, call.metadata))),
+    getJob: (req, call) =>
+      guard("GetJob", async () => {
+        const who = options.identify(call.metadata);
+        return jobMessage(await visible(await store(), req.id, who), !who.admin);
+      }),
 
     cancelJob: (req, call) =>
       guard("CancelJob", async () => {
+        const who = options.identify(call.metadata);
         const s = await store();
-        const state = await visible(s, req.id, call.metadata);
-        return jobMessage(await s.cancel(state.id));
+        const state = await visible(s, req.id, who);
+        return jobMessage(await s.cancel(state.id), !who.admin);
       }),
 
     getResults: (call) =>
       guard("GetResults", async () => {
         const s = await store();
-        const { id } = await visible(s, call.request.id, call.metadata);
+        const { id } = await visible(s, call.request.id, options.identify(call.metadata));
         const signal = callSignal(call);
         for await (const line of s.results(id, { follow: call.request.follow, signal })) {
           if (signal.aborted) break;
@@ -314,12 +334,13 @@ export function createJobService(options: JobServiceOptions): JobService {
 
     watchJob: (call) =>
       guard("WatchJob", async () => {
+        const who = options.identify(call.metadata);
         const s = await store();
-        const { id } = await visible(s, call.request.id, call.metadata);
+        const { id } = await visible(s, call.request.id, who);
         const signal = callSignal(call);
         for await (const state of s.watch(id, { signal })) {
           if (signal.aborted) break;
-          await write(call, jobMessage(state), signal);
+          await write(call, jobMessage(state, !who.admin), signal);
         }
         stopping();
       }),

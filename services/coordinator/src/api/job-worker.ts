@@ -31,6 +31,7 @@ import {
   JobStore,
   connectNats,
   isNatsOutage,
+  redactNatsServers,
   type JobDelivery,
   type JobPriority,
   type JobState,
@@ -249,7 +250,7 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
         },
         () => runningJobs.values(),
       );
-      log(`jobs: pulling from ${store.names.stream} on ${o.nats}`);
+      log(`jobs: pulling from ${store.names.stream} on ${redactNatsServers(o.nats)}`);
     },
     close() {
       closed ??= (async () => {
