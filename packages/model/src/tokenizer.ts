@@ -11,6 +11,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { CheckpointError } from "@tessera/core";
+import { mergeGreedy } from "./bpe-merge.js";
 
 /** Token id of BOS in llama2.c / sentencepiece vocabularies. */
 export const BOS_TOKEN = 1;
@@ -55,7 +56,8 @@ export interface Tokenizer {
    * dummy-prefix " " token when `text` is non-empty, one token per UTF-8
    * codepoint (or its `<0xXX>` byte tokens when the codepoint is not a
    * piece), then greedy merges of the adjacent pair with the highest-scoring
-   * concatenation (leftmost on ties), then optional EOS.
+   * concatenation (leftmost on ties), then optional EOS. O(n log n) in the
+   * text's length n (bpe-merge.ts); run.c's loop is O(n^2).
    * Unlike C, a NUL character does not end the text; it becomes `<0x00>`.
    * @throws RangeError when a byte has no `<0xXX>` token in this vocabulary.
    */
@@ -108,6 +110,8 @@ export function createTokenizer(
     }
   };
 
+  const pairMerge = (left: number, right: number): number => ids.get(pieces[left]! + pieces[right]!) ?? -1;
+
   function encode(text: string, opts: EncodeOptions): number[] {
     const bytes = Buffer.from(text, "utf8");
     const tokens: number[] = [];
@@ -135,38 +139,12 @@ export function createTokenizer(
       }
       i = end;
     }
-    // Greedy merges as run.c: each round merges the adjacent pair whose
-    // concatenation is the highest-scoring piece (strict >, so the leftmost
-    // wins ties; -1e10 is run.c's floor). run.c re-concatenates and looks up
-    // every pair each round; here each pair's merge is looked up once and
-    // only the two pairs next to a merge are looked up again, so a round is a
-    // scan over numbers (O(n^2) compares, O(n) lookups per prompt).
-    const pairId: number[] = [];
-    const pairScore: number[] = [];
-    const lookupPair = (k: number): void => {
-      const id = ids.get(pieces[tokens[k]!]! + pieces[tokens[k + 1]!]!);
-      pairId[k] = id ?? -1;
-      pairScore[k] = id === undefined ? -Infinity : scoreOf[id]!;
-    };
-    for (let k = 0; k + 1 < tokens.length; k++) lookupPair(k);
-    for (;;) {
-      let bestScore = -1e10;
-      let bestIdx = -1;
-      for (let k = 0; k < pairScore.length; k++) {
-        if (pairScore[k]! > bestScore) {
-          bestScore = pairScore[k]!;
-          bestIdx = k;
-        }
-      }
-      if (bestIdx === -1) break;
-      tokens.splice(bestIdx, 2, pairId[bestIdx]!);
-      pairId.splice(bestIdx, 1);
-      pairScore.splice(bestIdx, 1);
-      if (bestIdx > 0) lookupPair(bestIdx - 1);
-      if (bestIdx + 1 < tokens.length) lookupPair(bestIdx);
-    }
-    if (opts.eos) tokens.push(EOS_TOKEN);
-    return tokens;
+    // Greedy merges as run.c (see bpe-merge.ts): the highest-scoring
+    // concatenation first, leftmost on ties, in O(n log n) instead of run.c's
+    // rescan of every pair after each merge.
+    const merged = mergeGreedy(tokens, pairMerge, (id) => scoreOf[id]!);
+    if (opts.eos) merged.push(EOS_TOKEN);
+    return merged;
   }
 
   function createDecoder(prevToken: number = BOS_TOKEN): StreamingDecoder {

@@ -160,7 +160,6 @@ class BatchEngine {
     // no tokens wanted) is released through it like any other.
     this.scheduler = new Scheduler(this.job);
     this.output = new Output(this.job, (s) => this.scheduler.kv.release(s));
-    createSequences(this.job, this.output);
     this.executor = new StepExecutor(this.job);
     this.stepEvery = batchSpan ? traceStepEvery() : 1;
   }
@@ -168,6 +167,9 @@ class BatchEngine {
   /** Steps until every sequence is done, then emits the Summary. */
   async run(): Promise<void> {
     const { scheduler, output } = this;
+    // Off the constructor: tokenising yields to the event loop and stops
+    // when the job is cancelled (before anything is opened on a node).
+    await createSequences(this.job, output);
     scheduler.start(output);
     try {
       await scheduler.planner.replan("job start", 0);

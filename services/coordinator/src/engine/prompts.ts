@@ -2,8 +2,13 @@
  * The sequences of a request: each prompt tokenised, checked against the
  * model's context, and given its sampler and streaming decoder. Proto3
  * scalars cannot be absent, so 0 in the request's sampling means unset.
+ * Prompts are tokenised one at a time with a turn of the event loop between
+ * them, so one large request does not keep the coordinator from answering
+ * health checks, heartbeats and other jobs (issue 13).
  */
+import { setImmediate as nextTurn } from "node:timers/promises";
 import { createDecoder, createSampler } from "@tessera/model";
+import { Code, RpcError } from "@tessera/proto";
 import { COORDINATOR_DEFAULTS } from "../options.js";
 import type { BatchJob } from "./context.js";
 import type { Output } from "./output.js";
@@ -13,13 +18,19 @@ import { createSequence, sequenceId, type Sequence } from "./sequence.js";
  * Creates the sequence of every prompt of `job.request` into `job.seqs`;
  * a prompt that is too long or cannot be tokenised is finished at once
  * with an error Result (through `output`), one asking 0 tokens with "length".
+ * Yields to the event loop before each prompt (one prompt's encode is
+ * O(n log n) in its bytes, bounded by the API's maxPromptBytes).
+ * @throws RpcError CANCELLED when `job.ctx.signal` aborts; the prompts not
+ *   read by then get no sequence.
  */
-export function createSequences(job: BatchJob, output: Output): void {
+export async function createSequences(job: BatchJob, output: Output): Promise<void> {
   const { request, ctx, jobId, nonce } = job;
   const { shape } = ctx.model.header;
   const { tokenizer } = ctx.model;
   const sampling = request.sampling;
-  request.prompts.forEach((p, index) => {
+  for (const [index, p] of request.prompts.entries()) {
+    await nextTurn();
+    if (ctx.signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
     const s: Sequence = createSequence(index, p.id, p.prompt, sequenceId(jobId, nonce, index));
     job.seqs.push(s);
     try {
@@ -50,5 +61,5 @@ export function createSequences(job: BatchJob, output: Output): void {
     } catch (err) {
       output.finish(s, "error", `prompt "${p.id}": ${(err as Error).message}`);
     }
-  });
+  }
 }
