@@ -222,16 +222,13 @@ test("encode gives the reference's ids on random vocabularies with tied scores",
   }
 });
 
-test("encode is not quadratic: a 1 MB prompt takes seconds, not minutes", async () => {
-  // Run.c's rescan (the reference above) needs about 7 minutes for this text;
-  // the heap needs about a second. The bound is loose for a loaded machine.
+test("a 1 MB prompt encodes and decodes back to itself", async () => {
+  // Speed is shown by bench/tokenizer.ts (16 KB to 1 MB against the old
+  // rescan), not timed here; run.c's rescan needs minutes for this text.
   const t = await loadTokenizer(TOK512, 512);
   const story = (await bundledPrompts()).join(" ");
   const text = story.repeat(Math.ceil((1 << 20) / story.length)).slice(0, 1 << 20);
-  const start = performance.now();
   const ids = t.encode(text, { bos: true, eos: false });
-  const seconds = (performance.now() - start) / 1000;
   assert.ok(ids.length > 1000);
-  assert.ok(seconds < 60, `1 MB took ${seconds.toFixed(1)} s`);
   assert.equal(t.decode(ids.slice(1)), text);
 });
