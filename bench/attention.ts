@@ -40,6 +40,7 @@ import {
   type AttentionDims,
   type AttentionScratch,
   type CausalQueries,
+  checkKvCacheCall,
 } from "@tessera/attention";
 import { Attention, createClient } from "@tessera/proto";
 import {
@@ -173,19 +174,13 @@ function baselineAttendKvCache(
   outRow: number,
   scratch: AttentionScratch,
 ): void {
+  checkKvCacheCall(dims, queries, k, v, out, outRow);
   const { nHeads, nKvHeads, headDim } = dims;
   const { q, qRow, nQueries, startPos } = queries;
   const group = nHeads / nKvHeads;
   const kvRow = nKvHeads * headDim;
   const qStride = nHeads * headDim;
   const end = startPos + nQueries;
-  if (k.length < end * kvRow || v.length < end * kvRow) {
-    throw new RangeError(`K/V buffers hold ${Math.floor(Math.min(k.length, v.length) / kvRow)} positions, need ${end}`);
-  }
-  if (q.length < (qRow + nQueries) * qStride)
-    throw new RangeError(`q has too few rows for ${nQueries} queries at row ${qRow}`);
-  if (out.length < (outRow + nQueries) * qStride)
-    throw new RangeError(`out has too few rows for ${nQueries} queries at row ${outRow}`);
   const scale = 1 / Math.sqrt(headDim);
   scratch.qGroup = grow(scratch.qGroup, group * headDim);
   scratch.acc = grow(scratch.acc, group * headDim);

@@ -206,6 +206,13 @@ function parseHeader(path: string, buf: Buffer, fileBytes: number): CheckpointHe
   let ints: number[];
   let sharedClassifier: boolean;
   let headerBytes: number;
+  // Formats Tessera does not read are refused by name, not parsed as a legacy header.
+  if (buf.toString("latin1", 0, 4) === "GGUF") {
+    throw new CheckpointError(
+      path,
+      "is a GGUF file, which is not supported: Tessera reads llama2.c checkpoints and Hugging Face folders (config.json + safetensors)",
+    );
+  }
   if (buf.readUInt32LE(0) === LLAMA2C_V1_MAGIC) {
     if (fileBytes < LLAMA2C_V1_HEADER_BYTES) {
       throw new CheckpointError(path, "too small for a version-1 header", LLAMA2C_V1_HEADER_BYTES, fileBytes);

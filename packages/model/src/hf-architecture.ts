@@ -11,12 +11,13 @@
  * plus q/k/v biases).
  */
 import { CheckpointError } from "@tessera/core";
+import { shown } from "./model-limits.js";
 
 /** The `model_type`s Tessera implements. */
-export const SUPPORTED_HF_MODEL_TYPES: readonly string[] = Object.freeze(["llama", "mistral", "qwen2"]);
+const SUPPORTED_HF_MODEL_TYPES: readonly string[] = Object.freeze(["llama", "mistral", "qwen2"]);
 
 /** The `architectures` entries Tessera implements (any of them with any supported model_type). */
-export const SUPPORTED_HF_ARCHITECTURES: readonly string[] = Object.freeze([
+const SUPPORTED_HF_ARCHITECTURES: readonly string[] = Object.freeze([
   "LlamaForCausalLM",
   "MistralForCausalLM",
   "Qwen2ForCausalLM",
@@ -70,18 +71,26 @@ export function checkHfArchitecture(path: string, config: Record<string, unknown
   const architectures = config["architectures"];
   const archList = Array.isArray(architectures) ? architectures.map(String) : [];
   if (architectures !== undefined && !Array.isArray(architectures)) {
-    throw new CheckpointError(path, `architectures = ${JSON.stringify(architectures)} is not a list`);
+    throw new CheckpointError(path, `architectures = ${shown(architectures)} is not a list`);
   }
   const named = archList.length > 0 ? ` (${archList.join(", ")})` : "";
   if (modelType !== undefined && typeof modelType !== "string") {
-    throw new CheckpointError(path, `model_type = ${JSON.stringify(modelType)} is not a string`);
+    throw new CheckpointError(path, `model_type = ${shown(modelType)} is not a string`);
   }
   if (modelType !== undefined && !SUPPORTED_HF_MODEL_TYPES.includes(modelType)) {
     throw new CheckpointError(path, `model_type "${modelType}"${named} is not supported: ${reason(modelType)}`);
   }
+  const quantization = config["quantization_config"];
+  if (quantization !== undefined && quantization !== null) {
+    const method = (quantization as { quant_method?: unknown }).quant_method;
+    throw new CheckpointError(
+      path,
+      `quantization_config (quant_method ${shown(method)}) is not supported: only unquantized F32/F16/BF16 weights load`,
+    );
+  }
   const activation = config["hidden_activation"];
   if (activation !== undefined && activation !== null && activation !== "silu") {
-    throw new CheckpointError(path, `hidden_activation ${JSON.stringify(activation)} is not supported (only silu)`);
+    throw new CheckpointError(path, `hidden_activation ${shown(activation)} is not supported (only silu)`);
   }
   const other = archList.find((a) => !SUPPORTED_HF_ARCHITECTURES.includes(a));
   if (other !== undefined) {

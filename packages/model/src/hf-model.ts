@@ -172,6 +172,11 @@ async function readConfig(dir: string): Promise<HfLlamaConfig> {
   for (const k of ["rope_theta", "rms_norm_eps"]) {
     if (c[k] !== undefined && c[k] !== null) checkPositiveNumber(path, k, c[k]);
   }
+  for (const k of ["tie_word_embeddings", "attention_bias", "use_sliding_window"]) {
+    if (c[k] !== undefined && c[k] !== null && typeof c[k] !== "boolean") {
+      throw new CheckpointError(path, `${k} = ${shown(c[k])} is not a boolean`);
+    }
+  }
   if (c["hidden_act"] !== undefined && c["hidden_act"] !== "silu") {
     throw new CheckpointError(path, `hidden_act ${JSON.stringify(c["hidden_act"])} is not supported (only silu)`);
   }

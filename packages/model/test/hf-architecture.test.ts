@@ -198,3 +198,16 @@ test("llama, mistral and qwen2 folders still load", async (t) => {
   });
   assert.equal((await loadModel(buffers)).shape.nLayers, 5);
 });
+
+test("GGUF files, quantized folders and non-boolean switches are refused by name", async (t) => {
+  const gguf = join(await mkdtemp(join(tmpdir(), "tessera-gguf-")), "model.gguf");
+  t.after(() => rm(gguf, { force: true }));
+  await writeFile(gguf, Buffer.concat([Buffer.from("GGUF"), Buffer.alloc(60)]));
+  await assert.rejects(readModelHeader(gguf), /model\.gguf: is a GGUF file, which is not supported/);
+
+  const gptq = await folder(t, (c) => ({ ...c, quantization_config: { quant_method: "gptq", bits: 4 } }));
+  await assert.rejects(loadModel(gptq), /quantization_config \(quant_method "gptq"\) is not supported/);
+
+  const tied = await folder(t, (c) => ({ ...c, tie_word_embeddings: "false" }));
+  await assert.rejects(loadModel(tied), /tie_word_embeddings = "false" is not a boolean/);
+});

@@ -332,6 +332,10 @@ export class StepRunner {
 
     // Per-layer spans only under a recorded (sampled) micro-batch span.
     const tracing = trace.getActiveSpan()?.isRecording() === true;
+    // The same for every layer of the micro-batch.
+    const { streams, opts } = this.host;
+    const shape = { nHeads, nKvHeads, headDim };
+    const dtype = opts.wireDtype;
     for (let layer = model.layerStart; layer < model.layerEnd; layer++) {
       if (run.state.failed) throw new Stopped();
       const span = tracing
@@ -350,9 +354,6 @@ export class StepRunner {
           v: ws.buf("v", T * kvD),
         })
         .catch(failLayer);
-      const { streams, opts } = this.host;
-      const shape = { nHeads, nKvHeads, headDim };
-      const dtype = opts.wireDtype;
       const o = await attendLayer(
         { stepId: req.stepId, layer, mb, shape, dtype, ws, streams, clock: run.clock, timings: run.timings, span },
         qkv,

@@ -2,7 +2,7 @@
  * A memory-node's self-profile (issue 4, item 1): RAM read bandwidth, the
  * decode attention kernel's KV bytes/s and FLOP/s on the node's attention
  * threads, and its KV capacity, as a tessera.v1.NodeProfile. The
- * measurements are those of @tessera/core (`measureReadBandwidth`) and
+ * measurements are those of @tessera/profiling (`measureReadBandwidth`) and
  * @tessera/profiling (`measureAttentionKernel`), shared with the bench.
  */
 import { availableParallelism, totalmem } from "node:os";
@@ -37,7 +37,7 @@ export const MEMORY_PROFILE_SIZES = { sequences: 8, positions: 2048, reps: 3 } a
 
 /**
  * Measures this machine as a memory-node (about a second on two CPU cores):
- * RAM read bandwidth (`measureReadBandwidth` of @tessera/core, one thread,
+ * RAM read bandwidth (`measureReadBandwidth` of @tessera/profiling, one thread,
  * unless configured) and the decode attention kernel's roofline (the
  * node's `attentionKernel`) on `attentionThreads` threads (`measureAttentionKernel`, sizes
  * {@link MEMORY_PROFILE_SIZES}), plus the configured KV capacity.

@@ -16,7 +16,7 @@ import {
   type GenerateRequest,
   type MessageInitShape,
 } from "@tessera/proto";
-import { redactNatsServers } from "@tessera/nats";
+import { redactNatsServers, tenantJobKey } from "@tessera/nats";
 import { runBatch, type LoadedModel } from "../engine/index.js";
 import { ForwardChannel } from "../forward-channel.js";
 import { ForwardPipeline, type LayerRange } from "../pipeline.js";
@@ -221,7 +221,7 @@ export function createGenerate(deps: GenerateDeps): Generate {
  */
 function checkRequest(req: GenerateRequest, who: Identity, options: CompiledCoordinatorOptions): string {
   checkPriorityAllowed(who, req.priority);
-  const runKey = req.jobId ? (who.admin ? req.jobId : `${who.tenant}/${req.jobId}`) : "";
+  const runKey = req.jobId ? (who.admin ? req.jobId : tenantJobKey(who.tenant!, req.jobId)) : "";
   if (req.prompts.length === 0) throw new RpcError(Code.INVALID_ARGUMENT, "prompts: the batch is empty");
   const ids = new Set<string>();
   for (const p of req.prompts) {

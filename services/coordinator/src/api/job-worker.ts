@@ -355,7 +355,7 @@ async function runJob(w: WorkerContext, store: JobStore, d: JobDelivery): Promis
         await o.coordinator.generate(request, {
           signal: abort.signal,
           emit(init) {
-            if (abort.signal.aborted) return;
+            if (abort.signal.aborted || init.event?.case !== "result") return;
             const ev = create(GenerateEventSchema, init);
             if (ev.event.case !== "result") return;
             try {

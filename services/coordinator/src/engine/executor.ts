@@ -116,7 +116,7 @@ export class StepExecutor {
         "tessera.gpu.total_seconds": res.timings.totalSeconds,
       });
     }
-    return { kind: "ok", rows, timings: res.timings, seconds: (performance.now() - ts) / 1000 };
+    return { kind: "ok", rows, timings: res.timings, seconds };
   }
 
   private async failed(failure: NodeError, parts: readonly StepPart[]): Promise<StepOutcome> {
