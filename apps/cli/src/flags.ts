@@ -45,7 +45,7 @@ export const transport = (c: Command, who: "service" | "client") =>
       new Option(
         "--tls-cert <file>",
         who === "service"
-          ? "this process's certificate (PEM; `tessera certs` writes node.pem)"
+          ? "this process's certificate (PEM) with its role; `tessera certs` writes <role>.pem, e.g. gpu-node.pem"
           : "client certificate (PEM) for a coordinator that asks for one (no --tokens)",
       ).env("TESSERA_TLS_CERT"),
     )

@@ -73,6 +73,12 @@ export {
   isNodeRole,
   isAttentionRole,
   nodeName,
+  type CertRole,
+  CERT_ROLES,
+  ROLE_URI_PREFIX,
+  roleUri,
+  certRoleOf,
+  isCertRole,
 } from "./roles.js";
 export {
   DEFAULT_SHUTDOWN_GRACE_MS,

@@ -74,3 +74,37 @@ export function isAttentionRole(value: string): value is AttentionRole {
 export function nodeName(role: Role, address: string): string {
   return `${ROLES[role].label} ${address}`;
 }
+
+// ---- Certificate identities (issue 13) ------------------------------------
+
+/**
+ * Who a mutual-TLS caller is, as its certificate says: a cluster role's
+ * label ("coordinator", "gpu-node", "memory-node", "storage-node") or
+ * "operator" (a person's client certificate, client.pem). Each RPC's
+ * callers are checked against these (packages/rpc caller-roles.ts).
+ */
+export type CertRole = (typeof ROLES)[Role]["label"] | "operator";
+
+/** Every certificate role: the cluster roles in {@link ROLES} order, then "operator". */
+export const CERT_ROLES: readonly CertRole[] = [...ALL_ROLES.map((r) => ROLES[r].label), "operator"];
+
+/**
+ * A certificate carries its role as this SAN URI followed by the role, e.g.
+ * "spiffe://tessera/role/gpu-node" (a SPIFFE ID in trust domain "tessera").
+ */
+export const ROLE_URI_PREFIX = "spiffe://tessera/role/";
+
+/** The SAN URI of `role`, e.g. "spiffe://tessera/role/coordinator". */
+export function roleUri(role: CertRole): string {
+  return `${ROLE_URI_PREFIX}${role}`;
+}
+
+/** The certificate role of a cluster role: its label ("gpu" → "gpu-node"). */
+export function certRoleOf(role: Role): CertRole {
+  return ROLES[role].label;
+}
+
+/** True when `value` names a certificate role. */
+export function isCertRole(value: string): value is CertRole {
+  return (CERT_ROLES as readonly string[]).includes(value);
+}

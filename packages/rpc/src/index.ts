@@ -11,3 +11,13 @@ export {
   createRequestLoops,
   readNodeAdvert,
 } from "./grpc-service.js";
+export {
+  type Callers,
+  GPU_NODE_CALLERS,
+  ATTENTION_CALLERS,
+  COORDINATOR_CALLERS,
+  callersOf,
+  callerRoleCheck,
+  refusal,
+  rolesOfSubjectAltName,
+} from "./caller-roles.js";
