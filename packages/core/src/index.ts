@@ -78,7 +78,7 @@ export {
   ROLE_URI_PREFIX,
   roleUri,
   certRoleOf,
-  isCertRole,
+  rolesOfSubjectAltName,
 } from "./roles.js";
 export {
   DEFAULT_SHUTDOWN_GRACE_MS,

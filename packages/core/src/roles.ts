@@ -108,3 +108,27 @@ export function certRoleOf(role: Role): CertRole {
 export function isCertRole(value: string): value is CertRole {
   return (CERT_ROLES as readonly string[]).includes(value);
 }
+
+/**
+ * The Tessera roles a certificate's subjectAltName carries (Node's
+ * `subjectaltname` form: "DNS:localhost, IP Address:127.0.0.1,
+ * URI:spiffe://tessera/role/gpu-node"; Node quotes a name holding a comma
+ * or quote, JSON-style). URIs under {@link ROLE_URI_PREFIX} naming no role
+ * are left out.
+ */
+export function rolesOfSubjectAltName(subjectAltName: string | undefined): CertRole[] {
+  const roles: CertRole[] = [];
+  for (const m of (subjectAltName ?? "").matchAll(/(?:^|, )URI:("(?:[^"\\]|\\.)*"|[^,]*)/g)) {
+    let uri = m[1]!;
+    if (uri.startsWith('"')) {
+      try {
+        uri = JSON.parse(uri) as string;
+      } catch {
+        continue;
+      }
+    }
+    const role = uri.startsWith(ROLE_URI_PREFIX) ? uri.slice(ROLE_URI_PREFIX.length) : "";
+    if (isCertRole(role) && !roles.includes(role)) roles.push(role);
+  }
+  return roles;
+}

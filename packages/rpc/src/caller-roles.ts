@@ -20,7 +20,7 @@ import {
   type ServerInterceptingCallInterface,
   type ServerInterceptor,
 } from "@tessera/proto";
-import { CERT_ROLES, ROLE_URI_PREFIX, isCertRole, type CertRole } from "@tessera/core";
+import { CERT_ROLES, ROLE_URI_PREFIX, rolesOfSubjectAltName, type CertRole } from "@tessera/core";
 
 /** The roles that may call one RPC. */
 export type Callers = readonly CertRole[];
@@ -97,30 +97,6 @@ const CALLERS = new Map<string, Callers>([
 export function callersOf(path: string): Callers | undefined {
   if (path.startsWith(`/${HEALTH_SERVICE}/`)) return ANY;
   return CALLERS.get(path);
-}
-
-/**
- * The Tessera roles a certificate's subjectAltName carries (Node's
- * `subjectaltname` form: "DNS:localhost, IP Address:127.0.0.1,
- * URI:spiffe://tessera/role/gpu-node"; Node quotes a name holding a comma
- * or quote, JSON-style). URIs under {@link ROLE_URI_PREFIX} naming no role
- * are left out.
- */
-export function rolesOfSubjectAltName(subjectAltName: string | undefined): CertRole[] {
-  const roles: CertRole[] = [];
-  for (const m of (subjectAltName ?? "").matchAll(/(?:^|, )URI:("(?:[^"\\]|\\.)*"|[^,]*)/g)) {
-    let uri = m[1]!;
-    if (uri.startsWith('"')) {
-      try {
-        uri = JSON.parse(uri) as string;
-      } catch {
-        continue;
-      }
-    }
-    const role = uri.startsWith(ROLE_URI_PREFIX) ? uri.slice(ROLE_URI_PREFIX.length) : "";
-    if (isCertRole(role) && !roles.includes(role)) roles.push(role);
-  }
-  return roles;
 }
 
 /**

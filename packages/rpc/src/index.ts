@@ -19,5 +19,4 @@ export {
   callersOf,
   callerRoleCheck,
   refusal,
-  rolesOfSubjectAltName,
 } from "./caller-roles.js";

@@ -176,7 +176,7 @@ function discoveryAndLimitFlags(c: Command): void {
 
 /** Maps the parsed flags onto runCoordinator's options and runs it until stopped. */
 async function coordinatorAction(o: OptionValues): Promise<void> {
-  (await security()).applyTransport(o, "the coordinator", true);
+  (await security()).applyTransport(o, "the coordinator", true, "coordinator");
   if (o.nats) (await security()).applyNatsAuth(o);
   await (
     await import("@tessera/coordinator")
