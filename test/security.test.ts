@@ -301,7 +301,7 @@ test("a coordinator with --tokens refuses calls without a known token (UNAUTHENT
   }
 });
 
-test("a node refuses to start without transport security, with plaintext off loopback, or with a certificate of another CA", async () => {
+test("a node refuses to start without transport security, with plaintext off loopback, or with a certificate of another CA or another role", async () => {
   const { certs, other } = await sharedCredentials();
   const memory = (...flags: string[]) => cli(["node", "memory", "--port", "0", "--profile", "off", ...flags], 30_000);
 
