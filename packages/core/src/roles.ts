@@ -112,23 +112,48 @@ export function isCertRole(value: string): value is CertRole {
 /**
  * The Tessera roles a certificate's subjectAltName carries (Node's
  * `subjectaltname` form: "DNS:localhost, IP Address:127.0.0.1,
- * URI:spiffe://tessera/role/gpu-node"; Node quotes a name holding a comma
- * or quote, JSON-style). URIs under {@link ROLE_URI_PREFIX} naming no role
- * are left out.
+ * URI:spiffe://tessera/role/gpu-node", entries split by ", "; Node quotes
+ * a name holding a comma or quote JSON-style, so `DNS:"a, URI:..."` is one
+ * DNS name, never a URI). URIs under {@link ROLE_URI_PREFIX} naming no role
+ * are left out; a malformed rest of the string is ignored.
  */
 export function rolesOfSubjectAltName(subjectAltName: string | undefined): CertRole[] {
   const roles: CertRole[] = [];
-  for (const m of (subjectAltName ?? "").matchAll(/(?:^|, )URI:("(?:[^"\\]|\\.)*"|[^,]*)/g)) {
-    let uri = m[1]!;
-    if (uri.startsWith('"')) {
-      try {
-        uri = JSON.parse(uri) as string;
-      } catch {
-        continue;
-      }
-    }
-    const role = uri.startsWith(ROLE_URI_PREFIX) ? uri.slice(ROLE_URI_PREFIX.length) : "";
+  for (const [type, uri] of sanEntries(subjectAltName ?? "")) {
+    const role = type === "URI" && uri.startsWith(ROLE_URI_PREFIX) ? uri.slice(ROLE_URI_PREFIX.length) : "";
     if (isCertRole(role) && !roles.includes(role)) roles.push(role);
   }
   return roles;
+}
+
+/** The [type, value] entries of a subjectAltName string, quoted values unquoted; stops at the first malformed one. */
+function sanEntries(s: string): [string, string][] {
+  const out: [string, string][] = [];
+  let i = 0;
+  while (i < s.length) {
+    const colon = s.indexOf(":", i);
+    if (colon < 0) break;
+    const type = s.slice(i, colon);
+    let j = colon + 1;
+    let value: string;
+    if (s[j] === '"') {
+      let k = j + 1;
+      while (k < s.length && s[k] !== '"') k += s[k] === "\\" ? 2 : 1;
+      try {
+        value = JSON.parse(s.slice(j, k + 1)) as string;
+      } catch {
+        break;
+      }
+      j = k + 1;
+    } else {
+      const end = s.indexOf(", ", j);
+      j = end < 0 ? s.length : end;
+      value = s.slice(colon + 1, j);
+    }
+    out.push([type, value]);
+    if (j === s.length) break;
+    if (!s.startsWith(", ", j)) break;
+    i = j + 2;
+  }
+  return out;
 }
