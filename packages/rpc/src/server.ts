@@ -30,8 +30,9 @@ export interface ServerSecurity {
   security?: TransportSecurity;
   /**
    * With TLS, refuse clients without a certificate the CA signed (mutual
-   * TLS). A coordinator that authenticates tenants by bearer token turns
-   * it off. @default true
+   * TLS) and check each call's caller role (caller-roles.ts). A
+   * coordinator that authenticates tenants by bearer token turns it off.
+   * @default true
    */
   requireClientCert?: boolean;
 }
