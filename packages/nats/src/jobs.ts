@@ -18,8 +18,6 @@ import { headers, nanos, type MsgHdrs, type NatsConnection, type Subscription } 
 import { context, propagation, ROOT_CONTEXT, SpanKind, trace, type Context } from "@opentelemetry/api";
 import {
   AckPolicy,
-  JetStreamApiCodes,
-  JetStreamApiError,
   DeliverPolicy,
   RetentionPolicy,
   StorageType,
@@ -32,23 +30,28 @@ import {
 } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
 import { Objm, type ObjectStore } from "@nats-io/obj";
-import { TesseraError, parseBatchInput, type BatchFormat, type BatchInput } from "@tessera/core";
+import { parseBatchInput, type BatchFormat, type BatchInput } from "@tessera/core";
 import { endSpanWhen } from "@tessera/proto";
 import { DEFAULT_NATS_PREFIX } from "./connection.js";
+import {
+  JobError,
+  JobNotFoundError,
+  JobOwnershipLostError,
+  JobStoreFullError,
+  QuotaExceededError,
+  isCasMismatch,
+  isStoreFull,
+} from "./job-errors.js";
 
-/** Whether `err` (or its cause) is JetStream refusing a write because the key changed since the revision read. */
-function isCasMismatch(err: unknown): boolean {
-  for (let e: unknown = err; e instanceof Error; e = e.cause) {
-    if (
-      e instanceof JetStreamApiError &&
-      (e.code === JetStreamApiCodes.StreamWrongLastSequence ||
-        e.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown)
-    )
-      return true;
-    if (/wrong last sequence/i.test(e.message)) return true;
-  }
-  return false;
-}
+export {
+  JobError,
+  JobNotFoundError,
+  JobOwnershipLostError,
+  JobStoreFullError,
+  QuotaExceededError,
+  isStoreFull,
+  type QuotaKind,
+} from "./job-errors.js";
 
 /** Job priorities, highest first: a worker takes every pending high job before a normal one. */
 export const JOB_PRIORITIES = ["high", "normal", "low"] as const;
@@ -157,41 +160,6 @@ export function jobNames(prefix = DEFAULT_NATS_PREFIX): JobNames {
     stateBucket: `${prefix}-job-state`,
     dataBucket: `${prefix}-job-data`,
   };
-}
-
-/**
- * A job operation failed: bad input or id (INVALID_ARGUMENT, the default
- * gRPC code), or a job state that kept changing under an update (ABORTED:
- * worth retrying).
- */
-export class JobError extends TesseraError {
-  override name = "JobError";
-  constructor(message: string, options?: { cause?: unknown; rpcCode?: number }) {
-    super(message, options);
-    this.rpcCode = options?.rpcCode ?? 3; // INVALID_ARGUMENT
-  }
-}
-
-/** No job has this id. */
-export class JobNotFoundError extends JobError {
-  override name = "JobNotFoundError";
-  constructor(readonly jobId: string) {
-    super(`job "${jobId}" not found`);
-    this.rpcCode = 5; // NOT_FOUND
-  }
-}
-
-/** Another worker claimed the job (this one's claim expired); the holder of `owner` must stop. */
-export class JobOwnershipLostError extends JobError {
-  override name = "JobOwnershipLostError";
-  constructor(
-    readonly jobId: string,
-    readonly owner: string,
-    readonly currentOwner: string | undefined,
-  ) {
-    super(`job "${jobId}": claim ${owner} lost to ${currentOwner ?? "nobody"}`);
-    this.rpcCode = 10; // ABORTED
-  }
 }
 
 const JOB_ID = /^[A-Za-z0-9_-]{1,128}$/;
