@@ -29,7 +29,7 @@ import {
   type JsMsg,
 } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
-import { Objm, type ObjectStore } from "@nats-io/obj";
+import { Base64UrlPaddedCodec, Objm, type ObjectStore } from "@nats-io/obj";
 import { parseBatchInput, type BatchFormat, type BatchInput } from "@tessera/core";
 import { endSpanWhen } from "@tessera/proto";
 import { DEFAULT_NATS_PREFIX } from "./connection.js";
@@ -98,6 +98,8 @@ export interface JobState {
   /** Name the input file was submitted under (for messages). */
   fileName: string;
   inputBytes: number;
+  /** Bytes of the recorded result chunks (unset: none, or stored before issue 13). */
+  resultBytes?: number;
   promptsTotal: number;
   /** Prompts whose results are stored (= doneIds.length). */
   promptsDone: number;
@@ -241,6 +243,48 @@ export interface SubmitJobRequest {
   check?: (input: BatchInput, bytes: number) => void;
   /** Most bytes of one line of the input. @default PROMPT_FILE_DEFAULTS.maxLineBytes (1 MiB) */
   maxLineBytes?: number;
+  /**
+   * The tenant's quota, checked against {@link JobStore.usage} before
+   * anything is stored (needs `tenant`); unset: no quota.
+   */
+  quota?: TenantQuota;
+}
+
+/** Per-tenant limits of the job store (issue 13). */
+export interface TenantQuota {
+  /** Most bytes a tenant's jobs may store: inputs plus results. */
+  maxBytes: number;
+  /** Most of a tenant's jobs that have not ended (queued or running). */
+  maxJobs: number;
+}
+
+/** What a tenant's jobs hold ({@link JobStore.usage}). */
+export interface TenantUsage {
+  /** Inputs plus recorded results, in bytes, of every stored job. */
+  bytes: number;
+  /** Jobs not yet ended (queued or running). */
+  jobs: number;
+}
+
+/** How long {@link JobStore.delete} waits for a running job to stop once cancelled, in ms. */
+export const JOB_DELETE_WAIT_MS = 10_000;
+
+/** A stored object of the job data bucket ({@link JobStore.objects}). */
+export interface JobObject {
+  name: string;
+  /** Bytes. */
+  size: number;
+  /** When it was stored, ms since the epoch. */
+  mtimeMs: number;
+}
+
+/**
+ * The job key an object of the data bucket belongs to: `<key>/input-<hex>.jsonl`
+ * (its input) or `<key>/results/<6 digits>-<owner>.jsonl` (a result chunk);
+ * undefined for any other name.
+ */
+export function jobKeyOfObject(name: string): string | undefined {
+  return /^(.+)\/(?:input-[0-9a-f]+|results\/[0-9]{6}-[^/]+)\.jsonl$/.exec(name)?.[1];
 }
 
 /** What {@link JobStore.submit} returns. */
@@ -361,8 +405,18 @@ export class JobStore {
   }
 
   private async submitUntraced(req: SubmitJobRequest): Promise<SubmitJobResult> {
-    const fileName = req.fileName ?? "input";
     const id = checkJobId(req.jobId ?? `job_${nonce(8)}`);
+    try {
+      return await this.submitChecked(req, id);
+    } catch (err) {
+      // A full store (the server's max_file_store, a stream's max_bytes): RESOURCE_EXHAUSTED, said so.
+      if (isStoreFull(err) && !(err instanceof JobStoreFullError)) throw new JobStoreFullError(`job "${id}"`, err);
+      throw err;
+    }
+  }
+
+  private async submitChecked(req: SubmitJobRequest, id: string): Promise<SubmitJobResult> {
+    const fileName = req.fileName ?? "input";
     const scope = req.scopeToTenant ? req.tenant : undefined;
     if (req.scopeToTenant && scope === undefined) throw new JobError("scopeToTenant: the job needs a tenant");
     const priority = req.priority ?? "normal";
@@ -375,6 +429,10 @@ export class JobStore {
     req.check?.(input, req.input.byteLength);
     const existing = scope === undefined ? await this.get(id) : await this.find(scope, id);
     if (existing) return { job: await this.publishIfNeeded(existing), created: false };
+    if (req.quota) {
+      if (req.tenant === undefined) throw new JobError("quota: the job needs a tenant");
+      await this.checkQuota(req.tenant, req.quota, req.input.byteLength);
+    }
     const inputObject = `${scope === undefined ? id : tenantJobKey(scope, id)}/input-${nonce()}.jsonl`;
     await this.obj.putBlob({ name: inputObject }, req.input);
     const t = now();
@@ -408,7 +466,6 @@ export class JobStore {
       const mine = { ...state, id: key };
       try {
         await this.kv.create(key, encodeState(mine));
-        return { job: await this.publishIfNeeded(mine), created: true };
       } catch (err) {
         const other = await this.get(key);
         if (!other) {
@@ -420,6 +477,17 @@ export class JobStore {
           await dropInput();
           return { job: await this.publishIfNeeded(other), created: false };
         }
+        continue;
+      }
+      try {
+        return { job: await this.publishIfNeeded(mine), created: true };
+      } catch (err) {
+        // Refused for want of room: nothing was queued, so nothing is kept (a timeout may have queued it).
+        if (isStoreFull(err)) {
+          await dropInput();
+          await this.kv.purge(key).catch(() => undefined);
+        }
+        throw err;
       }
     }
     // Not reached: the tenant's key is its own.
@@ -438,6 +506,32 @@ export class JobStore {
       (await this.update(s.id, (cur) => (cur.streamSeq === undefined ? { ...cur, streamSeq: ack.seq } : undefined))) ??
       s
     );
+  }
+
+  /**
+   * @throws QuotaExceededError when tenant `tenant`'s jobs with one more of
+   *   `inputBytes` would pass `quota` (its unfinished jobs first, then bytes).
+   */
+  private async checkQuota(tenant: string, quota: TenantQuota, inputBytes: number): Promise<void> {
+    const usage = await this.usage(tenant);
+    if (usage.jobs + 1 > quota.maxJobs) throw new QuotaExceededError(tenant, "jobs", usage.jobs, quota.maxJobs, 1);
+    if (usage.bytes + inputBytes > quota.maxBytes)
+      throw new QuotaExceededError(tenant, "bytes", usage.bytes, quota.maxBytes, inputBytes);
+  }
+
+  /**
+   * What tenant `tenant`'s jobs hold now, computed from their states (so it
+   * survives any restart and never drifts): inputs plus recorded results,
+   * and jobs not yet ended. O(jobs) requests, as {@link list}.
+   */
+  async usage(tenant: string): Promise<TenantUsage> {
+    let bytes = 0;
+    let jobs = 0;
+    for (const s of await this.list({ tenant })) {
+      bytes += s.inputBytes + (s.resultBytes ?? 0);
+      if (!isTerminal(s.status)) jobs++;
+    }
+    return { bytes, jobs };
   }
 
   /** The job's state, or undefined when there is none. */
@@ -695,7 +789,13 @@ export class JobStore {
     if (cur.owner !== owner) throw new JobOwnershipLostError(jobId, owner, cur.owner);
     if (results.length === 0) return cur;
     const name = `${jobId}/results/${String(cur.chunks.length).padStart(6, "0")}-${owner}.jsonl`;
-    await this.obj.putBlob({ name }, enc.encode(results.map((r) => r.line + "\n").join("")));
+    const data = enc.encode(results.map((r) => r.line + "\n").join(""));
+    try {
+      await this.obj.putBlob({ name }, data);
+    } catch (err) {
+      if (isStoreFull(err)) throw new JobStoreFullError(`job "${jobId}": storing ${results.length} results`, err);
+      throw err;
+    }
     const s = await this.update(jobId, (s) => {
       if (s.owner !== owner) throw new JobOwnershipLostError(jobId, owner, s.owner);
       // Stored already (a retry after a write whose answer was lost): no change.
@@ -704,6 +804,7 @@ export class JobStore {
       return {
         ...s,
         chunks: [...s.chunks, name],
+        resultBytes: (s.resultBytes ?? 0) + data.byteLength,
         doneIds: [...s.doneIds, ...results.map((r) => r.promptId)],
         promptsDone: s.promptsDone + results.length,
         promptsFailed: s.promptsFailed + results.filter((r) => r.failed).length,
@@ -723,6 +824,61 @@ export class JobStore {
       if (s.owner !== owner) throw new JobOwnershipLostError(jobId, owner, s.owner);
       return { ...s, status, finishedAt: now(), ...(error !== undefined ? { error } : {}) };
     }))!;
+  }
+
+  /**
+   * Deletes job `id`: its input and result objects (those recorded, and any
+   * chunk a worker wrote but never recorded), then its state, so that a
+   * full store gets room before the state's delete marker is written. An
+   * unfinished job is cancelled first; a running one is waited for (its
+   * worker stops it at its next step) up to `waitMs`, then deleted all the
+   * same (a worker that still runs it finds no state and stops).
+   * Idempotent: deleting it again, or a job deleted meanwhile, answers
+   * undefined.
+   * @returns the job's last state, or undefined when there was none.
+   */
+  async delete(id: string, options: { waitMs?: number } = {}): Promise<JobState | undefined> {
+    let s = await this.get(id);
+    if (!s) return undefined;
+    if (!isTerminal(s.status)) {
+      s = await this.cancel(id);
+      if (!isTerminal(s.status)) {
+        const signal = AbortSignal.timeout(options.waitMs ?? JOB_DELETE_WAIT_MS);
+        try {
+          for await (const cur of this.watch(id, { signal })) s = cur;
+        } catch (err) {
+          if (!(err instanceof JobNotFoundError)) throw err;
+        }
+      }
+    }
+    const names = new Set([s.inputObject, ...s.chunks]);
+    for (const o of await this.objects()) if (jobKeyOfObject(o.name) === id) names.add(o.name);
+    for (const name of names) await this.deleteObject(name);
+    // A purge of the key's subject: no delete marker is written (a full store has no room for one).
+    await this.jsm.streams.purge(`KV_${this.names.stateBucket}`, { filter: `$KV.${this.names.stateBucket}.${id}` });
+    return s;
+  }
+
+  /** Every object of the data bucket (inputs and result chunks), for sweeps. O(objects). */
+  async objects(): Promise<JobObject[]> {
+    return (await this.obj.list())
+      .filter((o) => !o.deleted)
+      .map((o) => ({ name: o.name, size: o.size, mtimeMs: Date.parse(o.mtime) }));
+  }
+
+  /**
+   * Deletes one object of the data bucket; a missing one is no error. Its
+   * chunks' and its meta's subjects are purged (ObjectStore.delete would
+   * first write a "deleted" meta, which a full store refuses).
+   */
+  async deleteObject(name: string): Promise<void> {
+    const info = await this.obj.info(name);
+    if (!info) return;
+    const stream = `OBJ_${this.names.dataBucket}`;
+    await this.jsm.streams.purge(stream, { filter: `$O.${this.names.dataBucket}.C.${info.nuid}` });
+    await this.jsm.streams.purge(stream, {
+      filter: `$O.${this.names.dataBucket}.M.${Base64UrlPaddedCodec.encode(name)}`,
+    });
   }
 
   /**

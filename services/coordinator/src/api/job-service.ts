@@ -1,6 +1,6 @@
 /**
  * The batch-job RPCs of `tessera.v1.Coordinator` (issue 5): SubmitJob,
- * ListJobs, GetJob, GetResults, CancelJob and WatchJob, served from the
+ * ListJobs, GetJob, GetResults, CancelJob, WatchJob and DeleteJob, served from the
  * NATS job queue of @tessera/nats ({@link JobStore}) under the
  * coordinator's `natsPrefix` — the same queue the CLI's job commands use and
  * the job worker pulls from. The store is opened on its own NATS connection
@@ -36,7 +36,7 @@ import { checkPriorityAllowed, maySee, submitTenant, type Identity } from "./aut
 /** The job RPCs' part of the Coordinator service implementation. */
 export type JobRpcs = Pick<
   ServiceImpl<typeof Coordinator>,
-  "submitJob" | "listJobs" | "getJob" | "getResults" | "cancelJob" | "watchJob"
+  "submitJob" | "listJobs" | "getJob" | "getResults" | "cancelJob" | "watchJob" | "deleteJob"
 >;
 
 /** What {@link createJobService} needs of the coordinator's options. */
@@ -46,6 +46,11 @@ export interface JobServiceOptions {
   natsPrefix: string;
   /** Checked against every submitted job before it is stored. */
   limits: GenerateLimits;
+  /** A tenant's quota (issue 13): bytes its jobs store, and its jobs queued or running. Admins are not limited. */
+  tenantMaxBytes: number;
+  tenantMaxJobs: number;
+  /** How long an ended job is kept (the job worker's sweep deletes it after), in ms: a Job's `expires_at`. */
+  jobRetentionMs: number;
   log: (line: string) => void;
   /**
    * The caller of a call (its bearer token's tenant; see auth.ts). A tenant
@@ -77,8 +82,10 @@ export interface JobService {
  * A job's state as the wire's `tessera.v1.Job` (unset times and strings
  * empty, unset sampling 0). `forTenant`: the id is the tenant's own
  * ({@link ownJobId}), else the job's key (what admins address it by).
+ * `retentionMs`: how long an ended job is kept (`expires_at`; unset: empty).
  */
-export function jobMessage(s: JobState, forTenant = false): MessageInitShape<typeof JobSchema> {
+export function jobMessage(s: JobState, forTenant = false, retentionMs?: number): MessageInitShape<typeof JobSchema> {
+  const ended = s.finishedAt === undefined ? NaN : Date.parse(s.finishedAt);
   return {
     id: forTenant ? ownJobId(s) : s.id,
     tenant: s.tenant ?? "",
@@ -106,6 +113,8 @@ export function jobMessage(s: JobState, forTenant = false): MessageInitShape<typ
     },
     fileName: s.fileName,
     inputBytes: BigInt(s.inputBytes),
+    resultBytes: BigInt(s.resultBytes ?? 0),
+    expiresAt: retentionMs === undefined || Number.isNaN(ended) ? "" : new Date(ended + retentionMs).toISOString(),
   };
 }
 
@@ -250,6 +259,9 @@ export function createJobService(options: JobServiceOptions): JobService {
     if (!state || !maySee(who, state.tenant)) throw new RpcError(Code.NOT_FOUND, `job ${JSON.stringify(id)} not found`);
     return state;
   };
+  /** `s` as the wire's Job, as `who` sees it. */
+  const shown = (s: JobState, who: Identity) => jobMessage(s, !who.admin, options.jobRetentionMs);
+  const quota = { maxBytes: options.tenantMaxBytes, maxJobs: options.tenantMaxJobs };
   const stopping = () => {
     if (shutdown.signal.aborted) throw new RpcError(Code.UNAVAILABLE, "the coordinator is stopping");
   };
@@ -280,6 +292,8 @@ export function createJobService(options: JobServiceOptions): JobService {
           ...(tenant ? { tenant } : {}),
           // A tenant's job ids are its own: another's job of the same id is neither found nor told.
           ...(!who.admin ? { scopeToTenant: true } : {}),
+          // A tenant's quota (an admin's submits are not limited): RESOURCE_EXHAUSTED to that tenant only.
+          ...(!who.admin && tenant ? { quota } : {}),
           ...(req.modelPath ? { model: req.modelPath } : {}),
           ...(req.tokenizerPath ? { tokenizer: req.tokenizerPath } : {}),
           // This coordinator's limits, checked before anything is stored.
@@ -293,7 +307,7 @@ export function createJobService(options: JobServiceOptions): JobService {
           },
         });
         // The same job id again is idempotent: the caller's own job (an admin's: any).
-        return jobMessage(job, !who.admin);
+        return shown(job, who);
       }),
 
     listJobs: (req, call) =>
@@ -303,13 +317,13 @@ export function createJobService(options: JobServiceOptions): JobService {
         const tenant = who.admin ? req.tenant : who.tenant;
         if (!who.admin && (who.tenant === undefined || (req.tenant && req.tenant !== who.tenant))) return { jobs: [] };
         const jobs = await (await store()).list(tenant ? { tenant } : {});
-        return { jobs: jobs.map((j) => jobMessage(j, !who.admin)) };
+        return { jobs: jobs.map((j) => shown(j, who)) };
       }),
 
     getJob: (req, call) =>
       guard("GetJob", async () => {
         const who = options.identify(call.metadata);
-        return jobMessage(await visible(await store(), req.id, who), !who.admin);
+        return shown(await visible(await store(), req.id, who), who);
       }),
 
     cancelJob: (req, call) =>
@@ -317,7 +331,16 @@ export function createJobService(options: JobServiceOptions): JobService {
         const who = options.identify(call.metadata);
         const s = await store();
         const state = await visible(s, req.id, who);
-        return jobMessage(await s.cancel(state.id), !who.admin);
+        return shown(await s.cancel(state.id), who);
+      }),
+
+    deleteJob: (req, call) =>
+      guard("DeleteJob", async () => {
+        const who = options.identify(call.metadata);
+        const s = await store();
+        const state = await visible(s, req.id, who);
+        // Deleted meanwhile (by its owner again, or the retention sweep): as it was found.
+        return shown((await s.delete(state.id)) ?? state, who);
       }),
 
     getResults: (call) =>
@@ -340,7 +363,7 @@ export function createJobService(options: JobServiceOptions): JobService {
         const signal = callSignal(call);
         for await (const state of s.watch(id, { signal })) {
           if (signal.aborted) break;
-          await write(call, jobMessage(state, !who.admin), signal);
+          await write(call, shown(state, who), signal);
         }
         stopping();
       }),
