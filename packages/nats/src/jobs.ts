@@ -832,7 +832,9 @@ export class JobStore {
    * full store gets room before the state's delete marker is written. An
    * unfinished job is cancelled first; a running one is waited for (its
    * worker stops it at its next step) up to `waitMs`, then deleted all the
-   * same (a worker that still runs it finds no state and stops).
+   * same (a worker that still runs it finds no state and stops); in a full
+   * store, where the cancel cannot be written, it is deleted at once. Its
+   * queue message, if any is left, is removed too.
    * Idempotent: deleting it again, or a job deleted meanwhile, answers
    * undefined.
    * @returns the job's last state, or undefined when there was none.
@@ -840,9 +842,14 @@ export class JobStore {
   async delete(id: string, options: { waitMs?: number } = {}): Promise<JobState | undefined> {
     let s = await this.get(id);
     if (!s) return undefined;
+    let cancelled = true;
     if (!isTerminal(s.status)) {
-      s = await this.cancel(id);
-      if (!isTerminal(s.status)) {
+      s = await this.cancel(id).catch((err: unknown) => {
+        if (!isStoreFull(err)) throw err;
+        cancelled = false;
+        return s!;
+      });
+      if (cancelled && !isTerminal(s.status)) {
         const signal = AbortSignal.timeout(options.waitMs ?? JOB_DELETE_WAIT_MS);
         try {
           for await (const cur of this.watch(id, { signal })) s = cur;
@@ -854,8 +861,9 @@ export class JobStore {
     const names = new Set([s.inputObject, ...s.chunks]);
     for (const o of await this.objects()) if (jobKeyOfObject(o.name) === id) names.add(o.name);
     for (const name of names) await this.deleteObject(name);
-    // A purge of the key's subject: no delete marker is written (a full store has no room for one).
-    await this.jsm.streams.purge(`KV_${this.names.stateBucket}`, { filter: `$KV.${this.names.stateBucket}.${id}` });
+    if (s.streamSeq !== undefined) await this.jsm.streams.deleteMessage(this.names.stream, s.streamSeq).catch(() => false);
+    // The key's messages deleted: no delete marker is written (a full store has no room for one).
+    await this.deleteSubject(`KV_${this.names.stateBucket}`, `$KV.${this.names.stateBucket}.${id}`);
     return s;
   }
 
@@ -868,17 +876,29 @@ export class JobStore {
 
   /**
    * Deletes one object of the data bucket; a missing one is no error. Its
-   * chunks' and its meta's subjects are purged (ObjectStore.delete would
+   * chunks' and its meta's messages are deleted (ObjectStore.delete would
    * first write a "deleted" meta, which a full store refuses).
    */
   async deleteObject(name: string): Promise<void> {
     const info = await this.obj.info(name);
     if (!info) return;
     const stream = `OBJ_${this.names.dataBucket}`;
-    await this.jsm.streams.purge(stream, { filter: `$O.${this.names.dataBucket}.C.${info.nuid}` });
-    await this.jsm.streams.purge(stream, {
-      filter: `$O.${this.names.dataBucket}.M.${Base64UrlPaddedCodec.encode(name)}`,
-    });
+    await this.deleteSubject(stream, `$O.${this.names.dataBucket}.C.${info.nuid}`);
+    await this.deleteSubject(stream, `$O.${this.names.dataBucket}.M.${Base64UrlPaddedCodec.encode(name)}`);
+  }
+
+  /**
+   * Deletes every message of `subject` in `stream`, one by one, last first
+   * (an object's chunks: 1 per 128 KiB). Not a filtered purge: nats-server
+   * 2.9 does not take a filtered purge off the account's storage in use, so
+   * a full store would stay full.
+   */
+  private async deleteSubject(stream: string, subject: string): Promise<void> {
+    for (;;) {
+      const m = await this.jsm.streams.getMessage(stream, { last_by_subj: subject });
+      if (!m) return;
+      await this.jsm.streams.deleteMessage(stream, m.seq, false);
+    }
   }
 
   /**

@@ -44,8 +44,10 @@ export async function sweepJobs(
   );
   const jobs: string[] = [];
   for (const s of expired) if (await store.delete(s.id)) jobs.push(s.id);
-  const live = new Set(states.map((s) => s.id));
-  for (const id of jobs) live.delete(id);
+  // A job's objects are under its key, and a tenant's input under <tenant>/<id> even when its key is <id>.
+  const live = new Set(
+    states.filter((s) => !jobs.includes(s.id)).flatMap((s) => [s.id, jobKeyOfObject(s.inputObject) ?? s.id]),
+  );
   const orphans: string[] = [];
   const grace = o.orphanGraceMs ?? JOB_ORPHAN_GRACE_MS;
   for (const obj of await store.objects()) {
