@@ -16,6 +16,7 @@ import {
   type JobSchema,
   type MessageInitShape,
   type SamplingParams,
+  type SubmitJobRequest,
   type ServiceImpl,
 } from "@tessera/proto";
 import {
@@ -189,6 +190,71 @@ async function guardJobRpc<T>(what: string, nats: string | undefined, fn: () => 
   }
 }
 
+/**
+ * `id` checked with `check` (checkJobId, or checkJobKey for an admin's).
+ * @throws RpcError INVALID_ARGUMENT naming `field` when it is malformed.
+ */
+function jobId(id: string, field = "id", check = checkJobId): string {
+  try {
+    return check(id);
+  } catch (err) {
+    throw invalid((err as Error).message.replace(/^job id:/, `${field}:`));
+  }
+}
+
+/**
+ * Stores SubmitJob request `req` of `who` as tenant `tenant`'s job: checks
+ * the priority (and `who`'s right to it), format, job id and sampling, then
+ * (in JobStore.submit, before anything is stored) the coordinator's limits
+ * and, for a tenant, its quota.
+ * @returns the stored job (or the one that had its id).
+ * @throws RpcError INVALID_ARGUMENT / PERMISSION_DENIED naming the field;
+ *   QuotaExceededError or JobStoreFullError (RESOURCE_EXHAUSTED); InputFileError.
+ */
+async function submitRequest(
+  s: JobStore,
+  req: SubmitJobRequest,
+  who: Identity,
+  tenant: string | undefined,
+  options: JobServiceOptions,
+): Promise<JobState> {
+  const fileName = req.fileName || "input";
+  const priority = (req.priority || "normal") as JobPriority;
+  if (!JOB_PRIORITIES.includes(priority))
+    throw invalid(`priority: must be high, normal or low, got ${JSON.stringify(req.priority)}`);
+  checkPriorityAllowed(who, priority);
+  const format = req.format || "auto";
+  if (format !== "auto" && format !== "tessera" && format !== "openai")
+    throw invalid(`format: must be auto, tessera or openai, got ${JSON.stringify(req.format)}`);
+  if (req.jobId) jobId(req.jobId, "job_id");
+  const sampling = jobSampling(req.sampling);
+  const { job } = await s.submit({
+    input: req.input,
+    fileName,
+    format,
+    priority,
+    sampling,
+    ...(req.jobId ? { jobId: req.jobId } : {}),
+    ...(tenant ? { tenant } : {}),
+    // A tenant's job ids are its own: another's job of the same id is neither found nor told.
+    ...(!who.admin ? { scopeToTenant: true } : {}),
+    // A tenant's quota (an admin's submits are not limited): RESOURCE_EXHAUSTED to that tenant only.
+    ...(!who.admin && tenant ? { quota: { maxBytes: options.tenantMaxBytes, maxJobs: options.tenantMaxJobs } } : {}),
+    ...(req.modelPath ? { model: req.modelPath } : {}),
+    ...(req.tokenizerPath ? { tokenizer: req.tokenizerPath } : {}),
+    // This coordinator's limits, checked before anything is stored.
+    maxLineBytes: maxLineBytesOf(options.limits),
+    check: (parsed, bytes) => {
+      try {
+        checkBatchLimits(parsed, sampling.maxTokens, options.limits, bytes);
+      } catch (err) {
+        throw invalid(`${fileName}: ${(err as Error).message}`);
+      }
+    },
+  });
+  return job;
+}
+
 /** Creates the job RPCs for a coordinator with `options`. */
 export function createJobService(options: JobServiceOptions): JobService {
   const shutdown = new AbortController();
@@ -234,17 +300,6 @@ export function createJobService(options: JobServiceOptions): JobService {
   const callSignal = (call: CancellableCall) => cancelSignal(call, shutdown.signal);
   const guard = <T>(what: string, fn: () => Promise<T>): Promise<T> => guardJobRpc(what, options.nats, fn);
   /**
-   * `id` checked with `check` (checkJobId, or checkJobKey for an admin's).
-   * @throws RpcError INVALID_ARGUMENT naming `field` when it is malformed.
-   */
-  const jobId = (id: string, field = "id", check = checkJobId) => {
-    try {
-      return check(id);
-    } catch (err) {
-      throw invalid((err as Error).message.replace(/^job id:/, `${field}:`));
-    }
-  };
-  /**
    * Job `id`'s state, when the caller may see it: an admin names a job by
    * its key (as ListJobs shows it), a tenant by its own id (JobStore.find).
    * @throws RpcError INVALID_ARGUMENT for a malformed id; NOT_FOUND when
@@ -261,7 +316,6 @@ export function createJobService(options: JobServiceOptions): JobService {
   };
   /** `s` as the wire's Job, as `who` sees it. */
   const shown = (s: JobState, who: Identity) => jobMessage(s, !who.admin, options.jobRetentionMs);
-  const quota = { maxBytes: options.tenantMaxBytes, maxJobs: options.tenantMaxJobs };
   const stopping = () => {
     if (shutdown.signal.aborted) throw new RpcError(Code.UNAVAILABLE, "the coordinator is stopping");
   };
@@ -272,40 +326,7 @@ export function createJobService(options: JobServiceOptions): JobService {
         const who = options.identify(call.metadata);
         const tenant = submitTenant(who, req.tenant);
         const s = await store();
-        const fileName = req.fileName || "input";
-        const priority = (req.priority || "normal") as JobPriority;
-        if (!JOB_PRIORITIES.includes(priority))
-          throw invalid(`priority: must be high, normal or low, got ${JSON.stringify(req.priority)}`);
-        checkPriorityAllowed(who, priority);
-        const format = req.format || "auto";
-        if (format !== "auto" && format !== "tessera" && format !== "openai")
-          throw invalid(`format: must be auto, tessera or openai, got ${JSON.stringify(req.format)}`);
-        if (req.jobId) jobId(req.jobId, "job_id");
-        const sampling = jobSampling(req.sampling);
-        const { job } = await s.submit({
-          input: req.input,
-          fileName,
-          format,
-          priority,
-          sampling,
-          ...(req.jobId ? { jobId: req.jobId } : {}),
-          ...(tenant ? { tenant } : {}),
-          // A tenant's job ids are its own: another's job of the same id is neither found nor told.
-          ...(!who.admin ? { scopeToTenant: true } : {}),
-          // A tenant's quota (an admin's submits are not limited): RESOURCE_EXHAUSTED to that tenant only.
-          ...(!who.admin && tenant ? { quota } : {}),
-          ...(req.modelPath ? { model: req.modelPath } : {}),
-          ...(req.tokenizerPath ? { tokenizer: req.tokenizerPath } : {}),
-          // This coordinator's limits, checked before anything is stored.
-          maxLineBytes: maxLineBytesOf(options.limits),
-          check: (parsed, bytes) => {
-            try {
-              checkBatchLimits(parsed, sampling.maxTokens, options.limits, bytes);
-            } catch (err) {
-              throw invalid(`${fileName}: ${(err as Error).message}`);
-            }
-          },
-        });
+        const job = await submitRequest(s, req, who, tenant, options);
         // The same job id again is idempotent: the caller's own job (an admin's: any).
         return shown(job, who);
       }),
