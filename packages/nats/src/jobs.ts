@@ -861,7 +861,8 @@ export class JobStore {
     const names = new Set([s.inputObject, ...s.chunks]);
     for (const o of await this.objects()) if (jobKeyOfObject(o.name) === id) names.add(o.name);
     for (const name of names) await this.deleteObject(name);
-    if (s.streamSeq !== undefined) await this.jsm.streams.deleteMessage(this.names.stream, s.streamSeq).catch(() => false);
+    if (s.streamSeq !== undefined)
+      await this.jsm.streams.deleteMessage(this.names.stream, s.streamSeq).catch(() => false);
     // The key's messages deleted: no delete marker is written (a full store has no room for one).
     await this.deleteSubject(`KV_${this.names.stateBucket}`, `$KV.${this.names.stateBucket}.${id}`);
     return s;
