@@ -485,7 +485,7 @@ export class JobStore {
         // Refused for want of room: nothing was queued, so nothing is kept (a timeout may have queued it).
         if (isStoreFull(err)) {
           await dropInput();
-          await this.kv.purge(key).catch(() => undefined);
+          await this.deleteState(key).catch(() => undefined);
         }
         throw err;
       }
@@ -559,15 +559,35 @@ export class JobStore {
 
   /**
    * Every job (oldest submitted first), optionally only one tenant's.
-   * Reads each state entry: O(jobs) requests.
+   * One ordered consumer over the state bucket's last values (not a
+   * request per job: quotas read every job at each submit).
    */
   async list(filter: { tenant?: string } = {}): Promise<JobState[]> {
-    const keys: string[] = [];
-    for await (const k of await this.kv.keys()) keys.push(k);
-    const states = await Promise.all(keys.map((k) => this.get(k)));
-    return states
-      .filter((s): s is JobState => s !== undefined && (filter.tenant === undefined || s.tenant === filter.tenant))
-      .sort((a, b) => a.submittedAt.localeCompare(b.submittedAt) || a.id.localeCompare(b.id));
+    const states = (await this.allStates()).filter((s) => filter.tenant === undefined || s.tenant === filter.tenant);
+    return states.sort((a, b) => a.submittedAt.localeCompare(b.submittedAt) || a.id.localeCompare(b.id));
+  }
+
+  /** The last value of every key of the state bucket, deleted keys left out. */
+  private async allStates(): Promise<JobState[]> {
+    const bucket = this.names.stateBucket;
+    const c = await this.js.consumers.get(`KV_${bucket}`, {
+      filter_subjects: `$KV.${bucket}.>`,
+      deliver_policy: DeliverPolicy.LastPerSubject,
+    });
+    const states: JobState[] = [];
+    if ((await c.info(true)).num_pending === 0) return states;
+    const msgs = await c.consume();
+    try {
+      for await (const m of msgs) {
+        const op = m.headers?.get("KV-Operation");
+        if (op !== "DEL" && op !== "PURGE" && m.data.length > 0)
+          states.push(JSON.parse(dec.decode(m.data)) as JobState);
+        if (m.info.pending === 0) break;
+      }
+    } finally {
+      await msgs.close();
+    }
+    return states;
   }
 
   /**
@@ -864,7 +884,7 @@ export class JobStore {
     if (s.streamSeq !== undefined)
       await this.jsm.streams.deleteMessage(this.names.stream, s.streamSeq).catch(() => false);
     // The key's messages deleted: no delete marker is written (a full store has no room for one).
-    await this.deleteSubject(`KV_${this.names.stateBucket}`, `$KV.${this.names.stateBucket}.${id}`);
+    await this.deleteState(id);
     return s;
   }
 
@@ -886,6 +906,11 @@ export class JobStore {
     const stream = `OBJ_${this.names.dataBucket}`;
     await this.deleteSubject(stream, `$O.${this.names.dataBucket}.C.${info.nuid}`);
     await this.deleteSubject(stream, `$O.${this.names.dataBucket}.M.${Base64UrlPaddedCodec.encode(name)}`);
+  }
+
+  /** Deletes key `key`'s messages from the state bucket, writing no delete marker. */
+  private deleteState(key: string): Promise<void> {
+    return this.deleteSubject(`KV_${this.names.stateBucket}`, `$KV.${this.names.stateBucket}.${key}`);
   }
 
   /**
