@@ -460,7 +460,8 @@ export class JobStore {
       submittedAt: t,
       updatedAt: t,
     };
-    const dropInput = () => this.obj.delete(inputObject).catch(() => undefined);
+    // Written nothing (ObjectStore.delete writes a "deleted" meta first): works in a full store too.
+    const dropInput = () => this.deleteObject(inputObject).catch(() => undefined);
     // The id itself when free; a tenant's job whose id another's job holds goes under its tenant's key.
     for (const key of scope === undefined ? [id] : [id, tenantJobKey(scope, id)]) {
       const mine = { ...state, id: key };
