@@ -523,7 +523,7 @@ export class JobStore {
   /**
    * What tenant `tenant`'s jobs hold now, computed from their states (so it
    * survives any restart and never drifts): inputs plus recorded results,
-   * and jobs not yet ended. O(jobs) requests, as {@link list}.
+   * and jobs not yet ended. One scan of every job state ({@link list}).
    */
   async usage(tenant: string): Promise<TenantUsage> {
     let bytes = 0;
