@@ -36,7 +36,7 @@ export {
   checkFiniteValues,
   QK_MAX_ABS,
 } from "./tensor.js";
-export { parseByteSize, formatBytes, formatByteSize } from "./units.js";
+export { parseByteSize, formatBytes, formatByteSize, parseDuration, formatDuration } from "./units.js";
 export {
   type KvPlacement,
   type PromptSpec,

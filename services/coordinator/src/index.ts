@@ -55,6 +55,13 @@ export {
   type JobWorkerOptions,
 } from "./api/job-worker.js";
 export {
+  JOB_ORPHAN_GRACE_MS,
+  startJobSweeper,
+  sweepJobs,
+  type JobSweeper,
+  type SweepResult,
+} from "./api/job-retention.js";
+export {
   checkBatchLimits,
   checkGenerateLimits,
   compileGenerateLimits,

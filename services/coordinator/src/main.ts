@@ -36,6 +36,8 @@ function serveCoordinator(options: CoordinatorOptions): Promise<void> {
           natsPrefix: coordinator.options.natsPrefix,
           coordinator,
           concurrency: coordinator.options.jobConcurrency,
+          retentionMs: coordinator.options.jobRetentionMs,
+          sweepMs: coordinator.options.jobSweepMs,
           defaultModel: coordinator.options.modelPath?.split("/").at(-1) ?? "default",
           log: coordinator.options.log,
         });

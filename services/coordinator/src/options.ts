@@ -1,5 +1,6 @@
 import {
   ConfigError,
+  byteSizeOption,
   DEFAULT_HOST,
   DEFAULT_SHUTDOWN_GRACE_MS,
   hostOption,
@@ -31,6 +32,14 @@ export const COORDINATOR_DEFAULTS = Object.freeze({
   kvPlacement: "plan" as KvPlacementRule,
   natsPrefix: DEFAULT_NATS_PREFIX,
   jobConcurrency: 1,
+  /** A tenant's jobs store at most this many bytes (inputs + results): 4 GiB. */
+  tenantMaxBytes: 4 * 1024 ** 3,
+  /** A tenant has at most this many jobs queued or running. */
+  tenantMaxJobs: 1000,
+  /** An ended job's input, results and state are deleted this long after it ended: 30 days (OpenAI batch output's default expiry). */
+  jobRetentionMs: 30 * 86_400_000,
+  /** How often the retention sweep runs: 10 minutes. */
+  jobSweepMs: 600_000,
   nodeHeartbeatMs: 1000,
   /** nodeLostAfterMs is this many nodeHeartbeatMs. */
   nodeLostAfterHeartbeats: 3,
@@ -124,6 +133,22 @@ export interface CoordinatorOptions {
    * join the running batch ahead of theirs. @default 1
    */
   jobConcurrency?: number;
+  /**
+   * Most bytes one tenant's jobs may store in the job queue (inputs plus
+   * results); a tenant's SubmitJob past it is RESOURCE_EXHAUSTED naming its
+   * usage (admins' submits are not limited). @default 4 GiB
+   */
+  tenantMaxBytes?: number;
+  /** Most of one tenant's jobs queued or running; past it, as tenantMaxBytes. @default 1000 */
+  tenantMaxJobs?: number;
+  /**
+   * An ended job (completed, failed or cancelled) is deleted — input,
+   * results and state — this long after it ended, by the job worker's
+   * sweep, in ms. @default 30 days
+   */
+  jobRetentionMs?: number;
+  /** How often the job worker's retention sweep runs, in ms. @default 600000 (10 min) */
+  jobSweepMs?: number;
   /** Prefix of every NATS name (buckets, streams, subjects). @default "tessera" */
   natsPrefix?: string;
   /** The nodes' registry heartbeat period, in ms (with `nats`). @default 1000 */
@@ -252,6 +277,10 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     kubernetesClusterDomain: o.kubernetesClusterDomain,
     natsPrefix,
     jobConcurrency: positiveInt("jobConcurrency", o.jobConcurrency, COORDINATOR_DEFAULTS.jobConcurrency),
+    tenantMaxBytes: byteSizeOption("tenantMaxBytes", o.tenantMaxBytes, COORDINATOR_DEFAULTS.tenantMaxBytes, 1),
+    tenantMaxJobs: positiveInt("tenantMaxJobs", o.tenantMaxJobs, COORDINATOR_DEFAULTS.tenantMaxJobs),
+    jobRetentionMs: positiveInt("jobRetentionMs", o.jobRetentionMs, COORDINATOR_DEFAULTS.jobRetentionMs),
+    jobSweepMs: positiveInt("jobSweepMs", o.jobSweepMs, COORDINATOR_DEFAULTS.jobSweepMs),
     nodeHeartbeatMs: positiveInt("nodeHeartbeatMs", o.nodeHeartbeatMs, COORDINATOR_DEFAULTS.nodeHeartbeatMs),
     nodeLostAfterMs: positiveInt(
       "nodeLostAfterMs",

@@ -3,9 +3,9 @@
  * TESSERA_* variable) and their mapping onto runCoordinator's options.
  */
 import { Option, type Command, type OptionValues } from "commander";
-import { ROLES, formatByteSize } from "@tessera/core";
+import { ROLES, formatByteSize, formatDuration } from "@tessera/core";
 import { COORDINATOR_DEFAULTS, KV_PLACEMENT_RULES, defaultGenerateLimits } from "@tessera/coordinator";
-import { int, list, metricsPort, natsAuthFlags, natsPrefix, security, size, transport } from "../flags.js";
+import { duration, int, list, metricsPort, natsAuthFlags, natsPrefix, security, size, transport } from "../flags.js";
 
 /** The coordinator's defaults (its options module's, written once there). */
 const D = COORDINATOR_DEFAULTS;
@@ -17,6 +17,7 @@ export function addCoordinatorCommand(program: Command): void {
   const c = natsAuthFlags(transport(program.command(ROLES.coordinator.cli), "service"));
   serviceFlags(c);
   discoveryAndLimitFlags(c);
+  jobStoreFlags(c);
   c.action(coordinatorAction);
 }
 
@@ -174,6 +175,42 @@ function discoveryAndLimitFlags(c: Command): void {
     );
 }
 
+/** Tenants' quotas in the job queue and the retention of ended jobs (issue 13). */
+function jobStoreFlags(c: Command): void {
+  c.addOption(
+    new Option(
+      "--tenant-max-bytes <bytes>",
+      "most bytes one tenant's jobs may store (inputs + results), e.g. 4GiB; a tenant's submit past it is " +
+        "RESOURCE_EXHAUSTED (with --tokens; admins are not limited)",
+    )
+      .argParser(size("--tenant-max-bytes"))
+      .default(D.tenantMaxBytes, formatByteSize(D.tenantMaxBytes))
+      .env("TESSERA_TENANT_MAX_BYTES"),
+  )
+    .addOption(
+      new Option("--tenant-max-jobs <n>", "most jobs one tenant may have queued or running (with --tokens)")
+        .argParser(int("--tenant-max-jobs", 1))
+        .default(D.tenantMaxJobs)
+        .env("TESSERA_TENANT_MAX_JOBS"),
+    )
+    .addOption(
+      new Option(
+        "--job-retention <duration>",
+        "an ended job (completed, failed or cancelled) is deleted, input, results and state, this long after it " +
+          "ended, e.g. 30d, 12h (ms, s, m, h, d)",
+      )
+        .argParser(duration("--job-retention"))
+        .default(D.jobRetentionMs, formatDuration(D.jobRetentionMs))
+        .env("TESSERA_JOB_RETENTION"),
+    )
+    .addOption(
+      new Option("--job-sweep <duration>", "how often the retention sweep runs, e.g. 10m")
+        .argParser(duration("--job-sweep"))
+        .default(D.jobSweepMs, formatDuration(D.jobSweepMs))
+        .env("TESSERA_JOB_SWEEP"),
+    );
+}
+
 /** Maps the parsed flags onto runCoordinator's options and runs it until stopped. */
 async function coordinatorAction(o: OptionValues): Promise<void> {
   (await security()).applyTransport(o, "the coordinator", true, "coordinator");
@@ -200,6 +237,10 @@ async function coordinatorAction(o: OptionValues): Promise<void> {
       natsPrefix: o.natsPrefix,
       nodeLostAfterMs: o.nodeLostAfter,
       jobConcurrency: o.jobConcurrency,
+      tenantMaxBytes: o.tenantMaxBytes,
+      tenantMaxJobs: o.tenantMaxJobs,
+      jobRetentionMs: o.jobRetention,
+      jobSweepMs: o.jobSweep,
       kubernetes: o.kubernetes,
       kubernetesNamespace: o.kubernetesNamespace,
       kubernetesClusterDomain: o.kubernetesClusterDomain,
