@@ -4,15 +4,19 @@
  * path, relative or absolute, existing or not, gets one answer that tells
  * nothing of the file; a served name gives run.c's reference tokens; a
  * broken served model's error names the model, and its bytes go to the
- * operator's log only.
+ * operator's log only; SubmitJob refuses an unserved path before storing.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join, relative } from "node:path";
+import { randomBytes } from "node:crypto";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { JobStore, connectNats, registryBucket } from "@tessera/nats";
 import { Code, Coordinator, RpcError, createClient, type GenerateEvent } from "@tessera/proto";
 import { repoRoot } from "@tessera/model";
 import { bundled, startInProcessCluster, tempDir } from "@tessera/testing";
+import type { CoordinatorOptions } from "@tessera/coordinator";
 import { referenceText } from "./helpers.js";
 
 /** Bearer tokens of tenant acme and of an admin (tenant ops). */
@@ -22,7 +26,7 @@ const ADMIN = "ops-token-0123456789";
 /** A file only the operator may read: its bytes must never reach a tenant. */
 const SECRET = "SECRET-0123456789-do-not-echo";
 
-async function setUp(t: Parameters<typeof startInProcessCluster>[0]) {
+async function setUp(t: Parameters<typeof startInProcessCluster>[0], more: Partial<CoordinatorOptions> = {}) {
   const dir = await tempDir("tessera-served-");
   t.after(() => dir.remove());
   const secret = join(dir.path, "secret.bin");
@@ -45,6 +49,7 @@ async function setUp(t: Parameters<typeof startInProcessCluster>[0]) {
       tokensFile,
       models: [broken, `${hf},tokenizer=${join(hf, "tokenizer.json")}`],
       log: (line) => log.push(line),
+      ...more,
     },
   });
   return { cluster, secret, broken, log };
@@ -164,4 +169,28 @@ test("ListModels names the served models, the default first; paths only to an ad
   const admin = await list(ADMIN);
   assert.deepEqual(admin[0], ["stories260K", bundled.model, bundled.tokenizer]);
   assert.deepEqual(admin[1], ["broken", broken, bundled.tokenizer]);
+});
+
+test("a tenant's SubmitJob naming an unserved path is NOT_FOUND at submit and stores nothing", async (t) => {
+  const servers = process.env["TESSERA_NATS"] ?? "127.0.0.1:4222";
+  const prefix = `t${randomBytes(4).toString("hex")}`;
+  const nc = await connectNats({ servers, name: "served-models-test" });
+  const store = await JobStore.open(nc, { prefix });
+  t.after(async () => {
+    await store.destroy();
+    const jsm = await jetstreamManager(nc);
+    await jsm.streams.delete(`KV_${registryBucket(prefix)}`).catch(() => undefined);
+    await nc.close();
+  });
+  const { cluster, secret } = await setUp(t, { nats: servers, natsPrefix: prefix });
+  const client = createClient(Coordinator, cluster.address, {}, { token: TENANT });
+  t.after(async () => client.close());
+  const input = new TextEncoder().encode('{"id":"a","prompt":"Once"}\n');
+  for (const modelPath of [secret, "package.json", "/nonexistent/model.bin"]) {
+    const e = await failure(client.submitJob({ jobId: "j", input, modelPath }));
+    assert.equal(e.code, Code.NOT_FOUND, e.message);
+    assert.doesNotMatch(e.message, /SECRET/);
+  }
+  assert.deepEqual((await client.listJobs({})).jobs, []);
+  assert.equal((await client.submitJob({ jobId: "j", input, modelPath: "stories260K" })).modelPath, "stories260K");
 });
