@@ -13,7 +13,7 @@ import { join, relative } from "node:path";
 import { randomBytes } from "node:crypto";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { JobStore, connectNats, registryBucket } from "@tessera/nats";
-import { Code, Coordinator, RpcError, createClient, type GenerateEvent } from "@tessera/proto";
+import { Code, Coordinator, KvPlacement, RpcError, createClient, type GenerateEvent } from "@tessera/proto";
 import { repoRoot } from "@tessera/model";
 import { bundled, startInProcessCluster, tempDir } from "@tessera/testing";
 import type { CoordinatorOptions } from "@tessera/coordinator";
@@ -57,7 +57,7 @@ async function setUp(t: Parameters<typeof startInProcessCluster>[0], more: Parti
 
 /** Generate as `token`; resolves the events, rejects with the RpcError. */
 async function generateAs(address: string, token: string, req: Record<string, unknown>): Promise<GenerateEvent[]> {
-  const client = createClient(Coordinator, address, {}, { token });
+  const client = createClient(Coordinator, address, {}, token ? { token } : {});
   const events: GenerateEvent[] = [];
   try {
     for await (const ev of client.generate({
@@ -193,4 +193,20 @@ test("a tenant's SubmitJob naming an unserved path is NOT_FOUND at submit and st
   }
   assert.deepEqual((await client.listJobs({})).jobs, []);
   assert.equal((await client.submitJob({ jobId: "j", input, modelPath: "stories260K" })).modelPath, "stories260K");
+});
+
+test("a served model's kv is its prompts' placement when a request leaves kv auto", async (t) => {
+  const { coordinator } = await startInProcessCluster(t, {
+    storageNodes: 1,
+    coordinator: { models: [`on-disk=${bundled.model},kv=storage`] },
+  });
+  const kvNode = async (req: Record<string, unknown>) => {
+    const events = await generateAs(coordinator.address, "", { ...req, sampling: { temperature: 0, maxTokens: 4 } });
+    const r = events.flatMap((e) => (e.event.case === "result" ? [e.event.value] : []))[0]!;
+    assert.equal(r.error, "");
+    return r.kvNode.split("@")[0];
+  };
+  assert.equal(await kvNode({ modelPath: "on-disk" }), "storage");
+  assert.equal(await kvNode({ modelPath: "on-disk", kv: KvPlacement.MEMORY }), "memory");
+  assert.equal(await kvNode({ modelPath: "stories260K" }), "memory");
 });
