@@ -66,6 +66,7 @@ export const ATTENTION_CALLERS: CallersOf<typeof Attention> = {
 export const COORDINATOR_CALLERS: CallersOf<typeof Coordinator> = {
   generate: ["operator", "coordinator"],
   listNodes: ["operator", "coordinator"],
+  listModels: ["operator", "coordinator"],
   addNode: ["operator", "coordinator"],
   removeNode: ["operator", "coordinator"],
   submitJob: ["operator", "coordinator"],
