@@ -59,7 +59,8 @@ export function parseServedModelSpec(spec: string, option = "--model"): ServedMo
   if (named) out.name = head.slice(0, eq);
   if (out.modelPath === "") throw new ConfigError(option, `${JSON.stringify(spec)}: no model path`);
   for (const part of rest) {
-    const [key, value = ""] = [part.slice(0, part.indexOf("=")), part.slice(part.indexOf("=") + 1)];
+    const eqAt = part.indexOf("=");
+    const [key, value] = eqAt < 0 ? [part, ""] : [part.slice(0, eqAt), part.slice(eqAt + 1)];
     if (key === "tokenizer" && value) out.tokenizerPath = value;
     else if (key === "kv" && (KV_VALUES as string[]).includes(value)) out.kv = value as KvPlacement;
     else {

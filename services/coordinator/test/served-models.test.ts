@@ -22,6 +22,7 @@ test("a --model spec is [NAME=]PATH[,tokenizer=PATH][,kv=...]; a bad key is refu
   assert.deepEqual(parseServedModelSpec("/m/x=y.bin"), { modelPath: "/m/x=y.bin" });
   assert.throws(() => parseServedModelSpec("a=/m/a.bin,kv=gpu"), /--model: "a=\/m\/a.bin,kv=gpu": "kv=gpu" is not/);
   assert.throws(() => parseServedModelSpec("a="), ConfigError);
+  assert.throws(() => parseServedModelSpec("/m/a.bin,tokenizerX"), /"tokenizerX" is not tokenizer=PATH/);
 });
 
 test("served names default to the file's name without its extension or the folder's name, and are unique", async (t) => {
