@@ -435,7 +435,11 @@ test("tls-on: the named TLS secret in every Tessera pod, tokens file, NATS crede
   const coordinator = one(docs, "Deployment", `${PREFIX}-coordinator`);
   const c = podSpec(coordinator).containers[0]!;
   assert.equal(env(c, "TESSERA_TOKENS_FILE")?.value, "/etc/tessera/tokens/tokens.yaml");
-  assert.equal(env(c, "TESSERA_MODEL")?.value, "/models/stories260K.bin");
+  // The served models as --model flags, the default first (served-models.ts).
+  assert.deepEqual(
+    c.args?.filter((a) => a.startsWith("--model=")),
+    ["--model=/models/stories260K.bin", "--model=qwen=/models/qwen2-0.5b,kv=storage"],
+  );
   assert.equal(env(c, "TESSERA_TOKENIZER")?.value, "/models/tok512.bin");
   assert.deepEqual(podSpec(coordinator).volumes?.find((v) => v.name === "tokens")?.secret, {
     secretName: "tessera-tokens",

@@ -66,6 +66,7 @@ export const ATTENTION_CALLERS: CallersOf<typeof Attention> = {
 export const COORDINATOR_CALLERS: CallersOf<typeof Coordinator> = {
   generate: ["operator", "coordinator"],
   listNodes: ["operator", "coordinator"],
+  listModels: ["operator", "coordinator"],
   addNode: ["operator", "coordinator"],
   removeNode: ["operator", "coordinator"],
   submitJob: ["operator", "coordinator"],
@@ -74,6 +75,7 @@ export const COORDINATOR_CALLERS: CallersOf<typeof Coordinator> = {
   getResults: ["operator", "coordinator"],
   cancelJob: ["operator", "coordinator"],
   watchJob: ["operator", "coordinator"],
+  deleteJob: ["operator", "coordinator"],
 };
 
 /** grpc.health.v1.Health (Check, Watch): every role (readiness probes run with the pod's own certificate). */

@@ -38,7 +38,7 @@ function serveCoordinator(options: CoordinatorOptions): Promise<void> {
           concurrency: coordinator.options.jobConcurrency,
           retentionMs: coordinator.options.jobRetentionMs,
           sweepMs: coordinator.options.jobSweepMs,
-          defaultModel: coordinator.options.modelPath?.split("/").at(-1) ?? "default",
+          defaultModel: coordinator.options.models[0]?.name ?? "default",
           log: coordinator.options.log,
         });
         try {

@@ -10,6 +10,7 @@ import {
   positiveInt,
 } from "@tessera/core";
 import { DEFAULT_NATS_PREFIX } from "@tessera/nats";
+import { compileServedModels, type ServedModel, type ServedModelOptions } from "./served-models.js";
 import { compileGenerateLimits, type GenerateLimits, type GenerateLimitsOptions } from "./api/limits.js";
 
 /**
@@ -70,10 +71,21 @@ export interface CoordinatorOptions {
   memoryNodes?: readonly string[];
   /** host:port of each storage-node. */
   storageNodes?: readonly string[];
-  /** llama2.c checkpoint used when a request names none (a path the gpu-nodes can read). */
+  /**
+   * The default model (served first: requests that name none get it), a
+   * llama2.c checkpoint or Hugging Face folder the coordinator and the
+   * gpu-nodes can read. @default none: the first of `models`
+   */
   modelPath?: string;
-  /** tokenizer.bin used when a request names none. */
+  /** Tokenizer of every served model that gives none of its own. @default as `tessera run` picks (defaultTokenizerFor) */
   tokenizerPath?: string;
+  /**
+   * More models to serve, each `[NAME=]PATH[,tokenizer=PATH][,kv=...]` or
+   * options (served-models.ts). Requests name a served model; no other
+   * path is ever opened on a caller's behalf (admins included).
+   * @default none
+   */
+  models?: readonly (string | ServedModelOptions)[];
   /**
    * With KV placement "auto", a sequence whose prompt + max tokens exceeds
    * this many positions gets its KV cache on a storage-node.
@@ -190,6 +202,7 @@ export type CompiledCoordinatorOptions = Readonly<
       CoordinatorOptions,
       | "modelPath"
       | "tokenizerPath"
+      | "models"
       | "nats"
       | "limits"
       | "tokensFile"
@@ -200,8 +213,8 @@ export type CompiledCoordinatorOptions = Readonly<
   >
 > & {
   readonly limits: GenerateLimits;
-  readonly modelPath: string | undefined;
-  readonly tokenizerPath: string | undefined;
+  /** The served models, the default first (empty: every request fails FAILED_PRECONDITION). */
+  readonly models: readonly ServedModel[];
   readonly nats: string | undefined;
   readonly tokensFile: string | undefined;
   /** Label selector of the node pods; undefined: no Kubernetes discovery. */
@@ -254,8 +267,7 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     gpuNodes,
     memoryNodes,
     storageNodes,
-    modelPath: o.modelPath,
-    tokenizerPath: o.tokenizerPath,
+    models: compileServedModels(o),
     storageThresholdTokens: positiveInt(
       "storageThresholdTokens",
       o.storageThresholdTokens,

@@ -47,8 +47,20 @@ function serviceFlags(c: Command): void {
         .argParser(list)
         .env("TESSERA_STORAGE_NODES"),
     )
-    .addOption(new Option("--model <path>", "default checkpoint for jobs that name none").env("TESSERA_MODEL"))
-    .addOption(new Option("--tokenizer <path>", "default tokenizer.bin").env("TESSERA_TOKENIZER"))
+    .addOption(
+      new Option(
+        "--model <[name=]path[,tokenizer=path][,kv=auto|memory|storage]>",
+        "a model to serve (repeatable; the first is the default): requests name it (default name: the file's name " +
+          "without its extension, or the folder's); no other path is opened for a caller",
+      )
+        .argParser((v: string, prev: string[] = []) => [...prev, v])
+        .env("TESSERA_MODEL"),
+    )
+    .addOption(
+      new Option("--tokenizer <path>", "tokenizer of each --model that gives none (default: as tessera run picks)").env(
+        "TESSERA_TOKENIZER",
+      ),
+    )
     .addOption(
       new Option("--storage-threshold <tokens>", "KV to a storage-node above this many positions (kv auto)")
         .argParser(int("--storage-threshold", 1))
@@ -224,7 +236,7 @@ async function coordinatorAction(o: OptionValues): Promise<void> {
       gpuNodes: o.gpuNode ?? [],
       memoryNodes: o.memoryNode ?? [],
       storageNodes: o.storageNode ?? [],
-      modelPath: o.model,
+      models: o.model ?? [],
       tokenizerPath: o.tokenizer,
       storageThresholdTokens: o.storageThreshold,
       retryTimeoutMs: o.retryTimeout,

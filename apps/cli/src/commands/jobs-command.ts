@@ -35,8 +35,8 @@ export function addJobCommands(program: Command): void {
       .option("--job-id <id>", "the job's id (letters, digits, _ and -); submitting an existing id returns that job")
       .addOption(new Option("--priority <p>", "queue priority").choices(["high", "normal", "low"]).default("normal"))
       .option("--tenant <name>", "owner of the job")
-      .option("--model <path>", "checkpoint on the cluster's filesystem (default: the coordinator's)")
-      .option("--tokenizer <path>", "tokenizer on the cluster's filesystem (default: the coordinator's)")
+      .option("--model <name>", "a model the coordinator serves, by name (or its served path; default: its default)")
+      .option("--tokenizer <path>", "the served model's own tokenizer path (default: the model's)")
       .addOption(new Option("--format <f>", "input format").choices(["auto", "tessera", "openai"]).default("auto"))
       .option(
         "--max-tokens <n>",

@@ -31,6 +31,7 @@ import {
   type JobSampling,
   type JobState,
 } from "@tessera/nats";
+import { resolveServedModel, type ServedModel } from "../served-models.js";
 import { checkBatchLimits, maxLineBytesOf, type GenerateLimits } from "./limits.js";
 import { checkPriorityAllowed, maySee, submitTenant, type Identity } from "./auth.js";
 
@@ -52,6 +53,12 @@ export interface JobServiceOptions {
   tenantMaxJobs: number;
   /** How long an ended job is kept (the job worker's sweep deletes it after), in ms: a Job's `expires_at`. */
   jobRetentionMs: number;
+  /**
+   * The served models: a job's model_path / tokenizer_path must name one
+   * (checked at submit; the coordinator that runs it checks again).
+   * Empty: not checked here.
+   */
+  models: readonly ServedModel[];
   log: (line: string) => void;
   /**
    * The caller of a call (its bearer token's tenant; see auth.ts). A tenant
@@ -228,6 +235,7 @@ async function submitRequest(
     throw invalid(`format: must be auto, tessera or openai, got ${JSON.stringify(req.format)}`);
   if (req.jobId) jobId(req.jobId, "job_id");
   const sampling = jobSampling(req.sampling);
+  if (options.models.length > 0) resolveServedModel(options.models, req.modelPath, req.tokenizerPath);
   const { job } = await s.submit({
     input: req.input,
     fileName,
