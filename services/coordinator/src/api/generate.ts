@@ -14,16 +14,17 @@ import {
   type Client,
   type GenerateEventSchema,
   type GenerateRequest,
+  type LoadResponse,
   type MessageInitShape,
 } from "@tessera/proto";
 import { redactNatsServers, tenantJobKey } from "@tessera/nats";
 import { runBatch, type LoadedModel } from "../engine/index.js";
 import { ForwardChannel } from "../forward-channel.js";
-import { ForwardPipeline, type LayerRange } from "../pipeline.js";
+import { ForwardPipeline, type LayerRange, type StageModel } from "../pipeline.js";
 import { priorityRank, type BatchSlots } from "../batch-slots.js";
 import { planStages, surveyGpuNodes, type GpuSurvey } from "../job-plan.js";
 import type { ModelCache } from "../model-cache.js";
-import { ModelLease } from "../model-lease.js";
+import { ModelLease, holderId, loadStageModel } from "../model-lease.js";
 import type { Membership } from "../membership.js";
 import type { CompiledCoordinatorOptions } from "../options.js";
 import { checkPriorityAllowed, type Identity } from "./auth.js";
@@ -73,6 +74,8 @@ export function createGenerate(deps: GenerateDeps): Generate {
   const jobs = new Set<AbortController>();
   const runningJobIds = new Set<string>();
   const gpuLeases = new Map<string, ModelLease>();
+  // This coordinator's name in the gpu-nodes' model leases.
+  const holder = holderId();
 
   async function run(req: GenerateRequest, caller: GenerateCaller): Promise<void> {
     const { who } = caller;
@@ -113,11 +116,29 @@ export function createGenerate(deps: GenerateDeps): Generate {
         const key = JSON.stringify([modelPath, range.start, range.end, i === 0, i === stages.length - 1]);
         releases.push(await lease.acquire(key, abort.signal));
       }
+      // What each stage must hold: every step names it, so a node another
+      // coordinator reloaded fails the step instead of answering wrong.
+      const stageModels: StageModel[] = stages.map(({ range }) => ({
+        modelId: "",
+        layerStart: range.start,
+        layerEnd: range.end,
+      }));
       // Loads a stage's layer range; again when a restarted gpu-node
-      // answers a step with "no model is loaded".
-      const loadStage = (stage: Stage) => loadLayers(stage, stages.length, modelPath);
-      await Promise.all(stages.map(loadStage));
-      const channel = new ForwardPipeline(stages.map(({ address }) => new ForwardChannel(deps.gpuClient(address))));
+      // answers a step with "no model is loaded", or another coordinator's
+      // Load replaced it (MODEL_MISMATCH).
+      const loadStage = async (stage: Stage) => {
+        const res = await loadLayers(stage, stages.length, modelPath, abort.signal);
+        stageModels[stage.i]!.modelId = res.modelId;
+      };
+      // One at a time, in address order: coordinators that share gpu-nodes
+      // take the nodes' leases in the same order, so none holds a node
+      // another waits for while waiting for one that other holds.
+      for (const stage of [...stages].sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0)))
+        await loadStage(stage);
+      const channel = new ForwardPipeline(
+        stages.map(({ address }) => new ForwardChannel(deps.gpuClient(address))),
+        stageModels,
+      );
       try {
         await runBatch(req, {
           options,
@@ -129,7 +150,7 @@ export function createGenerate(deps: GenerateDeps): Generate {
             const stage = stages.find((st) => st.address === address);
             if (!stage) throw new RpcError(Code.NOT_FOUND, `gpu-node ${address} is not a stage of this job`);
             options.log(
-              `gpu-node ${address}: no model loaded (restarted?); loading layers [${stage.range.start}, ${stage.range.end}) again`,
+              `gpu-node ${address}: not holding this job's model (restarted, or another coordinator loaded it); loading layers [${stage.range.start}, ${stage.range.end}) again`,
             );
             await loadStage(stage);
           },
@@ -191,18 +212,23 @@ export function createGenerate(deps: GenerateDeps): Generate {
     return { stages: ranges.map((range, i) => ({ range, address: gpuNodes[i]!, i })), gpuSurvey };
   }
 
-  /** Load of a stage's layers on its gpu-node. @throws RpcError naming the node when the Load fails. */
-  function loadLayers({ range, address, i }: Stage, nStages: number, modelPath: string): Promise<void> {
-    return deps
-      .gpuClient(address)
-      .load({ modelPath, layerStart: range.start, layerEnd: range.end, embed: i === 0, head: i === nStages - 1 })
-      .then(
-        () => undefined,
-        (err: unknown) => {
-          const e = RpcError.from(err);
-          throw new RpcError(e.code, `gpu-node ${address}: Load failed: ${e.message}`, { cause: err });
-        },
-      );
+  /**
+   * Load of a stage's layers on its gpu-node as this coordinator (waiting
+   * while another coordinator's lease is live: loadStageModel).
+   * @throws RpcError naming the node when the Load fails (its reason kept).
+   */
+  function loadLayers(
+    { range, address, i }: Stage,
+    nStages: number,
+    modelPath: string,
+    signal: AbortSignal,
+  ): Promise<LoadResponse> {
+    const req = { modelPath, layerStart: range.start, layerEnd: range.end, embed: i === 0, head: i === nStages - 1 };
+    const opts = { retryTimeoutMs: options.retryTimeoutMs, log: options.log, address };
+    return loadStageModel(deps.gpuClient(address), { ...req, holder }, opts, signal).catch((err: unknown) => {
+      const e = RpcError.from(err);
+      throw new RpcError(e.code, `gpu-node ${address}: Load failed: ${e.message}`, { cause: err, metadata: e.metadata });
+    });
   }
 
   return {
