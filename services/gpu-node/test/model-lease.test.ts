@@ -200,9 +200,9 @@ test("a Load its caller abandons (deadline passed) stops building layers and loa
   }
   const line = log.find((l) => l.includes("Load of"));
   assert.ok(line, "the node logged that it stopped the Load");
-  const m = new RegExp(`: Load of ${deep} stopped: load cancelled by its caller after (\\d+) of ${DEEP_LAYERS} layers$`).exec(
-    line,
-  );
+  const m = new RegExp(
+    `: Load of ${deep} stopped: load cancelled by its caller after (\\d+) of ${DEEP_LAYERS} layers$`,
+  ).exec(line);
   assert.ok(m, line);
   assert.ok(Number(m[1]) < DEEP_LAYERS);
   assert.equal((await client.info({})).modelPath, "");
