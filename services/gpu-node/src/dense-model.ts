@@ -402,7 +402,9 @@ export class DenseModel {
   /** The RoPE rows of `positions` ({@link ropeRows}), from the memo when the same positions came lately. */
   private rope(positions: BigInt64Array): { cos: Float32Array; sin: Float32Array } {
     const memo = this.ropeMemo;
-    const hit = memo.find((m) => m.positions.length === positions.length && m.positions.every((p, i) => p === positions[i]));
+    const hit = memo.find(
+      (m) => m.positions.length === positions.length && m.positions.every((p, i) => p === positions[i]),
+    );
     if (hit) return hit;
     const rows = { positions: positions.slice(), ...ropeRows(this.shape, positions) };
     memo.push(rows);

@@ -61,7 +61,8 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
   const models = new ModelSlot(
     opts,
     () => {
-      if (service.state !== "running") throw new RpcError(Code.UNAVAILABLE, `gpu-node ${address()} is ${service.state}`);
+      if (service.state !== "running")
+        throw new RpcError(Code.UNAVAILABLE, `gpu-node ${address()} is ${service.state}`);
     },
     address,
   );

@@ -227,7 +227,10 @@ export function createGenerate(deps: GenerateDeps): Generate {
     const opts = { retryTimeoutMs: options.retryTimeoutMs, log: options.log, address };
     return loadStageModel(deps.gpuClient(address), { ...req, holder }, opts, signal).catch((err: unknown) => {
       const e = RpcError.from(err);
-      throw new RpcError(e.code, `gpu-node ${address}: Load failed: ${e.message}`, { cause: err, metadata: e.metadata });
+      throw new RpcError(e.code, `gpu-node ${address}: Load failed: ${e.message}`, {
+        cause: err,
+        metadata: e.metadata,
+      });
     });
   }
 
