@@ -59,17 +59,27 @@ export async function loadStageModel(
   }
 }
 
-/** The jobs of this coordinator on one gpu-node (see the file comment). */
+/**
+ * The jobs of this coordinator on one gpu-node (see the file comment).
+ * When the last one ends, `onIdle` tells the node (GpuNode.Release), so
+ * another coordinator need not wait for the lease TTL; the next acquire
+ * waits for that call first, so its own Load is not released after it.
+ */
 export class ModelLease {
   private model: string | undefined;
   private holders = 0;
   private readonly waiters: (() => void)[] = [];
+  private releasing: Promise<void> = Promise.resolve();
+
+  /** @param onIdle called when the last holder releases (errors are the callee's to log). */
+  constructor(private readonly onIdle: () => Promise<void> = async () => {}) {}
 
   /**
    * Resolves with a release function once `model` may run on the node.
    * @throws the signal's reason when it aborts while waiting.
    */
   async acquire(model: string, signal: AbortSignal): Promise<() => void> {
+    await this.releasing;
     while (this.holders > 0 && this.model !== model) {
       await new Promise<void>((resolve, reject) => {
         const onAbort = () => reject(signal.reason as Error);
@@ -86,7 +96,12 @@ export class ModelLease {
     return () => {
       if (released) return;
       released = true;
-      if (--this.holders === 0) for (const wake of this.waiters.splice(0)) wake();
+      if (--this.holders > 0) return;
+      this.releasing = this.onIdle().catch(() => undefined);
+      const waiters = this.waiters.splice(0);
+      void this.releasing.then(() => {
+        for (const wake of waiters) wake();
+      });
     };
   }
 }

@@ -6,7 +6,7 @@
  * over long-lived Attend streams (ARCHITECTURE.md, "One decode step"), with
  * activations in f16 or f32 (`wireDtype`), and handing its hidden states to
  * the next pipeline stage over a Forward stream of its own (downstream.ts).
- * This file wires the gRPC service (Load, Forward, Info) and the lifecycle;
+ * This file wires the gRPC service (Load, Forward, Info, Release) and the lifecycle;
  * the options are options.ts, the pure step plan step-plan.ts.
  */
 import type { Service } from "@tessera/core";
@@ -115,6 +115,10 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
         load: (req, call) => models.load(req, callSignal(call)),
         forward: (call) => serveForward(call, new StepRunner(host), forwards),
         info,
+        release: async (req) => {
+          models.lease.release(req.holder);
+          return {};
+        },
       }),
     shutdownGraceMs: opts.shutdownGraceMs,
     // Measured before the port is bound, so no step competes with it.

@@ -5,7 +5,8 @@
  * coordinator's instance id); the lease is live while a Load or step on its
  * model runs, or ran less than `leaseTtlMs` ago; while it is live, only its
  * holders may load another model, and anyone else's Load of another model is
- * refused (LEASED) rather than swapping the model under them. Every step
+ * refused (LEASED) rather than swapping the model under them; a holder done
+ * with it says so (GpuNode.Release), so the next may load at once. Every step
  * names the model id and layer range it was planned for
  * (ForwardRequest.model), and a step for anything else fails
  * MODEL_MISMATCH ({@link checkStageModel}), so a lapsed lease gives a named
@@ -127,6 +128,14 @@ export class NodeLease {
       if (this.modelId !== modelId) return;
       ({ modelId: this.modelId, range: this.range, holders: this.holders, lastUsed: this.lastUsed } = before);
     };
+  }
+
+  /**
+   * GpuNode.Release: `holder` is done with the lease (the model stays
+   * loaded); once no holder is left, anyone may load another model.
+   */
+  release(holder: string): void {
+    this.holders.delete(holder);
   }
 
   /** A Load or step on the lease starts (it stays live until {@link end}). */

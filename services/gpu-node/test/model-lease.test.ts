@@ -4,7 +4,8 @@
  * (LEASED, naming the node, the model and its holder) while the first's
  * lease is live; a step naming another model or range than the node holds
  * fails MODEL_MISMATCH (also on a later pipeline stage), never answering
- * with the other model's logits; and the node stops work its caller
+ * with the other model's logits; a Release by the only holder lets the
+ * next in at once; and the node stops work its caller
  * abandoned: a Load cancelled mid-way stops building layers, a Forward
  * stream cancelled mid-step stops calling its attention node.
  */
@@ -104,7 +105,7 @@ const headOnly = (modelPath: string, holder: string) => ({
   holder,
 });
 
-test("a second coordinator's Load of another model is refused LEASED while the first's lease is live", async () => {
+test("a second coordinator's Load of another model is refused LEASED while the first's lease is live, until released", async () => {
   const { node, client } = await startNode({ leaseTtlMs: 60_000 });
   const a = await client.load(headOnly(MODEL, "coord-a"));
   assert.match(a.modelId, /^[0-9a-f]{16}$/);
@@ -133,6 +134,12 @@ test("a second coordinator's Load of another model is refused LEASED while the f
   const swapped = await solo.load(headOnly(other, "coord-a"));
   assert.notEqual(swapped.modelId, a.modelId);
   assert.equal((await solo.info({})).modelPath, other);
+  // Released by its only holder, the lease lets anyone in at once (the model stays loaded until then).
+  await assert.rejects(solo.load(headOnly(MODEL, "coord-b")), { code: Code.FAILED_PRECONDITION });
+  await solo.release({ holder: "coord-a" });
+  assert.equal((await solo.info({})).modelPath, other);
+  await solo.load(headOnly(MODEL, "coord-b"));
+  assert.deepEqual((await solo.info({})).leaseHolders, ["coord-b"]);
 });
 
 test("a step planned for another model or range fails MODEL_MISMATCH naming both; a lapsed lease gives no wrong logits", async () => {

@@ -112,7 +112,7 @@ export function createGenerate(deps: GenerateDeps): Generate {
       // (another batch size or gpu set) wait their turn.
       for (const { address, range, i } of stages) {
         let lease = gpuLeases.get(address);
-        if (!lease) gpuLeases.set(address, (lease = new ModelLease()));
+        if (!lease) gpuLeases.set(address, (lease = new ModelLease(() => releaseNode(address))));
         const key = JSON.stringify([modelPath, range.start, range.end, i === 0, i === stages.length - 1]);
         releases.push(await lease.acquire(key, abort.signal));
       }
@@ -210,6 +210,18 @@ export function createGenerate(deps: GenerateDeps): Generate {
       outputTokens: 1,
     });
     return { stages: ranges.map((range, i) => ({ range, address: gpuNodes[i]!, i })), gpuSurvey };
+  }
+
+  /**
+   * Tells a gpu-node this coordinator's jobs on it are done (GpuNode.Release),
+   * so another coordinator may load its model at once; a failure is logged
+   * (the node's lease then lapses after its TTL).
+   */
+  async function releaseNode(address: string): Promise<void> {
+    await deps
+      .gpuClient(address)
+      .release({ holder }, { deadline: options.connectTimeoutMs })
+      .catch((err: unknown) => options.log(`gpu-node ${address}: Release failed: ${RpcError.from(err).message}`));
   }
 
   /**
