@@ -162,20 +162,12 @@ export class StepExecutor {
 }
 
 /**
- * Whether a gpu-node's step failed because it holds no model (it restarted):
- * NodeError.reason MODEL_NOT_LOADED, which the gpu-node sets on that error
- * and on nothing else (the coordinator then Loads the stage again); the
- * failure's code, role and message are not consulted.
- */
-export function isModelNotLoaded(failure: Pick<NodeError, "reason" | "role" | "code">): boolean {
-  return failure.reason === NodeErrorReason.MODEL_NOT_LOADED;
-}
-
-/**
  * Whether a step failed because its gpu-node does not hold the stage's
- * model: none (MODEL_NOT_LOADED) or another one (MODEL_MISMATCH: another
- * coordinator loaded it after this one's lease lapsed). The stage is then
- * loaded again, which waits while the other coordinator's lease is live.
+ * model: none (MODEL_NOT_LOADED: it restarted) or another one
+ * (MODEL_MISMATCH: another coordinator loaded it after this one's lease
+ * lapsed), as NodeError.reason says; the failure's code, role and message
+ * are not consulted. The stage is then loaded again, which waits while the
+ * other coordinator's lease is live.
  */
 export function needsReload(failure: Pick<NodeError, "reason">): boolean {
   return failure.reason === NodeErrorReason.MODEL_NOT_LOADED || failure.reason === NodeErrorReason.MODEL_MISMATCH;
