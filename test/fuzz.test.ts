@@ -661,9 +661,9 @@ test("malformed and mutated messages to every RPC end with a documented status a
     { ...fullLoad, modelPath: bundled.tokenizer },
     { ...fullLoad, modelPath: join(repoRoot, "package.json") },
     { ...fullLoad, modelPath: "/" },
-    // Other holders: refused (LEASED) while the lease is live, or taking it.
-    { ...fullLoad, holder: "fuzz-holder" },
-    { ...fullLoad, layerEnd: 1, holder: "\u0000".repeat(300) },
+    // Other holders of another model or a missing one: refused (LEASED) while the lease is live.
+    { ...fullLoad, layerEnd: 1, holder: "fuzz-holder" },
+    { ...fullLoad, modelPath: "/nonexistent/model.bin", holder: "\u0000".repeat(300) },
   ].map((m) => encode(LoadRequestSchema, m));
   const gpuSeeds: Record<string, Uint8Array[]> = {
     Load: loadSeeds,
