@@ -169,6 +169,6 @@ export class StepExecutor {
  * are not consulted. The stage is then loaded again, which waits while the
  * other coordinator's lease is live.
  */
-export function needsReload(failure: Pick<NodeError, "reason">): boolean {
+export function needsReload(failure: Pick<NodeError, "reason" | "role" | "code">): boolean {
   return failure.reason === NodeErrorReason.MODEL_NOT_LOADED || failure.reason === NodeErrorReason.MODEL_MISMATCH;
 }
