@@ -50,6 +50,7 @@ export {
   type ServerInterceptor,
   type ServerInterceptingCallInterface,
   type ServerDuplexStream,
+  type ServerUnaryCall,
   type ClientDuplexStream,
 } from "@grpc/grpc-js";
 export { endSpanWhen, failSpan } from "./span-outcome.js";

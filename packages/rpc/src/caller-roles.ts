@@ -36,13 +36,14 @@ interface ServiceDesc {
 type CallersOf<S extends ServiceDesc> = { readonly [K in keyof S["method"]]: Callers };
 
 /**
- * GpuNode: only the coordinator loads and unloads a model (Load), the
+ * GpuNode: only the coordinator loads a model and gives up its lease (Load, Release), the
  * coordinator and upstream pipeline stages (other gpu-nodes) send Forward;
  * Info is open to every role (the coordinator's planner, the node's own
  * registry advert, an operator).
  */
 export const GPU_NODE_CALLERS: CallersOf<typeof GpuNode> = {
   load: ["coordinator"],
+  release: ["coordinator"],
   forward: ["coordinator", "gpu-node"],
   info: ANY,
 };
