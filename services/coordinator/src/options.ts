@@ -31,6 +31,7 @@ export const COORDINATOR_DEFAULTS = Object.freeze({
   kvPlacement: "plan" as KvPlacementRule,
   natsPrefix: DEFAULT_NATS_PREFIX,
   jobConcurrency: 1,
+  tokenizeThreads: 1,
   nodeHeartbeatMs: 1000,
   /** nodeLostAfterMs is this many nodeHeartbeatMs. */
   nodeLostAfterHeartbeats: 3,
@@ -124,6 +125,12 @@ export interface CoordinatorOptions {
    * join the running batch ahead of theirs. @default 1
    */
   jobConcurrency?: number;
+  /**
+   * Worker threads that tokenise prompts, off the event loop
+   * (tokenize/tokenizer-pool.ts: tenants' tasks served round-robin, a
+   * cancelled request's tasks stopped). @default 1
+   */
+  tokenizeThreads?: number;
   /** Prefix of every NATS name (buckets, streams, subjects). @default "tessera" */
   natsPrefix?: string;
   /** The nodes' registry heartbeat period, in ms (with `nats`). @default 1000 */
@@ -252,6 +259,7 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     kubernetesClusterDomain: o.kubernetesClusterDomain,
     natsPrefix,
     jobConcurrency: positiveInt("jobConcurrency", o.jobConcurrency, COORDINATOR_DEFAULTS.jobConcurrency),
+    tokenizeThreads: positiveInt("tokenizeThreads", o.tokenizeThreads, COORDINATOR_DEFAULTS.tokenizeThreads),
     nodeHeartbeatMs: positiveInt("nodeHeartbeatMs", o.nodeHeartbeatMs, COORDINATOR_DEFAULTS.nodeHeartbeatMs),
     nodeLostAfterMs: positiveInt(
       "nodeLostAfterMs",

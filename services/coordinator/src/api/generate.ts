@@ -26,6 +26,7 @@ import type { ModelCache } from "../model-cache.js";
 import { ModelLease } from "../model-lease.js";
 import type { Membership } from "../membership.js";
 import type { CompiledCoordinatorOptions } from "../options.js";
+import type { TokenizerPool } from "../tokenize/tokenizer-pool.js";
 import { checkPriorityAllowed, type Identity } from "./auth.js";
 import { checkGenerateLimits } from "./limits.js";
 
@@ -35,6 +36,8 @@ export interface GenerateDeps {
   models: ModelCache;
   membership: Membership;
   slots: BatchSlots;
+  /** Tokenises prompts off the event loop, fairly among tenants. */
+  tokenizers: TokenizerPool;
   attentionClient(address: string): Client<typeof Attention>;
   gpuClient(address: string): Client<typeof GpuNode>;
 }
@@ -45,6 +48,12 @@ export interface GenerateCaller {
   /** Aborts when the caller cancels (the job's sequences are then closed). */
   signal: AbortSignal;
   emit(event: MessageInitShape<typeof GenerateEventSchema>): void;
+  /**
+   * The tenant in whose turn the job's prompts are tokenised (the
+   * tokeniser pool's round-robin); @default `who.tenant`. The job worker's
+   * jobs run as an admin but queue as the tenant that submitted them.
+   */
+  queueAs?: string | undefined;
 }
 
 /** A coordinator's Generate: runs one request; see {@link createGenerate}. */
@@ -137,6 +146,12 @@ export function createGenerate(deps: GenerateDeps): Generate {
           attentionClient: deps.attentionClient,
           slots: deps.slots,
           signal: abort.signal,
+          encodePrompts: (texts) =>
+            deps.tokenizers.encode(
+              { tokenizerPath: model.tokenizerPath, vocabSize: model.header.shape.vocabSize },
+              texts,
+              { tenant: caller.queueAs ?? who.tenant, signal: abort.signal },
+            ),
           emit: caller.emit,
         });
       } finally {

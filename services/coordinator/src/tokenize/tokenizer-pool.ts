@@ -1,0 +1,231 @@
+/**
+ * Prompt tokenising off the coordinator's event loop (issue 13: one
+ * tenant's 50 prompts x 60 KB kept the coordinator from answering health
+ * checks, heartbeats and every other tenant's calls): a bounded pool of
+ * worker threads (piscina) running tokenize-worker.ts, fed by a fair queue.
+ *
+ * - Off the loop: a request's prompts are cut into tasks of consecutive
+ *   prompts of at most {@link TOKENIZE_TASK_CHARS} characters (a longer
+ *   prompt is a task alone); the event loop only moves text and ids.
+ * - Fair: queued tasks wait in one queue per tenant, and within a tenant one
+ *   per request; the pool takes the next task round-robin over tenants,
+ *   then over that tenant's requests. A short prompt therefore waits for at
+ *   most one task of each other tenant (and request) with work queued, plus
+ *   the tasks already running, however much they queued first.
+ * - Cancelled with its request: when the request's signal aborts, its
+ *   queued tasks are dropped and a running one ends with its worker thread
+ *   (piscina terminates it and starts a fresh one), so an abandoned request
+ *   stops using CPU at once.
+ * - Bounded: `threads` workers (the coordinator's `tokenizeThreads`), started
+ *   on the first task, at a lower CPU priority than the event loop (nice
+ *   {@link TOKENIZE_NICE}); close() ends them and fails what is queued.
+ */
+import { extname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Piscina } from "piscina";
+import { Code, RpcError } from "@tessera/proto";
+import type { TokenizeOutcome, TokenizeTask } from "./tokenize-worker.js";
+
+/** Most characters (UTF-16 units) of prompt text in one task, unless one prompt alone is longer. */
+export const TOKENIZE_TASK_CHARS = 64 * 1024;
+
+/** How much lower than the event loop the worker threads run (Linux nice increment, per thread). */
+export const TOKENIZE_NICE = 5;
+
+/** The tokenizer a request's prompts are encoded with (as the model cache loaded it). */
+export interface TokenizerRef {
+  tokenizerPath: string;
+  vocabSize: number;
+}
+
+/** Who a request belongs to: its tenant (undefined: admins and calls without tokens share one queue) and its cancel signal. */
+export interface TokenizeCaller {
+  tenant: string | undefined;
+  signal: AbortSignal;
+}
+
+/** Per prompt: its token ids (BOS first, no EOS), or why it could not be encoded. */
+export type EncodedPrompt = { ids: number[] } | { error: string };
+
+/** What the pool is doing: tasks queued and running, and tenants with tasks queued. */
+export interface TokenizerPoolStats {
+  queued: number;
+  running: number;
+  tenants: number;
+}
+
+/** One queued task and how its request learns its outcome. */
+interface Pending {
+  readonly data: TokenizeTask;
+  readonly request: RequestQueue;
+  resolve(outcomes: TokenizeOutcome[]): void;
+  reject(err: unknown): void;
+}
+
+/** A request's tasks not yet started. */
+interface RequestQueue {
+  readonly tasks: Pending[];
+  readonly signal: AbortSignal;
+}
+
+// dist/*.js under node, src/*.ts under tsx (whose loader the workers get through execArgv).
+const WORKER_FILE = fileURLToPath(new URL(`./tokenize-worker${extname(import.meta.url)}`, import.meta.url));
+
+/**
+ * Cuts `texts` into runs of consecutive texts of at most `maxChars`
+ * characters in all (a longer text is a run alone); returns each run's
+ * [start, end) indexes, in order.
+ */
+export function taskRanges(texts: readonly string[], maxChars = TOKENIZE_TASK_CHARS): [number, number][] {
+  const ranges: [number, number][] = [];
+  let start = 0;
+  let chars = 0;
+  texts.forEach((t, i) => {
+    if (i > start && chars + t.length > maxChars) {
+      ranges.push([start, i]);
+      start = i;
+      chars = 0;
+    }
+    chars += t.length;
+  });
+  if (start < texts.length) ranges.push([start, texts.length]);
+  return ranges;
+}
+
+/** The coordinator's tokeniser pool; see the file comment. */
+export class TokenizerPool {
+  private pool: Piscina<TokenizeTask, TokenizeOutcome[]> | undefined;
+  /** Tenant → its requests with tasks queued; both maps' orders are the round-robin's. */
+  private readonly queues = new Map<string, Set<RequestQueue>>();
+  private queuedTasks = 0;
+  private running = 0;
+  private closed = false;
+
+  /** @param threads worker threads at most (a positive integer, the coordinator's `tokenizeThreads`). */
+  constructor(private readonly threads: number) {}
+
+  /**
+   * Token ids of each of `texts` (BOS first, no EOS; Tokenizer.encode of
+   * `tokenizer`), in order, computed on the pool's threads; a text whose
+   * encode throws gets `{ error }` and the others go on.
+   * @throws RpcError CANCELLED when `caller.signal` aborts (its queued tasks
+   *   are dropped, a running one stopped); UNAVAILABLE when the pool is
+   *   closed; the worker's error (e.g. CheckpointError naming the tokenizer
+   *   file) when a task fails as a whole.
+   */
+  async encode(tokenizer: TokenizerRef, texts: readonly string[], caller: TokenizeCaller): Promise<EncodedPrompt[]> {
+    const { signal } = caller;
+    if (this.closed) throw new RpcError(Code.UNAVAILABLE, "the coordinator is stopping");
+    if (signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
+    if (texts.length === 0) return [];
+    const request: RequestQueue = { tasks: [], signal };
+    const outcomes = taskRanges(texts).map(
+      ([start, end]) =>
+        new Promise<TokenizeOutcome[]>((resolve, reject) => {
+          const data = { ...tokenizer, texts: texts.slice(start, end) };
+          request.tasks.push({ data, request, resolve, reject });
+        }),
+    );
+    const tenant = caller.tenant ?? "";
+    let requests = this.queues.get(tenant);
+    if (!requests) this.queues.set(tenant, (requests = new Set()));
+    requests.add(request);
+    this.queuedTasks += request.tasks.length;
+    // The first rejection (cancel, close, a failed task) ends the request:
+    // the rest of its tasks are dropped.
+    const onAbort = () => this.drop(request, new RpcError(Code.CANCELLED, "job cancelled"));
+    signal.addEventListener("abort", onAbort, { once: true });
+    this.dispatch();
+    try {
+      const results = await Promise.all(outcomes);
+      return results.flat().map((o) => (o instanceof Int32Array ? { ids: Array.from(o) } : o));
+    } catch (err) {
+      this.drop(request, err);
+      throw err;
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+    }
+  }
+
+  /** Tasks queued and running now, and tenants with tasks queued. */
+  stats(): TokenizerPoolStats {
+    return { queued: this.queuedTasks, running: this.running, tenants: this.queues.size };
+  }
+
+  /**
+   * Stops the pool: queued tasks fail (UNAVAILABLE), running ones end with
+   * their worker threads; resolves once the threads have exited. Later
+   * encode() calls fail UNAVAILABLE.
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    const stopping = new RpcError(Code.UNAVAILABLE, "the coordinator is stopping");
+    for (const requests of [...this.queues.values()]) for (const r of [...requests]) this.drop(r, stopping);
+    const pool = this.pool;
+    this.pool = undefined;
+    await pool?.destroy();
+  }
+
+  /** Removes `request`'s queued tasks, failing them with `err`. */
+  private drop(request: RequestQueue, err: unknown): void {
+    for (const task of request.tasks.splice(0)) {
+      this.queuedTasks--;
+      task.reject(err);
+    }
+    for (const [tenant, requests] of this.queues) {
+      if (requests.delete(request) && requests.size === 0) this.queues.delete(tenant);
+    }
+  }
+
+  /** The next task, round-robin over tenants and then over the tenant's requests. */
+  private next(): Pending | undefined {
+    const first = this.queues.entries().next();
+    if (first.done) return undefined;
+    const [tenant, requests] = first.value;
+    const request = requests.values().next().value!;
+    const task = request.tasks.shift()!;
+    this.queuedTasks--;
+    // Both to the back of their rounds (or out, when they have no more).
+    requests.delete(request);
+    if (request.tasks.length > 0) requests.add(request);
+    this.queues.delete(tenant);
+    if (requests.size > 0) this.queues.set(tenant, requests);
+    return task;
+  }
+
+  /** Starts queued tasks while fewer than `threads` run. */
+  private dispatch(): void {
+    while (!this.closed && this.running < this.threads) {
+      const task = this.next();
+      if (!task) return;
+      this.running++;
+      this.poolOf()
+        .run(task.data, { signal: task.request.signal })
+        .then(task.resolve, (err: unknown) =>
+          task.reject(
+            task.request.signal.aborted
+              ? new RpcError(Code.CANCELLED, "job cancelled")
+              : this.closed
+                ? new RpcError(Code.UNAVAILABLE, "the coordinator is stopping")
+                : err,
+          ),
+        )
+        .finally(() => {
+          this.running--;
+          this.dispatch();
+        });
+    }
+  }
+
+  private poolOf(): Piscina<TokenizeTask, TokenizeOutcome[]> {
+    this.pool ??= new Piscina<TokenizeTask, TokenizeOutcome[]>({
+      filename: WORKER_FILE,
+      minThreads: this.threads,
+      maxThreads: this.threads,
+      // Idle threads stay: they hold the loaded tokenizers.
+      idleTimeout: Infinity,
+      niceIncrement: TOKENIZE_NICE,
+    });
+    return this.pool;
+  }
+}
