@@ -52,6 +52,8 @@ export interface TokenizerPoolStats {
   queued: number;
   running: number;
   tenants: number;
+  /** threadId of each worker thread now (none before the first task). */
+  threadIds: number[];
 }
 
 /** One queued task and how its request learns its outcome. */
@@ -64,8 +66,54 @@ interface Pending {
 
 /** A request's tasks not yet started. */
 interface RequestQueue {
+  readonly tenant: string;
   readonly tasks: Pending[];
   readonly signal: AbortSignal;
+}
+
+/**
+ * Items served in turn: the one at the cursor is served next; a new item
+ * goes in at the cursor (its first task is the next), so it waits for no
+ * task of the others beyond those running.
+ */
+class Ring<T> {
+  private readonly items: T[] = [];
+  private at = 0;
+
+  get size(): number {
+    return this.items.length;
+  }
+
+  /** Adds `item`, to be served next. */
+  add(item: T): void {
+    this.items.splice(this.at, 0, item);
+  }
+
+  /** The item to serve now. */
+  current(): T | undefined {
+    return this.items[this.at];
+  }
+
+  /** Moves the cursor past the current item (served, and staying in the ring). */
+  advance(): void {
+    this.at = (this.at + 1) % this.items.length;
+  }
+
+  /** Removes `item`; false when it is not in the ring. */
+  remove(item: T): boolean {
+    const i = this.items.indexOf(item);
+    if (i < 0) return false;
+    this.items.splice(i, 1);
+    if (i < this.at) this.at--;
+    if (this.at >= this.items.length) this.at = 0;
+    return true;
+  }
+}
+
+/** A tenant's requests with tasks queued. */
+interface TenantQueue {
+  readonly tenant: string;
+  readonly requests: Ring<RequestQueue>;
 }
 
 // dist/*.js under node, src/*.ts under tsx (whose loader the workers get through execArgv).
@@ -95,8 +143,9 @@ export function taskRanges(texts: readonly string[], maxChars = TOKENIZE_TASK_CH
 /** The coordinator's tokeniser pool; see the file comment. */
 export class TokenizerPool {
   private pool: Piscina<TokenizeTask, TokenizeOutcome[]> | undefined;
-  /** Tenant → its requests with tasks queued; both maps' orders are the round-robin's. */
-  private readonly queues = new Map<string, Set<RequestQueue>>();
+  /** Tenants with tasks queued, served in turn, and each by name. */
+  private readonly tenants = new Ring<TenantQueue>();
+  private readonly byTenant = new Map<string, TenantQueue>();
   private queuedTasks = 0;
   private running = 0;
   private closed = false;
@@ -118,7 +167,8 @@ export class TokenizerPool {
     if (this.closed) throw new RpcError(Code.UNAVAILABLE, "the coordinator is stopping");
     if (signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
     if (texts.length === 0) return [];
-    const request: RequestQueue = { tasks: [], signal };
+    const tenant = caller.tenant ?? "";
+    const request: RequestQueue = { tenant, tasks: [], signal };
     const outcomes = taskRanges(texts).map(
       ([start, end]) =>
         new Promise<TokenizeOutcome[]>((resolve, reject) => {
@@ -126,10 +176,13 @@ export class TokenizerPool {
           request.tasks.push({ data, request, resolve, reject });
         }),
     );
-    const tenant = caller.tenant ?? "";
-    let requests = this.queues.get(tenant);
-    if (!requests) this.queues.set(tenant, (requests = new Set()));
-    requests.add(request);
+    let queue = this.byTenant.get(tenant);
+    if (!queue) {
+      queue = { tenant, requests: new Ring() };
+      this.byTenant.set(tenant, queue);
+      this.tenants.add(queue);
+    }
+    queue.requests.add(request);
     this.queuedTasks += request.tasks.length;
     // The first rejection (cancel, close, a failed task) ends the request:
     // the rest of its tasks are dropped.
@@ -149,7 +202,12 @@ export class TokenizerPool {
 
   /** Tasks queued and running now, and tenants with tasks queued. */
   stats(): TokenizerPoolStats {
-    return { queued: this.queuedTasks, running: this.running, tenants: this.queues.size };
+    return {
+      queued: this.queuedTasks,
+      running: this.running,
+      tenants: this.tenants.size,
+      threadIds: (this.pool?.threads ?? []).map((w) => w.threadId),
+    };
   }
 
   /**
@@ -160,7 +218,9 @@ export class TokenizerPool {
   async close(): Promise<void> {
     this.closed = true;
     const stopping = new RpcError(Code.UNAVAILABLE, "the coordinator is stopping");
-    for (const requests of [...this.queues.values()]) for (const r of [...requests]) this.drop(r, stopping);
+    for (const queue of [...this.byTenant.values()]) {
+      while (queue.requests.size > 0) this.drop(queue.requests.current()!, stopping);
+    }
     const pool = this.pool;
     this.pool = undefined;
     await pool?.destroy();
@@ -172,24 +232,26 @@ export class TokenizerPool {
       this.queuedTasks--;
       task.reject(err);
     }
-    for (const [tenant, requests] of this.queues) {
-      if (requests.delete(request) && requests.size === 0) this.queues.delete(tenant);
-    }
+    const queue = this.byTenant.get(request.tenant);
+    if (queue?.requests.remove(request) && queue.requests.size === 0) this.removeTenant(queue);
+  }
+
+  private removeTenant(queue: TenantQueue): void {
+    this.tenants.remove(queue);
+    this.byTenant.delete(queue.tenant);
   }
 
   /** The next task, round-robin over tenants and then over the tenant's requests. */
   private next(): Pending | undefined {
-    const first = this.queues.entries().next();
-    if (first.done) return undefined;
-    const [tenant, requests] = first.value;
-    const request = requests.values().next().value!;
+    const queue = this.tenants.current();
+    if (!queue) return undefined;
+    const request = queue.requests.current()!;
     const task = request.tasks.shift()!;
     this.queuedTasks--;
-    // Both to the back of their rounds (or out, when they have no more).
-    requests.delete(request);
-    if (request.tasks.length > 0) requests.add(request);
-    this.queues.delete(tenant);
-    if (requests.size > 0) this.queues.set(tenant, requests);
+    if (request.tasks.length > 0) queue.requests.advance();
+    else queue.requests.remove(request);
+    if (queue.requests.size > 0) this.tenants.advance();
+    else this.removeTenant(queue);
     return task;
   }
 
