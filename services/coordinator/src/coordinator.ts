@@ -38,7 +38,8 @@ import { Authenticator, authenticated, loadTokens } from "./api/auth.js";
 import { BatchSlots } from "./batch-slots.js";
 import { ModelCache } from "./model-cache.js";
 import { Membership } from "./membership.js";
-import { TokenizerPool } from "./tokenize/tokenizer-pool.js";
+import { watchTokenizer } from "./metrics.js";
+import { TokenizerPool, type TokenizerPoolStats } from "./tokenize/tokenizer-pool.js";
 import { compileCoordinatorOptions, type CompiledCoordinatorOptions, type CoordinatorOptions } from "./options.js";
 
 /** A running coordinator. */
@@ -46,6 +47,8 @@ export interface CoordinatorService extends Service, JobRunner {
   readonly options: CompiledCoordinatorOptions;
   /** The live node set (starts from `options`). */
   readonly membership: Membership;
+  /** The tokeniser pool's tasks queued and running, its tenants with tasks queued and its threads. */
+  tokenizerStats(): TokenizerPoolStats;
   /** The NATS node registry watcher while running with `nats`; undefined otherwise. */
   readonly registry: RegistryWatcher | undefined;
   /**
@@ -102,6 +105,7 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
   };
   // Prompts are tokenised on worker threads, tenants served in turn (issue 13).
   const tokenizers = new TokenizerPool(options.tokenizeThreads);
+  let unwatchTokenizer: (() => void) | undefined;
   const generate = createGenerate({
     options,
     tokenizers,
@@ -128,6 +132,7 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
     // it; far larger ones grpc-js refuses before decoding.
     maxReceiveBytes: options.limits.maxRequestBytes + 2 ** 20,
     async onStart() {
+      unwatchTokenizer = watchTokenizer(() => tokenizers.stats());
       // With NATS the registered nodes are members before the first call.
       if (options.nats) {
         registry = await watchRegistry({
@@ -168,6 +173,7 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
       kube = undefined;
       await jobService.close();
       await tokenizers.close();
+      unwatchTokenizer?.();
       membership.close();
       for (const c of [...attentionClients.values(), ...gpuClients.values()]) c.close();
     },
@@ -188,7 +194,15 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
       return endSpanWhen(span, running);
     });
   };
-  return Object.defineProperties(Object.assign(service, { options, membership, generate: inProcess }), {
-    registry: { get: () => registry, enumerable: true },
-  }) as CoordinatorService;
+  return Object.defineProperties(
+    Object.assign(service, {
+      options,
+      membership,
+      generate: inProcess,
+      tokenizerStats: () => tokenizers.stats(),
+    }),
+    {
+      registry: { get: () => registry, enumerable: true },
+    },
+  ) as CoordinatorService;
 }
