@@ -37,7 +37,7 @@ import { DEFAULT_SHUTDOWN_GRACE_MS } from "@tessera/core";
 import { defaultGenerateLimits } from "@tessera/coordinator";
 import { JobStore, connectNats, registryBucket } from "@tessera/nats";
 import { Coordinator, checkHealth, createClient, type GenerateEvent } from "@tessera/proto";
-import { STORY_OPENINGS, freePort } from "@tessera/testing";
+import { STORY_OPENINGS, freePort, storyText } from "@tessera/testing";
 import { bundled, startLocalCluster, type LocalCluster } from "@tessera/cli";
 import { progress, type BenchOptions } from "./common.js";
 
@@ -107,8 +107,7 @@ export async function runTenantLoad(o: BenchOptions): Promise<TenantLoadResult> 
   // Each prompt costs its text, its id and a few bytes of framing.
   const heavyPrompts = o.quick ? QUICK_HEAVY_PROMPTS : Math.floor((L.maxRequestBytes - 1024) / (promptBytes + 32));
   const lightCalls = o.quick ? QUICK_LIGHT_CALLS : LIGHT_CALLS;
-  const story = STORY_OPENINGS.join(" ") + " ";
-  const longPrompt = story.repeat(Math.ceil(promptBytes / story.length)).slice(0, promptBytes);
+  const longPrompt = storyText(promptBytes);
   const metricsPort = await freePort();
   const nc = await connectNats({ servers, name: "bench-tenants" });
   let cluster: LocalCluster | undefined;

@@ -17,14 +17,11 @@ import { monitorEventLoopDelay } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Code, Coordinator, RpcError, checkHealth, createClient, type GenerateEvent } from "@tessera/proto";
 import { DEFAULT_SHUTDOWN_GRACE_MS } from "@tessera/core";
-import { STORY_OPENINGS, collect, freePort, startInProcessCluster, tempDir } from "@tessera/testing";
+import { storyText, collect, freePort, startInProcessCluster, tempDir } from "@tessera/testing";
 import { startTestCluster } from "./helpers.js";
 
 /** About `kb` KB of story text. */
-const storyOf = (kb: number): string => {
-  const s = STORY_OPENINGS.join(" ") + " ";
-  return s.repeat(Math.ceil((kb * 1024) / s.length)).slice(0, kb * 1024);
-};
+const storyOf = (kb: number): string => storyText(kb * 1024);
 
 /** Resolves once `cond()` holds, polling every 20 ms; throws after `ms`. */
 async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 120_000): Promise<void> {

@@ -11,7 +11,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { bundled, loadTokenizer, type Tokenizer } from "@tessera/model";
 import { Code, GenerateRequestSchema, RpcError } from "@tessera/proto";
-import { STORY_OPENINGS } from "@tessera/testing";
+import { STORY_OPENINGS, storyText } from "@tessera/testing";
 import type { BatchJob } from "../src/engine/context.js";
 import type { Output } from "../src/engine/output.js";
 import { createSequences } from "../src/engine/prompts.js";
@@ -19,10 +19,7 @@ import { TokenizerPool } from "../src/tokenize/tokenizer-pool.js";
 
 const VOCAB = 512;
 /** About `kb` KB of story text. */
-const storyOf = (kb: number): string => {
-  const s = STORY_OPENINGS.join(" ") + " ";
-  return s.repeat(Math.ceil((kb * 1024) / s.length)).slice(0, kb * 1024);
-};
+const storyOf = (kb: number): string => storyText(kb * 1024);
 
 /** A job of `prompts` on tok512.bin, with only what createSequences reads; its prompts go through `pool`. */
 async function fakeJob(

@@ -12,16 +12,13 @@ import { join } from "node:path";
 import { setImmediate as nextTurn } from "node:timers/promises";
 import { bundled, llama2cToHfTokenizer, loadModelTokenizer, loadTokenizer } from "@tessera/model";
 import { Code, RpcError } from "@tessera/proto";
-import { STORY_OPENINGS, tempDir } from "@tessera/testing";
+import { STORY_OPENINGS, storyText, tempDir } from "@tessera/testing";
 import { TokenizerPool, taskRanges, type TokenizeCaller } from "../src/tokenize/tokenizer-pool.js";
 
 const VOCAB = 512;
 const tok512 = { tokenizerPath: bundled.tokenizer, vocabSize: VOCAB };
 /** About `kb` KB of story text. */
-const storyOf = (kb: number): string => {
-  const s = STORY_OPENINGS.join(" ") + " ";
-  return s.repeat(Math.ceil((kb * 1024) / s.length)).slice(0, kb * 1024);
-};
+const storyOf = (kb: number): string => storyText(kb * 1024);
 const caller = (tenant: string | undefined, signal = new AbortController().signal): TokenizeCaller => ({
   tenant,
   signal,

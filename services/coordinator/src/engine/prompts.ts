@@ -16,16 +16,14 @@ import type { BatchJob } from "./context.js";
 import type { Output } from "./output.js";
 import { createSequence, sequenceId, type Sequence } from "./sequence.js";
 
-/** Sequences set up between two turns of the event loop. */
-const SEQUENCES_PER_TURN = 256;
-
 /**
  * Creates the sequence of every prompt of `job.request` into `job.seqs`;
  * a prompt that is too long or cannot be tokenised is finished at once
  * with an error Result (through `output`), one asking 0 tokens with "length".
  * Tokenises through `job.ctx.encodePrompts` (off the event loop), then
- * sets the sequences up, yielding to the event loop every
- * {@link SEQUENCES_PER_TURN} prompts.
+ * sets the sequences up, yielding to the event loop before each (a prompt
+ * refused as too long emits its Result, prompt and ids, at once: 64 KiB
+ * of text and ~30,000 ids take milliseconds to encode).
  * @throws RpcError CANCELLED when `job.ctx.signal` aborts; the prompts not
  *   set up by then get no sequence.
  */
@@ -36,7 +34,7 @@ export async function createSequences(job: BatchJob, output: Output): Promise<vo
   const sampling = request.sampling;
   const encoded = await ctx.encodePrompts(request.prompts.map((p) => p.prompt));
   for (const [index, p] of request.prompts.entries()) {
-    if (index % SEQUENCES_PER_TURN === 0) await nextTurn();
+    await nextTurn();
     if (ctx.signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
     const s: Sequence = createSequence(index, p.id, p.prompt, sequenceId(jobId, nonce, index));
     job.seqs.push(s);
