@@ -41,7 +41,7 @@ export async function createSequences(job: BatchJob, output: Output): Promise<vo
     try {
       const e = encoded[index]!;
       if ("error" in e) throw new Error(e.error);
-      s.promptIds = e.ids;
+      s.promptIds = Array.from(e.ids);
       output.promptTokens += s.promptIds.length;
       const wanted = p.maxTokens ?? (sampling?.maxTokens || COORDINATOR_DEFAULTS.maxTokens);
       // As run.c, the last sampled token is never fed back, so a sequence

@@ -44,8 +44,13 @@ export interface TokenizeCaller {
   signal: AbortSignal;
 }
 
-/** Per prompt: its token ids (BOS first, no EOS), or why it could not be encoded. */
-export type EncodedPrompt = { ids: number[] } | { error: string };
+/**
+ * Per prompt: its token ids (BOS first, no EOS), or why it could not be
+ * encoded. Int32Array as the worker sent them: turned into arrays one
+ * prompt at a time by the caller (all of a 64 MiB request's at once would
+ * hold the event loop for a second).
+ */
+export type EncodedPrompt = { ids: Int32Array } | { error: string };
 
 /** What the pool is doing: tasks queued and running, and tenants with tasks queued. */
 export interface TokenizerPoolStats {
@@ -191,7 +196,7 @@ export class TokenizerPool {
     this.dispatch();
     try {
       const results = await Promise.all(outcomes);
-      return results.flat().map((o) => (o instanceof Int32Array ? { ids: Array.from(o) } : o));
+      return results.flat().map((o) => (o instanceof Int32Array ? { ids: o } : o));
     } catch (err) {
       this.drop(request, err);
       throw err;
