@@ -60,7 +60,7 @@ export interface TenantLoadResult {
   loaded: { p50: number; p99: number; healthMax: number };
   /** Heavy calls that ended (all prompts answered) during the loaded round. */
   heavyEnded: number;
-  /** The coordinator's "cluster: <role>-node <address> lost (...)" log lines. */
+  /** The coordinator's "cluster: <role>-node <address> lost (...)" log lines, each with its time and phase. */
   lostLines: string[];
   sigtermSeconds: number;
   sigtermExitCode: number | null;
@@ -125,8 +125,13 @@ export async function runTenantLoad(o: BenchOptions): Promise<TenantLoadResult> 
     });
     const coordinator = cluster.node("coordinator");
     const lostLines: string[] = [];
+    let phase = "start";
+    const tStart = performance.now();
     coordinator.child.stderr!.on("data", (chunk: string) => {
-      for (const line of chunk.split("\n")) if (/^cluster: \S+ \S+ lost/.test(line)) lostLines.push(line);
+      for (const line of chunk.split("\n")) {
+        if (!/^cluster: \S+ \S+ lost/.test(line)) continue;
+        lostLines.push(`${((performance.now() - tStart) / 1000).toFixed(1)} s, ${phase}: ${line}`);
+      }
     });
     const clientOf = (t: string) => {
       const c = createClient(Coordinator, cluster!.address, {}, { token: t });
@@ -177,7 +182,9 @@ export async function runTenantLoad(o: BenchOptions): Promise<TenantLoadResult> 
 
     progress(`tenants: unloaded round (${lightCalls} light calls)`);
     await drain(light.generate({ prompts: [{ id: "warm", prompt: "Once" }], sampling: { maxTokens: 1 } }));
+    phase = "unloaded round";
     const unloaded = await round("unloaded");
+    phase = "heavy starting";
 
     progress(`tenants: heavy sends ${HEAVY_CALLS} calls at a time of ${heavyPrompts} prompts x ${promptBytes} bytes`);
     let heavyEnded = 0;
@@ -196,7 +203,9 @@ export async function runTenantLoad(o: BenchOptions): Promise<TenantLoadResult> 
       }
     });
     while ((await tokenizeTasks(metricsPort, "running")) === 0) await sleep(50);
+    phase = "loaded round";
     const loaded = await round("loaded");
+    phase = "after the loaded round";
     const ended = heavyEnded;
 
     // SIGTERM while heavy's prompts tokenise.
@@ -206,6 +215,7 @@ export async function runTenantLoad(o: BenchOptions): Promise<TenantLoadResult> 
     progress("tenants: SIGTERM to the coordinator while heavy's prompts tokenise");
     const exited = new Promise<number | null>((resolve) => coordinator.child.once("exit", (code) => resolve(code)));
     const t0 = performance.now();
+    phase = "SIGTERM";
     coordinator.child.kill("SIGTERM");
     const sigtermExitCode = await exited;
     const sigtermSeconds = (performance.now() - t0) / 1000;
