@@ -720,6 +720,7 @@ test("malformed and mutated messages to every RPC end with a documented status a
   const coordinatorSeeds: Record<string, Uint8Array[]> = {
     Generate: generateSeeds,
     ListNodes: [new Uint8Array(0)],
+    ListModels: [new Uint8Array(0)],
     AddNode: addSeeds,
     RemoveNode: removeSeeds,
     SubmitJob: submitSeeds,
@@ -734,9 +735,11 @@ test("malformed and mutated messages to every RPC end with a documented status a
   const coordinatorCodes: Record<string, Code[]> = {
     // Generate: INVALID_ARGUMENT for a bad request as a whole (documented;
     // a bad prompt only gets an error Result and the call ends OK),
-    // ALREADY_EXISTS for a job_id that is running.
-    Generate: [Code.INVALID_ARGUMENT, Code.ALREADY_EXISTS],
+    // ALREADY_EXISTS for a job_id that is running, NOT_FOUND for a model
+    // that is not served.
+    Generate: [Code.INVALID_ARGUMENT, Code.ALREADY_EXISTS, Code.NOT_FOUND],
     ListNodes: [],
+    ListModels: [],
     // AddNode: INVALID_ARGUMENT for a bad role or address, UNAVAILABLE for
     // an address whose health check does not answer (documented).
     AddNode: [Code.INVALID_ARGUMENT, Code.UNAVAILABLE],

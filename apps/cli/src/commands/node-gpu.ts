@@ -69,7 +69,7 @@ export function addGpuNodeCommand(node: Command): void {
       };
       if (o.profileOnly)
         return (await profileCommands()).printProfile(() => m.profileGpuNode(m.compileGpuNodeOptions(options)));
-      (await security()).applyTransport(o, "the gpu-node", true);
+      (await security()).applyTransport(o, "the gpu-node", true, "gpu-node");
       if (o.nats) (await security()).applyNatsAuth(o);
       return m.runGpuNode(options, registryOf(o), { port: o.metricsPort });
     });

@@ -6,9 +6,11 @@
  * batch with the engine ({@link runBatch}).
  */
 import { setMaxListeners } from "node:events";
+import { wireKvPlacement } from "@tessera/core";
 import {
   Attention,
   Code,
+  KvPlacement,
   GpuNode,
   RpcError,
   type Client,
@@ -27,6 +29,7 @@ import { ModelLease } from "../model-lease.js";
 import type { Membership } from "../membership.js";
 import type { CompiledCoordinatorOptions } from "../options.js";
 import type { TokenizerPool } from "../tokenize/tokenizer-pool.js";
+import { resolveServedModel, type ServedModel } from "../served-models.js";
 import { checkPriorityAllowed, type Identity } from "./auth.js";
 import { checkGenerateLimits } from "./limits.js";
 
@@ -41,6 +44,14 @@ export interface GenerateDeps {
   attentionClient(address: string): Client<typeof Attention>;
   gpuClient(address: string): Client<typeof GpuNode>;
 }
+
+/** Codes of a failed Load that are about the node, not the model's files: their message is passed on. */
+const NODE_STATE_CODES: ReadonlySet<Code> = new Set([
+  Code.UNAVAILABLE,
+  Code.CANCELLED,
+  Code.DEADLINE_EXCEEDED,
+  Code.RESOURCE_EXHAUSTED,
+]);
 
 /** Who calls and where the job's events go. */
 export interface GenerateCaller {
@@ -60,7 +71,9 @@ export interface GenerateCaller {
 export interface Generate {
   /**
    * Runs `req` for `caller` until every prompt is answered.
-   * @throws RpcError INVALID_ARGUMENT (bad request or model), PERMISSION_DENIED
+   * @throws RpcError NOT_FOUND (a model that is not served), INVALID_ARGUMENT
+   * (bad request), FAILED_PRECONDITION (a served model that cannot be
+   * loaded: why is logged, not sent), PERMISSION_DENIED
    * (a tenant asking priority "high"), ALREADY_EXISTS (its job id is running),
    * UNAVAILABLE (no gpu-node), CANCELLED.
    */
@@ -86,14 +99,10 @@ export function createGenerate(deps: GenerateDeps): Generate {
   async function run(req: GenerateRequest, caller: GenerateCaller): Promise<void> {
     const { who } = caller;
     const runKey = checkRequest(req, who, options);
-    const modelPath = req.modelPath || options.modelPath;
-    const tokenizerPath = req.tokenizerPath || options.tokenizerPath;
-    if (!modelPath || !tokenizerPath) {
-      throw new RpcError(
-        Code.INVALID_ARGUMENT,
-        "model_path/tokenizer_path: none given and the coordinator has no default",
-      );
-    }
+    // Only a served model is ever opened (served-models.ts).
+    const served = resolveServedModel(options.models, req.modelPath, req.tokenizerPath);
+    const { modelPath } = served;
+    if (req.kv === KvPlacement.AUTO && served.kv !== "auto") req = { ...req, kv: wireKvPlacement(served.kv) };
     if (runKey && runningJobIds.has(runKey)) {
       throw new RpcError(Code.ALREADY_EXISTS, `job_id: a job "${req.jobId}" is already running`);
     }
@@ -107,8 +116,13 @@ export function createGenerate(deps: GenerateDeps): Generate {
     if (runKey) runningJobIds.add(runKey);
     const releases: (() => void)[] = [];
     try {
-      const model = await deps.models.get(modelPath, tokenizerPath).catch((err: unknown) => {
-        throw new RpcError(Code.INVALID_ARGUMENT, (err as Error).message, { cause: err });
+      const model = await deps.models.get(modelPath, served.tokenizerPath).catch((err: unknown) => {
+        // The files are the operator's: why goes to its log, never to the caller.
+        options.log(`model "${served.name}" could not be loaded: ${(err as Error).message}`);
+        throw new RpcError(
+          Code.FAILED_PRECONDITION,
+          `model "${served.name}" could not be loaded (see the coordinator's log)`,
+        );
       });
       const { stages, gpuSurvey } = await planPipeline(req, model, abort.signal);
       // Leases are taken in a fixed order, so two jobs cannot each hold one
@@ -124,7 +138,7 @@ export function createGenerate(deps: GenerateDeps): Generate {
       }
       // Loads a stage's layer range; again when a restarted gpu-node
       // answers a step with "no model is loaded".
-      const loadStage = (stage: Stage) => loadLayers(stage, stages.length, modelPath);
+      const loadStage = (stage: Stage) => loadLayers(stage, stages.length, served);
       await Promise.all(stages.map(loadStage));
       const channel = new ForwardPipeline(stages.map(({ address }) => new ForwardChannel(deps.gpuClient(address))));
       try {
@@ -147,11 +161,20 @@ export function createGenerate(deps: GenerateDeps): Generate {
           slots: deps.slots,
           signal: abort.signal,
           encodePrompts: (texts) =>
-            deps.tokenizers.encode(
-              { tokenizerPath: model.tokenizerPath, vocabSize: model.header.shape.vocabSize },
-              texts,
-              { tenant: caller.queueAs ?? who.tenant, signal: abort.signal },
-            ),
+            deps.tokenizers
+              .encode({ tokenizerPath: model.tokenizerPath, vocabSize: model.header.shape.vocabSize }, texts, {
+                tenant: caller.queueAs ?? who.tenant,
+                signal: abort.signal,
+              })
+              .catch((err: unknown) => {
+                if (err instanceof RpcError) throw err;
+                // A tokenizer file the worker thread could not load: as a model that cannot be loaded.
+                options.log(`model "${served.name}": its tokenizer could not be loaded: ${(err as Error).message}`);
+                throw new RpcError(
+                  Code.FAILED_PRECONDITION,
+                  `model "${served.name}" could not be loaded (see the coordinator's log)`,
+                );
+              }),
           emit: caller.emit,
         });
       } finally {
@@ -206,8 +229,15 @@ export function createGenerate(deps: GenerateDeps): Generate {
     return { stages: ranges.map((range, i) => ({ range, address: gpuNodes[i]!, i })), gpuSurvey };
   }
 
-  /** Load of a stage's layers on its gpu-node. @throws RpcError naming the node when the Load fails. */
-  function loadLayers({ range, address, i }: Stage, nStages: number, modelPath: string): Promise<void> {
+  /**
+   * Load of a stage's layers on its gpu-node.
+   * @throws RpcError naming the node and model when the Load fails: its
+   *   code, and the node's message only when it is about the node (down,
+   *   cancelled, out of room), never about the model's files (those go to
+   *   the log).
+   */
+  function loadLayers({ range, address, i }: Stage, nStages: number, served: ServedModel): Promise<void> {
+    const { modelPath } = served;
     return deps
       .gpuClient(address)
       .load({ modelPath, layerStart: range.start, layerEnd: range.end, embed: i === 0, head: i === nStages - 1 })
@@ -215,7 +245,15 @@ export function createGenerate(deps: GenerateDeps): Generate {
         () => undefined,
         (err: unknown) => {
           const e = RpcError.from(err);
-          throw new RpcError(e.code, `gpu-node ${address}: Load failed: ${e.message}`, { cause: err });
+          if (NODE_STATE_CODES.has(e.code)) {
+            throw new RpcError(e.code, `gpu-node ${address}: Load failed: ${e.message}`, { cause: err });
+          }
+          options.log(`gpu-node ${address}: Load of model "${served.name}" (${modelPath}) failed: ${e.message}`);
+          throw new RpcError(
+            e.code,
+            `gpu-node ${address} could not load model "${served.name}" (see the coordinator's log)`,
+            { cause: err },
+          );
         },
       );
   }
