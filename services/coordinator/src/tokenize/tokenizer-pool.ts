@@ -30,7 +30,7 @@ import type { TokenizeOutcome, TokenizeTask } from "./tokenize-worker.js";
 export const TOKENIZE_TASK_CHARS = 64 * 1024;
 
 /** How much lower than the event loop the worker threads run (Linux nice increment, per thread). */
-export const TOKENIZE_NICE = 5;
+export const TOKENIZE_NICE = 10;
 
 /** The tokenizer a request's prompts are encoded with (as the model cache loaded it). */
 export interface TokenizerRef {
