@@ -52,7 +52,7 @@ export async function generate(
   return out;
 }
 
-export { tempDir } from "./temp-dir.js";
+export { tempDir, tmpfsDir } from "./temp-dir.js";
 export {
   startInProcessCluster,
   type InProcessCluster,

@@ -40,7 +40,7 @@ export function appendCrcs(
   rows: Uint8Array,
 ): void {
   const end = start + rows.byteLength / positionBytes;
-  for (let p = start; p < end; ) {
+  for (let p = start; p < end;) {
     const b = Math.floor(p / blockPositions);
     const stop = Math.min((b + 1) * blockPositions, end);
     const prev = p % blockPositions === 0 ? 0 : (crcs[b] ?? UNKNOWN_CRC);
@@ -85,7 +85,7 @@ export function createBlockCheck(
   let running = 0;
   return (firstPos, bytes) => {
     const last = firstPos + bytes.byteLength / positionBytes;
-    for (let p = firstPos; p < last; ) {
+    for (let p = firstPos; p < last;) {
       const b = Math.floor(p / blockPositions);
       const stop = Math.min((b + 1) * blockPositions, last);
       const want = expected[b] ?? UNKNOWN_CRC;

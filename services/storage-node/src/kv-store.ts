@@ -441,9 +441,7 @@ export function parseManifest(path: string, text: string): Manifest {
     crcs !== undefined &&
     (!Array.isArray(crcs) ||
       crcs.length !== L.nLayers ||
-      !crcs.every(
-        (l, i) => Array.isArray(l) && l.length === Math.ceil(lens[i]! / m.blockPositions!) && l.every(isCrc),
-      ))
+      !crcs.every((l, i) => Array.isArray(l) && l.length === Math.ceil(lens[i]! / m.blockPositions!) && l.every(isCrc)))
   ) {
     throw bad(`blockCrcs must hold, per layer, one CRC-32 (or null) per block of its committed positions`);
   }

@@ -502,12 +502,7 @@ function createDiskKvStore(opts: CompiledStorageNodeOptions, node: AttentionNode
     // close() may close its files) only when both are done.
     // The CRCs the reads check, before this request's writes change the last blocks'.
     const crcs = plan.items.map((it) =>
-      expectedCrcs(
-        it.seq.crcs[plan.layer]!,
-        it.seq.geometry.blockPositions,
-        it.startPos,
-        it.seq.lengths[plan.layer]!,
-      ),
+      expectedCrcs(it.seq.crcs[plan.layer]!, it.seq.geometry.blockPositions, it.startPos, it.seq.lengths[plan.layer]!),
     );
     const work = settleAll([persist(plan, opts.fsync, where()), streamer.attendAll(plan, out, crcs, where())]);
     await track(

@@ -20,7 +20,15 @@ import { join } from "node:path";
 import { attendKvCache } from "@tessera/attention";
 import { tensorF32 } from "@tessera/core";
 import { crc32 } from "node:zlib";
-import { Attention, Code, NodeErrorReason, RpcError, checkHealth, createClient, type AttendResponse } from "@tessera/proto";
+import {
+  Attention,
+  Code,
+  NodeErrorReason,
+  RpcError,
+  checkHealth,
+  createClient,
+  type AttendResponse,
+} from "@tessera/proto";
 import {
   compileStorageNodeOptions,
   createStorageNode,
