@@ -11,7 +11,7 @@
  */
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { mkdir, open, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, open, readFile, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { KvPlacement } from "@tessera/proto";
 import { parsePromptsJsonl } from "@tessera/core";
@@ -105,8 +105,11 @@ test("zeroed 4 KB, a NaN and a deleted directory: only those sequences are rebui
     await overwrite(layer0, 0, new Uint8Array(4096));
     // One NaN in b's second layer file (its first K value).
     await overwrite(join(b.dir, "layer-0001.kv"), 0, new Uint8Array(new Float32Array([NaN]).buffer));
-    // c's whole directory deleted under the running node.
-    await rm(c.dir, { recursive: true, force: true });
+    // c's whole directory deleted under the running node (moved out first,
+    // so that the node's next write cannot race the removal).
+    const gone = `${dir.path}-gone`;
+    await rename(c.dir, gone);
+    await rm(gone, { recursive: true, force: true });
     damaged = { zeroed: prompts[a.index]!.id, nan: prompts[b.index]!.id, deleted: prompts[c.index]!.id };
     t.diagnostic(`damaged ${JSON.stringify(damaged)}; ${layer0}`);
   });

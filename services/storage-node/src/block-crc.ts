@@ -2,9 +2,11 @@
  * Block checksums of a storage-node's layer files (see kv-store.ts for the
  * layout): per layer, one CRC-32 per block of `blockPositions` positions,
  * over the block's committed positions (a partial last block: over the
- * positions it holds so far). zlib's CRC-32 (`node:zlib` crc32, the
- * ISO-HDLC polynomial of gzip and PNG), which continues a running value, so
- * an append extends the last block's CRC without reading it back.
+ * positions it holds so far). CRC-32 (the ISO-HDLC polynomial of gzip, PNG
+ * and `node:zlib` crc32), computed by @node-rs/crc32 (SIMD; 2-3x zlib's on
+ * the machine we measured, see `npm run bench`, attention), which continues
+ * a running value, so an append extends the last block's CRC without
+ * reading it back.
  *
  * The node keeps them in memory and records them in the manifest with the
  * lengths, so the two always agree (both are replaced in the same atomic
@@ -14,7 +16,12 @@
  * known ({@link UNKNOWN_CRC}: a manifest written before checksums, or a
  * partial block that a retried step is overwriting) is read unchecked.
  */
-import { crc32 } from "node:zlib";
+import { crc32 as nativeCrc32 } from "@node-rs/crc32";
+
+/** CRC-32 of `bytes` continuing `prev` (0 starts one); a view, no copy. */
+function crc32(bytes: Uint8Array, prev: number): number {
+  return nativeCrc32(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), prev);
+}
 
 /** A block whose CRC is not known: read unchecked. */
 export const UNKNOWN_CRC = -1;
