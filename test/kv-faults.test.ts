@@ -193,13 +193,10 @@ test("a storage-node whose disk fills mid-job: its sequences move to a node with
   const request = { prompts, sampling: { temperature: 0, maxTokens: MAX_TOKENS } };
   const reference = await generate(coordinator.address, request);
 
-  let filled = false;
-  const out = await generate(coordinator.address, request, async (ev) => {
-    if (filled || ev.event.case !== "progress" || ev.event.value.tokensGenerated < 8n) return;
-    filled = true;
-    // Fill the rest of the tmpfs.
+  /** Fills the rest of the tmpfs (appending to one file until ENOSPC). */
+  const fill = async () => {
     await mkdir(join(small, "filler"), { recursive: true });
-    const fh = await open(join(small, "filler", "fill.bin"), "w");
+    const fh = await open(join(small, "filler", "fill.bin"), "a");
     try {
       for (;;) await fh.write(new Uint8Array(64 * 1024));
     } catch (err) {
@@ -207,6 +204,12 @@ test("a storage-node whose disk fills mid-job: its sequences move to a node with
     } finally {
       await fh.close();
     }
+  };
+  let filled = false;
+  const out = await generate(coordinator.address, request, async (ev) => {
+    if (filled || ev.event.case !== "progress" || ev.event.value.tokensGenerated < 8n) return;
+    filled = true;
+    await fill();
   });
   assert.ok(filled);
   assertSameTokens(
@@ -220,4 +223,20 @@ test("a storage-node whose disk fills mid-job: its sequences move to a node with
   // They moved to the node with room.
   const movedIds = prompts.filter((p) => lines.some((l) => l.includes(`"${p.id}"`))).map((p) => p.id);
   for (const id of movedIds) assert.equal(out.results.get(id)!.kvNode, `storage@${other.address}`, id);
+
+  // The next job, with the disk full again (the first job's files there
+  // are gone): OpenSequence there fails with DISK_FULL, and every prompt
+  // is placed on the node with room.
+  await fill();
+  const next = await generate(coordinator.address, request);
+  assertSameTokens(
+    next,
+    reference,
+    prompts.map((p) => p.id),
+  );
+  for (const p of prompts) assert.equal(next.results.get(p.id)!.kvNode, `storage@${other.address}`, p.id);
+  assert.ok(
+    log.some((l) => l.includes("cannot open its KV cache") && l.includes(full.address) && l.includes("ENOSPC")),
+    log.join("\n"),
+  );
 });

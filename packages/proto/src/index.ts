@@ -24,7 +24,7 @@ export {
   type MethodImpl,
   type ServiceImpl,
 } from "./grpc-adapter.js";
-export { RpcError, Code } from "./rpc-error.js";
+export { RpcError, Code, withNodeErrorReason, nodeErrorReasonOf } from "./rpc-error.js";
 export {
   PLAINTEXT,
   TransportSecurityError,

@@ -1,4 +1,5 @@
 import { Metadata, status as GrpcStatus, type ServiceError } from "@grpc/grpc-js";
+import { NodeErrorReason } from "./gen/tessera/v1/tensor_pb.js";
 
 /** gRPC status codes, re-exported so callers need not import grpc-js. */
 export const Code = GrpcStatus;
@@ -56,4 +57,24 @@ function isServiceError(err: unknown): err is ServiceError {
     typeof (err as Partial<ServiceError>).code === "number" &&
     typeof (err as Partial<ServiceError>).details === "string"
   );
+}
+
+/** Trailing-metadata key of a {@link NodeErrorReason} (its number) on a unary RPC's error. */
+const REASON_KEY = "tessera-node-error-reason";
+
+/**
+ * Marks `err` with `reason` in its trailing metadata, for a unary RPC
+ * whose answer has no NodeError to carry one (e.g. OpenSequence refused
+ * for a full disk: DISK_FULL, where RESOURCE_EXHAUSTED alone would read as
+ * "no KV capacity"). Returns `err`.
+ */
+export function withNodeErrorReason(err: RpcError, reason: NodeErrorReason): RpcError {
+  err.metadata.set(REASON_KEY, String(reason));
+  return err;
+}
+
+/** The {@link NodeErrorReason} {@link withNodeErrorReason} put on an error; UNSPECIFIED when none. */
+export function nodeErrorReasonOf(err: RpcError): NodeErrorReason {
+  const v = Number(err.metadata.get(REASON_KEY)[0]);
+  return Number.isInteger(v) && v in NodeErrorReason ? (v as NodeErrorReason) : NodeErrorReason.UNSPECIFIED;
 }

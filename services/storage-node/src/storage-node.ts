@@ -44,7 +44,14 @@ import {
   type WasmHeap,
 } from "@tessera/attention";
 import { CapacityError, f32Tensor, type Service } from "@tessera/core";
-import { Code, NodeErrorReason, RpcError, type AttendRequest, type NodeProfile } from "@tessera/proto";
+import {
+  Code,
+  NodeErrorReason,
+  RpcError,
+  withNodeErrorReason,
+  type AttendRequest,
+  type NodeProfile,
+} from "@tessera/proto";
 import { appendCrcs, createBlockCheck, expectedCrcs } from "./block-crc.js";
 import {
   KvStoreError,
@@ -466,8 +473,11 @@ function createDiskKvStore(opts: CompiledStorageNodeOptions, node: AttentionNode
       bytes,
       opts.fsync,
     ).catch((err: unknown) => {
-      // Named, with its code (RESOURCE_EXHAUSTED for a full disk).
-      throw ioError(join(opts.dataDir, sequenceDirName(seqId)), `creating sequence "${seqId}"`, err);
+      // Named, with its code; a full disk says so (DISK_FULL), so the caller places it elsewhere.
+      const e = ioError(join(opts.dataDir, sequenceDirName(seqId)), `creating sequence "${seqId}"`, err);
+      if (e.rpcCode !== Code.RESOURCE_EXHAUSTED) throw e;
+      const full = new RpcError(Code.RESOURCE_EXHAUSTED, `${where()}: ${e.message}`, { cause: e });
+      throw withNodeErrorReason(full, NodeErrorReason.DISK_FULL);
     });
     sequences.set(seqId, seq);
     return { length: 0, reservedBytes: BigInt(bytes) };
@@ -515,8 +525,10 @@ function createDiskKvStore(opts: CompiledStorageNodeOptions, node: AttentionNode
   return {
     /**
      * Creates the sequence's files, or finds them (its persisted length):
-     * RESOURCE_EXHAUSTED past capacity, INVALID_ARGUMENT for another layout,
-     * DATA_LOSS naming the file when its files are damaged.
+     * RESOURCE_EXHAUSTED past capacity, or for a full disk with the reason
+     * DISK_FULL in its trailers ({@link withNodeErrorReason}), naming the
+     * directory; INVALID_ARGUMENT for another layout, DATA_LOSS naming the
+     * file when its files are damaged.
      */
     openSequence: (seqId, layout, maxPositions) => admin(() => openSequence(seqId, layout, maxPositions)),
     /** Waits for the sequence's running requests, then deletes its files (damaged ones too); unknown ids succeed. */

@@ -19,7 +19,8 @@
  *   NodeError.seq_id: damaged files, a checksum, a full disk; or its
  *   re-open finds its files damaged, DATA_LOSS) is moved alone, at once,
  *   with a log line, and rebuilt from its tokens; placement then avoids a
- *   node whose disk was full while another of its role is up. After
+ *   node whose disk was full (here, or at OpenSequence: RESOURCE_EXHAUSTED
+ *   with reason DISK_FULL) while another of its role is up. After
  *   {@link MAX_KV_FAULTS} rebuilds it fails with the node's message.
  * - plan: per ready sequence its next prompt chunk (prefill, at most
  *   `maxPrefillTokens` tokens per step over the batch) or its last sampled
@@ -264,7 +265,8 @@ export class Scheduler {
 
   /**
    * Opens every shard of `s` on `placed`; a refusal for capacity (returned)
-   * closes the shards that did open, any other failure finishes the
+   * closes the shards that did open; a full disk or no answer tries again
+   * after a backoff (a full disk: elsewhere); any other failure finishes the
    * sequence. Returns "moved" when the sequence moved (or finished) while
    * its shards were opening: what opened is closed, and move() has queued it.
    */
@@ -283,6 +285,12 @@ export class Scheduler {
       this.output.finish(s, "error", fatal);
       return undefined;
     }
+    const full = outcomes.find((o) => o.diskFull !== undefined);
+    if (full?.diskFull !== undefined && full.node) {
+      // Placed again (after a backoff) where there is room.
+      this.fullDisks.add(full.node.address);
+      return this.openFailed(s, full.diskFull, full.node);
+    }
     const down = outcomes.find((o) => o.unavailable !== undefined);
     if (down?.unavailable !== undefined) return this.openFailed(s, down.unavailable, down.node);
     s.openRetry = undefined;
@@ -297,7 +305,7 @@ export class Scheduler {
   }
 
   /**
-   * Its node does not answer: the sequence is placed again after a backoff
+   * Its node does not answer (or its disk is full): the sequence is placed again after a backoff
    * (the node may be back, or known lost and avoided by then); a
    * memory-node failing for failoverMs is marked down; after retryTimeoutMs
    * the sequence fails.
