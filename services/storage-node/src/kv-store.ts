@@ -50,7 +50,8 @@
  * - "never": the same writes and renames without fsync; the OS flushes when
  *   it likes. A killed process loses no step it answered (the page cache
  *   survives it); a power loss may lose recent positions (a manifest may
- *   then claim rows that read as zeros).
+ *   then claim rows that read as zeros: their blocks fail their CRC on
+ *   read, and the coordinator rebuilds the sequence).
  */
 import { createHash } from "node:crypto";
 import { constants } from "node:fs";
