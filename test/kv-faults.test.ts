@@ -18,7 +18,7 @@ import { parsePromptsJsonl } from "@tessera/core";
 import { createGpuNode } from "@tessera/gpu-node";
 import { createStorageNode, type StorageNode } from "@tessera/storage-node";
 import { createCoordinator } from "@tessera/coordinator";
-import { bundled, generate, tempDir, tmpfsDir, type GenerateOutcome } from "@tessera/testing";
+import { bundled, generate, overwriteAt, tempDir, tmpfsDir, type GenerateOutcome } from "@tessera/testing";
 
 const MAX_TOKENS = 40;
 
@@ -63,16 +63,6 @@ async function sequenceDirs(dataDir: string): Promise<{ dir: string; index: numb
   return out;
 }
 
-/** Writes `bytes` at `offset` of `path` (in place, the file keeps its size). */
-async function overwrite(path: string, offset: number, bytes: Uint8Array): Promise<void> {
-  const fh = await open(path, "r+");
-  try {
-    await fh.write(bytes, 0, bytes.byteLength, offset);
-  } finally {
-    await fh.close();
-  }
-}
-
 /** Every prompt finished without error, with the tokens of `reference`. */
 function assertSameTokens(out: GenerateOutcome, reference: GenerateOutcome, ids: readonly string[]) {
   for (const id of ids) {
@@ -102,9 +92,9 @@ test("zeroed 4 KB, a NaN and a deleted directory: only those sequences are rebui
     const [a, b, c] = [dirs[1]!, dirs[4]!, dirs[6]!];
     const layer0 = join(a.dir, "layer-0000.kv");
     // 4 KB zeroed at the start of a's first layer file (block 0).
-    await overwrite(layer0, 0, new Uint8Array(4096));
+    await overwriteAt(layer0, 0, new Uint8Array(4096));
     // One NaN in b's second layer file (its first K value).
-    await overwrite(join(b.dir, "layer-0001.kv"), 0, new Uint8Array(new Float32Array([NaN]).buffer));
+    await overwriteAt(join(b.dir, "layer-0001.kv"), 0, new Uint8Array(new Float32Array([NaN]).buffer));
     // c's whole directory deleted under the running node (moved out first,
     // so that the node's next write cannot race the removal).
     const gone = `${dir.path}-gone`;

@@ -52,7 +52,7 @@ export async function generate(
   return out;
 }
 
-export { tempDir, tmpfsDir } from "./temp-dir.js";
+export { overwriteAt, tempDir, tmpfsDir } from "./temp-dir.js";
 export {
   startInProcessCluster,
   type InProcessCluster,

@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, open, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -29,4 +29,14 @@ export async function tmpfsDir(size: string): Promise<{ path: string; remove(): 
       await dir.remove();
     },
   };
+}
+
+/** Writes `bytes` at byte `offset` of the file at `path`, in place (to damage a file on purpose). */
+export async function overwriteAt(path: string, offset: number, bytes: Uint8Array): Promise<void> {
+  const fh = await open(path, "r+");
+  try {
+    await fh.write(bytes, 0, bytes.byteLength, offset);
+  } finally {
+    await fh.close();
+  }
 }

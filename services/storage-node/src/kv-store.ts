@@ -60,7 +60,7 @@ import { basename, join } from "node:path";
 import { Code } from "@tessera/proto";
 import type { AttendTarget, KvLayoutDims } from "@tessera/attention";
 import { TesseraError } from "@tessera/core";
-import { UNKNOWN_CRC, blockCrc } from "./block-crc.js";
+import { UNKNOWN_CRC, blockCrc, type BadBlock } from "./block-crc.js";
 
 /** Name of the index file in a sequence directory. */
 export const MANIFEST_FILE = "manifest.json";
@@ -624,13 +624,35 @@ export async function readFully(
 }
 
 /**
- * Recomputes the CRCs of layer `layer`'s blocks from the one holding
- * position `from` to its committed length, reading them back from the file
- * (after a retried step overwrote committed positions: the CRC of a block
- * cannot be continued past a position that changed).
- * @throws KvStoreError naming the file (see {@link readFully}).
+ * The error of block `bad.block` of layer `layer` failing its check:
+ * names the file, the block, its bytes and both CRCs (DATA_LOSS).
  */
-export async function recomputeCrcs(seq: StoredSequence, layer: number, from: number): Promise<void> {
+export function badBlockError(seq: StoredSequence, layer: number, bad: BadBlock): KvStoreError {
+  const hex = (n: number) => n.toString(16).padStart(8, "0");
+  const at = bad.block * seq.geometry.blockBytes;
+  return new KvStoreError(
+    join(seq.dir, layerFileName(layer)),
+    `block ${bad.block} (bytes ${at}-${at + seq.geometry.blockBytes - 1}) fails its checksum: ` +
+      `CRC-32 ${hex(bad.found)}, the manifest records ${hex(bad.expected)}`,
+  );
+}
+
+/**
+ * Reads back layer `layer`'s committed blocks from the one holding
+ * position `from` and, for `"verify"`, checks each against its CRC (before
+ * a retried step overwrites committed positions: otherwise a damaged block
+ * would get a new CRC over the damage), or, for `"recompute"`, records
+ * their CRCs (after it did: a block's CRC cannot be continued past a
+ * position that changed).
+ * @throws KvStoreError naming the file and the block that fails its
+ *   check ({@link badBlockError}), or a read that failed ({@link readFully}).
+ */
+export async function rereadCrcs(
+  seq: StoredSequence,
+  layer: number,
+  from: number,
+  mode: "verify" | "recompute",
+): Promise<void> {
   const { blockPositions, positionBytes } = seq.geometry;
   const length = seq.lengths[layer]!;
   const path = join(seq.dir, layerFileName(layer));
@@ -639,7 +661,11 @@ export async function recomputeCrcs(seq: StoredSequence, layer: number, from: nu
   for (let b = Math.floor(from / blockPositions); b * blockPositions < length; b++) {
     const n = Math.min(blockPositions, length - b * blockPositions);
     await readFully(seq.files[layer]!, path, buf, 0, n * positionBytes, b * blockPositions * positionBytes);
-    crcs[b] = blockCrc(buf.subarray(0, n * positionBytes));
+    const found = blockCrc(buf.subarray(0, n * positionBytes));
+    const expected = crcs[b] ?? UNKNOWN_CRC;
+    if (mode === "recompute") crcs[b] = found;
+    else if (expected !== UNKNOWN_CRC && found !== expected)
+      throw badBlockError(seq, layer, { block: b, expected, found });
   }
-  crcs.length = Math.ceil(length / blockPositions);
+  if (mode === "recompute") crcs.length = Math.ceil(length / blockPositions);
 }

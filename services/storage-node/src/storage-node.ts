@@ -55,8 +55,9 @@ import {
 import { appendCrcs, createBlockCheck, expectedCrcs } from "./block-crc.js";
 import {
   KvStoreError,
+  badBlockError,
   ioError,
-  recomputeCrcs,
+  rereadCrcs,
   closeSequenceFiles,
   commitManifest,
   createSequence,
@@ -175,7 +176,8 @@ export function sequenceFault(where: string, seqId: string, err: unknown): unkno
  * Writes the new K/V rows of every item (one positional write per item:
  * K and V interleaved by position, as the files hold them), makes them
  * durable, updates the block CRCs with the lengths (continued for an
- * append, read back for an overwrite), and records the step in the
+ * append; for an overwrite, the blocks are checked before and their CRCs
+ * read back after), and records the step in the
  * manifest on the last layer. A failure is the item's sequence's
  * ({@link sequenceFault}).
  */
@@ -197,17 +199,20 @@ async function persist(plan: AttendPlan<StoredSequence>, fsync: FsyncPolicy, whe
       const path = join(seq.dir, layerFileName(layer));
       const src = bytes.subarray(it.row * positionBytes, (it.row + it.nTokens) * positionBytes);
       try {
+        // A retried step overwrites committed positions: check their blocks first.
+        const overwrites = it.startPos < seq.lengths[layer]!;
+        if (overwrites) await rereadCrcs(seq, layer, it.startPos, "verify");
         await writeFully(fh, path, src, positionOffset(seq.geometry, it.startPos));
         if (fsync === "always") await datasyncFile(fh, path);
         const end = it.startPos + it.nTokens;
         const length = seq.lengths[layer]!;
-        if (it.startPos === length) {
+        if (!overwrites) {
           // Lengths and CRCs change together (the manifest records both).
           appendCrcs(seq.crcs[layer]!, seq.geometry.blockPositions, positionBytes, it.startPos, src);
           seq.lengths[layer] = end;
         } else {
           seq.lengths[layer] = Math.max(end, length);
-          await recomputeCrcs(seq, layer, it.startPos);
+          await rereadCrcs(seq, layer, it.startPos, "recompute");
         }
         // Once per step: when the last layer is written (see kv-store.ts).
         if (layer === seq.layout.nLayers - 1 && manifestBehind(seq)) await commitManifest(seq, fsync);
@@ -298,14 +303,7 @@ function createKvStreamer(kernel: AttentionKernel, halfBytes: number): KvStreame
       const bad = checks[c.item]!(c.firstPos, bytes.subarray(c.bufOff, c.bufOff + c.nPos * positionBytes));
       if (!bad) return;
       const seq = items[c.item]!.seq;
-      const hex = (n: number) => n.toString(16).padStart(8, "0");
-      const at = bad.block * seq.geometry.blockBytes;
-      const err = new KvStoreError(
-        join(seq.dir, layerFileName(layer)),
-        `block ${bad.block} (bytes ${at}-${at + seq.geometry.blockBytes - 1}) fails its checksum: ` +
-          `CRC-32 ${hex(bad.found)}, the manifest records ${hex(bad.expected)}`,
-      );
-      throw sequenceFault(where, seq.id, err);
+      throw sequenceFault(where, seq.id, badBlockError(seq, layer, bad));
     };
     const loads = packLoads(
       items.map((it) => planChunks(it.startPos, it.seq.geometry.blockPositions, positionBytes, halfBytes)),

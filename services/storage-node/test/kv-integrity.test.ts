@@ -3,45 +3,17 @@
 // for that sequence alone; CRCs survive a restart (in the manifest) and
 // follow appends, overwrites (a retried step) and reads split across
 // chunks. Real node, real files, real gRPC on loopback.
-import { test, type TestContext } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtemp, open, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Attention, Code, NodeErrorReason, createClient } from "@tessera/proto";
-import { createStorageNode, sequenceDirName, type StorageNodeOptions } from "@tessera/storage-node";
-import { KvHistory, assertOutput, openAttend, random, type Layout } from "@tessera/testing";
+import { Code, NodeErrorReason } from "@tessera/proto";
+import { sequenceDirName } from "@tessera/storage-node";
+import { KvHistory, assertOutput, overwriteAt, random, type Layout } from "@tessera/testing";
+import { startNode, tempDataDir } from "./helpers.js";
 
 const layout: Layout = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 16 };
 /** Bytes of one position (its K row then its V row) in a layer file. */
 const positionBytes = 2 * layout.nKvHeads * layout.headDim * 4;
-
-async function startNode(t: TestContext, options: StorageNodeOptions) {
-  const node = createStorageNode({ port: 0, ...options });
-  await node.start();
-  t.after(() => node.close());
-  const client = createClient(Attention, node.address);
-  t.after(() => client.close());
-  const stream = openAttend(client);
-  t.after(() => stream.end());
-  return { node, client, stream };
-}
-
-async function tempDataDir(t: TestContext): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), "tessera-kv-integrity-"));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-/** Overwrites `bytes` at `offset` of `path` in place. */
-async function overwrite(path: string, offset: number, bytes: Uint8Array): Promise<void> {
-  const fh = await open(path, "r+");
-  try {
-    await fh.write(bytes, 0, bytes.byteLength, offset);
-  } finally {
-    await fh.close();
-  }
-}
 
 const both = (startPos: number, nTokens: number) => ["a", "b"].map((seqId) => ({ seqId, startPos, nTokens }));
 
@@ -57,7 +29,7 @@ test("a zeroed 4 KB of one sequence's layer file: that sequence's reads fail, na
   }
   const file = join(dataDir, sequenceDirName("a"), "layer-0001.kv");
   // Bytes [4096, 8192): positions 16..31; block 2 holds positions 16..23.
-  await overwrite(file, 4096, new Uint8Array(4096));
+  await overwriteAt(file, 4096, new Uint8Array(4096));
   const r = await stream.attend(history.step(1, both(20, 1)).request);
   const blockBytes = blockPositions * positionBytes;
   assert.deepEqual(
@@ -91,7 +63,7 @@ test("CRCs are kept in the manifest: a node restarted on the data directory find
   await first.node.close();
   // One NaN in position 5's K row (block 1, the partial last block).
   const file = join(dataDir, sequenceDirName("s"), "layer-0000.kv");
-  await overwrite(file, 5 * positionBytes, new Uint8Array(new Float32Array([NaN]).buffer));
+  await overwriteAt(file, 5 * positionBytes, new Uint8Array(new Float32Array([NaN]).buffer));
   const second = await startNode(t, { dataDir, blockPositions: 4 });
   assert.equal((await second.client.openSequence({ seqId: "s", layout, maxPositions: 16 })).length, 6);
   const r = await second.stream.attend(history.step(0, [{ seqId: "s", startPos: 6, nTokens: 1 }]).request);
@@ -121,4 +93,23 @@ test("CRCs follow appends, a retried step's overwrite and reads split across chu
   // A retried step: positions 10..13 written again with other values (overwrite), then appends.
   for (const layer of [0, 1]) await run(layer, 10, 4);
   for (let pos = 14; pos < 19; pos++) for (const layer of [0, 1]) await run(layer, pos, 1);
+});
+
+test("a retried step over a damaged block fails, named, instead of recording a CRC of the damage", async (t) => {
+  const dataDir = await tempDataDir(t);
+  const { stream, client } = await startNode(t, { dataDir, blockPositions: 8 });
+  const history = new KvHistory(layout, 32, random(24));
+  await client.openSequence({ seqId: "r", layout, maxPositions: 32 });
+  for (const layer of [0, 1]) {
+    const s = history.step(layer, [{ seqId: "r", startPos: 0, nTokens: 12 }]);
+    assertOutput(await stream.attend(s.request), s.expected, layout);
+  }
+  const file = join(dataDir, sequenceDirName("r"), "layer-0000.kv");
+  // Position 9 (block 1, which the retried step at 10 rewrites in part).
+  await overwriteAt(file, 9 * positionBytes, new Uint8Array(64));
+  for (let i = 0; i < 2; i++) {
+    const r = await stream.attend(history.step(0, [{ seqId: "r", startPos: 10, nTokens: 2 }]).request);
+    assert.equal(r.error?.seqId, "r", `try ${i}`);
+    assert.match(r.error!.message, new RegExp(`${file}: block 1 .* fails its checksum`), `try ${i}`);
+  }
 });

@@ -3,7 +3,6 @@ import assert from "node:assert/strict";
 import {
   cp,
   mkdir,
-  mkdtemp,
   open,
   readFile,
   readdir,
@@ -15,7 +14,6 @@ import {
   type FileHandle,
 } from "node:fs/promises";
 import { setTimeout as delay } from "node:timers/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { attendKvCache } from "@tessera/attention";
 import { tensorF32 } from "@tessera/core";
@@ -35,33 +33,15 @@ import {
   packLoads,
   planChunks,
   sequenceDirName,
-  type StorageNode,
   type StorageNodeOptions,
 } from "@tessera/storage-node";
 import { KvHistory, assertOutput, openAttend, random, type Layout, type Step } from "@tessera/testing";
+import { startNode, tempDataDir } from "./helpers.js";
 
 const layout: Layout = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 16 };
 const rowBytes = layout.nKvHeads * layout.headDim * 4;
 /** max_positions x n_layers x 2 x n_kv_heads x head_dim x 4 */
 const bytesFor = (maxPositions: number) => maxPositions * layout.nLayers * 2 * rowBytes;
-
-async function tempDataDir(t: TestContext): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), "tessera-storage-test-"));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-/** Starts a node and a client; both are released when the test ends (close() is idempotent). */
-async function startNode(t: TestContext, options: StorageNodeOptions) {
-  const node: StorageNode = createStorageNode({ port: 0, ...options });
-  await node.start();
-  t.after(() => node.close());
-  const client = createClient(Attention, node.address);
-  t.after(() => client.close());
-  const stream = openAttend(client);
-  t.after(() => stream.end());
-  return { node, client, stream };
-}
 
 /** Asserts the response equals naive attention (1e-5) and the memory-node's kernel over the same cache (1e-6). */
 function checkStep(r: AttendResponse, s: Step, history: KvHistory, what: string): Float32Array {
