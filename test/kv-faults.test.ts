@@ -11,7 +11,7 @@
  */
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { mkdir, open, readFile, readdir, rename, rm, writeFile } from "node:fs/promises";
+import { open, readFile, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { KvPlacement } from "@tessera/proto";
 import { parsePromptsJsonl } from "@tessera/core";
@@ -61,6 +61,18 @@ async function sequenceDirs(dataDir: string): Promise<{ dir: string; index: numb
     out.push({ dir, index: Number(/-(\d+)$/.exec(m.seqId)![1]) });
   }
   return out;
+}
+
+/** Fills the rest of the file system under `dir` (appends to dir/filler.bin until ENOSPC). */
+async function fillDisk(dir: string): Promise<void> {
+  const fh = await open(join(dir, "filler.bin"), "a");
+  try {
+    for (;;) await fh.write(new Uint8Array(64 * 1024));
+  } catch (err) {
+    assert.equal((err as NodeJS.ErrnoException).code, "ENOSPC");
+  } finally {
+    await fh.close();
+  }
 }
 
 /** Every prompt finished without error, with the tokens of `reference`. */
@@ -183,18 +195,7 @@ test("a storage-node whose disk fills mid-job: its sequences move to a node with
   const request = { prompts, sampling: { temperature: 0, maxTokens: MAX_TOKENS } };
   const reference = await generate(coordinator.address, request);
 
-  /** Fills the rest of the tmpfs (appending to one file until ENOSPC). */
-  const fill = async () => {
-    await mkdir(join(small, "filler"), { recursive: true });
-    const fh = await open(join(small, "filler", "fill.bin"), "a");
-    try {
-      for (;;) await fh.write(new Uint8Array(64 * 1024));
-    } catch (err) {
-      assert.equal((err as NodeJS.ErrnoException).code, "ENOSPC");
-    } finally {
-      await fh.close();
-    }
-  };
+  const fill = () => fillDisk(small);
   let filled = false;
   const out = await generate(coordinator.address, request, async (ev) => {
     if (filled || ev.event.case !== "progress" || ev.event.value.tokensGenerated < 8n) return;
@@ -229,4 +230,20 @@ test("a storage-node whose disk fills mid-job: its sequences move to a node with
     log.some((l) => l.includes("cannot open its KV cache") && l.includes(full.address) && l.includes("ENOSPC")),
     log.join("\n"),
   );
+});
+
+test("a full disk and no other storage-node: the sequences end with the named ENOSPC error, not a capacity wait", async (t) => {
+  const disk = await tmpfsDir("1m");
+  if (!disk) return t.skip("mounting a tmpfs needs root");
+  t.after(() => disk.remove());
+  const storage = createStorageNode({ port: 0, dataDir: join(disk.path, "kv"), fsync: "never" });
+  const { coordinator } = await startCluster(t, [storage], 1500);
+  await fillDisk(disk.path);
+  const prompts = (await storagePrompts()).slice(0, 2);
+  const out = await generate(coordinator.address, { prompts, sampling: { temperature: 0, maxTokens: 4 } });
+  for (const p of prompts) {
+    const r = out.results.get(p.id)!;
+    assert.equal(r.finishReason, "error");
+    assert.match(r.error, new RegExp(`storage-node ${storage.address}: .*${disk.path}/kv/seq-.*ENOSPC`), r.error);
+  }
 });
