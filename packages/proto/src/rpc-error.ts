@@ -1,6 +1,9 @@
 import { Metadata, status as GrpcStatus, type ServiceError } from "@grpc/grpc-js";
 import { NodeErrorReason } from "./gen/tessera/v1/tensor_pb.js";
 
+/** Trailing-metadata key of an {@link RpcError}'s reason: the NodeErrorReason's number. */
+const REASON_KEY = "tessera-reason";
+
 /** gRPC status codes, re-exported so callers need not import grpc-js. */
 export const Code = GrpcStatus;
 /** A gRPC status code (0 OK .. 16 UNAUTHENTICATED). */
@@ -19,13 +22,24 @@ export class RpcError extends Error {
     /** gRPC status code. */
     readonly code: Code,
     message: string,
-    options?: { cause?: unknown; metadata?: Metadata },
+    options?: { cause?: unknown; metadata?: Metadata; reason?: NodeErrorReason },
   ) {
     super(message, options);
     this.metadata = options?.metadata ?? new Metadata();
+    if (options?.reason) this.metadata.set(REASON_KEY, String(options.reason));
   }
   /** Trailing metadata sent with the status. */
   readonly metadata: Metadata;
+
+  /**
+   * What the caller should do about it (a unary call's counterpart of
+   * NodeError.reason), sent as trailing metadata "tessera-reason";
+   * UNSPECIFIED when none was given.
+   */
+  get reason(): NodeErrorReason {
+    const n = Number(this.metadata.get(REASON_KEY)[0]);
+    return Number.isInteger(n) && n in NodeErrorReason ? (n as NodeErrorReason) : NodeErrorReason.UNSPECIFIED;
+  }
 
   /**
    * Converts anything thrown into an RpcError: an RpcError passes through, a
@@ -57,24 +71,4 @@ function isServiceError(err: unknown): err is ServiceError {
     typeof (err as Partial<ServiceError>).code === "number" &&
     typeof (err as Partial<ServiceError>).details === "string"
   );
-}
-
-/** Trailing-metadata key of a {@link NodeErrorReason} (its number) on a unary RPC's error. */
-const REASON_KEY = "tessera-node-error-reason";
-
-/**
- * Marks `err` with `reason` in its trailing metadata, for a unary RPC
- * whose answer has no NodeError to carry one (e.g. OpenSequence refused
- * for a full disk: DISK_FULL, where RESOURCE_EXHAUSTED alone would read as
- * "no KV capacity"). Returns `err`.
- */
-export function withNodeErrorReason(err: RpcError, reason: NodeErrorReason): RpcError {
-  err.metadata.set(REASON_KEY, String(reason));
-  return err;
-}
-
-/** The {@link NodeErrorReason} {@link withNodeErrorReason} put on an error; UNSPECIFIED when none. */
-export function nodeErrorReasonOf(err: RpcError): NodeErrorReason {
-  const v = Number(err.metadata.get(REASON_KEY)[0]);
-  return Number.isInteger(v) && v in NodeErrorReason ? (v as NodeErrorReason) : NodeErrorReason.UNSPECIFIED;
 }

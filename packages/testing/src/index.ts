@@ -53,6 +53,7 @@ export async function generate(
 }
 
 export { overwriteAt, tempDir, tmpfsDir } from "./temp-dir.js";
+export { startPrivateNats, type PrivateNats } from "./private-nats.js";
 export {
   startInProcessCluster,
   type InProcessCluster,

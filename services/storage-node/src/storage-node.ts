@@ -48,7 +48,6 @@ import {
   Code,
   NodeErrorReason,
   RpcError,
-  withNodeErrorReason,
   type AttendRequest,
   type NodeProfile,
 } from "@tessera/proto";
@@ -474,8 +473,10 @@ function createDiskKvStore(opts: CompiledStorageNodeOptions, node: AttentionNode
       // Named, with its code; a full disk says so (DISK_FULL), so the caller places it elsewhere.
       const e = ioError(join(opts.dataDir, sequenceDirName(seqId)), `creating sequence "${seqId}"`, err);
       if (e.rpcCode !== Code.RESOURCE_EXHAUSTED) throw e;
-      const full = new RpcError(Code.RESOURCE_EXHAUSTED, `${where()}: ${e.message}`, { cause: e });
-      throw withNodeErrorReason(full, NodeErrorReason.DISK_FULL);
+      throw new RpcError(Code.RESOURCE_EXHAUSTED, `${where()}: ${e.message}`, {
+        cause: e,
+        reason: NodeErrorReason.DISK_FULL,
+      });
     });
     sequences.set(seqId, seq);
     return { length: 0, reservedBytes: BigInt(bytes) };
@@ -524,7 +525,7 @@ function createDiskKvStore(opts: CompiledStorageNodeOptions, node: AttentionNode
     /**
      * Creates the sequence's files, or finds them (its persisted length):
      * RESOURCE_EXHAUSTED past capacity, or for a full disk with the reason
-     * DISK_FULL in its trailers ({@link withNodeErrorReason}), naming the
+     * DISK_FULL (RpcError.reason, in its trailers), naming the
      * directory; INVALID_ARGUMENT for another layout, DATA_LOSS naming the
      * file when its files are damaged.
      */

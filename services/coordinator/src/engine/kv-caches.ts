@@ -4,7 +4,7 @@
  * CloseSequence in the background; runBatch awaits every close in flight
  * ({@link KvCaches.releases}) before it returns.
  */
-import { Code, NodeErrorReason, RpcError, nodeErrorReasonOf } from "@tessera/proto";
+import { Code, NodeErrorReason, RpcError } from "@tessera/proto";
 import type { AttentionNodeRef } from "../placement.js";
 import { layoutOf, nodeName, type BatchJob } from "./context.js";
 import { maxPositions, type Sequence, type Shard } from "./sequence.js";
@@ -52,7 +52,7 @@ export class KvCaches {
           const e = RpcError.from(err);
           const name = nodeName(sh.node);
           const message = e.message.startsWith(name) ? e.message : `${name}: ${e.message}`;
-          if (e.code === Code.RESOURCE_EXHAUSTED && nodeErrorReasonOf(e) === NodeErrorReason.DISK_FULL)
+          if (e.code === Code.RESOURCE_EXHAUSTED && e.reason === NodeErrorReason.DISK_FULL)
             return { diskFull: message, node: sh.node };
           if (e.code === Code.RESOURCE_EXHAUSTED) return { refused: message };
           return OPEN_RETRY.has(e.code) ? { unavailable: message, node: sh.node } : { fatal: message };
