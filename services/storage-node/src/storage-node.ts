@@ -44,13 +44,7 @@ import {
   type WasmHeap,
 } from "@tessera/attention";
 import { CapacityError, f32Tensor, type Service } from "@tessera/core";
-import {
-  Code,
-  NodeErrorReason,
-  RpcError,
-  type AttendRequest,
-  type NodeProfile,
-} from "@tessera/proto";
+import { Code, NodeErrorReason, RpcError, type AttendRequest, type NodeProfile } from "@tessera/proto";
 import { appendCrcs, createBlockCheck, expectedCrcs } from "./block-crc.js";
 import {
   KvStoreError,
