@@ -120,26 +120,16 @@ export function createGenerate(deps: GenerateDeps): Generate {
     if (runKey) runningJobIds.add(runKey);
     const releases: (() => void)[] = [];
     try {
-      const model = await deps.models.get(modelPath, served.tokenizerPath).catch((err: unknown) => {
-        // The files are the operator's: why goes to its log, never to the caller.
-        options.log(`model "${served.name}" could not be loaded: ${(err as Error).message}`);
-        throw new RpcError(
-          Code.FAILED_PRECONDITION,
-          `model "${served.name}" could not be loaded (see the coordinator's log)`,
-        );
-      });
-      const { stages, gpuSurvey } = await planPipeline(req, model, abort.signal);
+      const model = await deps.models
+        .get(modelPath, served.tokenizerPath)
+        .catch((err: unknown) => unloadable(options.log, served, "", err));
+      const { stages, gpuSurvey } = await planPipeline(deps, req, model, abort.signal);
       // Leases are taken in a fixed order, so two jobs cannot each hold one
       // stage the other waits for.
       // A lease per (model, layer range, embed, head): the node runs
       // whatever it loaded last, so jobs that split the layers otherwise
       // (another batch size or gpu set) wait their turn.
-      for (const { address, range, i } of stages) {
-        let lease = gpuLeases.get(address);
-        if (!lease) gpuLeases.set(address, (lease = new ModelLease(() => releaseNode(address))));
-        const key = JSON.stringify([modelPath, range.start, range.end, i === 0, i === stages.length - 1]);
-        releases.push(await lease.acquire(key, abort.signal));
-      }
+      for (const stage of stages) releases.push(await acquireLease(stage, stages.length, modelPath, abort.signal));
       // What each stage must hold: every step names it, so a node another
       // coordinator reloaded fails the step instead of answering wrong.
       const stageModels: StageModel[] = stages.map(({ range }) => ({
@@ -191,11 +181,7 @@ export function createGenerate(deps: GenerateDeps): Generate {
               .catch((err: unknown) => {
                 if (err instanceof RpcError) throw err;
                 // A tokenizer file the worker thread could not load: as a model that cannot be loaded.
-                options.log(`model "${served.name}": its tokenizer could not be loaded: ${(err as Error).message}`);
-                throw new RpcError(
-                  Code.FAILED_PRECONDITION,
-                  `model "${served.name}" could not be loaded (see the coordinator's log)`,
-                );
+                return unloadable(options.log, served, "its tokenizer ", err);
               }),
           emit: caller.emit,
         });
@@ -211,44 +197,20 @@ export function createGenerate(deps: GenerateDeps): Generate {
   }
 
   /**
-   * The pipeline: every gpu-node up a stage, in the order given (the first
-   * embeds, the last applies the head), layers split by the planner in
-   * proportion to the nodes' measured speed (evenly when one is unprofiled).
-   * @throws RpcError UNAVAILABLE when no gpu-node is up or one is unreachable.
+   * This job's share of a stage's node (a lease per model, layer range,
+   * embed and head: the node runs whatever it loaded last, so jobs that
+   * split the layers otherwise wait their turn). Resolves its release.
+   * @throws the signal's reason when the job is cancelled while waiting.
    */
-  async function planPipeline(
-    req: GenerateRequest,
-    model: LoadedModel,
+  function acquireLease(
+    { address, range, i }: Stage,
+    nStages: number,
+    modelPath: string,
     signal: AbortSignal,
-  ): Promise<{ stages: Stage[]; gpuSurvey: GpuSurvey[] }> {
-    const { membership } = deps;
-    const gpuNodes = membership.up("gpu");
-    if (gpuNodes.length === 0) {
-      throw new RpcError(
-        Code.UNAVAILABLE,
-        membership.all("gpu").length === 0
-          ? `no gpu-node${options.nats ? ` has registered in "${options.natsPrefix}-nodes" at ${redactNatsServers(options.nats)}` : ""}`
-          : `every gpu-node is down (${membership.all("gpu").join(", ")})`,
-      );
-    }
-    await Promise.all(
-      gpuNodes.map(async (address) => {
-        try {
-          await deps.gpuClient(address).waitForReady(options.connectTimeoutMs);
-        } catch (err) {
-          throw new RpcError(Code.UNAVAILABLE, `gpu-node at ${address} is unreachable: ${(err as Error).message}`);
-        }
-      }),
-    );
-    const gpuSurvey = await surveyGpuNodes(gpuNodes, deps.gpuClient, options.connectTimeoutMs, signal);
-    const batch = Math.min(options.maxBatchSequences, req.prompts.length);
-    const ranges = planStages(model.header.shape, gpuSurvey, {
-      batch,
-      // Rows of a prefill chunk (the activations a stage must hold).
-      promptTokens: Math.ceil(options.maxPrefillTokens / batch),
-      outputTokens: 1,
-    });
-    return { stages: ranges.map((range, i) => ({ range, address: gpuNodes[i]!, i })), gpuSurvey };
+  ): Promise<() => void> {
+    let lease = gpuLeases.get(address);
+    if (!lease) gpuLeases.set(address, (lease = new ModelLease(() => releaseNode(address))));
+    return lease.acquire(JSON.stringify([modelPath, range.start, range.end, i === 0, i === nStages - 1]), signal);
   }
 
   /**
@@ -306,6 +268,61 @@ export function createGenerate(deps: GenerateDeps): Generate {
       for (const j of jobs) j.abort();
     },
   };
+}
+
+/**
+ * The pipeline: every gpu-node up a stage, in the order given (the first
+ * embeds, the last applies the head), layers split by the planner in
+ * proportion to the nodes' measured speed (evenly when one is unprofiled).
+ * @throws RpcError UNAVAILABLE when no gpu-node is up or one is unreachable.
+ */
+async function planPipeline(
+  deps: GenerateDeps,
+  req: GenerateRequest,
+  model: LoadedModel,
+  signal: AbortSignal,
+): Promise<{ stages: Stage[]; gpuSurvey: GpuSurvey[] }> {
+  const { membership, options } = deps;
+  const gpuNodes = membership.up("gpu");
+  if (gpuNodes.length === 0) {
+    throw new RpcError(
+      Code.UNAVAILABLE,
+      membership.all("gpu").length === 0
+        ? `no gpu-node${options.nats ? ` has registered in "${options.natsPrefix}-nodes" at ${redactNatsServers(options.nats)}` : ""}`
+        : `every gpu-node is down (${membership.all("gpu").join(", ")})`,
+    );
+  }
+  await Promise.all(
+    gpuNodes.map(async (address) => {
+      try {
+        await deps.gpuClient(address).waitForReady(options.connectTimeoutMs);
+      } catch (err) {
+        throw new RpcError(Code.UNAVAILABLE, `gpu-node at ${address} is unreachable: ${(err as Error).message}`);
+      }
+    }),
+  );
+  const gpuSurvey = await surveyGpuNodes(gpuNodes, deps.gpuClient, options.connectTimeoutMs, signal);
+  const batch = Math.min(options.maxBatchSequences, req.prompts.length);
+  const ranges = planStages(model.header.shape, gpuSurvey, {
+    batch,
+    // Rows of a prefill chunk (the activations a stage must hold).
+    promptTokens: Math.ceil(options.maxPrefillTokens / batch),
+    outputTokens: 1,
+  });
+  return { stages: ranges.map((range, i) => ({ range, address: gpuNodes[i]!, i })), gpuSurvey };
+}
+
+/**
+ * A served model (or its tokenizer) that could not be loaded: why goes
+ * to the operator's log, never to the caller (the files are the operator's).
+ * @throws RpcError FAILED_PRECONDITION naming the model only, always.
+ */
+function unloadable(log: (line: string) => void, served: ServedModel, what: string, err: unknown): never {
+  log(`model "${served.name}": ${what}could not be loaded: ${(err as Error).message}`);
+  throw new RpcError(
+    Code.FAILED_PRECONDITION,
+    `model "${served.name}" could not be loaded (see the coordinator's log)`,
+  );
 }
 
 /**
