@@ -62,7 +62,7 @@ export interface RunningTimeoutOptions {
  * returned function is called first. After a stall the timer re-arms, so
  * answers that arrived during it (read in the next I/O phase) come first;
  * `onExpire` itself runs after the I/O of the tick that found the time up.
- * The timer does not keep the process alive.
+ * The timer does not keep the process alive (until the last tick).
  * @throws RangeError when ms is not a positive number.
  */
 export function runningTimeout(ms: number, onExpire: () => void, o: RunningTimeoutOptions = {}): () => void {
@@ -84,12 +84,13 @@ export function runningTimeout(ms: number, onExpire: () => void, o: RunningTimeo
       slice = Math.min(sliceMs, left);
       return arm();
     }
+    // Not unref()ed: an unref()ed immediate lets the poll phase block until
+    // some other timer or I/O wakes the loop.
     timer = setImmediate(() => {
       if (done) return;
       done = true;
       onExpire();
     });
-    timer.unref();
   };
   arm();
   return () => {

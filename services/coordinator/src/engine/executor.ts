@@ -7,6 +7,13 @@
  * stage again and re-sends; a transient one (UNAVAILABLE, DEADLINE_EXCEEDED,
  * CANCELLED, NOT_FOUND) re-sends after a backoff (100 ms doubling to 2 s)
  * while the pipeline has been failing for less than `retryTimeoutMs`.
+ *
+ * Every step has a deadline (step-deadline.ts): a step past it is
+ * abandoned (its late answer is dropped), the stages that do not answer a
+ * health check are marked lost, and the step is re-sent once they are back
+ * (their health check answers SERVING, or the registry sees them
+ * heartbeat), for up to `retryTimeoutMs`; then every part fails with
+ * "DEADLINE_EXCEEDED: gpu-node <address> did not answer step <n> ...".
  */
 import { trace } from "@opentelemetry/api";
 import {
@@ -19,10 +26,11 @@ import {
   type NodeError,
   type StepTimings,
 } from "@tessera/proto";
-import { tensorF32 } from "@tessera/core";
+import { runningTimeout, tensorF32 } from "@tessera/core";
 import { recordStep } from "../metrics.js";
 import type { AttentionNodeRef } from "../placement.js";
 import { sleep, type BatchJob } from "./context.js";
+import { StepDeadlines } from "./step-deadline.js";
 import { splitLogitRows, type StepPart } from "./step-plan.js";
 
 /** Codes after which a node's sequences wait for it (a gpu-node: the step is re-sent) instead of failing. */
@@ -45,8 +53,13 @@ export class StepExecutor {
   stepId = 0n;
   private gpuFailingSince: number | undefined;
   private gpuDelay = 100;
+  private readonly deadlines: StepDeadlines;
+  /** Stages this executor marked lost for a missed deadline, with the reason; steps wait while one is down. */
+  private readonly hung = new Map<string, string>();
 
-  constructor(private readonly job: BatchJob) {}
+  constructor(private readonly job: BatchJob) {
+    this.deadlines = new StepDeadlines(job.ctx);
+  }
 
   /** The ForwardRequest of `parts`: every part's tokens and its KV shards, n_logit_rows when above 1. */
   buildRequest(parts: readonly StepPart[]): MessageInitShape<typeof ForwardRequestSchema> & { stepId: bigint } {
@@ -84,26 +97,63 @@ export class StepExecutor {
   async execute(parts: readonly StepPart[], isDecode: boolean): Promise<StepOutcome> {
     const { ctx } = this.job;
     if (ctx.signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
+    const hung = this.stillHung();
+    if (hung) return (await this.gpuRetry(hung)) ? { kind: "resend" } : { kind: "failed", message: hung };
     this.stepId++;
     const req = this.buildRequest(parts);
     const ts = performance.now();
+    const deadlineMs = this.deadlines.deadlineMs(isDecode);
+    const step = new AbortController();
+    const onAbort = () => step.abort();
+    ctx.signal.addEventListener("abort", onAbort, { once: true });
+    let expired = false;
+    const cancelDeadline = runningTimeout(deadlineMs, () => {
+      expired = true;
+      step.abort();
+    });
     let res: ForwardResponse;
     try {
-      res = await ctx.gpu.step(req, ctx.signal);
+      res = await ctx.gpu.step(req, step.signal);
     } catch (err) {
       if (ctx.signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
-      const e = RpcError.from(err);
-      if (await this.gpuRetry(e.message)) return { kind: "resend" };
-      return { kind: "failed", message: e.message };
+      const message = expired ? await this.missedDeadline(deadlineMs) : RpcError.from(err).message;
+      if (await this.gpuRetry(message)) return { kind: "resend" };
+      return { kind: "failed", message };
+    } finally {
+      cancelDeadline();
+      ctx.signal.removeEventListener("abort", onAbort);
     }
     if (!res.error) return this.answered(res, parts, isDecode, ts);
     return this.failed(res.error, parts);
+  }
+
+  /** Marks the unresponsive stages of a step past its deadline lost; returns the step's failure message. */
+  private async missedDeadline(deadlineMs: number): Promise<string> {
+    const stepId = this.stepId;
+    const marked = await this.deadlines.markUnresponsive(stepId, deadlineMs);
+    const who = marked.length > 0 ? marked.join(", ") : this.job.ctx.gpu.address;
+    const message =
+      `DEADLINE_EXCEEDED: gpu-node ${who} did not answer step ${stepId} within ${deadlineMs} ms` +
+      (marked.length > 0 ? " nor a health check; marked lost until it answers again" : " (it answers health checks)");
+    for (const address of marked) this.hung.set(address, message);
+    return message;
+  }
+
+  /** The failure of a stage this executor marked lost for a deadline and that is still down, else undefined. */
+  private stillHung(): string | undefined {
+    for (const [address, message] of this.hung) {
+      if (this.job.ctx.membership.isDown(address)) return message;
+      this.hung.delete(address);
+      this.job.ctx.options.log(`gpu-node ${address} answers again; re-sending step ${this.stepId + 1n}`);
+    }
+    return undefined;
   }
 
   private answered(res: ForwardResponse, parts: readonly StepPart[], isDecode: boolean, ts: number): StepOutcome {
     const { ctx } = this.job;
     const seconds = (performance.now() - ts) / 1000;
     recordStep(isDecode, seconds);
+    this.deadlines.record(isDecode, seconds);
     this.gpuFailingSince = undefined;
     this.gpuDelay = 100;
     const rows = splitLogitRows(tensorF32(res.logits, "logits"), parts, ctx.model.header.shape.vocabSize);
