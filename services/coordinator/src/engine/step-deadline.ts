@@ -1,0 +1,72 @@
+/**
+ * Step deadlines: every Forward step the coordinator sends gets one, from
+ * the step times measured so far in the job — max(`stepDeadlineMs`,
+ * `stepDeadlineFactor` × the p99 of its answered steps of the same kind,
+ * prefill or decode, once there are 20 of them) — counted in time the coordinator itself was running
+ * (@tessera/core's runningTimeout: a pause of its own process does not
+ * expire it). A step past its deadline finds which stages are unresponsive
+ * (no SERVING answer to a health check within a second): those are marked
+ * lost in the membership, so no new job plans with them, until the health
+ * probe (or the registry) sees them answer again.
+ */
+import { createHistogram, type RecordableHistogram } from "node:perf_hooks";
+import { ROLES } from "@tessera/core";
+import { checkHealth } from "@tessera/proto";
+import type { BatchContext } from "./context.js";
+
+/** Answered steps of a kind before their p99 counts (one slow first step after a Load must not set it). */
+const MIN_SAMPLES = 20;
+/** How long a stage may take to answer the health check of a step past its deadline, in ms. */
+const HEALTH_CHECK_MS = 1000;
+
+/** The deadlines of one job's steps (see the file comment). */
+export class StepDeadlines {
+  /** Answered steps' round trips, in µs (a histogram of Node's perf_hooks: p99 without keeping samples). */
+  private readonly times = { prefill: createHistogram(), decode: createHistogram() };
+
+  constructor(private readonly ctx: Pick<BatchContext, "options" | "membership" | "stages">) {}
+
+  /** Records an answered step's round trip, in seconds. */
+  record(isDecode: boolean, seconds: number): void {
+    this.histogram(isDecode).record(Math.max(1, Math.round(seconds * 1e6)));
+  }
+
+  /**
+   * The deadline of the next step of this kind, in ms: max(stepDeadlineMs,
+   * stepDeadlineFactor × p99), the p99 counting once 20 steps of the kind were answered.
+   */
+  deadlineMs(isDecode: boolean): number {
+    const { stepDeadlineMs, stepDeadlineFactor } = this.ctx.options;
+    const h = this.histogram(isDecode);
+    const p99Ms = h.count >= MIN_SAMPLES ? h.percentile(99) / 1000 : 0;
+    return Math.max(stepDeadlineMs, Math.ceil(stepDeadlineFactor * p99Ms));
+  }
+
+  /**
+   * After step `stepId` got no answer in `deadlineMs`: marks every stage
+   * that does not answer a health check SERVING lost, with a reason naming
+   * the step and the deadline. Returns the stages marked (possibly none:
+   * they answer health checks, the step is slow or stuck inside one).
+   */
+  async markUnresponsive(stepId: bigint, deadlineMs: number): Promise<string[]> {
+    const { membership } = this.ctx;
+    const marked: string[] = [];
+    await Promise.all(
+      this.ctx.stages.map(async ({ address }) => {
+        const health = await checkHealth(address, ROLES.gpu.service, HEALTH_CHECK_MS);
+        if (health === "SERVING") return;
+        membership.markDown(
+          address,
+          `DEADLINE_EXCEEDED: gpu-node ${address} did not answer step ${stepId} within ${deadlineMs} ms ` +
+            `nor a health check (${health})`,
+        );
+        marked.push(address);
+      }),
+    );
+    return marked;
+  }
+
+  private histogram(isDecode: boolean): RecordableHistogram {
+    return isDecode ? this.times.decode : this.times.prefill;
+  }
+}
