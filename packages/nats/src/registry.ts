@@ -353,7 +353,7 @@ export async function watchRegistry(o: WatchRegistryOptions): Promise<RegistryWa
   }
 
   /** Known nodes by key: record, state, and when the last heartbeat arrived (`now()`, ms). */
-  const known = new Map<string, { record: NodeRecord; state: "up" | "lost"; seenAt: number }>();
+  const known = new Map<string, KnownNode>();
   let connected = true;
   let stopped = false;
 
@@ -453,28 +453,14 @@ export async function watchRegistry(o: WatchRegistryOptions): Promise<RegistryWa
     }
   })().catch(() => undefined);
 
-  const checkMs = Math.max(25, Math.min(250, lostAfterMs / 10));
-  const clock = new RunningClock(Math.max(2 * checkMs, (lostAfterMs - heartbeatMs) / 2), now);
-  const check = setInterval(() => {
-    const { stalledMs } = clock.tick();
-    if (!connected || stopped) return;
-    const t = now();
-    if (stalledMs > 0) {
-      log(
-        `registry: this watcher was not running for ${Math.round(stalledMs)} ms (process paused?); ` +
-          `every node gets a fresh ${lostAfterMs} ms to heartbeat`,
-      );
-      for (const n of known.values()) n.seenAt = t;
-      return;
-    }
-    for (const n of known.values()) {
-      if (n.state === "up" && t - n.seenAt > lostAfterMs) {
-        n.state = "lost";
-        emit("lost", n.record, `no heartbeat for ${Math.round(t - n.seenAt)} ms (lost after ${lostAfterMs} ms)`);
-      }
-    }
-  }, checkMs);
-  check.unref();
+  const check = checkHeartbeats(known, {
+    heartbeatMs,
+    lostAfterMs,
+    now,
+    log,
+    paused: () => !connected || stopped,
+    lost: (n, reason) => emit("lost", n.record, reason),
+  });
 
   await initial;
   clearTimeout(initialTimer);
@@ -499,6 +485,58 @@ export async function watchRegistry(o: WatchRegistryOptions): Promise<RegistryWa
       return stopping;
     },
   };
+}
+
+/** A node as a watcher tracks it: record, state, and when its last heartbeat arrived (the watcher's `now()`, ms). */
+interface KnownNode {
+  record: NodeRecord;
+  state: "up" | "lost";
+  seenAt: number;
+}
+
+/**
+ * The watcher's lost-node timer (see {@link watchRegistry}): every
+ * `lostAfterMs / 10` ms (25..250) marks an up node with no heartbeat for
+ * `lostAfterMs` lost and calls `lost`; skipped while `paused()`; a gap
+ * between checks over (lostAfterMs - heartbeatMs) / 2 (at least two
+ * periods) is the watcher's own stall and gives every node a fresh
+ * `lostAfterMs` instead. Returns the (unref()ed) interval.
+ */
+function checkHeartbeats(
+  known: ReadonlyMap<string, KnownNode>,
+  o: {
+    heartbeatMs: number;
+    lostAfterMs: number;
+    now: () => number;
+    log: (line: string) => void;
+    paused: () => boolean;
+    lost: (n: KnownNode, reason: string) => void;
+  },
+): NodeJS.Timeout {
+  const { lostAfterMs, now } = o;
+  const checkMs = Math.max(25, Math.min(250, lostAfterMs / 10));
+  const clock = new RunningClock(Math.max(2 * checkMs, (lostAfterMs - o.heartbeatMs) / 2), now);
+  const check = setInterval(() => {
+    const { stalledMs } = clock.tick();
+    if (o.paused()) return;
+    const t = now();
+    if (stalledMs > 0) {
+      o.log(
+        `registry: this watcher was not running for ${Math.round(stalledMs)} ms (process paused?); ` +
+          `every node gets a fresh ${lostAfterMs} ms to heartbeat`,
+      );
+      for (const n of known.values()) n.seenAt = t;
+      return;
+    }
+    for (const n of known.values()) {
+      if (n.state === "up" && t - n.seenAt > lostAfterMs) {
+        n.state = "lost";
+        o.lost(n, `no heartbeat for ${Math.round(t - n.seenAt)} ms (lost after ${lostAfterMs} ms)`);
+      }
+    }
+  }, checkMs);
+  check.unref();
+  return check;
 }
 
 /** Registry options of a node process (`tessera node ... --nats --nats-prefix --advertise`). */

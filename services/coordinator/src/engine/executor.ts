@@ -8,12 +8,14 @@
  * CANCELLED, NOT_FOUND) re-sends after a backoff (100 ms doubling to 2 s)
  * while the pipeline has been failing for less than `retryTimeoutMs`.
  *
- * Every step has a deadline (step-deadline.ts): a step past it is
- * abandoned (its late answer is dropped), the stages that do not answer a
- * health check are marked lost, and the step is re-sent once they are back
- * (their health check answers SERVING, or the registry sees them
- * heartbeat), for up to `retryTimeoutMs`; then every part fails with
- * "DEADLINE_EXCEEDED: gpu-node <address> did not answer step <n> ...".
+ * Every step has a deadline (step-deadline.ts): past it, the stages that
+ * do not answer a health check are marked lost, the step is abandoned (its
+ * late answer is dropped) and re-sent once they are back (their health
+ * check answers SERVING, or the registry sees them heartbeat), for up to
+ * `retryTimeoutMs`; then every part fails with "DEADLINE_EXCEEDED:
+ * gpu-node <address> did not answer step <n> ...". While every stage
+ * answers health checks the step is waited for, a deadline at a time, up
+ * to `retryTimeoutMs`.
  */
 import { trace } from "@opentelemetry/api";
 import {
@@ -26,7 +28,7 @@ import {
   type NodeError,
   type StepTimings,
 } from "@tessera/proto";
-import { runningTimeout, tensorF32 } from "@tessera/core";
+import { tensorF32 } from "@tessera/core";
 import { recordStep } from "../metrics.js";
 import type { AttentionNodeRef } from "../placement.js";
 import { sleep, type BatchJob } from "./context.js";
@@ -102,41 +104,24 @@ export class StepExecutor {
     this.stepId++;
     const req = this.buildRequest(parts);
     const ts = performance.now();
-    const deadlineMs = this.deadlines.deadlineMs(isDecode);
-    const step = new AbortController();
-    const onAbort = () => step.abort();
-    ctx.signal.addEventListener("abort", onAbort, { once: true });
-    let expired = false;
-    const cancelDeadline = runningTimeout(deadlineMs, () => {
-      expired = true;
-      step.abort();
-    });
     let res: ForwardResponse;
     try {
-      res = await ctx.gpu.step(req, step.signal);
+      const sent = await this.deadlines.send(req, isDecode);
+      if ("missed" in sent) {
+        for (const address of sent.marked) this.hung.set(address, sent.missed);
+        // Every stage answers health checks, and the step has waited retryTimeoutMs: stuck.
+        if (sent.marked.length === 0) return { kind: "failed", message: sent.missed };
+        return (await this.gpuRetry(sent.missed)) ? { kind: "resend" } : { kind: "failed", message: sent.missed };
+      }
+      res = sent;
     } catch (err) {
       if (ctx.signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
-      const message = expired ? await this.missedDeadline(deadlineMs) : RpcError.from(err).message;
+      const message = RpcError.from(err).message;
       if (await this.gpuRetry(message)) return { kind: "resend" };
       return { kind: "failed", message };
-    } finally {
-      cancelDeadline();
-      ctx.signal.removeEventListener("abort", onAbort);
     }
     if (!res.error) return this.answered(res, parts, isDecode, ts);
     return this.failed(res.error, parts);
-  }
-
-  /** Marks the unresponsive stages of a step past its deadline lost; returns the step's failure message. */
-  private async missedDeadline(deadlineMs: number): Promise<string> {
-    const stepId = this.stepId;
-    const marked = await this.deadlines.markUnresponsive(stepId, deadlineMs);
-    const who = marked.length > 0 ? marked.join(", ") : this.job.ctx.gpu.address;
-    const message =
-      `DEADLINE_EXCEEDED: gpu-node ${who} did not answer step ${stepId} within ${deadlineMs} ms` +
-      (marked.length > 0 ? " nor a health check; marked lost until it answers again" : " (it answers health checks)");
-    for (const address of marked) this.hung.set(address, message);
-    return message;
   }
 
   /** The failure of a stage this executor marked lost for a deadline and that is still down, else undefined. */

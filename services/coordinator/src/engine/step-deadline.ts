@@ -11,8 +11,15 @@
  */
 import { createHistogram, type RecordableHistogram } from "node:perf_hooks";
 import { ROLES } from "@tessera/core";
-import { checkHealth } from "@tessera/proto";
+import { runningTimeout } from "@tessera/core";
+import { checkHealth, type ForwardRequest, type ForwardResponse } from "@tessera/proto";
 import type { BatchContext } from "./context.js";
+
+/** A step abandoned past its deadline: why (the parts' error) and the stages marked lost for it (maybe none). */
+export interface MissedDeadline {
+  missed: string;
+  marked: string[];
+}
 
 /** Answered steps of a kind before their p99 counts (one slow first step after a Load must not set it). */
 const MIN_SAMPLES = 20;
@@ -24,7 +31,58 @@ export class StepDeadlines {
   /** Answered steps' round trips, in µs (a histogram of Node's perf_hooks: p99 without keeping samples). */
   private readonly times = { prefill: createHistogram(), decode: createHistogram() };
 
-  constructor(private readonly ctx: Pick<BatchContext, "options" | "membership" | "stages">) {}
+  constructor(private readonly ctx: Pick<BatchContext, "options" | "membership" | "stages" | "gpu" | "signal">) {}
+
+  /**
+   * Sends `req` through the pipeline and waits for its answer, a deadline
+   * at a time (see the file comment). Resolves with the answer, or with
+   * the {@link MissedDeadline} of a step abandoned: stages marked lost, or
+   * none when every stage answers health checks and the step has waited
+   * `retryTimeoutMs`.
+   * @throws what the pipeline's step throws (NodeUnreachableError, RpcError
+   *   CANCELLED when the job's signal aborts).
+   */
+  async send(
+    req: Parameters<BatchContext["gpu"]["step"]>[0] & Pick<ForwardRequest, "stepId">,
+    isDecode: boolean,
+  ): Promise<ForwardResponse | MissedDeadline> {
+    const { ctx } = this;
+    const deadlineMs = this.deadlineMs(isDecode);
+    const step = new AbortController();
+    const onAbort = () => step.abort();
+    ctx.signal.addEventListener("abort", onAbort, { once: true });
+    const answer = ctx.gpu.step(req, step.signal);
+    try {
+      for (let waitedMs = deadlineMs; ; waitedMs += deadlineMs) {
+        let cancel = () => {};
+        const expired = new Promise<"expired">(
+          (resolve) => (cancel = runningTimeout(deadlineMs, () => resolve("expired"))),
+        );
+        const first = await Promise.race([answer, expired]).finally(() => cancel());
+        if (first !== "expired") return first;
+        const marked = await this.markUnresponsive(req.stepId, waitedMs);
+        const gaveUp = marked.length > 0 || waitedMs >= ctx.options.retryTimeoutMs;
+        if (!gaveUp) {
+          ctx.options.log(
+            `step ${req.stepId}: no answer from gpu-node ${ctx.gpu.address} within ${waitedMs} ms; ` +
+              `every stage answers health checks: waiting up to ${deadlineMs} ms more`,
+          );
+          continue;
+        }
+        step.abort();
+        answer.catch(() => undefined);
+        const who = marked.length > 0 ? marked.join(", ") : ctx.gpu.address;
+        return {
+          marked,
+          missed:
+            `DEADLINE_EXCEEDED: gpu-node ${who} did not answer step ${req.stepId} within ${waitedMs} ms` +
+            (marked.length > 0 ? " nor a health check; marked lost until it answers again" : ""),
+        };
+      }
+    } finally {
+      ctx.signal.removeEventListener("abort", onAbort);
+    }
+  }
 
   /** Records an answered step's round trip, in seconds. */
   record(isDecode: boolean, seconds: number): void {
