@@ -174,6 +174,6 @@ test("a coordinator paused longer than --node-lost-after and the step deadline d
     log.some((l) => /registry: this watcher was not running for \d+ ms/.test(l)),
     `the pause is noticed:\n${log.join("\n")}`,
   );
-  const harm = log.filter((l) => /\blost\b|move|DEADLINE|retrying/.test(l));
+  const harm = log.filter((l) => /\blost\b|move|DEADLINE|retrying|no answer/.test(l));
   assert.deepEqual(harm, [], "no node lost, no sequence moved, no step re-sent");
 });

@@ -62,7 +62,7 @@ export interface RunningTimeoutOptions {
  * returned function is called first. After a stall the timer re-arms, so
  * answers that arrived during it (read in the next I/O phase) come first;
  * `onExpire` itself runs after the I/O of the tick that found the time up.
- * The timer does not keep the process alive (until the last tick).
+ * Like setTimeout, it keeps the process alive until it fires or is cancelled.
  * @throws RangeError when ms is not a positive number.
  */
 export function runningTimeout(ms: number, onExpire: () => void, o: RunningTimeoutOptions = {}): () => void {
@@ -76,7 +76,6 @@ export function runningTimeout(ms: number, onExpire: () => void, o: RunningTimeo
   let done = false;
   const arm = () => {
     timer = setTimeout(fire, slice);
-    timer.unref();
   };
   const fire = () => {
     left -= clock.tick().runningMs;
@@ -84,8 +83,6 @@ export function runningTimeout(ms: number, onExpire: () => void, o: RunningTimeo
       slice = Math.min(sliceMs, left);
       return arm();
     }
-    // Not unref()ed: an unref()ed immediate lets the poll phase block until
-    // some other timer or I/O wakes the loop.
     timer = setImmediate(() => {
       if (done) return;
       done = true;
