@@ -18,15 +18,23 @@ import { compileCoordinatorOptions } from "../src/options.js";
 import { StepDeadlines } from "../src/engine/step-deadline.js";
 import type { BatchContext } from "../src/engine/index.js";
 
-/** A pipeline of one stage at `address` whose step answers after `answerMs` (never when undefined). */
-function fakeContext(address: string, answerMs: number | undefined, extra: { retryTimeoutMs?: number } = {}) {
+/**
+ * A pipeline of one stage at `address` whose step answers after `answerMs`
+ * (never when undefined); `memory` is the job's memory-node.
+ */
+function fakeContext(
+  address: string,
+  answerMs: number | undefined,
+  extra: { retryTimeoutMs?: number } = {},
+  memory = "127.0.0.1:2",
+) {
   const lines: string[] = [];
   const signals: AbortSignal[] = [];
-  const membership = new Membership({ gpu: [address], memory: ["127.0.0.1:2"], storage: [] }, 60_000);
+  const membership = new Membership({ gpu: [address], memory: [memory], storage: [] }, 60_000);
   const ctx = {
     options: compileCoordinatorOptions({
       gpuNodes: [address],
-      memoryNodes: ["127.0.0.1:2"],
+      memoryNodes: [memory],
       stepDeadlineMs: 200,
       log: (l: string) => lines.push(l),
       ...extra,
@@ -76,7 +84,7 @@ test("a slow step whose stage answers health checks is waited for, a deadline at
   assert.equal(signals.length, 1);
   assert.equal(membership.isDown(address), false);
   assert.ok(
-    lines.some((l) => /step 3: no answer from gpu-node .* within 200 ms; every stage answers health checks/.test(l)),
+    lines.some((l) => /step 3: no answer from gpu-node .* within 200 ms; the gpu-nodes answer health checks/.test(l)),
   );
 });
 
@@ -89,6 +97,20 @@ test("a step stuck on a stage that answers health checks fails after retryTimeou
   assert.deepEqual(sent.marked, []);
   assert.match(sent.missed, /^DEADLINE_EXCEEDED: gpu-node .* did not answer step 4 within (6|8)00 ms$/);
   assert.equal(membership.isDown(address), false);
+});
+
+test("a step waiting on an attention node that answers no health check: the node is marked lost, the step waited for past retryTimeoutMs", async (t) => {
+  const address = await healthServer(t);
+  const memory = `127.0.0.1:${await freePort()}`;
+  const { ctx, lines, signals, membership } = fakeContext(address, 900, { retryTimeoutMs: 300 }, memory);
+  t.after(() => membership.close());
+  const req = { stepId: 5n, sequences: [{ seqId: "s", attentionAddress: memory }] };
+  const sent = await new StepDeadlines(ctx).send(req, true);
+  assert.ok(!("missed" in sent), "answered: the gpu-node's own attention timeout ends such a step");
+  assert.equal(signals.length, 1);
+  assert.equal(membership.isDown(memory), true, "the attention node is marked lost (its sequences move)");
+  assert.equal(membership.isDown(address), false);
+  assert.ok(lines.some((l) => l.includes(`attention node(s) ${memory} down or answering no health check`)));
 });
 
 test("the deadline is max(stepDeadlineMs, factor × p99), the p99 counting from 20 answered steps of the kind", () => {

@@ -15,6 +15,9 @@ import { runningTimeout } from "@tessera/core";
 import { checkHealth, type ForwardRequest, type ForwardResponse } from "@tessera/proto";
 import type { BatchContext } from "./context.js";
 
+/** A step as the pipeline sends it. */
+type StepRequest = Parameters<BatchContext["gpu"]["step"]>[0] & Pick<ForwardRequest, "stepId">;
+
 /** A step abandoned past its deadline: why (the parts' error) and the stages marked lost for it (maybe none). */
 export interface MissedDeadline {
   missed: string;
@@ -42,16 +45,14 @@ export class StepDeadlines {
    * @throws what the pipeline's step throws (NodeUnreachableError, RpcError
    *   CANCELLED when the job's signal aborts).
    */
-  async send(
-    req: Parameters<BatchContext["gpu"]["step"]>[0] & Pick<ForwardRequest, "stepId">,
-    isDecode: boolean,
-  ): Promise<ForwardResponse | MissedDeadline> {
+  async send(req: StepRequest, isDecode: boolean): Promise<ForwardResponse | MissedDeadline> {
     const { ctx } = this;
     const deadlineMs = this.deadlineMs(isDecode);
     const step = new AbortController();
     const onAbort = () => step.abort();
     ctx.signal.addEventListener("abort", onAbort, { once: true });
     const answer = ctx.gpu.step(req, step.signal);
+    let attentionHung = false;
     try {
       for (let waitedMs = deadlineMs; ; waitedMs += deadlineMs) {
         let cancel = () => {};
@@ -60,14 +61,24 @@ export class StepDeadlines {
         );
         const first = await Promise.race([answer, expired]).finally(() => cancel());
         if (first !== "expired") return first;
-        const marked = await this.markUnresponsive(req.stepId, waitedMs);
-        const gaveUp = marked.length > 0 || waitedMs >= ctx.options.retryTimeoutMs;
-        if (!gaveUp) {
-          ctx.options.log(
-            `step ${req.stepId}: no answer from gpu-node ${ctx.gpu.address} within ${waitedMs} ms; ` +
-              `every stage answers health checks: waiting up to ${deadlineMs} ms more`,
-          );
-          continue;
+        const stages = ctx.stages.map((st) => st.address);
+        const marked = await this.markUnresponsive(stages, "gpu-node", req.stepId, waitedMs);
+        if (marked.length === 0) {
+          // The gpu-nodes answer: an attention node the step waits on may
+          // not (its sequences then move; the gpu-node's own attention
+          // timeout ends the step, naming it), or the step is slow.
+          const hung = await this.markUnresponsive(attentionAddresses(req), "attention node", req.stepId, waitedMs);
+          attentionHung ||= hung.length > 0;
+          if (attentionHung || waitedMs < ctx.options.retryTimeoutMs) {
+            ctx.options.log(
+              `step ${req.stepId}: no answer from gpu-node ${ctx.gpu.address} within ${waitedMs} ms; ` +
+                (hung.length > 0
+                  ? `attention node(s) ${hung.join(", ")} down or answering no health check (marked lost); `
+                  : "") +
+                `the gpu-nodes answer health checks: waiting up to ${deadlineMs} ms more`,
+            );
+            continue;
+          }
         }
         step.abort();
         answer.catch(() => undefined);
@@ -101,22 +112,30 @@ export class StepDeadlines {
   }
 
   /**
-   * After step `stepId` got no answer in `deadlineMs`: marks every stage
-   * that does not answer a health check SERVING lost, with a reason naming
-   * the step and the deadline. Returns the stages marked (possibly none:
-   * they answer health checks, the step is slow or stuck inside one).
+   * After step `stepId` got no answer in `waitedMs`: marks every node of
+   * `addresses` that does not answer a health check SERVING (within 1 s)
+   * lost, with a reason naming the step. Returns those marked, and those
+   * of `addresses` that were down already.
    */
-  async markUnresponsive(stepId: bigint, deadlineMs: number): Promise<string[]> {
+  private async markUnresponsive(
+    addresses: readonly string[],
+    what: string,
+    stepId: bigint,
+    waitedMs: number,
+  ): Promise<string[]> {
     const { membership } = this.ctx;
     const marked: string[] = [];
     await Promise.all(
-      this.ctx.stages.map(async ({ address }) => {
-        const health = await checkHealth(address, ROLES.gpu.service, HEALTH_CHECK_MS);
+      addresses.map(async (address) => {
+        const role = membership.roleOf(address);
+        if (!role) return;
+        if (membership.isDown(address)) return void marked.push(address);
+        const health = await checkHealth(address, ROLES[role].service, HEALTH_CHECK_MS);
         if (health === "SERVING") return;
         membership.markDown(
           address,
-          `DEADLINE_EXCEEDED: gpu-node ${address} did not answer step ${stepId} within ${deadlineMs} ms ` +
-            `nor a health check (${health})`,
+          `DEADLINE_EXCEEDED: step ${stepId} got no answer within ${waitedMs} ms and ${what} ${address} ` +
+            `answers no health check (${health})`,
         );
         marked.push(address);
       }),
@@ -127,4 +146,14 @@ export class StepDeadlines {
   private histogram(isDecode: boolean): RecordableHistogram {
     return isDecode ? this.times.decode : this.times.prefill;
   }
+}
+
+/** The attention nodes a step's sequences read their KV from (attention_address or shards), once each. */
+function attentionAddresses(req: StepRequest): string[] {
+  const out = new Set<string>();
+  for (const s of req.sequences ?? []) {
+    if (s.attentionAddress) out.add(s.attentionAddress);
+    for (const sh of s.shards ?? []) if (sh.address) out.add(sh.address);
+  }
+  return [...out];
 }
