@@ -370,7 +370,6 @@ export async function runPricePlacement(o: BenchOptions, reps = 1): Promise<Pric
       outputTokens: decodeTokens,
       ...LOCAL_ELEMENT_BYTES,
       microBatches: [1],
-      kvModes: ["nodes"],
       headGroups: [1],
       useAllGpus: true,
       fixedBatch: true,

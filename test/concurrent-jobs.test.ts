@@ -23,7 +23,7 @@ test("jobs on two different models at once each get their solo tokens", async (t
   };
   await writeCheckpoint(other, shape, synthesizeWeights(shape, 3));
   t.after(() => dir.remove());
-  const { coordinator } = await startInProcessCluster(t, { coordinator: { modelPath: undefined } });
+  const { coordinator } = await startInProcessCluster(t, { coordinator: { models: [other] } });
   const job = (model: string, id: string) =>
     generate(coordinator.address, {
       jobId: id,

@@ -53,6 +53,7 @@ import {
   GpuNode,
   KvPlacement,
   LoadRequestSchema,
+  ReleaseRequestSchema,
   OpenSequenceRequestSchema,
   RemoveNodeRequestSchema,
   AddNodeRequestSchema,
@@ -400,7 +401,15 @@ test("malformed and mutated messages to every RPC end with a documented status a
   const memory = createMemoryNode({ port: 0, capacityBytes: "64MiB", attentionThreads: 1 });
   const storage = createStorageNode({ port: 0, dataDir: dir.path, capacityBytes: "64MiB" });
   // Short timeouts: a fuzzed Forward may name an attention node or stage that never answers.
-  const gpu = createGpuNode({ port: 0, intraOpThreads: 1, attentionTimeoutMs: 3000, downstreamTimeoutMs: 3000 });
+  // A short model lease: fuzzed Loads under other holders do not hold up the coordinator's after them.
+  const gpu = createGpuNode({
+    port: 0,
+    intraOpThreads: 1,
+    attentionTimeoutMs: 3000,
+    downstreamTimeoutMs: 3000,
+    leaseTtlMs: 200,
+    log: () => {},
+  });
   const nodes = [memory, storage, gpu];
   await Promise.all(nodes.map((n) => n.start()));
   const coordinator = createCoordinator({
@@ -637,6 +646,9 @@ test("malformed and mutated messages to every RPC end with a documented status a
     },
     { stepId: 17n, sequences: [seq()], tokens: [1, 2], nextStages: ["", "127.0.0.1:1"] },
     { stepId: 18n, sequences: [], tokens: [] },
+    // A model and range other than the loaded one; next_stage_models without (or with too many) next stages.
+    { stepId: 20n, sequences: [seq()], tokens: [1, 2], model: { modelId: "0123456789abcdef", layerEnd: U32_MAX } },
+    { stepId: 21n, sequences: [seq()], tokens: [1, 2], nextStageModels: [{ modelId: "" }, { layerStart: 3 }] },
   ].map((m) => encode(ForwardRequestSchema, m));
   const loadSeeds = [
     fullLoad,
@@ -649,11 +661,15 @@ test("malformed and mutated messages to every RPC end with a documented status a
     { ...fullLoad, modelPath: bundled.tokenizer },
     { ...fullLoad, modelPath: join(repoRoot, "package.json") },
     { ...fullLoad, modelPath: "/" },
+    // Other holders of another model or a missing one: refused (LEASED) while the lease is live.
+    { ...fullLoad, layerEnd: 1, holder: "fuzz-holder" },
+    { ...fullLoad, modelPath: "/nonexistent/model.bin", holder: "\u0000".repeat(300) },
   ].map((m) => encode(LoadRequestSchema, m));
   const gpuSeeds: Record<string, Uint8Array[]> = {
     Load: loadSeeds,
     Forward: forwardSeeds,
     Info: [new Uint8Array(0)],
+    Release: [new Uint8Array(0), encode(ReleaseRequestSchema, { holder: "fuzz-holder" })],
   };
   const gpuSpecs: RpcSpec[] = GpuNode.methods.map((method) => {
     assert.ok(gpuSeeds[method.name], `no fuzz seeds for GpuNode.${method.name}`);
@@ -662,8 +678,9 @@ test("malformed and mutated messages to every RPC end with a documented status a
       client: clients.gpu,
       seeds: gpuSeeds[method.name]!,
       // Load: NOT_FOUND for a missing file, INVALID_ARGUMENT for a corrupt
-      // one or a bad layer range (documented on the RPC).
-      codes: [Code.INVALID_ARGUMENT, Code.NOT_FOUND],
+      // one or a bad layer range, FAILED_PRECONDITION (LEASED) under another
+      // holder's live lease (documented on the RPC).
+      codes: [Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.FAILED_PRECONDITION],
       // Forward answers a failed step in-band: INVALID_ARGUMENT for a bad
       // request, FAILED_PRECONDITION when a fuzzed Load left no model (or
       // one without the embedding), and the attention node's own in-band
@@ -720,6 +737,7 @@ test("malformed and mutated messages to every RPC end with a documented status a
   const coordinatorSeeds: Record<string, Uint8Array[]> = {
     Generate: generateSeeds,
     ListNodes: [new Uint8Array(0)],
+    ListModels: [new Uint8Array(0)],
     AddNode: addSeeds,
     RemoveNode: removeSeeds,
     SubmitJob: submitSeeds,
@@ -734,9 +752,11 @@ test("malformed and mutated messages to every RPC end with a documented status a
   const coordinatorCodes: Record<string, Code[]> = {
     // Generate: INVALID_ARGUMENT for a bad request as a whole (documented;
     // a bad prompt only gets an error Result and the call ends OK),
-    // ALREADY_EXISTS for a job_id that is running.
-    Generate: [Code.INVALID_ARGUMENT, Code.ALREADY_EXISTS],
+    // ALREADY_EXISTS for a job_id that is running, NOT_FOUND for a model
+    // that is not served.
+    Generate: [Code.INVALID_ARGUMENT, Code.ALREADY_EXISTS, Code.NOT_FOUND],
     ListNodes: [],
+    ListModels: [],
     // AddNode: INVALID_ARGUMENT for a bad role or address, UNAVAILABLE for
     // an address whose health check does not answer (documented).
     AddNode: [Code.INVALID_ARGUMENT, Code.UNAVAILABLE],

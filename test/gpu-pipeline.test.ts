@@ -206,7 +206,9 @@ async function startProxy(t: { after(fn: () => unknown): void }, target: string)
 test("the coordinator sends steps to the first stage only: hidden states reach later stages from the gpu-nodes", async (t) => {
   const { dim } = (await loadCheckpoint(bundled.model)).shape;
   // f32 on the wire: 3 stages must give 1 stage's exact tokens, and f16 rounding between stages can flip a near-tie.
-  const cluster = await startInProcessCluster(t, { gpuNodes: 3, gpu: { wireDtype: "f32" } });
+  // Two coordinators load g0 with different ranges, one after the other: a
+  // short lease lets the second in once the first is done.
+  const cluster = await startInProcessCluster(t, { gpuNodes: 3, gpu: { wireDtype: "f32", leaseTtlMs: 100 } });
   const [g0, g1, g2] = cluster.gpus as [GpuNodeService, GpuNodeService, GpuNodeService];
   // The second stage is reached through a proxy, by the coordinator (Load)
   // and by the first stage (the hop) alike: each opens its own connection.

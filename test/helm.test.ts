@@ -28,6 +28,7 @@ import AdmZip from "adm-zip";
 import { parseAllDocuments } from "yaml";
 import { repoRoot, type LocalCluster } from "@tessera/cli";
 import { tempDir } from "@tessera/testing";
+import { certRoleOf, type Role } from "@tessera/core";
 import { startTestCluster, runCli } from "./helpers.js";
 
 const chart = join(repoRoot, "helm/tessera");
@@ -256,11 +257,18 @@ function checkCommon(docs: Manifest[], secretName: string): void {
       assert.equal(env(c!, "TESSERA_PORT")?.value, String(port));
       assert.equal(env(c!, "TESSERA_HOST")?.value, "0.0.0.0");
       assert.equal(env(c!, "TESSERA_NATS")?.value, `${PREFIX}-nats.${SVC}:4222`);
-      assert.equal(env(c!, "TESSERA_TLS_CERT")?.value, "/etc/tessera/tls/node.pem");
+      // Issue 13: each pod has its own role's certificate (the component is the role: "gpu-node", ...) and
+      // mounts no other role's key.
+      assert.equal(env(c!, "TESSERA_TLS_CERT")?.value, `/etc/tessera/tls/${component}.pem`);
+      assert.equal(env(c!, "TESSERA_TLS_KEY")?.value, `/etc/tessera/tls/${component}-key.pem`);
       assert.equal(env(c!, "TESSERA_PLAINTEXT"), undefined);
       assert.deepEqual(
         pod.volumes?.find((v) => v.name === "tls")?.secret,
-        { secretName, defaultMode: 0o440 /* 288 */ },
+        {
+          secretName,
+          defaultMode: 0o440 /* 288 */,
+          items: ["ca.pem", `${component}.pem`, `${component}-key.pem`].map((f) => ({ key: f, path: f })),
+        },
         `${where}: TLS secret`,
       );
       assert.ok(c!.volumeMounts?.some((v) => v.name === "tls" && v.mountPath === "/etc/tessera/tls"));
@@ -427,7 +435,11 @@ test("tls-on: the named TLS secret in every Tessera pod, tokens file, NATS crede
   const coordinator = one(docs, "Deployment", `${PREFIX}-coordinator`);
   const c = podSpec(coordinator).containers[0]!;
   assert.equal(env(c, "TESSERA_TOKENS_FILE")?.value, "/etc/tessera/tokens/tokens.yaml");
-  assert.equal(env(c, "TESSERA_MODEL")?.value, "/models/stories260K.bin");
+  // The served models as --model flags, the default first (served-models.ts).
+  assert.deepEqual(
+    c.args?.filter((a) => a.startsWith("--model=")),
+    ["--model=/models/stories260K.bin", "--model=qwen=/models/qwen2-0.5b,kv=storage"],
+  );
   assert.equal(env(c, "TESSERA_TOKENIZER")?.value, "/models/tok512.bin");
   assert.deepEqual(podSpec(coordinator).volumes?.find((v) => v.name === "tokens")?.secret, {
     secretName: "tessera-tokens",
@@ -536,21 +548,33 @@ function probe(address: string, tls: { ca: string; cert: string; key: string }):
 }
 
 test("the readiness probe script: SERVING over mutual TLS exits 0; another CA or a closed port exits 1", async () => {
+  /** `tessera certs --out dir`: the files of a pod of `role` (ca.pem, <role>.pem, <role>-key.pem). */
   const certs = async (dir: string) => {
     const run = await runCli(["certs", "--out", dir, "--quiet"]);
     assert.equal(run.code, 0, run.stderr);
-    return { ca: join(dir, "ca.pem"), cert: join(dir, "node.pem"), key: join(dir, "node-key.pem") };
+    return (role: Role) => {
+      const r = certRoleOf(role);
+      return { ca: join(dir, "ca.pem"), cert: join(dir, `${r}.pem`), key: join(dir, `${r}-key.pem`) };
+    };
   };
-  const ours = await certs(join(scratch.path, "certs"));
-  const theirs = await certs(join(scratch.path, "other-certs"));
+  const oursOf = await certs(join(scratch.path, "certs"));
+  const theirs = (await certs(join(scratch.path, "other-certs")))("memory");
+  const flags = (role: Role) => {
+    const f = oursOf(role);
+    return ["--tls-ca", f.ca, "--tls-cert", f.cert, "--tls-key", f.key];
+  };
   cluster = await startTestCluster({
-    transport: ["--tls-ca", ours.ca, "--tls-cert", ours.cert, "--tls-key", ours.key],
+    transport: [],
+    flags: { coordinator: flags("coordinator"), gpu: flags("gpu"), memory: flags("memory"), storage: flags("storage") },
   });
 
-  for (const address of [cluster.address, cluster.node("gpu").address, cluster.node("memory").address]) {
-    const ok = await probe(address, ours);
+  // Each pod's probe runs with that pod's own role certificate.
+  for (const role of ["coordinator", "gpu", "memory"] as const) {
+    const address: string = role === "coordinator" ? cluster.address : cluster.node(role).address;
+    const ok = await probe(address, oursOf(role));
     assert.deepEqual([ok.code, ok.stderr], [0, ""], address);
   }
+  const ours = oursOf("memory");
   const memory = cluster.node("memory").address;
   const refused = await probe(memory, { ...theirs, ca: ours.ca });
   assert.equal(refused.code, 1);

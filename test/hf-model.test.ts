@@ -40,7 +40,12 @@ test("an exported HF folder generates the llama2.c file's tokens through a local
   const parsed = JSON.parse(info.stdout) as { format: string; dtype: string; parameters: number };
   assert.deepEqual([parsed.format, parsed.dtype, parsed.parameters], ["hf", "f32", 260032]);
 
-  const cluster = await startTestCluster({ model: dir, tokenizer: join(dir, "tokenizer.json") });
+  // Both served: the folder (the default) and the llama2.c file with its own tokenizer.
+  const cluster = await startTestCluster({
+    model: dir,
+    tokenizer: join(dir, "tokenizer.json"),
+    flags: { coordinator: ["--model", `${bundled.model},tokenizer=${bundled.tokenizer}`] },
+  });
   t.after(() => cluster.stop());
   const request = (extra: { modelPath?: string; tokenizerPath?: string }) => ({
     ...extra,

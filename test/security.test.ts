@@ -13,7 +13,9 @@
  * - the coordinator refuses calls without a token or with an unknown one
  *   (UNAUTHENTICATED) and node changes by a tenant (PERMISSION_DENIED);
  * - processes refuse to start without transport security, with plaintext
- *   off loopback, with a certificate of another CA, or with a bad tokens file;
+ *   off loopback, with a certificate of another CA or of another role
+ *   (issue 13: each process has its own role's certificate), or with a bad
+ *   tokens file;
  * - through the CLI, a tenant neither sees, reads nor cancels another's job.
  */
 import { after, test } from "node:test";
@@ -40,7 +42,7 @@ import {
 import { repoRoot, type LocalCluster } from "@tessera/cli";
 import { bundled, tempDir, tesseraJobFile, failure } from "@tessera/testing";
 import { startTestCluster, referenceText, runCli, type CliRun } from "./helpers.js";
-import { NODE_ROLES } from "@tessera/core";
+import { NODE_ROLES, certRoleOf, type Role } from "@tessera/core";
 
 const SERVERS = process.env["TESSERA_NATS"] ?? "127.0.0.1:4222";
 const readme = join(repoRoot, "../shared/models/README.md");
@@ -68,10 +70,12 @@ after(async () => {
 /** Paths of one `tessera certs --out DIR`. */
 interface CertDir {
   ca: string;
-  node: string;
-  nodeKey: string;
   client: string;
   clientKey: string;
+  /** `<role>.pem` of a cluster role, e.g. memory-node.pem. */
+  cert(role: Role): string;
+  /** The --tls-* flags of a process of `role`, with its own role certificate. */
+  flags(role: Role): string[];
 }
 
 /** Runs `tessera certs --out dir` and names its files. */
@@ -79,12 +83,13 @@ async function makeCerts(dir: string): Promise<CertDir> {
   const run = await cli(["certs", "--out", dir, "--quiet"]);
   assert.equal(run.code, 0, run.stderr);
   const f = (name: string) => join(dir, name);
+  const cert = (role: Role) => f(`${certRoleOf(role)}.pem`);
   return {
     ca: f("ca.pem"),
-    node: f("node.pem"),
-    nodeKey: f("node-key.pem"),
     client: f("client.pem"),
     clientKey: f("client-key.pem"),
+    cert,
+    flags: (role) => ["--tls-ca", f("ca.pem"), "--tls-cert", cert(role), "--tls-key", f(`${certRoleOf(role)}-key.pem`)],
   };
 }
 
@@ -137,7 +142,7 @@ interface TlsCluster extends Credentials {
 let tlsCluster: Promise<TlsCluster> | undefined;
 /**
  * One cluster for the tests that need one: every process on mutual TLS
- * (node.pem), nodes registered in NATS under a fresh prefix, the
+ * with its own role's certificate (gpu-node.pem, ...), nodes registered in NATS under a fresh prefix, the
  * coordinator with the tokens file. The prefix's job and registry buckets
  * are deleted once the cluster has stopped.
  */
@@ -153,10 +158,14 @@ function sharedCluster(): Promise<TlsCluster> {
       await jsm.streams.delete(`KV_${registryBucket(prefix)}`).catch(() => undefined);
       await nc.close();
     });
-    const tlsFlags = ["--tls-ca", creds.certs.ca, "--tls-cert", creds.certs.node, "--tls-key", creds.certs.nodeKey];
     const cluster = await startTestCluster({
-      transport: tlsFlags,
-      flags: { coordinator: ["--tokens", creds.tokensFile] },
+      transport: [],
+      flags: {
+        coordinator: [...creds.certs.flags("coordinator"), "--tokens", creds.tokensFile],
+        gpu: creds.certs.flags("gpu"),
+        memory: creds.certs.flags("memory"),
+        storage: creds.certs.flags("storage"),
+      },
       nats: { servers: SERVERS, prefix },
     });
     cleanups.push(() => cluster.stop());
@@ -292,7 +301,7 @@ test("a coordinator with --tokens refuses calls without a known token (UNAUTHENT
   }
 });
 
-test("a node refuses to start without transport security, with plaintext off loopback, or with a certificate of another CA", async () => {
+test("a node refuses to start without transport security, with plaintext off loopback, or with a certificate of another CA or another role", async () => {
   const { certs, other } = await sharedCredentials();
   const memory = (...flags: string[]) => cli(["node", "memory", "--port", "0", "--profile", "off", ...flags], 30_000);
 
@@ -307,12 +316,26 @@ test("a node refuses to start without transport security, with plaintext off loo
   assert.equal(open.code, 1, open.stderr);
   assert.match(open.stderr, /plaintext gRPC on 0\.0\.0\.0 refused: plaintext is allowed on loopback only/);
 
-  const mixed = await memory("--tls-ca", certs.ca, "--tls-cert", other.node, "--tls-key", other.nodeKey);
+  const mixed = await memory("--tls-ca", certs.ca, ...other.flags("memory").slice(2));
   assert.equal(mixed.code, 1, mixed.stderr);
   assert.ok(
-    mixed.stderr.includes(`TLS certificate ${other.node} (CN=tessera-node) was not issued by the CA in ${certs.ca}`),
+    mixed.stderr.includes(
+      `TLS certificate ${other.cert("memory")} (CN=tessera-memory-node) was not issued by the CA in ${certs.ca}`,
+    ),
     mixed.stderr,
   );
+
+  // Issue 13: a node's certificate must carry its own role (the nodes it calls check it on every RPC).
+  const wrongRole = await memory(...certs.flags("gpu"));
+  assert.equal(wrongRole.code, 1, wrongRole.stderr);
+  assert.equal(
+    wrongRole.stderr,
+    `tessera: the memory-node: TLS certificate ${certs.cert("gpu")} has role gpu-node, not memory-node ` +
+      "(SAN URI spiffe://tessera/role/memory-node; `tessera certs` writes memory-node.pem)\n",
+  );
+  const operator = await memory("--tls-ca", certs.ca, "--tls-cert", certs.client, "--tls-key", certs.clientKey);
+  assert.equal(operator.code, 1, operator.stderr);
+  assert.match(operator.stderr, /TLS certificate .*client\.pem has role operator, not memory-node/);
 });
 
 test("a coordinator refuses to start with a tokens file holding a bad entry, naming the file and the entry", async () => {
@@ -327,12 +350,7 @@ test("a coordinator refuses to start with a tokens file holding a bad entry, nam
       "coordinator",
       "--port",
       "0",
-      "--tls-ca",
-      certs.ca,
-      "--tls-cert",
-      certs.node,
-      "--tls-key",
-      certs.nodeKey,
+      ...certs.flags("coordinator"),
       "--tokens",
       badTokens,
       "--gpu-node",

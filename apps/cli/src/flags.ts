@@ -4,7 +4,7 @@
  * of a command's work.
  */
 import { Command, InvalidArgumentError, Option } from "commander";
-import { parseByteSize } from "@tessera/core";
+import { parseByteSize, parseDuration } from "@tessera/core";
 import { COORDINATOR_DEFAULTS } from "@tessera/coordinator";
 
 /** Parser of an integer flag >= `min`. @throws InvalidArgumentError otherwise (a usage error, exit 2). */
@@ -22,14 +22,21 @@ export const num = (name: string, min: number, max: number) => (v: string) => {
     throw new InvalidArgumentError(`${name} must be a number in [${min}, ${max}]`);
   return n;
 };
+/** A flag parser from a strict option parser (ConfigError naming the flag becomes commander's InvalidArgumentError). */
+const flagParser =
+  <T>(parse: (name: string, v: string) => T) =>
+  (name: string) =>
+  (v: string): T => {
+    try {
+      return parse(name, v);
+    } catch (err) {
+      throw new InvalidArgumentError((err as Error).message);
+    }
+  };
 /** Parser of a byte-size flag ("64MiB", "1GiB", bytes). @throws InvalidArgumentError when malformed. */
-export const size = (name: string) => (v: string) => {
-  try {
-    return parseByteSize(name, v);
-  } catch (err) {
-    throw new InvalidArgumentError((err as Error).message);
-  }
-};
+export const size = flagParser(parseByteSize);
+/** Parser of a duration flag ("30d", "12h", "90s", ms). @throws InvalidArgumentError when malformed. */
+export const duration = flagParser(parseDuration);
 /** Parser of a repeatable, comma-separated flag: the values so far plus this one's. */
 export const list = (v: string, prev: string[] = []) => [...prev, ...v.split(",").filter(Boolean)];
 
@@ -45,7 +52,7 @@ export const transport = (c: Command, who: "service" | "client") =>
       new Option(
         "--tls-cert <file>",
         who === "service"
-          ? "this process's certificate (PEM; `tessera certs` writes node.pem)"
+          ? "this process's certificate (PEM) with its role; `tessera certs` writes <role>.pem, e.g. gpu-node.pem"
           : "client certificate (PEM) for a coordinator that asks for one (no --tokens)",
       ).env("TESSERA_TLS_CERT"),
     )

@@ -4,8 +4,15 @@
  * `--tls-key`; `tessera certs` makes them) or `--plaintext`, which then
  * works on loopback only. Nothing is plaintext by default.
  */
-import { ConfigError } from "@tessera/core";
-import { PLAINTEXT, loadTls, setTransportSecurity, type TransportSecurity } from "@tessera/proto";
+import { X509Certificate } from "node:crypto";
+import { ConfigError, ROLE_URI_PREFIX, roleUri, rolesOfSubjectAltName, type CertRole } from "@tessera/core";
+import {
+  PLAINTEXT,
+  TransportSecurityError,
+  loadTls,
+  setTransportSecurity,
+  type TransportSecurity,
+} from "@tessera/proto";
 import {
   natsAuthFromFlags,
   natsServerCredentials,
@@ -57,10 +64,29 @@ export function transportOf(flags: TransportFlags, who: string, identity: boolea
 
 /**
  * Sets this process's transport security from its flags (every server and
- * client it opens uses it). Throws as {@link transportOf}.
+ * client it opens uses it). With `role` (a coordinator's or node's), a TLS
+ * certificate must carry that role's SAN URI: the nodes it calls check it
+ * on every RPC, so a wrong one would fail each call, not the start.
+ * Throws as {@link transportOf}, and TransportSecurityError naming the
+ * certificate file and the roles it has when `role` is not among them.
  */
-export function applyTransport(flags: TransportFlags, who: string, identity: boolean): TransportSecurity {
+export function applyTransport(
+  flags: TransportFlags,
+  who: string,
+  identity: boolean,
+  role?: CertRole,
+): TransportSecurity {
   const security = transportOf(flags, who, identity);
+  if (role !== undefined && security.kind === "tls" && security.cert) {
+    const roles = rolesOfSubjectAltName(new X509Certificate(security.cert).subjectAltName);
+    if (!roles.includes(role)) {
+      const has = roles.length ? `has role ${roles.join(", ")}` : `carries no Tessera role (${ROLE_URI_PREFIX}<role>)`;
+      throw new TransportSecurityError(
+        `${who}: TLS certificate ${flags.tlsCert} ${has}, not ${role} (SAN URI ${roleUri(role)}; ` +
+          `\`tessera certs\` writes ${role}.pem)`,
+      );
+    }
+  }
   setTransportSecurity(security);
   return security;
 }

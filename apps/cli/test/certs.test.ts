@@ -29,27 +29,34 @@ const options = (out: string, more: Partial<CertsOptions> = {}): CertsOptions =>
 });
 
 const read = (dir: string, f: string) => readFile(join(dir, f), "utf8");
-const SIX = ["ca-key.pem", "ca.pem", "node-key.pem", "node.pem", "client-key.pem", "client.pem"];
+/** The cluster roles' certificates, one each. */
+const SERVING = ["coordinator", "gpu-node", "memory-node", "storage-node"] as const;
+/** Every file `tessera certs` writes, in the order written: the CA, then each leaf's key and certificate. */
+const ALL = ["ca-key.pem", "ca.pem", ...[...SERVING, "client"].flatMap((f) => [`${f}-key.pem`, `${f}.pem`])];
+/** Index in ALL of the CA and of gpu-node.pem. */
+const CA_AT = 1;
+const GPU_AT = ALL.indexOf("gpu-node.pem");
 
-test("makeCertificates writes a CA, a node and a client certificate that chain, with the SANs and 0600 keys", async (t) => {
+test("makeCertificates writes a CA, one certificate per role and a client certificate that chain, with the SANs, role URIs and 0600 keys", async (t) => {
   const dir = await tempDir(t);
   const { written } = await makeCertificates(options(dir));
   assert.deepEqual(
     written,
-    SIX.map((f) => join(dir, f)),
+    ALL.map((f) => join(dir, f)),
   );
 
   const ca = new X509Certificate(await read(dir, "ca.pem"));
-  const node = new X509Certificate(await read(dir, "node.pem"));
   const client = new X509Certificate(await read(dir, "client.pem"));
+  const roles = await Promise.all(
+    SERVING.map(
+      async (r) => [new X509Certificate(await read(dir, `${r}.pem`)), `tessera-${r}`, `${r}-key.pem`] as const,
+    ),
+  );
   assert.equal(ca.subject, "CN=Tessera development CA");
   assert.equal(ca.ca, true);
   assert.equal(ca.checkIssued(ca), true);
   assert.equal(ca.checkPrivateKey(createPrivateKey(await read(dir, "ca-key.pem"))), true);
-  for (const [cert, cn, key] of [
-    [node, "tessera-node", "node-key.pem"],
-    [client, "tessera-client", "client-key.pem"],
-  ] as const) {
+  for (const [cert, cn, key] of [...roles, [client, "tessera-client", "client-key.pem"] as const]) {
     assert.equal(cert.subject, `CN=${cn}`);
     assert.equal(cert.issuer, "CN=Tessera development CA");
     assert.equal(cert.ca, false);
@@ -65,28 +72,32 @@ test("makeCertificates writes a CA, a node and a client certificate that chain, 
     const days = (Date.parse(cert.validTo) - Date.now()) / 86_400_000;
     assert.ok(days > 29.9 && days <= 30, `${cn} valid for ${days} days`);
   }
-  assert.equal(
-    node.subjectAltName,
-    "DNS:localhost, IP Address:127.0.0.1, IP Address:0:0:0:0:0:0:0:1, DNS:node-7.example.com, IP Address:10.1.2.3",
-  );
-  assert.equal(node.checkHost("node-7.example.com"), "node-7.example.com");
-  assert.equal(node.checkIP("10.1.2.3"), "10.1.2.3");
-  assert.deepEqual(node.keyUsage, ["1.3.6.1.5.5.7.3.1", "1.3.6.1.5.5.7.3.2"]); // serverAuth, clientAuth
+  for (const [i, [cert]] of roles.entries()) {
+    assert.equal(
+      cert.subjectAltName,
+      "DNS:localhost, IP Address:127.0.0.1, IP Address:0:0:0:0:0:0:0:1, DNS:node-7.example.com, IP Address:10.1.2.3, " +
+        `URI:spiffe://tessera/role/${SERVING[i]}`,
+    );
+    assert.equal(cert.checkHost("node-7.example.com"), "node-7.example.com");
+    assert.equal(cert.checkIP("10.1.2.3"), "10.1.2.3");
+    assert.deepEqual(cert.keyUsage, ["1.3.6.1.5.5.7.3.1", "1.3.6.1.5.5.7.3.2"]); // serverAuth, clientAuth
+  }
+  // The operator's certificate: a client only (no host names, no serverAuth), role operator.
   assert.deepEqual(client.keyUsage, ["1.3.6.1.5.5.7.3.2"]);
-  assert.equal(client.subjectAltName, undefined);
+  assert.equal(client.subjectAltName, "URI:spiffe://tessera/role/operator");
 
-  for (const f of ["ca-key.pem", "node-key.pem", "client-key.pem"])
-    assert.equal((await stat(join(dir, f))).mode & 0o777, 0o600, f);
-  for (const f of ["ca.pem", "node.pem", "client.pem"]) assert.equal((await stat(join(dir, f))).mode & 0o777, 0o644, f);
+  for (const f of ALL) assert.equal((await stat(join(dir, f))).mode & 0o777, f.endsWith("-key.pem") ? 0o600 : 0o644, f);
+  await assert.rejects(stat(join(dir, "node.pem")), { code: "ENOENT" }, "no role-less node.pem any more");
 });
 
 test("a wildcard host is a DNS SAN; bad hosts and days are refused by name before anything is written", async (t) => {
   const dir = await tempDir(t);
   await makeCertificates(options(dir, { hosts: ["*.tessera.internal", "[fd00::5]"] }));
-  const node = new X509Certificate(await read(dir, "node.pem"));
+  const node = new X509Certificate(await read(dir, "memory-node.pem"));
   assert.equal(
     node.subjectAltName,
-    "DNS:localhost, IP Address:127.0.0.1, IP Address:0:0:0:0:0:0:0:1, DNS:*.tessera.internal, IP Address:FD00:0:0:0:0:0:0:5",
+    "DNS:localhost, IP Address:127.0.0.1, IP Address:0:0:0:0:0:0:0:1, DNS:*.tessera.internal, IP Address:FD00:0:0:0:0:0:0:5, " +
+      "URI:spiffe://tessera/role/memory-node",
   );
   assert.equal(node.checkHost("gpu-1.tessera.internal"), "*.tessera.internal");
 
@@ -111,8 +122,8 @@ async function mtlsServer(t: TestContext, dir: string): Promise<{ port: number; 
   const accepted: string[] = [];
   const server = tls.createServer(
     {
-      key: await read(dir, "node-key.pem"),
-      cert: await read(dir, "node.pem"),
+      key: await read(dir, "memory-node-key.pem"),
+      cert: await read(dir, "memory-node.pem"),
       ca: await read(dir, "ca.pem"),
       requestCert: true,
       rejectUnauthorized: true,
@@ -159,12 +170,12 @@ test("mutual TLS over node:tls: the client certificate is accepted; one from ano
     await exchange(port, { ca, key: await read(dir, "client-key.pem"), cert: await read(dir, "client.pem") }),
     42,
   );
-  // The node certificate is also a client certificate (nodes call each other).
+  // A role's certificate is also a client certificate (nodes call each other).
   assert.equal(
-    await exchange(port, { ca, key: await read(dir, "node-key.pem"), cert: await read(dir, "node.pem") }),
+    await exchange(port, { ca, key: await read(dir, "gpu-node-key.pem"), cert: await read(dir, "gpu-node.pem") }),
     42,
   );
-  assert.deepEqual(accepted, ["tessera-client", "tessera-node"]);
+  assert.deepEqual(accepted, ["tessera-client", "tessera-gpu-node"]);
 
   const foreign = await exchange(port, {
     ca,
@@ -180,12 +191,12 @@ test("mutual TLS over node:tls: the client certificate is accepted; one from ano
     ["closed", "ECONNRESET", "ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED"].includes(String(none)),
     `no certificate: ${none}`,
   );
-  assert.deepEqual(accepted, ["tessera-client", "tessera-node"], "the refused clients never got through");
+  assert.deepEqual(accepted, ["tessera-client", "tessera-gpu-node"], "the refused clients never got through");
 
   // And a client refuses the server when it trusts another CA (the server sends its CA with its certificate,
   // as Node completes the chain from `ca`, hence "self-signed in chain").
   assert.equal(await exchange(port, { ca: await read(other, "ca.pem") }), "SELF_SIGNED_CERT_IN_CHAIN");
-  assert.deepEqual(accepted, ["tessera-client", "tessera-node"]);
+  assert.deepEqual(accepted, ["tessera-client", "tessera-gpu-node"]);
 });
 
 test("mutual TLS over @grpc/grpc-js: createSsl credentials from the files make a call; another CA's client cannot", async (t) => {
@@ -210,7 +221,7 @@ test("mutual TLS over @grpc/grpc-js: createSsl credentials from the files make a
   );
   const creds = grpc.ServerCredentials.createSsl(
     await file(dir, "ca.pem"),
-    [{ private_key: await file(dir, "node-key.pem"), cert_chain: await file(dir, "node.pem") }],
+    [{ private_key: await file(dir, "gpu-node-key.pem"), cert_chain: await file(dir, "gpu-node.pem") }],
     true,
   );
   const port = await new Promise<number>((resolve, reject) =>
@@ -250,30 +261,29 @@ test("mutual TLS over @grpc/grpc-js: createSsl credentials from the files make a
 test("a rerun keeps the CA and refuses existing leaf files by name; --force makes everything anew", async (t) => {
   const dir = await tempDir(t);
   await makeCertificates(options(dir));
-  const before = await Promise.all(SIX.map((f) => read(dir, f)));
+  const before = await Promise.all(ALL.map((f) => read(dir, f)));
 
   await assert.rejects(makeCertificates(options(dir)), {
-    message: `${join(dir, "node.pem")} exists (pass --force to overwrite it and make a new CA)`,
+    message: `${join(dir, "coordinator.pem")} exists (pass --force to overwrite it and make a new CA)`,
   });
-  assert.deepEqual(await Promise.all(SIX.map((f) => read(dir, f))), before, "a refused run writes nothing");
+  assert.deepEqual(await Promise.all(ALL.map((f) => read(dir, f))), before, "a refused run writes nothing");
 
   // With the leaves gone, new ones are signed by the same CA, whose files are left alone.
-  for (const f of SIX.slice(2)) await rm(join(dir, f));
+  for (const f of ALL.slice(2)) await rm(join(dir, f));
   const { written } = await makeCertificates(options(dir));
   assert.deepEqual(
     written,
-    SIX.slice(2).map((f) => join(dir, f)),
+    ALL.slice(2).map((f) => join(dir, f)),
   );
-  assert.equal(await read(dir, "ca.pem"), before[1]);
+  assert.equal(await read(dir, "ca.pem"), before[CA_AT]);
   assert.equal(await read(dir, "ca-key.pem"), before[0]);
-  const ca = new X509Certificate(before[1]!);
-  const node = new X509Certificate(await read(dir, "node.pem"));
-  assert.notEqual(await read(dir, "node.pem"), before[3]);
-  assert.equal(node.verify(ca.publicKey), true);
+  const ca = new X509Certificate(before[CA_AT]!);
+  const gpu = new X509Certificate(await read(dir, "gpu-node.pem"));
+  assert.notEqual(await read(dir, "gpu-node.pem"), before[GPU_AT]);
+  assert.equal(gpu.verify(ca.publicKey), true);
   assert.equal(new X509Certificate(await read(dir, "client.pem")).verify(ca.publicKey), true);
-  // Leaves never outlive the CA they were signed by.
-  await rm(join(dir, "node.pem"));
-  await rm(join(dir, "node-key.pem"));
+  // One leaf left is enough to refuse the run.
+  for (const f of ALL.slice(2, -2)) await rm(join(dir, f));
   await assert.rejects(makeCertificates(options(dir)), {
     message: `${join(dir, "client.pem")} exists (pass --force to overwrite it and make a new CA)`,
   });
@@ -281,14 +291,14 @@ test("a rerun keeps the CA and refuses existing leaf files by name; --force make
   const { written: forced } = await makeCertificates(options(dir, { force: true, days: 365 }));
   assert.deepEqual(
     forced,
-    SIX.map((f) => join(dir, f)),
+    ALL.map((f) => join(dir, f)),
   );
-  const after = await Promise.all(SIX.map((f) => read(dir, f)));
-  for (let i = 0; i < SIX.length; i++) assert.notEqual(after[i], before[i], SIX[i]);
-  const newCa = new X509Certificate(after[1]!);
-  assert.equal(new X509Certificate(after[3]!).verify(newCa.publicKey), true);
-  assert.equal(new X509Certificate(after[3]!).verify(ca.publicKey), false);
-  for (const f of ["ca-key.pem", "node-key.pem", "client-key.pem"])
+  const after = await Promise.all(ALL.map((f) => read(dir, f)));
+  for (const [i, f] of ALL.entries()) assert.notEqual(after[i], before[i], f);
+  const newCa = new X509Certificate(after[CA_AT]!);
+  assert.equal(new X509Certificate(after[GPU_AT]!).verify(newCa.publicKey), true);
+  assert.equal(new X509Certificate(after[GPU_AT]!).verify(ca.publicKey), false);
+  for (const f of ALL.filter((f) => f.endsWith("-key.pem")))
     assert.equal((await stat(join(dir, f))).mode & 0o777, 0o600, f);
 });
 
@@ -296,9 +306,9 @@ test("a leaf signed by a reused CA ends no later than the CA", async (t) => {
   const dir = await tempDir(t);
   await makeCertificates(options(dir, { days: 10 }));
   const ca = new X509Certificate(await read(dir, "ca.pem"));
-  for (const f of SIX.slice(2)) await rm(join(dir, f));
+  for (const f of ALL.slice(2)) await rm(join(dir, f));
   await makeCertificates(options(dir, { days: 100 }));
-  assert.equal(new X509Certificate(await read(dir, "node.pem")).validTo, ca.validTo);
+  for (const r of SERVING) assert.equal(new X509Certificate(await read(dir, `${r}.pem`)).validTo, ca.validTo, r);
 });
 
 test("tokenCommand prints a 32-byte base64url token and the tokens-file entry with its sha256", (t) => {

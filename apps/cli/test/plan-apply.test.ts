@@ -13,6 +13,7 @@ import {
   StatefulSetNotFoundError,
   chartFullname,
   planApplyCommand,
+  planRefusal,
   planReplicas,
   scaleStatefulSets,
   statefulSetName,
@@ -53,6 +54,38 @@ test("planReplicas counts the distinct nodes of each pool holding a stage or a K
     { role: "memory", pool: "mem", replicas: 2, used: true },
     { role: "storage", pool: "nvme", replicas: 0, used: false },
   ]);
+});
+
+test("--apply refuses a plan whose KV the runtime cannot hold, or that leaves no node to hold it, naming why", () => {
+  const node = (pool: string, id: string) => ({ node: { pool, id } });
+  const stages = [node("gpu", "gpu#0")];
+  const cluster = {
+    pools: [
+      { name: "gpu", kind: "gpu", nodes: [] },
+      { name: "mem", kind: "memory", nodes: [] },
+      { name: "nvme", kind: "storage", nodes: [] },
+    ],
+  } as unknown as ClusterSpec;
+  const planOf = (kv: unknown) => ({ placement: { stages, kv } }) as unknown as Plan;
+  for (const [mode, where] of [
+    ["gpu", "GPU"],
+    ["host", "host"],
+  ] as const) {
+    const p = planOf({ mode });
+    assert.equal(
+      planRefusal(p, planReplicas(p, cluster)),
+      `the plan keeps the KV cache in ${where} memory, which Tessera's runtime cannot run ` +
+        "(it holds the KV on memory- and storage-nodes only)",
+    );
+  }
+  // KV on nodes, but every attention pool scaled to 0 (no share holds a node).
+  const empty = planOf({ mode: "nodes", headGroups: 1, shares: [] });
+  assert.equal(
+    planRefusal(empty, planReplicas(empty, cluster)),
+    'the plan leaves no memory- or storage-node to hold the KV cache (it would scale memory pool "mem", storage pool "nvme" to 0)',
+  );
+  const ok = planOf({ mode: "nodes", headGroups: 1, shares: [node("nvme", "nvme#0")] });
+  assert.equal(planRefusal(ok, planReplicas(ok, cluster)), undefined);
 });
 
 test("StatefulSet names follow the chart's fullname and --statefulset-pattern", () => {
@@ -173,6 +206,12 @@ test("tessera plan --apply plans on the cluster file and scales its pools (kubec
   }).best!;
   const want = planReplicas(best, cluster);
   assert.ok(want[0]!.replicas > 1, "the plan uses several gpu-nodes");
+  // Issue 13: the plan holds its KV on attention nodes, so some of their pools stay up.
+  assert.ok(
+    want.some((p) => p.role !== "gpu" && p.replicas > 0),
+    JSON.stringify(want),
+  );
+  assert.equal(planRefusal(best, want), undefined);
 
   const out: string[] = [];
   t.mock.method(process.stdout, "write", (s: string) => (out.push(s), true));
@@ -204,4 +243,33 @@ test("tessera plan --apply plans on the cluster file and scales its pools (kubec
     json.changes.map((c) => [c.statefulSet, c.to]),
     want.map((p) => [`prod-tessera-${p.role}-${p.pool}`, p.replicas]),
   );
+});
+
+test("tessera plan --apply on a cluster file with no memory- or storage-node fails naming why and scales nothing", async (t) => {
+  const { api } = await fake(t);
+  const dir = await mkdtemp(join(tmpdir(), "tessera-plan-apply-"));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const kubeconfig = join(dir, "kubeconfig");
+  await writeFile(kubeconfig, api.kubeconfig(NS));
+  const clusterFile = join(dir, "gpus.yaml");
+  await writeFile(clusterFile, "pools:\n  - { name: gpu, kind: gpu, count: 8, part: h100-sxm-80gb }\n");
+  api.addStatefulSet(NS, "prod-tessera-gpu-gpu", 1);
+  await assert.rejects(
+    planApplyCommand({
+      cluster: clusterFile,
+      model: "Llama-2-7B",
+      batch: 16,
+      promptTokens: 512,
+      outputTokens: 128,
+      objective: "job",
+      json: true,
+      kubeconfig,
+      release: "prod",
+      statefulSetPattern: "{fullname}-{role}-{pool}",
+      dryRun: false,
+    }),
+    /the cluster has no memory- or storage-node to hold the KV cache \(Tessera keeps no KV on gpu-nodes\)/,
+  );
+  assert.deepEqual(patches(api), []);
+  assert.equal(api.replicasOf(NS, "prod-tessera-gpu-gpu"), 1);
 });

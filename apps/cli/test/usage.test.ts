@@ -59,9 +59,23 @@ test("issue 13: a size flag that is not a size (10XB, 1e400, 8G B) is a usage er
     [["node", "storage", "--plaintext", "--data-dir", "/nonexistent", "--buffer", "1e400"], "--buffer"],
     [["coordinator", "--plaintext", "--limit-prompt-bytes", "8G B"], "--limit-prompt-bytes"],
     [["coordinator", "--plaintext", "--limit-request-bytes=-1"], "--limit-request-bytes"],
+    [["coordinator", "--plaintext", "--tenant-max-bytes", "4GB B"], "--tenant-max-bytes"],
   ] as const) {
     const r = await tessera([...args], { env });
     assert.equal(r.code, 2, r.stderr);
     assert.match(r.stderr, new RegExp(`${flag}: "[^"]+" is not a size: .*powers of 1024`), r.stderr);
+  }
+});
+
+test("issue 13: --job-retention / --job-sweep that are not durations (10w, -1d, 1e3) are usage errors naming the flag", async () => {
+  const env = cleanEnv();
+  for (const [flag, value] of [
+    ["--job-retention", "10w"],
+    ["--job-retention", "-1d"],
+    ["--job-sweep", "1e3"],
+  ] as const) {
+    const r = await tessera(["coordinator", "--plaintext", flag, value], { env });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, new RegExp(`${flag}: "[^"]+" is not a duration: use milliseconds`), r.stderr);
   }
 });

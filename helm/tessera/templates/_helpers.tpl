@@ -90,9 +90,9 @@ Environment shared by every Tessera container: call with
 - name: TESSERA_TLS_CA
   value: /etc/tessera/tls/ca.pem
 - name: TESSERA_TLS_CERT
-  value: /etc/tessera/tls/node.pem
+  value: /etc/tessera/tls/{{ .role }}.pem
 - name: TESSERA_TLS_KEY
-  value: /etc/tessera/tls/node-key.pem
+  value: /etc/tessera/tls/{{ .role }}-key.pem
 {{- with $root.Values.nats.auth.existingSecret }}
 - name: TESSERA_NATS_USER
   valueFrom: { secretKeyRef: { name: {{ . }}, key: {{ $root.Values.nats.auth.userKey }} } }
@@ -125,15 +125,24 @@ Environment shared by every Tessera container: call with
 {{- end }}
 {{- end }}
 
-{{/* Volumes of every Tessera pod: TLS secret, health probe script, /tmp. */}}
+{{/*
+Volumes of every Tessera pod: TLS secret, health probe script, /tmp. Call with
+(dict "root" $ "role" "gpu-node"): a pod mounts only ca.pem and its own role's certificate and
+key (<role>.pem, <role>-key.pem), never another role's key (issue 13: each RPC checks the
+caller's role).
+*/}}
 {{- define "tessera.volumes" -}}
 - name: tls
   secret:
-    secretName: {{ required "tls.secretName is required: Tessera's services run mutual TLS" .Values.tls.secretName }}
+    secretName: {{ required "tls.secretName is required: Tessera's services run mutual TLS" .root.Values.tls.secretName }}
     defaultMode: 288 # 0440 (decimal: YAML 1.1 and 1.2 read 0440 differently)
+    items:
+      - { key: ca.pem, path: ca.pem }
+      - { key: {{ .role }}.pem, path: {{ .role }}.pem }
+      - { key: {{ .role }}-key.pem, path: {{ .role }}-key.pem }
 - name: probe
   configMap:
-    name: {{ include "tessera.fullname" . }}-probe
+    name: {{ include "tessera.fullname" .root }}-probe
     defaultMode: 292 # 0444
 - name: tmp
   emptyDir: {}

@@ -36,7 +36,7 @@ export {
   checkFiniteValues,
   QK_MAX_ABS,
 } from "./tensor.js";
-export { parseByteSize, formatBytes, formatByteSize } from "./units.js";
+export { parseByteSize, formatBytes, formatByteSize, parseDuration, formatDuration } from "./units.js";
 export {
   type KvPlacement,
   type PromptSpec,
@@ -73,6 +73,12 @@ export {
   isNodeRole,
   isAttentionRole,
   nodeName,
+  type CertRole,
+  CERT_ROLES,
+  ROLE_URI_PREFIX,
+  roleUri,
+  certRoleOf,
+  rolesOfSubjectAltName,
 } from "./roles.js";
 export {
   DEFAULT_SHUTDOWN_GRACE_MS,

@@ -85,3 +85,48 @@ export function formatByteSize(n: number): string {
     if (n >= size && n % size === 0) return `${n / size}${unit}`;
   return String(n);
 }
+
+/** Milliseconds per unit of a duration option, lower-cased. */
+const DURATION_UNITS: Readonly<Record<string, number>> = Object.freeze({
+  "": 1,
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+});
+
+/**
+ * Parses a duration option into milliseconds: a whole number of ms, or a
+ * number (digits, optionally a decimal point) with a unit ms, s, m, h or d
+ * ("30d", "1.5h", "250ms"). Refused: other units, signs, exponents, 0, and
+ * more than `Number.MAX_SAFE_INTEGER` ms.
+ * @param value a string as above, or a number of ms (a positive safe integer).
+ * @throws ConfigError naming `option` and the accepted forms.
+ */
+export function parseDuration(option: string, value: string | number): number {
+  const refuse = () =>
+    new ConfigError(
+      option,
+      `${JSON.stringify(String(value).slice(0, 40))} is not a duration: use milliseconds, or a number with a ` +
+        "unit ms, s, m, h or d, e.g. 30d, 12h, 90s",
+    );
+  const m = typeof value === "string" ? /^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)\s*$/i.exec(value) : undefined;
+  const unit = m ? DURATION_UNITS[m[2]!.toLowerCase()] : 1;
+  if (m === null || unit === undefined) throw refuse();
+  const n = m ? Math.round(Number(m[1]) * unit) : (value as number);
+  if (!Number.isSafeInteger(n) || n <= 0) throw refuse();
+  return n;
+}
+
+/** Writes ms in the largest unit that holds them exactly, as a duration option is written: 2592000000 -> "30d". */
+export function formatDuration(ms: number): string {
+  for (const [unit, size] of [
+    ["d", 86_400_000],
+    ["h", 3_600_000],
+    ["m", 60_000],
+    ["s", 1000],
+  ] as const)
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  return `${ms}ms`;
+}

@@ -1,6 +1,13 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { ConfigError, byteSizeOption, formatByteSize, parseByteSize } from "../src/index.js";
+import {
+  ConfigError,
+  byteSizeOption,
+  formatByteSize,
+  formatDuration,
+  parseByteSize,
+  parseDuration,
+} from "../src/index.js";
 
 const KiB = 1024;
 const MiB = 1024 ** 2;
@@ -100,4 +107,29 @@ test("byteSizeOption: strict sizes, the default and the minimum", () => {
 test("formatByteSize writes what parseByteSize reads back", () => {
   for (const n of [0, 1000, 1024, 65536, 64 * MiB, GiB, 3 * TiB, 123456789])
     assert.equal(parseByteSize("x", formatByteSize(n)), n);
+});
+
+test("parseDuration reads ms or a number with ms/s/m/h/d (issue 13's --job-retention), refuses the rest naming the flag; formatDuration writes it back", () => {
+  assert.equal(parseDuration("--job-retention", "30d"), 30 * 86_400_000);
+  assert.equal(parseDuration("--job-retention", "12h"), 12 * 3_600_000);
+  assert.equal(parseDuration("--job-retention", "1.5m"), 90_000);
+  assert.equal(parseDuration("--job-retention", "250ms"), 250);
+  assert.equal(parseDuration("--job-retention", "90S"), 90_000);
+  assert.equal(parseDuration("--job-retention", "5000"), 5000);
+  assert.equal(parseDuration("--job-retention", 5000), 5000);
+  for (const bad of ["", "0", "0d", "-1d", "1e3", "10w", "1 month", "0x10", 0, -5, 1.5]) {
+    assert.throws(
+      () => parseDuration("--job-retention", bad),
+      (err: unknown) =>
+        err instanceof ConfigError &&
+        err.message.startsWith("--job-retention: ") &&
+        err.message.includes("is not a duration: use milliseconds, or a number with a unit ms, s, m, h or d"),
+      String(bad),
+    );
+  }
+  for (const ms of [30 * 86_400_000, 3_600_000, 90_000, 1500, 1])
+    assert.equal(parseDuration("d", formatDuration(ms)), ms);
+  assert.equal(formatDuration(30 * 86_400_000), "30d");
+  assert.equal(formatDuration(600_000), "10m");
+  assert.equal(formatDuration(1500), "1500ms");
 });

@@ -4,6 +4,7 @@
  * llama2.c format, its tokenizer and prompts, in ../shared beside the
  * repository.
  */
+import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -16,3 +17,16 @@ export const bundled = Object.freeze({
   tokenizer: join(repoRoot, "../shared/models/tok512.bin"),
   prompts: join(repoRoot, "../shared/prompts/stories.jsonl"),
 });
+
+/**
+ * The tokenizer to use for `model` when none is given: tok512.bin for the
+ * bundled stories260K, tokenizer.json inside a Hugging Face folder, else
+ * tokenizer.bin beside a llama2.c checkpoint (the bundled tok512.bin when
+ * there is none). Reads only whether those files exist.
+ */
+export function defaultTokenizerFor(model: string): string {
+  if (resolve(model) === resolve(bundled.model)) return bundled.tokenizer;
+  if (existsSync(join(model, "config.json"))) return join(model, "tokenizer.json");
+  const beside = join(dirname(model), "tokenizer.bin");
+  return existsSync(beside) ? beside : bundled.tokenizer;
+}

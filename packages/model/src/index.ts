@@ -95,4 +95,4 @@ export {
   softmaxF32InPlace,
   createSampler,
 } from "./sampler.js";
-export { bundled, repoRoot } from "./bundled.js";
+export { bundled, defaultTokenizerFor, repoRoot } from "./bundled.js";

@@ -18,8 +18,6 @@ import { headers, nanos, type MsgHdrs, type NatsConnection, type Subscription } 
 import { context, propagation, ROOT_CONTEXT, SpanKind, trace, type Context } from "@opentelemetry/api";
 import {
   AckPolicy,
-  JetStreamApiCodes,
-  JetStreamApiError,
   DeliverPolicy,
   RetentionPolicy,
   StorageType,
@@ -31,24 +29,29 @@ import {
   type JsMsg,
 } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
-import { Objm, type ObjectStore } from "@nats-io/obj";
-import { TesseraError, parseBatchInput, type BatchFormat, type BatchInput } from "@tessera/core";
+import { Base64UrlPaddedCodec, Objm, type ObjectStore } from "@nats-io/obj";
+import { parseBatchInput, type BatchFormat, type BatchInput } from "@tessera/core";
 import { endSpanWhen } from "@tessera/proto";
 import { DEFAULT_NATS_PREFIX } from "./connection.js";
+import {
+  JobError,
+  JobNotFoundError,
+  JobOwnershipLostError,
+  JobStoreFullError,
+  QuotaExceededError,
+  isCasMismatch,
+  isStoreFull,
+} from "./job-errors.js";
 
-/** Whether `err` (or its cause) is JetStream refusing a write because the key changed since the revision read. */
-function isCasMismatch(err: unknown): boolean {
-  for (let e: unknown = err; e instanceof Error; e = e.cause) {
-    if (
-      e instanceof JetStreamApiError &&
-      (e.code === JetStreamApiCodes.StreamWrongLastSequence ||
-        e.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown)
-    )
-      return true;
-    if (/wrong last sequence/i.test(e.message)) return true;
-  }
-  return false;
-}
+export {
+  JobError,
+  JobNotFoundError,
+  JobOwnershipLostError,
+  JobStoreFullError,
+  QuotaExceededError,
+  isStoreFull,
+  type QuotaKind,
+} from "./job-errors.js";
 
 /** Job priorities, highest first: a worker takes every pending high job before a normal one. */
 export const JOB_PRIORITIES = ["high", "normal", "low"] as const;
@@ -95,6 +98,8 @@ export interface JobState {
   /** Name the input file was submitted under (for messages). */
   fileName: string;
   inputBytes: number;
+  /** Bytes of the recorded result chunks (unset: none, or stored before issue 13). */
+  resultBytes?: number;
   promptsTotal: number;
   /** Prompts whose results are stored (= doneIds.length). */
   promptsDone: number;
@@ -157,41 +162,6 @@ export function jobNames(prefix = DEFAULT_NATS_PREFIX): JobNames {
     stateBucket: `${prefix}-job-state`,
     dataBucket: `${prefix}-job-data`,
   };
-}
-
-/**
- * A job operation failed: bad input or id (INVALID_ARGUMENT, the default
- * gRPC code), or a job state that kept changing under an update (ABORTED:
- * worth retrying).
- */
-export class JobError extends TesseraError {
-  override name = "JobError";
-  constructor(message: string, options?: { cause?: unknown; rpcCode?: number }) {
-    super(message, options);
-    this.rpcCode = options?.rpcCode ?? 3; // INVALID_ARGUMENT
-  }
-}
-
-/** No job has this id. */
-export class JobNotFoundError extends JobError {
-  override name = "JobNotFoundError";
-  constructor(readonly jobId: string) {
-    super(`job "${jobId}" not found`);
-    this.rpcCode = 5; // NOT_FOUND
-  }
-}
-
-/** Another worker claimed the job (this one's claim expired); the holder of `owner` must stop. */
-export class JobOwnershipLostError extends JobError {
-  override name = "JobOwnershipLostError";
-  constructor(
-    readonly jobId: string,
-    readonly owner: string,
-    readonly currentOwner: string | undefined,
-  ) {
-    super(`job "${jobId}": claim ${owner} lost to ${currentOwner ?? "nobody"}`);
-    this.rpcCode = 10; // ABORTED
-  }
 }
 
 const JOB_ID = /^[A-Za-z0-9_-]{1,128}$/;
@@ -273,6 +243,48 @@ export interface SubmitJobRequest {
   check?: (input: BatchInput, bytes: number) => void;
   /** Most bytes of one line of the input. @default PROMPT_FILE_DEFAULTS.maxLineBytes (1 MiB) */
   maxLineBytes?: number;
+  /**
+   * The tenant's quota, checked against {@link JobStore.usage} before
+   * anything is stored (needs `tenant`); unset: no quota.
+   */
+  quota?: TenantQuota;
+}
+
+/** Per-tenant limits of the job store (issue 13). */
+export interface TenantQuota {
+  /** Most bytes a tenant's jobs may store: inputs plus results. */
+  maxBytes: number;
+  /** Most of a tenant's jobs that have not ended (queued or running). */
+  maxJobs: number;
+}
+
+/** What a tenant's jobs hold ({@link JobStore.usage}). */
+export interface TenantUsage {
+  /** Inputs plus recorded results, in bytes, of every stored job. */
+  bytes: number;
+  /** Jobs not yet ended (queued or running). */
+  jobs: number;
+}
+
+/** How long {@link JobStore.delete} waits for a running job to stop once cancelled, in ms. */
+export const JOB_DELETE_WAIT_MS = 10_000;
+
+/** A stored object of the job data bucket ({@link JobStore.objects}). */
+export interface JobObject {
+  name: string;
+  /** Bytes. */
+  size: number;
+  /** When it was stored, ms since the epoch. */
+  mtimeMs: number;
+}
+
+/**
+ * The job key an object of the data bucket belongs to: `<key>/input-<hex>.jsonl`
+ * (its input) or `<key>/results/<6 digits>-<owner>.jsonl` (a result chunk);
+ * undefined for any other name.
+ */
+export function jobKeyOfObject(name: string): string | undefined {
+  return /^(.+)\/(?:input-[0-9a-f]+|results\/[0-9]{6}-[^/]+)\.jsonl$/.exec(name)?.[1];
 }
 
 /** What {@link JobStore.submit} returns. */
@@ -393,8 +405,18 @@ export class JobStore {
   }
 
   private async submitUntraced(req: SubmitJobRequest): Promise<SubmitJobResult> {
-    const fileName = req.fileName ?? "input";
     const id = checkJobId(req.jobId ?? `job_${nonce(8)}`);
+    try {
+      return await this.submitChecked(req, id);
+    } catch (err) {
+      // A full store (the server's max_file_store, a stream's max_bytes): RESOURCE_EXHAUSTED, said so.
+      if (isStoreFull(err) && !(err instanceof JobStoreFullError)) throw new JobStoreFullError(`job "${id}"`, err);
+      throw err;
+    }
+  }
+
+  private async submitChecked(req: SubmitJobRequest, id: string): Promise<SubmitJobResult> {
+    const fileName = req.fileName ?? "input";
     const scope = req.scopeToTenant ? req.tenant : undefined;
     if (req.scopeToTenant && scope === undefined) throw new JobError("scopeToTenant: the job needs a tenant");
     const priority = req.priority ?? "normal";
@@ -407,6 +429,10 @@ export class JobStore {
     req.check?.(input, req.input.byteLength);
     const existing = scope === undefined ? await this.get(id) : await this.find(scope, id);
     if (existing) return { job: await this.publishIfNeeded(existing), created: false };
+    if (req.quota) {
+      if (req.tenant === undefined) throw new JobError("quota: the job needs a tenant");
+      await this.checkQuota(req.tenant, req.quota, req.input.byteLength);
+    }
     const inputObject = `${scope === undefined ? id : tenantJobKey(scope, id)}/input-${nonce()}.jsonl`;
     await this.obj.putBlob({ name: inputObject }, req.input);
     const t = now();
@@ -434,13 +460,13 @@ export class JobStore {
       submittedAt: t,
       updatedAt: t,
     };
-    const dropInput = () => this.obj.delete(inputObject).catch(() => undefined);
+    // Written nothing (ObjectStore.delete writes a "deleted" meta first): works in a full store too.
+    const dropInput = () => this.deleteObject(inputObject).catch(() => undefined);
     // The id itself when free; a tenant's job whose id another's job holds goes under its tenant's key.
     for (const key of scope === undefined ? [id] : [id, tenantJobKey(scope, id)]) {
       const mine = { ...state, id: key };
       try {
         await this.kv.create(key, encodeState(mine));
-        return { job: await this.publishIfNeeded(mine), created: true };
       } catch (err) {
         const other = await this.get(key);
         if (!other) {
@@ -452,6 +478,17 @@ export class JobStore {
           await dropInput();
           return { job: await this.publishIfNeeded(other), created: false };
         }
+        continue;
+      }
+      try {
+        return { job: await this.publishIfNeeded(mine), created: true };
+      } catch (err) {
+        // Refused for want of room: nothing was queued, so nothing is kept (a timeout may have queued it).
+        if (isStoreFull(err)) {
+          await dropInput();
+          await this.deleteState(key).catch(() => undefined);
+        }
+        throw err;
       }
     }
     // Not reached: the tenant's key is its own.
@@ -470,6 +507,32 @@ export class JobStore {
       (await this.update(s.id, (cur) => (cur.streamSeq === undefined ? { ...cur, streamSeq: ack.seq } : undefined))) ??
       s
     );
+  }
+
+  /**
+   * @throws QuotaExceededError when tenant `tenant`'s jobs with one more of
+   *   `inputBytes` would pass `quota` (its unfinished jobs first, then bytes).
+   */
+  private async checkQuota(tenant: string, quota: TenantQuota, inputBytes: number): Promise<void> {
+    const usage = await this.usage(tenant);
+    if (usage.jobs + 1 > quota.maxJobs) throw new QuotaExceededError(tenant, "jobs", usage.jobs, quota.maxJobs, 1);
+    if (usage.bytes + inputBytes > quota.maxBytes)
+      throw new QuotaExceededError(tenant, "bytes", usage.bytes, quota.maxBytes, inputBytes);
+  }
+
+  /**
+   * What tenant `tenant`'s jobs hold now, computed from their states (so it
+   * survives any restart and never drifts): inputs plus recorded results,
+   * and jobs not yet ended. One scan of every job state ({@link list}).
+   */
+  async usage(tenant: string): Promise<TenantUsage> {
+    let bytes = 0;
+    let jobs = 0;
+    for (const s of await this.list({ tenant })) {
+      bytes += s.inputBytes + (s.resultBytes ?? 0);
+      if (!isTerminal(s.status)) jobs++;
+    }
+    return { bytes, jobs };
   }
 
   /** The job's state, or undefined when there is none. */
@@ -497,15 +560,35 @@ export class JobStore {
 
   /**
    * Every job (oldest submitted first), optionally only one tenant's.
-   * Reads each state entry: O(jobs) requests.
+   * One ordered consumer over the state bucket's last values (not a
+   * request per job: quotas read every job at each submit).
    */
   async list(filter: { tenant?: string } = {}): Promise<JobState[]> {
-    const keys: string[] = [];
-    for await (const k of await this.kv.keys()) keys.push(k);
-    const states = await Promise.all(keys.map((k) => this.get(k)));
-    return states
-      .filter((s): s is JobState => s !== undefined && (filter.tenant === undefined || s.tenant === filter.tenant))
-      .sort((a, b) => a.submittedAt.localeCompare(b.submittedAt) || a.id.localeCompare(b.id));
+    const states = (await this.allStates()).filter((s) => filter.tenant === undefined || s.tenant === filter.tenant);
+    return states.sort((a, b) => a.submittedAt.localeCompare(b.submittedAt) || a.id.localeCompare(b.id));
+  }
+
+  /** The last value of every key of the state bucket, deleted keys left out. */
+  private async allStates(): Promise<JobState[]> {
+    const bucket = this.names.stateBucket;
+    const c = await this.js.consumers.get(`KV_${bucket}`, {
+      filter_subjects: `$KV.${bucket}.>`,
+      deliver_policy: DeliverPolicy.LastPerSubject,
+    });
+    const states: JobState[] = [];
+    if ((await c.info(true)).num_pending === 0) return states;
+    const msgs = await c.consume();
+    try {
+      for await (const m of msgs) {
+        const op = m.headers?.get("KV-Operation");
+        if (op !== "DEL" && op !== "PURGE" && m.data.length > 0)
+          states.push(JSON.parse(dec.decode(m.data)) as JobState);
+        if (m.info.pending === 0) break;
+      }
+    } finally {
+      await msgs.close();
+    }
+    return states;
   }
 
   /**
@@ -727,7 +810,13 @@ export class JobStore {
     if (cur.owner !== owner) throw new JobOwnershipLostError(jobId, owner, cur.owner);
     if (results.length === 0) return cur;
     const name = `${jobId}/results/${String(cur.chunks.length).padStart(6, "0")}-${owner}.jsonl`;
-    await this.obj.putBlob({ name }, enc.encode(results.map((r) => r.line + "\n").join("")));
+    const data = enc.encode(results.map((r) => r.line + "\n").join(""));
+    try {
+      await this.obj.putBlob({ name }, data);
+    } catch (err) {
+      if (isStoreFull(err)) throw new JobStoreFullError(`job "${jobId}": storing ${results.length} results`, err);
+      throw err;
+    }
     const s = await this.update(jobId, (s) => {
       if (s.owner !== owner) throw new JobOwnershipLostError(jobId, owner, s.owner);
       // Stored already (a retry after a write whose answer was lost): no change.
@@ -736,6 +825,7 @@ export class JobStore {
       return {
         ...s,
         chunks: [...s.chunks, name],
+        resultBytes: (s.resultBytes ?? 0) + data.byteLength,
         doneIds: [...s.doneIds, ...results.map((r) => r.promptId)],
         promptsDone: s.promptsDone + results.length,
         promptsFailed: s.promptsFailed + results.filter((r) => r.failed).length,
@@ -755,6 +845,87 @@ export class JobStore {
       if (s.owner !== owner) throw new JobOwnershipLostError(jobId, owner, s.owner);
       return { ...s, status, finishedAt: now(), ...(error !== undefined ? { error } : {}) };
     }))!;
+  }
+
+  /**
+   * Deletes job `id`: its input and result objects (those recorded, and any
+   * chunk a worker wrote but never recorded), then its state, so that a
+   * full store gets room before the state's delete marker is written. An
+   * unfinished job is cancelled first; a running one is waited for (its
+   * worker stops it at its next step) up to `waitMs`, then deleted all the
+   * same (a worker that still runs it finds no state and stops); in a full
+   * store, where the cancel cannot be written, it is deleted at once. Its
+   * queue message, if any is left, is removed too.
+   * Idempotent: deleting it again, or a job deleted meanwhile, answers
+   * undefined.
+   * @returns the job's last state, or undefined when there was none.
+   */
+  async delete(id: string, options: { waitMs?: number } = {}): Promise<JobState | undefined> {
+    let s = await this.get(id);
+    if (!s) return undefined;
+    let cancelled = true;
+    if (!isTerminal(s.status)) {
+      s = await this.cancel(id).catch((err: unknown) => {
+        if (!isStoreFull(err)) throw err;
+        cancelled = false;
+        return s!;
+      });
+      if (cancelled && !isTerminal(s.status)) {
+        const signal = AbortSignal.timeout(options.waitMs ?? JOB_DELETE_WAIT_MS);
+        try {
+          for await (const cur of this.watch(id, { signal })) s = cur;
+        } catch (err) {
+          if (!(err instanceof JobNotFoundError)) throw err;
+        }
+      }
+    }
+    const names = new Set([s.inputObject, ...s.chunks]);
+    for (const o of await this.objects()) if (jobKeyOfObject(o.name) === id) names.add(o.name);
+    for (const name of names) await this.deleteObject(name);
+    if (s.streamSeq !== undefined)
+      await this.jsm.streams.deleteMessage(this.names.stream, s.streamSeq).catch(() => false);
+    // The key's messages deleted: no delete marker is written (a full store has no room for one).
+    await this.deleteState(id);
+    return s;
+  }
+
+  /** Every object of the data bucket (inputs and result chunks), for sweeps. O(objects). */
+  async objects(): Promise<JobObject[]> {
+    return (await this.obj.list())
+      .filter((o) => !o.deleted)
+      .map((o) => ({ name: o.name, size: o.size, mtimeMs: Date.parse(o.mtime) }));
+  }
+
+  /**
+   * Deletes one object of the data bucket; a missing one is no error. Its
+   * chunks' and its meta's messages are deleted (ObjectStore.delete would
+   * first write a "deleted" meta, which a full store refuses).
+   */
+  async deleteObject(name: string): Promise<void> {
+    const info = await this.obj.info(name);
+    if (!info) return;
+    const stream = `OBJ_${this.names.dataBucket}`;
+    await this.deleteSubject(stream, `$O.${this.names.dataBucket}.C.${info.nuid}`);
+    await this.deleteSubject(stream, `$O.${this.names.dataBucket}.M.${Base64UrlPaddedCodec.encode(name)}`);
+  }
+
+  /** Deletes key `key`'s messages from the state bucket, writing no delete marker. */
+  private deleteState(key: string): Promise<void> {
+    return this.deleteSubject(`KV_${this.names.stateBucket}`, `$KV.${this.names.stateBucket}.${key}`);
+  }
+
+  /**
+   * Deletes every message of `subject` in `stream`, one by one, last first
+   * (an object's chunks: 1 per 128 KiB). Not a filtered purge: nats-server
+   * 2.9 does not take a filtered purge off the account's storage in use, so
+   * a full store would stay full.
+   */
+  private async deleteSubject(stream: string, subject: string): Promise<void> {
+    for (;;) {
+      const m = await this.jsm.streams.getMessage(stream, { last_by_subj: subject });
+      if (!m) return;
+      await this.jsm.streams.deleteMessage(stream, m.seq, false);
+    }
   }
 
   /**

@@ -40,5 +40,17 @@ export {
   type TransportSecurity,
 } from "./transport.js";
 export { addHealth, setHealth, checkHealth, type ServingStatus } from "./health.js";
-export { Server, ServerCredentials, Metadata, type ServerDuplexStream, type ClientDuplexStream } from "@grpc/grpc-js";
+export {
+  Server,
+  ServerCredentials,
+  Metadata,
+  ServerInterceptingCall,
+  ServerListenerBuilder,
+  ResponderBuilder,
+  type ServerInterceptor,
+  type ServerInterceptingCallInterface,
+  type ServerDuplexStream,
+  type ServerUnaryCall,
+  type ClientDuplexStream,
+} from "@grpc/grpc-js";
 export { endSpanWhen, failSpan } from "./span-outcome.js";

@@ -1,4 +1,8 @@
 import { Metadata, status as GrpcStatus, type ServiceError } from "@grpc/grpc-js";
+import { NodeErrorReason } from "./gen/tessera/v1/tensor_pb.js";
+
+/** Trailing-metadata key of an {@link RpcError}'s reason: the NodeErrorReason's number. */
+const REASON_KEY = "tessera-reason";
 
 /** gRPC status codes, re-exported so callers need not import grpc-js. */
 export const Code = GrpcStatus;
@@ -18,13 +22,24 @@ export class RpcError extends Error {
     /** gRPC status code. */
     readonly code: Code,
     message: string,
-    options?: { cause?: unknown; metadata?: Metadata },
+    options?: { cause?: unknown; metadata?: Metadata; reason?: NodeErrorReason },
   ) {
     super(message, options);
     this.metadata = options?.metadata ?? new Metadata();
+    if (options?.reason) this.metadata.set(REASON_KEY, String(options.reason));
   }
   /** Trailing metadata sent with the status. */
   readonly metadata: Metadata;
+
+  /**
+   * What the caller should do about it (a unary call's counterpart of
+   * NodeError.reason), sent as trailing metadata "tessera-reason";
+   * UNSPECIFIED when none was given.
+   */
+  get reason(): NodeErrorReason {
+    const n = Number(this.metadata.get(REASON_KEY)[0]);
+    return Number.isInteger(n) && n in NodeErrorReason ? (n as NodeErrorReason) : NodeErrorReason.UNSPECIFIED;
+  }
 
   /**
    * Converts anything thrown into an RpcError: an RpcError passes through, a

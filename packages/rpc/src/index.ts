@@ -1,7 +1,8 @@
 /**
  * @tessera/rpc: the lifecycle of a role's gRPC service (the `Service`
  * contract of @tessera/core over a grpc-js server with health, drain and
- * forced shutdown), on top of the @tessera/proto adapter.
+ * forced shutdown, and on mutual TLS each call's check of its caller's
+ * certificate role), on top of the @tessera/proto adapter.
  */
 export { type GrpcServer, type ServerSecurity, startGrpcServer } from "./server.js";
 export {
@@ -11,3 +12,4 @@ export {
   createRequestLoops,
   readNodeAdvert,
 } from "./grpc-service.js";
+export { type Callers, callersOf } from "./caller-roles.js";

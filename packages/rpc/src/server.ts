@@ -13,6 +13,7 @@ import {
   type TransportSecurity,
 } from "@tessera/proto";
 import type { HealthImplementation } from "grpc-health-check";
+import { callerRoleCheck } from "./caller-roles.js";
 
 /** A bound gRPC server of one Tessera role. */
 export interface GrpcServer {
@@ -29,8 +30,9 @@ export interface ServerSecurity {
   security?: TransportSecurity;
   /**
    * With TLS, refuse clients without a certificate the CA signed (mutual
-   * TLS). A coordinator that authenticates tenants by bearer token turns
-   * it off. @default true
+   * TLS) and check each call's caller role (caller-roles.ts). A
+   * coordinator that authenticates tenants by bearer token turns it off.
+   * @default true
    */
   requireClientCert?: boolean;
 }
@@ -38,7 +40,9 @@ export interface ServerSecurity {
 /**
  * Creates a server, lets `register` add services to it, adds grpc.health.v1
  * for `serviceNames`, and binds `host:port` with `secure`'s credentials
- * (mutual TLS, or plaintext on loopback only). Messages over
+ * (mutual TLS, or plaintext on loopback only). On mutual TLS every call
+ * is refused PERMISSION_DENIED unless its caller's certificate has a role
+ * that may call its RPC ({@link callerRoleCheck}). Messages over
  * `maxReceiveBytes` are refused RESOURCE_EXHAUSTED before decoding.
  * @throws Error naming the address when the port cannot be bound.
  * @throws TransportSecurityError when plaintext is asked for a host off loopback.
@@ -51,10 +55,14 @@ export async function startGrpcServer(
   maxReceiveBytes: number = defaultChannelOptions["grpc.max_receive_message_length"] ?? 2 ** 30,
   secure: ServerSecurity = {},
 ): Promise<GrpcServer> {
-  const credentials = serverCredentials(secure.security ?? transportSecurity(), host, secure.requireClientCert ?? true);
+  const security = secure.security ?? transportSecurity();
+  const mutual = security.kind === "tls" && (secure.requireClientCert ?? true);
+  const credentials = serverCredentials(security, host, secure.requireClientCert ?? true);
   const server = new Server({
     "grpc.max_receive_message_length": maxReceiveBytes,
     "grpc.max_send_message_length": defaultChannelOptions["grpc.max_send_message_length"],
+    // Mutual TLS: each call's caller must have a role its RPC allows (caller-roles.ts).
+    ...(mutual ? { interceptors: [callerRoleCheck()] } : {}),
   });
   register(server);
   const health: HealthImplementation = addHealth(server, serviceNames);

@@ -57,6 +57,7 @@ export {
   assignKv,
   stageLayers,
   plan,
+  RUNNABLE_KV_MODES,
 } from "./planner.js";
 export { ClusterFileError, parseQuantity, resolveCluster, loadCluster } from "./cluster.js";
 export {

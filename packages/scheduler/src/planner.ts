@@ -63,19 +63,27 @@ export interface PlanRequest {
   /** Runner-up plans to return (default 5). */
   runnersUp?: number;
   /**
-   * Constraints of a running cluster (the coordinator's per-job plan): where
-   * the KV cache may live (default: GPU memory, plus attention nodes when the
-   * cluster has any), KV-head group counts to try (default the divisors 1, 2,
-   * 4, 8 of n_kv_heads), every gpu-node used as a pipeline stage in the
-   * given order (default: any subset), the batch fixed at `maxBatch`
-   * (default: powers of two up to it), and no baselines.
+   * Constraints of a running cluster (the coordinator's per-job plan):
+   * KV-head group counts to try (default the divisors 1, 2, 4, 8 of
+   * n_kv_heads), every gpu-node used as a pipeline stage in the given order
+   * (default: any subset), the batch fixed at `maxBatch` (default: powers of
+   * two up to it), and no baselines. Where the KV cache lives is not a
+   * choice: only on memory- and storage-nodes ({@link RUNNABLE_KV_MODES}).
    */
-  kvModes?: ("gpu" | "host" | "nodes")[];
   headGroups?: number[];
   useAllGpus?: boolean;
   fixedBatch?: boolean;
   baselines?: boolean;
 }
+
+/**
+ * Where Tessera's runtime can hold the KV cache: on attention nodes
+ * (memory- and storage-nodes) only — a gpu-node runs the dense layers and
+ * keeps no KV. The best plan and the runners-up use these; KV in GPU or
+ * host memory ("gpu", "host") is modelled for the baselines alone, which
+ * compare against systems that run it.
+ */
+export const RUNNABLE_KV_MODES: readonly Placement["kv"]["mode"][] = Object.freeze(["nodes"]);
 
 /** A plan: a placement, its workload and its prediction. */
 export interface Plan {
@@ -91,6 +99,7 @@ export interface Plan {
 /** A baseline on the chosen plan's budget. */
 export interface Baseline {
   /**
+   * Comparisons Tessera does not run (KV in GPU or host memory):
    * "gpu-only" and "gpu+host-offload": on the plan's $/h budget;
    * "gpu-only-any-budget": as many of the part as helps (up to the larger of
    * the budget's count and the cluster's), compared per $ without the budget
@@ -456,9 +465,10 @@ function gpuPoolOf(name: string, g: GpuSpec, count: number): PoolSpec {
  * tokens/s per $/h (ties: more tokens/s), its binding constraint, runner-up
  * plans with distinct placements, and the GPU-only and GPU + host-offload
  * (FlexGen-style) baselines on the chosen plan's $/h budget with the GPU part
- * of its first stage.
- * @throws RangeError when the cluster has no gpu-node or the request is not
- *   positive integers.
+ * of its first stage. Plans keep the KV cache only where the runtime can
+ * ({@link RUNNABLE_KV_MODES}).
+ * @throws RangeError when the cluster has no gpu-node or no memory- or
+ *   storage-node, or the request is not positive integers.
  */
 export function plan(shape: ModelShape, cluster: ClusterSpec, req: PlanRequest): PlanResult {
   for (const [k, v] of Object.entries({
@@ -470,11 +480,12 @@ export function plan(shape: ModelShape, cluster: ClusterSpec, req: PlanRequest):
   const gpuPools = cluster.pools.filter((p) => p.kind === "gpu" && p.nodes.length > 0);
   const attnPools = cluster.pools.filter((p) => p.kind !== "gpu" && p.nodes.length > 0);
   if (gpuPools.length === 0) throw new RangeError("the cluster has no gpu-node: nothing can run the dense layers");
-  const kvModes = req.kvModes ?? (attnPools.length > 0 ? ["gpu", "nodes"] : ["gpu"]);
-  if (kvModes.includes("nodes") && attnPools.length === 0 && kvModes.length === 1) {
-    throw new RangeError("the cluster has no memory- or storage-node to hold the KV cache");
+  if (attnPools.length === 0) {
+    throw new RangeError(
+      "the cluster has no memory- or storage-node to hold the KV cache (Tessera keeps no KV on gpu-nodes)",
+    );
   }
-  const search: Search = { gpuPools, attnPools, kvModes };
+  const search: Search = { gpuPools, attnPools, kvModes: [...RUNNABLE_KV_MODES] };
   const { feasible, rejected, bestRejected, considered, commonReason } = best(shape, req, search);
   const top = feasible[0];
   const runnersUp: Plan[] = [];

@@ -53,6 +53,7 @@ export async function generate(
 }
 
 export { tempDir } from "./temp-dir.js";
+export { startPrivateNats, type PrivateNats } from "./private-nats.js";
 export {
   startInProcessCluster,
   type InProcessCluster,

@@ -21,6 +21,14 @@ export {
   type PlacementRequest,
   type ShardPlacement,
 } from "./placement.js";
+export {
+  compileServedModels,
+  defaultModelName,
+  parseServedModelSpec,
+  resolveServedModel,
+  type ServedModel,
+  type ServedModelOptions,
+} from "./served-models.js";
 export { splitLayers, type LayerRange } from "./pipeline.js";
 export { Membership, type MembershipChange, type NodeRole } from "./membership.js";
 export {
@@ -54,6 +62,13 @@ export {
   type JobWorker,
   type JobWorkerOptions,
 } from "./api/job-worker.js";
+export {
+  JOB_ORPHAN_GRACE_MS,
+  startJobSweeper,
+  sweepJobs,
+  type JobSweeper,
+  type SweepResult,
+} from "./api/job-retention.js";
 export {
   checkBatchLimits,
   checkGenerateLimits,

@@ -277,7 +277,6 @@ export function planKv(
       kvBytes: KV_BYTES,
       wireBytes: WIRE_BYTES,
       microBatches: [1],
-      kvModes: ["nodes"],
       headGroups: [kvHeadGroups],
       useAllGpus: true,
       fixedBatch: true,

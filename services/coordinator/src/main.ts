@@ -36,7 +36,9 @@ function serveCoordinator(options: CoordinatorOptions): Promise<void> {
           natsPrefix: coordinator.options.natsPrefix,
           coordinator,
           concurrency: coordinator.options.jobConcurrency,
-          defaultModel: coordinator.options.modelPath?.split("/").at(-1) ?? "default",
+          retentionMs: coordinator.options.jobRetentionMs,
+          sweepMs: coordinator.options.jobSweepMs,
+          defaultModel: coordinator.options.models[0]?.name ?? "default",
           log: coordinator.options.log,
         });
         try {

@@ -1,5 +1,6 @@
 import {
   ConfigError,
+  byteSizeOption,
   DEFAULT_HOST,
   DEFAULT_SHUTDOWN_GRACE_MS,
   hostOption,
@@ -9,6 +10,7 @@ import {
   positiveInt,
 } from "@tessera/core";
 import { DEFAULT_NATS_PREFIX } from "@tessera/nats";
+import { compileServedModels, type ServedModel, type ServedModelOptions } from "./served-models.js";
 import { compileGenerateLimits, type GenerateLimits, type GenerateLimitsOptions } from "./api/limits.js";
 
 /**
@@ -33,6 +35,14 @@ export const COORDINATOR_DEFAULTS = Object.freeze({
   kvPlacement: "plan" as KvPlacementRule,
   natsPrefix: DEFAULT_NATS_PREFIX,
   jobConcurrency: 1,
+  /** A tenant's jobs store at most this many bytes (inputs + results): 4 GiB. */
+  tenantMaxBytes: 4 * 1024 ** 3,
+  /** A tenant has at most this many jobs queued or running. */
+  tenantMaxJobs: 1000,
+  /** An ended job's input, results and state are deleted this long after it ended: 30 days (OpenAI batch output's default expiry). */
+  jobRetentionMs: 30 * 86_400_000,
+  /** How often the retention sweep runs: 10 minutes. */
+  jobSweepMs: 600_000,
   nodeHeartbeatMs: 1000,
   /** nodeLostAfterMs is this many nodeHeartbeatMs. */
   nodeLostAfterHeartbeats: 3,
@@ -63,10 +73,21 @@ export interface CoordinatorOptions {
   memoryNodes?: readonly string[];
   /** host:port of each storage-node. */
   storageNodes?: readonly string[];
-  /** llama2.c checkpoint used when a request names none (a path the gpu-nodes can read). */
+  /**
+   * The default model (served first: requests that name none get it), a
+   * llama2.c checkpoint or Hugging Face folder the coordinator and the
+   * gpu-nodes can read. @default none: the first of `models`
+   */
   modelPath?: string;
-  /** tokenizer.bin used when a request names none. */
+  /** Tokenizer of every served model that gives none of its own. @default as `tessera run` picks (defaultTokenizerFor) */
   tokenizerPath?: string;
+  /**
+   * More models to serve, each `[NAME=]PATH[,tokenizer=PATH][,kv=...]` or
+   * options (served-models.ts). Requests name a served model; no other
+   * path is ever opened on a caller's behalf (admins included).
+   * @default none
+   */
+  models?: readonly (string | ServedModelOptions)[];
   /**
    * With KV placement "auto", a sequence whose prompt + max tokens exceeds
    * this many positions gets its KV cache on a storage-node.
@@ -138,6 +159,22 @@ export interface CoordinatorOptions {
    * join the running batch ahead of theirs. @default 1
    */
   jobConcurrency?: number;
+  /**
+   * Most bytes one tenant's jobs may store in the job queue (inputs plus
+   * results); a tenant's SubmitJob past it is RESOURCE_EXHAUSTED naming its
+   * usage (admins' submits are not limited). @default 4 GiB
+   */
+  tenantMaxBytes?: number;
+  /** Most of one tenant's jobs queued or running; past it, as tenantMaxBytes. @default 1000 */
+  tenantMaxJobs?: number;
+  /**
+   * An ended job (completed, failed or cancelled) is deleted — input,
+   * results and state — this long after it ended, by the job worker's
+   * sweep, in ms. @default 30 days
+   */
+  jobRetentionMs?: number;
+  /** How often the job worker's retention sweep runs, in ms. @default 600000 (10 min) */
+  jobSweepMs?: number;
   /** Prefix of every NATS name (buckets, streams, subjects). @default "tessera" */
   natsPrefix?: string;
   /** The nodes' registry heartbeat period, in ms (with `nats`). @default 1000 */
@@ -179,6 +216,7 @@ export type CompiledCoordinatorOptions = Readonly<
       CoordinatorOptions,
       | "modelPath"
       | "tokenizerPath"
+      | "models"
       | "nats"
       | "limits"
       | "tokensFile"
@@ -189,8 +227,8 @@ export type CompiledCoordinatorOptions = Readonly<
   >
 > & {
   readonly limits: GenerateLimits;
-  readonly modelPath: string | undefined;
-  readonly tokenizerPath: string | undefined;
+  /** The served models, the default first (empty: every request fails FAILED_PRECONDITION). */
+  readonly models: readonly ServedModel[];
   readonly nats: string | undefined;
   readonly tokensFile: string | undefined;
   /** Label selector of the node pods; undefined: no Kubernetes discovery. */
@@ -243,8 +281,7 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     gpuNodes,
     memoryNodes,
     storageNodes,
-    modelPath: o.modelPath,
-    tokenizerPath: o.tokenizerPath,
+    models: compileServedModels(o),
     storageThresholdTokens: positiveInt(
       "storageThresholdTokens",
       o.storageThresholdTokens,
@@ -272,6 +309,10 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     kubernetesClusterDomain: o.kubernetesClusterDomain,
     natsPrefix,
     jobConcurrency: positiveInt("jobConcurrency", o.jobConcurrency, COORDINATOR_DEFAULTS.jobConcurrency),
+    tenantMaxBytes: byteSizeOption("tenantMaxBytes", o.tenantMaxBytes, COORDINATOR_DEFAULTS.tenantMaxBytes, 1),
+    tenantMaxJobs: positiveInt("tenantMaxJobs", o.tenantMaxJobs, COORDINATOR_DEFAULTS.tenantMaxJobs),
+    jobRetentionMs: positiveInt("jobRetentionMs", o.jobRetentionMs, COORDINATOR_DEFAULTS.jobRetentionMs),
+    jobSweepMs: positiveInt("jobSweepMs", o.jobSweepMs, COORDINATOR_DEFAULTS.jobSweepMs),
     nodeHeartbeatMs: positiveInt("nodeHeartbeatMs", o.nodeHeartbeatMs, COORDINATOR_DEFAULTS.nodeHeartbeatMs),
     nodeLostAfterMs: positiveInt(
       "nodeLostAfterMs",

@@ -6,7 +6,14 @@
  * the coordinator sends token ids to the first stage and gets logits back
  * from it, and no hidden state passes through it.
  */
-import type { ForwardRequest, ForwardRequestSchema, ForwardResponse, MessageInitShape } from "@tessera/proto";
+import {
+  StageModelSchema,
+  create,
+  type ForwardRequest,
+  type ForwardRequestSchema,
+  type ForwardResponse,
+  type MessageInitShape,
+} from "@tessera/proto";
 import type { ForwardChannel } from "./forward-channel.js";
 
 /** A layer range [start, end) of one pipeline stage. */
@@ -36,6 +43,13 @@ export function splitLayers(nLayers: number, nStages: number): LayerRange[] {
   return out;
 }
 
+/** What a step was planned for on one stage: the model id its Load answered and its layer range. */
+export interface StageModel {
+  modelId: string;
+  layerStart: number;
+  layerEnd: number;
+}
+
 /**
  * One step through every stage in order: sent to the first stage with the
  * other stages' addresses as `next_stages`; each stage hands its hidden
@@ -44,8 +58,19 @@ export function splitLayers(nLayers: number, nStages: number): LayerRange[] {
  * their addresses.
  */
 export class ForwardPipeline {
-  constructor(readonly stages: readonly ForwardChannel[]) {
+  /**
+   * @param stages the stages' channels, in order
+   * @param models what each stage must hold, in the same order (read at
+   *   each step, so a reload's new model id counts); each step names them
+   *   (ForwardRequest.model, next_stage_models). Empty: steps name none.
+   */
+  constructor(
+    readonly stages: readonly ForwardChannel[],
+    private readonly models: readonly StageModel[] = [],
+  ) {
     if (stages.length === 0) throw new RangeError("ForwardPipeline: no stages");
+    if (models.length !== 0 && models.length !== stages.length)
+      throw new RangeError(`ForwardPipeline: ${models.length} stage models for ${stages.length} stages`);
   }
 
   /** The stages' addresses, for messages. */
@@ -72,7 +97,11 @@ export class ForwardPipeline {
     signal?: AbortSignal,
   ): Promise<ForwardResponse> {
     const [first, ...rest] = this.stages as [ForwardChannel, ...ForwardChannel[]];
-    const res = await first.step({ ...request, nextStages: rest.map((s) => s.address) }, signal);
+    const [model, ...nextStageModels] = this.models.map((m) => create(StageModelSchema, m));
+    const res = await first.step(
+      { ...request, nextStages: rest.map((s) => s.address), ...(model ? { model, nextStageModels } : {}) },
+      signal,
+    );
     const e = res.error;
     if (e && e.role !== "attention") {
       const address = e.address || first.address;

@@ -18,7 +18,7 @@ import { f32Tensor } from "@tessera/core";
 import {
   SequenceState,
   StepExecutor,
-  isModelNotLoaded,
+  needsReload,
   logitRowsOf,
   splitLogitRows,
   type BatchContext,
@@ -121,14 +121,16 @@ test("logits of the wrong shape fail the step", async () => {
   assert.deepEqual(outcome, { kind: "failed", message: "gpu-node 127.0.0.1:1: logits of the wrong shape" });
 });
 
-test("a gpu-node holding no model is told by NodeError.reason alone, never by code or text", () => {
+test("a gpu-node holding no model, or another one, is told by NodeError.reason alone, never by code or text", () => {
   const gpu = { role: "gpu", code: Code.FAILED_PRECONDITION };
-  assert.equal(isModelNotLoaded({ ...gpu, reason: NodeErrorReason.MODEL_NOT_LOADED }), true);
-  assert.equal(isModelNotLoaded({ role: "gpu", code: Code.INTERNAL, reason: NodeErrorReason.MODEL_NOT_LOADED }), true);
-  assert.equal(isModelNotLoaded({ ...gpu, reason: NodeErrorReason.UNSPECIFIED }), false);
-  assert.equal(isModelNotLoaded({ ...gpu, reason: NodeErrorReason.INVALID_REQUEST }), false);
+  assert.equal(needsReload({ ...gpu, reason: NodeErrorReason.MODEL_MISMATCH }), true);
+  assert.equal(needsReload({ ...gpu, reason: NodeErrorReason.LEASED }), false);
+  assert.equal(needsReload({ ...gpu, reason: NodeErrorReason.MODEL_NOT_LOADED }), true);
+  assert.equal(needsReload({ role: "gpu", code: Code.INTERNAL, reason: NodeErrorReason.MODEL_NOT_LOADED }), true);
+  assert.equal(needsReload({ ...gpu, reason: NodeErrorReason.UNSPECIFIED }), false);
+  assert.equal(needsReload({ ...gpu, reason: NodeErrorReason.INVALID_REQUEST }), false);
   assert.equal(
-    isModelNotLoaded({ role: "memory", code: Code.FAILED_PRECONDITION, reason: NodeErrorReason.UNSPECIFIED }),
+    needsReload({ role: "memory", code: Code.FAILED_PRECONDITION, reason: NodeErrorReason.UNSPECIFIED }),
     false,
   );
 });

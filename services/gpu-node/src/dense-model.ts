@@ -14,7 +14,7 @@ import {
   type SafetensorsDtype,
   type WeightName,
 } from "@tessera/model";
-import { Code } from "@tessera/proto";
+import { Code, RpcError } from "@tessera/proto";
 import {
   HEAD,
   POST,
@@ -22,6 +22,7 @@ import {
   buildHeadGraph,
   buildPostAttentionGraph,
   buildPreAttentionGraph,
+  ropeRows,
   type PostAttentionWeights,
   type PreAttentionWeights,
   type WeightDtype,
@@ -56,6 +57,12 @@ export interface DenseModelOptions {
    * and with folding off casts them on every run (~3× slower).
    */
   weightDtype?: WeightDtype;
+  /**
+   * Stops the build when it aborts (its caller gave up): checked before each
+   * session is built; the sessions built so far are released and create()
+   * throws RpcError CANCELLED saying how many of the layers were built.
+   */
+  signal?: AbortSignal;
 }
 
 /**
@@ -97,6 +104,13 @@ export class ExecutionProviderError extends ConfigError {
  * output buffer that is still being read.
  */
 export class DenseModel {
+  /**
+   * The RoPE rows of the last few position lists pre() was given (the
+   * layers of a step share them), newest last; never written after they are
+   * made, so a run still reading one is safe.
+   */
+  private readonly ropeMemo: { positions: BigInt64Array; cos: Float32Array; sin: Float32Array }[] = [];
+
   private constructor(
     readonly shape: ModelShape,
     readonly layerStart: number,
@@ -108,7 +122,7 @@ export class DenseModel {
      * Bytes of weights this model hands onnxruntime and holds itself: its
      * layers' norms (f32) and projections (`weightDtype`), biases (f32), the
      * embedding and the final norm + classifier when held (both, even when
-     * the checkpoint shares them). RoPE tables and other graph constants are
+     * the checkpoint shares them). Graph constants (RoPE rows are fed per run) are
      * not counted, nor copies an execution provider makes (the CPU provider
      * widens f16 MatMul weights to f32).
      */
@@ -184,6 +198,14 @@ export class DenseModel {
     };
     const dtype = options.weightDtype ?? defaultWeightDtype(provider);
     const wBytes = dtype === "f16" ? 2 : 4;
+    const checkAborted = (built: number) => {
+      if (options.signal?.aborted)
+        throw new RpcError(
+          Code.CANCELLED,
+          `load cancelled by its caller after ${built} of ${layerEnd - layerStart} layers`,
+          { cause: options.signal.reason },
+        );
+    };
     try {
       const { dim, hiddenDim, nHeads, nKvHeads, headDim, vocabSize } = shape;
       const matrices = 2 * dim * nHeads * headDim + 2 * dim * nKvHeads * headDim + 3 * dim * hiddenDim;
@@ -194,6 +216,7 @@ export class DenseModel {
       // onnxruntime's parsed model, its packed weights), best made while
       // nothing else is held.
       let head: ort.InferenceSession | undefined;
+      checkAborted(0);
       if (options.head ?? true) {
         const [rmsFinal, classifier] = [await source.read("rmsFinal"), await source.read("classifier")];
         head = await createSession(buildHeadGraph(shape, rmsFinal, classifier, dtype).toBytes());
@@ -203,6 +226,7 @@ export class DenseModel {
       const post: ort.InferenceSession[] = [];
       const read = (name: WeightName, l: number) => source.read(name, l);
       for (let l = layerStart; l < layerEnd; l++) {
+        checkAborted(l - layerStart);
         // One graph's f32 weights and bytes at a time: each is read, built,
         // handed to onnxruntime (which copies the initializers) and dropped.
         const preWeights: PreAttentionWeights = {
@@ -222,6 +246,7 @@ export class DenseModel {
         };
         post.push(await createSession(buildPostAttentionGraph(shape, postWeights, l, dtype).toBytes()));
       }
+      checkAborted(layerEnd - layerStart);
       let embedding: Float32Array | Uint16Array | undefined;
       // The embedding is a row lookup in JS, not an onnxruntime op, so any
       // provider can hold it in 16 bits: in f16 with weightDtype "f16", else
@@ -297,16 +322,20 @@ export class DenseModel {
   /**
    * Pre-attention graph of `layer` (a global layer index in this model's range).
    * @param x [T, dim] f32
-   * @param positions [T] int64, each < seq_len
+   * @param positions [T] int64, each < seq_len (their RoPE rows are made for
+   *   these positions alone, and kept for the next layers)
    * @returns q [T, n_heads, head_dim], k and v [T, n_kv_heads, head_dim], RoPE applied to q and k.
+   * @throws RangeError for a position outside [0, seq_len).
    */
   async pre(layer: number, x: Float32Array, positions: BigInt64Array, out?: Qkv): Promise<Qkv> {
     const { dim, nHeads, nKvHeads, headDim } = this.shape;
     const T = positions.length;
     const session = this.layerSession(this.preSessions, layer);
+    const rope = this.rope(positions);
     const feeds = {
       [PRE.x]: new ort.Tensor("float32", checkRows(x, T, dim, "x"), [T, dim]),
-      [PRE.positions]: new ort.Tensor("int64", positions, [T]),
+      [PRE.cos]: new ort.Tensor("float32", rope.cos, [T, headDim / 2]),
+      [PRE.sin]: new ort.Tensor("float32", rope.sin, [T, headDim / 2]),
     };
     const fetches = out
       ? {
@@ -368,6 +397,19 @@ export class DenseModel {
     this.postSessions.length = 0;
     this.headSession = undefined;
     await Promise.all(all.map((s) => s.release()));
+  }
+
+  /** The RoPE rows of `positions` ({@link ropeRows}), from the memo when the same positions came lately. */
+  private rope(positions: BigInt64Array): { cos: Float32Array; sin: Float32Array } {
+    const memo = this.ropeMemo;
+    const hit = memo.find(
+      (m) => m.positions.length === positions.length && m.positions.every((p, i) => p === positions[i]),
+    );
+    if (hit) return hit;
+    const rows = { positions: positions.slice(), ...ropeRows(this.shape, positions) };
+    memo.push(rows);
+    if (memo.length > 4) memo.shift();
+    return rows;
   }
 
   private layerSession(sessions: ort.InferenceSession[], layer: number): ort.InferenceSession {

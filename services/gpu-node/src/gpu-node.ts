@@ -6,7 +6,7 @@
  * over long-lived Attend streams (ARCHITECTURE.md, "One decode step"), with
  * activations in f16 or f32 (`wireDtype`), and handing its hidden states to
  * the next pipeline stage over a Forward stream of its own (downstream.ts).
- * This file wires the gRPC service (Load, Forward, Info) and the lifecycle;
+ * This file wires the gRPC service (Load, Forward, Info, Release) and the lifecycle;
  * the options are options.ts, the pure step plan step-plan.ts.
  */
 import type { Service } from "@tessera/core";
@@ -16,6 +16,7 @@ import {
   addService,
   type ForwardRequest,
   type ServerDuplexStream,
+  type ServerUnaryCall,
   type NodeProfile,
   Code,
   RpcError,
@@ -57,9 +58,14 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
   const downstream = new Downstreams(opts.downstreamTimeoutMs);
   const forwards = new Set<ForwardStream>();
   const address = () => service.address;
-  const models = new ModelSlot(opts, () => {
-    if (service.state !== "running") throw new RpcError(Code.UNAVAILABLE, `gpu-node ${address()} is ${service.state}`);
-  });
+  const models = new ModelSlot(
+    opts,
+    () => {
+      if (service.state !== "running")
+        throw new RpcError(Code.UNAVAILABLE, `gpu-node ${address()} is ${service.state}`);
+    },
+    address,
+  );
   const host: StepRunnerHost = {
     opts,
     streams,
@@ -67,6 +73,7 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
     address,
     state: () => service.state,
     current: () => models.current,
+    lease: models.lease,
   };
 
   /**
@@ -79,17 +86,21 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
       ? { ...opts.profile, pricePerHour: opts.pricePerHour, profileSeconds: 0 }
       : undefined;
 
-  /** GpuNode.Info: price ($/h), profile (unset when off), execution provider and the loaded layer range. */
+  /**
+   * GpuNode.Info: price ($/h), profile (unset when off), execution
+   * provider, the loaded model, its layer range and its lease's holders.
+   */
   async function info() {
     const current = models.current;
-    const key = current ? (JSON.parse(current.key) as [string, number, number]) : undefined;
     return {
       pricePerHour: opts.pricePerHour,
       profile,
       executionProvider: opts.executionProvider,
-      modelPath: key?.[0] ?? "",
-      layerStart: key?.[1] ?? 0,
-      layerEnd: key?.[2] ?? 0,
+      modelPath: current?.modelPath ?? "",
+      layerStart: current?.layerStart ?? 0,
+      layerEnd: current?.layerEnd ?? 0,
+      modelId: current?.modelId ?? "",
+      leaseHolders: current ? models.lease.holderIds : [],
     };
   }
 
@@ -101,9 +112,13 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
     serviceNames: [GPU_NODE_SERVICE],
     register: (server) =>
       addService(server, GpuNodeService, {
-        load: (req) => models.load(req),
+        load: (req, call) => models.load(req, callSignal(call)),
         forward: (call) => serveForward(call, new StepRunner(host), forwards),
         info,
+        release: async (req) => {
+          models.lease.release(req.holder);
+          return {};
+        },
       }),
     shutdownGraceMs: opts.shutdownGraceMs,
     // Measured before the port is bound, so no step competes with it.
@@ -138,9 +153,22 @@ export function createGpuNode(options: GpuNodeOptions = {}): GpuNode {
 }
 
 /**
+ * An AbortSignal that aborts when a unary call is cancelled by its caller
+ * or its deadline passes (grpc-js emits "cancelled" for both).
+ */
+function callSignal(call: ServerUnaryCall<unknown, unknown>): AbortSignal {
+  const abort = new AbortController();
+  if (call.cancelled) abort.abort();
+  else call.once("cancelled", () => abort.abort());
+  return abort.signal;
+}
+
+/**
  * GpuNode.Forward: runs the stream's steps one after another with `runner`
  * (one response per request, in order) until the caller ends or cancels
- * it; registered in `forwards` meanwhile so drain and shutdown can stop it.
+ * it (a cancel stops the running step before its next layer and drops the
+ * steps queued behind it); registered in `forwards` meanwhile so drain and
+ * shutdown can stop it.
  */
 function serveForward(
   call: ServerDuplexStream<ForwardRequest, StepAnswer>,
@@ -148,6 +176,8 @@ function serveForward(
   forwards: Set<ForwardStream>,
 ): Promise<void> {
   let chain = Promise.resolve();
+  // The running step stops before its next layer once the caller is gone.
+  const gone = new AbortController();
   return new Promise<void>((resolve) => {
     const entry = {
       stop: () => {
@@ -166,13 +196,19 @@ function serveForward(
       chain = chain
         .then(async () => {
           if (call.cancelled) return;
-          const res = await runner.tracedStep(req);
+          const res = await runner.tracedStep(req, gone.signal);
           if (!call.cancelled && !call.writableEnded) call.write(res);
         })
         .catch(() => undefined); // step() answers its own errors; a dead call just drops the reply
     });
     call.on("end", () => void chain.then(finish));
-    call.on("cancelled", () => void chain.then(finish));
-    call.on("error", () => void chain.then(finish));
+    call.on("cancelled", () => {
+      gone.abort();
+      void chain.then(finish);
+    });
+    call.on("error", () => {
+      gone.abort();
+      void chain.then(finish);
+    });
   });
 }

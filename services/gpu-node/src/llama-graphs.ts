@@ -33,7 +33,7 @@ export type PostAttentionWeights = Pick<LayerWeights, "wo" | "rmsFfn" | "w1" | "
 export const BATCH_DIM = "T";
 
 /** Input/output names of the pre-attention graph. */
-export const PRE = { x: "x", positions: "positions", q: "q", k: "k", v: "v" } as const;
+export const PRE = { x: "x", cos: "rope_cos", sin: "rope_sin", q: "q", k: "k", v: "v" } as const;
 /** Input/output names of the post-attention graph. */
 export const POST = { x: "x", o: "o", y: "y" } as const;
 /** Input/output names of the head graph. */
@@ -80,22 +80,28 @@ export function transposeConcat(ws: readonly { w: Float32Array; rows: number }[]
 }
 
 /**
- * RoPE tables as llama2.c run.c computes them: for position p and pair i of
- * a head, angle p · θ^(−2i/head_dim). Returns cos and sin, each
- * [seq_len, head_dim / 2] f32 (computed in f64, rounded once).
+ * The RoPE rows of some positions as llama2.c run.c computes them: for
+ * position p and pair i of a head, angle p · θ^(−2i/head_dim). Returns cos
+ * and sin, each [positions.length, head_dim / 2] f32 (computed in f64,
+ * rounded once). Only the rows asked for are made: no table of seq_len
+ * rows is held, so a header's seq_len sizes nothing.
+ * @throws RangeError for a position outside [0, seq_len).
  */
-export function ropeTables(shape: Pick<ModelShape, "seqLen" | "headDim" | "ropeTheta">): {
-  cos: Float32Array;
-  sin: Float32Array;
-} {
+export function ropeRows(
+  shape: Pick<ModelShape, "seqLen" | "headDim" | "ropeTheta">,
+  positions: ArrayLike<bigint>,
+): { cos: Float32Array; sin: Float32Array } {
   const half = shape.headDim / 2;
-  const cos = new Float32Array(shape.seqLen * half);
-  const sin = new Float32Array(shape.seqLen * half);
-  for (let i = 0; i < half; i++) {
-    const freq = 1 / Math.pow(shape.ropeTheta, (2 * i) / shape.headDim);
-    for (let p = 0; p < shape.seqLen; p++) {
-      cos[p * half + i] = Math.cos(p * freq);
-      sin[p * half + i] = Math.sin(p * freq);
+  const T = positions.length;
+  const cos = new Float32Array(T * half);
+  const sin = new Float32Array(T * half);
+  const freqs = Array.from({ length: half }, (_, i) => 1 / Math.pow(shape.ropeTheta, (2 * i) / shape.headDim));
+  for (let t = 0; t < T; t++) {
+    const p = Number(positions[t]!);
+    if (!(p >= 0 && p < shape.seqLen)) throw new RangeError(`position ${p} is outside [0, ${shape.seqLen})`);
+    for (let i = 0; i < half; i++) {
+      cos[t * half + i] = Math.cos(p * freqs[i]!);
+      sin[t * half + i] = Math.sin(p * freqs[i]!);
     }
   }
   return { cos, sin };
@@ -142,8 +148,9 @@ export function rmsNorm(g: OnnxGraphBuilder, x: string, weight: Float32Array, ep
 /**
  * The pre-attention graph of one layer.
  *
- * Inputs: `x` [T, dim] f32 (the residual stream), `positions` [T] int64
- * (each row's position in its sequence, < seq_len).
+ * Inputs: `x` [T, dim] f32 (the residual stream), `rope_cos` and
+ * `rope_sin` [T, head_dim / 2] f32 (each row's RoPE angles: {@link ropeRows}
+ * of its position; fed per run, so the graph holds no seq_len table).
  * Outputs: `q` [T, n_heads, head_dim], `k` [T, n_kv_heads, head_dim] with RoPE
  * applied, `v` [T, n_kv_heads, head_dim], all f32. When `weights` has q/k/v
  * biases (Qwen2 layout) they are added to the fused projection (one Add of
@@ -159,13 +166,14 @@ export function buildPreAttentionGraph(
   layer: number,
   weightDtype: WeightDtype = "f32",
 ): OnnxGraphBuilder {
-  const { dim, nHeads, nKvHeads, headDim, seqLen, normEps } = shape;
+  const { dim, nHeads, nKvHeads, headDim, normEps } = shape;
   const half = headDim / 2;
   const qDim = nHeads * headDim;
   const kvD = nKvHeads * headDim;
   const g = new OnnxGraphBuilder(`layer${layer}.pre`);
   const x = g.input(PRE.x, "float32", [BATCH_DIM, dim]);
-  const positions = g.input(PRE.positions, "int64", [BATCH_DIM]);
+  const cos = g.input(PRE.cos, "float32", [BATCH_DIM, half]);
+  const sin = g.input(PRE.sin, "float32", [BATCH_DIM, half]);
 
   const h = rmsNorm(g, x, weights.rmsAtt, normEps, "rms_att");
   let qkv = projection(
@@ -195,17 +203,10 @@ export function buildPreAttentionGraph(
   const [qk, vFlat] = g.node("Split", [qkv, g.i64("qkv.split", [qDim + kvD, kvD])], { axis: 1 }, 2) as [string, string];
 
   // RoPE over the q and k heads: [T, heads, half, 2] pairs, rotated by the
-  // cos/sin rows of each position ([T, 1, half, 1] after Gather + Unsqueeze).
-  const { cos, sin } = ropeTables(shape);
+  // cos/sin rows of each position ([T, 1, half, 1] after Unsqueeze).
   const axes13 = g.i64("rope.axes", [1, 3]);
-  const cosT = g.op("Unsqueeze", [
-    g.op("Gather", [g.f32("rope.cos", cos, [seqLen, half]), positions], { axis: 0 }),
-    axes13,
-  ]);
-  const sinT = g.op("Unsqueeze", [
-    g.op("Gather", [g.f32("rope.sin", sin, [seqLen, half]), positions], { axis: 0 }),
-    axes13,
-  ]);
+  const cosT = g.op("Unsqueeze", [cos, axes13]);
+  const sinT = g.op("Unsqueeze", [sin, axes13]);
   const pairs = g.op("Reshape", [qk, g.i64("rope.pairs", [-1, nHeads + nKvHeads, half, 2])]);
   const [x0, x1] = g.node("Split", [pairs, g.i64("rope.split", [1, 1])], { axis: 3 }, 2) as [string, string];
   // run.c: v0' = v0·cos − v1·sin; v1' = v0·sin + v1·cos

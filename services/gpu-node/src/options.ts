@@ -36,6 +36,7 @@ export const GPU_NODE_DEFAULTS = Object.freeze({
   microBatches: 1,
   maxInFlight: 2,
   downstreamTimeoutMs: 300_000,
+  leaseTtlMs: 10_000,
   wireDtype: "f16" as WireDtype,
   weightDtype: "auto" as "auto" | WeightDtype,
   pricePerHour: 0,
@@ -84,6 +85,16 @@ export interface GpuNodeOptions {
    */
   downstreamTimeoutMs?: number;
   /**
+   * Milliseconds the model lease stays live after its last Load or step
+   * (model-lease.ts): meanwhile a Load of another model or range by a
+   * coordinator other than the lease's holders is refused (LEASED). Below
+   * the coordinator's `retryTimeoutMs` (30 s), so a waiting coordinator gets
+   * the node once the other is done. @default 10000
+   */
+  leaseTtlMs?: number;
+  /** Where the node logs what it stopped or refused (one line each). @default stderr */
+  log?: (line: string) => void;
+  /**
    * Dtype of the activations this node sends: q/k/v to attention nodes
    * (which answer o in the same dtype) and hidden states to the next
    * pipeline stage. "f16" halves the bytes on the wire (values rounded to
@@ -127,6 +138,8 @@ export interface CompiledGpuNodeOptions {
   readonly microBatches: number;
   readonly maxInFlight: number;
   readonly downstreamTimeoutMs: number;
+  readonly leaseTtlMs: number;
+  readonly log: (line: string) => void;
   readonly wireDtype: WireDtype;
   /** The weight dtype in force ("auto" resolved by execution provider). */
   readonly weightDtype: WeightDtype;
@@ -174,5 +187,7 @@ export function compileGpuNodeOptions(options: GpuNodeOptions = {}): CompiledGpu
     microBatches: positiveInt("microBatches", options.microBatches, D.microBatches),
     maxInFlight: positiveInt("maxInFlight", options.maxInFlight, D.maxInFlight),
     downstreamTimeoutMs: positiveMs("downstreamTimeoutMs", options.downstreamTimeoutMs, D.downstreamTimeoutMs),
+    leaseTtlMs: positiveMs("leaseTtlMs", options.leaseTtlMs, D.leaseTtlMs),
+    log: options.log ?? ((line: string) => process.stderr.write(line + "\n")),
   });
 }

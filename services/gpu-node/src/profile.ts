@@ -27,6 +27,7 @@ import {
   buildPostAttentionGraph,
   buildPreAttentionGraph,
   projection,
+  ropeRows,
   type WeightDtype,
 } from "./llama-graphs.js";
 import { OnnxGraphBuilder } from "./onnx-builder.js";
@@ -215,12 +216,14 @@ export async function timeOrtLayerOverhead(
     );
     try {
       const x = new ort.Tensor("float32", new Float32Array(64).fill(0.1), [1, 64]);
-      const pos = new ort.Tensor("int64", new BigInt64Array([3n]), [1]);
+      const rope = ropeRows(shape, [3n]);
+      const cos = new ort.Tensor("float32", rope.cos, [1, shape.headDim / 2]);
+      const sin = new ort.Tensor("float32", rope.sin, [1, shape.headDim / 2]);
       const att = new ort.Tensor("float32", new Float32Array(64).fill(0.1), [1, 64]);
       const pause = () => new Promise<void>((resolve) => setTimeout(resolve, gapMs));
       const layer = async () => {
         let t = performance.now();
-        await pre.run({ [PRE.x]: x, [PRE.positions]: pos });
+        await pre.run({ [PRE.x]: x, [PRE.cos]: cos, [PRE.sin]: sin });
         let busy = performance.now() - t;
         if (gapMs > 0) await pause();
         t = performance.now();

@@ -265,12 +265,16 @@ export function planShards(
 
 /**
  * Validates ForwardRequest.next_stages against this stage: none after the
- * stage that applies the head, and no empty address.
+ * stage that applies the head, no empty address, and next_stage_models
+ * empty or one per next stage.
  * @throws StepError INVALID_ARGUMENT (reason INVALID_REQUEST) naming the field.
  */
 export function checkNextStages(req: ForwardRequest, model: Pick<StepModel, "hasHead">, self: string): void {
-  if (req.nextStages.length === 0) return;
   const bad = (msg: string) => invalidStep(req.stepId, self, msg);
+  const models = req.nextStageModels.length;
+  if (models !== 0 && models !== req.nextStages.length)
+    throw bad(`next_stage_models has ${models} entries for ${req.nextStages.length} next_stages`);
+  if (req.nextStages.length === 0) return;
   if (model.hasHead)
     throw bad(`next_stages [${req.nextStages.join(", ")}] given to the stage that applies the head (the last stage)`);
   const i = req.nextStages.findIndex((a) => !isAddress(a));

@@ -29,6 +29,7 @@ import type { AttendStreams } from "./attend-streams.js";
 import type { DenseModel, Qkv } from "./dense-model.js";
 import { DownstreamError, type Downstreams } from "./downstream.js";
 import type { LoadedModel } from "./loaded-model.js";
+import { checkStageModel, type NodeLease } from "./model-lease.js";
 import type { CompiledGpuNodeOptions } from "./options.js";
 import { StepClock } from "./step-clock.js";
 import { StepError, reasonOfCode, toNodeError, type StepNodeError } from "./step-error.js";
@@ -59,6 +60,8 @@ export interface StepRunnerHost {
   state(): string;
   /** The model steps run on now, if any. */
   current(): LoadedModel | undefined;
+  /** The model's lease: each step is a use of it. */
+  readonly lease: NodeLease;
 }
 
 /** A micro-batch stopped before its next layer because another one failed. */
@@ -76,6 +79,8 @@ interface StepRun {
   timings: { attentionComputeSeconds: number };
   /** Set by the first failure: the others stop before their next layer. */
   state: { failed: boolean };
+  /** Aborts when the step's caller is gone: the micro-batches stop before their next layer. */
+  signal: AbortSignal | undefined;
 }
 
 const tracer = trace.getTracer("@tessera/gpu-node");
@@ -115,10 +120,10 @@ export class StepRunner {
    * a (sampled) trace context; the step's micro-batches and layers are its
    * children, and its Attend and downstream Forward messages carry it on.
    */
-  tracedStep(req: ForwardRequest): Promise<StepAnswer> {
+  tracedStep(req: ForwardRequest, signal?: AbortSignal): Promise<StepAnswer> {
     const parent = messageContext(req);
     // Untraced steps run under no context: nothing from another job's step leaks into them.
-    if (!parent) return context.with(ROOT_CONTEXT, () => this.step(req));
+    if (!parent) return context.with(ROOT_CONTEXT, () => this.step(req, signal));
     const model = this.host.current()?.model;
     const attributes = {
       "tessera.step_id": Number(req.stepId),
@@ -132,7 +137,7 @@ export class StepRunner {
       "tessera.wire.bytes_received": req.hidden?.data.byteLength ?? req.tokens.length * 4,
     };
     return tracer.startActiveSpan("tessera.gpu.forward", { kind: SpanKind.SERVER, attributes }, parent, (span) =>
-      endSpanWhen(span, this.step(req), (res) => {
+      endSpanWhen(span, this.step(req, signal), (res) => {
         const out = res.logits ?? res.hidden;
         span.setAttribute("tessera.wire.bytes_sent", out?.data?.byteLength ?? 0);
         if (res.timings) {
@@ -152,9 +157,13 @@ export class StepRunner {
    * `next_stages`, sends the hidden states on to the first of them (see
    * {@link passDown}). Never throws: a failure is the response's `error`
    * (UNAVAILABLE with reason CANCELLED while the node is not running,
-   * FAILED_PRECONDITION with reason MODEL_NOT_LOADED before a Load).
+   * FAILED_PRECONDITION with reason MODEL_NOT_LOADED before a Load, or
+   * with reason MODEL_MISMATCH when the node holds another model or range
+   * than `req.model` names). When `signal` aborts (the Forward stream's
+   * caller is gone) the step stops before its next layer (CANCELLED,
+   * logged), and goes to no later stage.
    */
-  async step(req: ForwardRequest): Promise<StepAnswer> {
+  async step(req: ForwardRequest, signal?: AbortSignal): Promise<StepAnswer> {
     const host = this.host;
     const t0 = performance.now();
     const timings = { denseSeconds: 0, attentionWaitSeconds: 0, attentionComputeSeconds: 0, totalSeconds: 0 };
@@ -180,21 +189,26 @@ export class StepRunner {
           NodeErrorReason.MODEL_NOT_LOADED,
         );
       checkNextStages(req, loaded.model, self);
+      checkStageModel(req, loaded, host.lease.holderIds, self);
       loaded.acquire();
+      host.lease.begin();
       try {
-        own = { stepId: req.stepId, ...(await this.run(req, loaded.model, clock, timings)), timings };
+        own = { stepId: req.stepId, ...(await this.run(req, loaded.model, clock, timings, signal)), timings };
       } finally {
         loaded.releaseLease();
+        host.lease.end();
       }
     } catch (err) {
       own = { stepId: req.stepId, error: toNodeError(err, host.address()), timings };
+      if (own.error?.reason === NodeErrorReason.CANCELLED && signal?.aborted)
+        host.opts.log(`gpu-node ${host.address()}: ${own.error.message}`);
     } finally {
       timings.denseSeconds = clock.busySeconds;
       timings.attentionWaitSeconds = clock.idleSeconds;
       timings.totalSeconds = (performance.now() - t0) / 1000;
       recordStageTimings(timings);
     }
-    if (own.error || req.nextStages.length === 0) return { ...own, stageTimings: [timings] };
+    if (own.error || req.nextStages.length === 0 || signal?.aborted) return { ...own, stageTimings: [timings] };
     return this.passDown(req, own.hidden, timings, t0);
   }
 
@@ -218,6 +232,7 @@ export class StepRunner {
     t0: number,
   ): Promise<StepAnswer> {
     const [next, ...rest] = req.nextStages as [string, ...string[]];
+    const [model, ...restModels] = req.nextStageModels;
     const elapsed = () => (performance.now() - t0) / 1000;
     let down: ForwardResponse;
     try {
@@ -226,6 +241,7 @@ export class StepRunner {
         sequences: req.sequences,
         ...(hidden ? { hidden } : {}),
         nextStages: rest,
+        ...(model ? { model, nextStageModels: restModels } : {}),
       });
     } catch (err) {
       const error = downstreamNodeError(err, this.host.address());
@@ -261,6 +277,7 @@ export class StepRunner {
     model: DenseModel,
     clock: StepClock,
     timings: { attentionComputeSeconds: number },
+    signal: AbortSignal | undefined,
   ): Promise<Pick<StepAnswer, "logits" | "hidden">> {
     const { opts } = this.host;
     const { dim, vocabSize } = model.shape;
@@ -269,7 +286,7 @@ export class StepRunner {
     const out = model.hasHead ? new Float32Array(plan.logitRows * vocabSize) : new Float32Array(T * dim);
     const batches = splitMicroBatches(plan.sequences, opts.microBatches);
     const errors: unknown[] = [];
-    const run: StepRun = { req, model, input: plan.hidden, out, clock, timings, state: { failed: false } };
+    const run: StepRun = { req, model, input: plan.hidden, out, clock, timings, state: { failed: false }, signal };
     let next = 0;
     const tracing = trace.getActiveSpan()?.isRecording() === true;
     const worker = async (ws: Workspace) => {
@@ -338,6 +355,7 @@ export class StepRunner {
     const dtype = opts.wireDtype;
     for (let layer = model.layerStart; layer < model.layerEnd; layer++) {
       if (run.state.failed) throw new Stopped();
+      if (run.signal?.aborted) throw abandoned(req.stepId, layer, model, this.host.address());
       const span = tracing
         ? tracer.startSpan("tessera.gpu.layer", { attributes: { "tessera.layer": layer, "tessera.rows": T } })
         : undefined;
@@ -403,6 +421,20 @@ async function applyHead(
     }
   }
   await model.head(rows, out.subarray(mb.logitRow0 * vocabSize, (mb.logitRow0 + mb.logitRows) * vocabSize));
+}
+
+/**
+ * The error of a step its caller abandoned (the Forward stream was
+ * cancelled): CANCELLED, reason CANCELLED, saying where it stopped.
+ */
+function abandoned(stepId: bigint, layer: number, model: DenseModel, self: string): StepError {
+  return new StepError(
+    Code.CANCELLED,
+    `step ${stepId} stopped before layer ${layer} of [${model.layerStart}, ${model.layerEnd}): its caller cancelled the Forward stream`,
+    "gpu",
+    self,
+    NodeErrorReason.CANCELLED,
+  );
 }
 
 /**

@@ -48,6 +48,7 @@ async function startStage(t: { after(fn: () => unknown): void }, answer: Answer)
     addService(s, GpuNode, {
       load: async () => ({}),
       info: async () => ({}),
+      release: async () => ({}),
       forward: (call: ServerDuplexStream<ForwardRequest, MessageInitShape<typeof ForwardResponseSchema>>) =>
         new Promise<void>((resolve) => {
           stage.streams++;

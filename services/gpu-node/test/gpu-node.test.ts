@@ -822,9 +822,15 @@ test("options are validated by name", () => {
     () => createGpuNode({ downstreamTimeoutMs: 0 }),
     new ConfigError("downstreamTimeoutMs", "must be a positive number of milliseconds, got 0"),
   );
+  assert.throws(
+    () => createGpuNode({ leaseTtlMs: -1 }),
+    new ConfigError("leaseTtlMs", "must be a positive number of milliseconds, got -1"),
+  );
   const node = createGpuNode({ port: 0 });
   assert.equal(Object.isFrozen(node.options), true);
-  assert.deepEqual(node.options, {
+  const { log, ...rest } = node.options;
+  assert.equal(typeof log, "function");
+  assert.deepEqual(rest, {
     host: "127.0.0.1",
     port: 0,
     executionProvider: "cpu",
@@ -836,6 +842,7 @@ test("options are validated by name", () => {
     wireDtype: "f16",
     weightDtype: "f32", // "auto" on the CPU provider
     downstreamTimeoutMs: 300_000,
+    leaseTtlMs: 10_000,
     pricePerHour: 0,
     profile: "off",
   });

@@ -5,8 +5,9 @@
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { loadCheckpoint, type Checkpoint, type LayerWeights } from "@tessera/model";
+import { MODEL_LIMITS, loadCheckpoint, type Checkpoint, type LayerWeights } from "@tessera/model";
 import { DenseModel } from "../src/index.js";
+import { buildPreAttentionGraph } from "../src/llama-graphs.js";
 
 const MODEL = fileURLToPath(new URL("../../../../shared/models/stories260K.bin", import.meta.url));
 const TOL = 1e-5;
@@ -164,4 +165,16 @@ test("pre-attention graph reads inputs that are views at an offset of a larger b
   const b = await model.pre(1, view.slice(), BigInt64Array.of(9n));
   assert.deepEqual(a.q, b.q);
   assert.equal(a.q.length, nHeads * headDim);
+});
+
+test("no seq_len-sized table: the pre-attention graph's bytes do not grow with seq_len, and a position past it is refused", async () => {
+  const w = ckpt.weights.layers[0]!;
+  const bytes = (seqLen: number) => buildPreAttentionGraph({ ...ckpt.shape, seqLen }, w, 0).toBytes().byteLength;
+  // A header may declare up to MODEL_LIMITS.maxSeqLen positions; nothing is sized by it.
+  assert.equal(bytes(MODEL_LIMITS.maxSeqLen), bytes(ckpt.shape.seqLen));
+  const { seqLen } = ckpt.shape;
+  await assert.rejects(model.pre(0, randoms(ckpt.shape.dim, 3), BigInt64Array.of(BigInt(seqLen))), {
+    name: "RangeError",
+    message: `position ${seqLen} is outside [0, ${seqLen})`,
+  });
 });

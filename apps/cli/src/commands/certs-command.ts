@@ -12,13 +12,15 @@ export function addCertsCommands(program: Command): void {
     .command("certs")
     .description(
       "Make a local CA and certificates for mutual TLS between Tessera's services (for development): ca.pem, " +
-        "node.pem (server and client), client.pem (an operator's client identity; tenants get tokens) and their " +
-        "-key.pem files. A CA already in --out is reused.",
+        "one certificate per role (coordinator.pem, gpu-node.pem, memory-node.pem, storage-node.pem: server and " +
+        "client, the role as a SAN URI spiffe://tessera/role/<role>), client.pem (an operator's client identity; " +
+        "tenants get tokens) and their -key.pem files. Each RPC checks its caller's role. A CA already in --out " +
+        "is reused.",
     )
     .option("--out <dir>", "folder to write", "certs")
     .option(
       "--host <name|ip>",
-      "extra name of the node certificate, e.g. *.tessera.svc.cluster.local (repeatable or comma-separated; " +
+      "extra name of the role certificates, e.g. *.tessera.svc.cluster.local (repeatable or comma-separated; " +
         "localhost, 127.0.0.1 and ::1 always)",
       list,
       [],

@@ -13,7 +13,7 @@ import { X509Certificate, createHash, createPrivateKey, randomBytes, webcrypto }
 import { chmod, mkdir, readFile, stat, unlink, writeFile } from "node:fs/promises";
 import { isIP } from "node:net";
 import { join } from "node:path";
-import { ConfigError } from "@tessera/core";
+import { ALL_ROLES, ConfigError, certRoleOf, roleUri, type CertRole } from "@tessera/core";
 
 x509.cryptoProvider.set(webcrypto);
 
@@ -21,7 +21,7 @@ x509.cryptoProvider.set(webcrypto);
 export interface CertsOptions {
   /** Folder to write into (created if missing). */
   out: string;
-  /** Extra names of the node certificate: IPs become IP SANs, others DNS SANs ("*.x" allowed). */
+  /** Extra names of the cluster roles' certificates: IPs become IP SANs, others DNS SANs ("*.x" allowed). */
   hosts: string[];
   /** Validity of new certificates in days, integer 1..3650. */
   days: number;
@@ -33,7 +33,7 @@ export interface CertsOptions {
 
 /** CN of the development CA. */
 export const CA_NAME = "Tessera development CA";
-/** Names always in the node certificate. */
+/** Names always in the certificates of the cluster roles. */
 export const DEFAULT_HOSTS = ["localhost", "127.0.0.1", "::1"] as const;
 const TENANT = /^[A-Za-z0-9_.-]{1,64}$/;
 const DNS_LABEL = /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
@@ -41,6 +41,14 @@ const EC: webcrypto.EcKeyGenParams & webcrypto.EcdsaParams = { name: "ECDSA", na
 // Leaf certificates start this long ago, for clocks a little behind.
 const SKEW_MS = 5 * 60_000;
 const DAY_MS = 86_400_000;
+
+/** One leaf certificate: its file name (without .pem), subject CN and role; `serves`: a server's (host SANs, serverAuth). */
+interface Leaf {
+  file: string;
+  cn: string;
+  role: CertRole;
+  serves: boolean;
+}
 
 /**
  * `tessera certs`: makes the files of {@link makeCertificates} and prints
@@ -58,13 +66,17 @@ export async function certsCommand(o: CertsOptions): Promise<number> {
 /**
  * Writes into `o.out`:
  * - ca.pem + ca-key.pem: a local CA, CN "Tessera development CA";
- * - node.pem + node-key.pem: serverAuth + clientAuth, CN "tessera-node",
- *   SANs localhost, 127.0.0.1, ::1 and every `hosts` entry;
- * - client.pem + client-key.pem: clientAuth only, CN "tessera-client";
+ * - one certificate per cluster role, `<role>.pem` + `<role>-key.pem` for
+ *   coordinator, gpu-node, memory-node and storage-node: serverAuth +
+ *   clientAuth, CN "tessera-<role>", SANs localhost, 127.0.0.1, ::1, every
+ *   `hosts` entry and the role URI (`spiffe://tessera/role/<role>`);
+ * - client.pem + client-key.pem: clientAuth only, CN "tessera-client",
+ *   role URI `spiffe://tessera/role/operator` (an operator's identity).
  *
- * client.pem is an operator's identity: any certificate the CA signed may
- * call the nodes, so tenants get bearer tokens (`tessera token`), not
- * certificates.
+ * Every RPC checks its caller's role (packages/rpc caller-roles.ts): the
+ * operator may read a node's Info but not Load a gpu-node; tenants get
+ * bearer tokens (`tessera token`), not certificates. No node.pem is made
+ * any more: a certificate without a role URI is refused by every RPC.
  *
  * An existing ca.pem + ca-key.pem pair is reused (new leaves signed by it)
  * unless `force`; leaf certificates then end no later than the CA. Existing
@@ -79,9 +91,12 @@ export async function makeCertificates(o: CertsOptions): Promise<{ written: stri
   const hosts = [...new Set([...DEFAULT_HOSTS, ...o.hosts.map(checkHost)])];
 
   const path = (f: string) => join(o.out, f);
-  const leaves = [
-    { file: "node", cn: "tessera-node", usages: [x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth] },
-    { file: "client", cn: "tessera-client", usages: [x509.ExtendedKeyUsage.clientAuth] },
+  const leaves: Leaf[] = [
+    ...ALL_ROLES.map((r) => {
+      const role = certRoleOf(r);
+      return { file: role, cn: `tessera-${role}`, role, serves: true };
+    }),
+    { file: "client", cn: "tessera-client", role: "operator", serves: false },
   ];
   await mkdir(o.out, { recursive: true });
   if (!o.force) {
@@ -140,8 +155,16 @@ export async function makeCertificates(o: CertsOptions): Promise<{ written: stri
       extensions: [
         new x509.BasicConstraintsExtension(false, undefined, true),
         new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-        new x509.ExtendedKeyUsageExtension(l.usages, false),
-        ...(l.file === "node" ? [new x509.SubjectAlternativeNameExtension(sans, false)] : []),
+        new x509.ExtendedKeyUsageExtension(
+          l.serves
+            ? [x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]
+            : [x509.ExtendedKeyUsage.clientAuth],
+          false,
+        ),
+        new x509.SubjectAlternativeNameExtension(
+          [...(l.serves ? sans : []), { type: "url", value: roleUri(l.role) }],
+          false,
+        ),
         await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
         authority,
       ],

@@ -3,9 +3,9 @@
  * TESSERA_* variable) and their mapping onto runCoordinator's options.
  */
 import { Option, type Command, type OptionValues } from "commander";
-import { ROLES, formatByteSize } from "@tessera/core";
+import { ROLES, formatByteSize, formatDuration } from "@tessera/core";
 import { COORDINATOR_DEFAULTS, KV_PLACEMENT_RULES, defaultGenerateLimits } from "@tessera/coordinator";
-import { int, list, metricsPort, natsAuthFlags, natsPrefix, security, size, transport } from "../flags.js";
+import { duration, int, list, metricsPort, natsAuthFlags, natsPrefix, security, size, transport } from "../flags.js";
 
 /** The coordinator's defaults (its options module's, written once there). */
 const D = COORDINATOR_DEFAULTS;
@@ -17,6 +17,7 @@ export function addCoordinatorCommand(program: Command): void {
   const c = natsAuthFlags(transport(program.command(ROLES.coordinator.cli), "service"));
   serviceFlags(c);
   discoveryAndLimitFlags(c);
+  jobStoreFlags(c);
   c.action(coordinatorAction);
 }
 
@@ -46,8 +47,20 @@ function serviceFlags(c: Command): void {
         .argParser(list)
         .env("TESSERA_STORAGE_NODES"),
     )
-    .addOption(new Option("--model <path>", "default checkpoint for jobs that name none").env("TESSERA_MODEL"))
-    .addOption(new Option("--tokenizer <path>", "default tokenizer.bin").env("TESSERA_TOKENIZER"))
+    .addOption(
+      new Option(
+        "--model <[name=]path[,tokenizer=path][,kv=auto|memory|storage]>",
+        "a model to serve (repeatable; the first is the default): requests name it (default name: the file's name " +
+          "without its extension, or the folder's); no other path is opened for a caller",
+      )
+        .argParser((v: string, prev: string[] = []) => [...prev, v])
+        .env("TESSERA_MODEL"),
+    )
+    .addOption(
+      new Option("--tokenizer <path>", "tokenizer of each --model that gives none (default: as tessera run picks)").env(
+        "TESSERA_TOKENIZER",
+      ),
+    )
     .addOption(
       new Option("--storage-threshold <tokens>", "KV to a storage-node above this many positions (kv auto)")
         .argParser(int("--storage-threshold", 1))
@@ -190,9 +203,45 @@ function discoveryAndLimitFlags(c: Command): void {
     );
 }
 
+/** Tenants' quotas in the job queue and the retention of ended jobs (issue 13). */
+function jobStoreFlags(c: Command): void {
+  c.addOption(
+    new Option(
+      "--tenant-max-bytes <bytes>",
+      "most bytes one tenant's jobs may store (inputs + results), e.g. 4GiB; a tenant's submit past it is " +
+        "RESOURCE_EXHAUSTED (with --tokens; admins are not limited)",
+    )
+      .argParser(size("--tenant-max-bytes"))
+      .default(D.tenantMaxBytes, formatByteSize(D.tenantMaxBytes))
+      .env("TESSERA_TENANT_MAX_BYTES"),
+  )
+    .addOption(
+      new Option("--tenant-max-jobs <n>", "most jobs one tenant may have queued or running (with --tokens)")
+        .argParser(int("--tenant-max-jobs", 1))
+        .default(D.tenantMaxJobs)
+        .env("TESSERA_TENANT_MAX_JOBS"),
+    )
+    .addOption(
+      new Option(
+        "--job-retention <duration>",
+        "an ended job (completed, failed or cancelled) is deleted, input, results and state, this long after it " +
+          "ended, e.g. 30d, 12h (ms, s, m, h, d)",
+      )
+        .argParser(duration("--job-retention"))
+        .default(D.jobRetentionMs, formatDuration(D.jobRetentionMs))
+        .env("TESSERA_JOB_RETENTION"),
+    )
+    .addOption(
+      new Option("--job-sweep <duration>", "how often the retention sweep runs, e.g. 10m")
+        .argParser(duration("--job-sweep"))
+        .default(D.jobSweepMs, formatDuration(D.jobSweepMs))
+        .env("TESSERA_JOB_SWEEP"),
+    );
+}
+
 /** Maps the parsed flags onto runCoordinator's options and runs it until stopped. */
 async function coordinatorAction(o: OptionValues): Promise<void> {
-  (await security()).applyTransport(o, "the coordinator", true);
+  (await security()).applyTransport(o, "the coordinator", true, "coordinator");
   if (o.nats) (await security()).applyNatsAuth(o);
   await (
     await import("@tessera/coordinator")
@@ -203,7 +252,7 @@ async function coordinatorAction(o: OptionValues): Promise<void> {
       gpuNodes: o.gpuNode ?? [],
       memoryNodes: o.memoryNode ?? [],
       storageNodes: o.storageNode ?? [],
-      modelPath: o.model,
+      models: o.model ?? [],
       tokenizerPath: o.tokenizer,
       storageThresholdTokens: o.storageThreshold,
       retryTimeoutMs: o.retryTimeout,
@@ -218,6 +267,10 @@ async function coordinatorAction(o: OptionValues): Promise<void> {
       natsPrefix: o.natsPrefix,
       nodeLostAfterMs: o.nodeLostAfter,
       jobConcurrency: o.jobConcurrency,
+      tenantMaxBytes: o.tenantMaxBytes,
+      tenantMaxJobs: o.tenantMaxJobs,
+      jobRetentionMs: o.jobRetention,
+      jobSweepMs: o.jobSweep,
       kubernetes: o.kubernetes,
       kubernetesNamespace: o.kubernetesNamespace,
       kubernetesClusterDomain: o.kubernetesClusterDomain,

@@ -1,5 +1,5 @@
 /**
- * Batch jobs (issue 5): `tessera submit|jobs|status|results|cancel|watch`, through a coordinator
+ * Batch jobs (issue 5): `tessera submit|jobs|status|results|cancel|watch` and `tessera jobs delete`, through a coordinator
  * (--cluster, tenants) or straight to NATS JetStream (operators).
  */
 import { Option, type Command } from "commander";
@@ -35,8 +35,8 @@ export function addJobCommands(program: Command): void {
       .option("--job-id <id>", "the job's id (letters, digits, _ and -); submitting an existing id returns that job")
       .addOption(new Option("--priority <p>", "queue priority").choices(["high", "normal", "low"]).default("normal"))
       .option("--tenant <name>", "owner of the job")
-      .option("--model <path>", "checkpoint on the cluster's filesystem (default: the coordinator's)")
-      .option("--tokenizer <path>", "tokenizer on the cluster's filesystem (default: the coordinator's)")
+      .option("--model <name>", "a model the coordinator serves, by name (or its served path; default: its default)")
+      .option("--tokenizer <path>", "the served model's own tokenizer path (default: the model's)")
       .addOption(new Option("--format <f>", "input format").choices(["auto", "tessera", "openai"]).default("auto"))
       .option(
         "--max-tokens <n>",
@@ -47,13 +47,24 @@ export function addJobCommands(program: Command): void {
       .option("--top-p <p>", `nucleus sampling threshold (default ${COORDINATOR_DEFAULTS.topP})`, num("--top-p", 0, 1))
       .option("--seed <n>", "sampling seed (default: drawn at submit and kept with the job)", int("--seed", 1)),
   ).action((file: string, o) => withSignals(async () => (await impl()).submitCommand(file, o)));
-  natsFlags(
+  const jobs = natsFlags(
     program
       .command("jobs")
       .description("List batch jobs: id, status, priority, progress, submitted.")
       .option("--tenant <name>", "only this tenant's jobs")
       .option("--json", "one JSON job state per line", false),
   ).action((o) => withSignals(async () => (await impl()).jobsCommand(o)));
+  jobs
+    .command("delete")
+    .description(
+      "Delete a batch job: its input, results and state (an unfinished one is cancelled first). Takes the flags " +
+        "of `tessera jobs` (--cluster, --token, --nats, ...), before or after the id. Ended jobs are also deleted " +
+        "by the coordinator's retention (--job-retention, 30 days by default).",
+    )
+    .argument("<id>", "job id")
+    .action((id: string, _o, cmd: Command) =>
+      withSignals(async () => (await impl()).deleteCommand(id, cmd.optsWithGlobals())),
+    );
   natsFlags(
     program
       .command("status")

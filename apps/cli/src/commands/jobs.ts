@@ -1,7 +1,7 @@
 /**
  * Batch job commands (issue 5): `tessera submit | jobs | status | results |
- * cancel | watch`. With `--cluster` they call a coordinator's job RPCs
- * (SubmitJob, ListJobs, GetJob, GetResults, CancelJob, WatchJob): the way
+ * cancel | watch` and `tessera jobs delete`. With `--cluster` they call a coordinator's job RPCs
+ * (SubmitJob, ListJobs, GetJob, GetResults, CancelJob, WatchJob, DeleteJob): the way
  * tenants use it, with a bearer token that limits them to their own jobs.
  * Without it they talk to NATS JetStream directly (the job queue of
  * @tessera/nats): the operators' way, with NATS credentials.
@@ -60,6 +60,7 @@ interface JobView {
   submittedAt: string;
   startedAt?: string | undefined;
   finishedAt?: string | undefined;
+  resultBytes?: number | undefined;
 }
 
 /** The job operations, over NATS or over the Coordinator service. */
@@ -74,6 +75,8 @@ interface Jobs {
   get(id: string): Promise<JobView | undefined>;
   results(id: string, follow: boolean, signal: AbortSignal): AsyncIterable<string>;
   cancel(id: string): Promise<JobView>;
+  /** The job's last state, or undefined when there was none. */
+  delete(id: string): Promise<JobView | undefined>;
   watch(id: string, signal: AbortSignal): AsyncIterable<JobView>;
 }
 
@@ -105,6 +108,7 @@ function natsJobs(store: JobStore): Jobs {
     get: (id) => store.get(id),
     results: (id, follow, signal) => store.results(id, { follow, signal }),
     cancel: (id) => store.cancel(id),
+    delete: (id) => store.delete(id),
     watch: (id, signal) => store.watch(id, { signal }),
   };
 }
@@ -128,6 +132,7 @@ const viewOf = (j: Job): JobView => ({
   submittedAt: j.submittedAt,
   startedAt: j.startedAt || undefined,
   finishedAt: j.finishedAt || undefined,
+  resultBytes: Number(j.resultBytes),
 });
 
 /** A coordinator's job RPCs, for tenants: the coordinator checks the token and the limits. */
@@ -166,6 +171,14 @@ function grpcJobs(client: ReturnType<typeof createClient<typeof Coordinator>>): 
       for await (const r of client.getResults({ id, follow }, { signal })) yield (r as { line: string }).line;
     },
     cancel: async (id) => viewOf(await client.cancelJob({ id })),
+    async delete(id) {
+      try {
+        return viewOf(await client.deleteJob({ id }));
+      } catch (err) {
+        if (err instanceof RpcError && err.code === Code.NOT_FOUND) return undefined;
+        throw err;
+      }
+    },
     async *watch(id, signal) {
       for await (const j of client.watchJob({ id }, { signal })) yield viewOf(j as Job);
     },
@@ -329,6 +342,21 @@ export async function cancelCommand(id: string, flags: NatsFlags): Promise<numbe
     process.stderr.write(
       s.status === "running" ? `job ${id}: cancel requested; its coordinator stops it\n` : `job ${id}: ${s.status}\n`,
     );
+    return 0;
+  });
+}
+
+/**
+ * `tessera jobs delete ID`: deletes the job's input, results and state
+ * (cancelling it first when it has not ended).
+ * @throws Error when there is no such job (a tenant's: or it is another's).
+ */
+export async function deleteCommand(id: string, flags: NatsFlags): Promise<number> {
+  return withJobs(flags, async (jobs) => {
+    const s = await jobs.delete(id);
+    if (!s) throw new Error(`job "${id}" not found`);
+    const results = s.resultBytes ? `, ${s.resultBytes} bytes of results` : "";
+    process.stderr.write(`job ${id} deleted (was ${s.status}; input ${s.inputBytes} bytes${results})\n`);
     return 0;
   });
 }

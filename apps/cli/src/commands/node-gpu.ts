@@ -53,6 +53,15 @@ export function addGpuNodeCommand(node: Command): void {
         .default(D.weightDtype)
         .env("TESSERA_WEIGHT_DTYPE"),
     )
+    .addOption(
+      new Option(
+        "--lease-ttl <ms>",
+        "how long the model lease stays live after its last Load or step (another coordinator's Load of another model waits)",
+      )
+        .argParser(int("--lease-ttl", 1))
+        .default(D.leaseTtlMs)
+        .env("TESSERA_LEASE_TTL"),
+    )
     .action(async (o) => {
       const m = await import("@tessera/gpu-node");
       const options = {
@@ -64,12 +73,13 @@ export function addGpuNodeCommand(node: Command): void {
         maxInFlight: o.maxInFlight,
         wireDtype: o.wireDtype,
         weightDtype: o.weightDtype,
+        leaseTtlMs: o.leaseTtl,
         pricePerHour: o.price,
         profile: await (await profileCommands()).profileOption("gpu", o.profile),
       };
       if (o.profileOnly)
         return (await profileCommands()).printProfile(() => m.profileGpuNode(m.compileGpuNodeOptions(options)));
-      (await security()).applyTransport(o, "the gpu-node", true);
+      (await security()).applyTransport(o, "the gpu-node", true, "gpu-node");
       if (o.nats) (await security()).applyNatsAuth(o);
       return m.runGpuNode(options, registryOf(o), { port: o.metricsPort });
     });

@@ -46,7 +46,7 @@ export function addMemoryNodeCommand(node: Command): void {
           [["attention kernel", compiled.attentionKernel]],
         );
       }
-      (await security()).applyTransport(o, "the memory-node", true);
+      (await security()).applyTransport(o, "the memory-node", true, "memory-node");
       if (o.nats) (await security()).applyNatsAuth(o);
       return m.runMemoryNode(options, registryOf(o), { port: o.metricsPort });
     });

@@ -74,7 +74,7 @@ export function addStorageNodeCommand(node: Command): void {
           [["attention kernel", compiled.attentionKernel]],
         );
       }
-      (await security()).applyTransport(o, "the storage-node", true);
+      (await security()).applyTransport(o, "the storage-node", true, "storage-node");
       if (o.nats) (await security()).applyNatsAuth(o);
       return m.runStorageNode(options, registryOf(o), { port: o.metricsPort });
     });

@@ -5,7 +5,7 @@
  * subresource with `@kubernetes/client-node`.
  */
 import { AppsV1Api, KubeConfig } from "@kubernetes/client-node";
-import type { ClusterSpec, Plan } from "@tessera/scheduler";
+import { RUNNABLE_KV_MODES, type ClusterSpec, type Plan } from "@tessera/scheduler";
 import { formatPlan, planFromFlags, type PlanFlags } from "./plan.js";
 import type { NodeRole } from "@tessera/core";
 
@@ -36,6 +36,34 @@ export function planReplicas(best: Plan, cluster: ClusterSpec): PoolReplicas[] {
     const replicas = ids.get(p.name)?.size ?? 0;
     return { role: p.kind, pool: p.name, replicas, used: replicas > 0 };
   });
+}
+
+/**
+ * Why `best` must not be applied, or undefined when it may: its KV cache
+ * must live where the runtime can hold it ({@link RUNNABLE_KV_MODES}: memory-
+ * and storage-nodes), and `pools` (its {@link planReplicas}) must keep a
+ * gpu-node and at least one node able to hold the KV — scaling every
+ * attention pool to 0 would leave a cluster that can run no job.
+ */
+export function planRefusal(best: Plan, pools: readonly PoolReplicas[]): string | undefined {
+  const mode = best.placement.kv.mode;
+  if (!RUNNABLE_KV_MODES.includes(mode)) {
+    return (
+      `the plan keeps the KV cache in ${mode === "gpu" ? "GPU" : "host"} memory, which Tessera's runtime cannot ` +
+      "run (it holds the KV on memory- and storage-nodes only)"
+    );
+  }
+  const replicas = (attention: boolean) =>
+    pools.filter((p) => (p.role !== "gpu") === attention).reduce((n, p) => n + p.replicas, 0);
+  if (replicas(true) === 0) {
+    const names = pools.filter((p) => p.role !== "gpu").map((p) => `${p.role} pool "${p.pool}"`);
+    return (
+      "the plan leaves no memory- or storage-node to hold the KV cache" +
+      (names.length > 0 ? ` (it would scale ${names.join(", ")} to 0)` : " (the cluster file has none)")
+    );
+  }
+  if (replicas(false) === 0) return "the plan leaves no gpu-node to run the dense layers";
+  return undefined;
 }
 
 /** The Helm chart's "tessera.fullname" of a release (no nameOverride / fullnameOverride). */
@@ -226,7 +254,8 @@ export function formatChanges(changes: ScaleChange[], dryRun: boolean): string {
  * `tessera plan --apply [--dry-run]`: plans as `tessera plan` does, prints
  * the plan, then scales the pools' StatefulSets to it (or prints what would
  * change). With --json prints `{ plan, changes }`.
- * @returns 0 when applied (or dry), 2 when no plan fits (nothing is scaled).
+ * @returns 0 when applied (or dry), 2 when no plan fits or the plan is
+ *   refused ({@link planRefusal}; nothing is scaled).
  * @throws StatefulSetNotFoundError / Error as {@link scaleStatefulSets};
  *   ClusterFileError naming the cluster file and field.
  */
@@ -238,12 +267,19 @@ export async function planApplyCommand(flags: PlanApplyFlags): Promise<number> {
     process.stderr.write("tessera plan --apply: no plan fits; nothing is scaled\n");
     return 2;
   }
+  const pools = planReplicas(r.best, cluster);
+  const refusal = planRefusal(r.best, pools);
+  if (refusal !== undefined) {
+    if (flags.json) process.stdout.write(JSON.stringify({ plan: r.best.summary, refused: refusal }) + "\n");
+    process.stderr.write(`tessera plan --apply: refused: ${refusal}; nothing is scaled\n`);
+    return 2;
+  }
   let kubeconfig: KubeConfig | undefined;
   if (flags.kubeconfig !== undefined) {
     kubeconfig = new KubeConfig();
     kubeconfig.loadFromFile(flags.kubeconfig);
   }
-  const changes = await scaleStatefulSets(planReplicas(r.best, cluster), {
+  const changes = await scaleStatefulSets(pools, {
     ...(kubeconfig ? { kubeconfig } : {}),
     ...(flags.namespace !== undefined ? { namespace: flags.namespace } : {}),
     release: flags.release,

@@ -19,7 +19,8 @@ export function addRunCommand(program: Command): void {
     )
     .option(
       "--model <path>",
-      `llama2.c checkpoint or Hugging Face folder (default: ${bundled.model}; with --cluster, the coordinator's own)`,
+      `llama2.c checkpoint or Hugging Face folder, served by the embedded coordinator (default: ${bundled.model}); ` +
+        "with --cluster, the name of a model the coordinator serves (default: its default)",
     )
     .option(
       "--tokenizer <path>",

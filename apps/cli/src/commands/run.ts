@@ -101,10 +101,10 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
           { maxTokens: flags.maxTokens, temperature: flags.temperature, topP: flags.topP, seed },
           {
             kv: wireKvPlacement(flags.kv),
-            // With --cluster the paths are read where the cluster runs; empty
-            // means the coordinator's own default model.
+            // With --cluster, a model the coordinator serves (by name or its
+            // served path; empty: its default) with its own tokenizer.
             modelPath: flags.cluster ? (flags.model ?? "") : model,
-            tokenizerPath: flags.cluster ? (flags.tokenizer ?? (flags.model ? tokenizer : "")) : tokenizer,
+            tokenizerPath: flags.cluster ? (flags.tokenizer ?? "") : tokenizer,
           },
         ),
         { signal },

@@ -1,10 +1,11 @@
 /**
  * The `tessera.v1.Coordinator` service's methods: Generate (see
- * generate.ts), the node set's AddNode / RemoveNode / ListNodes, and the
+ * generate.ts), the node set's AddNode / RemoveNode / ListNodes, the
+ * served models' ListModels, and the
  * batch-job RPCs (SubmitJob .. WatchJob, job-service.ts).
  */
 import { Code, Coordinator, RpcError, checkHealth, type ServiceImpl } from "@tessera/proto";
-import { NODE_ROLES, ROLES, isHostPort, isNodeRole, nodeName } from "@tessera/core";
+import { NODE_ROLES, ROLES, isHostPort, isNodeRole, nodeName, wireKvPlacement } from "@tessera/core";
 import type { Membership } from "../membership.js";
 import type { CompiledCoordinatorOptions } from "../options.js";
 import { requireAdmin, type Authenticator } from "./auth.js";
@@ -81,6 +82,18 @@ export function coordinatorRpcs(deps: CoordinatorRpcDeps): ServiceImpl<typeof Co
         throw new RpcError(Code.FAILED_PRECONDITION, (err as Error).message, { cause: err });
       }
       return {};
+    },
+
+    async listModels(_req, call) {
+      const who = auth.identify(call.metadata);
+      return {
+        models: options.models.map((m) => ({
+          name: m.name,
+          modelPath: who.admin ? m.modelPath : "",
+          tokenizerPath: who.admin ? m.tokenizerPath : "",
+          kv: wireKvPlacement(m.kv),
+        })),
+      };
     },
 
     async listNodes() {

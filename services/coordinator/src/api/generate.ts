@@ -6,26 +6,31 @@
  * batch with the engine ({@link runBatch}).
  */
 import { setMaxListeners } from "node:events";
+import { wireKvPlacement } from "@tessera/core";
 import {
   Attention,
   Code,
+  KvPlacement,
   GpuNode,
+  NodeErrorReason,
   RpcError,
   type Client,
   type GenerateEventSchema,
   type GenerateRequest,
+  type LoadResponse,
   type MessageInitShape,
 } from "@tessera/proto";
 import { redactNatsServers, tenantJobKey } from "@tessera/nats";
 import { runBatch, type LoadedModel } from "../engine/index.js";
 import { ForwardChannel } from "../forward-channel.js";
-import { ForwardPipeline, type LayerRange } from "../pipeline.js";
+import { ForwardPipeline, type LayerRange, type StageModel } from "../pipeline.js";
 import { priorityRank, type BatchSlots } from "../batch-slots.js";
 import { planStages, surveyGpuNodes, type GpuSurvey } from "../job-plan.js";
 import type { ModelCache } from "../model-cache.js";
-import { ModelLease } from "../model-lease.js";
+import { ModelLease, holderId, loadStageModel } from "../model-lease.js";
 import type { Membership } from "../membership.js";
 import type { CompiledCoordinatorOptions } from "../options.js";
+import { resolveServedModel, type ServedModel } from "../served-models.js";
 import { checkPriorityAllowed, type Identity } from "./auth.js";
 import { checkGenerateLimits } from "./limits.js";
 
@@ -39,6 +44,14 @@ export interface GenerateDeps {
   gpuClient(address: string): Client<typeof GpuNode>;
 }
 
+/** Codes of a failed Load that are about the node, not the model's files: their message is passed on. */
+const NODE_STATE_CODES: ReadonlySet<Code> = new Set([
+  Code.UNAVAILABLE,
+  Code.CANCELLED,
+  Code.DEADLINE_EXCEEDED,
+  Code.RESOURCE_EXHAUSTED,
+]);
+
 /** Who calls and where the job's events go. */
 export interface GenerateCaller {
   who: Identity;
@@ -51,7 +64,9 @@ export interface GenerateCaller {
 export interface Generate {
   /**
    * Runs `req` for `caller` until every prompt is answered.
-   * @throws RpcError INVALID_ARGUMENT (bad request or model), PERMISSION_DENIED
+   * @throws RpcError NOT_FOUND (a model that is not served), INVALID_ARGUMENT
+   * (bad request), FAILED_PRECONDITION (a served model that cannot be
+   * loaded: why is logged, not sent), PERMISSION_DENIED
    * (a tenant asking priority "high"), ALREADY_EXISTS (its job id is running),
    * UNAVAILABLE (no gpu-node), CANCELLED.
    */
@@ -73,18 +88,16 @@ export function createGenerate(deps: GenerateDeps): Generate {
   const jobs = new Set<AbortController>();
   const runningJobIds = new Set<string>();
   const gpuLeases = new Map<string, ModelLease>();
+  // This coordinator's name in the gpu-nodes' model leases.
+  const holder = holderId();
 
   async function run(req: GenerateRequest, caller: GenerateCaller): Promise<void> {
     const { who } = caller;
     const runKey = checkRequest(req, who, options);
-    const modelPath = req.modelPath || options.modelPath;
-    const tokenizerPath = req.tokenizerPath || options.tokenizerPath;
-    if (!modelPath || !tokenizerPath) {
-      throw new RpcError(
-        Code.INVALID_ARGUMENT,
-        "model_path/tokenizer_path: none given and the coordinator has no default",
-      );
-    }
+    // Only a served model is ever opened (served-models.ts).
+    const served = resolveServedModel(options.models, req.modelPath, req.tokenizerPath);
+    const { modelPath } = served;
+    if (req.kv === KvPlacement.AUTO && served.kv !== "auto") req = { ...req, kv: wireKvPlacement(served.kv) };
     if (runKey && runningJobIds.has(runKey)) {
       throw new RpcError(Code.ALREADY_EXISTS, `job_id: a job "${req.jobId}" is already running`);
     }
@@ -98,8 +111,13 @@ export function createGenerate(deps: GenerateDeps): Generate {
     if (runKey) runningJobIds.add(runKey);
     const releases: (() => void)[] = [];
     try {
-      const model = await deps.models.get(modelPath, tokenizerPath).catch((err: unknown) => {
-        throw new RpcError(Code.INVALID_ARGUMENT, (err as Error).message, { cause: err });
+      const model = await deps.models.get(modelPath, served.tokenizerPath).catch((err: unknown) => {
+        // The files are the operator's: why goes to its log, never to the caller.
+        options.log(`model "${served.name}" could not be loaded: ${(err as Error).message}`);
+        throw new RpcError(
+          Code.FAILED_PRECONDITION,
+          `model "${served.name}" could not be loaded (see the coordinator's log)`,
+        );
       });
       const { stages, gpuSurvey } = await planPipeline(req, model, abort.signal);
       // Leases are taken in a fixed order, so two jobs cannot each hold one
@@ -109,15 +127,33 @@ export function createGenerate(deps: GenerateDeps): Generate {
       // (another batch size or gpu set) wait their turn.
       for (const { address, range, i } of stages) {
         let lease = gpuLeases.get(address);
-        if (!lease) gpuLeases.set(address, (lease = new ModelLease()));
+        if (!lease) gpuLeases.set(address, (lease = new ModelLease(() => releaseNode(address))));
         const key = JSON.stringify([modelPath, range.start, range.end, i === 0, i === stages.length - 1]);
         releases.push(await lease.acquire(key, abort.signal));
       }
+      // What each stage must hold: every step names it, so a node another
+      // coordinator reloaded fails the step instead of answering wrong.
+      const stageModels: StageModel[] = stages.map(({ range }) => ({
+        modelId: "",
+        layerStart: range.start,
+        layerEnd: range.end,
+      }));
       // Loads a stage's layer range; again when a restarted gpu-node
-      // answers a step with "no model is loaded".
-      const loadStage = (stage: Stage) => loadLayers(stage, stages.length, modelPath);
-      await Promise.all(stages.map(loadStage));
-      const channel = new ForwardPipeline(stages.map(({ address }) => new ForwardChannel(deps.gpuClient(address))));
+      // answers a step with "no model is loaded", or another coordinator's
+      // Load replaced it (MODEL_MISMATCH).
+      const loadStage = async (stage: Stage) => {
+        const res = await loadLayers(stage, stages.length, served, abort.signal);
+        stageModels[stage.i]!.modelId = res.modelId;
+      };
+      // One at a time, in address order: coordinators that share gpu-nodes
+      // take the nodes' leases in the same order, so none holds a node
+      // another waits for while waiting for one that other holds.
+      for (const stage of [...stages].sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0)))
+        await loadStage(stage);
+      const channel = new ForwardPipeline(
+        stages.map(({ address }) => new ForwardChannel(deps.gpuClient(address))),
+        stageModels,
+      );
       try {
         await runBatch(req, {
           options,
@@ -129,7 +165,7 @@ export function createGenerate(deps: GenerateDeps): Generate {
             const stage = stages.find((st) => st.address === address);
             if (!stage) throw new RpcError(Code.NOT_FOUND, `gpu-node ${address} is not a stage of this job`);
             options.log(
-              `gpu-node ${address}: no model loaded (restarted?); loading layers [${stage.range.start}, ${stage.range.end}) again`,
+              `gpu-node ${address}: not holding this job's model (restarted, or another coordinator loaded it); loading layers [${stage.range.start}, ${stage.range.end}) again`,
             );
             await loadStage(stage);
           },
@@ -191,18 +227,53 @@ export function createGenerate(deps: GenerateDeps): Generate {
     return { stages: ranges.map((range, i) => ({ range, address: gpuNodes[i]!, i })), gpuSurvey };
   }
 
-  /** Load of a stage's layers on its gpu-node. @throws RpcError naming the node when the Load fails. */
-  function loadLayers({ range, address, i }: Stage, nStages: number, modelPath: string): Promise<void> {
-    return deps
+  /**
+   * Tells a gpu-node this coordinator's jobs on it are done (GpuNode.Release),
+   * so another coordinator may load its model at once; a failure is logged
+   * (the node's lease then lapses after its TTL).
+   */
+  async function releaseNode(address: string): Promise<void> {
+    await deps
       .gpuClient(address)
-      .load({ modelPath, layerStart: range.start, layerEnd: range.end, embed: i === 0, head: i === nStages - 1 })
-      .then(
-        () => undefined,
-        (err: unknown) => {
-          const e = RpcError.from(err);
-          throw new RpcError(e.code, `gpu-node ${address}: Load failed: ${e.message}`, { cause: err });
+      .release({ holder }, { deadline: options.connectTimeoutMs })
+      .catch((err: unknown) => options.log(`gpu-node ${address}: Release failed: ${RpcError.from(err).message}`));
+  }
+
+  /**
+   * Load of a stage's layers on its gpu-node as this coordinator (waiting
+   * while another coordinator's lease is live: loadStageModel).
+   * @throws RpcError naming the node and model when the Load fails: its
+   *   code and reason, and the node's message only when it is about the
+   *   node (down, cancelled, out of room, leased), never about the model's
+   *   files (those go to the log).
+   */
+  function loadLayers(
+    { range, address, i }: Stage,
+    nStages: number,
+    served: ServedModel,
+    signal: AbortSignal,
+  ): Promise<LoadResponse> {
+    const { modelPath } = served;
+    const req = { modelPath, layerStart: range.start, layerEnd: range.end, embed: i === 0, head: i === nStages - 1 };
+    const opts = { retryTimeoutMs: options.retryTimeoutMs, log: options.log, address };
+    return loadStageModel(deps.gpuClient(address), { ...req, holder }, opts, signal).catch((err: unknown) => {
+      const e = RpcError.from(err);
+      if (NODE_STATE_CODES.has(e.code) || e.reason === NodeErrorReason.LEASED) {
+        throw new RpcError(e.code, `gpu-node ${address}: Load failed: ${e.message}`, {
+          cause: err,
+          metadata: e.metadata,
+        });
+      }
+      options.log(`gpu-node ${address}: Load of model "${served.name}" (${modelPath}) failed: ${e.message}`);
+      throw new RpcError(
+        e.code,
+        `gpu-node ${address} could not load model "${served.name}" (see the coordinator's log)`,
+        {
+          cause: err,
+          metadata: e.metadata,
         },
       );
+    });
   }
 
   return {

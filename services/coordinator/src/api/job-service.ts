@@ -1,6 +1,6 @@
 /**
  * The batch-job RPCs of `tessera.v1.Coordinator` (issue 5): SubmitJob,
- * ListJobs, GetJob, GetResults, CancelJob and WatchJob, served from the
+ * ListJobs, GetJob, GetResults, CancelJob, WatchJob and DeleteJob, served from the
  * NATS job queue of @tessera/nats ({@link JobStore}) under the
  * coordinator's `natsPrefix` — the same queue the CLI's job commands use and
  * the job worker pulls from. The store is opened on its own NATS connection
@@ -16,6 +16,7 @@ import {
   type JobSchema,
   type MessageInitShape,
   type SamplingParams,
+  type SubmitJobRequest,
   type ServiceImpl,
 } from "@tessera/proto";
 import {
@@ -30,13 +31,14 @@ import {
   type JobSampling,
   type JobState,
 } from "@tessera/nats";
+import { resolveServedModel, type ServedModel } from "../served-models.js";
 import { checkBatchLimits, maxLineBytesOf, type GenerateLimits } from "./limits.js";
 import { checkPriorityAllowed, maySee, submitTenant, type Identity } from "./auth.js";
 
 /** The job RPCs' part of the Coordinator service implementation. */
 export type JobRpcs = Pick<
   ServiceImpl<typeof Coordinator>,
-  "submitJob" | "listJobs" | "getJob" | "getResults" | "cancelJob" | "watchJob"
+  "submitJob" | "listJobs" | "getJob" | "getResults" | "cancelJob" | "watchJob" | "deleteJob"
 >;
 
 /** What {@link createJobService} needs of the coordinator's options. */
@@ -46,6 +48,17 @@ export interface JobServiceOptions {
   natsPrefix: string;
   /** Checked against every submitted job before it is stored. */
   limits: GenerateLimits;
+  /** A tenant's quota (issue 13): bytes its jobs store, and its jobs queued or running. Admins are not limited. */
+  tenantMaxBytes: number;
+  tenantMaxJobs: number;
+  /** How long an ended job is kept (the job worker's sweep deletes it after), in ms: a Job's `expires_at`. */
+  jobRetentionMs: number;
+  /**
+   * The served models: a job's model_path / tokenizer_path must name one
+   * (checked at submit; the coordinator that runs it checks again).
+   * Empty: not checked here.
+   */
+  models: readonly ServedModel[];
   log: (line: string) => void;
   /**
    * The caller of a call (its bearer token's tenant; see auth.ts). A tenant
@@ -77,8 +90,10 @@ export interface JobService {
  * A job's state as the wire's `tessera.v1.Job` (unset times and strings
  * empty, unset sampling 0). `forTenant`: the id is the tenant's own
  * ({@link ownJobId}), else the job's key (what admins address it by).
+ * `retentionMs`: how long an ended job is kept (`expires_at`; unset: empty).
  */
-export function jobMessage(s: JobState, forTenant = false): MessageInitShape<typeof JobSchema> {
+export function jobMessage(s: JobState, forTenant = false, retentionMs?: number): MessageInitShape<typeof JobSchema> {
+  const ended = s.finishedAt === undefined ? NaN : Date.parse(s.finishedAt);
   return {
     id: forTenant ? ownJobId(s) : s.id,
     tenant: s.tenant ?? "",
@@ -106,6 +121,8 @@ export function jobMessage(s: JobState, forTenant = false): MessageInitShape<typ
     },
     fileName: s.fileName,
     inputBytes: BigInt(s.inputBytes),
+    resultBytes: BigInt(s.resultBytes ?? 0),
+    expiresAt: retentionMs === undefined || Number.isNaN(ended) ? "" : new Date(ended + retentionMs).toISOString(),
   };
 }
 
@@ -180,6 +197,72 @@ async function guardJobRpc<T>(what: string, nats: string | undefined, fn: () => 
   }
 }
 
+/**
+ * `id` checked with `check` (checkJobId, or checkJobKey for an admin's).
+ * @throws RpcError INVALID_ARGUMENT naming `field` when it is malformed.
+ */
+function jobId(id: string, field = "id", check = checkJobId): string {
+  try {
+    return check(id);
+  } catch (err) {
+    throw invalid((err as Error).message.replace(/^job id:/, `${field}:`));
+  }
+}
+
+/**
+ * Stores SubmitJob request `req` of `who` as tenant `tenant`'s job: checks
+ * the priority (and `who`'s right to it), format, job id and sampling, then
+ * (in JobStore.submit, before anything is stored) the coordinator's limits
+ * and, for a tenant, its quota.
+ * @returns the stored job (or the one that had its id).
+ * @throws RpcError INVALID_ARGUMENT / PERMISSION_DENIED naming the field;
+ *   QuotaExceededError or JobStoreFullError (RESOURCE_EXHAUSTED); InputFileError.
+ */
+async function submitRequest(
+  s: JobStore,
+  req: SubmitJobRequest,
+  who: Identity,
+  tenant: string | undefined,
+  options: JobServiceOptions,
+): Promise<JobState> {
+  const fileName = req.fileName || "input";
+  const priority = (req.priority || "normal") as JobPriority;
+  if (!JOB_PRIORITIES.includes(priority))
+    throw invalid(`priority: must be high, normal or low, got ${JSON.stringify(req.priority)}`);
+  checkPriorityAllowed(who, priority);
+  const format = req.format || "auto";
+  if (format !== "auto" && format !== "tessera" && format !== "openai")
+    throw invalid(`format: must be auto, tessera or openai, got ${JSON.stringify(req.format)}`);
+  if (req.jobId) jobId(req.jobId, "job_id");
+  const sampling = jobSampling(req.sampling);
+  if (options.models.length > 0) resolveServedModel(options.models, req.modelPath, req.tokenizerPath);
+  const { job } = await s.submit({
+    input: req.input,
+    fileName,
+    format,
+    priority,
+    sampling,
+    ...(req.jobId ? { jobId: req.jobId } : {}),
+    ...(tenant ? { tenant } : {}),
+    // A tenant's job ids are its own: another's job of the same id is neither found nor told.
+    ...(!who.admin ? { scopeToTenant: true } : {}),
+    // A tenant's quota (an admin's submits are not limited): RESOURCE_EXHAUSTED to that tenant only.
+    ...(!who.admin && tenant ? { quota: { maxBytes: options.tenantMaxBytes, maxJobs: options.tenantMaxJobs } } : {}),
+    ...(req.modelPath ? { model: req.modelPath } : {}),
+    ...(req.tokenizerPath ? { tokenizer: req.tokenizerPath } : {}),
+    // This coordinator's limits, checked before anything is stored.
+    maxLineBytes: maxLineBytesOf(options.limits),
+    check: (parsed, bytes) => {
+      try {
+        checkBatchLimits(parsed, sampling.maxTokens, options.limits, bytes);
+      } catch (err) {
+        throw invalid(`${fileName}: ${(err as Error).message}`);
+      }
+    },
+  });
+  return job;
+}
+
 /** Creates the job RPCs for a coordinator with `options`. */
 export function createJobService(options: JobServiceOptions): JobService {
   const shutdown = new AbortController();
@@ -225,17 +308,6 @@ export function createJobService(options: JobServiceOptions): JobService {
   const callSignal = (call: CancellableCall) => cancelSignal(call, shutdown.signal);
   const guard = <T>(what: string, fn: () => Promise<T>): Promise<T> => guardJobRpc(what, options.nats, fn);
   /**
-   * `id` checked with `check` (checkJobId, or checkJobKey for an admin's).
-   * @throws RpcError INVALID_ARGUMENT naming `field` when it is malformed.
-   */
-  const jobId = (id: string, field = "id", check = checkJobId) => {
-    try {
-      return check(id);
-    } catch (err) {
-      throw invalid((err as Error).message.replace(/^job id:/, `${field}:`));
-    }
-  };
-  /**
    * Job `id`'s state, when the caller may see it: an admin names a job by
    * its key (as ListJobs shows it), a tenant by its own id (JobStore.find).
    * @throws RpcError INVALID_ARGUMENT for a malformed id; NOT_FOUND when
@@ -250,6 +322,8 @@ export function createJobService(options: JobServiceOptions): JobService {
     if (!state || !maySee(who, state.tenant)) throw new RpcError(Code.NOT_FOUND, `job ${JSON.stringify(id)} not found`);
     return state;
   };
+  /** `s` as the wire's Job, as `who` sees it. */
+  const shown = (s: JobState, who: Identity) => jobMessage(s, !who.admin, options.jobRetentionMs);
   const stopping = () => {
     if (shutdown.signal.aborted) throw new RpcError(Code.UNAVAILABLE, "the coordinator is stopping");
   };
@@ -260,40 +334,9 @@ export function createJobService(options: JobServiceOptions): JobService {
         const who = options.identify(call.metadata);
         const tenant = submitTenant(who, req.tenant);
         const s = await store();
-        const fileName = req.fileName || "input";
-        const priority = (req.priority || "normal") as JobPriority;
-        if (!JOB_PRIORITIES.includes(priority))
-          throw invalid(`priority: must be high, normal or low, got ${JSON.stringify(req.priority)}`);
-        checkPriorityAllowed(who, priority);
-        const format = req.format || "auto";
-        if (format !== "auto" && format !== "tessera" && format !== "openai")
-          throw invalid(`format: must be auto, tessera or openai, got ${JSON.stringify(req.format)}`);
-        if (req.jobId) jobId(req.jobId, "job_id");
-        const sampling = jobSampling(req.sampling);
-        const { job } = await s.submit({
-          input: req.input,
-          fileName,
-          format,
-          priority,
-          sampling,
-          ...(req.jobId ? { jobId: req.jobId } : {}),
-          ...(tenant ? { tenant } : {}),
-          // A tenant's job ids are its own: another's job of the same id is neither found nor told.
-          ...(!who.admin ? { scopeToTenant: true } : {}),
-          ...(req.modelPath ? { model: req.modelPath } : {}),
-          ...(req.tokenizerPath ? { tokenizer: req.tokenizerPath } : {}),
-          // This coordinator's limits, checked before anything is stored.
-          maxLineBytes: maxLineBytesOf(options.limits),
-          check: (parsed, bytes) => {
-            try {
-              checkBatchLimits(parsed, sampling.maxTokens, options.limits, bytes);
-            } catch (err) {
-              throw invalid(`${fileName}: ${(err as Error).message}`);
-            }
-          },
-        });
+        const job = await submitRequest(s, req, who, tenant, options);
         // The same job id again is idempotent: the caller's own job (an admin's: any).
-        return jobMessage(job, !who.admin);
+        return shown(job, who);
       }),
 
     listJobs: (req, call) =>
@@ -303,13 +346,13 @@ export function createJobService(options: JobServiceOptions): JobService {
         const tenant = who.admin ? req.tenant : who.tenant;
         if (!who.admin && (who.tenant === undefined || (req.tenant && req.tenant !== who.tenant))) return { jobs: [] };
         const jobs = await (await store()).list(tenant ? { tenant } : {});
-        return { jobs: jobs.map((j) => jobMessage(j, !who.admin)) };
+        return { jobs: jobs.map((j) => shown(j, who)) };
       }),
 
     getJob: (req, call) =>
       guard("GetJob", async () => {
         const who = options.identify(call.metadata);
-        return jobMessage(await visible(await store(), req.id, who), !who.admin);
+        return shown(await visible(await store(), req.id, who), who);
       }),
 
     cancelJob: (req, call) =>
@@ -317,7 +360,16 @@ export function createJobService(options: JobServiceOptions): JobService {
         const who = options.identify(call.metadata);
         const s = await store();
         const state = await visible(s, req.id, who);
-        return jobMessage(await s.cancel(state.id), !who.admin);
+        return shown(await s.cancel(state.id), who);
+      }),
+
+    deleteJob: (req, call) =>
+      guard("DeleteJob", async () => {
+        const who = options.identify(call.metadata);
+        const s = await store();
+        const state = await visible(s, req.id, who);
+        // Deleted meanwhile (by its owner again, or the retention sweep): as it was found.
+        return shown((await s.delete(state.id)) ?? state, who);
       }),
 
     getResults: (call) =>
@@ -340,7 +392,7 @@ export function createJobService(options: JobServiceOptions): JobService {
         const signal = callSignal(call);
         for await (const state of s.watch(id, { signal })) {
           if (signal.aborted) break;
-          await write(call, jobMessage(state, !who.admin), signal);
+          await write(call, shown(state, who), signal);
         }
         stopping();
       }),

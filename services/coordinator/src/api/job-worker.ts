@@ -6,7 +6,10 @@
  * results in chunks as prompts finish and checkpoints them in the job state,
  * and acks the job only once every result is stored. A redelivered job (its
  * coordinator died) skips the prompts whose results are stored, so no prompt
- * is answered twice. One job at a time.
+ * is answered twice. One job at a time. It also sweeps ended jobs past
+ * their retention (job-retention.ts), and backs off while the job store is
+ * full (JetStream "insufficient resources"): pulls pause, one line is
+ * logged per pause, and only a job whose results cannot be stored fails.
  */
 import { basename } from "node:path";
 import { SpanKind, trace } from "@opentelemetry/api";
@@ -24,13 +27,15 @@ import {
   type MessageInitShape,
   type Result,
 } from "@tessera/proto";
-import { ConfigError, formatBatchResult, generateRequest } from "@tessera/core";
+import { ConfigError, formatBatchResult, formatDuration, generateRequest } from "@tessera/core";
+import { startJobSweeper, type JobSweeper } from "./job-retention.js";
 import {
   JOB_PRIORITIES,
   JobOwnershipLostError,
   JobStore,
   connectNats,
   isNatsOutage,
+  isStoreFull,
   redactNatsServers,
   type JobDelivery,
   type JobPriority,
@@ -46,6 +51,11 @@ export const JOB_WORKER_DEFAULTS = Object.freeze({
   flushMs: 500,
   concurrency: COORDINATOR_DEFAULTS.jobConcurrency,
   maxAttempts: 3,
+  retentionMs: COORDINATOR_DEFAULTS.jobRetentionMs,
+  sweepMs: COORDINATOR_DEFAULTS.jobSweepMs,
+  /** While the job store is full, pulls pause for this long, doubling up to fullStoreMaxPauseMs. */
+  fullStorePauseMs: 1000,
+  fullStoreMaxPauseMs: 30_000,
 });
 
 /**
@@ -91,6 +101,14 @@ export interface JobWorkerOptions {
   concurrency?: number;
   /** Claims a job gets before it fails for a retriable error (UNAVAILABLE, ...). @default 3 */
   maxAttempts?: number;
+  /** Ended jobs are deleted this long after they ended (job-retention.ts), in ms. @default 30 days */
+  retentionMs?: number;
+  /** How often the retention sweep runs, in ms. @default 600000 */
+  sweepMs?: number;
+  /** A sweep deletes an object of no job once it is this old, in ms. @default JOB_ORPHAN_GRACE_MS (1 h) */
+  orphanGraceMs?: number;
+  /** The first pause of pulls while the job store is full, in ms (doubling up to 30 s). @default 1000 */
+  fullStorePauseMs?: number;
   /** @default stderr */
   log?: (line: string) => void;
 }
@@ -139,6 +157,8 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
   }
   const workerName = `${hostname()}-${process.pid}`.replace(/[^A-Za-z0-9_-]/g, "_");
   const stop = new AbortController();
+  const fullStore = new FullStoreBackoff(log, o.fullStorePauseMs ?? JOB_WORKER_DEFAULTS.fullStorePauseMs);
+  let sweeper: JobSweeper | undefined;
   let nc: Awaited<ReturnType<typeof connectNats>> | undefined;
   let loop: Promise<void> | undefined;
   let closed: Promise<void> | undefined;
@@ -154,6 +174,7 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
     maxAttempts,
     workerName,
     stop: stop.signal,
+    fullStore,
   };
 
   /**
@@ -181,6 +202,9 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
         await Promise.race(running.keys());
         continue;
       }
+      // The job store is full: no job could be claimed or stored; wait out the pause.
+      await fullStore.wait(stop.signal);
+      if (stop.signal.aborted) break;
       pulling = new AbortController();
       let d: JobDelivery | undefined;
       try {
@@ -200,6 +224,8 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
       const delivery = d;
       const job: Promise<void> = tracedRunJob(store, delivery)
         .catch((err: unknown) => {
+          // No room to claim or end it: handed back after the pause (one line per pause, not per job).
+          if (isStoreFull(err)) return delivery.nak(fullStore.refused(err));
           // The job stays unacked: JetStream redelivers it after the ack wait.
           log(`jobs: job ${delivery.jobId}: ${(err as Error).message}`);
         })
@@ -235,6 +261,12 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
       const store = await JobStore.open(nc, { prefix: o.natsPrefix });
       await store.ensureConsumers(ackWaitMs);
       loop = run(store);
+      sweeper = startJobSweeper(store, {
+        retentionMs: o.retentionMs ?? JOB_WORKER_DEFAULTS.retentionMs,
+        sweepMs: o.sweepMs ?? JOB_WORKER_DEFAULTS.sweepMs,
+        ...(o.orphanGraceMs !== undefined ? { orphanGraceMs: o.orphanGraceMs } : {}),
+        log,
+      });
       const conn = nc;
       unwatchQueue = watchJobQueue(
         JOB_PRIORITIES,
@@ -256,6 +288,7 @@ export function createJobWorker(o: JobWorkerOptions): JobWorker {
       closed ??= (async () => {
         stop.abort();
         unwatchQueue?.();
+        await sweeper?.stop();
         await loop;
         await nc?.close();
       })();
@@ -275,6 +308,62 @@ interface WorkerContext {
   workerName: string;
   /** Aborts when the worker stops (a running job is handed back). */
   stop: AbortSignal;
+  fullStore: FullStoreBackoff;
+}
+
+/**
+ * The worker's pause while the job store is full: each refused write asks
+ * for a pause (1 s, doubling up to 30 s while writes keep being refused,
+ * back to 1 s after a write lands); one line is logged per pause, naming
+ * the refusals since the last one. Pulls wait the pause out, and a job
+ * handed back is redelivered after it.
+ */
+class FullStoreBackoff {
+  private pauseMs = 0;
+  private until = 0;
+  private refusals = 0;
+
+  constructor(
+    private readonly log: (line: string) => void,
+    private readonly firstMs: number,
+    private readonly maxMs = JOB_WORKER_DEFAULTS.fullStoreMaxPauseMs,
+  ) {}
+
+  /** A write was refused for want of room: @returns how long to wait before the job is tried again, in ms. */
+  refused(err: unknown): number {
+    this.refusals++;
+    const now = Date.now();
+    if (now >= this.until) {
+      this.pauseMs = Math.min(this.maxMs, this.pauseMs === 0 ? this.firstMs : this.pauseMs * 2);
+      this.until = now + this.pauseMs;
+      this.log(
+        `jobs: the job store is full (${(err as Error).message}); ${this.refusals} writes refused; ` +
+          `pausing pulls for ${formatDuration(this.pauseMs)}`,
+      );
+      this.refusals = 0;
+    }
+    return this.until - now;
+  }
+
+  /** A write landed: the next pause starts short again. */
+  stored(): void {
+    this.pauseMs = 0;
+  }
+
+  /** Resolves once the current pause is over (or `signal` aborts). */
+  async wait(signal: AbortSignal): Promise<void> {
+    const ms = this.until - Date.now();
+    if (ms <= 0 || signal.aborted) return;
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(t);
+        signal.removeEventListener("abort", done);
+        resolve();
+      };
+      const t = setTimeout(done, ms);
+      signal.addEventListener("abort", done, { once: true });
+    });
+  }
 }
 
 /**
@@ -300,6 +389,7 @@ async function runJob(w: WorkerContext, store: JobStore, d: JobDelivery): Promis
     log(`jobs: job ${d.jobId} skipped: ${claim.reason}`);
     return d.ack();
   }
+  w.fullStore.stored();
   const { owner } = claim;
   const job = claim.state;
   log(
@@ -399,6 +489,9 @@ async function runJob(w: WorkerContext, store: JobStore, d: JobDelivery): Promis
         // never fails for it; JetStream redelivers it once NATS is back.
         d.nak(1000);
         log(`jobs: job ${job.id} attempt ${job.attempts} stopped: NATS out of reach (${e.message}); handed back`);
+      } else if (isStoreFull(err) && job.attempts < maxAttempts) {
+        // No room for its results: handed back after the pause; it fails after maxAttempts claims.
+        d.nak(w.fullStore.refused(err));
       } else if (PERMANENT.has(e.code) || job.attempts >= maxAttempts) {
         await store.finish(job.id, owner, "failed", message);
         await d.ack();

@@ -3,8 +3,9 @@
  * `ForwardRequest` of a step plan, sends it through the gpu-node pipeline
  * and returns a typed {@link StepOutcome}: each part's logit rows, or which
  * node failed and what to do about it. A gpu-node failure is classified by
- * `NodeError.reason`: MODEL_NOT_LOADED (a restarted gpu-node) loads the
- * stage again and re-sends; a transient one (UNAVAILABLE, DEADLINE_EXCEEDED,
+ * `NodeError.reason`: MODEL_NOT_LOADED (a restarted gpu-node) or
+ * MODEL_MISMATCH (another coordinator loaded its model) loads the stage
+ * again and re-sends; a transient one (UNAVAILABLE, DEADLINE_EXCEEDED,
  * CANCELLED, NOT_FOUND) re-sends after a backoff (100 ms doubling to 2 s)
  * while the pipeline has been failing for less than `retryTimeoutMs`.
  *
@@ -172,7 +173,7 @@ export class StepExecutor {
     }
     // The pipeline has put the failing gpu-node's address in front.
     const message = failure.message;
-    if (isModelNotLoaded(failure) && (await this.gpuRetry(message))) {
+    if (needsReload(failure) && (await this.gpuRetry(message))) {
       await ctx.reloadStage(failure.address).catch((err: unknown) => ctx.options.log((err as Error).message));
       return { kind: "resend" };
     }
@@ -196,11 +197,13 @@ export class StepExecutor {
 }
 
 /**
- * Whether a gpu-node's step failed because it holds no model (it restarted):
- * NodeError.reason MODEL_NOT_LOADED, which the gpu-node sets on that error
- * and on nothing else (the coordinator then Loads the stage again); the
- * failure's code, role and message are not consulted.
+ * Whether a step failed because its gpu-node does not hold the stage's
+ * model: none (MODEL_NOT_LOADED: it restarted) or another one
+ * (MODEL_MISMATCH: another coordinator loaded it after this one's lease
+ * lapsed), as NodeError.reason says; the failure's code, role and message
+ * are not consulted. The stage is then loaded again, which waits while the
+ * other coordinator's lease is live.
  */
-export function isModelNotLoaded(failure: Pick<NodeError, "reason" | "role" | "code">): boolean {
-  return failure.reason === NodeErrorReason.MODEL_NOT_LOADED;
+export function needsReload(failure: Pick<NodeError, "reason" | "role" | "code">): boolean {
+  return failure.reason === NodeErrorReason.MODEL_NOT_LOADED || failure.reason === NodeErrorReason.MODEL_MISMATCH;
 }

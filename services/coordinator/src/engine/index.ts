@@ -12,4 +12,4 @@ export {
   type Shard,
 } from "./sequence.js";
 export { logitRowsOf, splitLogitRows, type StepPart, type StepPlan } from "./step-plan.js";
-export { StepExecutor, isModelNotLoaded, type StepOutcome } from "./executor.js";
+export { StepExecutor, needsReload, type StepOutcome } from "./executor.js";
