@@ -28,6 +28,7 @@ import { spawnSync } from "node:child_process";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
+import { crc32 } from "node:zlib";
 import { f32Tensor, tensorF32 } from "@tessera/core";
 import { bestOf, dropFilePages, measureDiskRead } from "@tessera/profiling";
 import {
@@ -44,6 +45,7 @@ import {
 } from "@tessera/attention";
 import { Attention, createClient } from "@tessera/proto";
 import {
+  blockCrc,
   createStorageNode,
   layerFileName,
   sequenceDirName,
@@ -383,8 +385,12 @@ function residentBytes(path: string): number | undefined {
  * files are written directly (as a node would have written them: manifest
  * and K/V interleaved by position), the node started on them, then each rep
  * drops the files' pages and sends one decode step (every sequence, 1 token).
+ * The wasm kernel runs twice: with manifests that record no block CRCs (as
+ * written before checksums: blocks read unchecked) and with them (every
+ * block's CRC-32 checked on read, as a node's own files are); the ratio of
+ * the two step times is the cost of the checksums.
  */
-async function storageNodeBench(): Promise<void> {
+export async function storageNodeBench(): Promise<void> {
   const { nHeads, nKvHeads, headDim } = DIMS;
   const kvRow = nKvHeads * headDim;
   const qStride = nHeads * headDim;
@@ -404,15 +410,21 @@ async function storageNodeBench(): Promise<void> {
     const dataDir = join(dir, "data");
     await mkdir(dataDir);
     const files: string[] = [];
+    const manifests: { path: string; unchecked: Manifest; checked: Manifest }[] = [];
     const rows = new Float32Array(positions * 2 * kvRow);
+    const blockBytes = 256 * positionBytes;
     for (let i = 0; i < SEQS; i++) {
       const seqDir = join(dataDir, sequenceDirName(`s${i}`));
       await mkdir(seqDir);
       fillRandom(rows, 1000 + i, 1);
       const file = join(seqDir, layerFileName(0));
-      await writeFile(file, new Uint8Array(rows.buffer));
+      const bytes = new Uint8Array(rows.buffer);
+      await writeFile(file, bytes);
       files.push(file);
-      const manifest: Manifest = {
+      const crcs = Array.from({ length: Math.ceil(bytes.byteLength / blockBytes) }, (_, b) =>
+        blockCrc(bytes.subarray(b * blockBytes, (b + 1) * blockBytes)),
+      );
+      const unchecked: Manifest = {
         format: MANIFEST_FORMAT,
         version: MANIFEST_VERSION,
         seqId: `s${i}`,
@@ -422,7 +434,7 @@ async function storageNodeBench(): Promise<void> {
         dtype: "f32",
         layerLengths: [positions],
       };
-      await writeFile(join(seqDir, MANIFEST_FILE), JSON.stringify(manifest));
+      manifests.push({ path: join(seqDir, MANIFEST_FILE), unchecked, checked: { ...unchecked, blockCrcs: [crcs] } });
     }
     spawnSync("sync");
     const q = new Float32Array(SEQS * qStride);
@@ -430,8 +442,17 @@ async function storageNodeBench(): Promise<void> {
     fillRandom(q, 7, 2);
     fillRandom(kNew, 8, 1);
     const outs: Float32Array[] = [];
-    const rates: { kernel: string; seconds: number[]; cachedSeconds: number }[] = [];
-    for (const kernel of ["js", "wasm"] as const) {
+    const rates: { kernel: string; checked: boolean; seconds: number[]; cachedSeconds: number }[] = [];
+    // Checked and unchecked alternate (twice each), so that a change in the
+    // machine's load does not land on one of them only.
+    for (const [kernel, checked] of [
+      ["js", false],
+      ["wasm", false],
+      ["wasm", true],
+      ["wasm", false],
+      ["wasm", true],
+    ] as const) {
+      for (const m of manifests) await writeFile(m.path, JSON.stringify(checked ? m.checked : m.unchecked));
       const node = createStorageNode({ dataDir, bufferBytes, fsync: "never", attentionKernel: kernel });
       await node.start();
       const client = createClient(Attention, node.address);
@@ -464,7 +485,11 @@ async function storageNodeBench(): Promise<void> {
           if (left > cacheBytes / 100) console.log(`  (${(left / 2 ** 20).toFixed(0)} MiB still in the page cache)`);
           seconds.push(await step());
         }
-        rates.push({ kernel, seconds, cachedSeconds });
+        const same = rates.find((r) => r.kernel === kernel && r.checked === checked);
+        if (same) {
+          same.seconds.push(...seconds);
+          same.cachedSeconds = Math.min(same.cachedSeconds, cachedSeconds);
+        } else rates.push({ kernel, checked, seconds, cachedSeconds });
       } finally {
         await stream.end();
         client.close();
@@ -475,10 +500,26 @@ async function storageNodeBench(): Promise<void> {
     for (const r of rates) {
       const best = Math.min(...r.seconds);
       const rate = cacheBytes / best;
+      const label =
+        r.kernel === "wasm" ? (r.checked ? " (default), CRCs checked" : " (default), unchecked") : " (issue 2)";
       console.log(
-        `  attentionKernel ${r.kernel.padEnd(4)}${r.kernel === "wasm" ? " (default)" : " (issue 2)"} ${(best * 1000).toFixed(0).padStart(6)} ms/step (median ${(median(r.seconds) * 1000).toFixed(0)})  KV ${gb(rate)} GB/s from disk = ${pct(rate / disk.readBytesPerS)} of disk bandwidth (target 60%)  ${(base / best).toFixed(2)}x the JS kernel; pages cached: ${gb(cacheBytes / r.cachedSeconds)} GB/s`,
+        `  attentionKernel ${r.kernel.padEnd(4)}${label} ${(best * 1000).toFixed(0).padStart(6)} ms/step (median ${(median(r.seconds) * 1000).toFixed(0)})  KV ${gb(rate)} GB/s from disk = ${pct(rate / disk.readBytesPerS)} of disk bandwidth (target 60%)  ${(base / best).toFixed(2)}x the JS kernel; pages cached: ${gb(cacheBytes / r.cachedSeconds)} GB/s`,
       );
     }
+    const [plain, checked] = [rates[1]!, rates[2]!];
+    const block = new Uint8Array(blockBytes).fill(7);
+    const crcRate = (f: (b: Uint8Array) => number) =>
+      (64 * blockBytes) /
+      bestOf(5, () => {
+        for (let i = 0; i < 64; i++) f(block);
+      });
+    console.log(
+      `  CRC-32 of ${blockBytes}-byte blocks, one thread: ${gb(crcRate(blockCrc))} GB/s (@node-rs/crc32, the node's), ${gb(crcRate((b) => crc32(b)))} GB/s (node:zlib)`,
+    );
+    console.log(
+      `  block CRC-32 checks (wasm): ${(median(checked.seconds) / median(plain.seconds)).toFixed(3)}x the step time from disk (median), ` +
+        `${(checked.cachedSeconds / plain.cachedSeconds).toFixed(3)}x with the pages cached (best)`,
+    );
     let maxDiff = 0;
     for (const o of outs)
       for (let i = 0; i < o.length; i++) maxDiff = Math.max(maxDiff, Math.abs(o[i]! - outs[0]![i]!));

@@ -27,7 +27,9 @@
  *   mode (bench/tracing.ts).
  * - load (only with `--only load`, `npm run bench:load`): 1,000 queued batch
  *   jobs through NATS; jobs/s, queue wait, the coordinator's memory
- *   (bench/load.ts).
+ *   (bench/load.ts), then the two-tenant scenario (also alone with `--only
+ *   tenants`): one tenant's longest prompts against another's short calls,
+ *   its latency loaded vs unloaded, nodes lost, SIGTERM time (bench/tenant-load.ts).
  *
  * Progress goes to stderr; the result table (Markdown) to stdout.
  * Run `node --import tsx bench/main.ts --help` for the options.
@@ -69,6 +71,7 @@ const BENCHES = [
   "plan",
   "price",
   "load",
+  "tenants",
   "tracing",
 ] as const;
 type Bench = (typeof BENCHES)[number];
@@ -314,6 +317,11 @@ async function main(): Promise<void> {
   if (benches.has("load")) {
     const { runLoad, printLoad } = await import("./load.js");
     printLoad(await runLoad(o));
+  }
+
+  if (benches.has("load") || benches.has("tenants")) {
+    const { runTenantLoad, printTenantLoad } = await import("./tenant-load.js");
+    printTenantLoad(await runTenantLoad(o));
   }
 
   if (benches.has("tracing")) {

@@ -50,6 +50,30 @@ export class AttentionRequestError extends TesseraError {
   }
 }
 
+/**
+ * A failure of one sequence's own KV cache on an attention node: its files
+ * damaged or gone, a block whose checksum does not match, its disk full.
+ * The Attend response names the sequence (`NodeError.seq_id`, the id the
+ * node knows it by) with `reason` (KV_LOST, or DISK_FULL), so the caller
+ * rebuilds that sequence alone and re-sends the others of the request.
+ * `rpcCode` is the code of the underlying failure (DATA_LOSS,
+ * RESOURCE_EXHAUSTED, ...).
+ */
+export class SequenceKvError extends TesseraError {
+  override name = "SequenceKvError";
+  constructor(
+    /** The sequence at fault. */
+    readonly seqId: string,
+    /** What the caller should do about it. */
+    readonly reason: NodeErrorReason,
+    message: string,
+    options: { code: number; cause?: unknown },
+  ) {
+    super(message, { cause: options.cause });
+    this.rpcCode = options.code;
+  }
+}
+
 /** A sequence as the Attend validation sees it. */
 export interface AttendTarget {
   readonly layout: KvLayoutDims;
@@ -94,8 +118,9 @@ export interface AttendPlan<S> {
  * request's q: an f32 `o` is encoded to f16 in one pass when q was f16, so
  * a gpu-node that sends f16 activations gets f16 back. Anything `compute`
  * throws becomes the response's `error` (code from `RpcError.from`, reason
- * from {@link attendErrorReason}, the node's role and address), so one bad
- * request never ends the Attend stream.
+ * from {@link attendErrorReason}, the node's role and address, and the
+ * sequence of a {@link SequenceKvError} as `seq_id`), so one bad request
+ * never ends the Attend stream.
  */
 export async function answerAttend(
   req: AttendRequest,
@@ -127,7 +152,8 @@ export async function answerAttend(
   } catch (err) {
     const e = RpcError.from(err);
     const reason = attendErrorReason(err);
-    const error = { code: e.code, message: e.message, role: node.role, address: node.address, reason };
+    const seqId = err instanceof SequenceKvError ? err.seqId : "";
+    const error = { code: e.code, message: e.message, role: node.role, address: node.address, reason, seqId };
     return { stepId: req.stepId, layer: req.layer, error, computeSeconds: seconds() };
   }
 }
@@ -234,14 +260,14 @@ export function planAttendRequest<S extends AttendTarget>(
 
 /**
  * The {@link NodeErrorReason} of an Attend failure, by error class and gRPC
- * code (never by message text): an {@link AttentionRequestError}'s own
- * reason; CAPACITY for a {@link CapacityError} or RESOURCE_EXHAUSTED (a full
+ * code (never by message text): an {@link AttentionRequestError}'s or a
+ * {@link SequenceKvError}'s own reason; CAPACITY for a {@link CapacityError} or RESOURCE_EXHAUSTED (a full
  * disk); KV_LOST for NOT_FOUND and DATA_LOSS (a sequence whose KV cache is
  * gone or damaged); INVALID_REQUEST for INVALID_ARGUMENT, OUT_OF_RANGE and
  * FAILED_PRECONDITION; INTERNAL for anything else.
  */
 export function attendErrorReason(err: unknown): NodeErrorReason {
-  if (err instanceof AttentionRequestError) return err.reason;
+  if (err instanceof AttentionRequestError || err instanceof SequenceKvError) return err.reason;
   if (err instanceof CapacityError) return NodeErrorReason.CAPACITY;
   switch (RpcError.from(err).code) {
     case Code.RESOURCE_EXHAUSTED:

@@ -27,6 +27,7 @@ export { wasmKernel, attendKvCacheInHeap } from "./kernels/wasm.js";
 export { attendKvCache, createOnlineAttention, type OnlineAttentionOptions } from "./online.js";
 export {
   AttentionRequestError,
+  SequenceKvError,
   answerAttend,
   attendErrorReason,
   planAttendRequest,

@@ -1,7 +1,7 @@
 // The NodeError.reason of an Attend failure, by error class and gRPC code.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { AttentionRequestError, answerAttend, attendErrorReason } from "@tessera/attention";
+import { AttentionRequestError, SequenceKvError, answerAttend, attendErrorReason } from "@tessera/attention";
 import { CapacityError, TesseraError } from "@tessera/core";
 import { Code, NodeErrorReason, RpcError } from "@tessera/proto";
 
@@ -32,4 +32,25 @@ test("answerAttend puts the reason in the response's error, with its code and me
   assert.equal(r.error?.reason, NodeErrorReason.CAPACITY);
   assert.equal(r.error?.role, "memory");
   assert.match(r.error?.message ?? "", /no room/);
+});
+
+test("a SequenceKvError names its sequence in the response's error (seq_id), with its own reason and code; others name none", async () => {
+  const fail = (err: unknown) =>
+    answerAttend({ stepId: 4n, layer: 0 } as never, { role: "storage", address: "s:1" }, () => {
+      throw err;
+    });
+  const full = await fail(
+    new SequenceKvError("seq-7", NodeErrorReason.DISK_FULL, 'storage-node s:1: sequence "seq-7": ENOSPC', {
+      code: Code.RESOURCE_EXHAUSTED,
+    }),
+  );
+  assert.deepEqual(
+    { code: full.error?.code, reason: full.error?.reason, seqId: full.error?.seqId },
+    { code: Code.RESOURCE_EXHAUSTED, reason: NodeErrorReason.DISK_FULL, seqId: "seq-7" },
+  );
+  const whole = await fail(new DamagedFile());
+  assert.deepEqual(
+    { reason: whole.error?.reason, seqId: whole.error?.seqId },
+    { reason: NodeErrorReason.KV_LOST, seqId: "" },
+  );
 });

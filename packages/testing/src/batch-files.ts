@@ -13,6 +13,16 @@ export const STORY_OPENINGS: readonly string[] = [
   "Tom had a red ball",
 ];
 
+/**
+ * A long prompt of `chars` characters (ASCII, so as many UTF-8 bytes): the
+ * story openings joined by spaces, repeated (the tokeniser tests' and the
+ * two-tenant bench's load).
+ */
+export function storyText(chars: number): string {
+  const s = STORY_OPENINGS.join(" ") + " ";
+  return s.repeat(Math.ceil(chars / s.length)).slice(0, chars);
+}
+
 /** A Tessera JSONL file of `n` prompts (ids p0..p{n-1}, openings in turn), each line with `extra` fields. */
 export const tesseraJobFile = (n: number, extra: Record<string, unknown> = {}): string =>
   Array.from({ length: n }, (_, i) =>

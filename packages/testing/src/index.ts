@@ -52,7 +52,7 @@ export async function generate(
   return out;
 }
 
-export { tempDir } from "./temp-dir.js";
+export { overwriteAt, tempDir, tmpfsDir } from "./temp-dir.js";
 export { startPrivateNats, type PrivateNats } from "./private-nats.js";
 export {
   startInProcessCluster,

@@ -38,6 +38,8 @@ import { Authenticator, authenticated, loadTokens } from "./api/auth.js";
 import { BatchSlots } from "./batch-slots.js";
 import { ModelCache } from "./model-cache.js";
 import { Membership } from "./membership.js";
+import { watchTokenizer } from "./metrics.js";
+import { TokenizerPool, type TokenizerPoolStats } from "./tokenize/tokenizer-pool.js";
 import { compileCoordinatorOptions, type CompiledCoordinatorOptions, type CoordinatorOptions } from "./options.js";
 
 /** A running coordinator. */
@@ -45,17 +47,24 @@ export interface CoordinatorService extends Service, JobRunner {
   readonly options: CompiledCoordinatorOptions;
   /** The live node set (starts from `options`). */
   readonly membership: Membership;
+  /** The tokeniser pool's tasks queued and running, its tenants with tasks queued and its threads. */
+  tokenizerStats(): TokenizerPoolStats;
   /** The NATS node registry watcher while running with `nats`; undefined otherwise. */
   readonly registry: RegistryWatcher | undefined;
   /**
    * Runs a Generate request in-process, as an admin (the job worker's
    * path): the checks, limits and engine of the Generate RPC, in a
    * "tessera.v1.Coordinator/Generate" span under the active context.
+   * `run.tenant` (a job's submitter) queues its tokenising as that tenant's.
    * @throws RpcError as the RPC would (UNAVAILABLE unless running, CANCELLED when `run.signal` aborts).
    */
   generate(
     request: GenerateRequest,
-    run: { signal: AbortSignal; emit(event: MessageInitShape<typeof GenerateEventSchema>): void },
+    run: {
+      signal: AbortSignal;
+      emit(event: MessageInitShape<typeof GenerateEventSchema>): void;
+      tenant?: string | undefined;
+    },
   ): Promise<void>;
 }
 
@@ -94,8 +103,12 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
     if (!c) gpuClients.set(address, (c = createClient(GpuNode, address)));
     return c;
   };
+  // Prompts are tokenised on worker threads, tenants served in turn (issue 13).
+  const tokenizers = new TokenizerPool(options.tokenizeThreads);
+  let unwatchTokenizer: (() => void) | undefined;
   const generate = createGenerate({
     options,
+    tokenizers,
     models: new ModelCache(),
     membership,
     // The running batch every job's sequences share, by job priority.
@@ -119,6 +132,7 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
     // it; far larger ones grpc-js refuses before decoding.
     maxReceiveBytes: options.limits.maxRequestBytes + 2 ** 20,
     async onStart() {
+      unwatchTokenizer = watchTokenizer(() => tokenizers.stats());
       // With NATS the registered nodes are members before the first call.
       if (options.nats) {
         registry = await watchRegistry({
@@ -144,7 +158,8 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
     },
     onDrain() {
       // Running jobs are cancelled: their sequences are closed on the way out
-      // (resuming a job elsewhere comes with the NATS job queue).
+      // (resuming a job elsewhere comes with the NATS job queue), and their
+      // tokenising stops (queued tasks dropped, running ones' threads ended).
       generate.cancelAll();
       // Open WatchJob / GetResults streams end (UNAVAILABLE): nothing of theirs is lost.
       jobService.drain();
@@ -157,6 +172,8 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
       await kube?.stop();
       kube = undefined;
       await jobService.close();
+      await tokenizers.close();
+      unwatchTokenizer?.();
       membership.close();
       for (const c of [...attentionClients.values(), ...gpuClients.values()]) c.close();
     },
@@ -171,12 +188,21 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
     return tracer.startActiveSpan("tessera.v1.Coordinator/Generate", { kind: SpanKind.SERVER, attributes }, (span) => {
       const running = (async () => {
         if (service.state !== "running") throw new RpcError(Code.UNAVAILABLE, `coordinator is ${service.state}`);
-        await generate.run(request, { who: { tenant: undefined, admin: true }, ...run });
+        const { tenant, ...caller } = run;
+        await generate.run(request, { who: { tenant: undefined, admin: true }, queueAs: tenant, ...caller });
       })();
       return endSpanWhen(span, running);
     });
   };
-  return Object.defineProperties(Object.assign(service, { options, membership, generate: inProcess }), {
-    registry: { get: () => registry, enumerable: true },
-  }) as CoordinatorService;
+  return Object.defineProperties(
+    Object.assign(service, {
+      options,
+      membership,
+      generate: inProcess,
+      tokenizerStats: () => tokenizers.stats(),
+    }),
+    {
+      registry: { get: () => registry, enumerable: true },
+    },
+  ) as CoordinatorService;
 }

@@ -45,6 +45,14 @@ export {
 } from "./job-plan.js";
 export { runCoordinator } from "./main.js";
 export {
+  TOKENIZE_TASK_CHARS,
+  TokenizerPool,
+  type EncodedPrompt,
+  type TokenizeCaller,
+  type TokenizerPoolStats,
+  type TokenizerRef,
+} from "./tokenize/tokenizer-pool.js";
+export {
   SequenceState,
   runBatch,
   splitLogitRows,

@@ -12,11 +12,13 @@
  * - `tessera_jobs_queued{tessera_priority}` / `tessera_jobs_running{tessera_priority}`:
  *   jobs waiting in the NATS work queue (the priority's consumer's
  *   num_pending), and jobs this coordinator's worker runs now;
+ * - `tessera_tokenize_tasks{tessera_state="queued"|"running"}`: prompt
+ *   tokenising tasks waiting for, and running on, the tokeniser pool's threads;
  * - `tessera_job_dollars_per_million_tokens`: per finished job, the plan's
  *   $/h x the job's wall time / its completion tokens (jobs on nodes of
  *   unknown price are not recorded); a histogram, so per-job ids add no series.
  */
-import type { BatchObservableResult } from "@opentelemetry/api";
+import type { BatchObservableResult, ObservableResult } from "@opentelemetry/api";
 import { LATENCY_BUCKETS_SECONDS, lazyInstruments } from "@tessera/telemetry";
 import type { BatchSlots } from "./batch-slots.js";
 
@@ -50,6 +52,10 @@ const instruments = lazyInstruments("@tessera/coordinator", (meter) => {
     jobsQueued: meter.createObservableGauge("tessera.jobs.queued", {
       description: "Jobs waiting in the NATS work queue, by priority (the consumer's num_pending)",
       unit: "{job}",
+    }),
+    tokenizeTasks: meter.createObservableGauge("tessera.tokenize.tasks", {
+      description: "Prompt tokenising tasks of the tokeniser pool, by state (queued or running)",
+      unit: "{task}",
     }),
     jobsRunning: meter.createObservableGauge("tessera.jobs.running", {
       description: "Jobs this coordinator's job worker runs now, by priority",
@@ -129,4 +135,19 @@ export function watchJobQueue(
   };
   meter.addBatchObservableCallback(callback, [jobsQueued, jobsRunning]);
   return () => meter.removeBatchObservableCallback(callback, [jobsQueued, jobsRunning]);
+}
+
+/**
+ * Shows a tokeniser pool's tasks in `tessera_tokenize_tasks` until the
+ * returned function is called; `stats()` is asked at each scrape.
+ */
+export function watchTokenizer(stats: () => { queued: number; running: number }): () => void {
+  const { tokenizeTasks } = instruments();
+  const callback = (r: ObservableResult) => {
+    const { queued, running } = stats();
+    r.observe(queued, { "tessera.state": "queued" });
+    r.observe(running, { "tessera.state": "running" });
+  };
+  tokenizeTasks.addCallback(callback);
+  return () => tokenizeTasks.removeCallback(callback);
 }

@@ -35,6 +35,7 @@ export const COORDINATOR_DEFAULTS = Object.freeze({
   kvPlacement: "plan" as KvPlacementRule,
   natsPrefix: DEFAULT_NATS_PREFIX,
   jobConcurrency: 1,
+  tokenizeThreads: 1,
   /** A tenant's jobs store at most this many bytes (inputs + results): 4 GiB. */
   tenantMaxBytes: 4 * 1024 ** 3,
   /** A tenant has at most this many jobs queued or running. */
@@ -159,6 +160,12 @@ export interface CoordinatorOptions {
    * join the running batch ahead of theirs. @default 1
    */
   jobConcurrency?: number;
+  /**
+   * Worker threads that tokenise prompts, off the event loop
+   * (tokenize/tokenizer-pool.ts: tenants' tasks served round-robin, a
+   * cancelled request's tasks stopped). @default 1
+   */
+  tokenizeThreads?: number;
   /**
    * Most bytes one tenant's jobs may store in the job queue (inputs plus
    * results); a tenant's SubmitJob past it is RESOURCE_EXHAUSTED naming its
@@ -309,6 +316,7 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     kubernetesClusterDomain: o.kubernetesClusterDomain,
     natsPrefix,
     jobConcurrency: positiveInt("jobConcurrency", o.jobConcurrency, COORDINATOR_DEFAULTS.jobConcurrency),
+    tokenizeThreads: positiveInt("tokenizeThreads", o.tokenizeThreads, COORDINATOR_DEFAULTS.tokenizeThreads),
     tenantMaxBytes: byteSizeOption("tenantMaxBytes", o.tenantMaxBytes, COORDINATOR_DEFAULTS.tenantMaxBytes, 1),
     tenantMaxJobs: positiveInt("tenantMaxJobs", o.tenantMaxJobs, COORDINATOR_DEFAULTS.tenantMaxJobs),
     jobRetentionMs: positiveInt("jobRetentionMs", o.jobRetentionMs, COORDINATOR_DEFAULTS.jobRetentionMs),

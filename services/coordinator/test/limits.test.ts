@@ -1,8 +1,22 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { ConfigError } from "@tessera/core";
-import { Code, GenerateRequestSchema, RpcError, create, toBinary, type MessageInitShape } from "@tessera/proto";
-import { checkGenerateLimits, compileGenerateLimits, defaultGenerateLimits } from "../src/api/limits.js";
+import {
+  Code,
+  GenerateRequestSchema,
+  KvPlacement,
+  RpcError,
+  create,
+  fromBinary,
+  toBinary,
+  type MessageInitShape,
+} from "@tessera/proto";
+import {
+  checkGenerateLimits,
+  compileGenerateLimits,
+  defaultGenerateLimits,
+  encodedSizeBound,
+} from "../src/api/limits.js";
 
 const request = (init: MessageInitShape<typeof GenerateRequestSchema>) => create(GenerateRequestSchema, init);
 const prompts = (n: number, over: object = {}) =>
@@ -98,6 +112,40 @@ test("the whole request is measured as protobuf encodes it, or by the size the c
       ),
     "request: at least 306 bytes (its prompts and ids) is over the limit of 250 bytes per job",
   );
+});
+
+test("encodedSizeBound is never under the encoded size, even with every field at its longest", () => {
+  const max = {
+    maxTokens: 2 ** 32 - 1,
+    temperature: -1e38,
+    topP: 1e38,
+    seed: 2n ** 64n - 1n,
+    kv: -1 as KvPlacement,
+  };
+  const req = request({
+    jobId: "j".repeat(300),
+    modelPath: "/m/é.bin",
+    tokenizerPath: "/t.bin",
+    priority: "normal",
+    kv: -1 as KvPlacement,
+    sampling: { temperature: -1e38, topP: 1e38, seed: 2n ** 64n - 1n, maxTokens: 2 ** 32 - 1 },
+    prompts: [
+      { id: "a".repeat(200), prompt: "é".repeat(70_000), ...max },
+      { id: "", prompt: "", ...max },
+      { id: "b", prompt: "x" },
+    ],
+  });
+  const text = req.prompts.reduce((n, p) => n + Buffer.byteLength(p.id) + Buffer.byteLength(p.prompt), 0);
+  const bound = encodedSizeBound(req, text)!;
+  const size = toBinary(GenerateRequestSchema, req).byteLength;
+  assert.ok(bound >= size, `bound ${bound} < encoded ${size}`);
+  assert.ok(bound - size < 512, `bound ${bound} is far above ${size}`);
+  // A request with unknown fields has no bound: it is encoded.
+  const unknown = fromBinary(
+    GenerateRequestSchema,
+    new Uint8Array([...toBinary(GenerateRequestSchema, req), 0xf8, 0x7f, 1]),
+  );
+  assert.equal(encodedSizeBound(unknown, text), undefined);
 });
 
 test("a limit that is not a positive integer or a size fails naming the option", () => {

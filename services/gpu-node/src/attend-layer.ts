@@ -166,8 +166,8 @@ function assembleO(blocks: Float32Array[], mb: MicroBatch, shape: AttendShape, w
  * The o rows of a settled Attend call as f32 ([node.rows, qDim]: a view of
  * an f32 reply, or an f16 reply decoded into `scratch`), or a StepError
  * naming the node: a stream failure with the AttentionNodeError's code and
- * reason, a per-request error with the node's own code and reason
- * (unchanged), an unreadable reply INTERNAL.
+ * reason, a per-request error with the node's own code, reason and
+ * seq_id (unchanged), an unreadable reply INTERNAL.
  */
 export function checkAttendResponse(
   r: PromiseSettledResult<AttendResponse>,
@@ -176,8 +176,8 @@ export function checkAttendResponse(
   qDim: number,
   scratch: Float32Array,
 ): { response: AttendResponse; o: Float32Array } {
-  const fail = (code: number, msg: string, reason = NodeErrorReason.INTERNAL) =>
-    new StepError(code, msg, "attention", node.address, reason);
+  const fail = (code: number, msg: string, reason = NodeErrorReason.INTERNAL, seqId = "") =>
+    new StepError(code, msg, "attention", node.address, reason, seqId);
   if (r.status === "rejected") {
     const e = r.reason as unknown;
     if (e instanceof AttentionNodeError) throw fail(e.code, `layer ${layer}: ${e.message}`, e.reason);
@@ -189,6 +189,7 @@ export function checkAttendResponse(
       res.error.code || Code.INTERNAL,
       `attention node ${node.address}: layer ${layer}: ${res.error.message}`,
       res.error.reason,
+      res.error.seqId,
     );
   }
   let o: Float32Array;

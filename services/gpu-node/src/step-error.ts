@@ -13,6 +13,8 @@ export interface StepNodeError {
   role: string;
   address: string;
   reason: NodeErrorReason;
+  /** The one sequence the failure belongs to (its id on the failing node), or "". */
+  seqId: string;
 }
 
 /** A failed step: answered as ForwardResponse.error, the stream stays open. */
@@ -28,6 +30,8 @@ export class StepError extends Error {
     readonly address: string,
     /** What the caller should do about it. */
     readonly reason: NodeErrorReason,
+    /** The one sequence the failure belongs to (an attention node's NodeError.seq_id), or "". */
+    readonly seqId = "",
   ) {
     super(message);
   }
@@ -57,17 +61,25 @@ export function reasonOfCode(code: number): NodeErrorReason {
 }
 
 /**
- * A step's failure as a NodeError: a {@link StepError} as it is; anything
+ * A step's failure as a NodeError: a {@link StepError} as it is (with the
+ * sequence an attention node named); anything
  * unexpected is this node's (role "gpu", address `self`) error with its
  * RpcError code (INTERNAL for a plain Error), reason INTERNAL unless the
  * code says CAPACITY (RESOURCE_EXHAUSTED).
  */
 export function toNodeError(err: unknown, self: string): StepNodeError {
   if (err instanceof StepError)
-    return { code: err.code, message: err.message, role: err.role, address: err.address, reason: err.reason };
+    return {
+      code: err.code,
+      message: err.message,
+      role: err.role,
+      address: err.address,
+      reason: err.reason,
+      seqId: err.seqId,
+    };
   const e = RpcError.from(err);
   const reason = e.code === Code.RESOURCE_EXHAUSTED ? NodeErrorReason.CAPACITY : NodeErrorReason.INTERNAL;
-  return { code: e.code, message: e.message, role: "gpu", address: self, reason };
+  return { code: e.code, message: e.message, role: "gpu", address: self, reason, seqId: "" };
 }
 
 /** An INVALID_ARGUMENT StepError of step `stepId` from this node (`self`): reason INVALID_REQUEST. */

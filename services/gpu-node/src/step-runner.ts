@@ -445,7 +445,14 @@ function abandoned(stepId: bigint, layer: number, model: DenseModel, self: strin
  */
 function downstreamNodeError(err: unknown, self: string): StepNodeError {
   if (err instanceof DownstreamError)
-    return { code: err.code, message: err.message, role: "gpu", address: err.address, reason: reasonOfCode(err.code) };
+    return {
+      code: err.code,
+      message: err.message,
+      role: "gpu",
+      address: err.address,
+      reason: reasonOfCode(err.code),
+      seqId: "",
+    };
   const error = toNodeError(err, self);
   if (RpcError.from(err).code === Code.UNAVAILABLE) error.reason = NodeErrorReason.CANCELLED;
   return error;

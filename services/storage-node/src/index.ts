@@ -21,6 +21,7 @@ export {
   type FsyncPolicy,
   type Manifest,
 } from "./kv-store.js";
+export { blockCrc } from "./block-crc.js";
 export { runStorageNode } from "./main.js";
 export {
   profileStorageNode,

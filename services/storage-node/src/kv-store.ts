@@ -6,8 +6,9 @@
  * dataDir/
  *   seq-<encoded id>/          one directory per sequence (see sequenceDirName)
  *     manifest.json            the index: format, version, seq id, layout,
- *                              max_positions, block_positions, dtype and the
- *                              committed length of every layer
+ *                              max_positions, block_positions, dtype, the
+ *                              committed length of every layer and the
+ *                              CRC-32 of each of its blocks (block-crc.ts)
  *     layer-0000.kv            one file per layer, made of fixed-size blocks
  *     layer-0001.kv            ...
  * ```
@@ -49,7 +50,8 @@
  * - "never": the same writes and renames without fsync; the OS flushes when
  *   it likes. A killed process loses no step it answered (the page cache
  *   survives it); a power loss may lose recent positions (a manifest may
- *   then claim rows that read as zeros).
+ *   then claim rows that read as zeros: their blocks fail their CRC on
+ *   read, and the coordinator rebuilds the sequence).
  */
 import { createHash } from "node:crypto";
 import { constants } from "node:fs";
@@ -58,6 +60,7 @@ import { basename, join } from "node:path";
 import { Code } from "@tessera/proto";
 import type { AttendTarget, KvLayoutDims } from "@tessera/attention";
 import { TesseraError } from "@tessera/core";
+import { UNKNOWN_CRC, blockCrc, type BadBlock } from "./block-crc.js";
 
 /** Name of the index file in a sequence directory. */
 export const MANIFEST_FILE = "manifest.json";
@@ -99,8 +102,9 @@ export class KvStoreError extends TesseraError {
  * - ENOSPC, EDQUOT, EFBIG (disk or quota full, file too large):
  *   RESOURCE_EXHAUSTED. Nothing is wrong with the data; the node is out of
  *   disk, as when a sequence does not fit its capacity.
- * - EIO (the device failed a read or write): DATA_LOSS. What the file
- *   holds can no longer be trusted.
+ * - EIO (the device failed a read or write), ENOENT (the sequence's
+ *   directory or file was deleted under the node): DATA_LOSS. What the
+ *   sequence holds can no longer be trusted.
  * - anything else (EBADF, EACCES, ...): INTERNAL, a fault of the node.
  */
 export function ioErrorCode(err: unknown): Code {
@@ -110,6 +114,7 @@ export function ioErrorCode(err: unknown): Code {
     case "EFBIG":
       return Code.RESOURCE_EXHAUSTED;
     case "EIO":
+    case "ENOENT":
       return Code.DATA_LOSS;
     default:
       return Code.INTERNAL;
@@ -150,6 +155,12 @@ export interface Manifest {
   dtype: "f32";
   /** Committed positions [0, n) per layer. */
   layerLengths: number[];
+  /**
+   * Per layer, the CRC-32 of each block's committed positions
+   * (ceil(length / blockPositions) of them; null: not known). Absent in
+   * manifests written before checksums: their blocks are read unchecked.
+   */
+  blockCrcs?: (number | null)[][];
 }
 
 /**
@@ -207,6 +218,8 @@ export interface StoredSequence extends AttendTarget {
   readonly reservedBytes: number;
   /** Positions written per layer (in memory; durable under fsync "always"). */
   readonly lengths: number[];
+  /** Per layer, the CRC-32 of each block's committed positions (block-crc.ts); updated with `lengths`. */
+  readonly crcs: number[][];
   /** Lengths the manifest on disk records (lags `lengths` by less than a step). */
   recorded: number[];
   /** Per layer, opened read-write; positional reads and writes only. */
@@ -239,6 +252,7 @@ function manifestOf(seq: StoredSequence): Manifest {
     blockPositions: seq.geometry.blockPositions,
     dtype: "f32",
     layerLengths: [...seq.lengths],
+    blockCrcs: seq.crcs.map((l) => l.map((c) => (c === UNKNOWN_CRC ? null : c))),
   };
 }
 
@@ -322,6 +336,7 @@ export async function createSequence(
       geometryOf(layout, blockPositions),
       reservedBytes,
       new Array<number>(layout.nLayers).fill(0),
+      Array.from({ length: layout.nLayers }, () => []),
       files,
       dirHandle,
     );
@@ -343,6 +358,7 @@ function newSequence(
   geometry: BlockGeometry,
   reservedBytes: number,
   lengths: number[],
+  crcs: number[][],
   files: FileHandle[],
   dirHandle: FileHandle,
 ): StoredSequence {
@@ -359,6 +375,7 @@ function newSequence(
     geometry,
     reservedBytes,
     lengths,
+    crcs,
     recorded: [...lengths],
     files,
     dirHandle,
@@ -419,6 +436,16 @@ export function parseManifest(path: string, text: string): Manifest {
   ) {
     throw bad(`layerLengths ${JSON.stringify(lens)} must be ${L.nLayers} integers in [0, ${m.maxPositions}]`);
   }
+  const crcs = m.blockCrcs;
+  const isCrc = (c: unknown) => c === null || (Number.isInteger(c) && (c as number) >= 0 && (c as number) < 2 ** 32);
+  if (
+    crcs !== undefined &&
+    (!Array.isArray(crcs) ||
+      crcs.length !== L.nLayers ||
+      !crcs.every((l, i) => Array.isArray(l) && l.length === Math.ceil(lens[i]! / m.blockPositions!) && l.every(isCrc)))
+  ) {
+    throw bad(`blockCrcs must hold, per layer, one CRC-32 (or null) per block of its committed positions`);
+  }
   return m as Manifest;
 }
 
@@ -477,6 +504,9 @@ export async function loadSequence(dir: string, reservedBytesOf: (m: Manifest) =
       geometry,
       reservedBytesOf(m),
       [...m.layerLengths],
+      m.layerLengths.map((n, l) =>
+        Array.from({ length: Math.ceil(n / m.blockPositions) }, (_, b) => m.blockCrcs?.[l]?.[b] ?? UNKNOWN_CRC),
+      ),
       files,
       dirHandle,
     );
@@ -591,4 +621,51 @@ export async function readFully(
       );
     done += bytesRead;
   }
+}
+
+/**
+ * The error of block `bad.block` of layer `layer` failing its check:
+ * names the file, the block, its bytes and both CRCs (DATA_LOSS).
+ */
+export function badBlockError(seq: StoredSequence, layer: number, bad: BadBlock): KvStoreError {
+  const hex = (n: number) => n.toString(16).padStart(8, "0");
+  const at = bad.block * seq.geometry.blockBytes;
+  return new KvStoreError(
+    join(seq.dir, layerFileName(layer)),
+    `block ${bad.block} (bytes ${at}-${at + seq.geometry.blockBytes - 1}) fails its checksum: ` +
+      `CRC-32 ${hex(bad.found)}, the manifest records ${hex(bad.expected)}`,
+  );
+}
+
+/**
+ * Reads back layer `layer`'s committed blocks from the one holding
+ * position `from` and, for `"verify"`, checks each against its CRC (before
+ * a retried step overwrites committed positions: otherwise a damaged block
+ * would get a new CRC over the damage), or, for `"recompute"`, records
+ * their CRCs (after it did: a block's CRC cannot be continued past a
+ * position that changed).
+ * @throws KvStoreError naming the file and the block that fails its
+ *   check ({@link badBlockError}), or a read that failed ({@link readFully}).
+ */
+export async function rereadCrcs(
+  seq: StoredSequence,
+  layer: number,
+  from: number,
+  mode: "verify" | "recompute",
+): Promise<void> {
+  const { blockPositions, positionBytes } = seq.geometry;
+  const length = seq.lengths[layer]!;
+  const path = join(seq.dir, layerFileName(layer));
+  const crcs = seq.crcs[layer]!;
+  const buf = new Uint8Array(blockPositions * positionBytes);
+  for (let b = Math.floor(from / blockPositions); b * blockPositions < length; b++) {
+    const n = Math.min(blockPositions, length - b * blockPositions);
+    await readFully(seq.files[layer]!, path, buf, 0, n * positionBytes, b * blockPositions * positionBytes);
+    const found = blockCrc(buf.subarray(0, n * positionBytes));
+    const expected = crcs[b] ?? UNKNOWN_CRC;
+    if (mode === "recompute") crcs[b] = found;
+    else if (expected !== UNKNOWN_CRC && found !== expected)
+      throw badBlockError(seq, layer, { block: b, expected, found });
+  }
+  if (mode === "recompute") crcs.length = Math.ceil(length / blockPositions);
 }

@@ -37,7 +37,8 @@ export interface StorageProfileOptions {
  * of half the node's buffer (clamped to 1..16 MiB, as the node reads a
  * half-buffer at a time), best of 2 reads with pages dropped; the attention
  * kernel on one thread over 8 sequences × 1024 positions (32 MiB of f32 KV
- * per layer shape), best of 2.
+ * per layer shape), best of 2. On a disk with less than 4 x 64 MiB free
+ * the file shrinks to a quarter of the free bytes ({@link probeSizes}).
  */
 export const STORAGE_PROFILE_SIZES = {
   fileBytes: 64 * 2 ** 20,
@@ -92,8 +93,20 @@ export async function profileStorageNode(o: StorageProfileOptions): Promise<Node
   const S = STORAGE_PROFILE_SIZES;
   const bufferBytes = o.bufferBytes ?? 64 * 2 ** 20;
   const chunk = Math.min(S.maxChunkBytes, Math.max(S.minChunkBytes, 2 ** Math.floor(Math.log2(bufferBytes / 2))));
-  const writeBytesPerSecond = await measureDiskWrite(dir, S.fileBytes, chunk);
-  const disk = await measureDiskRead(dir, S.fileBytes, chunk, S.reps);
+  const before = await statfs(dir);
+  const probe = probeSizes(dir, before.bavail * before.bsize, chunk);
+  let writeBytesPerSecond: number;
+  let disk: Awaited<ReturnType<typeof measureDiskRead>>;
+  try {
+    writeBytesPerSecond = await measureDiskWrite(dir, probe.fileBytes, probe.chunk);
+    disk = await measureDiskRead(dir, probe.fileBytes, probe.chunk, S.reps);
+  } catch (err) {
+    // A FileHandle's errors name no file.
+    throw new Error(
+      `${dir}: the start-up disk profile failed (${probe.fileBytes}-byte probe files, ${probe.freeBytes} bytes free): ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
   const fs = await statfs(dir);
   const kernel = attentionKernel(o.attentionKernel ?? DEFAULT_ATTENTION_KERNEL);
   const k = await measureAttentionKernel(S.sequences, S.positions, 1, S.reps, kernel);
@@ -118,6 +131,33 @@ export async function profileStorageNode(o: StorageProfileOptions): Promise<Node
       },
     },
   });
+}
+
+/**
+ * The probe file of the disk profile on a disk with `freeBytes` free:
+ * STORAGE_PROFILE_SIZES.fileBytes in `chunk`-byte writes, or, when that is
+ * more than a quarter of the free bytes, whole chunks (of at most `chunk`,
+ * at least minChunkBytes) within that quarter.
+ * @throws ConfigError naming "dataDir", the directory and its free bytes,
+ *   when not even one minChunkBytes chunk fits in a quarter of them.
+ */
+export function probeSizes(
+  dir: string,
+  freeBytes: number,
+  chunk: number,
+): { fileBytes: number; chunk: number; freeBytes: number } {
+  const S = STORAGE_PROFILE_SIZES;
+  const budget = Math.floor(freeBytes / 4);
+  if (budget >= S.fileBytes) return { fileBytes: S.fileBytes, chunk, freeBytes };
+  if (budget < S.minChunkBytes) {
+    throw new ConfigError(
+      "dataDir",
+      `${dir} has ${freeBytes} bytes free; the start-up disk profile needs ${4 * S.minChunkBytes} ` +
+        `(4 x its smallest probe file): free some space, or start with --profile off or a profile file`,
+    );
+  }
+  const c = Math.min(chunk, 2 ** Math.floor(Math.log2(budget)));
+  return { fileBytes: Math.floor(budget / c) * c, chunk: c, freeBytes };
 }
 
 /**

@@ -33,6 +33,7 @@ import {
   createWasmHeap,
   describeKvLayout,
   planAttendRequest,
+  SequenceKvError,
   type AttendPlan,
   type AttentionDims,
   type AttentionKernel,
@@ -43,9 +44,13 @@ import {
   type WasmHeap,
 } from "@tessera/attention";
 import { CapacityError, f32Tensor, type Service } from "@tessera/core";
-import { Code, RpcError, type AttendRequest, type NodeProfile } from "@tessera/proto";
+import { Code, NodeErrorReason, RpcError, type AttendRequest, type NodeProfile } from "@tessera/proto";
+import { appendCrcs, createBlockCheck, expectedCrcs } from "./block-crc.js";
 import {
   KvStoreError,
+  badBlockError,
+  ioError,
+  rereadCrcs,
   closeSequenceFiles,
   commitManifest,
   createSequence,
@@ -146,11 +151,30 @@ function createMutex(): <T>(task: () => Promise<T>) => Promise<T> {
 }
 
 /**
+ * A failure on one sequence's files as that sequence's own
+ * ({@link SequenceKvError}: the Attend response names it, and the caller
+ * rebuilds it alone): DISK_FULL for RESOURCE_EXHAUSTED (ENOSPC, EDQUOT,
+ * EFBIG), else KV_LOST, with the {@link KvStoreError}'s code and its file
+ * in the message after `where` and the sequence. Other errors are returned
+ * as they are.
+ */
+export function sequenceFault(where: string, seqId: string, err: unknown): unknown {
+  if (!(err instanceof KvStoreError)) return err;
+  const code = err.rpcCode;
+  const reason = code === Code.RESOURCE_EXHAUSTED ? NodeErrorReason.DISK_FULL : NodeErrorReason.KV_LOST;
+  return new SequenceKvError(seqId, reason, `${where}: sequence "${seqId}": ${err.message}`, { code, cause: err });
+}
+
+/**
  * Writes the new K/V rows of every item (one positional write per item:
  * K and V interleaved by position, as the files hold them), makes them
- * durable, and records the step in the manifest on the last layer.
+ * durable, updates the block CRCs with the lengths (continued for an
+ * append; for an overwrite, the blocks are checked before and their CRCs
+ * read back after), and records the step in the
+ * manifest on the last layer. A failure is the item's sequence's
+ * ({@link sequenceFault}).
  */
-async function persist(plan: AttendPlan<StoredSequence>, fsync: FsyncPolicy): Promise<void> {
+async function persist(plan: AttendPlan<StoredSequence>, fsync: FsyncPolicy, where: string): Promise<void> {
   const { layer, dims } = plan;
   const kvRow = dims.nKvHeads * dims.headDim;
   // [total_tokens, 2, n_kv_heads, head_dim]: each token's K row then its V row.
@@ -167,12 +191,27 @@ async function persist(plan: AttendPlan<StoredSequence>, fsync: FsyncPolicy): Pr
       const fh = seq.files[layer]!;
       const path = join(seq.dir, layerFileName(layer));
       const src = bytes.subarray(it.row * positionBytes, (it.row + it.nTokens) * positionBytes);
-      await writeFully(fh, path, src, positionOffset(seq.geometry, it.startPos));
-      if (fsync === "always") await datasyncFile(fh, path);
-      const end = it.startPos + it.nTokens;
-      if (end > seq.lengths[layer]!) seq.lengths[layer] = end;
-      // Once per step: when the last layer is written (see kv-store.ts).
-      if (layer === seq.layout.nLayers - 1 && manifestBehind(seq)) await commitManifest(seq, fsync);
+      try {
+        // A retried step overwrites committed positions: check their blocks first.
+        const overwrites = it.startPos < seq.lengths[layer]!;
+        if (overwrites) await rereadCrcs(seq, layer, it.startPos, "verify");
+        await writeFully(fh, path, src, positionOffset(seq.geometry, it.startPos));
+        if (fsync === "always") await datasyncFile(fh, path);
+        const end = it.startPos + it.nTokens;
+        const length = seq.lengths[layer]!;
+        if (!overwrites) {
+          // Lengths and CRCs change together (the manifest records both).
+          appendCrcs(seq.crcs[layer]!, seq.geometry.blockPositions, positionBytes, it.startPos, src);
+          seq.lengths[layer] = end;
+        } else {
+          seq.lengths[layer] = Math.max(end, length);
+          await rereadCrcs(seq, layer, it.startPos, "recompute");
+        }
+        // Once per step: when the last layer is written (see kv-store.ts).
+        if (layer === seq.layout.nLayers - 1 && manifestBehind(seq)) await commitManifest(seq, fsync);
+      } catch (err) {
+        throw sequenceFault(where, seq.id, err);
+      }
     }),
   );
 }
@@ -182,9 +221,12 @@ interface KvStreamer {
   /**
    * Attends every item of `plan` into `out` ([total_tokens, n_heads *
    * head_dim] f32): positions [0, start_pos) streamed from its layer file,
-   * then its own new rows from the request.
+   * each block checked against `crcs[item]` ({@link expectedCrcs}) before
+   * it is folded, then its own new rows from the request.
+   * @throws SequenceKvError naming the sequence, file and block of a read
+   *   that failed or a block that does not match its CRC ({@link sequenceFault}).
    */
-  attendAll(plan: AttendPlan<StoredSequence>, out: Float32Array): Promise<void>;
+  attendAll(plan: AttendPlan<StoredSequence>, out: Float32Array, crcs: number[][], where: string): Promise<void>;
   /** Drops the buffer and the accumulators (the node closed). */
   reset(): void;
 }
@@ -237,10 +279,25 @@ function createKvStreamer(kernel: AttentionKernel, halfBytes: number): KvStreame
    * runs in parallel); while one half is folded the next load fills the
    * other half.
    */
-  async function attendAll(plan: AttendPlan<StoredSequence>, out: Float32Array): Promise<void> {
+  async function attendAll(
+    plan: AttendPlan<StoredSequence>,
+    out: Float32Array,
+    crcs: number[][],
+    where: string,
+  ): Promise<void> {
     const { layer, dims, items } = plan;
     const kvRow = dims.nKvHeads * dims.headDim;
     const positionBytes = 2 * kvRow * 4;
+    const checks = items.map((it, i) =>
+      createBlockCheck(crcs[i]!, it.seq.geometry.blockPositions, positionBytes, it.startPos),
+    );
+    /** Checks chunk `c` (in `bytes`) before it is folded. */
+    const check = (c: Load["chunks"][number], bytes: Uint8Array) => {
+      const bad = checks[c.item]!(c.firstPos, bytes.subarray(c.bufOff, c.bufOff + c.nPos * positionBytes));
+      if (!bad) return;
+      const seq = items[c.item]!.seq;
+      throw sequenceFault(where, seq.id, badBlockError(seq, layer, bad));
+    };
     const loads = packLoads(
       items.map((it) => planChunks(it.startPos, it.seq.geometry.blockPositions, positionBytes, halfBytes)),
       halfBytes,
@@ -287,7 +344,9 @@ function createKvStreamer(kernel: AttentionKernel, halfBytes: number): KvStreame
               c.bufOff,
               c.nPos * positionBytes,
               positionOffset(seq.geometry, c.firstPos),
-            );
+            ).catch((err: unknown) => {
+              throw sequenceFault(where, seq.id, err);
+            });
           }),
         );
       let next: Promise<void> | undefined = loads.length > 0 ? load(loads[0]!, 0) : undefined;
@@ -297,6 +356,7 @@ function createKvStreamer(kernel: AttentionKernel, halfBytes: number): KvStreame
           next = i + 1 < loads.length ? load(loads[i + 1]!, ((i + 1) % 2) as 0 | 1) : undefined;
           const f = buf.floats[(i % 2) as 0 | 1];
           for (const c of loads[i]!.chunks) {
+            check(c, buf.halves[(i % 2) as 0 | 1]);
             advanceTo(c.item);
             const at = c.bufOff / 4;
             online.fold(c.firstPos, c.nPos, f, at, f, at + kvRow, 2 * kvRow);
@@ -355,7 +415,7 @@ function createDiskKvStore(opts: CompiledStorageNodeOptions, node: AttentionNode
     const seq = sequences.get(seqId);
     if (seq) return seq;
     const err = damaged(seqId);
-    if (err) throw err;
+    if (err) throw new SequenceKvError(seqId, NodeErrorReason.KV_LOST, err.message, { code: err.rpcCode, cause: err });
     return undefined;
   }
 
@@ -395,7 +455,23 @@ function createDiskKvStore(opts: CompiledStorageNodeOptions, node: AttentionNode
         available,
       );
     }
-    const seq = await createSequence(opts.dataDir, seqId, lay, maxPositions, opts.blockPositions, bytes, opts.fsync);
+    const seq = await createSequence(
+      opts.dataDir,
+      seqId,
+      lay,
+      maxPositions,
+      opts.blockPositions,
+      bytes,
+      opts.fsync,
+    ).catch((err: unknown) => {
+      // Named, with its code; a full disk says so (DISK_FULL), so the caller places it elsewhere.
+      const e = ioError(join(opts.dataDir, sequenceDirName(seqId)), `creating sequence "${seqId}"`, err);
+      if (e.rpcCode !== Code.RESOURCE_EXHAUSTED) throw e;
+      throw new RpcError(Code.RESOURCE_EXHAUSTED, `${where()}: ${e.message}`, {
+        cause: e,
+        reason: NodeErrorReason.DISK_FULL,
+      });
+    });
     sequences.set(seqId, seq);
     return { length: 0, reservedBytes: BigInt(bytes) };
   }
@@ -427,7 +503,11 @@ function createDiskKvStore(opts: CompiledStorageNodeOptions, node: AttentionNode
     const out = new Float32Array(plan.totalTokens * oRow);
     // Settled, not Promise.all: the request ends (and CloseSequence or
     // close() may close its files) only when both are done.
-    const work = settleAll([persist(plan, opts.fsync), streamer.attendAll(plan, out)]);
+    // The CRCs the reads check, before this request's writes change the last blocks'.
+    const crcs = plan.items.map((it) =>
+      expectedCrcs(it.seq.crcs[plan.layer]!, it.seq.geometry.blockPositions, it.startPos, it.seq.lengths[plan.layer]!),
+    );
+    const work = settleAll([persist(plan, opts.fsync, where()), streamer.attendAll(plan, out, crcs, where())]);
     await track(
       plan.items.map((i) => i.seq),
       work,
@@ -438,8 +518,10 @@ function createDiskKvStore(opts: CompiledStorageNodeOptions, node: AttentionNode
   return {
     /**
      * Creates the sequence's files, or finds them (its persisted length):
-     * RESOURCE_EXHAUSTED past capacity, INVALID_ARGUMENT for another layout,
-     * DATA_LOSS naming the file when its files are damaged.
+     * RESOURCE_EXHAUSTED past capacity, or for a full disk with the reason
+     * DISK_FULL (RpcError.reason, in its trailers), naming the
+     * directory; INVALID_ARGUMENT for another layout, DATA_LOSS naming the
+     * file when its files are damaged.
      */
     openSequence: (seqId, layout, maxPositions) => admin(() => openSequence(seqId, layout, maxPositions)),
     /** Waits for the sequence's running requests, then deletes its files (damaged ones too); unknown ids succeed. */

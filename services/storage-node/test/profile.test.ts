@@ -8,6 +8,7 @@ import { test } from "node:test";
 import { ConfigError } from "@tessera/core";
 import { Attention, NodeProfileSchema, create, createClient } from "@tessera/proto";
 import { createStorageNode, profileStorageNode } from "@tessera/storage-node";
+import { tmpfsDir } from "@tessera/testing";
 
 async function dataDir(t: import("node:test").TestContext) {
   const dir = await mkdtemp(join(tmpdir(), "tessera-storage-profile-"));
@@ -88,4 +89,32 @@ test("another role's profile is refused naming the option", () => {
     () => createStorageNode({ dataDir: "/nonexistent", profile: memory }),
     (e: unknown) => e instanceof ConfigError && e.option === "profile" && /memory profile/.test(e.message),
   );
+});
+
+test("the disk profile on a small disk: a smaller probe file, or an error naming the directory and its free bytes", async (t) => {
+  for (const [size, fits] of [
+    ["16m", true],
+    ["3m", false],
+  ] as const) {
+    const disk = await tmpfsDir(size);
+    if (!disk) return t.skip("mounting a tmpfs needs root");
+    t.after(() => disk.remove());
+    const dataDir = join(disk.path, "data");
+    if (fits) {
+      // 64 MiB would not fit: the probe shrinks to a quarter of the free bytes.
+      const p = await profileStorageNode({ dataDir, attentionKernel: "js" });
+      assert.equal(p.figures.case, "storage");
+      assert.ok(p.figures.value.writeBytesPerSecond > 0);
+      assert.deepEqual(await readdir(dataDir), []);
+    } else {
+      await assert.rejects(profileStorageNode({ dataDir }), (err: Error) => {
+        assert.ok(err instanceof ConfigError, String(err));
+        assert.match(
+          err.message,
+          new RegExp(`^dataDir: ${dataDir} has \\d+ bytes free; the start-up disk profile needs 4194304`),
+        );
+        return true;
+      });
+    }
+  }
 });

@@ -3,7 +3,6 @@ import assert from "node:assert/strict";
 import {
   cp,
   mkdir,
-  mkdtemp,
   open,
   readFile,
   readdir,
@@ -15,44 +14,34 @@ import {
   type FileHandle,
 } from "node:fs/promises";
 import { setTimeout as delay } from "node:timers/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { attendKvCache } from "@tessera/attention";
 import { tensorF32 } from "@tessera/core";
-import { Attention, Code, RpcError, checkHealth, createClient, type AttendResponse } from "@tessera/proto";
+import { crc32 } from "node:zlib";
+import {
+  Attention,
+  Code,
+  NodeErrorReason,
+  RpcError,
+  checkHealth,
+  createClient,
+  type AttendResponse,
+} from "@tessera/proto";
 import {
   compileStorageNodeOptions,
   createStorageNode,
   packLoads,
   planChunks,
   sequenceDirName,
-  type StorageNode,
   type StorageNodeOptions,
 } from "@tessera/storage-node";
 import { KvHistory, assertOutput, openAttend, random, type Layout, type Step } from "@tessera/testing";
+import { startNode, tempDataDir } from "./helpers.js";
 
 const layout: Layout = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 16 };
 const rowBytes = layout.nKvHeads * layout.headDim * 4;
 /** max_positions x n_layers x 2 x n_kv_heads x head_dim x 4 */
 const bytesFor = (maxPositions: number) => maxPositions * layout.nLayers * 2 * rowBytes;
-
-async function tempDataDir(t: TestContext): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), "tessera-storage-test-"));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-/** Starts a node and a client; both are released when the test ends (close() is idempotent). */
-async function startNode(t: TestContext, options: StorageNodeOptions) {
-  const node: StorageNode = createStorageNode({ port: 0, ...options });
-  await node.start();
-  t.after(() => node.close());
-  const client = createClient(Attention, node.address);
-  t.after(() => client.close());
-  const stream = openAttend(client);
-  t.after(() => stream.end());
-  return { node, client, stream };
-}
 
 /** Asserts the response equals naive attention (1e-5) and the memory-node's kernel over the same cache (1e-6). */
 function checkStep(r: AttendResponse, s: Step, history: KvHistory, what: string): Float32Array {
@@ -247,7 +236,7 @@ test(
   linuxOnly,
   async (t) => {
     const dataDir = await realpath(await tempDataDir(t));
-    const { client, stream } = await startNode(t, { dataDir, fsync: "always" });
+    const { node, client, stream } = await startNode(t, { dataDir, fsync: "always" });
     const layerFile = (seqId: string, layer: number) => join(dataDir, `seq-${seqId}`, `layer-000${layer}.kv`);
     const faults = new Map<string, NodeJS.ErrnoException>([
       [`write ${layerFile("full", 0)}`, fsError("ENOSPC", "write")],
@@ -263,22 +252,30 @@ test(
     for (const seqId of ["full", "bad"]) await client.openSequence({ seqId, layout, maxPositions: 8 });
     const errorOf = async (layer: number, items: { seqId: string; startPos: number; nTokens: number }[]) => {
       const r = await stream.attend(history.step(layer, items).request);
-      return { code: r.error?.code, message: r.error?.message };
+      return { code: r.error?.code, message: r.error?.message, reason: r.error?.reason, seqId: r.error?.seqId };
     };
+    // Each names the node, the sequence (seq_id too) and the file.
+    const at = (seqId: string) => `storage-node ${node.address}: sequence "${seqId}"`;
     assert.deepEqual(await errorOf(0, [{ seqId: "full", startPos: 0, nTokens: 2 }]), {
       code: Code.RESOURCE_EXHAUSTED,
-      message: `${layerFile("full", 0)}: write at byte 0 failed: ENOSPC: no space left on device, write`,
+      message: `${at("full")}: ${layerFile("full", 0)}: write at byte 0 failed: ENOSPC: no space left on device, write`,
+      reason: NodeErrorReason.DISK_FULL,
+      seqId: "full",
     });
     assert.deepEqual(await errorOf(0, [{ seqId: "bad", startPos: 0, nTokens: 2 }]), {
       code: Code.DATA_LOSS,
-      message: `${layerFile("bad", 0)}: fdatasync failed: EIO: i/o error, fdatasync`,
+      message: `${at("bad")}: ${layerFile("bad", 0)}: fdatasync failed: EIO: i/o error, fdatasync`,
+      reason: NodeErrorReason.KV_LOST,
+      seqId: "bad",
     });
     // Layer 1 holds positions 0..1 (written without a fault); attending at 2 reads them.
     const ok = history.step(1, [{ seqId: "bad", startPos: 0, nTokens: 2 }]);
     assertOutput(await stream.attend(ok.request), ok.expected, layout);
     assert.deepEqual(await errorOf(1, [{ seqId: "bad", startPos: 2, nTokens: 1 }]), {
       code: Code.DATA_LOSS,
-      message: `${layerFile("bad", 1)}: read at byte 0 failed: EIO: i/o error, read`,
+      message: `${at("bad")}: ${layerFile("bad", 1)}: read at byte 0 failed: EIO: i/o error, read`,
+      reason: NodeErrorReason.KV_LOST,
+      seqId: "bad",
     });
   },
 );
@@ -391,6 +388,13 @@ test("files on disk: manifest and block layout as documented", async (t) => {
     blockPositions: 4,
     dtype: "f32",
     layerLengths: [6, 6],
+    // zlib's CRC-32 of each block's committed positions: [0, 4) and [4, 6).
+    blockCrcs: await Promise.all(
+      [0, 1].map(async (l) => {
+        const f = await readFile(join(dir, `layer-000${l}.kv`));
+        return [crc32(f.subarray(0, 4 * 2 * rowBytes)), crc32(f.subarray(4 * 2 * rowBytes, 6 * 2 * rowBytes))];
+      }),
+    ),
   });
   // Position-major: position p's K row at p x 2 x rowBytes, its V row right after.
   const file = await readFile(join(dir, "layer-0000.kv"));

@@ -131,6 +131,15 @@ function serviceFlags(c: Command): void {
         .argParser(int("--failover", 1))
         .default(D.failoverMs)
         .env("TESSERA_FAILOVER"),
+    )
+    .addOption(
+      new Option(
+        "--tokenize-threads <n>",
+        "worker threads that tokenise prompts off the event loop (tenants served in turn)",
+      )
+        .argParser(int("--tokenize-threads", 1))
+        .default(D.tokenizeThreads)
+        .env("TESSERA_TOKENIZE_THREADS"),
     );
 }
 
@@ -267,6 +276,7 @@ async function coordinatorAction(o: OptionValues): Promise<void> {
       natsPrefix: o.natsPrefix,
       nodeLostAfterMs: o.nodeLostAfter,
       jobConcurrency: o.jobConcurrency,
+      tokenizeThreads: o.tokenizeThreads,
       tenantMaxBytes: o.tenantMaxBytes,
       tenantMaxJobs: o.tenantMaxJobs,
       jobRetentionMs: o.jobRetention,

@@ -30,6 +30,7 @@ import type { ModelCache } from "../model-cache.js";
 import { ModelLease, holderId, loadStageModel } from "../model-lease.js";
 import type { Membership } from "../membership.js";
 import type { CompiledCoordinatorOptions } from "../options.js";
+import type { TokenizerPool } from "../tokenize/tokenizer-pool.js";
 import { resolveServedModel, type ServedModel } from "../served-models.js";
 import { checkPriorityAllowed, type Identity } from "./auth.js";
 import { checkGenerateLimits } from "./limits.js";
@@ -40,6 +41,8 @@ export interface GenerateDeps {
   models: ModelCache;
   membership: Membership;
   slots: BatchSlots;
+  /** Tokenises prompts off the event loop, fairly among tenants. */
+  tokenizers: TokenizerPool;
   attentionClient(address: string): Client<typeof Attention>;
   gpuClient(address: string): Client<typeof GpuNode>;
 }
@@ -58,6 +61,12 @@ export interface GenerateCaller {
   /** Aborts when the caller cancels (the job's sequences are then closed). */
   signal: AbortSignal;
   emit(event: MessageInitShape<typeof GenerateEventSchema>): void;
+  /**
+   * The tenant in whose turn the job's prompts are tokenised (the
+   * tokeniser pool's round-robin); @default `who.tenant`. The job worker's
+   * jobs run as an admin but queue as the tenant that submitted them.
+   */
+  queueAs?: string | undefined;
 }
 
 /** A coordinator's Generate: runs one request; see {@link createGenerate}. */
@@ -173,6 +182,21 @@ export function createGenerate(deps: GenerateDeps): Generate {
           attentionClient: deps.attentionClient,
           slots: deps.slots,
           signal: abort.signal,
+          encodePrompts: (texts) =>
+            deps.tokenizers
+              .encode({ tokenizerPath: model.tokenizerPath, vocabSize: model.header.shape.vocabSize }, texts, {
+                tenant: caller.queueAs ?? who.tenant,
+                signal: abort.signal,
+              })
+              .catch((err: unknown) => {
+                if (err instanceof RpcError) throw err;
+                // A tokenizer file the worker thread could not load: as a model that cannot be loaded.
+                options.log(`model "${served.name}": its tokenizer could not be loaded: ${(err as Error).message}`);
+                throw new RpcError(
+                  Code.FAILED_PRECONDITION,
+                  `model "${served.name}" could not be loaded (see the coordinator's log)`,
+                );
+              }),
           emit: caller.emit,
         });
       } finally {

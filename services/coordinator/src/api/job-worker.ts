@@ -65,11 +65,17 @@ export const JOB_WORKER_DEFAULTS = Object.freeze({
 export interface JobRunner {
   /**
    * Runs `request` as an admin until it ends; every event goes to `emit`.
+   * `tenant` (the job's submitter) is the tenant whose turn its prompts'
+   * tokenising takes (tokenize/tokenizer-pool.ts).
    * @throws RpcError as the Generate RPC would (CANCELLED when `signal` aborts).
    */
   generate(
     request: GenerateRequest,
-    run: { signal: AbortSignal; emit(event: MessageInitShape<typeof GenerateEventSchema>): void },
+    run: {
+      signal: AbortSignal;
+      emit(event: MessageInitShape<typeof GenerateEventSchema>): void;
+      tenant?: string | undefined;
+    },
   ): Promise<void>;
 }
 
@@ -444,6 +450,7 @@ async function runJob(w: WorkerContext, store: JobStore, d: JobDelivery): Promis
       try {
         await o.coordinator.generate(request, {
           signal: abort.signal,
+          tenant: job.tenant,
           emit(init) {
             if (abort.signal.aborted || init.event?.case !== "result") return;
             const ev = create(GenerateEventSchema, init);

@@ -66,11 +66,46 @@ export function maxLineBytesOf(limits: GenerateLimits): number {
 }
 
 /**
+ * Most bytes protobuf spends on one PromptInput beyond its id's and
+ * prompt's UTF-8: the prompts field's tag and length (6), the two strings'
+ * tags and lengths (12), max_tokens (6), temperature and top_p (10), seed
+ * (11) and kv (11, a negative enum value), rounded up.
+ */
+const PROMPT_FRAMING_BYTES = 64;
+/**
+ * Most bytes of a GenerateRequest beyond its prompts and the UTF-8 of its
+ * strings: the four strings' tags and lengths (24), sampling (6 + 27) and
+ * kv (11), rounded up.
+ */
+const REQUEST_FRAMING_BYTES = 128;
+
+/**
+ * An upper bound of `request`'s protobuf size, from its strings' UTF-8
+ * bytes (`textBytes`: every prompt's text and id, already summed by the
+ * caller) and the most framing each field can take; undefined when a
+ * message holds unknown fields (whose size it does not count). Spares
+ * encoding a 64 MiB request on the event loop to learn that it is under
+ * the limit.
+ */
+export function encodedSizeBound(request: GenerateRequest, textBytes: number): number | undefined {
+  if (request.$unknown?.length || request.sampling?.$unknown?.length) return undefined;
+  if (request.prompts.some((p) => p.$unknown?.length)) return undefined;
+  const strings = [request.jobId, request.modelPath, request.tokenizerPath, request.priority];
+  return (
+    textBytes +
+    request.prompts.length * PROMPT_FRAMING_BYTES +
+    REQUEST_FRAMING_BYTES +
+    strings.reduce((n, x) => n + Buffer.byteLength(x, "utf8"), 0)
+  );
+}
+
+/**
  * Checks a job against `limits`, cheapest first: the number of prompts,
  * the request's sampling.max_tokens, then per prompt its text's UTF-8
  * bytes and max_tokens, and last the bytes of the whole request. That size
  * is `encodedBytes` when the caller has it (the received message or the
- * stored input's length), else the request re-encoded; either way only
+ * stored input's length), else the request re-encoded, unless
+ * {@link encodedSizeBound} is already under the limit; either way only
  * once the prompts' text alone is under the limit, so a huge request is
  * refused without encoding it.
  * @throws RpcError INVALID_ARGUMENT naming the field (e.g.
@@ -98,6 +133,10 @@ export function checkGenerateLimits(
       throw over(`${field}.max_tokens`, String(p.maxTokens), `${limits.maxTokens} tokens per prompt`);
     textBytes += bytes + Buffer.byteLength(p.id, "utf8");
     if (textBytes > limits.maxRequestBytes) break; // the request is over: no need to encode it
+  }
+  if (encodedBytes === undefined && textBytes <= limits.maxRequestBytes) {
+    const bound = encodedSizeBound(request, textBytes);
+    if (bound !== undefined && bound <= limits.maxRequestBytes) return;
   }
   const total =
     textBytes > limits.maxRequestBytes

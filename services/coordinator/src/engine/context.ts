@@ -19,6 +19,7 @@ import type { Membership } from "../membership.js";
 import type { CompiledCoordinatorOptions } from "../options.js";
 import type { GpuSurvey } from "../job-plan.js";
 import type { AttentionNodeRef, PlacementRequest, ShardPlacement } from "../placement.js";
+import type { EncodedPrompt } from "../tokenize/tokenizer-pool.js";
 import type { Sequence } from "./sequence.js";
 
 /** A model as the coordinator sees it: header (shape) and tokenizer. */
@@ -58,6 +59,13 @@ export interface BatchContext {
   slots: BatchSlots;
   /** Aborts when the job is cancelled (or the coordinator drains). */
   signal: AbortSignal;
+  /**
+   * Token ids of each prompt text (BOS first, no EOS), in order, encoded with
+   * the model's tokenizer off the event loop, fairly among tenants
+   * (TokenizerPool.encode with the job's tenant and `signal`).
+   * @throws RpcError CANCELLED when `signal` aborts.
+   */
+  encodePrompts(texts: readonly string[]): Promise<EncodedPrompt[]>;
   /** Sends an event (progress, result, plan, summary) to the job's client. */
   emit(event: MessageInitShape<typeof GenerateEventSchema>): void;
 }

@@ -45,7 +45,7 @@ export type StepOutcome =
   | { kind: "ok"; rows: Float32Array[][]; timings: StepTimings | undefined; seconds: number }
   /** Send the step again (re-planned: a gpu-node came back or was reloaded, or the failing node holds none of it now). */
   | { kind: "resend" }
-  /** An attention node failed: `parts` are those with a shard on `node`. */
+  /** An attention node failed: `parts` are those with a shard on `node` (the one named by `error.seq_id`, when set). */
   | { kind: "attention-failed"; node: AttentionNodeRef; error: NodeError; parts: StepPart[] }
   /** The step cannot run: every part fails with `message`. */
   | { kind: "failed"; message: string };
@@ -157,9 +157,11 @@ export class StepExecutor {
 
   private async failed(failure: NodeError, parts: readonly StepPart[]): Promise<StepOutcome> {
     const { ctx } = this.job;
-    const onNode = failure.address
-      ? parts.filter((p) => p.seq.shards.some((sh) => sh.node.address === failure.address))
-      : [];
+    // A failure naming one sequence (NodeError.seq_id: its own KV cache
+    // failed) affects that sequence alone; the rest are re-sent.
+    const hit = (sh: { node: AttentionNodeRef; seqId: string }) =>
+      sh.node.address === failure.address && (!failure.seqId || sh.seqId === failure.seqId);
+    const onNode = failure.address ? parts.filter((p) => p.seq.shards.some(hit)) : [];
     if (failure.role !== "gpu" && failure.address && onNode.length === 0) {
       // An attention node no sequence of the step is on any more (they
       // moved while the step was in flight): send the step again.
@@ -168,7 +170,7 @@ export class StepExecutor {
     }
     if (onNode.length > 0) {
       // One attention node failed: only the sequences with a shard on it are affected.
-      const node = onNode[0]!.seq.shards.find((sh) => sh.node.address === failure.address)!.node;
+      const node = onNode[0]!.seq.shards.find(hit)!.node;
       return { kind: "attention-failed", node, error: failure, parts: onNode };
     }
     // The pipeline has put the failing gpu-node's address in front.

@@ -4,7 +4,7 @@
  * CloseSequence in the background; runBatch awaits every close in flight
  * ({@link KvCaches.releases}) before it returns.
  */
-import { Code, RpcError } from "@tessera/proto";
+import { Code, NodeErrorReason, RpcError } from "@tessera/proto";
 import type { AttentionNodeRef } from "../placement.js";
 import { layoutOf, nodeName, type BatchJob } from "./context.js";
 import { maxPositions, type Sequence, type Shard } from "./sequence.js";
@@ -12,9 +12,11 @@ import { maxPositions, type Sequence, type Shard } from "./sequence.js";
 /** Errors of OpenSequence after which the sequence is placed again (the node did not answer). */
 const OPEN_RETRY = new Set<number>([Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED]);
 
-/** What OpenSequence of one shard gave: opened ({}), refused for room, no answer, or a fatal error. */
+/** What OpenSequence of one shard gave: opened ({}), refused for room, its node's disk full, no answer, or a fatal error. */
 export interface ShardOpening {
   refused?: string;
+  /** The node's disk is full (RESOURCE_EXHAUSTED with reason DISK_FULL): place it elsewhere. */
+  diskFull?: string;
   unavailable?: string;
   node?: AttentionNodeRef;
   fatal?: string;
@@ -50,6 +52,8 @@ export class KvCaches {
           const e = RpcError.from(err);
           const name = nodeName(sh.node);
           const message = e.message.startsWith(name) ? e.message : `${name}: ${e.message}`;
+          if (e.code === Code.RESOURCE_EXHAUSTED && e.reason === NodeErrorReason.DISK_FULL)
+            return { diskFull: message, node: sh.node };
           if (e.code === Code.RESOURCE_EXHAUSTED) return { refused: message };
           return OPEN_RETRY.has(e.code) ? { unavailable: message, node: sh.node } : { fatal: message };
         }

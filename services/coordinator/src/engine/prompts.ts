@@ -2,9 +2,11 @@
  * The sequences of a request: each prompt tokenised, checked against the
  * model's context, and given its sampler and streaming decoder. Proto3
  * scalars cannot be absent, so 0 in the request's sampling means unset.
- * Prompts are tokenised one at a time with a turn of the event loop between
- * them, so one large request does not keep the coordinator from answering
- * health checks, heartbeats and other jobs (issue 13).
+ * Prompts are tokenised off the event loop, on the coordinator's tokeniser
+ * pool (`ctx.encodePrompts`, tokenize/tokenizer-pool.ts: fair among
+ * tenants, stopped when the job is cancelled), so one large request does
+ * not keep the coordinator from answering health checks, heartbeats and
+ * other tenants' jobs (issue 13).
  */
 import { setImmediate as nextTurn } from "node:timers/promises";
 import { createDecoder, createSampler } from "@tessera/model";
@@ -18,23 +20,28 @@ import { createSequence, sequenceId, type Sequence } from "./sequence.js";
  * Creates the sequence of every prompt of `job.request` into `job.seqs`;
  * a prompt that is too long or cannot be tokenised is finished at once
  * with an error Result (through `output`), one asking 0 tokens with "length".
- * Yields to the event loop before each prompt (one prompt's encode is
- * O(n log n) in its bytes, bounded by the API's maxPromptBytes).
+ * Tokenises through `job.ctx.encodePrompts` (off the event loop), then
+ * sets the sequences up, yielding to the event loop before each (a prompt
+ * refused as too long emits its Result, prompt and ids, at once: 64 KiB
+ * of text and ~30,000 ids take milliseconds to encode).
  * @throws RpcError CANCELLED when `job.ctx.signal` aborts; the prompts not
- *   read by then get no sequence.
+ *   set up by then get no sequence.
  */
 export async function createSequences(job: BatchJob, output: Output): Promise<void> {
   const { request, ctx, jobId, nonce } = job;
   const { shape } = ctx.model.header;
   const { tokenizer } = ctx.model;
   const sampling = request.sampling;
+  const encoded = await ctx.encodePrompts(request.prompts.map((p) => p.prompt));
   for (const [index, p] of request.prompts.entries()) {
     await nextTurn();
     if (ctx.signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
     const s: Sequence = createSequence(index, p.id, p.prompt, sequenceId(jobId, nonce, index));
     job.seqs.push(s);
     try {
-      s.promptIds = tokenizer.encode(p.prompt, { bos: true, eos: false });
+      const e = encoded[index]!;
+      if ("error" in e) throw new Error(e.error);
+      s.promptIds = Array.from(e.ids);
       output.promptTokens += s.promptIds.length;
       const wanted = p.maxTokens ?? (sampling?.maxTokens || COORDINATOR_DEFAULTS.maxTokens);
       // As run.c, the last sampled token is never fed back, so a sequence

@@ -15,11 +15,18 @@
  *   memory-node not); failing too long marks the node lost.
  * - re-plan and move: a node lost, removed or found without a sequence's KV
  *   cache moves its sequences elsewhere ({@link JobPlanner} plans again).
+ * - rebuild: a sequence whose own KV cache failed (a node names it in
+ *   NodeError.seq_id: damaged files, a checksum, a full disk; or its
+ *   re-open finds its files damaged, DATA_LOSS) is moved alone, at once,
+ *   with a log line, and rebuilt from its tokens; placement then avoids a
+ *   node whose disk was full (here, or at OpenSequence: RESOURCE_EXHAUSTED
+ *   with reason DISK_FULL) while another of its role is up. After
+ *   {@link MAX_KV_FAULTS} rebuilds it fails with the node's message.
  * - plan: per ready sequence its next prompt chunk (prefill, at most
  *   `maxPrefillTokens` tokens per step over the batch) or its last sampled
  *   token (decode), as a {@link StepPlan}.
  */
-import { Code, RpcError } from "@tessera/proto";
+import { Code, NodeErrorReason, RpcError, type NodeError } from "@tessera/proto";
 import type { BatchSlotsMember } from "../batch-slots.js";
 import type { MembershipChange } from "../membership.js";
 import { watchSlots } from "../metrics.js";
@@ -47,6 +54,9 @@ import {
 } from "./sequence.js";
 import type { StepPart, StepPlan } from "./step-plan.js";
 
+/** Rebuilds of one sequence after its own KV cache failed before it fails instead. */
+export const MAX_KV_FAULTS = 3;
+
 /** What opening a sequence's shards gave: opened, moved meanwhile, retry later, or refused for room (the message). */
 type OpenResult = undefined | "moved" | "retry" | { refused: string };
 
@@ -58,6 +68,8 @@ export class Scheduler {
   private readonly pending: Sequence[] = [];
   /** Attention nodes whose calls failed in a step and have not answered since. */
   private readonly failingNodes = new Set<string>();
+  /** Attention nodes that reported a full disk (DISK_FULL): placed on only when no other node of the role is up. */
+  private readonly fullDisks = new Set<string>();
   /** A sequence was refused for KV capacity: none is admitted until capacity frees. */
   private blocked = false;
   /** ctx.slots.freed when `blocked` was set: another job freeing places (and KV capacity) unblocks this one too. */
@@ -154,7 +166,10 @@ export class Scheduler {
       // node back or added) until retryTimeoutMs after it lost its node,
       // without holding up the sequences behind it.
       const now = Date.now();
-      const lists = { memory: membership.up("memory"), storage: membership.up("storage") };
+      const lists = {
+        memory: this.withRoom(membership.up("memory")),
+        storage: this.withRoom(membership.up("storage")),
+      };
       const roleOf = (s: Sequence) =>
         kvRole({ positions: maxPositions(s), kv: kvOf(this.job, s) }, lists, options.storageThresholdTokens);
       const stuck = (s: Sequence) => s.homeless !== undefined && lists[roleOf(s)].length === 0;
@@ -188,6 +203,12 @@ export class Scheduler {
       this.place.update(this.running().length, 0);
       this.afterOpening(batch, outcomes);
     }
+  }
+
+  /** `up` without the nodes whose disk was full, unless that leaves none. */
+  private withRoom(up: string[]): string[] {
+    const roomy = up.filter((a) => !this.fullDisks.has(a));
+    return roomy.length > 0 ? roomy : up;
   }
 
   /** Places `batch` on the attention nodes up (`lists`), after the running sequences' load; logs the wave. */
@@ -244,7 +265,8 @@ export class Scheduler {
 
   /**
    * Opens every shard of `s` on `placed`; a refusal for capacity (returned)
-   * closes the shards that did open, any other failure finishes the
+   * closes the shards that did open; a full disk or no answer tries again
+   * after a backoff (a full disk: elsewhere); any other failure finishes the
    * sequence. Returns "moved" when the sequence moved (or finished) while
    * its shards were opening: what opened is closed, and move() has queued it.
    */
@@ -263,6 +285,12 @@ export class Scheduler {
       this.output.finish(s, "error", fatal);
       return undefined;
     }
+    const full = outcomes.find((o) => o.diskFull !== undefined);
+    if (full?.diskFull !== undefined && full.node) {
+      // Placed again (after a backoff) where there is room.
+      this.fullDisks.add(full.node.address);
+      return this.openFailed(s, full.diskFull, full.node);
+    }
     const down = outcomes.find((o) => o.unavailable !== undefined);
     if (down?.unavailable !== undefined) return this.openFailed(s, down.unavailable, down.node);
     s.openRetry = undefined;
@@ -277,7 +305,7 @@ export class Scheduler {
   }
 
   /**
-   * Its node does not answer: the sequence is placed again after a backoff
+   * Its node does not answer (or its disk is full): the sequence is placed again after a backoff
    * (the node may be back, or known lost and avoided by then); a
    * memory-node failing for failoverMs is marked down; after retryTimeoutMs
    * the sequence fails.
@@ -389,10 +417,34 @@ export class Scheduler {
         options.log(`${s.seqId}: ${[...new Set(s.shards.map((sh) => nodeName(sh.node)))].join(", ")} back`);
         revived(s);
       }
-    } catch {
+    } catch (err) {
+      const e = RpcError.from(err);
+      if (e.code === Code.DATA_LOSS && s.seqId === id && !s.finished) {
+        // Its files there are damaged (a manifest missing or corrupt, a
+        // truncated layer file): waiting cannot help.
+        this.rebuild(s, e.message, `job ${this.job.jobId}`, w.since);
+        return;
+      }
       w.delay = Math.min(w.delay * 2, 2000);
       w.nextTry = Date.now() + w.delay;
     }
+  }
+
+  /**
+   * Moves `s` off its nodes because its own KV cache failed (`reason`
+   * names the node and file) and logs it (`where` starts the line): it is
+   * rebuilt from its tokens where placement puts it, or, past
+   * {@link MAX_KV_FAULTS} rebuilds, fails with `reason`.
+   */
+  private rebuild(s: Sequence, reason: string, where: string, since = Date.now()): void {
+    s.kvFaults = (s.kvFaults ?? 0) + 1;
+    if (s.kvFaults > MAX_KV_FAULTS) {
+      this.output.finish(s, "error", `${reason} (its KV cache failed ${s.kvFaults} times; not rebuilt again)`);
+      return;
+    }
+    this.job.ctx.options.log(`${where}: ${reason}; rebuilding prompt "${s.id}" from its tokens`);
+    this.move(s, reason, since);
+    void this.planner.replan(reason, 1);
   }
 
   /** Whether every sequence has finished. */
@@ -448,16 +500,23 @@ export class Scheduler {
   }
 
   /**
-   * An attention node failed a step: with a transient error its sequences
-   * wait for it (revive re-opens them), else they fail.
+   * An attention node failed a step: when it names one sequence (its own
+   * KV cache failed) that sequence is rebuilt (see the file comment); with
+   * a transient error its sequences wait for it (revive re-opens them),
+   * else they fail.
    */
   attentionFailed(
     node: AttentionNodeRef,
-    error: { code: number; message: string },
+    error: Pick<NodeError, "code" | "message" | "reason" | "seqId">,
     parts: readonly StepPart[],
     stepId: bigint,
   ): void {
     const reason = `${nodeName(node)}: ${error.message}`;
+    if (error.seqId) {
+      if (error.reason === NodeErrorReason.DISK_FULL) this.fullDisks.add(node.address);
+      for (const p of parts) this.rebuild(p.seq, reason, `step ${stepId}`);
+      return;
+    }
     if (TRANSIENT.has(error.code)) {
       this.job.ctx.options.log(`step ${stepId}: ${reason}; its ${parts.length} sequence(s) wait for it`);
       const now = Date.now();

@@ -73,6 +73,8 @@ export interface Sequence {
   state: SequenceState;
   /** Times its KV cache moved to other nodes. */
   moves: number;
+  /** Times its own KV cache failed on a node (NodeError.seq_id named it) and it was rebuilt. */
+  kvFaults?: number;
   /** In state Moving: since when (ms since epoch) and why it has no node. */
   homeless?: { since: number; reason: string };
   /** Set while opening its KV cache fails because the node does not answer (killed, restarting). */
