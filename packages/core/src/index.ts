@@ -94,3 +94,4 @@ export {
   describeChoices,
   isHostPort,
 } from "./option-checks.js";
+export { type ClockTick, RunningClock, type RunningTimeoutOptions, runningTimeout } from "./running-clock.js";

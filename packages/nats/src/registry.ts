@@ -11,7 +11,7 @@
 import { randomUUID } from "node:crypto";
 import { Kvm, type KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { NODE_ROLES, withCompanion, type Service, type NodeRole } from "@tessera/core";
+import { NODE_ROLES, RunningClock, withCompanion, type Service, type NodeRole } from "@tessera/core";
 import { DEFAULT_NATS_PREFIX, connectNats, NatsError } from "./connection.js";
 import { redactNatsServers } from "./server-urls.js";
 
@@ -279,6 +279,8 @@ export interface WatchRegistryOptions {
   onEvent(event: RegistryEvent): void;
   /** Log sink. @default stderr */
   log?: (line: string) => void;
+  /** Monotonic clock in ms (tests inject one to simulate a paused watcher). @default performance.now */
+  now?: () => number;
 }
 
 /** A node as the watcher knows it. */
@@ -308,7 +310,13 @@ export interface RegistryWatcher {
  * `lostAfterMs / 10` ms, clamped to 25..250 ms, so a node is reported at
  * most 250 ms after its `lostAfterMs` ran out); while the connection to
  * NATS is down nobody is declared lost, and after it reconnects every node
- * gets a fresh `lostAfterMs`.
+ * gets a fresh `lostAfterMs`. Heartbeats are judged by the time the
+ * watcher itself was running: when its timer finds a gap between two
+ * checks longer than half of `lostAfterMs - heartbeatMs` (at least two
+ * check periods), the watcher was stalled (its process SIGSTOPped, a long
+ * GC pause, the machine asleep), the heartbeats of that time wait unread
+ * in its socket, and every node gets a fresh `lostAfterMs` instead of
+ * being judged by the clock (a line is logged).
  *
  * Resolves once the records present at the start have been reported (or
  * after 2 s), so a coordinator that awaits it starts with its nodes.
@@ -326,6 +334,7 @@ export async function watchRegistry(o: WatchRegistryOptions): Promise<RegistryWa
     if (!Number.isFinite(v) || v <= 0) throw new RangeError(`${name}: must be a positive number of ms, got ${v}`);
   }
   const log = o.log ?? ((line: string) => process.stderr.write(line + "\n"));
+  const now = o.now ?? (() => performance.now());
   const prefix = o.prefix ?? DEFAULT_NATS_PREFIX;
   const bucket = registryBucket(prefix);
   const owned = typeof o.nats === "string";
@@ -343,8 +352,8 @@ export async function watchRegistry(o: WatchRegistryOptions): Promise<RegistryWa
     throw e instanceof NatsError ? e : new NatsError(servers, `watching bucket "${bucket}"`, { cause: e });
   }
 
-  /** Known nodes by key: record, state, and when the last heartbeat arrived (performance.now(), ms). */
-  const known = new Map<string, { record: NodeRecord; state: "up" | "lost"; seenAt: number }>();
+  /** Known nodes by key: record, state, and when the last heartbeat arrived (`now()`, ms). */
+  const known = new Map<string, KnownNode>();
   let connected = true;
   let stopped = false;
 
@@ -403,12 +412,12 @@ export async function watchRegistry(o: WatchRegistryOptions): Promise<RegistryWa
                   `reported when it does`,
               );
             } else {
-              known.set(e.key, { record, state: "up", seenAt: performance.now() - Math.max(0, age) });
+              known.set(e.key, { record, state: "up", seenAt: now() - Math.max(0, age) });
               emit("joined", record, "registered");
             }
           } else {
             node.record = record;
-            node.seenAt = performance.now();
+            node.seenAt = now();
             if (node.state === "lost") {
               node.state = "up";
               emit("back", record, "heartbeats again");
@@ -438,24 +447,20 @@ export async function watchRegistry(o: WatchRegistryOptions): Promise<RegistryWa
       } else if (s.type === "reconnect") {
         connected = true;
         log(`registry: reconnected to NATS at ${servers}`);
-        const now = performance.now();
-        for (const n of known.values()) n.seenAt = now;
+        const t = now();
+        for (const n of known.values()) n.seenAt = t;
       }
     }
   })().catch(() => undefined);
 
-  const checkMs = Math.max(25, Math.min(250, lostAfterMs / 10));
-  const check = setInterval(() => {
-    if (!connected || stopped) return;
-    const now = performance.now();
-    for (const n of known.values()) {
-      if (n.state === "up" && now - n.seenAt > lostAfterMs) {
-        n.state = "lost";
-        emit("lost", n.record, `no heartbeat for ${Math.round(now - n.seenAt)} ms (lost after ${lostAfterMs} ms)`);
-      }
-    }
-  }, checkMs);
-  check.unref();
+  const check = checkHeartbeats(known, {
+    heartbeatMs,
+    lostAfterMs,
+    now,
+    log,
+    paused: () => !connected || stopped,
+    lost: (n, reason) => emit("lost", n.record, reason),
+  });
 
   await initial;
   clearTimeout(initialTimer);
@@ -480,6 +485,58 @@ export async function watchRegistry(o: WatchRegistryOptions): Promise<RegistryWa
       return stopping;
     },
   };
+}
+
+/** A node as a watcher tracks it: record, state, and when its last heartbeat arrived (the watcher's `now()`, ms). */
+interface KnownNode {
+  record: NodeRecord;
+  state: "up" | "lost";
+  seenAt: number;
+}
+
+/**
+ * The watcher's lost-node timer (see {@link watchRegistry}): every
+ * `lostAfterMs / 10` ms (25..250) marks an up node with no heartbeat for
+ * `lostAfterMs` lost and calls `lost`; skipped while `paused()`; a gap
+ * between checks over (lostAfterMs - heartbeatMs) / 2 (at least two
+ * periods) is the watcher's own stall and gives every node a fresh
+ * `lostAfterMs` instead. Returns the (unref()ed) interval.
+ */
+function checkHeartbeats(
+  known: ReadonlyMap<string, KnownNode>,
+  o: {
+    heartbeatMs: number;
+    lostAfterMs: number;
+    now: () => number;
+    log: (line: string) => void;
+    paused: () => boolean;
+    lost: (n: KnownNode, reason: string) => void;
+  },
+): NodeJS.Timeout {
+  const { lostAfterMs, now } = o;
+  const checkMs = Math.max(25, Math.min(250, lostAfterMs / 10));
+  const clock = new RunningClock(Math.max(2 * checkMs, (lostAfterMs - o.heartbeatMs) / 2), now);
+  const check = setInterval(() => {
+    const { stalledMs } = clock.tick();
+    if (o.paused()) return;
+    const t = now();
+    if (stalledMs > 0) {
+      o.log(
+        `registry: this watcher was not running for ${Math.round(stalledMs)} ms (process paused?); ` +
+          `every node gets a fresh ${lostAfterMs} ms to heartbeat`,
+      );
+      for (const n of known.values()) n.seenAt = t;
+      return;
+    }
+    for (const n of known.values()) {
+      if (n.state === "up" && t - n.seenAt > lostAfterMs) {
+        n.state = "lost";
+        o.lost(n, `no heartbeat for ${Math.round(t - n.seenAt)} ms (lost after ${lostAfterMs} ms)`);
+      }
+    }
+  }, checkMs);
+  check.unref();
+  return check;
 }
 
 /** Registry options of a node process (`tessera node ... --nats --nats-prefix --advertise`). */

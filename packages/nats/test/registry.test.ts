@@ -350,3 +350,72 @@ test("a node whose clock runs behind joins: the watcher judges records by the NA
   const joined = await log.next("joined", address);
   assert.equal(joined.role, "memory");
 });
+
+test("a watcher that was itself paused declares nobody lost: nodes get a fresh lostAfterMs, and a dead one is lost after it", async (t) => {
+  const prefix = await prefixFor(t);
+  const nc = await connectNats({ servers: SERVERS, name: "registry-test" });
+  t.after(() => nc.close());
+  const kv = await openRegistryBucket(nc, prefix);
+  // The watcher's clock: real time plus a jump the test makes, as a
+  // SIGSTOPped process sees its monotonic clock move on when it resumes.
+  let jumpMs = 0;
+  const lostAfterMs = 600;
+  const lines: string[] = [];
+  const log = eventLog();
+  const watcher = await watchRegistry({
+    nats: nc,
+    prefix,
+    heartbeatMs: 100,
+    lostAfterMs,
+    onEvent: log.onEvent,
+    log: (l) => lines.push(l),
+    now: () => performance.now() + jumpMs,
+  });
+  t.after(() => watcher.stop());
+  const addresses = ["127.0.0.1:50011", "127.0.0.1:50012"];
+  const beat = (address: string) =>
+    kv.put(
+      registryKey("gpu", address),
+      JSON.stringify({
+        role: "gpu",
+        address,
+        pricePerHour: 0,
+        startedAt: new Date().toISOString(),
+        heartbeatAt: new Date().toISOString(),
+        nodeId: address,
+      } satisfies NodeRecord),
+    );
+  await Promise.all(addresses.map(beat));
+  for (const a of addresses) await log.next("joined", a);
+  let beating = [...addresses];
+  // A put still in flight when the test closes the connection is not a failure.
+  const timer = setInterval(() => beating.forEach((a) => void beat(a).catch(() => undefined)), 100);
+  t.after(() => clearInterval(timer));
+  await new Promise((r) => setTimeout(r, 300));
+
+  // Paused for 20 s: its next check finds every heartbeat 20 s old.
+  jumpMs += 20_000;
+  await new Promise((r) => setTimeout(r, 3 * lostAfterMs));
+  assert.deepEqual(
+    log.events.filter((e) => e.kind === "lost").map((e) => e.address),
+    [],
+    "nobody is lost after the watcher's own pause",
+  );
+  assert.ok(
+    lines.some((l) => /not running for 2\d{4} ms .*fresh 600 ms/.test(l)),
+    `the pause is logged: ${lines.join(" | ")}`,
+  );
+
+  // One node stops heartbeating: it is still lost, after lostAfterMs.
+  beating = [addresses[0]!];
+  const lost = await log.next("lost", addresses[1]!);
+  assert.match(lost.reason, /no heartbeat for \d+ ms \(lost after 600 ms\)/);
+  assert.deepEqual(
+    watcher.nodes().map((n) => [n.record.address, n.state]),
+    [
+      [addresses[0], "up"],
+      [addresses[1], "lost"],
+    ],
+  );
+  clearInterval(timer);
+});

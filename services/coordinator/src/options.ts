@@ -26,6 +26,8 @@ export const COORDINATOR_DEFAULTS = Object.freeze({
   maxPrefillTokens: 4096,
   maxBatchSequences: 64,
   retryTimeoutMs: 30_000,
+  stepDeadlineMs: 10_000,
+  stepDeadlineFactor: 10,
   failoverMs: 3000,
   connectTimeoutMs: 5000,
   shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS,
@@ -104,6 +106,18 @@ export interface CoordinatorOptions {
   maxBatchSequences?: number;
   /** How long a step is retried while a node is unavailable, in ms. @default 30000 */
   retryTimeoutMs?: number;
+  /**
+   * Floor of a step's deadline, in ms: a Forward step gets
+   * max(stepDeadlineMs, stepDeadlineFactor × the p99 of the job's answered
+   * steps of its kind, prefill or decode), counted in time the coordinator
+   * was running (a pause of its own does not count). A step past it marks
+   * the stages that do not answer a health check lost, and is re-sent
+   * when they are back, for up to `retryTimeoutMs`. Must cover the slowest
+   * prefill step of `maxPrefillTokens` on the slowest gpu-node. @default 10000
+   */
+  stepDeadlineMs?: number;
+  /** Multiple of the measured p99 step time a step's deadline is at least (see `stepDeadlineMs`). @default 10 */
+  stepDeadlineFactor?: number;
   /**
    * How long a memory-node may keep failing before the coordinator marks it
    * lost and moves its sequences to other attention nodes (their KV cache
@@ -283,6 +297,12 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     maxPrefillTokens: positiveInt("maxPrefillTokens", o.maxPrefillTokens, COORDINATOR_DEFAULTS.maxPrefillTokens),
     maxBatchSequences: positiveInt("maxBatchSequences", o.maxBatchSequences, COORDINATOR_DEFAULTS.maxBatchSequences),
     retryTimeoutMs: positiveInt("retryTimeoutMs", o.retryTimeoutMs, COORDINATOR_DEFAULTS.retryTimeoutMs),
+    stepDeadlineMs: positiveInt("stepDeadlineMs", o.stepDeadlineMs, COORDINATOR_DEFAULTS.stepDeadlineMs),
+    stepDeadlineFactor: positiveInt(
+      "stepDeadlineFactor",
+      o.stepDeadlineFactor,
+      COORDINATOR_DEFAULTS.stepDeadlineFactor,
+    ),
     failoverMs: positiveInt("failoverMs", o.failoverMs, COORDINATOR_DEFAULTS.failoverMs),
     connectTimeoutMs: positiveInt("connectTimeoutMs", o.connectTimeoutMs, COORDINATOR_DEFAULTS.connectTimeoutMs),
     shutdownGraceMs: positiveInt("shutdownGraceMs", o.shutdownGraceMs, COORDINATOR_DEFAULTS.shutdownGraceMs),

@@ -90,6 +90,22 @@ function serviceFlags(c: Command): void {
     )
     .addOption(
       new Option(
+        "--step-deadline <ms>",
+        "floor of a step's deadline (a step gets max(this, --step-deadline-factor x the job's p99 step time)); " +
+          "a gpu-node past it is marked lost until it answers again",
+      )
+        .argParser(int("--step-deadline", 1))
+        .default(D.stepDeadlineMs)
+        .env("TESSERA_STEP_DEADLINE"),
+    )
+    .addOption(
+      new Option("--step-deadline-factor <k>", "a step's deadline is at least k x the job's p99 step time")
+        .argParser(int("--step-deadline-factor", 1))
+        .default(D.stepDeadlineFactor)
+        .env("TESSERA_STEP_DEADLINE_FACTOR"),
+    )
+    .addOption(
+      new Option(
         "--kv-head-groups <n>",
         "split each sequence's KV heads into this many groups on distinct attention nodes (HeadInfer; must divide n_kv_heads)",
       )
@@ -249,6 +265,8 @@ async function coordinatorAction(o: OptionValues): Promise<void> {
       tokenizerPath: o.tokenizer,
       storageThresholdTokens: o.storageThreshold,
       retryTimeoutMs: o.retryTimeout,
+      stepDeadlineMs: o.stepDeadline,
+      stepDeadlineFactor: o.stepDeadlineFactor,
       maxBatchSequences: o.maxBatch,
       maxPrefillTokens: o.maxPrefillTokens,
       kvHeadGroups: o.kvHeadGroups,

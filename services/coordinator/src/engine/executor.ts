@@ -8,6 +8,15 @@
  * again and re-sends; a transient one (UNAVAILABLE, DEADLINE_EXCEEDED,
  * CANCELLED, NOT_FOUND) re-sends after a backoff (100 ms doubling to 2 s)
  * while the pipeline has been failing for less than `retryTimeoutMs`.
+ *
+ * Every step has a deadline (step-deadline.ts): past it, the stages that
+ * do not answer a health check are marked lost, the step is abandoned (its
+ * late answer is dropped) and re-sent once they are back (their health
+ * check answers SERVING, or the registry sees them heartbeat), for up to
+ * `retryTimeoutMs`; then every part fails with "DEADLINE_EXCEEDED:
+ * gpu-node <address> did not answer step <n> ...". While every stage
+ * answers health checks the step is waited for, a deadline at a time, up
+ * to `retryTimeoutMs`.
  */
 import { trace } from "@opentelemetry/api";
 import {
@@ -24,6 +33,7 @@ import { tensorF32 } from "@tessera/core";
 import { recordStep } from "../metrics.js";
 import type { AttentionNodeRef } from "../placement.js";
 import { sleep, type BatchJob } from "./context.js";
+import { StepDeadlines } from "./step-deadline.js";
 import { splitLogitRows, type StepPart } from "./step-plan.js";
 
 /** Codes after which a node's sequences wait for it (a gpu-node: the step is re-sent) instead of failing. */
@@ -46,8 +56,13 @@ export class StepExecutor {
   stepId = 0n;
   private gpuFailingSince: number | undefined;
   private gpuDelay = 100;
+  private readonly deadlines: StepDeadlines;
+  /** Stages this executor marked lost for a missed deadline, with the reason; steps wait while one is down. */
+  private readonly hung = new Map<string, string>();
 
-  constructor(private readonly job: BatchJob) {}
+  constructor(private readonly job: BatchJob) {
+    this.deadlines = new StepDeadlines(job.ctx);
+  }
 
   /** The ForwardRequest of `parts`: every part's tokens and its KV shards, n_logit_rows when above 1. */
   buildRequest(parts: readonly StepPart[]): MessageInitShape<typeof ForwardRequestSchema> & { stepId: bigint } {
@@ -85,26 +100,46 @@ export class StepExecutor {
   async execute(parts: readonly StepPart[], isDecode: boolean): Promise<StepOutcome> {
     const { ctx } = this.job;
     if (ctx.signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
+    const hung = this.stillHung();
+    if (hung) return (await this.gpuRetry(hung)) ? { kind: "resend" } : { kind: "failed", message: hung };
     this.stepId++;
     const req = this.buildRequest(parts);
     const ts = performance.now();
     let res: ForwardResponse;
     try {
-      res = await ctx.gpu.step(req, ctx.signal);
+      const sent = await this.deadlines.send(req, isDecode);
+      if ("missed" in sent) {
+        for (const address of sent.marked) this.hung.set(address, sent.missed);
+        // Every stage answers health checks, and the step has waited retryTimeoutMs: stuck.
+        if (sent.marked.length === 0) return { kind: "failed", message: sent.missed };
+        return (await this.gpuRetry(sent.missed)) ? { kind: "resend" } : { kind: "failed", message: sent.missed };
+      }
+      res = sent;
     } catch (err) {
       if (ctx.signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
-      const e = RpcError.from(err);
-      if (await this.gpuRetry(e.message)) return { kind: "resend" };
-      return { kind: "failed", message: e.message };
+      const message = RpcError.from(err).message;
+      if (await this.gpuRetry(message)) return { kind: "resend" };
+      return { kind: "failed", message };
     }
     if (!res.error) return this.answered(res, parts, isDecode, ts);
     return this.failed(res.error, parts);
+  }
+
+  /** The failure of a stage this executor marked lost for a deadline and that is still down, else undefined. */
+  private stillHung(): string | undefined {
+    for (const [address, message] of this.hung) {
+      if (this.job.ctx.membership.isDown(address)) return message;
+      this.hung.delete(address);
+      this.job.ctx.options.log(`gpu-node ${address} answers again; re-sending step ${this.stepId + 1n}`);
+    }
+    return undefined;
   }
 
   private answered(res: ForwardResponse, parts: readonly StepPart[], isDecode: boolean, ts: number): StepOutcome {
     const { ctx } = this.job;
     const seconds = (performance.now() - ts) / 1000;
     recordStep(isDecode, seconds);
+    this.deadlines.record(isDecode, seconds);
     this.gpuFailingSince = undefined;
     this.gpuDelay = 100;
     const rows = splitLogitRows(tensorF32(res.logits, "logits"), parts, ctx.model.header.shape.vocabSize);
