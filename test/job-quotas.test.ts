@@ -165,7 +165,7 @@ test("`tessera jobs delete ID` removes a job (straight to NATS, and through --cl
   assert.equal(await store.find("acme", "c1"), undefined);
 });
 
-test("retention: a sweep deletes ended jobs past the retention and objects of no job past their grace, not queued or recent jobs nor a tenant's input under <tenant>/<id>; the worker sweeps by itself", async (t) => {
+test("retention: a sweep deletes ended jobs past the retention and objects of no job past their grace, not queued or recent jobs nor a tenant's input under <tenant>/<id>, nor a job submitted again since it listed the states; the worker sweeps by itself", async (t) => {
   const { prefix, store, cluster } = await tenantCluster(t, {});
   const input = enc.encode(tesseraJobFile(1));
   await store.submit({ jobId: "old-done", input });
@@ -196,6 +196,19 @@ test("retention: a sweep deletes ended jobs past the retention and objects of no
   // A tenant's queued job's input (under acme/<id>, its key <id>) is no orphan.
   await store.submit({ jobId: "a2", tenant: "acme", scopeToTenant: true, input });
   assert.deepEqual(await sweepJobs(store, { retentionMs: 1, now, orphanGraceMs: 0 }), { jobs: [], orphans: [] });
+
+  // A sweep whose list of states is stale (the expired job "x" deleted and
+  // submitted again since) leaves the new "x" and its input alone.
+  await store.submit({ jobId: "x", input });
+  await store.cancel("x");
+  const stale = await store.list();
+  await store.delete("x");
+  await store.submit({ jobId: "x", input });
+  const staleStore = Object.create(store, { list: { value: () => Promise.resolve(stale) } }) as JobStore;
+  assert.deepEqual((await sweepJobs(staleStore, { retentionMs: 1, now, orphanGraceMs: 0 })).jobs, []);
+  assert.equal((await store.get("x"))?.status, "queued");
+  assert.ok((await store.objects()).some((o) => jobKeyOfObject(o.name) === "x"));
+  await store.delete("x");
 
   // The job worker sweeps on its own: a job that completes is gone one retention later.
   const lines: string[] = [];

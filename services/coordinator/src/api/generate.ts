@@ -181,7 +181,7 @@ export function createGenerate(deps: GenerateDeps): Generate {
               .catch((err: unknown) => {
                 if (err instanceof RpcError) throw err;
                 // A tokenizer file the worker thread could not load: as a model that cannot be loaded.
-                return unloadable(options.log, served, "its tokenizer ", err);
+                return unloadable(options.log, served, "its tokenizer", err);
               }),
           emit: caller.emit,
         });
@@ -318,7 +318,7 @@ async function planPipeline(
  * @throws RpcError FAILED_PRECONDITION naming the model only, always.
  */
 function unloadable(log: (line: string) => void, served: ServedModel, what: string, err: unknown): never {
-  log(`model "${served.name}": ${what}could not be loaded: ${(err as Error).message}`);
+  log(`model "${served.name}"${what ? `: ${what}` : ""} could not be loaded: ${(err as Error).message}`);
   throw new RpcError(
     Code.FAILED_PRECONDITION,
     `model "${served.name}" could not be loaded (see the coordinator's log)`,
