@@ -132,7 +132,12 @@ test("the serving metrics count a run's tokens, finishes and latencies per model
   assert.equal(metric(s, "request_queue_time_seconds_count", labels), 3, "the too-long prompt was never admitted");
   assert.equal(metric(s, "time_to_first_token_seconds_count", labels), 3);
   assert.equal(metric(s, "inter_token_latency_seconds_count", labels), itl);
+  assert.equal(metric(s, "time_per_output_token_seconds_count", labels), itl);
   assert.equal(metric(s, "e2e_request_latency_seconds_bucket", { ...labels, le: "+Inf" }), 4);
+  assert.equal(metric(s, "request_generation_tokens_sum", labels), generated);
+  const allPromptTokens = first.results.reduce((n, r) => n + r.promptTokenIds.length, 0);
+  assert.equal(metric(s, "request_prompt_tokens_sum", labels), allPromptTokens);
+  assert.equal(metric(s, "request_prompt_tokens_count", labels), 4);
   for (const name of ["num_requests_running", "num_requests_waiting", "kv_cache_usage_perc"]) {
     assert.equal(metric(s, name, labels), 0, name);
   }

@@ -30,8 +30,11 @@
  * - histograms (seconds, vLLM's buckets): `tessera_request_queue_time_seconds`
  *   (accepted to first admitted), `tessera_time_to_first_token_seconds`
  *   (accepted to first token sampled), `tessera_inter_token_latency_seconds`
- *   (between a request's completion tokens), `tessera_e2e_request_latency_seconds`
- *   (accepted to finished, every finished request).
+ *   (between a request's completion tokens; also as vLLM's older name
+ *   `tessera_time_per_output_token_seconds`), `tessera_e2e_request_latency_seconds`
+ *   (accepted to finished, every finished request); and per request the
+ *   vLLM token histograms `tessera_request_prompt_tokens` and
+ *   `tessera_request_generation_tokens` (each request the engine finished).
  */
 import type { ObservableGauge } from "@opentelemetry/api";
 import { lazyInstruments } from "@tessera/telemetry";
@@ -49,6 +52,9 @@ const TTFT_BUCKETS = [
 const ITL_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80];
 /** vLLM's request latency buckets (s): end-to-end and queue time. */
 const REQUEST_BUCKETS = [0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240, 480, 960, 1920, 7680];
+
+/** vLLM's token-count buckets (build_1_2_5_buckets), up to a million tokens. */
+const TOKEN_BUCKETS = [1, 10, 100, 1000, 10000, 100000].flatMap((b) => [b, 2 * b, 5 * b]).concat([1000000]);
 
 /** Models whose series read 0 before (and between) their requests: every coordinator's served names. */
 const servedNames = new Set<string>();
@@ -96,6 +102,22 @@ const instruments = lazyInstruments("@tessera/coordinator", (meter) => {
     queue: histogram("tessera.request_queue_time_seconds", "Seconds from accepted to first admitted", REQUEST_BUCKETS),
     ttft: histogram("tessera.time_to_first_token_seconds", "Seconds from accepted to first token", TTFT_BUCKETS),
     itl: histogram("tessera.inter_token_latency_seconds", "Seconds between a request's tokens", ITL_BUCKETS),
+    // vLLM's name for the same before 0.11, still in many dashboards.
+    tpot: histogram(
+      "tessera.time_per_output_token_seconds",
+      "Seconds between a request's tokens (as inter_token_latency)",
+      ITL_BUCKETS,
+    ),
+    requestPromptTokens: meter.createHistogram("tessera.request_prompt_tokens", {
+      description: "Prompt tokens of each finished request",
+      unit: "{token}",
+      advice: { explicitBucketBoundaries: TOKEN_BUCKETS },
+    }),
+    requestGenerationTokens: meter.createHistogram("tessera.request_generation_tokens", {
+      description: "Completion tokens of each finished request",
+      unit: "{token}",
+      advice: { explicitBucketBoundaries: TOKEN_BUCKETS },
+    }),
     e2e: histogram("tessera.e2e_request_latency_seconds", "Seconds from accepted to finished", REQUEST_BUCKETS),
   };
   // The counters' series exist (at 0) for every served model, as vLLM's do.
@@ -217,7 +239,11 @@ export class RequestTracker {
     }
     if (!generated) return;
     i.generationTokens.add(1, attributes);
-    if (s.lastTokenAt !== undefined) i.itl.record((now - s.lastTokenAt) / 1000, attributes);
+    if (s.lastTokenAt !== undefined) {
+      const seconds = (now - s.lastTokenAt) / 1000;
+      i.itl.record(seconds, attributes);
+      i.tpot.record(seconds, attributes);
+    }
     s.lastTokenAt = now;
   }
 
@@ -226,6 +252,9 @@ export class RequestTracker {
     if (this.ended) return;
     this.finishedCount++;
     this.count(reason === "error" && this.signal.aborted ? "abort" : reason, 1);
+    const i = instruments();
+    i.requestPromptTokens.record(s.promptIds.length, { model_name: this.model });
+    i.requestGenerationTokens.record(s.generated.length, { model_name: this.model });
   }
 
   /**
