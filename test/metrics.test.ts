@@ -9,7 +9,8 @@
  * tokens exactly, one step-latency observation per step on both sides of
  * the coordinator -> gpu-node hop, KV capacity as configured and nothing
  * left reserved, the job queue empty, and the job's $/Mtok from its plan's
- * price and wall time.
+ * price and wall time; and the served model's vLLM-named serving series
+ * (issue 14) with the same tokens and finishes.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -87,6 +88,20 @@ test("every service serves Prometheus metrics that match a Generate's tokens, st
   const le = one(c, "tessera_step_duration_seconds_bucket", { tessera_stage: "decode", le: "+Inf" });
   assert.equal(le.value, decodeSteps);
   assert.equal(one(c, "tessera_batch_slots_in_use", scope).value, 0);
+  // The vLLM-named serving series of the served model (issue 14; test/serving-metrics.test.ts has the rest).
+  const served = { ...scope, model_name: "stories260K" };
+  assert.equal(one(c, "tessera_generation_tokens_total", served).value, generated);
+  const promptTokens = [...out.results.values()].reduce((n, r) => n + r.promptTokenIds.length, 0);
+  assert.equal(one(c, "tessera_prompt_tokens_total", served).value, promptTokens);
+  const byReason = (reason: string) =>
+    one(c, "tessera_request_success_total", { ...served, finished_reason: reason }).value;
+  const reasons = [...out.results.values()].map((r) => r.finishReason);
+  for (const reason of ["stop", "length", "abort", "error"]) {
+    assert.equal(byReason(reason), reasons.filter((r) => r === reason).length, reason);
+  }
+  assert.equal(one(c, "tessera_e2e_request_latency_seconds_count", served).value, 2);
+  assert.equal(one(c, "tessera_num_requests_running", served).value, 0);
+  assert.equal(one(c, "tessera_num_requests_waiting", served).value, 0);
   for (const priority of ["high", "normal", "low"]) {
     assert.equal(one(c, "tessera_jobs_queued", { tessera_priority: priority }).value, 0);
     assert.equal(one(c, "tessera_jobs_running", { tessera_priority: priority }).value, 0);
