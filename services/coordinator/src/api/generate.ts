@@ -32,6 +32,7 @@ import type { Membership } from "../membership.js";
 import type { CompiledCoordinatorOptions } from "../options.js";
 import type { TokenizerPool } from "../tokenize/tokenizer-pool.js";
 import { resolveServedModel, type ServedModel } from "../served-models.js";
+import { serveModelMetrics, trackRequests } from "../serving-metrics.js";
 import { checkPriorityAllowed, type Identity } from "./auth.js";
 import { checkGenerateLimits } from "./limits.js";
 
@@ -99,6 +100,8 @@ export function createGenerate(deps: GenerateDeps): Generate {
   const gpuLeases = new Map<string, ModelLease>();
   // This coordinator's name in the gpu-nodes' model leases.
   const holder = holderId();
+  // The served models' serving metrics read 0 before their first request.
+  serveModelMetrics(options.models.map((m) => m.name));
 
   async function run(req: GenerateRequest, caller: GenerateCaller): Promise<void> {
     const { who } = caller;
@@ -118,6 +121,13 @@ export function createGenerate(deps: GenerateDeps): Generate {
     if (caller.signal.aborted) return;
     jobs.add(abort);
     if (runKey) runningJobIds.add(runKey);
+    // Its prompts are requests of the serving metrics from here (running, waiting, finished).
+    const requests = trackRequests({
+      model: served.name,
+      prompts: req.prompts.length,
+      signal: abort.signal,
+      kvNodes: () => [...deps.membership.up("memory"), ...deps.membership.up("storage")],
+    });
     const releases: (() => void)[] = [];
     try {
       const model = await deps.models
@@ -183,12 +193,14 @@ export function createGenerate(deps: GenerateDeps): Generate {
                 // A tokenizer file the worker thread could not load: as a model that cannot be loaded.
                 return unloadable(options.log, served, "its tokenizer", err);
               }),
+          requests,
           emit: caller.emit,
         });
       } finally {
         channel.close();
       }
     } finally {
+      requests.end();
       caller.signal.removeEventListener("abort", onCancel);
       for (const release of releases) release();
       jobs.delete(abort);

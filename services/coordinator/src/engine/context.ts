@@ -20,6 +20,7 @@ import type { CompiledCoordinatorOptions } from "../options.js";
 import type { GpuSurvey } from "../job-plan.js";
 import type { AttentionNodeRef, PlacementRequest, ShardPlacement } from "../placement.js";
 import type { EncodedPrompt } from "../tokenize/tokenizer-pool.js";
+import type { RequestTracker } from "../serving-metrics.js";
 import type { Sequence } from "./sequence.js";
 
 /** A model as the coordinator sees it: header (shape) and tokenizer. */
@@ -66,6 +67,8 @@ export interface BatchContext {
    * @throws RpcError CANCELLED when `signal` aborts.
    */
   encodePrompts(texts: readonly string[]): Promise<EncodedPrompt[]>;
+  /** The batch's requests in the serving metrics (serving-metrics.ts): told of admissions, tokens and finishes. */
+  requests: RequestTracker;
   /** Sends an event (progress, result, plan, summary) to the job's client. */
   emit(event: MessageInitShape<typeof GenerateEventSchema>): void;
 }

@@ -187,7 +187,10 @@ export class Scheduler {
       const room = Math.min(options.maxBatchSequences - this.running().length, this.place.room());
       if (room <= 0) return;
       const batch = ready.slice(0, room);
-      for (const b of batch) this.pending.splice(this.pending.indexOf(b), 1);
+      for (const b of batch) {
+        this.pending.splice(this.pending.indexOf(b), 1);
+        ctx.requests.admitted(b);
+      }
       // Opening: their places are taken already (another job admitting
       // meanwhile sees them).
       this.place.update(this.running().length + batch.length, ready.length - batch.length);

@@ -42,6 +42,8 @@ export type FinishReason = "stop" | "length" | "error";
 export interface Shard extends ShardPlacement {
   seqId: string;
   opened: boolean;
+  /** Bytes its node reserved for it (OpenSequence's reserved_bytes), once opened. */
+  reservedBytes?: number;
 }
 
 /** Its attention node failing: since when (ms since epoch), why, when to re-open next, and the node. */
@@ -96,6 +98,9 @@ export interface Sequence {
   /** performance.now() at creation and at its first sampled token. */
   startedAt: number;
   firstTokenAt?: number;
+  /** performance.now() when first admitted into the running batch, and at its last completion token (serving metrics). */
+  admittedAt?: number;
+  lastTokenAt?: number;
 }
 
 /** The seq-id of prompt `index` of a job: `${jobId}-${nonce}-${index}` (the nonce keeps retried jobs apart). */
