@@ -18,7 +18,7 @@ import { join } from "node:path";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Objm } from "@nats-io/obj";
 import { JobStore, connectNats, jobKeyOfObject, registryBucket } from "@tessera/nats";
-import { Code, Coordinator, createClient, type Job } from "@tessera/proto";
+import { Code, Coordinator, RpcError, createClient, type Job } from "@tessera/proto";
 import { collect, failure, startInProcessCluster, startPrivateNats, tempDir, tesseraJobFile } from "@tessera/testing";
 import { createJobWorker, sweepJobs, type CoordinatorOptions } from "@tessera/coordinator";
 import { formatBytes } from "@tessera/core";
@@ -141,6 +141,24 @@ test("quota: a tenant over its jobs or bytes quota gets RESOURCE_EXHAUSTED namin
   await ops.deleteJob({ id: "o1" });
   assert.equal((await acme.submitJob({ jobId: "big", input: big, sampling: { maxTokens: 2 } })).status, "queued");
   assert.equal((await ended(acme, "big")).status, "completed");
+});
+
+test("quota race: 8 SubmitJobs of one tenant at once with --tenant-max-jobs 1: exactly one accepted, 7 RESOURCE_EXHAUSTED; another tenant's submit at the same time is accepted", async (t) => {
+  const { store, acme, globex } = await tenantCluster(t, { tenantMaxJobs: 1 });
+  const input = enc.encode(tesseraJobFile(1));
+  const calls = Array.from({ length: 8 }, (_, i) => acme.submitJob({ jobId: `r${i}`, input }));
+  const other = globex.submitJob({ jobId: "g", input });
+  const results = await Promise.allSettled(calls);
+  const accepted = results.filter((r) => r.status === "fulfilled");
+  const refused = results.flatMap((r) => (r.status === "rejected" ? [RpcError.from(r.reason)] : []));
+  assert.equal(accepted.length, 1, `accepted: ${accepted.length}`);
+  assert.deepEqual(
+    refused.map((e) => e.code),
+    Array.from({ length: 7 }, () => Code.RESOURCE_EXHAUSTED),
+    refused.map((e) => e.message).join("; "),
+  );
+  assert.equal((await store.usage("acme")).jobs, 1);
+  assert.equal((await other).status, "queued");
 });
 
 test("`tessera jobs delete ID` removes a job (straight to NATS, and through --cluster for a tenant: another's is not found)", async (t) => {

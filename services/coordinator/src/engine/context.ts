@@ -11,7 +11,7 @@ import type {
   KvLayoutSchema,
   MessageInitShape,
 } from "@tessera/proto";
-import { nodeName as roleNodeName } from "@tessera/core";
+import { nodeName as roleNodeName, runningNow } from "@tessera/core";
 import type { CheckpointHeader, Tokenizer } from "@tessera/model";
 import type { ForwardPipeline, LayerRange } from "../pipeline.js";
 import type { BatchSlots } from "../batch-slots.js";
@@ -71,6 +71,18 @@ export interface BatchContext {
   requests: RequestTracker;
   /** Sends an event (progress, result, plan, summary) to the job's client. */
   emit(event: MessageInitShape<typeof GenerateEventSchema>): void;
+  /**
+   * The clock of the job's retry windows (--retry-timeout, --failover) and
+   * backoffs, in ms: time the coordinator was running (@tessera/core's
+   * runningNow when unset; tests inject one), so a coordinator paused
+   * (SIGSTOP, a long GC) does not use up a window while it was not running.
+   */
+  runningNow?: () => number;
+}
+
+/** `ctx`'s running-time clock now, in ms ({@link BatchContext.runningNow}). */
+export function runningMsOf(ctx: Pick<BatchContext, "runningNow">): number {
+  return (ctx.runningNow ?? runningNow)();
 }
 
 /** The fixed facts of one batch run, shared by its phases. */

@@ -46,7 +46,7 @@ export interface Shard extends ShardPlacement {
   reservedBytes?: number;
 }
 
-/** Its attention node failing: since when (ms since epoch), why, when to re-open next, and the node. */
+/** Its attention node failing: since when (running ms: BatchContext.runningNow), why, when to re-open next, and the node. */
 export interface NodeWait {
   since: number;
   reason: string;
@@ -55,7 +55,7 @@ export interface NodeWait {
   node: { address: string; role: string };
 }
 
-/** Opening its KV cache failing because the node does not answer: since when, why, when to try again. */
+/** Opening its KV cache failing because the node does not answer: since when, why, when to try again (running ms: BatchContext.runningNow). */
 export interface OpenRetry {
   since: number;
   reason: string;
@@ -77,7 +77,7 @@ export interface Sequence {
   moves: number;
   /** Times its own KV cache failed on a node (NodeError.seq_id named it) and it was rebuilt. */
   kvFaults?: number;
-  /** In state Moving: since when (ms since epoch) and why it has no node. */
+  /** In state Moving: since when (running ms: BatchContext.runningNow) and why it has no node. */
   homeless?: { since: number; reason: string };
   /** Set while opening its KV cache fails because the node does not answer (killed, restarting). */
   openRetry?: OpenRetry;
