@@ -26,6 +26,7 @@ import { join } from "node:path";
 import {
   Attention,
   Code,
+  Coordinator,
   GpuNode,
   PLAINTEXT,
   checkHealth,
@@ -34,6 +35,7 @@ import {
   setTransportSecurity,
   type TransportSecurity,
 } from "@tessera/proto";
+import { createCoordinator } from "@tessera/coordinator";
 import { createGpuNode } from "@tessera/gpu-node";
 import { createMemoryNode } from "@tessera/memory-node";
 import { readCheckpointHeader } from "@tessera/model";
@@ -108,7 +110,7 @@ after(async () => {
 });
 
 /** A client of `service` at `address` with the identity `who`, closed after `fn`. */
-async function withClient<S extends typeof GpuNode | typeof Attention, T>(
+async function withClient<S extends typeof GpuNode | typeof Attention | typeof Coordinator, T>(
   service: S,
   address: string,
   who: string,
@@ -219,4 +221,35 @@ test("a certificate the CA signed without a role URI, or with one naming no role
     assert.equal(await checkHealth(memory.address, "tessera.v1.Attention", 5000, as(who)), "UNREACHABLE", who);
   }
   assert.equal(await checkHealth(memory.address, "tessera.v1.Attention", 5000, as("client")), "SERVING");
+});
+
+test("a coordinator on mutual TLS without --tokens takes calls from the operator and the coordinator only (its job worker), not from a node's certificate", async () => {
+  setTransportSecurity(as("coordinator"));
+  const coordinator = createCoordinator({
+    port: 0,
+    gpuNodes: [gpu.address],
+    memoryNodes: [memory.address],
+    log: () => {},
+  });
+  try {
+    await coordinator.start();
+  } finally {
+    setTransportSecurity(PLAINTEXT);
+  }
+  try {
+    for (const who of ["client", "coordinator"]) {
+      const nodes = await withClient(Coordinator, coordinator.address, who, (c) => c.listNodes({}));
+      assert.ok(
+        nodes.nodes.some((n) => n.address === gpu.address),
+        who,
+      );
+    }
+    for (const who of ["gpu-node", "memory-node", "storage-node"]) {
+      const refused = await failure(withClient(Coordinator, coordinator.address, who, (c) => c.listNodes({})));
+      assert.equal(refused.code, Code.PERMISSION_DENIED, `${who}: ${refused.message}`);
+      assert.match(refused.message, new RegExp(`^tessera\\.v1\\.Coordinator/ListNodes: .* has role ${who};`));
+    }
+  } finally {
+    await coordinator.close();
+  }
 });

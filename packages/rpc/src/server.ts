@@ -56,8 +56,9 @@ export async function startGrpcServer(
   secure: ServerSecurity = {},
 ): Promise<GrpcServer> {
   const security = secure.security ?? transportSecurity();
-  const mutual = security.kind === "tls" && (secure.requireClientCert ?? true);
-  const credentials = serverCredentials(security, host, secure.requireClientCert ?? true);
+  const requireClientCert = secure.requireClientCert ?? true;
+  const mutual = security.kind === "tls" && requireClientCert;
+  const credentials = serverCredentials(security, host, requireClientCert);
   const server = new Server({
     "grpc.max_receive_message_length": maxReceiveBytes,
     "grpc.max_send_message_length": defaultChannelOptions["grpc.max_send_message_length"],
