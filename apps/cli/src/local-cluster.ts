@@ -141,7 +141,7 @@ function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
 function childEnv(): NodeJS.ProcessEnv {
   const env = { ...process.env };
   for (const k of Object.keys(env)) {
-    if (/^TESSERA_(TLS_|PLAINTEXT$|TOKENS_FILE$|TOKEN$|NATS)/.test(k)) delete env[k];
+    if (/^TESSERA_(TLS_|PLAINTEXT$|TOKENS_FILE$|TOKEN$|HTTP_PORT$|NATS)/.test(k)) delete env[k];
   }
   if (env["TESSERA_METRICS_PORT"] !== undefined) env["TESSERA_METRICS_PORT"] = "0";
   return env;

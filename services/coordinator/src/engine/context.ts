@@ -68,7 +68,18 @@ export interface BatchContext {
   encodePrompts(texts: readonly string[]): Promise<EncodedPrompt[]>;
   /** Sends an event (progress, result, plan, summary) to the job's client. */
   emit(event: MessageInitShape<typeof GenerateEventSchema>): void;
+  /** Sees each sampled token as it comes (see {@link TokenListener}). */
+  onToken?: TokenListener | undefined;
 }
+
+/**
+ * Called with each token a sequence samples (BOS/EOS excepted): its
+ * prompt's id, the token id and the text it decoded to (possibly "" while a
+ * UTF-8 character is incomplete; the rest comes in the Result). Returning
+ * "stop" finishes the sequence at once with finish reason "stop" (a stop
+ * string was seen: the HTTP API's `stop`).
+ */
+export type TokenListener = (promptId: string, token: number, text: string) => "stop" | void;
 
 /** The fixed facts of one batch run, shared by its phases. */
 export interface BatchJob {
