@@ -9,11 +9,14 @@
  */
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
+import { get } from "node:https";
 import { join } from "node:path";
-import OpenAI, { AuthenticationError, BadRequestError, NotFoundError } from "openai";
+import OpenAI, { APIError, AuthenticationError, BadRequestError, NotFoundError } from "openai";
 import { repoRoot } from "@tessera/model";
 import { createHttpApi, type CoordinatorOptions } from "@tessera/coordinator";
+import { loadTls } from "@tessera/proto";
 import { bundled, generate, startInProcessCluster, tempDir } from "@tessera/testing";
 import { referenceText, runCli } from "./helpers.js";
 
@@ -262,7 +265,7 @@ test("with --tokens a request needs a bearer token (401 without); /health answer
   assert.deepEqual(await health.json(), { status: "ok", gpu_nodes: 1, kv_nodes: 1 });
 });
 
-test("/health is 503 saying why while no KV node is up, 200 again once one is", async (t) => {
+test("/health is 503 saying why while no KV node is up, 200 again once one is; a body over the limit is a 413", async (t) => {
   const { cluster, api } = await setUp(t);
   const memory = cluster.memories[0]!.address;
   // As a job that finds the memory-node lost marks it.
@@ -274,4 +277,44 @@ test("/health is 503 saying why while no KV node is up, 200 again once one is", 
   assert.match(body.error.message, /no memory- or storage-node is up/);
   cluster.coordinator.membership.markUp(memory);
   assert.equal((await fetch(`${api.url}/health`)).status, 200);
+
+  // A body over the limit: 413 with OpenAI's error body.
+  const small = createHttpApi(cluster.coordinator, { port: 0, bodyLimitBytes: 1000 });
+  await small.start();
+  t.after(() => small.close());
+  const client = new OpenAI({ baseURL: `${small.url}/v1`, apiKey: "unused", maxRetries: 0 });
+  await assert.rejects(
+    client.completions.create({ model: "stories260K", prompt: "x".repeat(2000) }),
+    (err: unknown) => {
+      assert.ok(err instanceof APIError, String(err));
+      assert.equal(err.status, 413);
+      assert.equal(err.type, "invalid_request_error");
+      return true;
+    },
+  );
+});
+
+test("over TLS the HTTP API is https with the coordinator's certificate, and refuses plain http", async (t) => {
+  const tmp = await tempDir("tessera-http-");
+  t.after(() => tmp.remove());
+  const certs = join(tmp.path, "certs");
+  const made = await runCli(["certs", "--out", certs, "--quiet"]);
+  assert.equal(made.code, 0, made.stderr);
+  const ca = join(certs, "ca.pem");
+  const security = loadTls({ ca, cert: join(certs, "coordinator.pem"), key: join(certs, "coordinator-key.pem") });
+  const cluster = await startInProcessCluster(t);
+  const api = createHttpApi(cluster.coordinator, { port: 0, security });
+  await api.start();
+  t.after(() => api.close());
+  assert.match(api.url, /^https:\/\/127\.0\.0\.1:\d+$/);
+  // The openai client has no CA option without undici; one GET checks the certificate chain.
+  const body = await new Promise<string>((resolve, reject) => {
+    get(`${api.url}/v1/models`, { ca: readFileSync(ca) }, (res) => {
+      let text = "";
+      res.setEncoding("utf8").on("data", (c: string) => (text += c));
+      res.on("end", () => resolve(text));
+    }).on("error", reject);
+  });
+  assert.equal((JSON.parse(body) as { data: { id: string }[] }).data[0]!.id, "stories260K");
+  await assert.rejects(fetch(api.url.replace("https:", "http:") + "/v1/models"));
 });

@@ -9,7 +9,7 @@
  * process's certificate when it has one (the coordinator's --tls-cert).
  */
 import Fastify, { type FastifyInstance } from "fastify";
-import { transportSecurity } from "@tessera/proto";
+import { transportSecurity, type TransportSecurity } from "@tessera/proto";
 import type { CoordinatorService } from "../coordinator.js";
 import type { Identity } from "../api/auth.js";
 import { chatRoutes } from "./chat.js";
@@ -42,6 +42,8 @@ export interface HttpApiOptions {
    * @default the coordinator's shutdownGraceMs
    */
   shutdownGraceMs?: number;
+  /** TLS (its certificate and key) or plaintext. @default the process's ({@link transportSecurity}) */
+  security?: TransportSecurity;
 }
 
 /** A running HTTP API. */
@@ -62,7 +64,7 @@ export function createHttpApi(coordinator: CoordinatorService, o: HttpApiOptions
   const { options } = coordinator;
   const log = options.log;
   const host = o.host ?? options.host;
-  const security = transportSecurity();
+  const security = o.security ?? transportSecurity();
   const tls = security.kind === "tls" && security.cert && security.key ? security : undefined;
   const app = Fastify({
     logger: false,
