@@ -185,6 +185,16 @@ test("completions equal a direct Generate, streamed or not; stop cuts the text; 
     );
   }
   await assert.rejects(
+    client.completions.create({ model: "stories260K", prompt: `${PROMPT} `.repeat(200), max_tokens: 4 }),
+    (err: unknown) => {
+      assert.ok(err instanceof BadRequestError, String(err));
+      assert.equal(err.code, "context_length_exceeded");
+      assert.equal(err.param, "prompt");
+      assert.match(err.message, /maximum context length is 512 tokens/);
+      return true;
+    },
+  );
+  await assert.rejects(
     client.chat.completions.create({ model: "stories260K", messages: [{ role: "user", content: "hi" }] }),
     (err: unknown) => {
       assert.ok(err instanceof BadRequestError);

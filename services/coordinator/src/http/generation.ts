@@ -6,6 +6,7 @@
  * (streaming), and the choices with OpenAI's usage counts.
  */
 import { randomInt } from "node:crypto";
+import { readModelHeader } from "@tessera/model";
 import { GenerateRequestSchema, create, type Result } from "@tessera/proto";
 import type { CoordinatorService } from "../coordinator.js";
 import type { ServedModel } from "../served-models.js";
@@ -125,28 +126,33 @@ export async function generateChoices(
       return m.stopped ? "stop" : undefined;
     },
   });
-  return {
-    choices: inputs.map((p) => choiceOf(p.id, results, choices, run.param)),
-    usage: usageOf(inputs, s.n, results),
-  };
+  for (const p of inputs) if (!choices.has(p.id)) await failed(p.id, results.get(p.id), run);
+  return { choices: inputs.map((p) => choices.get(p.id)!), usage: usageOf(inputs, s.n, results) };
 }
 
 function asReason(r: Result): "stop" | "length" {
   return r.finishReason === "length" ? "length" : "stop";
 }
 
-/** @throws OpenAiError for a prompt with no answer or an error Result. */
-function choiceOf(id: string, results: Map<string, Result>, choices: Map<string, Choice>, param: string): Choice {
-  const c = choices.get(id);
-  if (c) return c;
-  const r = results.get(id);
+/**
+ * A prompt's error Result as the request's error: a prompt over the
+ * model's context (its header's seq_len) is OpenAI's 400
+ * `context_length_exceeded`; any other failure a 500 with its message.
+ */
+async function failed(id: string, r: Result | undefined, run: { served: ServedModel; param: string }): Promise<never> {
   if (!r) throw new OpenAiError(500, "server_error", `choice ${id}: the coordinator sent no result`);
-  return failed(r, param);
-}
-
-/** A prompt's error Result as the request's error. */
-function failed(r: Result, param: string): never {
-  throw new OpenAiError(500, "server_error", r.error || "generation failed", param);
+  const seqLen = await readModelHeader(run.served.modelPath).then(
+    (h) => h.shape.seqLen,
+    () => Infinity,
+  );
+  if (r.promptTokenIds.length >= seqLen) {
+    throw invalidRequest(
+      run.param,
+      `This model's maximum context length is ${seqLen} tokens; the prompt has ${r.promptTokenIds.length}`,
+      "context_length_exceeded",
+    );
+  }
+  throw new OpenAiError(500, "server_error", r.error || "generation failed", run.param);
 }
 
 function usageOf(inputs: readonly { id: string }[], n: number, results: Map<string, Result>): Usage {
