@@ -172,6 +172,7 @@ test("completions equal a direct Generate, streamed or not; stop cuts the text; 
     ["top_k", { top_k: 5 }],
     ["bogus", { bogus: 1 }],
     ["temperature", { temperature: 7 }],
+    ["seed", { seed: 0 }],
   ] as const) {
     await assert.rejects(
       client.completions.create({ model: "stories260K", prompt: PROMPT, ...body } as never),
@@ -327,4 +328,52 @@ test("over TLS the HTTP API is https with the coordinator's certificate, and ref
   });
   assert.equal((JSON.parse(body) as { data: { id: string }[] }).data[0]!.id, "stories260K");
   await assert.rejects(fetch(api.url.replace("https:", "http:") + "/v1/models"));
+});
+
+test("close() lets a stream in flight finish, refuses new requests, and cancels what outlasts the grace", async (t) => {
+  const { cluster, api, client } = await setUp(t);
+  const full = await client.completions.create({ model: "stories260K", prompt: "", max_tokens: 200, temperature: 0 });
+  const stream = await client.completions.create({
+    model: "stories260K",
+    prompt: "",
+    max_tokens: 200,
+    temperature: 0,
+    stream: true,
+  });
+  let text = "";
+  let closing: Promise<void> | undefined;
+  for await (const chunk of stream) {
+    text += chunk.choices.map((c) => c.text).join("");
+    closing ??= api.close();
+  }
+  await closing;
+  assert.equal(text, full.choices[0]!.text);
+  await assert.rejects(client.models.list());
+
+  // A grace of 0: the stream in flight is cancelled, its last event OpenAI's error body.
+  const hasty = createHttpApi(cluster.coordinator, { port: 0, shutdownGraceMs: 1 });
+  await hasty.start();
+  const hastyClient = new OpenAI({ baseURL: `${hasty.url}/v1`, apiKey: "unused", maxRetries: 0 });
+  const cut = await hastyClient.completions.create({
+    model: "stories260K",
+    prompt: "",
+    max_tokens: 200,
+    temperature: 0,
+    stream: true,
+  });
+  let stopping: Promise<void> | undefined;
+  await assert.rejects(
+    (async () => {
+      for await (const chunk of cut) {
+        void chunk;
+        stopping ??= hasty.close();
+      }
+    })(),
+    (err: unknown) => {
+      assert.ok(err instanceof APIError, String(err));
+      assert.match(err.message, /cancel/);
+      return true;
+    },
+  );
+  await stopping;
 });

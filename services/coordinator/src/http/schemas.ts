@@ -36,7 +36,7 @@ const COMMON = {
   max_tokens: nullable({ type: "integer", minimum: 1 }),
   temperature: nullable({ type: "number", minimum: 0, maximum: 2 }),
   top_p: nullable({ type: "number", exclusiveMinimum: 0, maximum: 1 }),
-  seed: nullable({ type: "integer", minimum: 0 }),
+  seed: nullable({ type: "integer", minimum: 1 }),
   stop: nullable({
     anyOf: [
       { type: "string", minLength: 1 },
