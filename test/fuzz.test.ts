@@ -58,6 +58,7 @@ import {
   RemoveNodeRequestSchema,
   AddNodeRequestSchema,
   CancelJobRequestSchema,
+  DeleteJobRequestSchema,
   GetJobRequestSchema,
   GetResultsRequestSchema,
   ListJobsRequestSchema,
@@ -748,6 +749,7 @@ test("malformed and mutated messages to every RPC end with a documented status a
     ),
     CancelJob: [{ id: "fuzz" }, { id: "" }].map((m) => encode(CancelJobRequestSchema, m)),
     WatchJob: [{ id: "fuzz" }, { id: "" }].map((m) => encode(WatchJobRequestSchema, m)),
+    DeleteJob: [{ id: "fuzz" }, { id: "" }, { id: "a/b" }].map((m) => encode(DeleteJobRequestSchema, m)),
   };
   const coordinatorCodes: Record<string, Code[]> = {
     // Generate: INVALID_ARGUMENT for a bad request as a whole (documented;
@@ -767,7 +769,7 @@ test("malformed and mutated messages to every RPC end with a documented status a
     // INVALID_ARGUMENT for a bad field, line or limit, NOT_FOUND for an
     // unknown job, UNAVAILABLE when NATS does not answer.
     ...Object.fromEntries(
-      ["SubmitJob", "ListJobs", "GetJob", "GetResults", "CancelJob", "WatchJob"].map((name) => [
+      ["SubmitJob", "ListJobs", "GetJob", "GetResults", "CancelJob", "WatchJob", "DeleteJob"].map((name) => [
         name,
         [Code.FAILED_PRECONDITION, Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.UNAVAILABLE],
       ]),

@@ -18,7 +18,7 @@ import { join } from "node:path";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Objm } from "@nats-io/obj";
 import { JobStore, connectNats, jobKeyOfObject, registryBucket } from "@tessera/nats";
-import { Code, Coordinator, createClient, type Job } from "@tessera/proto";
+import { Code, Coordinator, RpcError, createClient, type Job } from "@tessera/proto";
 import { collect, failure, startInProcessCluster, startPrivateNats, tempDir, tesseraJobFile } from "@tessera/testing";
 import { createJobWorker, sweepJobs, type CoordinatorOptions } from "@tessera/coordinator";
 import { formatBytes } from "@tessera/core";
@@ -143,6 +143,24 @@ test("quota: a tenant over its jobs or bytes quota gets RESOURCE_EXHAUSTED namin
   assert.equal((await ended(acme, "big")).status, "completed");
 });
 
+test("quota race: 8 SubmitJobs of one tenant at once with --tenant-max-jobs 1: exactly one accepted, 7 RESOURCE_EXHAUSTED; another tenant's submit at the same time is accepted", async (t) => {
+  const { store, acme, globex } = await tenantCluster(t, { tenantMaxJobs: 1 });
+  const input = enc.encode(tesseraJobFile(1));
+  const calls = Array.from({ length: 8 }, (_, i) => acme.submitJob({ jobId: `r${i}`, input }));
+  const other = globex.submitJob({ jobId: "g", input });
+  const results = await Promise.allSettled(calls);
+  const accepted = results.filter((r) => r.status === "fulfilled");
+  const refused = results.flatMap((r) => (r.status === "rejected" ? [RpcError.from(r.reason)] : []));
+  assert.equal(accepted.length, 1, `accepted: ${accepted.length}`);
+  assert.deepEqual(
+    refused.map((e) => e.code),
+    Array.from({ length: 7 }, () => Code.RESOURCE_EXHAUSTED),
+    refused.map((e) => e.message).join("; "),
+  );
+  assert.equal((await store.usage("acme")).jobs, 1);
+  assert.equal((await other).status, "queued");
+});
+
 test("`tessera jobs delete ID` removes a job (straight to NATS, and through --cluster for a tenant: another's is not found)", async (t) => {
   const { prefix, store, cluster, token } = await tenantCluster(t, {});
   await store.submit({ jobId: "n1", input: enc.encode(tesseraJobFile(1)) });
@@ -165,7 +183,7 @@ test("`tessera jobs delete ID` removes a job (straight to NATS, and through --cl
   assert.equal(await store.find("acme", "c1"), undefined);
 });
 
-test("retention: a sweep deletes ended jobs past the retention and objects of no job past their grace, not queued or recent jobs nor a tenant's input under <tenant>/<id>; the worker sweeps by itself", async (t) => {
+test("retention: a sweep deletes ended jobs past the retention and objects of no job past their grace, not queued or recent jobs nor a tenant's input under <tenant>/<id>, nor a job submitted again since it listed the states; the worker sweeps by itself", async (t) => {
   const { prefix, store, cluster } = await tenantCluster(t, {});
   const input = enc.encode(tesseraJobFile(1));
   await store.submit({ jobId: "old-done", input });
@@ -196,6 +214,19 @@ test("retention: a sweep deletes ended jobs past the retention and objects of no
   // A tenant's queued job's input (under acme/<id>, its key <id>) is no orphan.
   await store.submit({ jobId: "a2", tenant: "acme", scopeToTenant: true, input });
   assert.deepEqual(await sweepJobs(store, { retentionMs: 1, now, orphanGraceMs: 0 }), { jobs: [], orphans: [] });
+
+  // A sweep whose list of states is stale (the expired job "x" deleted and
+  // submitted again since) leaves the new "x" and its input alone.
+  await store.submit({ jobId: "x", input });
+  await store.cancel("x");
+  const stale = await store.list();
+  await store.delete("x");
+  await store.submit({ jobId: "x", input });
+  const staleStore = Object.create(store, { list: { value: () => Promise.resolve(stale) } }) as JobStore;
+  assert.deepEqual((await sweepJobs(staleStore, { retentionMs: 1, now, orphanGraceMs: 0 })).jobs, []);
+  assert.equal((await store.get("x"))?.status, "queued");
+  assert.ok((await store.objects()).some((o) => jobKeyOfObject(o.name) === "x"));
+  await store.delete("x");
 
   // The job worker sweeps on its own: a job that completes is gone one retention later.
   const lines: string[] = [];

@@ -9,7 +9,8 @@
  * tokens exactly, one step-latency observation per step on both sides of
  * the coordinator -> gpu-node hop, KV capacity as configured and nothing
  * left reserved, the job queue empty, and the job's $/Mtok from its plan's
- * price and wall time.
+ * price and wall time; and the served model's vLLM-named serving series
+ * (issue 14) with the same tokens and finishes.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -18,48 +19,13 @@ import { JobStore, connectNats } from "@tessera/nats";
 import { KvPlacement } from "@tessera/proto";
 import { generate, STORY_OPENINGS } from "@tessera/testing";
 import { startTestCluster } from "./helpers.js";
+import { one, scrape } from "./prometheus.js";
 import { ALL_ROLES, type AttentionRole } from "@tessera/core";
 
 const SERVERS = process.env["TESSERA_NATS"] ?? "127.0.0.1:4222";
 const MEMORY_CAPACITY = 64 * 1024 ** 2;
 const STORAGE_CAPACITY = 256 * 1024 ** 2;
 const PRICES = { gpu: 2.5, memory: 0.25, storage: 0.05 };
-
-/** One sample of the Prometheus text format: name, labels, value. */
-interface Sample {
-  name: string;
-  labels: Record<string, string>;
-  value: number;
-}
-
-/** Parses Prometheus text format 0.0.4 (no escapes beyond \\" and \\\\ in label values, which Tessera's never have). */
-function parsePrometheus(text: string): Sample[] {
-  const out: Sample[] = [];
-  for (const line of text.split("\n")) {
-    if (line === "" || line.startsWith("#")) continue;
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    assert.ok(m, `not a Prometheus sample line: ${line}`);
-    const labels: Record<string, string> = {};
-    for (const l of (m[2] ?? "").matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]!] = l[2]!;
-    out.push({ name: m[1]!, labels, value: Number(m[3]) });
-  }
-  return out;
-}
-
-/** GETs `url` and parses it; the response must be Prometheus text. */
-async function scrape(url: string): Promise<Sample[]> {
-  const res = await fetch(url);
-  assert.equal(res.status, 200, url);
-  assert.match(res.headers.get("content-type") ?? "", /^text\/plain/);
-  return parsePrometheus(await res.text());
-}
-
-/** The one sample named `name` whose labels include `labels`. */
-function one(samples: Sample[], name: string, labels: Record<string, string> = {}): Sample {
-  const found = samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v));
-  assert.equal(found.length, 1, `${name}${JSON.stringify(labels)}: ${found.length} samples`);
-  return found[0]!;
-}
 
 test("every service serves Prometheus metrics that match a Generate's tokens, steps, KV and cost", async (t) => {
   const prefix = `m${randomBytes(4).toString("hex")}`;
@@ -122,6 +88,20 @@ test("every service serves Prometheus metrics that match a Generate's tokens, st
   const le = one(c, "tessera_step_duration_seconds_bucket", { tessera_stage: "decode", le: "+Inf" });
   assert.equal(le.value, decodeSteps);
   assert.equal(one(c, "tessera_batch_slots_in_use", scope).value, 0);
+  // The vLLM-named serving series of the served model (issue 14; test/serving-metrics.test.ts has the rest).
+  const served = { ...scope, model_name: "stories260K" };
+  assert.equal(one(c, "tessera_generation_tokens_total", served).value, generated);
+  const promptTokens = [...out.results.values()].reduce((n, r) => n + r.promptTokenIds.length, 0);
+  assert.equal(one(c, "tessera_prompt_tokens_total", served).value, promptTokens);
+  const byReason = (reason: string) =>
+    one(c, "tessera_request_success_total", { ...served, finished_reason: reason }).value;
+  const reasons = [...out.results.values()].map((r) => r.finishReason);
+  for (const reason of ["stop", "length", "abort", "error"]) {
+    assert.equal(byReason(reason), reasons.filter((r) => r === reason).length, reason);
+  }
+  assert.equal(one(c, "tessera_e2e_request_latency_seconds_count", served).value, 2);
+  assert.equal(one(c, "tessera_num_requests_running", served).value, 0);
+  assert.equal(one(c, "tessera_num_requests_waiting", served).value, 0);
   for (const priority of ["high", "normal", "low"]) {
     assert.equal(one(c, "tessera_jobs_queued", { tessera_priority: priority }).value, 0);
     assert.equal(one(c, "tessera_jobs_running", { tessera_priority: priority }).value, 0);

@@ -4,7 +4,8 @@
  * path, relative or absolute, existing or not, gets one answer that tells
  * nothing of the file; a served name gives run.c's reference tokens; a
  * broken served model's error names the model, and its bytes go to the
- * operator's log only; SubmitJob refuses an unserved path before storing.
+ * operator's log only; SubmitJob refuses an unserved path before storing;
+ * `tessera models` lists the served models (names, and paths for an admin).
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -17,7 +18,7 @@ import { Code, Coordinator, KvPlacement, RpcError, createClient, type GenerateEv
 import { repoRoot } from "@tessera/model";
 import { bundled, startInProcessCluster, tempDir } from "@tessera/testing";
 import type { CoordinatorOptions } from "@tessera/coordinator";
-import { referenceText } from "./helpers.js";
+import { referenceText, runCli } from "./helpers.js";
 
 /** Bearer tokens of tenant acme and of an admin (tenant ops). */
 const TENANT = "acme-token-0123456789";
@@ -209,4 +210,32 @@ test("a served model's kv is its prompts' placement when a request leaves kv aut
   assert.equal(await kvNode({ modelPath: "on-disk" }), "storage");
   assert.equal(await kvNode({ modelPath: "on-disk", kv: KvPlacement.MEMORY }), "memory");
   assert.equal(await kvNode({ modelPath: "stories260K" }), "memory");
+});
+
+test("`tessera models` lists the served models as a table or --json, the default first; paths only for an admin's token", async (t) => {
+  const { cluster } = await setUp(t, { models: [`on-disk=${bundled.model},kv=storage`] });
+  const cli = (...args: string[]) => runCli(["models", "--cluster", cluster.address, "--plaintext", ...args]);
+  const tenant = await cli("--token", TENANT);
+  assert.equal(tenant.code, 0, tenant.stderr);
+  assert.deepEqual(
+    tenant.stdout
+      .trimEnd()
+      .split("\n")
+      .map((l) => l.split(/ +/)),
+    [
+      ["NAME", "KV", "DEFAULT", "MODEL", "TOKENIZER"],
+      ["stories260K", "auto", "yes", "-", "-"],
+      ["on-disk", "storage", "-", "-"],
+    ],
+  );
+  const admin = await cli("--token", ADMIN, "--json");
+  assert.equal(admin.code, 0, admin.stderr);
+  assert.deepEqual(JSON.parse(admin.stdout), [
+    { name: "stories260K", default: true, kv: "auto", modelPath: bundled.model, tokenizerPath: bundled.tokenizer },
+    { name: "on-disk", default: false, kv: "storage", modelPath: bundled.model, tokenizerPath: bundled.tokenizer },
+  ]);
+  const bad = await cli("--token", "not-a-token-0123456789");
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, new RegExp(`^tessera: coordinator ${cluster.address}: .+`));
+  assert.ok(!bad.stderr.includes("not-a-token"), bad.stderr);
 });

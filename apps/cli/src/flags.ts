@@ -67,6 +67,9 @@ export const coordinatorClient = (c: Command) =>
   transport(c, "client").addOption(
     new Option("--token <token>", "bearer token, for a coordinator started with --tokens").env("TESSERA_TOKEN"),
   );
+/** The coordinator a cluster command asks (required; TESSERA_CLUSTER as for every command with --cluster). */
+export const clusterOption = () =>
+  new Option("--cluster <host:port>", "coordinator address").makeOptionMandatory().env("TESSERA_CLUSTER");
 /** The transport and NATS security checks, loaded when a command runs. */
 export const security = () => import("./security.js");
 /** A Prometheus scrape endpoint (issue 6) on every service. */

@@ -94,4 +94,12 @@ export {
   describeChoices,
   isHostPort,
 } from "./option-checks.js";
-export { type ClockTick, RunningClock, type RunningTimeoutOptions, runningTimeout } from "./running-clock.js";
+export {
+  type ClockTick,
+  RunningClock,
+  RunningTime,
+  type RunningTimeOptions,
+  type RunningTimeoutOptions,
+  runningNow,
+  runningTimeout,
+} from "./running-clock.js";

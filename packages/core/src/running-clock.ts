@@ -5,7 +5,9 @@
  * GC, the machine slept): the heartbeats and answers that arrived meanwhile
  * wait unread in its sockets, so that gap says nothing about the nodes it
  * watches. {@link RunningClock} tells such a stall apart from running time;
- * {@link runningTimeout} is a timeout that counts running time only.
+ * {@link runningTimeout} is a timeout that counts running time only;
+ * {@link RunningTime} ({@link runningNow}: the process's) is a reading of
+ * running time, for windows measured between two readings.
  */
 
 /** What one {@link RunningClock.tick} measured, in ms. */
@@ -95,4 +97,69 @@ export function runningTimeout(ms: number, onExpire: () => void, o: RunningTimeo
     clearTimeout(timer as NodeJS.Timeout);
     clearImmediate(timer as NodeJS.Immediate);
   };
+}
+
+/** Options of {@link RunningTime}. */
+export interface RunningTimeOptions {
+  /** Once started, the clock is read every this many ms (so that any stall shows as a gap). @default 250 */
+  periodMs?: number;
+  /** A gap between two readings above this is a stall, not running time. @default periodMs + 1000 (as runningTimeout's lateMs) */
+  stallMs?: number;
+  /** Monotonic ms (tests). @default performance.now */
+  now?: () => number;
+}
+
+/**
+ * A monotonic reading of how long the process has been running, in ms
+ * since construction: a gap between two readings above `stallMs` (the
+ * process was SIGSTOPped, paused by a long GC, the machine slept) adds
+ * nothing. {@link start} reads it every `periodMs` (an unref'd timer), so a
+ * stall shows as one gap however rarely the windows measured with it read
+ * it. Windows such as "failing for longer than --retry-timeout" compare
+ * two readings of it instead of Date.now(): a pause of the watcher does
+ * not use them up.
+ */
+export class RunningTime {
+  private total = 0;
+  private readonly clock: RunningClock;
+  private readonly periodMs: number;
+  private timer: NodeJS.Timeout | undefined;
+
+  /** @throws RangeError when periodMs or stallMs is not a positive number. */
+  constructor(o: RunningTimeOptions = {}) {
+    this.periodMs = o.periodMs ?? 250;
+    if (!(this.periodMs > 0))
+      throw new RangeError(`RunningTime: periodMs must be a positive number of ms, got ${this.periodMs}`);
+    this.clock = new RunningClock(o.stallMs ?? this.periodMs + 1000, o.now);
+  }
+
+  /** Running ms since construction (or the last reading's total plus the gap since, when that is no stall). */
+  now(): number {
+    this.total += this.clock.tick().runningMs;
+    return this.total;
+  }
+
+  /** Reads the clock every periodMs from now on (the timer does not keep the process alive). Idempotent. */
+  start(): this {
+    this.timer ??= setInterval(() => this.now(), this.periodMs).unref();
+    return this;
+  }
+
+  /** Stops the periodic reading. */
+  stop(): void {
+    clearInterval(this.timer);
+    this.timer = undefined;
+  }
+}
+
+let processRunningTime: RunningTime | undefined;
+
+/**
+ * This process's {@link RunningTime} in ms (with its defaults, started at
+ * the first call; readings before that count from then). For windows that
+ * must count only the time the process was running.
+ */
+export function runningNow(): number {
+  processRunningTime ??= new RunningTime().start();
+  return processRunningTime.now();
 }

@@ -24,17 +24,27 @@ export interface JobObject {
   mtimeMs: number;
 }
 
+/** Options of {@link deleteJob} ({@link JobStore.delete}). */
+export interface DeleteJobOptions {
+  /** How long to wait for a running job to stop once cancelled, in ms. @default JOB_DELETE_WAIT_MS */
+  waitMs?: number;
+  /** Delete only when the job's current state passes this (else leave it, answering undefined). */
+  onlyIf?: (s: JobState) => boolean;
+  /** The data bucket's objects, listed once by the caller (else listed here: O(objects)). */
+  objects?: readonly JobObject[];
+}
+
 /**
  * Deletes job `id` and all it stored ({@link JobStore.delete}).
- * @returns the job's last state, or undefined when there was none.
+ * @returns the job's last state, or undefined when there was none (or `onlyIf` refused it).
  */
 export async function deleteJob(
   h: JobHandles,
   id: string,
-  options: { waitMs?: number } = {},
+  options: DeleteJobOptions = {},
 ): Promise<JobState | undefined> {
   let s = await getJob(h, id);
-  if (!s) return undefined;
+  if (!s || (options.onlyIf && !options.onlyIf(s))) return undefined;
   let cancelled = true;
   if (!isTerminal(s.status)) {
     s = await cancelJob(h, id).catch((err: unknown) => {
@@ -52,7 +62,7 @@ export async function deleteJob(
     }
   }
   const names = new Set([s.inputObject, ...s.chunks]);
-  for (const o of await listObjects(h)) if (jobKeyOfObject(o.name) === id) names.add(o.name);
+  for (const o of options.objects ?? (await listObjects(h))) if (jobKeyOfObject(o.name) === id) names.add(o.name);
   for (const name of names) await deleteObject(h, name);
   if (s.streamSeq !== undefined) await h.jsm.streams.deleteMessage(h.names.stream, s.streamSeq).catch(() => false);
   // The key's messages deleted: no delete marker is written (a full store has no room for one).

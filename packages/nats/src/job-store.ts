@@ -6,7 +6,7 @@
  */
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { BatchInput } from "@tessera/core";
-import { deleteJob, deleteObject, listObjects, type JobObject } from "./job-delete.js";
+import { deleteJob, deleteObject, listObjects, type DeleteJobOptions, type JobObject } from "./job-delete.js";
 import { destroyJobHandles, openJobHandles, type JobHandles } from "./job-handles.js";
 import type { JobNames } from "./job-keys.js";
 import { tenantUsage, type TenantUsage } from "./job-quota.js";
@@ -210,18 +210,22 @@ export class JobStore {
 
   /**
    * Deletes job `id`: its input and result objects (those recorded, and any
-   * chunk a worker wrote but never recorded), then its state, so that a
-   * full store gets room before the state's delete marker is written. An
+   * chunk a worker wrote but never recorded), then its state's messages (no
+   * delete marker is written, so a full store gets room). An
    * unfinished job is cancelled first; a running one is waited for (its
    * worker stops it at its next step) up to `waitMs`, then deleted all the
    * same (a worker that still runs it finds no state and stops); in a full
    * store, where the cancel cannot be written, it is deleted at once. Its
    * queue message, if any is left, is removed too.
    * Idempotent: deleting it again, or a job deleted meanwhile, answers
-   * undefined.
-   * @returns the job's last state, or undefined when there was none.
+   * undefined. With `onlyIf`, a job whose current state fails it is left
+   * alone (undefined): a sweep's "ended before the cutoff", so a job of the
+   * same id submitted since the sweep listed the states is kept. With
+   * `objects`, that list of the data bucket is searched for unrecorded
+   * chunks instead of listing it again (a sweep lists it once).
+   * @returns the job's last state, or undefined when there was none (or `onlyIf` refused it).
    */
-  async delete(id: string, options: { waitMs?: number } = {}): Promise<JobState | undefined> {
+  async delete(id: string, options: DeleteJobOptions = {}): Promise<JobState | undefined> {
     return deleteJob(this.h, id, options);
   }
 

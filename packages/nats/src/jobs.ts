@@ -29,7 +29,7 @@ export {
   isStoreFull,
   type QuotaKind,
 } from "./job-errors.js";
-export { JOB_DELETE_WAIT_MS, type JobObject } from "./job-delete.js";
+export { JOB_DELETE_WAIT_MS, type DeleteJobOptions, type JobObject } from "./job-delete.js";
 export {
   checkJobId,
   checkJobKey,

@@ -12,6 +12,7 @@
  * (MODEL_MISMATCH) instead of answering with another model's output.
  */
 import { randomUUID } from "node:crypto";
+import { runningNow } from "@tessera/core";
 import {
   Code,
   NodeErrorReason,
@@ -33,7 +34,7 @@ export function holderId(): string {
  * Loads a stage on a gpu-node as `req.holder`. A refusal because another
  * coordinator's lease is live (RpcError reason LEASED) is tried again after
  * a backoff (100 ms doubling to 2 s, each wait logged) for up to
- * `retryTimeoutMs`, then thrown.
+ * `retryTimeoutMs` of running time (@tessera/core's runningNow), then thrown.
  * @throws RpcError of the Load (LEASED when the lease never came free);
  *   CANCELLED when `signal` aborts.
  */
@@ -43,7 +44,8 @@ export async function loadStageModel(
   opts: { retryTimeoutMs: number; log(line: string): void; address: string },
   signal: AbortSignal,
 ): Promise<LoadResponse> {
-  const since = Date.now();
+  // Counted in the coordinator's running time, as the engine's retry windows.
+  const since = runningNow();
   let delay = 100;
   for (;;) {
     try {
@@ -51,7 +53,7 @@ export async function loadStageModel(
     } catch (err) {
       const e = RpcError.from(err);
       if (signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled", { cause: err });
-      if (e.reason !== NodeErrorReason.LEASED || Date.now() + delay - since > opts.retryTimeoutMs) throw e;
+      if (e.reason !== NodeErrorReason.LEASED || runningNow() + delay - since > opts.retryTimeoutMs) throw e;
       opts.log(`gpu-node ${opts.address}: Load refused: ${e.message}; retrying in ${delay} ms`);
       await sleep(delay, signal);
       delay = Math.min(delay * 2, 2000);

@@ -1,14 +1,10 @@
 /**
  * `tessera nodes list|add|remove`: a running cluster's nodes, through its coordinator.
  */
-import { Option, type Command } from "commander";
-import { coordinatorClient, security, withSignals } from "../flags.js";
+import type { Command } from "commander";
+import { clusterOption, coordinatorClient, security, withSignals } from "../flags.js";
 
 const impl = () => import("./nodes.js");
-
-/** The coordinator to ask (required; TESSERA_CLUSTER as for every command with --cluster). */
-const clusterOption = () =>
-  new Option("--cluster <host:port>", "coordinator address").makeOptionMandatory().env("TESSERA_CLUSTER");
 
 /** Adds `tessera nodes` and its subcommands to `program`. */
 export function addNodesCommand(program: Command): void {

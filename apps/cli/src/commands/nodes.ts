@@ -1,19 +1,14 @@
-import { Coordinator, RpcError, createClient } from "@tessera/proto";
+import { withCoordinator } from "./coordinator-call.js";
 
 /**
  * `tessera nodes`: with `token`, a bearer token for a coordinator started
  * with --tokens (adding and removing nodes needs an admin's). Prints each node's role, address and health. Resolves exit code 0, or 1 when any is not SERVING. */
 export async function nodesCommand(cluster: string, token?: string): Promise<number> {
-  const client = createClient(Coordinator, cluster, {}, token === undefined ? {} : { token });
-  try {
+  return withCoordinator(cluster, token, async (client) => {
     const { nodes } = await client.listNodes({}, { deadline: 10_000 });
     for (const n of nodes) process.stdout.write(`${n.role.padEnd(8)} ${n.address.padEnd(22)} ${n.health}\n`);
     return nodes.every((n) => n.health === "SERVING") ? 0 : 1;
-  } catch (err) {
-    throw new Error(`coordinator ${cluster}: ${RpcError.from(err).message}`);
-  } finally {
-    client.close();
-  }
+  });
 }
 
 /**
@@ -22,16 +17,11 @@ export async function nodesCommand(cluster: string, token?: string): Promise<num
  * @throws Error naming the coordinator and the refusal (bad role or address, node not answering).
  */
 export async function addNodeCommand(cluster: string, role: string, address: string, token?: string): Promise<number> {
-  const client = createClient(Coordinator, cluster, {}, token === undefined ? {} : { token });
-  try {
+  return withCoordinator(cluster, token, async (client) => {
     await client.addNode({ role, address }, { deadline: 30_000 });
     process.stdout.write(`${role}-node ${address} added to ${cluster}\n`);
     return 0;
-  } catch (err) {
-    throw new Error(`coordinator ${cluster}: ${RpcError.from(err).message}`);
-  } finally {
-    client.close();
-  }
+  });
 }
 
 /**
@@ -40,14 +30,9 @@ export async function addNodeCommand(cluster: string, role: string, address: str
  * @throws Error naming the coordinator and the refusal (unknown node, last of its kind).
  */
 export async function removeNodeCommand(cluster: string, address: string, token?: string): Promise<number> {
-  const client = createClient(Coordinator, cluster, {}, token === undefined ? {} : { token });
-  try {
+  return withCoordinator(cluster, token, async (client) => {
     await client.removeNode({ address }, { deadline: 30_000 });
     process.stdout.write(`node ${address} removed from ${cluster}\n`);
     return 0;
-  } catch (err) {
-    throw new Error(`coordinator ${cluster}: ${RpcError.from(err).message}`);
-  } finally {
-    client.close();
-  }
+  });
 }

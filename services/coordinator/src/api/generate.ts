@@ -32,6 +32,7 @@ import type { Membership } from "../membership.js";
 import type { CompiledCoordinatorOptions } from "../options.js";
 import type { TokenizerPool } from "../tokenize/tokenizer-pool.js";
 import { resolveServedModel, type ServedModel } from "../served-models.js";
+import { serveModelMetrics, trackRequests } from "../serving-metrics.js";
 import { checkPriorityAllowed, type Identity } from "./auth.js";
 import { checkGenerateLimits } from "./limits.js";
 
@@ -101,6 +102,8 @@ export function createGenerate(deps: GenerateDeps): Generate {
   const gpuLeases = new Map<string, ModelLease>();
   // This coordinator's name in the gpu-nodes' model leases.
   const holder = holderId();
+  // The served models' serving metrics read 0 before their first request.
+  serveModelMetrics(options.models.map((m) => m.name));
 
   async function run(req: GenerateRequest, caller: GenerateCaller): Promise<void> {
     const { who } = caller;
@@ -120,6 +123,13 @@ export function createGenerate(deps: GenerateDeps): Generate {
     if (caller.signal.aborted) return;
     jobs.add(abort);
     if (runKey) runningJobIds.add(runKey);
+    // Its prompts are requests of the serving metrics from here (running, waiting, finished).
+    const requests = trackRequests({
+      model: served.name,
+      prompts: req.prompts.length,
+      signal: abort.signal,
+      kvNodes: () => [...deps.membership.up("memory"), ...deps.membership.up("storage")],
+    });
     const releases: (() => void)[] = [];
     try {
       const model = await deps.models
@@ -183,8 +193,9 @@ export function createGenerate(deps: GenerateDeps): Generate {
               .catch((err: unknown) => {
                 if (err instanceof RpcError) throw err;
                 // A tokenizer file the worker thread could not load: as a model that cannot be loaded.
-                return unloadable(options.log, served, "its tokenizer ", err);
+                return unloadable(options.log, served, "its tokenizer", err);
               }),
+          requests,
           emit: caller.emit,
           onToken: caller.onToken,
         });
@@ -192,6 +203,7 @@ export function createGenerate(deps: GenerateDeps): Generate {
         channel.close();
       }
     } finally {
+      requests.end();
       caller.signal.removeEventListener("abort", onCancel);
       for (const release of releases) release();
       jobs.delete(abort);
@@ -321,7 +333,7 @@ async function planPipeline(
  * @throws RpcError FAILED_PRECONDITION naming the model only, always.
  */
 function unloadable(log: (line: string) => void, served: ServedModel, what: string, err: unknown): never {
-  log(`model "${served.name}": ${what}could not be loaded: ${(err as Error).message}`);
+  log(`model "${served.name}"${what ? `: ${what}` : ""} could not be loaded: ${(err as Error).message}`);
   throw new RpcError(
     Code.FAILED_PRECONDITION,
     `model "${served.name}" could not be loaded (see the coordinator's log)`,

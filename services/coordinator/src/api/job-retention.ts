@@ -11,7 +11,7 @@
  * sweep at once: every delete is idempotent.
  */
 import { formatDuration } from "@tessera/core";
-import { isTerminal, jobKeyOfObject, type JobStore } from "@tessera/nats";
+import { isTerminal, jobKeyOfObject, type JobState, type JobStore } from "@tessera/nats";
 
 /**
  * How old an object of no job must be before a sweep deletes it, in ms:
@@ -39,26 +39,31 @@ export async function sweepJobs(
 ): Promise<SweepResult> {
   const now = o.now ?? Date.now();
   const states = await store.list();
-  const expired = states.filter(
-    (s) => isTerminal(s.status) && Date.parse(s.finishedAt ?? s.updatedAt) + o.retentionMs <= now,
-  );
-  const jobs: string[] = [];
-  for (const s of expired) if (await store.delete(s.id)) jobs.push(s.id);
+  const objects = await store.objects();
+  const expiredState = (s: JobState) =>
+    isTerminal(s.status) && Date.parse(s.finishedAt ?? s.updatedAt) + o.retentionMs <= now;
+  const deleted = new Set<string>();
+  for (const s of states.filter(expiredState)) {
+    // Checked again on the state read at delete time: a job of the same id
+    // submitted since the list (after a DeleteJob) is not expired, and stays.
+    if (await store.delete(s.id, { onlyIf: expiredState, objects })) deleted.add(s.id);
+  }
   // A job's objects are under its key, and a tenant's input under <tenant>/<id> even when its key is <id>.
-  const live = new Set(
-    states.filter((s) => !jobs.includes(s.id)).flatMap((s) => [s.id, jobKeyOfObject(s.inputObject) ?? s.id]),
-  );
+  const keysOf = (s: JobState) => [s.id, jobKeyOfObject(s.inputObject) ?? s.id];
+  const live = new Set(states.filter((s) => !deleted.has(s.id)).flatMap(keysOf));
+  // Objects listed before the deletes: those of the jobs just deleted are gone already.
+  const gone = new Set(states.filter((s) => deleted.has(s.id)).flatMap(keysOf));
   const orphans: string[] = [];
   const grace = o.orphanGraceMs ?? JOB_ORPHAN_GRACE_MS;
-  for (const obj of await store.objects()) {
+  for (const obj of objects) {
     const key = jobKeyOfObject(obj.name);
-    if (key !== undefined && live.has(key)) continue;
+    if (key !== undefined && (live.has(key) || gone.has(key))) continue;
     // A job submitted since the list above has a new object: the grace keeps it.
     if (obj.mtimeMs + grace > now || (key !== undefined && (await store.get(key)))) continue;
     await store.deleteObject(obj.name);
     orphans.push(obj.name);
   }
-  return { jobs, orphans };
+  return { jobs: [...deleted], orphans };
 }
 
 /** A running retention sweep ({@link startJobSweeper}). */

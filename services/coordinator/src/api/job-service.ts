@@ -34,6 +34,7 @@ import {
 import { resolveServedModel, type ServedModel } from "../served-models.js";
 import { checkBatchLimits, maxLineBytesOf, type GenerateLimits } from "./limits.js";
 import { checkPriorityAllowed, maySee, submitTenant, type Identity } from "./auth.js";
+import { createKeyedLock } from "./tenant-lock.js";
 
 /** The job RPCs' part of the Coordinator service implementation. */
 export type JobRpcs = Pick<
@@ -266,6 +267,8 @@ async function submitRequest(
 /** Creates the job RPCs for a coordinator with `options`. */
 export function createJobService(options: JobServiceOptions): JobService {
   const shutdown = new AbortController();
+  // A tenant's submits one at a time (its quota is checked, then its job stored); other tenants' do not wait.
+  const tenantLock = createKeyedLock();
   let nc: NatsConnection | undefined;
   let opening: Promise<JobStore> | undefined;
 
@@ -334,7 +337,9 @@ export function createJobService(options: JobServiceOptions): JobService {
         const who = options.identify(call.metadata);
         const tenant = submitTenant(who, req.tenant);
         const s = await store();
-        const job = await submitRequest(s, req, who, tenant, options);
+        const submit = () => submitRequest(s, req, who, tenant, options);
+        // Quota race (issue 13): two submits of a tenant at once must not both pass its quota.
+        const job = !who.admin && tenant ? await tenantLock(tenant, submit) : await submit();
         // The same job id again is idempotent: the caller's own job (an admin's: any).
         return shown(job, who);
       }),

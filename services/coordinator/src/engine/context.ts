@@ -11,7 +11,7 @@ import type {
   KvLayoutSchema,
   MessageInitShape,
 } from "@tessera/proto";
-import { nodeName as roleNodeName } from "@tessera/core";
+import { nodeName as roleNodeName, runningNow } from "@tessera/core";
 import type { CheckpointHeader, Tokenizer } from "@tessera/model";
 import type { ForwardPipeline, LayerRange } from "../pipeline.js";
 import type { BatchSlots } from "../batch-slots.js";
@@ -20,6 +20,7 @@ import type { CompiledCoordinatorOptions } from "../options.js";
 import type { GpuSurvey } from "../job-plan.js";
 import type { AttentionNodeRef, PlacementRequest, ShardPlacement } from "../placement.js";
 import type { EncodedPrompt } from "../tokenize/tokenizer-pool.js";
+import type { RequestTracker } from "../serving-metrics.js";
 import type { Sequence } from "./sequence.js";
 
 /** A model as the coordinator sees it: header (shape) and tokenizer. */
@@ -66,10 +67,24 @@ export interface BatchContext {
    * @throws RpcError CANCELLED when `signal` aborts.
    */
   encodePrompts(texts: readonly string[]): Promise<EncodedPrompt[]>;
+  /** The batch's requests in the serving metrics (serving-metrics.ts): told of admissions, tokens and finishes. */
+  requests: RequestTracker;
   /** Sends an event (progress, result, plan, summary) to the job's client. */
   emit(event: MessageInitShape<typeof GenerateEventSchema>): void;
   /** Sees each sampled token as it comes (see {@link TokenListener}). */
   onToken?: TokenListener | undefined;
+  /**
+   * The clock of the job's retry windows (--retry-timeout, --failover) and
+   * backoffs, in ms: time the coordinator was running (@tessera/core's
+   * runningNow when unset; tests inject one), so a coordinator paused
+   * (SIGSTOP, a long GC) does not use up a window while it was not running.
+   */
+  runningNow?: () => number;
+}
+
+/** `ctx`'s running-time clock now, in ms ({@link BatchContext.runningNow}). */
+export function runningMsOf(ctx: Pick<BatchContext, "runningNow">): number {
+  return (ctx.runningNow ?? runningNow)();
 }
 
 /**

@@ -156,6 +156,7 @@ class BatchEngine {
       groups: ctx.options.kvHeadGroups,
       seqs: [],
     };
+    ctx.requests.attach(this.job.seqs);
     // The scheduler first: a prompt finished while it is read (too long,
     // no tokens wanted) is released through it like any other.
     this.scheduler = new Scheduler(this.job);

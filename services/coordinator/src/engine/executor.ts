@@ -7,7 +7,9 @@
  * MODEL_MISMATCH (another coordinator loaded its model) loads the stage
  * again and re-sends; a transient one (UNAVAILABLE, DEADLINE_EXCEEDED,
  * CANCELLED, NOT_FOUND) re-sends after a backoff (100 ms doubling to 2 s)
- * while the pipeline has been failing for less than `retryTimeoutMs`.
+ * while the pipeline has been failing for less than `retryTimeoutMs` of the
+ * coordinator's running time (BatchContext.runningNow: a paused coordinator's
+ * window does not run out).
  *
  * Every step has a deadline (step-deadline.ts): past it, the stages that
  * do not answer a health check are marked lost, the step is abandoned (its
@@ -32,7 +34,7 @@ import {
 import { tensorF32 } from "@tessera/core";
 import { recordStep } from "../metrics.js";
 import type { AttentionNodeRef } from "../placement.js";
-import { sleep, type BatchJob } from "./context.js";
+import { runningMsOf, sleep, type BatchJob } from "./context.js";
 import { StepDeadlines } from "./step-deadline.js";
 import { splitLogitRows, type StepPart } from "./step-plan.js";
 
@@ -185,12 +187,14 @@ export class StepExecutor {
 
   /**
    * Waits before re-sending a step the gpu-node could not run; false when
-   * it has been failing for longer than retryTimeoutMs.
+   * it has been failing for longer than retryTimeoutMs of running time.
    */
   private async gpuRetry(message: string): Promise<boolean> {
     const { options, signal } = this.job.ctx;
-    this.gpuFailingSince ??= Date.now();
-    if (Date.now() + this.gpuDelay - this.gpuFailingSince > options.retryTimeoutMs) return false;
+    // In the coordinator's running time: a pause of the coordinator does not use up the window.
+    const now = runningMsOf(this.job.ctx);
+    this.gpuFailingSince ??= now;
+    if (now + this.gpuDelay - this.gpuFailingSince > options.retryTimeoutMs) return false;
     options.log(`step ${this.stepId}: ${message}; retrying in ${this.gpuDelay} ms`);
     await sleep(this.gpuDelay, signal);
     this.gpuDelay = Math.min(this.gpuDelay * 2, 2000);

@@ -46,6 +46,7 @@ export class KvCaches {
               { deadline: ctx.options.connectTimeoutMs, signal: ctx.signal },
             );
           sh.opened = true;
+          sh.reservedBytes = Number(res.reservedBytes);
           if (res.length !== 0) return { fatal: `${nodeName(sh.node)} already holds a sequence ${sh.seqId}` };
         } catch (err) {
           // A node's own errors name it; transport errors do not.
@@ -77,6 +78,7 @@ export class KvCaches {
             { seqId: sh.seqId, layout: layoutOf(this.job, sh), maxPositions: maxPositions(s) },
             { deadline: 1000, signal: ctx.signal },
           );
+        sh.reservedBytes = Number(res.reservedBytes);
         return res.length;
       }),
     );

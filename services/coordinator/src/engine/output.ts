@@ -48,6 +48,7 @@ export class Output {
   /** Finishes `s` (no-op when finished already): flushes its text, emits its Result and progress, frees its KV cache. */
   finish(s: Sequence, reason: FinishReason, error?: string): void {
     if (!finished(s, reason)) return;
+    this.job.ctx.requests.finished(s, reason);
     s.completion += s.decoder?.flush() ?? "";
     const now = performance.now();
     const first = s.firstTokenAt ?? now;
@@ -115,8 +116,11 @@ export class Output {
   private accept(s: Sequence, logits: Float32Array): void {
     const { tokenizer } = this.job.ctx.model;
     const token = s.sampler!.sample(logits);
-    s.firstTokenAt ??= performance.now();
-    if (token === tokenizer.bos || token === tokenizer.eos) return this.finish(s, "stop");
+    const now = performance.now();
+    const stop = token === tokenizer.bos || token === tokenizer.eos;
+    this.job.ctx.requests.sampled(s, now, !stop);
+    s.firstTokenAt ??= now;
+    if (stop) return this.finish(s, "stop");
     s.generated.push(token);
     this.generatedTotal++;
     recordTokens(1);

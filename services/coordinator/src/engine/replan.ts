@@ -10,6 +10,7 @@
 import { Code, type JobPlan } from "@tessera/proto";
 import { describeJobPlan, jobPlanMessage, planKv, surveyAttentionNodes, type JobWorkload } from "../job-plan.js";
 import { kvRole, type AttentionNodeInfo, type PlacementEconomics } from "../placement.js";
+import { noteKvCapacity } from "../serving-metrics.js";
 import { kvOf, type BatchJob } from "./context.js";
 import { maxPositions, type Sequence } from "./sequence.js";
 import type { AttentionRole } from "@tessera/core";
@@ -82,6 +83,7 @@ export class JobPlanner {
     const own = this.ownBytes();
     const nodes = new Map<string, AttentionNodeInfo>();
     for (const sv of surveys) {
+      noteKvCapacity(sv.address, Number(sv.info.capacityBytes));
       const othersUse = Math.max(0, Number(sv.info.usedBytes) - (own.get(sv.address) ?? 0));
       sv.info.usedBytes = BigInt(othersUse);
       const info: AttentionNodeInfo = {

@@ -31,7 +31,7 @@ import type { BatchSlotsMember } from "../batch-slots.js";
 import type { MembershipChange } from "../membership.js";
 import { watchSlots } from "../metrics.js";
 import { kvRole, placeSequences, type AttentionNodeRef, type Placement, type ShardPlacement } from "../placement.js";
-import { kvOf, nodeName, sleep, type BatchJob } from "./context.js";
+import { kvOf, nodeName, runningMsOf, sleep, type BatchJob } from "./context.js";
 import { TRANSIENT } from "./executor.js";
 import { KvCaches } from "./kv-caches.js";
 import type { Output } from "./output.js";
@@ -108,6 +108,14 @@ export class Scheduler {
     await this.planner.settled();
   }
 
+  /**
+   * The clock of the retry windows and backoffs (homeless, openRetry and
+   * waiting times): the coordinator's running time, in ms (BatchContext.runningNow).
+   */
+  private now(): number {
+    return runningMsOf(this.job.ctx);
+  }
+
   private running(): Sequence[] {
     return this.job.seqs.filter(isOpen);
   }
@@ -117,7 +125,7 @@ export class Scheduler {
    * it can be and rebuilt wherever placement puts it next (prompt + tokens
    * so far, prefilled under a new id), its sampler and tokens kept.
    */
-  move(s: Sequence, reason: string, since = Date.now()): void {
+  move(s: Sequence, reason: string, since = this.now()): void {
     if (s.finished) return;
     this.kv.release(s);
     startMoving(s, this.job.jobId, this.job.nonce, reason, since);
@@ -165,7 +173,7 @@ export class Scheduler {
       // A moved sequence with no node of its role up waits for one (a
       // node back or added) until retryTimeoutMs after it lost its node,
       // without holding up the sequences behind it.
-      const now = Date.now();
+      const now = this.now();
       const lists = {
         memory: this.withRoom(membership.up("memory")),
         storage: this.withRoom(membership.up("storage")),
@@ -187,7 +195,10 @@ export class Scheduler {
       const room = Math.min(options.maxBatchSequences - this.running().length, this.place.room());
       if (room <= 0) return;
       const batch = ready.slice(0, room);
-      for (const b of batch) this.pending.splice(this.pending.indexOf(b), 1);
+      for (const b of batch) {
+        this.pending.splice(this.pending.indexOf(b), 1);
+        ctx.requests.admitted(b);
+      }
       // Opening: their places are taken already (another job admitting
       // meanwhile sees them).
       this.place.update(this.running().length + batch.length, ready.length - batch.length);
@@ -312,7 +323,7 @@ export class Scheduler {
    */
   private openFailed(s: Sequence, reason: string, node: AttentionNodeRef | undefined): OpenResult {
     const { options, membership } = this.job.ctx;
-    const now = Date.now();
+    const now = this.now();
     const r = (s.openRetry ??= { since: now, reason, notBefore: now, delay: 50, tries: 0 });
     r.reason = reason;
     r.delay = Math.min(r.delay * 2, 2000);
@@ -370,7 +381,7 @@ export class Scheduler {
    * backoff) and check the KV cache survived.
    */
   async revive(): Promise<void> {
-    const now = Date.now();
+    const now = this.now();
     await Promise.all(
       this.job.seqs.map(async (s) => {
         const w = s.waiting;
@@ -426,7 +437,7 @@ export class Scheduler {
         return;
       }
       w.delay = Math.min(w.delay * 2, 2000);
-      w.nextTry = Date.now() + w.delay;
+      w.nextTry = this.now() + w.delay;
     }
   }
 
@@ -436,7 +447,7 @@ export class Scheduler {
    * rebuilt from its tokens where placement puts it, or, past
    * {@link MAX_KV_FAULTS} rebuilds, fails with `reason`.
    */
-  private rebuild(s: Sequence, reason: string, where: string, since = Date.now()): void {
+  private rebuild(s: Sequence, reason: string, where: string, since = this.now()): void {
     s.kvFaults = (s.kvFaults ?? 0) + 1;
     if (s.kvFaults > MAX_KV_FAULTS) {
       this.output.finish(s, "error", `${reason} (its KV cache failed ${s.kvFaults} times; not rebuilt again)`);
@@ -489,8 +500,9 @@ export class Scheduler {
   async idle(): Promise<void> {
     const { signal } = this.job.ctx;
     const unfinished = this.job.seqs.filter((s) => !s.finished);
-    const next = Math.min(...unfinished.map((s) => s.waiting?.nextTry ?? Date.now() + 20));
-    await Promise.race([sleep(Math.max(20, next - Date.now()), signal), ...this.kv.releases]);
+    const now = this.now();
+    const next = Math.min(...unfinished.map((s) => s.waiting?.nextTry ?? now + 20));
+    await Promise.race([sleep(Math.max(20, next - now), signal), ...this.kv.releases]);
     if (signal.aborted) throw new RpcError(Code.CANCELLED, "job cancelled");
   }
 
@@ -519,7 +531,7 @@ export class Scheduler {
     }
     if (TRANSIENT.has(error.code)) {
       this.job.ctx.options.log(`step ${stepId}: ${reason}; its ${parts.length} sequence(s) wait for it`);
-      const now = Date.now();
+      const now = this.now();
       const wait = { address: node.address, role: node.role };
       for (const p of parts) waitForNode(p.seq, { since: now, reason, nextTry: now + 100, delay: 100, node: wait });
       this.failingNodes.add(node.address);

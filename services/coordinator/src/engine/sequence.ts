@@ -42,9 +42,11 @@ export type FinishReason = "stop" | "length" | "error";
 export interface Shard extends ShardPlacement {
   seqId: string;
   opened: boolean;
+  /** Bytes its node reserved for it (OpenSequence's reserved_bytes), once opened. */
+  reservedBytes?: number;
 }
 
-/** Its attention node failing: since when (ms since epoch), why, when to re-open next, and the node. */
+/** Its attention node failing: since when (running ms: BatchContext.runningNow), why, when to re-open next, and the node. */
 export interface NodeWait {
   since: number;
   reason: string;
@@ -53,7 +55,7 @@ export interface NodeWait {
   node: { address: string; role: string };
 }
 
-/** Opening its KV cache failing because the node does not answer: since when, why, when to try again. */
+/** Opening its KV cache failing because the node does not answer: since when, why, when to try again (running ms: BatchContext.runningNow). */
 export interface OpenRetry {
   since: number;
   reason: string;
@@ -75,7 +77,7 @@ export interface Sequence {
   moves: number;
   /** Times its own KV cache failed on a node (NodeError.seq_id named it) and it was rebuilt. */
   kvFaults?: number;
-  /** In state Moving: since when (ms since epoch) and why it has no node. */
+  /** In state Moving: since when (running ms: BatchContext.runningNow) and why it has no node. */
   homeless?: { since: number; reason: string };
   /** Set while opening its KV cache fails because the node does not answer (killed, restarting). */
   openRetry?: OpenRetry;
@@ -96,6 +98,9 @@ export interface Sequence {
   /** performance.now() at creation and at its first sampled token. */
   startedAt: number;
   firstTokenAt?: number;
+  /** performance.now() when first admitted into the running batch, and at its last completion token (serving metrics). */
+  admittedAt?: number;
+  lastTokenAt?: number;
 }
 
 /** The seq-id of prompt `index` of a job: `${jobId}-${nonce}-${index}` (the nonce keeps retried jobs apart). */
