@@ -131,17 +131,19 @@ function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
 }
 
 /**
- * This process's environment without the TESSERA_* security and NATS
- * settings: the cluster's processes take theirs from their flags (a user's
- * TESSERA_TLS_* for `tessera run --cluster` must not reach an embedded
- * cluster started with --plaintext). A TESSERA_METRICS_PORT becomes 0: one
+ * This process's environment without the TESSERA_* security, NATS and
+ * HTTP-port settings: the cluster's processes take theirs from their flags
+ * (a user's TESSERA_TLS_* for `tessera run --cluster` must not reach an
+ * embedded cluster started with --plaintext; `tessera serve`'s
+ * TESSERA_HTTP_PORT reaches its coordinator as --http-port, and a
+ * `tessera run` coordinator serves no HTTP). A TESSERA_METRICS_PORT becomes 0: one
  * fixed port would have every child bind the same one (the second fails to
  * start); each takes a free port of its own instead.
  */
 function childEnv(): NodeJS.ProcessEnv {
   const env = { ...process.env };
   for (const k of Object.keys(env)) {
-    if (/^TESSERA_(TLS_|PLAINTEXT$|TOKENS_FILE$|TOKEN$|NATS)/.test(k)) delete env[k];
+    if (/^TESSERA_(TLS_|PLAINTEXT$|TOKENS_FILE$|TOKEN$|HTTP_PORT$|NATS)/.test(k)) delete env[k];
   }
   if (env["TESSERA_METRICS_PORT"] !== undefined) env["TESSERA_METRICS_PORT"] = "0";
   return env;

@@ -18,6 +18,7 @@ import { addStorageNodeCommand } from "./commands/node-storage.js";
 import { addNodesCommand } from "./commands/nodes-command.js";
 import { addPlanCommand } from "./commands/plan-command.js";
 import { addRunCommand } from "./commands/run-command.js";
+import { addServeCommand } from "./commands/serve-command.js";
 import { endQuietlyWhenStdoutCloses } from "./flags.js";
 
 /** Exit code of a usage error (unknown option or command, missing or bad argument); 1 is a real failure. */
@@ -36,6 +37,7 @@ const program = new Command("tessera")
   .exitOverride();
 
 addRunCommand(program);
+addServeCommand(program);
 addCoordinatorCommand(program);
 const node = program.command("node").description("Start one node of a role.");
 addGpuNodeCommand(node);

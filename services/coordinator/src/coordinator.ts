@@ -36,6 +36,7 @@ import { createJobService } from "./api/job-service.js";
 import type { JobRunner } from "./api/job-worker.js";
 import { Authenticator, authenticated, loadTokens } from "./api/auth.js";
 import { BatchSlots } from "./batch-slots.js";
+import type { TokenListener } from "./engine/index.js";
 import { ModelCache } from "./model-cache.js";
 import { Membership } from "./membership.js";
 import { watchTokenizer } from "./metrics.js";
@@ -64,8 +65,12 @@ export interface CoordinatorService extends Service, JobRunner {
       signal: AbortSignal;
       emit(event: MessageInitShape<typeof GenerateEventSchema>): void;
       tenant?: string | undefined;
+      /** Sees each token as it is sampled, and may stop its sequence (engine/context.ts). */
+      onToken?: TokenListener | undefined;
     },
   ): Promise<void>;
+  /** The bearer tokens of its callers (the HTTP API identifies its callers with it too). */
+  readonly authenticator: Authenticator;
 }
 
 const tracer = trace.getTracer("@tessera/coordinator");
@@ -199,6 +204,7 @@ export function createCoordinator(userOptions: CoordinatorOptions): CoordinatorS
       options,
       membership,
       generate: inProcess,
+      authenticator: auth,
       tokenizerStats: () => tokenizers.stats(),
     }),
     {

@@ -43,7 +43,8 @@ export {
   type JobWorkload,
   type KvPlan,
 } from "./job-plan.js";
-export { runCoordinator } from "./main.js";
+export { runCoordinator, type RunHttpOptions } from "./main.js";
+export { createHttpApi, type HttpApi, type HttpApiOptions } from "./http/server.js";
 export {
   TOKENIZE_TASK_CHARS,
   TokenizerPool,
@@ -60,6 +61,7 @@ export {
   type BatchContext,
   type LoadedModel,
   type StepOutcome,
+  type TokenListener,
   type StepPart,
   type StepPlan,
 } from "./engine/index.js";

@@ -33,6 +33,15 @@ function serviceFlags(c: Command): void {
         .env("TESSERA_PORT"),
     )
     .addOption(
+      new Option(
+        "--http-port <port>",
+        "serve the OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions, /health) on " +
+          "this port, on --host, over TLS with the --tls-cert (0 = free port; default: no HTTP API)",
+      )
+        .argParser(int("--http-port"))
+        .env("TESSERA_HTTP_PORT"),
+    )
+    .addOption(
       new Option("--gpu-node <host:port>", "gpu-node address (repeatable or comma-separated)")
         .argParser(list)
         .env("TESSERA_GPU_NODES"),
@@ -293,5 +302,6 @@ async function coordinatorAction(o: OptionValues): Promise<void> {
       },
     },
     { port: o.metricsPort },
+    { port: o.httpPort },
   );
 }

@@ -4,6 +4,7 @@
 import { Option, type Command } from "commander";
 import { ATTENTION_ROLES } from "@tessera/core";
 import { COORDINATOR_DEFAULTS } from "@tessera/coordinator";
+import { addEmbeddedClusterFlags } from "../embedded-cluster.js";
 import { bundled } from "../paths.js";
 import { coordinatorClient, int, num, security, withSignals } from "../flags.js";
 
@@ -57,33 +58,8 @@ export function addRunCommand(program: Command): void {
         "TESSERA_CLUSTER",
       ),
     )
-    .option(
-      "--storage-threshold <tokens>",
-      "embedded cluster: with --kv auto, prompt + max tokens above this goes to the storage-node",
-      int("--storage-threshold", 1),
-    )
-    .option("--memory-capacity <bytes>", "embedded cluster: KV capacity of the memory-node, e.g. 512MiB")
-    .option("--storage-buffer <bytes>", "embedded cluster: storage-node streaming buffer, e.g. 64MiB")
-    .addOption(
-      new Option(
-        "--execution-provider <ep>",
-        "embedded cluster: onnxruntime execution provider of the gpu-node",
-      ).choices(["cpu", "cuda"]),
-    )
-    .addOption(
-      new Option(
-        "--wire-dtype <dtype>",
-        "embedded cluster: dtype of activations between nodes (logits stay f32)",
-      ).choices(["f16", "f32"]),
-    )
-    .option(
-      "--kv-head-groups <n>",
-      "embedded cluster: split each sequence's KV heads into this many groups (must divide n_kv_heads)",
-      int("--kv-head-groups", 1),
-    )
-    .option("-v, --verbose", "show the nodes' logs", false)
     .option("-q, --quiet", "no progress or summary on stderr", false);
-  coordinatorClient(program.commands.at(-1)!).action((opts) =>
+  coordinatorClient(addEmbeddedClusterFlags(program.commands.at(-1)!)).action((opts) =>
     withSignals(async (signal) => {
       // The embedded cluster is plaintext on loopback; a --cluster must be told.
       if (opts.cluster) (await security()).applyTransport(opts, "tessera run --cluster", false);

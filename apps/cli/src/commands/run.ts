@@ -1,15 +1,15 @@
 import { readFile } from "node:fs/promises";
 import { Coordinator, RpcError, createClient, type GenerateEvent, type Summary } from "@tessera/proto";
 import { generateRequest, parsePromptsJsonl, wireKvPlacement, type PromptSpec, type KvPlacement } from "@tessera/core";
-import { loadModelTokenizer, readModelHeader } from "@tessera/model";
-import { startLocalCluster, type LocalCluster } from "../local-cluster.js";
+import { startEmbeddedCluster, type EmbeddedClusterFlags } from "../embedded-cluster.js";
+import type { LocalCluster } from "../local-cluster.js";
 import { bundled, defaultTokenizerFor } from "../paths.js";
 import { RunProgress } from "../progress.js";
 import { describeJobPlan } from "@tessera/coordinator";
 import { ResultsWriter } from "../results-writer.js";
 
 /** Flags of `tessera run`. */
-export interface RunFlags {
+export interface RunFlags extends EmbeddedClusterFlags {
   model?: string;
   tokenizer?: string;
   prompts?: string;
@@ -23,13 +23,6 @@ export interface RunFlags {
   cluster?: string;
   /** Bearer token for a --cluster coordinator started with --tokens. */
   token?: string;
-  storageThreshold?: number;
-  memoryCapacity?: string;
-  storageBuffer?: string;
-  executionProvider?: string;
-  wireDtype?: "f16" | "f32";
-  kvHeadGroups?: number;
-  verbose: boolean;
   quiet: boolean;
 }
 
@@ -67,30 +60,8 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
   try {
     let address = flags.cluster;
     if (!address) {
-      // Fail before starting anything when the model or tokenizer is bad.
-      const header = await readModelHeader(model);
-      await loadModelTokenizer(tokenizer, header.shape.vocabSize);
-      if (!flags.quiet)
-        process.stderr.write("starting local cluster (coordinator, gpu-, memory- and storage-node)...\n");
-      const nodeFlags = (name: string, v: string | number | undefined) => (v === undefined ? [] : [name, String(v)]);
-      cluster = await startLocalCluster({
-        model,
-        tokenizer,
-        verbose: flags.verbose,
-        signal,
-        flags: {
-          coordinator: [
-            ...nodeFlags("--storage-threshold", flags.storageThreshold),
-            ...nodeFlags("--kv-head-groups", flags.kvHeadGroups),
-          ],
-          memory: nodeFlags("--capacity", flags.memoryCapacity),
-          storage: nodeFlags("--buffer", flags.storageBuffer),
-          gpu: [
-            ...nodeFlags("--execution-provider", flags.executionProvider),
-            ...nodeFlags("--wire-dtype", flags.wireDtype),
-          ],
-        },
-      });
+      // Fails before starting anything when the model or tokenizer is bad.
+      cluster = await startEmbeddedCluster(model, tokenizer, flags, { signal, quiet: flags.quiet });
       address = cluster.address;
     }
     const client = createClient(Coordinator, address, {}, flags.token === undefined ? {} : { token: flags.token });

@@ -129,8 +129,15 @@ export class Authenticator {
    *   has no `authorization: Bearer` metadata or an unknown token.
    */
   identify(metadata: Metadata): Identity {
+    return this.identifyHeader(metadata.get("authorization")[0]);
+  }
+
+  /**
+   * The caller whose `Authorization` header (gRPC metadata or HTTP) is `header`.
+   * @throws RpcError UNAUTHENTICATED as {@link identify}.
+   */
+  identifyHeader(header: unknown): Identity {
     if (!this.byDigest) return ADMIN;
-    const header = metadata.get("authorization")[0];
     const m = typeof header === "string" ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
     if (!m) {
       throw new RpcError(

@@ -21,7 +21,7 @@ import {
   type MessageInitShape,
 } from "@tessera/proto";
 import { redactNatsServers, tenantJobKey } from "@tessera/nats";
-import { runBatch, type LoadedModel } from "../engine/index.js";
+import { runBatch, type LoadedModel, type TokenListener } from "../engine/index.js";
 import { ForwardChannel } from "../forward-channel.js";
 import { ForwardPipeline, type LayerRange, type StageModel } from "../pipeline.js";
 import { priorityRank, type BatchSlots } from "../batch-slots.js";
@@ -68,6 +68,8 @@ export interface GenerateCaller {
    * jobs run as an admin but queue as the tenant that submitted them.
    */
   queueAs?: string | undefined;
+  /** Sees each token as it is sampled, and may stop its sequence (engine/context.ts). */
+  onToken?: TokenListener | undefined;
 }
 
 /** A coordinator's Generate: runs one request; see {@link createGenerate}. */
@@ -195,6 +197,7 @@ export function createGenerate(deps: GenerateDeps): Generate {
               }),
           requests,
           emit: caller.emit,
+          onToken: caller.onToken,
         });
       } finally {
         channel.close();

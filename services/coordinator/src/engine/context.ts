@@ -71,6 +71,8 @@ export interface BatchContext {
   requests: RequestTracker;
   /** Sends an event (progress, result, plan, summary) to the job's client. */
   emit(event: MessageInitShape<typeof GenerateEventSchema>): void;
+  /** Sees each sampled token as it comes (see {@link TokenListener}). */
+  onToken?: TokenListener | undefined;
   /**
    * The clock of the job's retry windows (--retry-timeout, --failover) and
    * backoffs, in ms: time the coordinator was running (@tessera/core's
@@ -84,6 +86,15 @@ export interface BatchContext {
 export function runningMsOf(ctx: Pick<BatchContext, "runningNow">): number {
   return (ctx.runningNow ?? runningNow)();
 }
+
+/**
+ * Called with each token a sequence samples (BOS/EOS excepted): its
+ * prompt's id, the token id and the text it decoded to (possibly "" while a
+ * UTF-8 character is incomplete; the rest comes in the Result). Returning
+ * "stop" finishes the sequence at once with finish reason "stop" (a stop
+ * string was seen: the HTTP API's `stop`).
+ */
+export type TokenListener = (promptId: string, token: number, text: string) => "stop" | void;
 
 /** The fixed facts of one batch run, shared by its phases. */
 export interface BatchJob {

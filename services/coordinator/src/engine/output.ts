@@ -124,7 +124,9 @@ export class Output {
     s.generated.push(token);
     this.generatedTotal++;
     recordTokens(1);
-    s.completion += s.decoder!.push(token);
+    const text = s.decoder!.push(token);
+    s.completion += text;
+    if (this.job.ctx.onToken?.(s.id, token, text) === "stop") return this.finish(s, "stop");
     if (s.generated.length >= s.maxTokens) this.finish(s, "length");
   }
 
