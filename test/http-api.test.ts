@@ -17,8 +17,10 @@ import OpenAI, { APIError, AuthenticationError, BadRequestError, NotFoundError }
 import { repoRoot } from "@tessera/model";
 import { createHttpApi, type CoordinatorOptions } from "@tessera/coordinator";
 import { loadTls } from "@tessera/proto";
+import { startMetrics } from "@tessera/telemetry";
 import { bundled, generate, startInProcessCluster, tempDir } from "@tessera/testing";
 import { referenceText, runCli } from "./helpers.js";
+import { one, parsePrometheus, scrape } from "./prometheus.js";
 
 const PROMPT = "Once upon a time";
 const TOKEN = "acme-token-0123456789";
@@ -274,6 +276,42 @@ test("with --tokens a request needs a bearer token (401 without); /health answer
   const health = await fetch(`${api.url}/health`);
   assert.equal(health.status, 200);
   assert.deepEqual(await health.json(), { status: "ok", gpu_nodes: 1, kv_nodes: 1 });
+});
+
+test("GET /metrics on the HTTP port is the metrics port's scrape, without a token; 404 metrics_off without one", async (t) => {
+  const metrics = await startMetrics({
+    serviceName: "tessera-coordinator",
+    role: "coordinator",
+    nodeId: "h1",
+    port: 0,
+  });
+  t.after(() => metrics.shutdown());
+  const tmp = await tempDir("tessera-http-");
+  t.after(() => tmp.remove());
+  const tokensFile = join(tmp.path, "tokens.yaml");
+  await writeFile(tokensFile, `tokens:\n  - { tenant: acme, token: "${TOKEN}" }\n`);
+  const { api, client } = await setUp(t, { tokensFile }, TOKEN);
+  const res = await client.completions.create({ model: "stories260K", prompt: PROMPT, max_tokens: 12, temperature: 0 });
+  const completionTokens = res.usage!.completion_tokens;
+  assert.ok(completionTokens > 0);
+
+  // No Authorization header: Prometheus scrapes carry none.
+  const scraped = await fetch(`${api.url}/metrics`);
+  assert.equal(scraped.status, 200);
+  assert.match(scraped.headers.get("content-type") ?? "", /^text\/plain/);
+  const http = parsePrometheus(await scraped.text());
+  const labels = { model_name: "stories260K", otel_scope_name: "@tessera/coordinator" };
+  assert.equal(one(http, "tessera_generation_tokens_total", labels).value, completionTokens);
+  assert.equal(one(http, "tessera_prompt_tokens_total", labels).value, res.usage!.prompt_tokens);
+  // One registry: the metrics port shows the same series with the same value (none doubled).
+  const port = await scrape(metrics.url);
+  assert.equal(one(port, "tessera_generation_tokens_total", labels).value, completionTokens);
+  assert.deepEqual(http.map((x) => x.name).sort(), port.map((x) => x.name).sort());
+
+  await metrics.shutdown();
+  const off = await fetch(`${api.url}/metrics`);
+  assert.equal(off.status, 404);
+  assert.equal(((await off.json()) as { error: { code: string } }).error.code, "metrics_off");
 });
 
 test("/health is 503 saying why while no KV node is up, 200 again once one is; a body over the limit is a 413", async (t) => {

@@ -12,7 +12,7 @@
  * are made on first use and made again if the global provider changes.
  * With metrics off, they are the API's no-op instruments.
  */
-import { createServer, type Server } from "node:http";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { metrics, type Meter, type MeterProvider } from "@opentelemetry/api";
 import type { TelemetryOptions } from "./index.js";
@@ -71,6 +71,21 @@ export function resourceAttributesOf(
   return attributes;
 }
 
+/** Writes the scrape of the running endpoint to `res` (status 200, text format 0.0.4). */
+export type MetricsRequestHandler = (req: IncomingMessage, res: ServerResponse) => void;
+
+let served: MetricsRequestHandler | undefined;
+
+/**
+ * The request handler of the endpoint {@link startMetrics} runs in this
+ * process (undefined when none runs), for another HTTP server to answer
+ * `GET /metrics` with the very same text (e.g. the coordinator's HTTP API):
+ * one exporter and one registry, so no series is duplicated or split.
+ */
+export function metricsRequestHandler(): MetricsRequestHandler | undefined {
+  return served;
+}
+
 /**
  * Starts a MeterProvider whose reader is a Prometheus exporter, registers it
  * as the global one, and serves its `GET /metrics` on `host:port` (any other
@@ -98,9 +113,10 @@ export async function startMetrics(options: MetricsOptions): Promise<Metrics> {
     await provider.shutdown();
     throw new Error(`${options.serviceName}: metrics: a global MeterProvider is registered already`);
   }
+  const handler: MetricsRequestHandler = (req, res) => exporter.getMetricsRequestHandler(req, res);
   const server: Server = createServer((req, res) => {
     if (req.method === "GET" && (req.url ?? "").split("?")[0] === "/metrics") {
-      exporter.getMetricsRequestHandler(req, res);
+      handler(req, res);
     } else {
       res.writeHead(404, { "content-type": "text/plain" }).end("not found: the metrics are at GET /metrics\n");
     }
@@ -123,11 +139,13 @@ export async function startMetrics(options: MetricsOptions): Promise<Metrics> {
   const { port } = server.address() as AddressInfo;
   const urlHost = host.includes(":") ? `[${host}]` : host;
   let stopping: Promise<void> | undefined;
+  served = handler;
   return {
     url: `http://${urlHost}:${port}/metrics`,
     port,
     shutdown: () =>
       (stopping ??= (async () => {
+        if (served === handler) served = undefined;
         server.closeAllConnections();
         await new Promise<void>((resolve) => server.close(() => resolve()));
         metrics.disable();

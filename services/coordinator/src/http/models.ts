@@ -2,9 +2,12 @@
  * `GET /v1/models` (the coordinator's served models as OpenAI model
  * objects), `GET /v1/models/{model}`, and `GET /health`: 200 while the
  * coordinator runs with at least one gpu-node and one KV node (memory- or
- * storage-node) up, else 503 saying what is missing.
+ * storage-node) up, else 503 saying what is missing. `GET /metrics`: the
+ * process's Prometheus text, the very scrape of its metrics port (the same
+ * exporter), or 404 `metrics_off` when it serves none.
  */
 import type { FastifyInstance } from "fastify";
+import { metricsRequestHandler } from "@tessera/telemetry";
 import type { CoordinatorService } from "../coordinator.js";
 import type { ServedModel } from "../served-models.js";
 import { OpenAiError, modelNotFound } from "./errors.js";
@@ -34,7 +37,7 @@ export function notReady(coordinator: CoordinatorService): string {
   return why.join("; ");
 }
 
-/** Registers the model and health routes. */
+/** Registers the model, health and metrics routes. */
 export function modelRoutes(app: FastifyInstance, coordinator: CoordinatorService): void {
   const created = Math.floor(Date.now() / 1000);
   app.get("/v1/models", async () => ({
@@ -53,5 +56,21 @@ export function modelRoutes(app: FastifyInstance, coordinator: CoordinatorServic
       gpu_nodes: m.up("gpu").length,
       kv_nodes: m.up("memory").length + m.up("storage").length,
     };
+  });
+  // Public as /health is: Prometheus scrapes carry no bearer token, and the
+  // series hold counts and latencies, no prompt or tenant data.
+  app.get("/metrics", { config: { public: true } }, async (req, reply) => {
+    const handler = metricsRequestHandler();
+    if (!handler) {
+      throw new OpenAiError(
+        404,
+        "invalid_request_error",
+        "metrics are off: start the coordinator with --metrics-port or TESSERA_METRICS_PORT",
+        null,
+        "metrics_off",
+      );
+    }
+    reply.hijack();
+    handler(req.raw, reply.raw);
   });
 }
