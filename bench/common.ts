@@ -211,3 +211,18 @@ export interface ResultRow {
 export const tps = (x: number) => `${x.toFixed(x < 10 ? 2 : 1)} tok/s`;
 /** Formats bytes/s as GB/s. */
 export const gbs = (x: number) => `${(x / 1e9).toFixed(2)} GB/s`;
+
+/**
+ * Prints `rows` under `title` as a Markdown table with the columns
+ * benchmark, measured, figure, target (the load benches' summary).
+ */
+export function printFigureTable(title: string, rows: string[][]): void {
+  const head = ["benchmark", "measured", "figure", "target"];
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((l) => l[i]!.length)));
+  const fmt = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(" | ")} |`;
+  console.log(`\n${title}:\n`);
+  console.log(fmt(head));
+  console.log(`| ${widths.map((w) => "-".repeat(w)).join(" | ")} |`);
+  for (const l of rows) console.log(fmt(l));
+  console.log();
+}

@@ -39,7 +39,7 @@ import { Kvm } from "@nats-io/kv";
 import { JobStore, connectNats, isTerminal, registryBucket, type JobState } from "@tessera/nats";
 import { STORY_OPENINGS } from "@tessera/testing";
 import { bundled, startLocalCluster, type LocalCluster } from "@tessera/cli";
-import { progress, type BenchOptions } from "./common.js";
+import { printFigureTable, progress, type BenchOptions } from "./common.js";
 
 /** Jobs submitted (--quick: {@link QUICK_JOBS}). */
 export const JOBS = 1000;
@@ -316,14 +316,7 @@ export function printLoad(r: LoadResult): void {
       Number.isFinite(heapRatio) ? `≤ 1.10: ${heapRatio <= 1.1 ? "yes" : "no"}` : "",
     ],
   ];
-  const head = ["benchmark", "measured", "figure", "target"];
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((l) => l[i]!.length)));
-  const fmt = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(" | ")} |`;
-  console.log("\nload (bench/load.ts):\n");
-  console.log(fmt(head));
-  console.log(`| ${widths.map((w) => "-".repeat(w)).join(" | ")} |`);
-  for (const l of rows) console.log(fmt(l));
-  console.log();
+  printFigureTable("load (bench/load.ts)", rows);
   console.log(
     `- ${r.jobs} jobs submitted in ${r.submitSeconds.toFixed(1)} s (${SUBMIT_CONCURRENCY} at once), ` +
       `${r.queuedAfterSubmit} still queued when the last submit returned; ${r.failed} not completed; ` +

@@ -39,7 +39,7 @@ import { JobStore, connectNats, registryBucket } from "@tessera/nats";
 import { Coordinator, checkHealth, createClient, type GenerateEvent } from "@tessera/proto";
 import { STORY_OPENINGS, freePort, storyText } from "@tessera/testing";
 import { bundled, startLocalCluster, type LocalCluster } from "@tessera/cli";
-import { progress, type BenchOptions } from "./common.js";
+import { printFigureTable, progress, type BenchOptions } from "./common.js";
 
 /** Light tenant's Generate calls per round (--quick: {@link QUICK_LIGHT_CALLS}). */
 export const LIGHT_CALLS = 100;
@@ -276,14 +276,7 @@ export function printTenantLoad(r: TenantLoadResult): void {
       `within grace: ${r.sigtermSeconds <= r.graceSeconds ? "yes" : "no"}`,
     ],
   ];
-  const head = ["benchmark", "measured", "figure", "target"];
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((l) => l[i]!.length)));
-  const fmt = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(" | ")} |`;
-  console.log("\ntwo tenants (bench/tenant-load.ts):\n");
-  console.log(fmt(head));
-  console.log(`| ${widths.map((w) => "-".repeat(w)).join(" | ")} |`);
-  for (const l of rows) console.log(fmt(l));
-  console.log();
+  printFigureTable("two tenants (bench/tenant-load.ts)", rows);
   console.log(
     `- light: ${r.lightCalls} Generate calls per round, one story opening, ${LIGHT_MAX_TOKENS} tokens; ` +
       `heavy: ${HEAVY_CALLS} calls in flight of ${r.heavyPrompts} prompts x ${r.heavyPromptBytes} bytes ` +
