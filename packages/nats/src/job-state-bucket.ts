@@ -54,19 +54,34 @@ async function allStates(h: JobHandles): Promise<JobState[]> {
     deliver_policy: DeliverPolicy.LastPerSubject,
   });
   const states: JobState[] = [];
-  if ((await c.info(true)).num_pending === 0) return states;
-  const msgs = await c.consume();
-  try {
-    for await (const m of msgs) {
-      const op = m.headers?.get("KV-Operation");
-      if (op !== "DEL" && op !== "PURGE" && m.data.length > 0) states.push(decodeState(m.data));
-      if (m.info.pending === 0) break;
+  let pending = (await c.info(true)).num_pending;
+  // Fetches, not consume(): a message counted in `pending` may be deleted
+  // before it is delivered (DeleteJob and the retention sweep delete
+  // messages, writing no marker), and consume() would then wait for it
+  // forever; a fetch ends after LIST_FETCH_EXPIRES_MS without it.
+  while (pending > 0) {
+    const batch = await c.fetch({ max_messages: Math.min(pending, LIST_FETCH_MAX), expires: LIST_FETCH_EXPIRES_MS });
+    let got = 0;
+    try {
+      for await (const m of batch) {
+        got++;
+        const op = m.headers?.get("KV-Operation");
+        if (op !== "DEL" && op !== "PURGE" && m.data.length > 0) states.push(decodeState(m.data));
+        pending = m.info.pending;
+        if (pending === 0) break;
+      }
+    } finally {
+      await batch.close();
     }
-  } finally {
-    await msgs.close();
+    if (got === 0) break;
   }
   return states;
 }
+
+/** Most state messages one fetch of {@link allStates} asks for. */
+const LIST_FETCH_MAX = 1000;
+/** How long one fetch of {@link allStates} waits for messages that were counted but may have been deleted, in ms. */
+const LIST_FETCH_EXPIRES_MS = 1000;
 
 /**
  * Compare-and-set on job `id`'s state ({@link JobStore.update}).
