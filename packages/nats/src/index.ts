@@ -11,3 +11,4 @@ export {
   type NatsServerCredentials,
   type NatsUrlAuth,
 } from "./server-urls.js";
+export * from "./file-store.js";

@@ -35,6 +35,8 @@ export const COORDINATOR_DEFAULTS = Object.freeze({
   kvPlacement: "plan" as KvPlacementRule,
   natsPrefix: DEFAULT_NATS_PREFIX,
   jobConcurrency: 1,
+  /** Largest file `POST /v1/files` takes: 200 MiB (OpenAI's batch input limit). */
+  maxFileBytes: 200 * 1024 ** 2,
   tokenizeThreads: 1,
   /** A tenant's jobs store at most this many bytes (inputs + results): 4 GiB. */
   tenantMaxBytes: 4 * 1024 ** 3,
@@ -212,6 +214,8 @@ export interface CoordinatorOptions {
   tokensFile?: string;
   /** What one job may ask for (prompts, prompt bytes, max_tokens, request bytes), checked at Generate. @default {@link defaultGenerateLimits} */
   limits?: GenerateLimitsOptions;
+  /** Largest file `POST /v1/files` stores, in bytes (over it: 413). @default 200 MiB */
+  maxFileBytes?: number;
   /** Log sink. @default stderr */
   log?: (line: string) => void;
 }
@@ -318,6 +322,7 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     jobConcurrency: positiveInt("jobConcurrency", o.jobConcurrency, COORDINATOR_DEFAULTS.jobConcurrency),
     tokenizeThreads: positiveInt("tokenizeThreads", o.tokenizeThreads, COORDINATOR_DEFAULTS.tokenizeThreads),
     tenantMaxBytes: byteSizeOption("tenantMaxBytes", o.tenantMaxBytes, COORDINATOR_DEFAULTS.tenantMaxBytes, 1),
+    maxFileBytes: byteSizeOption("maxFileBytes", o.maxFileBytes, COORDINATOR_DEFAULTS.maxFileBytes, 1),
     tenantMaxJobs: positiveInt("tenantMaxJobs", o.tenantMaxJobs, COORDINATOR_DEFAULTS.tenantMaxJobs),
     jobRetentionMs: positiveInt("jobRetentionMs", o.jobRetentionMs, COORDINATOR_DEFAULTS.jobRetentionMs),
     jobSweepMs: positiveInt("jobSweepMs", o.jobSweepMs, COORDINATOR_DEFAULTS.jobSweepMs),

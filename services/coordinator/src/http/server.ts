@@ -1,7 +1,7 @@
 /**
  * The coordinator's OpenAI-compatible HTTP API (issue 14), on Fastify:
  * `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions`
- * and `GET /health` (routes in models.ts, completions.ts, chat.ts). Bodies
+ * `/v1/files` (files.ts) and `GET /health` (routes in models.ts, completions.ts, chat.ts). Bodies
  * are validated from JSON schemas (schemas.ts; unknown fields refused);
  * every error is OpenAI's error body (errors.ts). Callers are the gRPC
  * side's tenants: with `--tokens` each request needs `Authorization:
@@ -14,6 +14,7 @@ import type { CoordinatorService } from "../coordinator.js";
 import type { Identity } from "../api/auth.js";
 import { chatRoutes } from "./chat.js";
 import { completionRoutes } from "./completions.js";
+import { fileRoutes } from "./files.js";
 import { OpenAiError, toOpenAiError } from "./errors.js";
 import { modelRoutes } from "./models.js";
 import type { RouteContext } from "./respond.js";
@@ -129,4 +130,5 @@ function routes(app: FastifyInstance, ctx: RouteContext): void {
   modelRoutes(app, ctx.coordinator);
   completionRoutes(app, ctx);
   chatRoutes(app, ctx);
+  void app.register((sub) => fileRoutes(sub, ctx.coordinator));
 }
