@@ -12,6 +12,8 @@ import { join } from "node:path";
 import OpenAI, { APIError, AuthenticationError, BadRequestError, NotFoundError, toFile } from "openai";
 import { createCoordinator, createHttpApi, type CoordinatorOptions } from "@tessera/coordinator";
 import { tempDir } from "@tessera/testing";
+import { connectNats } from "@tessera/nats";
+import { jetstreamManager } from "@nats-io/jetstream";
 
 const NATS = process.env["TESSERA_TEST_NATS"] ?? "127.0.0.1:4222";
 
@@ -35,6 +37,12 @@ async function setUp(t: test.TestContext, o: Partial<CoordinatorOptions>) {
 test("files: upload, list, retrieve, content, delete; tenants apart; limits", async (t) => {
   const prefix = `t${randomBytes(4).toString("hex")}`;
   const { api, client } = await setUp(t, { nats: NATS, natsPrefix: prefix, maxFileBytes: 4096 });
+  // The test's own files bucket goes with it (the shared NATS keeps no leftovers).
+  t.after(async () => {
+    const nc = await connectNats({ servers: NATS, name: "http-files-test" });
+    await (await jetstreamManager(nc)).streams.delete(`OBJ_${prefix}-files`).catch(() => undefined);
+    await nc.close();
+  });
   const acme = client("tok-acme-0123456789");
   const other = client("tok-other-0123456789");
   const data = Buffer.concat([Buffer.from('{"custom_id":"a"}\n'), randomBytes(1000)]);
