@@ -232,6 +232,21 @@ test("a batch job through NATS is one trace from submit to the Attend calls on m
   assert.equal(batch.attributes["tessera.batch.prompts"], 4);
   assert.equal(batch.attributes["tessera.batch.completion_tokens"], end!.completionTokens);
 
+  // GenAI spans: one "text_completion <model>" per prompt, under the batch, beside the step spans.
+  const genai = spans.filter((s) => s.attributes["gen_ai.operation.name"] === "text_completion");
+  assert.equal(genai.length, 4, "one GenAI span per prompt");
+  for (const g of genai) {
+    assertParent(g, ["tessera.batch"]);
+    assert.equal(g.name, `text_completion ${String(g.attributes["gen_ai.request.model"])}`);
+    assert.equal(g.attributes["gen_ai.request.max_tokens"], 12);
+    assert.ok(Number(g.attributes["gen_ai.usage.input_tokens"]) > 0);
+    assert.deepEqual(g.attributes["gen_ai.response.finish_reasons"], ["length"]);
+  }
+  assert.equal(
+    genai.reduce((n, g) => n + Number(g.attributes["gen_ai.usage.output_tokens"]), 0),
+    end!.completionTokens,
+  );
+
   // KV caches opened on both attention roles, under the batch.
   const opens = named("tessera.v1.Attention/OpenSequence");
   assert.deepEqual([...new Set(opens.map((s) => s.service))].sort(), ["tessera-memory-node", "tessera-storage-node"]);

@@ -36,7 +36,7 @@ import { createJobService } from "./api/job-service.js";
 import type { JobRunner } from "./api/job-worker.js";
 import { Authenticator, authenticated, loadTokens } from "./api/auth.js";
 import { BatchSlots } from "./batch-slots.js";
-import type { TokenListener } from "./engine/index.js";
+import type { GenAiOperation, TokenListener } from "./engine/index.js";
 import { ModelCache } from "./model-cache.js";
 import { Membership } from "./membership.js";
 import { watchTokenizer } from "./metrics.js";
@@ -67,6 +67,8 @@ export interface CoordinatorService extends Service, JobRunner {
       tenant?: string | undefined;
       /** Sees each token as it is sampled, and may stop its sequence (engine/context.ts). */
       onToken?: TokenListener | undefined;
+      /** gen_ai.operation.name of its prompts' GenAI spans; @default "text_completion" (chat completions: "chat"). */
+      operation?: GenAiOperation | undefined;
     },
   ): Promise<void>;
   /** The bearer tokens of its callers (the HTTP API identifies its callers with it too). */

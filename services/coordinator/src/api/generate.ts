@@ -21,7 +21,7 @@ import {
   type MessageInitShape,
 } from "@tessera/proto";
 import { redactNatsServers, tenantJobKey } from "@tessera/nats";
-import { runBatch, type LoadedModel, type TokenListener } from "../engine/index.js";
+import { runBatch, type GenAiOperation, type LoadedModel, type TokenListener } from "../engine/index.js";
 import { ForwardChannel } from "../forward-channel.js";
 import { ForwardPipeline, type LayerRange, type StageModel } from "../pipeline.js";
 import { priorityRank, type BatchSlots } from "../batch-slots.js";
@@ -70,6 +70,8 @@ export interface GenerateCaller {
   queueAs?: string | undefined;
   /** Sees each token as it is sampled, and may stop its sequence (engine/context.ts). */
   onToken?: TokenListener | undefined;
+  /** gen_ai.operation.name of its prompts' spans (engine/genai-spans.ts); @default "text_completion". */
+  operation?: GenAiOperation | undefined;
 }
 
 /** A coordinator's Generate: runs one request; see {@link createGenerate}. */
@@ -198,6 +200,7 @@ export function createGenerate(deps: GenerateDeps): Generate {
           requests,
           emit: caller.emit,
           onToken: caller.onToken,
+          genai: { model: served.name, operation: caller.operation ?? "text_completion" },
         });
       } finally {
         channel.close();

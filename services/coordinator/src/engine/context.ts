@@ -3,6 +3,7 @@
  * the facts of one run every phase reads ({@link BatchJob}): the request,
  * its job id and nonce, the model's shape, and its sequences.
  */
+import type { GenAiOperation } from "./genai-spans.js";
 import type {
   Attention,
   Client,
@@ -73,6 +74,8 @@ export interface BatchContext {
   emit(event: MessageInitShape<typeof GenerateEventSchema>): void;
   /** Sees each sampled token as it comes (see {@link TokenListener}). */
   onToken?: TokenListener | undefined;
+  /** The served model's name and the GenAI operation of its prompts' spans (genai-spans.ts); @default the model file's name, "text_completion". */
+  genai?: { model: string; operation: GenAiOperation } | undefined;
   /**
    * The clock of the job's retry windows (--retry-timeout, --failover) and
    * backoffs, in ms: time the coordinator was running (@tessera/core's

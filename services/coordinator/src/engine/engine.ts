@@ -48,9 +48,10 @@
  * job start is marked lost at once.
  */
 import { context, TraceFlags, trace, type Span } from "@opentelemetry/api";
-import { endSpanWhen, Code, RpcError, type GenerateRequest } from "@tessera/proto";
+import { endSpanWhen, Code, RpcError, type GenerateRequest, type Result } from "@tessera/proto";
 import { splitKvHeads } from "../placement.js";
 import type { BatchContext, BatchJob } from "./context.js";
+import { RequestSpans } from "./genai-spans.js";
 import { StepExecutor } from "./executor.js";
 import { Output } from "./output.js";
 import { createSequences } from "./prompts.js";
@@ -65,7 +66,8 @@ const tracer = trace.getTracer("@tessera/coordinator");
  * untokenisable) get an error Result and the rest go on; see the file
  * comment for node failures. Every KV cache the job opened is closed before
  * it returns, however it ends. Under a recording span (a sampled job) the
- * run is a "tessera.batch" span with a span per step (see traceStepEvery).
+ * run is a "tessera.batch" span with a span per step (see traceStepEvery)
+ * and, beside them, a GenAI span per prompt (genai-spans.ts).
  * @throws RpcError CANCELLED when `ctx.signal` aborts; INVALID_ARGUMENT when
  * kvHeadGroups does not divide the model's n_kv_heads.
  */
@@ -82,9 +84,12 @@ export function runBatch(request: GenerateRequest, ctx: BatchContext): Promise<v
   };
   return tracer.startActiveSpan("tessera.batch", { attributes }, async (span) => {
     const emit = ctx.emit;
+    const model = ctx.genai?.model ?? request.modelPath;
+    const requestSpans = new RequestSpans(request, model, ctx.genai?.operation ?? "text_completion");
     const traced: BatchContext = {
       ...ctx,
       emit: (event) => {
+        if (event.event?.case === "result") requestSpans.result(event.event.value as Result, model);
         if (event.event?.case === "summary") {
           const v = event.event.value;
           span.setAttributes({
@@ -98,7 +103,14 @@ export function runBatch(request: GenerateRequest, ctx: BatchContext): Promise<v
         emit(event);
       },
     };
-    await endSpanWhen(span, runEngine(request, traced, span));
+    const running = runEngine(request, traced, span).then(
+      () => requestSpans.endAll(undefined),
+      (err: unknown) => {
+        requestSpans.endAll(err);
+        throw err;
+      },
+    );
+    await endSpanWhen(span, running);
   });
 }
 

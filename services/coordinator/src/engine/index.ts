@@ -1,6 +1,7 @@
 /** The coordinator's batch engine in phases: schedule -> execute -> output (see engine.ts). */
 export { runBatch, traceStepEvery } from "./engine.js";
 export type { BatchContext, BatchJob, LoadedModel, TokenListener } from "./context.js";
+export type { GenAiOperation } from "./genai-spans.js";
 export {
   SequenceState,
   movedSequenceId,

@@ -10,7 +10,7 @@
  */
 import { setImmediate as nextTurn } from "node:timers/promises";
 import { createDecoder, createSampler } from "@tessera/model";
-import { Code, RpcError } from "@tessera/proto";
+import { Code, RpcError, type GenerateRequest, type PromptInput } from "@tessera/proto";
 import { COORDINATOR_DEFAULTS } from "../options.js";
 import type { BatchJob } from "./context.js";
 import type { Output } from "./output.js";
@@ -31,7 +31,6 @@ export async function createSequences(job: BatchJob, output: Output): Promise<vo
   const { request, ctx, jobId, nonce } = job;
   const { shape } = ctx.model.header;
   const { tokenizer } = ctx.model;
-  const sampling = request.sampling;
   const encoded = await ctx.encodePrompts(request.prompts.map((p) => p.prompt));
   for (const [index, p] of request.prompts.entries()) {
     await nextTurn();
@@ -43,7 +42,8 @@ export async function createSequences(job: BatchJob, output: Output): Promise<vo
       if ("error" in e) throw new Error(e.error);
       s.promptIds = Array.from(e.ids);
       output.promptTokens += s.promptIds.length;
-      const wanted = p.maxTokens ?? (sampling?.maxTokens || COORDINATOR_DEFAULTS.maxTokens);
+      const asked = promptSampling(request, p);
+      const wanted = asked.maxTokens;
       // As run.c, the last sampled token is never fed back, so a sequence
       // can generate up to seq_len - prompt + 1 tokens.
       s.maxTokens = Math.min(wanted, shape.seqLen - s.promptIds.length + 1);
@@ -59,14 +59,32 @@ export async function createSequences(job: BatchJob, output: Output): Promise<vo
       } else {
         s.sampler = createSampler({
           vocabSize: shape.vocabSize,
-          temperature: p.temperature ?? sampling?.temperature ?? 0,
-          topP: p.topP ?? (sampling?.topP || COORDINATOR_DEFAULTS.topP),
+          temperature: asked.temperature,
+          topP: asked.topP,
           // As run.c, a seed of 0 (unset) becomes the clock: xorshift would stay 0.
-          seed: p.seed || sampling?.seed || BigInt(Date.now()),
+          seed: asked.seed || BigInt(Date.now()),
         });
       }
     } catch (err) {
       output.finish(s, "error", `prompt "${p.id}": ${(err as Error).message}`);
     }
   }
+}
+
+/**
+ * The sampling prompt `p` of `request` asks for: its own overrides, else
+ * the request's, else the defaults (max_tokens 256, temperature 0, top_p
+ * 0.9); `seed` 0n when neither sets one (the clock is used then).
+ */
+export function promptSampling(
+  request: GenerateRequest,
+  p: PromptInput,
+): { maxTokens: number; temperature: number; topP: number; seed: bigint } {
+  const sampling = request.sampling;
+  return {
+    maxTokens: p.maxTokens ?? (sampling?.maxTokens || COORDINATOR_DEFAULTS.maxTokens),
+    temperature: p.temperature ?? sampling?.temperature ?? 0,
+    topP: p.topP ?? (sampling?.topP || COORDINATOR_DEFAULTS.topP),
+    seed: p.seed || sampling?.seed || 0n,
+  };
 }

@@ -63,6 +63,7 @@ export function chatRoutes(app: FastifyInstance, ctx: RouteContext): void {
         stream: body.stream ?? false,
         includeUsage: body.stream_options?.include_usage ?? false,
         param: "messages",
+        operation: "chat",
       },
       chatShapes(served.name),
     );

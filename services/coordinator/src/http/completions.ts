@@ -49,6 +49,7 @@ export function completionRoutes(app: FastifyInstance, ctx: RouteContext): void 
         stream: body.stream ?? false,
         includeUsage: body.stream_options?.include_usage ?? false,
         param: "prompt",
+        operation: "text_completion",
         echo: body.echo ? prompts : undefined,
       },
       completionShapes(served.name),

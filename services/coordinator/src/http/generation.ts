@@ -7,6 +7,7 @@
  */
 import { randomInt } from "node:crypto";
 import { readModelHeader } from "@tessera/model";
+import type { GenAiOperation } from "../engine/index.js";
 import { GenerateRequestSchema, create, type Result } from "@tessera/proto";
 import type { CoordinatorService } from "../coordinator.js";
 import type { ServedModel } from "../served-models.js";
@@ -83,7 +84,13 @@ function isEmpty(v: unknown): boolean {
  */
 export async function generateChoices(
   coordinator: CoordinatorService,
-  run: { served: ServedModel; tenant: string | undefined; signal: AbortSignal; param: string },
+  run: {
+    served: ServedModel;
+    tenant: string | undefined;
+    signal: AbortSignal;
+    param: string;
+    operation?: GenAiOperation;
+  },
   prompts: readonly string[],
   s: Sampling,
   listener?: ChoiceListener,
@@ -106,6 +113,7 @@ export async function generateChoices(
   await coordinator.generate(request, {
     signal: run.signal,
     tenant: run.tenant,
+    operation: run.operation,
     emit(event) {
       if (event.event?.case !== "result") return;
       const r = event.event.value as Result;

@@ -9,6 +9,7 @@ import type { FastifyReply, FastifyRequest } from "fastify";
 import type { CoordinatorService } from "../coordinator.js";
 import type { ServedModel } from "../served-models.js";
 import { toOpenAiError } from "./errors.js";
+import type { GenAiOperation } from "../engine/index.js";
 import { generateChoices, type Choice, type Sampling, type Usage } from "./generation.js";
 import { EventStream } from "./sse.js";
 
@@ -25,6 +26,8 @@ export interface Shapes {
 /** What one request runs. */
 export interface GenerationPlan {
   served: ServedModel;
+  /** gen_ai.operation.name of its trace spans: "chat" or "text_completion". */
+  operation: GenAiOperation;
   prompts: string[];
   sampling: Sampling;
   stream: boolean;
@@ -56,7 +59,13 @@ export async function respond(
   };
   reply.raw.on("close", onClose);
   ctx.inFlight.add(abort);
-  const run = { served: plan.served, tenant: req.who.tenant, signal: abort.signal, param: plan.param };
+  const run = {
+    served: plan.served,
+    tenant: req.who.tenant,
+    signal: abort.signal,
+    param: plan.param,
+    operation: plan.operation,
+  };
   try {
     if (!plan.stream) {
       const { choices, usage } = await generateChoices(ctx.coordinator, run, plan.prompts, plan.sampling);
