@@ -22,7 +22,7 @@ import {
   tensorWireDtype,
   wireTensor,
 } from "@tessera/core";
-import type { AttentionDims, KvLayoutDims } from "./dims.js";
+import { checkAttentionDims, type AttentionDims, type KvLayoutDims } from "./dims.js";
 
 /**
  * An `AttendRequest` (or one of its items) is malformed or does not fit the
@@ -205,6 +205,8 @@ export function planAttendRequest<S extends AttendTarget>(
   }
   let q: Float32Array, k: Float32Array, v: Float32Array;
   try {
+    // Head counts of 0 (or n_heads not a multiple of n_kv_heads) are the caller's error, not the kernel's.
+    checkAttentionDims({ nHeads, nKvHeads, headDim });
     const n = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
     q = tensorF32(req.q, "q", scratch?.("q", n(q3)));
     k = tensorF32(req.k, "k", scratch?.("k", n(k3)));
