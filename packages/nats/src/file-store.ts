@@ -31,8 +31,7 @@ export class FileStore {
    * @throws JobError for a bad prefix; NATS errors when JetStream is off.
    */
   static async open(nc: NatsConnection, prefix?: string): Promise<FileStore> {
-    const bucket = `${jobNames(prefix).dataBucket.replace(/-job-data$/, "")}-files`;
-    return new FileStore(await new Objm(jetstream(nc)).create(bucket));
+    return new FileStore(await new Objm(jetstream(nc)).create(jobNames(prefix).filesBucket));
   }
 
   /** Stores `data` as a new file of `owner` and answers it. */

@@ -23,6 +23,8 @@ export interface JobNames {
   stateBucket: string;
   /** Object store of inputs and results. */
   dataBucket: string;
+  /** Object store bucket of uploaded files (OpenAI's /v1/files; file-store.ts). */
+  filesBucket: string;
 }
 
 /**
@@ -41,6 +43,7 @@ export function jobNames(prefix = DEFAULT_NATS_PREFIX): JobNames {
     consumer: (p) => `${up}_JOBS_${p.toUpperCase()}`,
     stateBucket: `${prefix}-job-state`,
     dataBucket: `${prefix}-job-data`,
+    filesBucket: `${prefix}-files`,
   };
 }
 
